@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - run the word-count demo on embedded defaults (no servers)
+#   make test   - install everything the tests need and run the whole suite
+PYTHON ?= python3
+VENV := .venv
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: demo test lint bench soak clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==0.13.8
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON) -q
+	touch $@
+
+demo: $(VENV)/.synced
+	$(PY) examples/demo_wordcount.py
+
+test: $(VENV)/.synced
+	$(PY) -m ruff check onceflow tests benchmarks examples
+	$(PY) -m mypy onceflow
+	$(PY) -m pytest -q --doctest-modules onceflow tests
+
+lint: $(VENV)/.synced
+	$(PY) -m ruff check onceflow tests benchmarks examples
+	$(PY) -m mypy onceflow
+
+bench: $(VENV)/.synced
+	$(PY) benchmarks/w1.py
+
+soak: $(VENV)/.synced
+	ONCEFLOW_SOAK=1 $(PY) -m pytest -q tests -m soak
+
+clean:
+	rm -rf $(VENV) $(TOOLS)

@@ -1,0 +1,62 @@
+"""onceflow: end-to-end exactly-once stream processing for Python.
+
+This module assembles the public API. ``onceflow.api`` describes flows;
+``onceflow.runtime`` (private: processes, channels, barriers) and ``onceflow.checkpoint``
+run them. Users import only what is listed in ``__all__`` plus the submodules
+``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart`` and ``onceflow.state``.
+"""
+
+from onceflow import restart, sinks, sources, state
+from onceflow.api.config import CheckpointConfig, RestartStrategy
+from onceflow.api.flow import DataStream, Flow, KeyedStream
+from onceflow.api.functions import (
+    KeyedProcessFunction,
+    ProcessContext,
+    RuntimeContext,
+    TimerService,
+)
+from onceflow.api.result import JobResult, OperatorMetrics
+from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
+from onceflow.errors import (
+    CheckpointError,
+    ConfigurationError,
+    CorruptCheckpointError,
+    IncompatibleStateError,
+    JobFailedError,
+    NoCheckpointError,
+    OnceflowError,
+    RecordFormatError,
+    UserFunctionError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointConfig",
+    "CheckpointError",
+    "CheckpointStats",
+    "CheckpointStatus",
+    "ConfigurationError",
+    "CorruptCheckpointError",
+    "DataStream",
+    "Flow",
+    "IncompatibleStateError",
+    "JobFailedError",
+    "JobResult",
+    "KeyedProcessFunction",
+    "KeyedStream",
+    "NoCheckpointError",
+    "OnceflowError",
+    "OperatorMetrics",
+    "ProcessContext",
+    "RecordFormatError",
+    "RestartStrategy",
+    "RuntimeContext",
+    "TimerService",
+    "UserFunctionError",
+    "__version__",
+    "restart",
+    "sinks",
+    "sources",
+    "state",
+]

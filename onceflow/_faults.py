@@ -1,0 +1,73 @@
+"""Fault injection for crash tests: SIGKILL this process at a named point.
+
+Tests set ``ONCEFLOW_FAULT`` to ``point`` or ``point@key=value,key=value`` and
+``ONCEFLOW_FAULT_TOKEN`` to a file path. The first process that reaches the point with
+matching context creates the token file (atomically, O_EXCL) and kills itself with SIGKILL,
+so a fault fires exactly once per token even across restarts. Without ``ONCEFLOW_FAULT``
+every call is a cheap no-op.
+
+Named points (context keys in brackets):
+- ``source.after_batch`` [task, subtask, batches]: a source emitted its n-th batch
+- ``snapshot.sync`` [checkpoint, task, subtask]: inside a task's synchronous snapshot phase
+- ``snapshot.async`` [checkpoint, task, subtask]: halfway through writing a state file
+- ``sink.after_pre_commit`` [checkpoint, subtask]: a 2PC sink pre-committed, before the ack
+- ``coordinator.before_metadata_rename`` [checkpoint]: driver, all acks in, metadata not yet
+  visible
+- ``coordinator.after_metadata_rename`` [checkpoint]: driver, checkpoint complete, no task
+  notified yet
+- ``sink.before_commit`` [checkpoint, subtask]: a worker learnt of completion, commits nothing yet
+- ``sink.mid_commit`` [checkpoint, subtask]: between committing two transactions, or inside a
+  file commit after the rename and before the directory fsync
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_SPEC = os.environ.get("ONCEFLOW_FAULT", "")
+_TOKEN = os.environ.get("ONCEFLOW_FAULT_TOKEN", "")
+
+
+def _parse(spec: str) -> tuple[str, dict[str, str]]:
+    point, _, rest = spec.partition("@")
+    ctx: dict[str, str] = {}
+    for part in filter(None, rest.split(",")):
+        k, _, v = part.partition("=")
+        ctx[k.strip()] = v.strip()
+    return point.strip(), ctx
+
+
+_POINT, _WANT = _parse(_SPEC) if _SPEC else ("", {})
+
+
+def enabled() -> bool:
+    return bool(_POINT)
+
+
+def reload() -> None:
+    """Re-read the environment (tests that set it after import)."""
+    global _SPEC, _TOKEN, _POINT, _WANT
+    _SPEC = os.environ.get("ONCEFLOW_FAULT", "")
+    _TOKEN = os.environ.get("ONCEFLOW_FAULT_TOKEN", "")
+    _POINT, _WANT = _parse(_SPEC) if _SPEC else ("", {})
+
+
+def point(name: str, **ctx: object) -> None:
+    """Kill this process with SIGKILL if the configured fault names this point and context."""
+    if name != _POINT:
+        return
+    for k, v in _WANT.items():
+        if k in ctx and str(ctx[k]) != v:
+            return
+        if k == "min_checkpoint" and int(str(ctx.get("checkpoint", 0))) < int(v):
+            return
+    if _TOKEN:
+        try:
+            fd = os.open(_TOKEN, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return
+        os.write(fd, f"{name} pid={os.getpid()} {ctx}\n".encode())
+        os.fsync(fd)
+        os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)

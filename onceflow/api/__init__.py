@@ -1,0 +1,1 @@
+"""The public dataflow API (re-exported from :mod:`onceflow`)."""

@@ -1,0 +1,111 @@
+"""Job settings: checkpointing and restart strategies. Light values, validated at ``run()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onceflow.errors import ConfigurationError
+
+MODES = ("exactly_once", "at_least_once")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    interval: float
+    storage: str | None
+    mode: str = "exactly_once"
+    timeout: float = 600.0
+    min_pause: float = 0.0
+    max_concurrent: int = 1
+    retained: int = 1
+    tolerable_failures: int = 0
+
+    def validate(self) -> None:
+        def bad(what: str) -> ConfigurationError:
+            return ConfigurationError(f"enable_checkpointing: {what}")
+
+        if not isinstance(self.interval, int | float) or self.interval <= 0:
+            raise bad(f"interval must be a number of seconds > 0, got {self.interval!r} "
+                      "(to turn checkpoints off, do not call enable_checkpointing)")
+        if self.mode not in MODES:
+            raise bad(f"mode must be one of {', '.join(repr(m) for m in MODES)}, "
+                      f"got {self.mode!r}")
+        if self.timeout <= 0:
+            raise bad(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.min_pause < 0:
+            raise bad(f"min_pause must be >= 0 seconds, got {self.min_pause!r}")
+        if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
+            raise bad(f"max_concurrent must be an integer >= 1, got {self.max_concurrent!r}")
+        if not isinstance(self.retained, int) or self.retained < 1:
+            raise bad(f"retained must be an integer >= 1, got {self.retained!r}")
+        if not isinstance(self.tolerable_failures, int) or self.tolerable_failures < 0:
+            raise bad(f"tolerable_failures must be an integer >= 0, "
+                      f"got {self.tolerable_failures!r}")
+        if self.storage is None or not str(self.storage):
+            raise bad("storage must be a directory path for checkpoint files")
+
+
+@dataclass(frozen=True)
+class RestartStrategy:
+    """When to restart a failed job. Build one with the functions below."""
+
+    kind: str
+    attempts: int | None = None  # None: unlimited
+    delay: float = 1.0
+    max_delay: float = 60.0
+    multiplier: float = 2.0
+    reset_after: float = 120.0  # exponential: a run this long without failure resets the delay
+    max_failures_per_interval: int | None = None
+    failure_rate_interval: float = 600.0
+
+    def validate(self) -> None:
+        if self.kind not in ("fixed_delay", "exponential_backoff", "none"):
+            raise ConfigurationError(f"unknown restart strategy {self.kind!r}")
+        if self.delay < 0 or self.max_delay < 0:
+            raise ConfigurationError("restart strategy: delays must be >= 0")
+        if self.attempts is not None and self.attempts < 0:
+            raise ConfigurationError("restart strategy: attempts must be >= 0")
+
+    def next_delay(self, failure_times: list[float], now: float) -> float | None:
+        """The delay before the next attempt, or None to give up. ``failure_times`` holds
+        the monotonic times of every failure so far, the newest last."""
+        n = len(failure_times)
+        if self.kind == "none":
+            return None
+        if self.attempts is not None and n > self.attempts:
+            return None
+        if self.max_failures_per_interval is not None:
+            recent = [t for t in failure_times if now - t <= self.failure_rate_interval]
+            if len(recent) > self.max_failures_per_interval:
+                return None
+        if self.kind == "fixed_delay":
+            return self.delay
+        streak = 1  # failures in a row, each within reset_after of the one before
+        for i in range(n - 1, 0, -1):
+            if failure_times[i] - failure_times[i - 1] > self.reset_after:
+                break
+            streak += 1
+        return min(self.max_delay, self.delay * self.multiplier ** (streak - 1))
+
+
+def fixed_delay(attempts: int = 3, delay: float = 1.0) -> RestartStrategy:
+    """Restart up to ``attempts`` times, waiting ``delay`` seconds each time."""
+    return RestartStrategy("fixed_delay", attempts=attempts, delay=delay)
+
+
+def exponential_backoff(initial: float = 1.0, max_delay: float = 60.0, multiplier: float = 2.0,
+                        max_failures_per_interval: int | None = 10,
+                        failure_rate_interval: float = 600.0,
+                        attempts: int | None = None) -> RestartStrategy:
+    """Restart with delays ``initial``, ``initial*multiplier``, ... up to ``max_delay``; give
+    up after more than ``max_failures_per_interval`` failures within
+    ``failure_rate_interval`` seconds (the default strategy)."""
+    return RestartStrategy("exponential_backoff", attempts=attempts, delay=initial,
+                           max_delay=max_delay, multiplier=multiplier,
+                           max_failures_per_interval=max_failures_per_interval,
+                           failure_rate_interval=failure_rate_interval)
+
+
+def no_restart() -> RestartStrategy:
+    """Fail the job at the first failure."""
+    return RestartStrategy("none")

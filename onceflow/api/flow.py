@@ -1,0 +1,241 @@
+"""The dataflow API: ``Flow``, ``DataStream`` and ``KeyedStream``.
+
+These classes only *describe* a graph (a :class:`~onceflow.graph.logical.LogicalPlan`);
+``Flow.run()`` hands it to the runtime. Nothing here knows about processes or barriers.
+
+Example (runs as a doctest)::
+
+    >>> import onceflow as of
+    >>> flow = of.Flow("doc-example", parallelism=1)
+    >>> sink = of.sinks.Discard()
+    >>> (flow.source(of.sources.Collection(["a b", "b"]), name="lines")
+    ...      .flat_map(str.split, name="words")
+    ...      .key_by(lambda w: w)
+    ...      .reduce(lambda a, b: a + b, name="concat")
+    ...      .sink(sink, name="out"))
+    <onceflow.api.flow.SinkHandle 'out'>
+    >>> result = flow.run()
+    >>> result.records_in("out")
+    3
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from onceflow.api.config import CheckpointConfig, RestartStrategy, exponential_backoff
+from onceflow.api.functions import KeyedProcessFunction
+from onceflow.api.result import JobResult
+from onceflow.connectors.sinks import Sink
+from onceflow.connectors.sources import Source
+from onceflow.connectors.two_phase import TwoPhaseCommitSink, WriteAheadSink
+from onceflow.errors import ConfigurationError
+from onceflow.graph.logical import Edge, Kind, LogicalPlan, Node, Partitioning
+
+
+class Flow:
+    """A streaming job: sources, operators and sinks, and how it checkpoints.
+
+    ``parallelism`` is the default for every operator; ``max_parallelism`` is the number of
+    key groups (fixed once the flow has state). ``batch_size`` records travel together
+    between operators; ``channel_capacity`` batches may wait in a channel before its
+    producer is held back."""
+
+    def __init__(self, name: str, *, parallelism: int = 1, max_parallelism: int = 128,
+                 batch_size: int = 1024, channel_capacity: int = 4,
+                 restart_strategy: RestartStrategy | None = None) -> None:
+        self.name = name
+        self.parallelism = parallelism
+        self.max_parallelism = max_parallelism
+        self.batch_size = batch_size
+        self.channel_capacity = channel_capacity
+        self.restart_strategy = restart_strategy or exponential_backoff()
+        self.checkpoint_config: CheckpointConfig | None = None
+        self._plan = LogicalPlan()
+
+    # --- configuration -------------------------------------------------------------------
+    def enable_checkpointing(self, interval: float, storage: str | os.PathLike[str], *,
+                             mode: str = "exactly_once", timeout: float = 600.0,
+                             min_pause: float = 0.0, max_concurrent: int = 1,
+                             retained: int = 1, tolerable_failures: int = 0) -> Flow:
+        """Checkpoint every ``interval`` seconds into directory ``storage``.
+
+        ``mode`` is ``"exactly_once"`` (aligned barriers) or ``"at_least_once"`` (no
+        alignment: lower latency, replays may duplicate state updates). A checkpoint not
+        complete within ``timeout`` seconds is aborted; ``min_pause`` seconds separate the
+        end of one from the start of the next; ``max_concurrent`` may be in flight; the
+        newest ``retained`` complete checkpoints are kept; more than ``tolerable_failures``
+        failed checkpoints in a row fail the job. Settings are checked by ``run()``."""
+        self.checkpoint_config = CheckpointConfig(
+            interval=interval, storage=os.fspath(storage) if storage is not None else None,
+            mode=mode, timeout=timeout, min_pause=min_pause, max_concurrent=max_concurrent,
+            retained=retained, tolerable_failures=tolerable_failures)
+        return self
+
+    def set_restart_strategy(self, strategy: RestartStrategy) -> Flow:
+        """How to react to failures: ``of.restart.fixed_delay(...)``,
+        ``of.restart.exponential_backoff(...)`` (default) or ``of.restart.no_restart()``."""
+        self.restart_strategy = strategy
+        return self
+
+    # --- building ------------------------------------------------------------------------
+    def source(self, source: Source, *, name: str | None = None, parallelism: int | None = None,
+               uid: str | None = None) -> DataStream:
+        if not isinstance(source, Source):
+            raise ConfigurationError(
+                f"flow.source() takes an onceflow Source (e.g. of.sources.Range), got "
+                f"{type(source).__name__}")
+        node = self._plan.add(Kind.SOURCE, name, uid, parallelism, source, [])
+        return DataStream(self, node)
+
+    # --- running -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every setting; raises ConfigurationError naming what to change."""
+        def bad(msg: str) -> ConfigurationError:
+            return ConfigurationError(f"Flow({self.name!r}): {msg}")
+
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise bad("name must be a non-empty string")
+        if not isinstance(self.max_parallelism, int) or not 1 <= self.max_parallelism <= 32768:
+            raise bad(f"max_parallelism must be an integer in 1..32768, "
+                      f"got {self.max_parallelism!r}")
+        if not isinstance(self.parallelism, int) or self.parallelism < 1:
+            raise bad(f"parallelism must be an integer >= 1, got {self.parallelism!r}")
+        if self.parallelism > self.max_parallelism:
+            raise bad(f"parallelism {self.parallelism} exceeds max_parallelism "
+                      f"{self.max_parallelism}; lower parallelism or raise max_parallelism")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise bad(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not isinstance(self.channel_capacity, int) or self.channel_capacity < 1:
+            raise bad(f"channel_capacity must be an integer >= 1, got {self.channel_capacity!r}")
+        if self.checkpoint_config is not None:
+            self.checkpoint_config.validate()
+        self.restart_strategy.validate()
+
+    def run(self, restore: str | os.PathLike[str] | None = None) -> JobResult:
+        """Run the flow; block until its bounded input is processed and committed.
+
+        ``restore``: ``"latest"`` resumes from the newest complete checkpoint in this flow's
+        checkpoint storage (or starts from the beginning, saying so, when there is none); a
+        path resumes from that checkpoint directory."""
+        from onceflow.runtime.driver import JobConfig, JobDriver
+
+        self.validate()
+        cfg = JobConfig(self.name, self.parallelism, self.max_parallelism, self.batch_size,
+                        self.channel_capacity, self.checkpoint_config, self.restart_strategy)
+        return JobDriver(self._plan, cfg).run(
+            os.fspath(restore) if restore is not None else None)
+
+
+class DataStream:
+    """A stream of records produced by one operator."""
+
+    def __init__(self, flow: Flow, node: Node) -> None:
+        self._flow = flow
+        self._node = node
+
+    def _add(self, kind: Kind, fn: Any, name: str | None, parallelism: int | None,
+             uid: str | None, edges: list[Edge] | None = None) -> Node:
+        if kind not in (Kind.SINK, Kind.UNION) and not callable(fn):
+            raise ConfigurationError(f"{kind.value}() takes a function, got {type(fn).__name__}")
+        edges = edges or [Edge(self._node.id, Partitioning.FORWARD)]
+        return self._flow._plan.add(kind, name, uid, parallelism, fn, edges)
+
+    def map(self, fn: Callable[[Any], Any], *, name: str | None = None,
+            parallelism: int | None = None, uid: str | None = None) -> DataStream:
+        """One output record per input record: ``fn(record)``."""
+        return DataStream(self._flow, self._add(Kind.MAP, fn, name, parallelism, uid))
+
+    def filter(self, fn: Callable[[Any], Any], *, name: str | None = None,
+               parallelism: int | None = None, uid: str | None = None) -> DataStream:
+        """Keep the records for which ``fn(record)`` is true."""
+        return DataStream(self._flow, self._add(Kind.FILTER, fn, name, parallelism, uid))
+
+    def flat_map(self, fn: Callable[[Any], Iterable[Any] | None], *, name: str | None = None,
+                 parallelism: int | None = None, uid: str | None = None) -> DataStream:
+        """Zero or more output records per input record: the items of ``fn(record)``."""
+        return DataStream(self._flow, self._add(Kind.FLAT_MAP, fn, name, parallelism, uid))
+
+    def union(self, *others: DataStream, name: str | None = None,
+              parallelism: int | None = None, uid: str | None = None) -> DataStream:
+        """Merge this stream with ``others`` (records of all, no order between streams)."""
+        for o in others:
+            if not isinstance(o, DataStream) or o._flow is not self._flow:
+                raise ConfigurationError("union() takes DataStreams of the same Flow")
+        edges = [Edge(s._node.id, Partitioning.FORWARD) for s in (self, *others)]
+        return DataStream(self._flow, self._add(Kind.UNION, None, name, parallelism, uid, edges))
+
+    def rebalance(self) -> _Rebalanced:
+        """Spread the records round-robin over the next operator's subtasks."""
+        return _Rebalanced(self._flow, self._node)
+
+    def key_by(self, key: Callable[[Any], Any]) -> KeyedStream:
+        """Partition by ``key(record)``: records with equal keys meet in one subtask, where
+        keyed state is scoped to the key. Keys must be str, int, bytes, float, bool, None,
+        or tuples of those (they need a hash that is stable across processes)."""
+        if not callable(key):
+            raise ConfigurationError(f"key_by() takes a function, got {type(key).__name__}")
+        return KeyedStream(self._flow, self._node, key)
+
+    def sink(self, sink: Sink | TwoPhaseCommitSink[Any] | WriteAheadSink, *,
+             name: str | None = None, parallelism: int | None = None,
+             uid: str | None = None) -> SinkHandle:
+        """Write the stream to ``sink``."""
+        if not isinstance(sink, Sink | TwoPhaseCommitSink | WriteAheadSink):
+            raise ConfigurationError(
+                f"sink() takes an onceflow sink (Sink, TwoPhaseCommitSink or WriteAheadSink), "
+                f"got {type(sink).__name__}")
+        return SinkHandle(self._add(Kind.SINK, sink, name, parallelism, uid))
+
+
+class _Rebalanced(DataStream):
+    def _add(self, kind: Kind, fn: Any, name: str | None, parallelism: int | None,
+             uid: str | None, edges: list[Edge] | None = None) -> Node:
+        edges = edges or [Edge(self._node.id, Partitioning.REBALANCE)]
+        return super()._add(kind, fn, name, parallelism, uid, edges)
+
+
+class KeyedStream:
+    """A stream partitioned by key; its operators keep state per key."""
+
+    def __init__(self, flow: Flow, node: Node, key: Callable[[Any], Any]) -> None:
+        self._flow, self._node, self._key = flow, node, key
+
+    def _edge(self) -> list[Edge]:
+        return [Edge(self._node.id, Partitioning.KEY, self._key)]
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
+               parallelism: int | None = None, uid: str | None = None) -> DataStream:
+        """Rolling reduce per key: emits ``fn(previous, record)`` (the first record of a key
+        as is) for every record."""
+        if not callable(fn):
+            raise ConfigurationError(f"reduce() takes a function, got {type(fn).__name__}")
+        node = self._flow._plan.add(Kind.REDUCE, name, uid, parallelism, fn, self._edge())
+        return DataStream(self._flow, node)
+
+    def process(self, fn: KeyedProcessFunction | Callable[[Any, Any], Iterable[Any] | None], *,
+                name: str | None = None, parallelism: int | None = None,
+                uid: str | None = None) -> DataStream:
+        """Run a :class:`KeyedProcessFunction` (or a function ``fn(record, ctx)``) with keyed
+        state and processing-time timers."""
+        if not isinstance(fn, KeyedProcessFunction) and not callable(fn):
+            raise ConfigurationError(
+                f"process() takes a KeyedProcessFunction or a function, got {type(fn).__name__}")
+        node = self._flow._plan.add(Kind.PROCESS, name, uid, parallelism, fn, self._edge())
+        return DataStream(self._flow, node)
+
+
+class SinkHandle:
+    """The end of a stream (returned by ``sink``)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def name(self) -> str:
+        return self._node.name
+
+    def __repr__(self) -> str:
+        return f"<onceflow.api.flow.SinkHandle {self._node.name!r}>"

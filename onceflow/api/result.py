@@ -1,0 +1,70 @@
+"""What ``Flow.run()`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
+
+
+@dataclass
+class OperatorMetrics:
+    name: str
+    uid: str
+    parallelism: int
+    records_in: int = 0
+    records_out: int = 0
+
+
+@dataclass
+class JobResult:
+    """Outcome of a finished job.
+
+    Record counts are exactly-once counts: they are part of checkpointed state, so after
+    recoveries they equal the counts of a failure-free run."""
+
+    flow: str
+    operators: dict[str, OperatorMetrics]
+    checkpoints: list[CheckpointStats]
+    restarts: int
+    failures: list[str]
+    restored_from: str | None
+    started_at: float  # wall clock: run() called
+    processing_started_at: float  # wall clock: every task of the first attempt running
+    finished_at: float
+    checkpoint_storage: str | None = None
+    attempts: list[float] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+    @property
+    def processing_seconds(self) -> float:
+        return self.finished_at - self.processing_started_at
+
+    @property
+    def completed_checkpoints(self) -> list[CheckpointStats]:
+        return [c for c in self.checkpoints if c.status is CheckpointStatus.COMPLETED]
+
+    def records_in(self, name: str) -> int:
+        return self.operators[name].records_in
+
+    def records_out(self, name: str) -> int:
+        return self.operators[name].records_out
+
+    def summary(self) -> str:
+        done = self.completed_checkpoints
+        lines = [f"flow {self.flow!r}: {self.duration:.2f}s, {self.restarts} restart(s), "
+                 f"{len(done)} checkpoint(s) completed, "
+                 f"{len(self.checkpoints) - len(done)} failed"]
+        for m in self.operators.values():
+            lines.append(f"  {m.name:<24} x{m.parallelism}  in {m.records_in:>12,}  "
+                         f"out {m.records_out:>12,}")
+        if done:
+            durs = sorted((c.duration or 0) * 1e3 for c in done)
+            lines.append(
+                f"  checkpoints: median {durs[len(durs) // 2]:.1f} ms, max {durs[-1]:.1f} ms, "
+                f"max sync {max(c.max_sync_ms for c in done):.2f} ms, "
+                f"last size {done[-1].size:,} B")
+        return "\n".join(lines)

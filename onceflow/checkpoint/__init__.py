@@ -1,0 +1,1 @@
+"""Checkpoints: the coordinator (when is checkpoint n complete) and the storage layout."""

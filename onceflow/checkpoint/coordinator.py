@@ -1,0 +1,304 @@
+"""The checkpoint coordinator: the one object that decides when checkpoint n is complete.
+
+Steps for checkpoint ``n`` (DESIGN §3), all here:
+
+1. **trigger** every ``interval`` (respecting ``min_pause`` and ``max_concurrent``): tell the
+   source tasks to emit barrier ``n``;
+2. collect one **ack** per subtask with its state file (or a **decline**, which fails ``n``);
+3. when every subtask acked, write the **metadata** atomically: only now is ``n`` complete;
+4. **notify** every task ``complete(n)`` (sinks commit);
+5. abort pending checkpoints older than ``n`` (subsumed) and delete completed checkpoints
+   beyond ``retained``.
+
+A checkpoint that times out or is declined is **aborted** and counted; more than
+``tolerable_failures`` consecutive failures fail the job (the restart strategy decides what
+then). When every source is exhausted, a **final** checkpoint runs so the last transactions
+commit.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from onceflow import _faults
+from onceflow.checkpoint.storage import CheckpointStorage
+from onceflow.errors import CheckpointError
+
+log = logging.getLogger("onceflow.checkpoint")
+
+
+class CheckpointStatus(enum.Enum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class SubtaskCheckpointStats:
+    task: str
+    subtask: int
+    sync_ms: float
+    async_ms: float
+    alignment_ms: float
+    size: int
+
+
+@dataclass
+class CheckpointStats:
+    """What one checkpoint cost. Durations in seconds unless the name says ms."""
+
+    id: int
+    status: CheckpointStatus
+    trigger_time: float  # wall clock, seconds since the epoch
+    duration: float | None = None  # trigger -> complete (or abort)
+    size: int = 0  # bytes of state written
+    final: bool = False
+    path: str | None = None
+    failure: str | None = None
+    subtasks: list[SubtaskCheckpointStats] = field(default_factory=list)
+
+    @property
+    def max_sync_ms(self) -> float:
+        return max((s.sync_ms for s in self.subtasks), default=0.0)
+
+    @property
+    def max_async_ms(self) -> float:
+        return max((s.async_ms for s in self.subtasks), default=0.0)
+
+    @property
+    def max_alignment_ms(self) -> float:
+        return max((s.alignment_ms for s in self.subtasks), default=0.0)
+
+
+_LEGAL = {
+    CheckpointStatus.PENDING: {CheckpointStatus.COMPLETED, CheckpointStatus.ABORTED},
+    CheckpointStatus.COMPLETED: set(),
+    CheckpointStatus.ABORTED: set(),
+}
+
+
+class PendingCheckpoint:
+    def __init__(self, cid: int, final: bool, expected: set[tuple[str, int]], mono: float) -> None:
+        self.id = cid
+        self.final = final
+        self.expected = set(expected)
+        self.acks: dict[tuple[str, int], dict[str, Any]] = {}
+        self.started = mono
+        self.stats = CheckpointStats(cid, CheckpointStatus.PENDING, time.time(), final=final)
+
+    @property
+    def status(self) -> CheckpointStatus:
+        return self.stats.status
+
+    def move(self, to: CheckpointStatus) -> None:
+        if to not in _LEGAL[self.status]:
+            raise RuntimeError(f"checkpoint {self.id}: illegal transition {self.status} -> {to}")
+        self.stats.status = to
+
+    @property
+    def fully_acked(self) -> bool:
+        return self.expected <= self.acks.keys()
+
+
+class CheckpointFailuresExceeded(CheckpointError):
+    """More consecutive checkpoint failures than ``tolerable_failures``."""
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    interval: float | None  # None: only the final checkpoint
+    timeout: float
+    min_pause: float
+    max_concurrent: int
+    retained: int
+    tolerable_failures: int
+
+
+class CheckpointCoordinator:
+    def __init__(self, settings: CoordinatorSettings, storage: CheckpointStorage, flow: str,
+                 max_parallelism: int, expected: set[tuple[str, int]],
+                 sources: set[tuple[str, int]], send_all: Callable[[tuple[Any, ...]], None],
+                 op_kinds: dict[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.s = settings
+        self.op_kinds = op_kinds or {}
+        self.storage = storage
+        self.flow = flow
+        self.max_parallelism = max_parallelism
+        self.expected = expected
+        self.sources = sources
+        self.send_all = send_all
+        self.clock = clock
+        self.next_id = storage.next_id()
+        self.pending: dict[int, PendingCheckpoint] = {}
+        self.history: list[CheckpointStats] = []
+        self.consecutive_failures = 0
+        self.exhausted: set[tuple[str, int]] = set()
+        self.final_completed = False
+        self._running = False
+        self._last_trigger = 0.0
+        self._last_complete = float("-inf")
+
+    # --- life of an attempt --------------------------------------------------------------
+    def start(self) -> None:
+        """All tasks run: the interval starts now."""
+        self._running = True
+        self._last_trigger = self.clock()
+
+    def reset(self, reason: str) -> None:
+        """The job restarts: every pending checkpoint is aborted."""
+        for p in list(self.pending.values()):
+            self._abort(p, reason, notify=False, count=False)
+        self.exhausted.clear()
+        self.consecutive_failures = 0
+        self._running = False
+        self.next_id = max(self.next_id, self.storage.next_id())
+
+    @property
+    def final_requested(self) -> bool:
+        return bool(self.sources) and self.sources <= self.exhausted
+
+    # --- events --------------------------------------------------------------------------
+    def tick(self) -> None:
+        if not self._running:
+            return
+        now = self.clock()
+        for p in list(self.pending.values()):
+            if now - p.started > self.s.timeout:
+                self._abort(p, f"expired after {self.s.timeout:g}s before all tasks acknowledged "
+                            f"({len(p.acks)}/{len(p.expected)} acks)")
+        if self.final_completed:
+            return
+        if self.final_requested:
+            if not self.pending:
+                self._trigger(final=True)
+            return
+        if self.s.interval is None or len(self.pending) >= self.s.max_concurrent:
+            return
+        if now - self._last_trigger >= self.s.interval and \
+                now - self._last_complete >= self.s.min_pause:
+            self._trigger(final=False)
+
+    def next_deadline(self) -> float:
+        """Seconds until ``tick`` may have something to do."""
+        if self.s.interval is None:
+            return 0.2
+        return max(0.0, min(0.2, self._last_trigger + self.s.interval - self.clock()))
+
+    def on_exhausted(self, task: str, subtask: int) -> None:
+        self.exhausted.add((task, subtask))
+
+    def on_ack(self, cid: int, task: str, subtask: int, info: dict[str, Any]) -> None:
+        p = self.pending.get(cid)
+        if p is None:
+            return  # late ack of an aborted checkpoint
+        p.acks[(task, subtask)] = info
+        if p.fully_acked:
+            self._complete(p)
+
+    def on_decline(self, cid: int, task: str, subtask: int, reason: str) -> None:
+        p = self.pending.get(cid)
+        if p is not None:
+            self._abort(p, f"declined by task {task!r} subtask {subtask}: {reason}")
+
+    # --- the protocol --------------------------------------------------------------------
+    def _trigger(self, final: bool) -> None:
+        cid = self.next_id
+        self.next_id += 1
+        now = self.clock()
+        self._last_trigger = now
+        p = PendingCheckpoint(cid, final, self.expected, now)
+        self.pending[cid] = p
+        self.send_all(("trigger", cid, p.stats.trigger_time, final))
+
+    def _complete(self, p: PendingCheckpoint) -> None:
+        operators: dict[str, dict[str, Any]] = {}
+        files: dict[str, dict[str, Any]] = {}
+        for (task, subtask), info in sorted(p.acks.items()):
+            files[info["file"]] = {"size": info["size"], "crc32": info["crc32"]}
+            for uid in info["ops"]:
+                entry = operators.setdefault(
+                    uid, {"task": task, "parallelism": info["parallelism"],
+                          "kind": self.op_kinds.get(uid), "files": []})
+                entry["files"].append({"subtask": subtask, "file": info["file"]})
+            p.stats.subtasks.append(SubtaskCheckpointStats(
+                task, subtask, info["sync_ms"], info["async_ms"], info["align_ms"], info["size"]))
+        p.stats.size = sum(f["size"] for f in files.values())
+        body = {
+            "flow": self.flow,
+            "checkpoint_id": p.id,
+            "kind": "checkpoint",
+            "final": p.final,
+            "trigger_time": p.stats.trigger_time,
+            "completion_time": time.time(),
+            "max_parallelism": self.max_parallelism,
+            "operators": operators,
+            "files": files,
+            "metrics": {f"{t}#{s}": info["metrics"] for (t, s), info in sorted(p.acks.items())},
+        }
+        try:
+            p.stats.path = self.storage.write_metadata(p.id, body)
+        except OSError as e:
+            self._abort(p, f"writing metadata to {self.storage.path(p.id)} failed: "
+                        f"{e.strerror or e}")
+            return
+        _faults.point("coordinator.after_metadata_rename", checkpoint=p.id)
+        p.move(CheckpointStatus.COMPLETED)
+        p.stats.duration = self.clock() - p.started
+        del self.pending[p.id]
+        self.history.append(p.stats)
+        self.consecutive_failures = 0
+        self._last_complete = self.clock()
+        st = p.stats
+        log.info(
+            "checkpoint %d complete%s: %d subtasks, %.1f ms, %s (max sync %.1f ms, async %.1f "
+            "ms, alignment %.1f ms)", st.id, " (final)" if st.final else "", len(st.subtasks),
+            (st.duration or 0) * 1e3, _size(st.size), st.max_sync_ms, st.max_async_ms,
+            st.max_alignment_ms)
+        self.send_all(("complete", p.id, p.final))
+        if p.final:
+            self.final_completed = True
+        for older in [q for q in self.pending.values() if q.id < p.id]:
+            self._abort(older, f"subsumed by checkpoint {p.id}", count=False)
+        self._retain()
+
+    def _abort(self, p: PendingCheckpoint, reason: str, notify: bool = True,
+               count: bool = True) -> None:
+        p.move(CheckpointStatus.ABORTED)
+        p.stats.failure = reason
+        p.stats.duration = self.clock() - p.started
+        self.pending.pop(p.id, None)
+        self.history.append(p.stats)
+        self.storage.discard(p.id)
+        log.warning("checkpoint %d aborted: %s", p.id, reason)
+        if notify:
+            self.send_all(("abort", p.id))
+        if not count:
+            return
+        self.consecutive_failures += 1
+        if p.final:
+            raise CheckpointFailuresExceeded(f"the final checkpoint {p.id} failed: {reason}")
+        if self.consecutive_failures > self.s.tolerable_failures:
+            raise CheckpointFailuresExceeded(
+                f"{self.consecutive_failures} consecutive checkpoint failure(s), more than "
+                f"tolerable_failures={self.s.tolerable_failures}; last: checkpoint {p.id} "
+                f"{reason}"
+            )
+
+    def _retain(self) -> None:
+        done = self.storage.complete_ids()
+        for cid in done[: max(0, len(done) - self.s.retained)]:
+            self.storage.discard(cid)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

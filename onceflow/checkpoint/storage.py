@@ -1,0 +1,207 @@
+"""Checkpoint storage on a file system.
+
+Layout under the configured storage directory::
+
+    <storage>/<flow>/chk-<n>/<task>-<subtask>.state   state of one subtask (magic + pickle)
+    <storage>/<flow>/chk-<n>/_metadata                JSON, written last, atomically
+
+A checkpoint exists only once ``_metadata`` does: it is written to ``_metadata.tmp``,
+fsynced, renamed, and the directory fsynced. The metadata lists every state file with its
+size and CRC-32 and carries a checksum of its own, so a truncated or altered checkpoint is
+detected when it is loaded, and restore falls back to the previous one.
+
+State files are Python pickles: checkpoint storage must be a place only the job's owner can
+write to (it is trusted like the job's code).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from onceflow import _faults
+from onceflow.errors import ConfigurationError, CorruptCheckpointError, NoCheckpointError
+
+log = logging.getLogger("onceflow.checkpoint")
+
+STATE_MAGIC = b"ONCEFLOW-STATE-1\n"
+METADATA = "_metadata"
+FORMAT = 1
+_CHK = re.compile(r"^chk-(\d+)$")
+
+
+def state_file_name(task: str, subtask: int) -> str:
+    return f"{task}-{subtask}.state"
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return f"{zlib.crc32(json.dumps(body, sort_keys=True).encode()):08x}"
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class CompletedCheckpoint:
+    id: int
+    path: str
+    meta: dict[str, Any]
+
+    def read_state(self, name: str) -> dict[str, Any]:
+        info = self.meta["files"][name]
+        path = os.path.join(self.path, name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise CorruptCheckpointError(self.path, f"state file {name}: {e.strerror}") from e
+        if len(data) != info["size"] or zlib.crc32(data) != info["crc32"]:
+            raise CorruptCheckpointError(self.path, f"state file {name} fails its checksum")
+        return pickle.loads(data[len(STATE_MAGIC):])
+
+    def verify(self) -> None:
+        """Check that every state file is present and intact."""
+        for name, info in self.meta["files"].items():
+            path = os.path.join(self.path, name)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise CorruptCheckpointError(self.path, f"state file {name}: {e.strerror}") from e
+            if len(data) != info["size"] or zlib.crc32(data) != info["crc32"] \
+                    or not data.startswith(STATE_MAGIC):
+                raise CorruptCheckpointError(
+                    self.path, f"state file {name} is truncated or fails its checksum")
+
+
+def load_checkpoint(path: str) -> CompletedCheckpoint:
+    """Load and verify the checkpoint in directory ``path``."""
+    mpath = os.path.join(path, METADATA)
+    try:
+        with open(mpath, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise CorruptCheckpointError(path, "no _metadata file (incomplete checkpoint)") from None
+    except OSError as e:
+        raise CorruptCheckpointError(path, f"cannot read _metadata: {e.strerror}") from e
+    try:
+        doc = json.loads(raw)
+        body, checksum = doc["body"], doc["checksum"]
+    except (ValueError, KeyError, TypeError):
+        raise CorruptCheckpointError(path, "_metadata is not valid checkpoint metadata") from None
+    if _checksum(body) != checksum:
+        raise CorruptCheckpointError(path, "_metadata fails its checksum")
+    if body.get("format") != FORMAT:
+        raise CorruptCheckpointError(path, f"unknown metadata format {body.get('format')!r}")
+    ckpt = CompletedCheckpoint(int(body["checkpoint_id"]), path, body)
+    ckpt.verify()
+    return ckpt
+
+
+class CheckpointStorage:
+    """The checkpoints of one flow: ``<root>/<flow>/chk-<n>``."""
+
+    def __init__(self, root: str, flow: str) -> None:
+        self.root = os.path.abspath(root)
+        self.dir = os.path.join(self.root, re.sub(r"[^A-Za-z0-9_.-]+", "_", flow))
+
+    def prepare(self) -> None:
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            probe = os.path.join(self.dir, ".write-probe")
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigurationError(
+                f"checkpoint storage {self.root} is not writable ({e.strerror}); pass a "
+                "directory this user can write to as enable_checkpointing(storage=...)"
+            ) from e
+
+    def path(self, cid: int) -> str:
+        return os.path.join(self.dir, f"chk-{cid}")
+
+    def ids(self) -> list[int]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := _CHK.match(n)))
+
+    def complete_ids(self) -> list[int]:
+        return [i for i in self.ids() if os.path.exists(os.path.join(self.path(i), METADATA))]
+
+    def write_metadata(self, cid: int, body: dict[str, Any]) -> str:
+        """Make checkpoint ``cid`` complete: the one place where that happens."""
+        d = self.path(cid)
+        os.makedirs(d, exist_ok=True)
+        body = {"format": FORMAT, **body}
+        doc = {"body": body, "checksum": _checksum(body)}
+        tmp = os.path.join(d, METADATA + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(doc, indent=1, sort_keys=True).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        _faults.point("coordinator.before_metadata_rename", checkpoint=cid)
+        os.rename(tmp, os.path.join(d, METADATA))
+        fsync_dir(d)
+        return d
+
+    def latest_valid(self) -> CompletedCheckpoint | None:
+        """The newest checkpoint that loads and verifies; logs each one it skips."""
+        for cid in reversed(self.complete_ids()):
+            try:
+                return load_checkpoint(self.path(cid))
+            except CorruptCheckpointError as e:
+                log.warning("%s; falling back to the previous checkpoint", e)
+        return None
+
+    def discard(self, cid: int) -> None:
+        shutil.rmtree(self.path(cid), ignore_errors=True)
+
+    def discard_incomplete(self) -> None:
+        """Remove checkpoint directories that never got metadata (only when no task runs)."""
+        for cid in self.ids():
+            if not os.path.exists(os.path.join(self.path(cid), METADATA)):
+                self.discard(cid)
+
+    def next_id(self) -> int:
+        ids = self.ids()
+        return (ids[-1] + 1) if ids else 1
+
+
+def resolve_restore_path(path: str, flow: str) -> CompletedCheckpoint:
+    """An explicit restore path: a checkpoint directory, a flow's checkpoint directory, or
+    the storage root the flow was configured with."""
+    p = os.path.abspath(path)
+    if not os.path.isdir(p):
+        raise NoCheckpointError(f"restore path {p} does not exist or is not a directory")
+    if os.path.exists(os.path.join(p, METADATA)):
+        return load_checkpoint(p)
+    for candidate in (p, CheckpointStorage(p, flow).dir):
+        st = CheckpointStorage.__new__(CheckpointStorage)
+        st.root, st.dir = candidate, candidate
+        if st.complete_ids():
+            found = st.latest_valid()
+            if found is not None:
+                return found
+            raise NoCheckpointError(
+                f"every checkpoint under {candidate} is corrupt or incomplete; see the warnings "
+                "above, or pass a savepoint directory"
+            )
+    raise NoCheckpointError(
+        f"restore path {p} holds no complete checkpoint (no chk-<n>/_metadata); pass a "
+        "checkpoint directory such as <storage>/<flow>/chk-<n>, or restore='latest'"
+    )

@@ -1,0 +1,1 @@
+"""Sources and sinks: the contracts (small ABCs) and the built-in connectors."""

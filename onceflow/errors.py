@@ -1,0 +1,99 @@
+"""onceflow's exceptions.
+
+Every error onceflow raises derives from :class:`OnceflowError`; subclasses say *why*::
+
+    OnceflowError
+    ├── ConfigurationError      a setting or a flow definition is wrong; change it and rerun
+    ├── CheckpointError         checkpoint storage cannot be used as asked
+    │   ├── NoCheckpointError       an explicit restore path holds no complete checkpoint
+    │   ├── CorruptCheckpointError  a checkpoint's files fail their checksums or are missing
+    │   └── IncompatibleStateError  a checkpoint cannot be restored into this flow
+    ├── UserFunctionError       user code (a map function, a sink, ...) raised; names the
+    │                           operator and the record
+    ├── RecordFormatError       a source met input it cannot decode; names file and offset
+    └── JobFailedError          the job failed and the restart strategy gave up; carries the
+                                last failure's message
+
+Messages say what happened, where, and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class OnceflowError(Exception):
+    """Root of every onceflow exception."""
+
+
+class ConfigurationError(OnceflowError, ValueError):
+    """A setting or the flow's definition is invalid. The message names the setting."""
+
+
+class CheckpointError(OnceflowError):
+    """Checkpoint storage cannot be used as asked."""
+
+
+class NoCheckpointError(CheckpointError):
+    """An explicit restore path holds no complete checkpoint."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's metadata or state files are missing, truncated or fail their checksum."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"checkpoint {path} is unusable: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class IncompatibleStateError(CheckpointError):
+    """A checkpoint cannot be restored into this flow (operators changed, max_parallelism
+    changed, ...). The message names the operator and what to change."""
+
+
+class UserFunctionError(OnceflowError):
+    """User code raised while processing. ``operator`` and ``record`` say where."""
+
+    def __init__(self, operator: str, record: object, cause: BaseException) -> None:
+        shown = _short_repr(record)
+        super().__init__(
+            f"operator {operator!r} raised {type(cause).__name__}: {cause} "
+            f"while processing record {shown}"
+        )
+        self.operator = operator
+        self.record = shown
+        self.cause = cause
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_user_error, (self.operator, self.record, str(self.args[0])))
+
+
+def _rebuild_user_error(operator: str, record: str, message: str) -> UserFunctionError:
+    err = UserFunctionError.__new__(UserFunctionError)
+    Exception.__init__(err, message)
+    err.operator = operator
+    err.record = record
+    err.cause = RuntimeError(message)
+    return err
+
+
+class RecordFormatError(OnceflowError):
+    """A source met input it cannot decode. The message names the file and byte offset."""
+
+
+class JobFailedError(OnceflowError):
+    """The job failed and the restart strategy allows no further attempt.
+
+    ``cause`` is the last failure's description, ``failures`` every failure seen."""
+
+    def __init__(self, message: str, cause: str, failures: list[str]) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.failures = failures
+
+
+def _short_repr(value: object, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a user's broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__} with failing repr>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,72 @@
+"""The logical plan: what the user's ``Flow`` describes, before any process exists.
+
+Nodes are operators (a source, a function, a keyed operator, a sink); edges say how records
+move from one node to the next (forward, by key, rebalance). Everything here is plain data so
+that the plan can be inspected, validated and turned into a :mod:`job graph
+<onceflow.graph.jobgraph>`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Partitioning(enum.Enum):
+    FORWARD = "forward"
+    KEY = "key"
+    REBALANCE = "rebalance"
+
+
+class Kind(enum.Enum):
+    SOURCE = "source"
+    MAP = "map"
+    FILTER = "filter"
+    FLAT_MAP = "flat_map"
+    UNION = "union"
+    REDUCE = "reduce"
+    PROCESS = "process"
+    SINK = "sink"
+
+    @property
+    def keyed(self) -> bool:
+        return self in (Kind.REDUCE, Kind.PROCESS)
+
+
+@dataclass
+class Edge:
+    source: int  # node id
+    partitioning: Partitioning
+    key_fn: Callable[[Any], Any] | None = None
+
+
+@dataclass
+class Node:
+    id: int
+    kind: Kind
+    name: str
+    uid: str
+    parallelism: int | None  # None: the flow's default
+    fn: Any  # the user function, Source or Sink object
+    inputs: list[Edge] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Node({self.id}, {self.kind.value}, {self.name!r})"
+
+
+@dataclass
+class LogicalPlan:
+    nodes: list[Node] = field(default_factory=list)
+
+    def add(self, kind: Kind, name: str | None, uid: str | None, parallelism: int | None,
+            fn: Any, inputs: list[Edge]) -> Node:
+        nid = len(self.nodes)
+        base = name or f"{kind.value}-{nid}"
+        node = Node(nid, kind, base, uid or "", parallelism, fn, inputs)
+        self.nodes.append(node)
+        return node
+
+    def consumers(self, node_id: int) -> list[Node]:
+        return [n for n in self.nodes if any(e.source == node_id for e in n.inputs)]

@@ -1,0 +1,476 @@
+"""Operator implementations: what runs inside a task for each node of the plan.
+
+Every operator works on whole batches (``process(batch) -> output batch``) so the per-record
+cost is one call of the user's function and little else. Operators that hold state return it
+from ``snapshot`` (called in the synchronous phase; the caller pickles the result at once)
+and take it back in ``restore``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from onceflow.api.functions import (
+    KeyedProcessFunction,
+    ProcessContext,
+    RuntimeContext,
+    TimerService,
+)
+from onceflow.connectors.sinks import Sink, SinkContext
+from onceflow.connectors.sources import Source, SplitReader
+from onceflow.connectors.two_phase import (
+    TransactionLifecycle,
+    TwoPhaseCommitSink,
+    WriteAheadLifecycle,
+    WriteAheadSink,
+)
+from onceflow.errors import OnceflowError, UserFunctionError
+from onceflow.graph.logical import Kind, Node
+from onceflow.state.memory import KeyedStore
+
+
+class Operator:
+    keyed = False
+    has_timers = False
+
+    def __init__(self, node: Node) -> None:
+        self.name = node.name
+        self.uid = node.uid
+        self.fn = node.fn
+        self.records_in = 0
+        self.records_out = 0
+
+    def open(self, rt: OperatorEnv) -> None:
+        pass
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def snapshot(self, checkpoint_id: int) -> Any:
+        return None
+
+    def restore(self, states: list[Any], filter_keys: bool) -> None:
+        pass
+
+    def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
+        pass
+
+    def end_of_input(self) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def _fail(self, batch: Iterable[Any], err: Exception, call: Callable[[Any], Any]) -> None:
+        """Find the record that makes ``call`` raise and raise a UserFunctionError for it."""
+        if isinstance(err, OnceflowError):
+            raise err
+        for r in batch:
+            try:
+                call(r)
+            except Exception as e:
+                raise UserFunctionError(self.name, r, e) from e
+        raise UserFunctionError(self.name, "<unknown record>", err) from err
+
+
+class OperatorEnv:
+    """What the task gives its operators: where they run, and a clock."""
+
+    def __init__(self, flow: str, subtask: int, parallelism: int, max_parallelism: int,
+                 kg_range: tuple[int, int], attempt: int) -> None:
+        self.flow, self.subtask, self.parallelism = flow, subtask, parallelism
+        self.max_parallelism, self.kg_range, self.attempt = max_parallelism, kg_range, attempt
+        self.clock: Callable[[], float] = time.time
+
+
+class MapOp(Operator):
+    def process(self, batch: list[Any]) -> list[Any]:
+        try:
+            return list(map(self.fn, batch))
+        except Exception as e:
+            self._fail(batch, e, self.fn)
+            raise
+
+
+class FilterOp(Operator):
+    def process(self, batch: list[Any]) -> list[Any]:
+        try:
+            return list(filter(self.fn, batch))
+        except Exception as e:
+            self._fail(batch, e, self.fn)
+            raise
+
+
+class FlatMapOp(Operator):
+    def process(self, batch: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        ext = out.extend
+        fn = self.fn
+        r = None
+        try:
+            for r in batch:
+                res = fn(r)
+                if res is not None:
+                    ext(res)
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, r, e) from e
+        return out
+
+
+class UnionOp(Operator):
+    def process(self, batch: list[Any]) -> list[Any]:
+        return batch
+
+
+_MISSING = object()
+
+
+class ReduceOp(Operator):
+    """Keyed rolling reduce: emits the updated value for every record (Flink's ``reduce``)."""
+
+    keyed = True
+
+    def __init__(self, node: Node, key_fn: Callable[[Any], Any]) -> None:
+        super().__init__(node)
+        self.key_fn = key_fn
+        self.store: KeyedStore | None = None
+        self.table: dict[Any, Any] = {}
+
+    def open(self, rt: OperatorEnv) -> None:
+        self.store = KeyedStore(rt.max_parallelism, rt.kg_range)
+        self.table = self.store.tables.setdefault("reduce", {})
+        self.store.kinds["reduce"] = "value"
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        kf, fn, table = self.key_fn, self.fn, self.table
+        get = table.get
+        out: list[Any] = []
+        ap = out.append
+        missing = _MISSING
+        r: Any = None
+        try:
+            for r in batch:
+                k = kf(r)
+                prev = get(k, missing)
+                if prev is not missing:
+                    r = fn(prev, r)
+                table[k] = r
+                ap(r)
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, r, e) from e
+        return out
+
+    def snapshot(self, checkpoint_id: int) -> Any:
+        assert self.store is not None
+        return self.store.snapshot()
+
+    def restore(self, states: list[Any], filter_keys: bool) -> None:
+        assert self.store is not None
+        self.store.restore([s for s in states if s], filter_keys)
+        self.table = self.store.tables.setdefault("reduce", {})
+
+
+class _Timers(TimerService):
+    def __init__(self, store: KeyedStore, clock: Callable[[], float]) -> None:
+        self._store, self._clock = store, clock
+
+    def current_processing_time(self) -> float:
+        return self._clock()
+
+    def register_processing_time_timer(self, timestamp: float) -> None:
+        self._store.register_timer(timestamp)
+
+    def delete_processing_time_timer(self, timestamp: float) -> None:
+        self._store.delete_timer(timestamp)
+
+
+class _Ctx(ProcessContext, RuntimeContext):
+    def __init__(self, store: KeyedStore, env: OperatorEnv) -> None:
+        self._store = store
+        self._env = env
+        self._timers = _Timers(store, env.clock)
+        self.timestamp: float | None = None
+
+    @property
+    def current_key(self) -> Any:
+        return self._store.scope.key
+
+    @property
+    def timer_service(self) -> TimerService:
+        return self._timers
+
+    @property
+    def subtask_index(self) -> int:
+        return self._env.subtask
+
+    @property
+    def parallelism(self) -> int:
+        return self._env.parallelism
+
+    def value_state(self, name: str, default: Any = None) -> Any:
+        return self._store.value_state(name, default)
+
+    def list_state(self, name: str) -> Any:
+        return self._store.list_state(name)
+
+    def map_state(self, name: str) -> Any:
+        return self._store.map_state(name)
+
+
+class _FunctionAsProcess(KeyedProcessFunction):
+    def __init__(self, fn: Callable[[Any, ProcessContext], Iterable[Any] | None]) -> None:
+        self.fn = fn
+
+    def process_element(self, value: Any, ctx: ProcessContext) -> Iterable[Any] | None:
+        return self.fn(value, ctx)
+
+
+class ProcessOp(Operator):
+    """Keyed process function with keyed state and processing-time timers."""
+
+    keyed = True
+    has_timers = True
+
+    def __init__(self, node: Node, key_fn: Callable[[Any], Any]) -> None:
+        super().__init__(node)
+        self.key_fn = key_fn
+        f = node.fn
+        self.func: KeyedProcessFunction = (
+            f if isinstance(f, KeyedProcessFunction) else _FunctionAsProcess(f)
+        )
+        self.store: KeyedStore | None = None
+        self.ctx: _Ctx | None = None
+
+    def open(self, rt: OperatorEnv) -> None:
+        self.store = KeyedStore(rt.max_parallelism, rt.kg_range)
+        self.ctx = _Ctx(self.store, rt)
+        try:
+            self.func.open(self.ctx)
+        except Exception as e:
+            raise UserFunctionError(self.name, "<open>", e) from e
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        store, ctx, pe = self.store, self.ctx, self.func.process_element
+        assert store is not None and ctx is not None
+        scope = store.scope
+        kf = self.key_fn
+        out: list[Any] = []
+        ext = out.extend
+        r: Any = None
+        try:
+            for r in batch:
+                scope.key = kf(r)
+                res = pe(r, ctx)
+                if res is not None:
+                    ext(res)
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, r, e) from e
+        return out
+
+    def next_timer(self) -> float | None:
+        assert self.store is not None
+        return self.store.next_timer()
+
+    def fire_timers(self, now: float) -> list[Any]:
+        store, ctx = self.store, self.ctx
+        assert store is not None and ctx is not None
+        out: list[Any] = []
+        for when, key in store.pop_due_timers(now):
+            store.scope.key = key
+            try:
+                res = self.func.on_timer(when, ctx)
+            except Exception as e:
+                if isinstance(e, OnceflowError):
+                    raise
+                raise UserFunctionError(self.name, f"<timer {when} for key {key!r}>", e) from e
+            if res is not None:
+                out.extend(res)
+        return out
+
+    def snapshot(self, checkpoint_id: int) -> Any:
+        assert self.store is not None
+        return self.store.snapshot()
+
+    def restore(self, states: list[Any], filter_keys: bool) -> None:
+        assert self.store is not None
+        self.store.restore([s for s in states if s], filter_keys)
+
+    def close(self) -> None:
+        self.func.close()
+
+
+class SinkOp(Operator):
+    """Runs a sink: plain, two-phase commit, or write-ahead; the lifecycle classes own the
+    protocols."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self.sink = node.fn
+        self.lifecycle: Any = None
+        self._restored: list[Any] = []
+
+    def open(self, rt: OperatorEnv) -> None:
+        ctx = SinkContext(rt.flow, self.uid, rt.subtask, rt.parallelism, rt.attempt)
+        s = self.sink
+        if isinstance(s, TwoPhaseCommitSink):
+            self.lifecycle = TransactionLifecycle(s, ctx)
+        elif isinstance(s, WriteAheadSink):
+            self.lifecycle = WriteAheadLifecycle(s, ctx)
+        else:
+            self.lifecycle = _PlainSinkLifecycle(s, ctx)
+
+    def restore(self, states: list[Any], filter_keys: bool) -> None:
+        self._restored = [s for s in states if s is not None]
+
+    def start(self) -> None:
+        try:
+            self.lifecycle.start(self._restored)
+        except OnceflowError:
+            raise
+        except Exception as e:
+            raise UserFunctionError(self.name, "<recovery: open/recommit>", e) from e
+        self._restored = []
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        try:
+            self.lifecycle.write(batch)
+        except OnceflowError:
+            raise
+        except Exception as e:
+            raise UserFunctionError(self.name, batch[0] if batch else None, e) from e
+        return []
+
+    def snapshot(self, checkpoint_id: int) -> Any:
+        return self.lifecycle.snapshot(checkpoint_id)
+
+    def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
+        self.lifecycle.checkpoint_complete(checkpoint_id)
+
+    def end_of_input(self) -> list[Any]:
+        fin = getattr(self.sink, "finish", None)
+        if isinstance(self.sink, Sink) and fin is not None:
+            fin()
+        return []
+
+    def close(self) -> None:
+        if self.lifecycle is not None:
+            self.lifecycle.close()
+
+
+class _PlainSinkLifecycle:
+    def __init__(self, sink: Sink, ctx: SinkContext) -> None:
+        self.sink, self.ctx = sink, ctx
+
+    def start(self, states: list[Any]) -> None:
+        self.sink.open(self.ctx)
+        self.sink.restore_state(states)
+
+    def write(self, records: list[Any]) -> None:
+        self.sink.write(records)
+
+    def snapshot(self, checkpoint_id: int) -> Any:
+        return self.sink.snapshot_state(checkpoint_id)
+
+    def checkpoint_complete(self, checkpoint_id: int) -> None:
+        self.sink.notify_checkpoint_complete(checkpoint_id)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class SourceOp(Operator):
+    """Reads the splits assigned to this subtask; its state is ``[(split, position)]``."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self.source: Source = node.fn
+        self.assigned: list[list[Any]] = []  # [split, position, finished]
+        self.readers: list[SplitReader | None] = []
+        self._next = 0
+
+    def assign(self, splits: list[tuple[Any, Any, bool]]) -> None:
+        self.assigned = [[s, p, f] for s, p, f in splits]
+        self.readers = [None] * len(self.assigned)
+        self._next = 0
+
+    def restore(self, states: list[Any], filter_keys: bool) -> None:
+        merged: list[tuple[Any, Any, bool]] = []
+        for st in states:
+            merged.extend(st)
+        self.assign(merged)
+
+    @property
+    def exhausted(self) -> bool:
+        return all(a[2] for a in self.assigned)
+
+    def read(self, max_records: int) -> list[Any]:
+        """Up to ``max_records`` from the next unfinished split (round robin)."""
+        n = len(self.assigned)
+        for _ in range(n):
+            i = self._next
+            self._next = (i + 1) % n
+            a = self.assigned[i]
+            if a[2]:
+                continue
+            rd = self.readers[i]
+            if rd is None:
+                try:
+                    rd = self.readers[i] = self.source.reader(a[0], a[1])
+                except OnceflowError:
+                    raise
+                except Exception as e:
+                    raise UserFunctionError(self.name, f"<open split {a[0]!r}>", e) from e
+            try:
+                batch = rd.read_batch(max_records)
+            except OnceflowError:
+                raise
+            except Exception as e:
+                raise UserFunctionError(self.name, f"<read split {a[0]!r}>", e) from e
+            a[1] = rd.position()
+            if batch is None:
+                a[2] = True
+                rd.close()
+                self.readers[i] = None
+                continue
+            if batch:
+                return batch
+        return []
+
+    def snapshot(self, checkpoint_id: int) -> Any:
+        return [(s, p, f) for s, p, f in self.assigned]
+
+    def close(self) -> None:
+        for rd in self.readers:
+            if rd is not None:
+                rd.close()
+
+
+def make_operator(node: Node, key_fn: Callable[[Any], Any] | None) -> Operator:
+    k = node.kind
+    if k is Kind.SOURCE:
+        return SourceOp(node)
+    if k is Kind.MAP:
+        return MapOp(node)
+    if k is Kind.FILTER:
+        return FilterOp(node)
+    if k is Kind.FLAT_MAP:
+        return FlatMapOp(node)
+    if k is Kind.UNION:
+        return UnionOp(node)
+    if k is Kind.REDUCE:
+        assert key_fn is not None
+        return ReduceOp(node, key_fn)
+    if k is Kind.PROCESS:
+        assert key_fn is not None
+        return ProcessOp(node, key_fn)
+    if k is Kind.SINK:
+        return SinkOp(node)
+    raise AssertionError(k)

@@ -1,0 +1,352 @@
+"""A task: one subtask of a chain of operators, driven by its worker's loop.
+
+``step()`` does at most one unit of work (one input batch, or one source batch) and says
+whether it did anything, so a worker can run many tasks in one thread without any of them
+blocking: a task whose outputs are full simply does not take input (backpressure).
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any
+
+from onceflow import _faults
+from onceflow.errors import CheckpointError
+from onceflow.graph.jobgraph import Task
+from onceflow.graph.keygroups import stable_hash, subtask_table
+from onceflow.graph.logical import Kind, Partitioning
+from onceflow.runtime.barriers import make_handler
+from onceflow.runtime.channels import InputChannel, LocalOutput, RemoteOutput
+from onceflow.runtime.events import END_OF_INPUT, Barrier
+from onceflow.runtime.operators import (
+    Operator,
+    OperatorEnv,
+    ProcessOp,
+    SinkOp,
+    SourceOp,
+    make_operator,
+)
+
+Output = LocalOutput | RemoteOutput
+
+
+class Partitioner:
+    """Routes a task's output batches to the channels of one downstream edge."""
+
+    def __init__(self, channels: list[Output]) -> None:
+        self.channels = channels
+
+    def has_room(self) -> bool:
+        for c in self.channels:
+            if not c.has_room():
+                return False
+        return True
+
+    def broadcast(self, event: object) -> None:
+        for c in self.channels:
+            c.send_event(event)
+
+    def emit(self, batch: list[Any]) -> None:
+        raise NotImplementedError
+
+
+class ForwardPartitioner(Partitioner):
+    def emit(self, batch: list[Any]) -> None:
+        self.channels[0].send_batch(batch)
+
+
+class RebalancePartitioner(Partitioner):
+    def __init__(self, channels: list[Output], start: int) -> None:
+        super().__init__(channels)
+        self._next = start % len(channels)
+
+    def emit(self, batch: list[Any]) -> None:
+        self.channels[self._next].send_batch(batch)
+        self._next = (self._next + 1) % len(self.channels)
+
+
+class KeyPartitioner(Partitioner):
+    """Key -> key group (stable hash) -> owning subtask. A small cache maps recent keys
+    straight to their subtask."""
+
+    _CACHE_LIMIT = 1 << 17
+
+    def __init__(self, channels: list[Output], key_fn: Callable[[Any], Any],
+                 max_parallelism: int) -> None:
+        super().__init__(channels)
+        self.key_fn = key_fn
+        self.max_parallelism = max_parallelism
+        self.table = subtask_table(len(channels), max_parallelism)
+        self.cache: dict[Any, int] = {}
+
+    def emit(self, batch: list[Any]) -> None:
+        chans = self.channels
+        if len(chans) == 1:
+            chans[0].send_batch(batch)
+            return
+        buckets: list[list[Any]] = [[] for _ in chans]
+        appends = [b.append for b in buckets]
+        kf, cache, table, mp = self.key_fn, self.cache, self.table, self.max_parallelism
+        get = cache.get
+        for r in batch:
+            k = kf(r)
+            t = get(k)
+            if t is None:
+                t = table[(stable_hash(k) >> 7) % mp]
+                if len(cache) >= self._CACHE_LIMIT:
+                    cache.clear()
+                cache[k] = t
+            appends[t](r)
+        for c, b in zip(chans, buckets, strict=True):
+            if b:
+                c.send_batch(b)
+
+
+class TaskState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    INPUT_ENDED = "input_ended"  # sent end-of-input downstream; waits for the final commit
+    FINISHED = "finished"
+
+
+StateWriter = Callable[["TaskRunner", Barrier, bytes, float, float], None]
+
+
+class TaskRunner:
+    def __init__(self, spec: Task, subtask: int, env: OperatorEnv, exactly_once: bool,
+                 batch_size: int, write_state: StateWriter,
+                 on_exhausted: Callable[[TaskRunner], None]) -> None:
+        self.spec = spec
+        self.uid = spec.uid
+        self.subtask = subtask
+        self.env = env
+        self.batch_size = batch_size
+        self.state = TaskState.CREATED
+        key_fn = spec.inputs[0].key_fn if spec.inputs and spec.inputs[0].partitioning is \
+            Partitioning.KEY else None
+        self.ops: list[Operator] = [
+            make_operator(n, key_fn if i == 0 else None) for i, n in enumerate(spec.nodes)
+        ]
+        self.source: SourceOp | None = self.ops[0] if isinstance(self.ops[0], SourceOp) else None
+        first = 1 if self.source is not None else 0
+        self._tails = {i: self.ops[i:] for i in range(len(self.ops) + 1)}
+        self._first = first
+        self.timer_ops = [(i, op) for i, op in enumerate(self.ops) if isinstance(op, ProcessOp)]
+        self.inputs: list[InputChannel] = []
+        self.outputs: list[Partitioner] = []
+        self._exactly_once = exactly_once
+        self._write_state = write_state
+        self._on_exhausted = on_exhausted
+        self._rr = 0
+        self._exhausted_reported = False
+        self._final_barrier_seen = False
+        self.handler: Any = None
+
+    # --- set-up --------------------------------------------------------------------------
+    def connect(self) -> None:
+        self.inputs.sort(key=lambda c: c.id)
+        self.handler = make_handler(self._exactly_once, self.inputs, self._on_aligned)
+
+    def open(self, restored: list[tuple[int, int, dict[str, Any]]],
+             initial_splits: list[tuple[Any, Any, bool]] | None) -> None:
+        """``restored``: (old subtask, old parallelism, state) of every old subtask whose
+        state this subtask needs."""
+        p, i = self.spec.parallelism, self.subtask
+        lo, hi = self.env.kg_range
+        mp = self.env.max_parallelism
+        for op in self.ops:
+            op.open(self.env)
+            if op.keyed:
+                from onceflow.graph.keygroups import key_group_range
+
+                states = []
+                exact = True
+                for j, pj, st in restored:
+                    olo, ohi = key_group_range(j, pj, mp)
+                    if olo < hi and lo < ohi:
+                        states.append(st["ops"].get(op.uid))
+                        exact = exact and (olo, ohi) == (lo, hi)
+                op.restore(states, filter_keys=not exact)
+            else:
+                op.restore([st["ops"].get(op.uid) for j, _, st in restored if j % p == i], False)
+            for j, _, st in restored:
+                if j % p == i and op.uid in st.get("metrics", {}):
+                    rin, rout = st["metrics"][op.uid]
+                    op.records_in += rin
+                    op.records_out += rout
+        if self.source is not None and not restored:
+            self.source.assign(initial_splits or [])
+        for op in self.ops:
+            if isinstance(op, SinkOp):
+                op.start()
+        self.state = TaskState.RUNNING
+
+    # --- processing ----------------------------------------------------------------------
+    def _outputs_have_room(self) -> bool:
+        for o in self.outputs:
+            if not o.has_room():
+                return False
+        return True
+
+    def _push(self, batch: list[Any], start: int) -> None:
+        for op in self._tails[start]:
+            op.records_in += len(batch)
+            batch = op.process(batch)
+            op.records_out += len(batch)
+            if not batch:
+                return
+        for o in self.outputs:
+            o.emit(batch)
+
+    def step(self) -> bool:
+        if self.state is not TaskState.RUNNING:
+            return False
+        if self.source is not None:
+            return self._source_step()
+        if not self._outputs_have_room():
+            return False
+        inputs = self.inputs
+        n = len(inputs)
+        for k in range(n):
+            ch = inputs[(self._rr + k) % n]
+            if ch.queue and not ch.blocked:
+                self._rr = (self._rr + k + 1) % n
+                item = ch.pop()
+                if type(item) is list:
+                    self._push(item, 0)
+                elif type(item) is Barrier:
+                    self.handler.on_barrier(ch, item)
+                elif item is END_OF_INPUT:
+                    self.handler.on_end_of_input(ch)
+                    if all(c.ended for c in inputs):
+                        self._end_of_input()
+                else:  # watermarks and future events: forward unchanged
+                    for o in self.outputs:
+                        o.broadcast(item)
+                return True
+        return False
+
+    def _source_step(self) -> bool:
+        src = self.source
+        assert src is not None
+        if src.exhausted:
+            if not self._exhausted_reported:
+                self._exhausted_reported = True
+                self._on_exhausted(self)
+            return False
+        if not self._outputs_have_room():
+            return False
+        batch = src.read(self.batch_size)
+        if batch:
+            src.records_out += len(batch)
+            self._push(batch, 1)
+            _faults.point("source.after_batch", task=self.uid, subtask=self.subtask,
+                          records=src.records_out)
+            return True
+        return not src.exhausted  # an exhausted split is progress; "nothing now" is not
+
+    def idle_source(self) -> bool:
+        """A running source that is not exhausted but had nothing to read."""
+        return self.source is not None and self.state is TaskState.RUNNING and \
+            not self.source.exhausted
+
+    def fire_timers(self, now: float) -> bool:
+        if self.state is not TaskState.RUNNING or self._final_barrier_seen:
+            return False
+        fired = False
+        for i, op in self.timer_ops:
+            assert isinstance(op, ProcessOp)
+            nt = op.next_timer()
+            if nt is not None and nt <= now:
+                out = op.fire_timers(now)
+                op.records_out += len(out)
+                if out:
+                    self._push(out, i + 1)
+                fired = True
+        return fired
+
+    def next_timer(self) -> float | None:
+        times = [t for _, op in self.timer_ops if (t := op.next_timer()) is not None]
+        return min(times) if times else None
+
+    def _end_of_input(self) -> None:
+        for i, op in enumerate(self.ops):
+            out = op.end_of_input()
+            if out:
+                self._push(out, i + 1)
+        for o in self.outputs:
+            o.broadcast(END_OF_INPUT)
+        self.state = TaskState.INPUT_ENDED
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def trigger(self, barrier: Barrier) -> None:
+        """Source tasks: the coordinator asked for checkpoint ``barrier.checkpoint_id``."""
+        if self.state is not TaskState.RUNNING:
+            return
+        self._on_aligned(barrier, 0.0)
+        if barrier.final:
+            for o in self.outputs:
+                o.broadcast(END_OF_INPUT)
+            self.state = TaskState.INPUT_ENDED
+
+    def _on_aligned(self, barrier: Barrier, aligned_s: float) -> None:
+        if barrier.final:
+            self._final_barrier_seen = True
+        for o in self.outputs:
+            o.broadcast(barrier)
+        t0 = time.perf_counter()
+        cid = barrier.checkpoint_id
+        _faults.point("snapshot.sync", checkpoint=cid, task=self.uid, subtask=self.subtask)
+        state = {
+            "ops": {op.uid: op.snapshot(cid) for op in self.ops},
+            "metrics": {op.uid: (op.records_in, op.records_out) for op in self.ops},
+        }
+        try:
+            blob = pickle.dumps(state, protocol=5)
+        except Exception as e:
+            bad = next((op.name for op in self.ops if not _picklable(state["ops"][op.uid])),
+                       self.spec.name)
+            raise CheckpointError(
+                f"checkpoint {cid}: the state of operator {bad!r} cannot be serialized "
+                f"({type(e).__name__}: {e}); keep only picklable values in state"
+            ) from e
+        self._write_state(self, barrier, blob, time.perf_counter() - t0, aligned_s)
+
+    def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
+        for op in self.ops:
+            op.checkpoint_complete(checkpoint_id, final)
+
+    def checkpoint_aborted(self, checkpoint_id: int) -> None:
+        if self.handler is not None:
+            self.handler.abort(checkpoint_id)
+
+    def close(self) -> None:
+        for op in self.ops:
+            op.close()
+        self.state = TaskState.FINISHED
+
+    def metrics(self) -> dict[str, tuple[int, int]]:
+        return {op.uid: (op.records_in, op.records_out) for op in self.ops}
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        pickle.dumps(obj, protocol=5)
+        return True
+    except Exception:
+        return False
+
+
+def make_partitioner(part: Partitioning, channels: list[Output], key_fn: Any,
+                     max_parallelism: int, subtask: int) -> Partitioner:
+    if part is Partitioning.FORWARD:
+        return ForwardPartitioner(channels)
+    if part is Partitioning.KEY:
+        return KeyPartitioner(channels, key_fn, max_parallelism)
+    return RebalancePartitioner(channels, subtask)
+
+
+__all__ = ["Kind", "TaskRunner", "make_partitioner"]

@@ -1,0 +1,270 @@
+"""A worker process: runs subtask ``i`` of every task, in one thread, in a loop.
+
+The loop alternates between (1) one step of every task, (2) flushing and reading the peer
+sockets, (3) control messages from the driver, and sleeps in ``select`` only when no task
+could make progress. A second thread writes checkpoint state files (the asynchronous phase)
+and acknowledges them to the driver.
+
+The worker exits by itself when the driver goes away: its control socket reports EOF and,
+for a driver killed with SIGKILL, the kernel sends SIGKILL (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+import traceback
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from socket import socket
+from typing import Any
+
+from onceflow import _faults
+from onceflow.checkpoint.storage import STATE_MAGIC, CompletedCheckpoint, state_file_name
+from onceflow.errors import OnceflowError
+from onceflow.graph.jobgraph import JobGraph
+from onceflow.graph.keygroups import key_group_range
+from onceflow.runtime.channels import InputChannel, LocalOutput, Peer, RemoteOutput
+from onceflow.runtime.events import Barrier
+from onceflow.runtime.operators import OperatorEnv
+from onceflow.runtime.task import Output, TaskRunner, make_partitioner
+
+log = logging.getLogger("onceflow.worker")
+
+
+@dataclass
+class WorkerSpec:
+    index: int
+    flow: str
+    graph: JobGraph
+    exactly_once: bool
+    batch_size: int
+    capacity: int
+    checkpoint_dir: str  # chk-<n> directories are created below it
+    attempt: int
+    restore: CompletedCheckpoint | None
+    initial_splits: dict[str, list[list[tuple[Any, Any, bool]]]] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket]) -> None:
+        self.spec = spec
+        self.ctrl = ctrl
+        self._send_lock = threading.Lock()
+        self.peers = {w: Peer(s, w) for w, s in peer_socks.items()}
+        self.tasks: list[TaskRunner] = []
+        self.sources: list[TaskRunner] = []
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-ckpt")
+        self.done = False
+        self._wire()
+
+    # --- set-up --------------------------------------------------------------------------
+    def _wire(self) -> None:
+        g, me = self.spec.graph, self.spec.index
+        by_uid: dict[str, TaskRunner] = {}
+        for uid in g.order:
+            t = g.tasks[uid]
+            if me >= t.parallelism:
+                continue
+            env = OperatorEnv(self.spec.flow, me, t.parallelism, g.max_parallelism,
+                              key_group_range(me, t.parallelism, g.max_parallelism),
+                              self.spec.attempt)
+            runner = TaskRunner(t, me, env, self.spec.exactly_once, self.spec.batch_size,
+                                self._write_state_async, self._on_exhausted)
+            by_uid[uid] = runner
+            self.tasks.append(runner)
+            if runner.source is not None:
+                self.sources.append(runner)
+        inputs: dict[int, InputChannel] = {}
+        for c in g.channels:
+            if c.down_index == me:
+                peer = self.peers[c.up_index] if c.up_index != me else None
+                ch = InputChannel(c.id, peer)
+                inputs[c.id] = ch
+                by_uid[c.downstream].inputs.append(ch)
+                if peer is not None:
+                    peer.inputs[c.id] = ch
+        outs: dict[tuple[str, int], list[tuple[int, Output]]] = {}
+        for c in g.channels:
+            if c.up_index != me:
+                continue
+            out: Output
+            if c.down_index == me:
+                out = LocalOutput(inputs[c.id], self.spec.capacity)
+            else:
+                peer = self.peers[c.down_index]
+                out = RemoteOutput(peer, c.id, self.spec.capacity)
+                peer.outputs[c.id] = out
+            outs.setdefault((c.downstream, c.input_no), []).append((c.down_index, out))
+        for runner in self.tasks:
+            for down, part, key_fn, input_no in runner.spec.outputs:
+                chans = [o for _, o in sorted(outs.get((down, input_no), []), key=lambda x: x[0])]
+                runner.outputs.append(
+                    make_partitioner(part, chans, key_fn, g.max_parallelism, me)
+                )
+            runner.connect()
+
+    def _restore_inputs(self, runner: TaskRunner) -> list[tuple[int, int, dict[str, Any]]]:
+        ckpt = self.spec.restore
+        if ckpt is None:
+            return []
+        mp = self.spec.graph.max_parallelism
+        p, i = runner.spec.parallelism, runner.subtask
+        lo, hi = key_group_range(i, p, mp)
+        wanted: dict[str, tuple[int, int]] = {}
+        for op in runner.ops:
+            entry = ckpt.meta["operators"].get(op.uid)
+            if entry is None:
+                continue
+            pj = entry["parallelism"]
+            for f in entry["files"]:
+                j = f["subtask"]
+                olo, ohi = key_group_range(j, pj, mp)
+                if (op.keyed and olo < hi and lo < ohi) or (not op.keyed and j % p == i):
+                    wanted[f["file"]] = (j, pj)
+        return [(j, pj, ckpt.read_state(name)) for name, (j, pj) in sorted(wanted.items())]
+
+    # --- messages ------------------------------------------------------------------------
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.ctrl.send(msg)
+
+    def _on_exhausted(self, runner: TaskRunner) -> None:
+        self.send(("exhausted", runner.uid, runner.subtask))
+
+    def _write_state_async(self, runner: TaskRunner, barrier: Barrier, blob: bytes,
+                           sync_s: float, aligned_s: float) -> None:
+        self.writer.submit(self._write_state, runner.uid, runner.subtask,
+                           runner.spec.parallelism, [op.uid for op in runner.ops],
+                           barrier.checkpoint_id, blob, sync_s, aligned_s, runner.metrics())
+
+    def _write_state(self, task: str, subtask: int, parallelism: int, ops: list[str], cid: int,
+                     blob: bytes, sync_s: float, aligned_s: float,
+                     metrics: dict[str, tuple[int, int]]) -> None:
+        t0 = time.perf_counter()
+        directory = os.path.join(self.spec.checkpoint_dir, f"chk-{cid}")
+        name = state_file_name(task, subtask)
+        path = os.path.join(directory, name)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            data = STATE_MAGIC + blob
+            half = len(data) // 2
+            with open(path, "wb") as f:
+                f.write(data[:half])
+                _faults.point("snapshot.async", checkpoint=cid, task=task, subtask=subtask)
+                f.write(data[half:])
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            self.send(("decline", cid, task, subtask,
+                       f"writing state of task {task!r} subtask {subtask} to {path} failed: "
+                       f"{e.strerror or e}"))
+            return
+        info = {
+            "file": name, "size": len(data), "crc32": zlib.crc32(data),
+            "parallelism": parallelism, "ops": ops,
+            "sync_ms": sync_s * 1e3, "async_ms": (time.perf_counter() - t0) * 1e3,
+            "align_ms": aligned_s * 1e3, "metrics": metrics,
+        }
+        self.send(("ack", cid, task, subtask, info))
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "trigger":
+            _, cid, ts, final = msg
+            b = Barrier(cid, ts, final)
+            for t in self.sources:
+                t.trigger(b)
+        elif kind == "complete":
+            _, cid, final = msg
+            for t in self.tasks:
+                t.checkpoint_complete(cid, final)
+            if final:
+                self._finish()
+        elif kind == "abort":
+            for t in self.tasks:
+                t.checkpoint_aborted(msg[1])
+        elif kind == "stop":
+            self.done = True
+
+    def _finish(self) -> None:
+        for t in self.tasks:
+            t.close()
+        self.writer.shutdown(wait=True)
+        metrics: dict[str, tuple[int, int]] = {}
+        for t in self.tasks:
+            metrics.update({f"{uid}#{t.subtask}": m for uid, m in t.metrics().items()})
+        self.send(("finished", self.spec.index, metrics))
+        self.done = True
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        for t in self.tasks:
+            splits = self.spec.initial_splits.get(t.uid)
+            t.open(self._restore_inputs(t), splits[t.subtask] if splits else None)
+        self.send(("running", self.spec.index))
+        tasks, peers = self.tasks, list(self.peers.values())
+        timer_tasks = [t for t in tasks if t.timer_ops]
+        ctrl = self.ctrl
+        while not self.done:
+            progressed = False
+            for t in tasks:
+                if t.step():
+                    progressed = True
+            if timer_tasks:
+                now = time.time()
+                for t in timer_tasks:
+                    if t.fire_timers(now):
+                        progressed = True
+            for p in peers:
+                p.flush()
+                if p.receive():
+                    progressed = True
+            while ctrl.poll():
+                self._handle(ctrl.recv())
+                progressed = True
+                if self.done:
+                    break
+            if not progressed and not self.done:
+                self._wait(tasks, peers, timer_tasks)
+
+    def _wait(self, tasks: list[TaskRunner], peers: list[Peer],
+              timer_tasks: list[TaskRunner]) -> None:
+        timeout = 0.5
+        if any(t.idle_source() for t in self.sources):
+            timeout = 0.01
+        for t in timer_tasks:
+            nt = t.next_timer()
+            if nt is not None:
+                timeout = max(0.0, min(timeout, nt - time.time()))
+        rl: list[Any] = [self.ctrl, *peers]
+        wl = [p for p in peers if p.out]
+        select.select(rl, wl, [], timeout)
+
+
+def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket]) -> int:
+    """Entry point in the forked child. Returns the exit code (the caller calls _exit)."""
+    try:
+        Worker(spec, ctrl, peer_socks).run()
+        return 0
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return 3  # the driver went away: nothing to report to
+    except BaseException as e:
+        if isinstance(e, OnceflowError):
+            msg = str(e)
+            detail = "".join(traceback.format_exception(e.__cause__ or e)[-6:])
+        else:
+            msg = f"{type(e).__name__}: {e}"
+            detail = traceback.format_exc()
+        try:
+            ctrl.send(("failed", spec.index, msg, detail))
+        except Exception:
+            pass
+        return 1
+
+

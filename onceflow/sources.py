@@ -1,0 +1,5 @@
+"""Built-in replayable sources and the base classes for your own."""
+
+from onceflow.connectors.sources import Collection, Range, Source, SplitReader, TextFiles
+
+__all__ = ["Collection", "Range", "Source", "SplitReader", "TextFiles"]

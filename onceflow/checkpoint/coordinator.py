@@ -155,6 +155,7 @@ class CheckpointCoordinator:
         for p in list(self.pending.values()):
             self._abort(p, reason, notify=False, count=False)
         self.exhausted.clear()
+        self.final_completed = False
         self.consecutive_failures = 0
         self._running = False
         self.next_id = max(self.next_id, self.storage.next_id())

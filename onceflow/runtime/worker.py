@@ -29,7 +29,13 @@ from onceflow.checkpoint.storage import STATE_MAGIC, CompletedCheckpoint, state_
 from onceflow.errors import OnceflowError
 from onceflow.graph.jobgraph import JobGraph
 from onceflow.graph.keygroups import key_group_range
-from onceflow.runtime.channels import InputChannel, LocalOutput, Peer, RemoteOutput
+from onceflow.runtime.channels import (
+    InputChannel,
+    LocalOutput,
+    Peer,
+    PeerClosedError,
+    RemoteOutput,
+)
 from onceflow.runtime.events import Barrier
 from onceflow.runtime.operators import OperatorEnv
 from onceflow.runtime.task import Output, TaskRunner, make_partitioner
@@ -222,8 +228,14 @@ class Worker:
                     if t.fire_timers(now):
                         progressed = True
             for p in peers:
-                p.flush()
-                if p.receive():
+                try:
+                    p.flush()
+                    if p.receive():
+                        progressed = True
+                except PeerClosedError:
+                    # A finished or dead peer. If it died, the driver sees it too and stops
+                    # this attempt; if it finished, nothing more was to come from it.
+                    peers = [q for q in peers if q is not p]
                     progressed = True
             while ctrl.poll():
                 self._handle(ctrl.recv())

@@ -1,0 +1,201 @@
+"""Flows of different shapes for crash tests, each with its exact expected output.
+
+Run as a script so a test can SIGKILL the driver or its workers:
+
+    python tests/crashjobs.py SHAPE --out DIR --ckpt DIR [--parallelism P] [--restore latest]
+
+prints one JSON line with the job's result. ``expected(shape, records)`` computes, without
+onceflow, the multiset of records a failure-free run commits. Every shape emits running
+counts (1, 2, ..., n per key), so a replayed or lost record shows up as a count that is
+missing or appears twice, whatever order records arrive in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import onceflow as of
+
+KEYS = 97
+
+
+def throttle(rate: float) -> Callable[[Any], Any]:
+    """An identity map that holds each subtask to about ``rate`` records/s, so that a job
+    runs long enough for kills to land mid-run."""
+    every = 256
+    pause = every / rate
+    count = [0]
+
+    def fn(x: Any) -> Any:
+        count[0] += 1
+        if count[0] % every == 0:
+            time.sleep(pause)
+        return x
+
+    return fn
+
+
+def words_corpus(directory: str, files: int = 4, lines: int = 1500) -> list[str]:
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for f in range(files):
+        p = os.path.join(directory, f"part-{f}.txt")
+        if not os.path.exists(p):
+            with open(p + ".tmp", "w") as fh:
+                for ln in range(lines):
+                    n = (f * 7919 + ln * 31) % 11
+                    fh.write(" ".join(f"w{(f * 13 + ln * 17 + k * 7) % 89}" for k in range(n)))
+                    fh.write("\n")
+            os.rename(p + ".tmp", p)
+        paths.append(p)
+    return paths
+
+
+class CountPerKey(of.KeyedProcessFunction):
+    def open(self, ctx: of.RuntimeContext) -> None:
+        self.count = ctx.value_state("count", default=0)
+        self.seen = ctx.list_state("recent")
+        self.by_parity = ctx.map_state("parity")
+
+    def process_element(self, value: Any, ctx: of.ProcessContext) -> list[Any]:
+        c = self.count.value() + 1
+        self.count.update(c)
+        self.seen.update([value])  # keep list state small but exercised
+        self.by_parity.put(c % 2, c)
+        return [("stage2", ctx.current_key, c)]
+
+
+def build(shape: str, flow: of.Flow, records: int, rate: float, out: str,
+          corpus: str) -> None:
+    sink = of.sinks.FileSink(out)
+    if shape == "keyed_count":
+        (flow.source(of.sources.Range(0, records), name="numbers")
+             .map(throttle(rate), name="throttle")
+             .map(lambda i: (i % KEYS, 1), name="pairs")
+             .key_by(lambda kv: kv[0])
+             .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count")
+             .sink(sink, name="files"))
+    elif shape == "union_flatmap":
+        a = flow.source(of.sources.Range(0, records // 2), name="evens-src") \
+            .map(throttle(rate / 2), name="throttle-a")
+        b = flow.source(of.sources.Range(records // 2, records), name="odds-src", parallelism=1) \
+            .map(throttle(rate / 2), name="throttle-b")
+        (a.union(b, name="union")
+          .flat_map(lambda i: [i, i + 1_000_000_000] if i % 3 == 0 else [i], name="explode")
+          .filter(lambda i: i % 5 != 1, name="drop")
+          .map(lambda i: ("k" + str(i % KEYS), 1), name="pairs")
+          .key_by(lambda kv: kv[0])
+          .reduce(lambda x, y: (x[0], x[1] + y[1]), name="count")
+          .sink(sink, name="files"))
+    elif shape == "two_keyed":
+        (flow.source(of.sources.Range(0, records), name="numbers")
+             .map(throttle(rate), name="throttle")
+             .map(lambda i: (i % KEYS, 1), name="pairs")
+             .key_by(lambda kv: kv[0])
+             .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count")
+             .key_by(lambda kc: kc[1] % 7)
+             .process(CountPerKey(), name="count-by-residue")
+             .sink(sink, name="files"))
+    elif shape == "text_wordcount":
+        words_corpus(corpus)
+        (flow.source(of.sources.TextFiles(os.path.join(corpus, "*.txt")), name="lines")
+             .map(throttle(rate / 6), name="throttle")
+             .flat_map(lambda line: [(w, 1) for w in line.split()], name="words")
+             .key_by(lambda wc: wc[0])
+             .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count")
+             .sink(sink, name="files"))
+    elif shape == "mixed_parallelism":
+        (flow.source(of.sources.Range(0, records), name="numbers", parallelism=1)
+             .map(throttle(rate), name="throttle", parallelism=1)
+             .rebalance()
+             .map(lambda i: (i % KEYS, 1), name="pairs", parallelism=2)
+             .key_by(lambda kv: kv[0])
+             .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count", parallelism=2)
+             .sink(sink, name="files", parallelism=1))
+    else:
+        raise SystemExit(f"unknown shape {shape}")
+
+
+def _running_counts(keys: list[Any]) -> Counter[tuple[Any, ...]]:
+    per = Counter(keys)
+    return Counter((k, c) for k, n in per.items() for c in range(1, n + 1))
+
+
+def expected(shape: str, records: int, corpus: str = "") -> Counter[tuple[Any, ...]]:
+    """The committed output of a failure-free run, computed without onceflow."""
+    if shape in ("keyed_count", "mixed_parallelism"):
+        return _running_counts([i % KEYS for i in range(records)])
+    if shape == "union_flatmap":
+        vals = []
+        for i in range(records):
+            vals.extend([i, i + 1_000_000_000] if i % 3 == 0 else [i])
+        return _running_counts(["k" + str(v % KEYS) for v in vals if v % 5 != 1])
+    if shape == "two_keyed":
+        stage1 = _running_counts([i % KEYS for i in range(records)])
+        residues = [c % 7 for (_, c), n in stage1.items() for _ in range(n)]
+        return Counter(("stage2", r, c) for (r, c) in _running_counts(residues))
+    if shape == "text_wordcount":
+        words = []
+        for p in words_corpus(corpus):
+            with open(p) as fh:
+                for line in fh:
+                    words.extend(line.split())
+        return _running_counts(words)
+    raise ValueError(shape)
+
+
+def committed(out: str) -> Counter[tuple[Any, ...]]:
+    return Counter(tuple(r) for r in of.sinks.read_committed(out))
+
+
+def diff(got: Counter[tuple[Any, ...]], want: Counter[tuple[Any, ...]]) -> str:
+    dup = got - want
+    lost = want - got
+    return (f"{sum(got.values())} committed vs {sum(want.values())} expected; "
+            f"{sum(dup.values())} extra/duplicated e.g. {list(dup.items())[:5]}; "
+            f"{sum(lost.values())} lost e.g. {list(lost.items())[:5]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("shape")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--corpus", default="")
+    ap.add_argument("--parallelism", type=int, default=2)
+    ap.add_argument("--records", type=int, default=60_000)
+    ap.add_argument("--rate", type=float, default=20_000.0, help="records/s per subtask")
+    ap.add_argument("--interval", type=float, default=0.3)
+    ap.add_argument("--mode", default="exactly_once")
+    ap.add_argument("--retained", type=int, default=2)
+    ap.add_argument("--restore", default=None)
+    ap.add_argument("--batch-size", type=int, default=256)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    flow = of.Flow(f"crash-{args.shape}", parallelism=args.parallelism,
+                   batch_size=args.batch_size,
+                   restart_strategy=of.restart.fixed_delay(attempts=20, delay=0.1))
+    flow.enable_checkpointing(args.interval, args.ckpt, mode=args.mode, retained=args.retained)
+    build(args.shape, flow, args.records, args.rate, args.out, args.corpus)
+    result = flow.run(restore=args.restore)
+    print(json.dumps({
+        "restarts": result.restarts,
+        "failures": result.failures,
+        "attempts": result.attempts,
+        "checkpoints": len(result.completed_checkpoints),
+        "restored_from": result.restored_from,
+        "sink_in": result.operators["files"].records_in,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -53,11 +53,12 @@ class IncompatibleStateError(CheckpointError):
 class UserFunctionError(OnceflowError):
     """User code raised while processing. ``operator`` and ``record`` say where."""
 
-    def __init__(self, operator: str, record: object, cause: BaseException) -> None:
+    def __init__(self, operator: str, record: object, cause: BaseException,
+                 what: str = "record") -> None:
         shown = _short_repr(record)
         super().__init__(
             f"operator {operator!r} raised {type(cause).__name__}: {cause} "
-            f"while processing record {shown}"
+            f"while processing {what} {shown}"
         )
         self.operator = operator
         self.record = shown

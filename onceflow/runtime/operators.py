@@ -345,7 +345,8 @@ class SinkOp(Operator):
         except OnceflowError:
             raise
         except Exception as e:
-            raise UserFunctionError(self.name, batch[0] if batch else None, e) from e
+            raise UserFunctionError(self.name, batch[0] if batch else None, e,
+                                    what=f"a batch of {len(batch)} records starting with") from e
         return []
 
     def snapshot(self, checkpoint_id: int) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from onceflow import _faults
-from onceflow.errors import CheckpointError
+from onceflow.errors import CheckpointError, ConfigurationError, UserFunctionError
 from onceflow.graph.jobgraph import Task
 from onceflow.graph.keygroups import stable_hash, subtask_table
 from onceflow.graph.logical import Kind, Partitioning
@@ -75,9 +75,10 @@ class KeyPartitioner(Partitioner):
     _CACHE_LIMIT = 1 << 17
 
     def __init__(self, channels: list[Output], key_fn: Callable[[Any], Any],
-                 max_parallelism: int) -> None:
+                 max_parallelism: int, downstream: str) -> None:
         super().__init__(channels)
         self.key_fn = key_fn
+        self.downstream = downstream
         self.max_parallelism = max_parallelism
         self.table = subtask_table(len(channels), max_parallelism)
         self.cache: dict[Any, int] = {}
@@ -91,18 +92,40 @@ class KeyPartitioner(Partitioner):
         appends = [b.append for b in buckets]
         kf, cache, table, mp = self.key_fn, self.cache, self.table, self.max_parallelism
         get = cache.get
-        for r in batch:
-            k = kf(r)
-            t = get(k)
-            if t is None:
-                t = table[(stable_hash(k) >> 7) % mp]
-                if len(cache) >= self._CACHE_LIMIT:
-                    cache.clear()
-                cache[k] = t
-            appends[t](r)
+        try:
+            for r in batch:
+                k = kf(r)
+                t = get(k)
+                if t is None:
+                    t = table[(stable_hash(k) >> 7) % mp]  # == key_group(k, mp)
+                    if len(cache) >= self._CACHE_LIMIT:
+                        cache.clear()
+                    cache[k] = t
+                appends[t](r)
+        except Exception as e:
+            self._diagnose(batch, e)
         for c, b in zip(chans, buckets, strict=True):
             if b:
                 c.send_batch(b)
+
+
+    def _diagnose(self, batch: list[Any], err: Exception) -> None:
+        """Name the record whose key could not be computed or routed."""
+        where = f"key_by before {self.downstream!r}"
+        for r in batch:
+            try:
+                k = self.key_fn(r)
+            except Exception as e:
+                raise UserFunctionError(where, r, e) from e
+            try:
+                hash(k)
+            except TypeError:
+                raise ConfigurationError(
+                    f"{where}: key {k!r} of record {r!r} has type {type(k).__name__}, which is "
+                    "not hashable; key_by must return str, int, bytes, float, bool, None or a "
+                    "tuple of those") from None
+            stable_hash(k)  # raises ConfigurationError naming the key type
+        raise err
 
 
 class TaskState(enum.Enum):
@@ -341,11 +364,11 @@ def _picklable(obj: Any) -> bool:
 
 
 def make_partitioner(part: Partitioning, channels: list[Output], key_fn: Any,
-                     max_parallelism: int, subtask: int) -> Partitioner:
+                     max_parallelism: int, subtask: int, downstream: str) -> Partitioner:
     if part is Partitioning.FORWARD:
         return ForwardPartitioner(channels)
     if part is Partitioning.KEY:
-        return KeyPartitioner(channels, key_fn, max_parallelism)
+        return KeyPartitioner(channels, key_fn, max_parallelism, downstream)
     return RebalancePartitioner(channels, subtask)
 
 

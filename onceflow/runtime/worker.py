@@ -110,9 +110,8 @@ class Worker:
         for runner in self.tasks:
             for down, part, key_fn, input_no in runner.spec.outputs:
                 chans = [o for _, o in sorted(outs.get((down, input_no), []), key=lambda x: x[0])]
-                runner.outputs.append(
-                    make_partitioner(part, chans, key_fn, g.max_parallelism, me)
-                )
+                runner.outputs.append(make_partitioner(
+                    part, chans, key_fn, g.max_parallelism, me, g.tasks[down].head.name))
             runner.connect()
 
     def _restore_inputs(self, runner: TaskRunner) -> list[tuple[int, int, dict[str, Any]]]:

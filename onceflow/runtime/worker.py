@@ -261,7 +261,15 @@ class Worker:
 def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket]) -> int:
     """Entry point in the forked child. Returns the exit code (the caller calls _exit)."""
     try:
-        Worker(spec, ctrl, peer_socks).run()
+        profile_dir = os.environ.get("ONCEFLOW_PROFILE_DIR")
+        if profile_dir:  # opt-in: cProfile each worker, for "where does the time go"
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.runcall(Worker(spec, ctrl, peer_socks).run)
+            prof.dump_stats(os.path.join(profile_dir, f"worker-{spec.index}-{os.getpid()}.prof"))
+        else:
+            Worker(spec, ctrl, peer_socks).run()
         return 0
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return 3  # the driver went away: nothing to report to

@@ -9,6 +9,10 @@ from onceflow.errors import ConfigurationError
 MODES = ("exactly_once", "at_least_once")
 
 
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class CheckpointConfig:
     interval: float
@@ -24,16 +28,16 @@ class CheckpointConfig:
         def bad(what: str) -> ConfigurationError:
             return ConfigurationError(f"enable_checkpointing: {what}")
 
-        if not isinstance(self.interval, int | float) or self.interval <= 0:
+        if not _number(self.interval) or self.interval <= 0:
             raise bad(f"interval must be a number of seconds > 0, got {self.interval!r} "
                       "(to turn checkpoints off, do not call enable_checkpointing)")
         if self.mode not in MODES:
             raise bad(f"mode must be one of {', '.join(repr(m) for m in MODES)}, "
                       f"got {self.mode!r}")
-        if self.timeout <= 0:
-            raise bad(f"timeout must be > 0 seconds, got {self.timeout!r}")
-        if self.min_pause < 0:
-            raise bad(f"min_pause must be >= 0 seconds, got {self.min_pause!r}")
+        if not _number(self.timeout) or self.timeout <= 0:
+            raise bad(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
+        if not _number(self.min_pause) or self.min_pause < 0:
+            raise bad(f"min_pause must be a number of seconds >= 0, got {self.min_pause!r}")
         if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
             raise bad(f"max_concurrent must be an integer >= 1, got {self.max_concurrent!r}")
         if not isinstance(self.retained, int) or self.retained < 1:
@@ -61,8 +65,9 @@ class RestartStrategy:
     def validate(self) -> None:
         if self.kind not in ("fixed_delay", "exponential_backoff", "none"):
             raise ConfigurationError(f"unknown restart strategy {self.kind!r}")
-        if self.delay < 0 or self.max_delay < 0:
-            raise ConfigurationError("restart strategy: delays must be >= 0")
+        if not _number(self.delay) or not _number(self.max_delay) or self.delay < 0 \
+                or self.max_delay < 0:
+            raise ConfigurationError("restart strategy: delays must be numbers >= 0")
         if self.attempts is not None and self.attempts < 0:
             raise ConfigurationError("restart strategy: attempts must be >= 0")
 

@@ -165,7 +165,13 @@ class CheckpointStorage:
             try:
                 return load_checkpoint(self.path(cid))
             except CorruptCheckpointError as e:
-                log.warning("%s; falling back to the previous checkpoint", e)
+                aside = os.path.join(self.dir, f"corrupt-chk-{cid}")
+                try:
+                    os.rename(self.path(cid), aside)
+                    moved = f"moved it to {aside} for inspection"
+                except OSError:
+                    moved = "left it in place"
+                log.warning("%s; %s and falling back to the previous checkpoint", e, moved)
         return None
 
     def discard(self, cid: int) -> None:

@@ -94,10 +94,11 @@ def assign_uids(plan: LogicalPlan) -> None:
 
 def build(plan: LogicalPlan, default_parallelism: int, max_parallelism: int) -> JobGraph:
     assign_uids(plan)
-    par = {n.id: n.parallelism or default_parallelism for n in plan.nodes}
+    par = {n.id: default_parallelism if n.parallelism is None else n.parallelism
+           for n in plan.nodes}
     for n in plan.nodes:
         p = par[n.id]
-        if p < 1:
+        if not isinstance(p, int) or p < 1:
             raise ConfigurationError(f"operator {n.name!r}: parallelism must be >= 1, got {p}")
         if p > max_parallelism:
             raise ConfigurationError(

@@ -27,6 +27,8 @@ def _key_bytes(key: object) -> bytes:
     if t is bytes:
         return key  # type: ignore[return-value]
     if t is float:
+        if key.is_integer():  # type: ignore[attr-defined]
+            return _key_bytes(int(key))  # type: ignore[call-overload]  # 1.0 == 1, -0.0 == 0
         return struct.pack("<d", key)
     if key is None:
         return b"\x00none"

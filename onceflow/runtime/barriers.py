@@ -52,6 +52,8 @@ class AlignedBarrierHandler(_BarrierHandlerBase):
             return  # aborted or superseded checkpoint: ignore
         if self.state is AlignmentState.ALIGNING:
             assert self.current is not None
+            if cid < self.current.checkpoint_id:
+                return  # an older checkpoint's barrier: that one can no longer complete here
             if cid > self.current.checkpoint_id:
                 self._cancel()  # a newer barrier supersedes the one being aligned
         if self.state is AlignmentState.IDLE:
@@ -117,6 +119,8 @@ class BarrierTracker(_BarrierHandlerBase):
     def _check(self) -> None:
         live = {c.id for c in self._live()}
         for cid in sorted(self.seen):
+            if cid not in self.seen:
+                continue
             barrier, arrived, started = self.seen[cid]
             if live <= arrived:
                 # Everything older than a completed one can never complete any more.
@@ -124,7 +128,6 @@ class BarrierTracker(_BarrierHandlerBase):
                     del self.seen[old]
                 self.latest_done = cid
                 self.on_aligned(barrier, time.perf_counter() - started)
-                return
 
     def abort(self, checkpoint_id: int) -> None:
         for k in [k for k in self.seen if k <= checkpoint_id]:

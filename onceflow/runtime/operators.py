@@ -63,16 +63,13 @@ class Operator:
     def close(self) -> None:
         pass
 
-    def _fail(self, batch: Iterable[Any], err: Exception, call: Callable[[Any], Any]) -> None:
-        """Find the record that makes ``call`` raise and raise a UserFunctionError for it."""
+    def _fail(self, batch: list[Any], it: Any, err: Exception) -> None:
+        """Raise a UserFunctionError naming the record ``map``/``filter`` was at when the
+        user's function raised: the one just taken from the list iterator ``it``."""
         if isinstance(err, OnceflowError):
             raise err
-        for r in batch:
-            try:
-                call(r)
-            except Exception as e:
-                raise UserFunctionError(self.name, r, e) from e
-        raise UserFunctionError(self.name, "<unknown record>", err) from err
+        index = len(batch) - it.__length_hint__() - 1
+        raise UserFunctionError(self.name, batch[index], err) from err
 
 
 class OperatorEnv:
@@ -87,19 +84,21 @@ class OperatorEnv:
 
 class MapOp(Operator):
     def process(self, batch: list[Any]) -> list[Any]:
+        it = iter(batch)
         try:
-            return list(map(self.fn, batch))
+            return list(map(self.fn, it))
         except Exception as e:
-            self._fail(batch, e, self.fn)
+            self._fail(batch, it, e)
             raise
 
 
 class FilterOp(Operator):
     def process(self, batch: list[Any]) -> list[Any]:
+        it = iter(batch)
         try:
-            return list(filter(self.fn, batch))
+            return list(filter(self.fn, it))
         except Exception as e:
-            self._fail(batch, e, self.fn)
+            self._fail(batch, it, e)
             raise
 
 

@@ -86,6 +86,11 @@ class KeyPartitioner(Partitioner):
     def emit(self, batch: list[Any]) -> None:
         chans = self.channels
         if len(chans) == 1:
+            if batch:  # one subtask owns every key; still check that keys are usable
+                try:
+                    stable_hash(self.key_fn(batch[0]))
+                except Exception as e:
+                    self._diagnose(batch[:1], e)
             chans[0].send_batch(batch)
             return
         buckets: list[list[Any]] = [[] for _ in chans]
@@ -269,7 +274,7 @@ class TaskRunner:
             _faults.point("source.after_batch", task=self.uid, subtask=self.subtask,
                           records=src.records_out)
             return True
-        return not src.exhausted  # an exhausted split is progress; "nothing now" is not
+        return src.exhausted  # just ran out: progress (report it next step); "nothing now": not
 
     def idle_source(self) -> bool:
         """A running source that is not exhausted but had nothing to read."""

@@ -129,8 +129,8 @@ class TransactionLifecycle:
         for handle in recovered:
             self._commit_with_retry(_Tracked(handle, TxnStatus.PRE_COMMITTED))
         if recovered:
-            log.info("sink %s[%d]: recommitted %d transaction(s) from the restored checkpoint",
-                     self.ctx.uid, self.ctx.subtask, len(recovered))
+            log.info("sink %s[%d]: ensured %d transaction(s) listed by the restored checkpoint "
+                     "are committed", self.ctx.uid, self.ctx.subtask, len(recovered))
         self.sink.abort_lingering(self.ctx, recovered)
         self._begin()
 

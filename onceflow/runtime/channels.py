@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import marshal
 import pickle
 import socket
 import struct
@@ -20,7 +21,7 @@ from collections import deque
 from typing import Any
 
 _HDR = struct.Struct("<IIB")
-DATA, EVENT, CREDIT = 0, 1, 2
+DATA, EVENT, CREDIT, DATA_MARSHAL = 0, 1, 2, 3
 _RECV = 1 << 18
 
 
@@ -59,16 +60,27 @@ class LocalOutput:
 
 
 class RemoteOutput:
-    __slots__ = ("credits", "id", "peer")
+    """Batches of built-in types (tuples, str, int, float, ...) travel as ``marshal``
+    (faster than pickle for them); the first batch marshal refuses switches the channel to
+    pickle for good."""
+
+    __slots__ = ("credits", "id", "peer", "use_marshal")
 
     def __init__(self, peer: Peer, channel_id: int, credits: int) -> None:
         self.peer, self.id, self.credits = peer, channel_id, credits
+        self.use_marshal = True
 
     def has_room(self) -> bool:
         return self.credits > 0
 
     def send_batch(self, batch: list[Any]) -> None:
         self.credits -= 1
+        if self.use_marshal:
+            try:
+                self.peer.send(DATA_MARSHAL, self.id, marshal.dumps(batch))
+                return
+            except ValueError:
+                self.use_marshal = False
         self.peer.send(DATA, self.id, pickle.dumps(batch, protocol=5))
 
     def send_event(self, event: object) -> None:
@@ -138,7 +150,7 @@ class Peer:
         buf = self.inbuf
         view = memoryview(buf)
         pos, end, hs = 0, len(buf), _HDR.size
-        loads = pickle.loads
+        loads, mloads = pickle.loads, marshal.loads
         try:
             while end - pos >= hs:
                 length, channel, kind = _HDR.unpack_from(buf, pos)
@@ -148,7 +160,9 @@ class Peer:
                     continue
                 if end - pos - hs < length:
                     break
-                item = loads(view[pos + hs : pos + hs + length])
+                payload = view[pos + hs : pos + hs + length]
+                item = mloads(payload) if kind == DATA_MARSHAL else loads(payload)
+                payload.release()  # no export may outlive the loop: the buffer is resized
                 self.inputs[channel].queue.append(item)
                 pos += hs + length
         finally:

@@ -11,6 +11,7 @@ for a driver killed with SIGKILL, the kernel sends SIGKILL (``PR_SET_PDEATHSIG``
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -104,7 +105,8 @@ class Worker:
                 out = LocalOutput(inputs[c.id], self.spec.capacity)
             else:
                 peer = self.peers[c.down_index]
-                out = RemoteOutput(peer, c.id, self.spec.capacity)
+                # a remote channel has a round trip of latency: twice the credits
+                out = RemoteOutput(peer, c.id, 2 * self.spec.capacity)
                 peer.outputs[c.id] = out
             outs.setdefault((c.downstream, c.input_no), []).append((c.down_index, out))
         for runner in self.tasks:
@@ -216,7 +218,14 @@ class Worker:
         tasks, peers = self.tasks, list(self.peers.values())
         timer_tasks = [t for t in tasks if t.timer_ops]
         ctrl = self.ctrl
+        # Everything built so far lives as long as the worker: keep the collector off it,
+        # and collect young objects less often (batches make many short-lived tuples).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
+        rounds = 0
         while not self.done:
+            rounds += 1
             progressed = False
             for t in tasks:
                 if t.step():
@@ -236,11 +245,14 @@ class Worker:
                     # this attempt; if it finished, nothing more was to come from it.
                     peers = [q for q in peers if q is not p]
                     progressed = True
-            while ctrl.poll():
-                self._handle(ctrl.recv())
-                progressed = True
-                if self.done:
-                    break
+            # Control messages are checked every few rounds (a round is about one batch per
+            # task), and always before sleeping.
+            if not progressed or rounds % 4 == 0:
+                while ctrl.poll():
+                    self._handle(ctrl.recv())
+                    progressed = True
+                    if self.done:
+                        break
             if not progressed and not self.done:
                 self._wait(tasks, peers, timer_tasks)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onceflow import _faults
+from onceflow._fsutil import fsync_dir
 from onceflow.errors import ConfigurationError, CorruptCheckpointError, NoCheckpointError
 
 log = logging.getLogger("onceflow.checkpoint")
@@ -45,45 +46,33 @@ def _checksum(body: dict[str, Any]) -> str:
     return f"{zlib.crc32(json.dumps(body, sort_keys=True).encode()):08x}"
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class CompletedCheckpoint:
     id: int
     path: str
     meta: dict[str, Any]
 
-    def read_state(self, name: str) -> dict[str, Any]:
+    def _read_verified(self, name: str) -> bytes:
         info = self.meta["files"][name]
-        path = os.path.join(self.path, name)
         try:
-            with open(path, "rb") as f:
+            with open(os.path.join(self.path, name), "rb") as f:
                 data = f.read()
         except OSError as e:
             raise CorruptCheckpointError(self.path, f"state file {name}: {e.strerror}") from e
-        if len(data) != info["size"] or zlib.crc32(data) != info["crc32"]:
-            raise CorruptCheckpointError(self.path, f"state file {name} fails its checksum")
-        return pickle.loads(data[len(STATE_MAGIC):])
+        if len(data) != info["size"] or zlib.crc32(data) != info["crc32"] \
+                or not data.startswith(STATE_MAGIC):
+            raise CorruptCheckpointError(
+                self.path, f"state file {name} is truncated or fails its checksum")
+        return data
+
+    def read_state(self, name: str) -> dict[str, Any]:
+        data = self._read_verified(name)
+        return pickle.loads(data[len(STATE_MAGIC):])  # checkpoint storage is trusted
 
     def verify(self) -> None:
         """Check that every state file is present and intact."""
-        for name, info in self.meta["files"].items():
-            path = os.path.join(self.path, name)
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                raise CorruptCheckpointError(self.path, f"state file {name}: {e.strerror}") from e
-            if len(data) != info["size"] or zlib.crc32(data) != info["crc32"] \
-                    or not data.startswith(STATE_MAGIC):
-                raise CorruptCheckpointError(
-                    self.path, f"state file {name} is truncated or fails its checksum")
+        for name in self.meta["files"]:
+            self._read_verified(name)
 
 
 def load_checkpoint(path: str) -> CompletedCheckpoint:

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from onceflow import _faults
+from onceflow._fsutil import fsync_dir
 from onceflow.connectors.sinks import SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
 from onceflow.errors import ConfigurationError, UserFunctionError
@@ -118,7 +119,7 @@ class FileSink(TwoPhaseCommitSink[FileTxn]):
             return  # committed before (or empty): idempotent
         ctx = self._ctx
         _faults.point("sink.mid_commit", subtask=ctx.subtask if ctx else -1)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def abort(self, txn: FileTxn) -> None:
         f = self._files.pop(txn.tmp, None)
@@ -162,14 +163,6 @@ def _encodable(r: Any, ser: Callable[[Any], str | bytes] | None) -> bool:
         return True
     except Exception:
         return False
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_committed(directory: str | os.PathLike[str], prefix: str = "part") -> list[Any]:

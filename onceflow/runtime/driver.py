@@ -86,11 +86,16 @@ class _Attempt:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self.reap()
+
+    def reap(self) -> None:
+        """Wait for every worker process to exit and close the driver's sockets."""
         for pid in self.pids.values():
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+        self.pids.clear()
         for c in self.conns:
             c.close()
         self.conns.clear()
@@ -365,15 +370,7 @@ class JobDriver:
             except CheckpointFailuresExceeded as e:
                 return str(e), processing_started
             if len(att.finished) == n:
-                for pid in att.pids.values():
-                    try:
-                        os.waitpid(pid, 0)
-                    except ChildProcessError:
-                        pass
-                for c in att.conns:
-                    c.close()
-                att.conns.clear()
-                att.pids.clear()
+                att.reap()
                 return None, processing_started
 
 

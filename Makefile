@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak services stop-services clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -22,7 +22,17 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 demo: $(VENV)/.synced
 	$(PY) examples/demo_wordcount.py
 
-test: $(VENV)/.synced
+# The real servers the tests use: PostgreSQL (Debian package, installed when missing) and
+# Apache Kafka (KRaft, jars from Maven Central), both on 127.0.0.1 only.
+services:
+	scripts/postgres start
+	scripts/kafka start
+
+stop-services:
+	-scripts/kafka stop
+	-scripts/postgres stop
+
+test: $(VENV)/.synced services
 	$(PY) -m ruff check onceflow tests benchmarks examples
 	$(PY) -m mypy onceflow
 	$(PY) -m pytest -q --doctest-modules onceflow tests

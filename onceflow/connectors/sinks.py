@@ -26,6 +26,8 @@ class SinkContext:
     subtask: int
     parallelism: int
     attempt: int  # 0 for the first run, +1 per restart
+    checkpoint_interval: float | None = None  # None: checkpointing off (final one only)
+    checkpoint_timeout: float | None = None
 
 
 class Sink(ABC):

@@ -34,6 +34,10 @@ class SplitReader(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (files, connections)."""
 
+    def notify_checkpoint_complete(self, checkpoint_id: int, position: Any) -> None:  # noqa: B027
+        """Checkpoint ``checkpoint_id``, which recorded ``position`` for this split, is
+        complete (e.g. commit offsets to an external system for monitoring). Optional."""
+
 
 class Source(ABC):
     """Base class of replayable sources."""
@@ -52,6 +56,9 @@ class Source(ABC):
 
     def validate(self) -> None:  # noqa: B027 - optional hook
         """Check the configuration; raise ConfigurationError with an actionable message."""
+
+    def validate_checkpointing(self, interval: float | None, timeout: float) -> None:  # noqa: B027
+        """Check the flow's checkpoint settings (``interval`` None: checkpointing off)."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -108,10 +108,16 @@ class JobDriver:
 
     # --- preparation ---------------------------------------------------------------------
     def _validate_connectors(self) -> None:
+        ck = self.cfg.checkpoint
         for node in self.plan.nodes:
+            if node.kind not in (Kind.SOURCE, Kind.SINK):
+                continue
             validate = getattr(node.fn, "validate", None)
-            if node.kind in (Kind.SOURCE, Kind.SINK) and callable(validate):
+            if callable(validate):
                 validate()
+            check = getattr(node.fn, "validate_checkpointing", None)
+            if callable(check):
+                check(ck.interval if ck else None, ck.timeout if ck else 600.0)
 
     def _check_compatible(self, ckpt: CompletedCheckpoint, graph: JobGraph) -> None:
         mp = ckpt.meta.get("max_parallelism")
@@ -303,8 +309,10 @@ class JobDriver:
         sys.stderr.flush()
         driver_pid = os.getpid()
         for w in range(n):
+            ck = cfg.checkpoint
             spec = WorkerSpec(w, cfg.flow, graph, exactly_once, cfg.batch_size,
                               cfg.channel_capacity, storage.dir, attempt_no, restore,
+                              ck.interval if ck else None, ck.timeout if ck else None,
                               initial_splits)
             pid = os.fork()
             if pid == 0:  # the worker process: never returns

@@ -8,6 +8,7 @@ and take it back in ``restore``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,6 +30,8 @@ from onceflow.connectors.two_phase import (
 from onceflow.errors import OnceflowError, UserFunctionError
 from onceflow.graph.logical import Kind, Node
 from onceflow.state.memory import KeyedStore
+
+log = logging.getLogger("onceflow.source")
 
 
 class Operator:
@@ -76,9 +79,12 @@ class OperatorEnv:
     """What the task gives its operators: where they run, and a clock."""
 
     def __init__(self, flow: str, subtask: int, parallelism: int, max_parallelism: int,
-                 kg_range: tuple[int, int], attempt: int) -> None:
+                 kg_range: tuple[int, int], attempt: int,
+                 checkpoint_interval: float | None = None,
+                 checkpoint_timeout: float | None = None) -> None:
         self.flow, self.subtask, self.parallelism = flow, subtask, parallelism
         self.max_parallelism, self.kg_range, self.attempt = max_parallelism, kg_range, attempt
+        self.checkpoint_interval, self.checkpoint_timeout = checkpoint_interval, checkpoint_timeout
         self.clock: Callable[[], float] = time.time
 
 
@@ -317,7 +323,8 @@ class SinkOp(Operator):
         self._restored: list[Any] = []
 
     def open(self, rt: OperatorEnv) -> None:
-        ctx = SinkContext(rt.flow, self.uid, rt.subtask, rt.parallelism, rt.attempt)
+        ctx = SinkContext(rt.flow, self.uid, rt.subtask, rt.parallelism, rt.attempt,
+                          rt.checkpoint_interval, rt.checkpoint_timeout)
         s = self.sink
         if isinstance(s, TwoPhaseCommitSink):
             self.lifecycle = TransactionLifecycle(s, ctx)
@@ -395,6 +402,7 @@ class SourceOp(Operator):
         self.assigned: list[list[Any]] = []  # [split, position, finished]
         self.readers: list[SplitReader | None] = []
         self._next = 0
+        self._snapshots: dict[int, list[Any]] = {}  # checkpoint id -> position per split
 
     def assign(self, splits: list[tuple[Any, Any, bool]]) -> None:
         self.assigned = [[s, p, f] for s, p, f in splits]
@@ -445,7 +453,22 @@ class SourceOp(Operator):
         return []
 
     def snapshot(self, checkpoint_id: int) -> Any:
+        self._snapshots[checkpoint_id] = [p for _, p, _ in self.assigned]
         return [(s, p, f) for s, p, f in self.assigned]
+
+    def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
+        done = [c for c in self._snapshots if c <= checkpoint_id]
+        if not done:
+            return
+        positions = self._snapshots[max(done)]
+        for c in done:
+            del self._snapshots[c]
+        for rd, pos in zip(self.readers, positions, strict=False):
+            if rd is not None:
+                try:
+                    rd.notify_checkpoint_complete(checkpoint_id, pos)
+                except Exception as e:  # informational: never fail the job for it
+                    log.warning("source %s: notify_checkpoint_complete failed: %s", self.name, e)
 
     def close(self) -> None:
         for rd in self.readers:

@@ -55,6 +55,8 @@ class WorkerSpec:
     checkpoint_dir: str  # chk-<n> directories are created below it
     attempt: int
     restore: CompletedCheckpoint | None
+    checkpoint_interval: float | None = None
+    checkpoint_timeout: float | None = None
     initial_splits: dict[str, list[list[tuple[Any, Any, bool]]]] = field(default_factory=dict)
 
 
@@ -80,7 +82,8 @@ class Worker:
                 continue
             env = OperatorEnv(self.spec.flow, me, t.parallelism, g.max_parallelism,
                               key_group_range(me, t.parallelism, g.max_parallelism),
-                              self.spec.attempt)
+                              self.spec.attempt, self.spec.checkpoint_interval,
+                              self.spec.checkpoint_timeout)
             runner = TaskRunner(t, me, env, self.spec.exactly_once, self.spec.batch_size,
                                 self._write_state_async, self._on_exhausted)
             by_uid[uid] = runner

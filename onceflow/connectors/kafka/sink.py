@@ -1,0 +1,576 @@
+"""Kafka sinks: exactly-once through Kafka transactions, or at-least-once / no guarantee.
+
+Exactly-once (DESIGN §5), per sink subtask:
+
+* **ids**: a small pool of ``transactional.id``\\ s ``{prefix}-{subtask}-{slot}``. A new
+  transaction takes the lowest slot that no pending (pre-committed, not yet committed)
+  transaction uses. Every transaction gets a **fresh producer** (``init_transactions``), so
+  every transaction has its own (producer id, epoch): a recorded pair names exactly one
+  transaction, never a later one on the same id.
+* **begin**: choose the slot; the producer is created on the first record (a checkpoint
+  interval without records costs nothing and commits nothing).
+* **pre-commit** (barrier): ``flush``; then ``DescribeTransactions`` records the
+  transaction's producer id and epoch in the handle, which the checkpoint stores.
+* **commit** (checkpoint complete): ``commit_transaction`` on the live producer; then the
+  producer is closed and the slot is free again.
+* **recovery commit** (a pending handle from a restored checkpoint, its producer gone):
+  ``EndTxn(commit)`` with the recorded id/producer id/epoch straight to the transaction
+  coordinator (:mod:`.protocol`) — *before* anything initialises that id. See
+  :meth:`KafkaTransactionalSink.commit_recovered` for the error mapping.
+* **abort lingering**: ``init_transactions`` on a short-lived producer for every id of this
+  sink (found with ``ListTransactions`` and from the state) of old subtasks ``j`` with
+  ``j % parallelism == subtask``: aborts whatever crashed attempts left open, fences zombies.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from onceflow import _faults
+from onceflow.connectors.kafka import protocol as kp
+from onceflow.connectors.kafka._common import broker_config, brokers, import_kafka, serializer
+from onceflow.connectors.sinks import Sink, SinkContext
+from onceflow.connectors.two_phase import TwoPhaseCommitSink
+from onceflow.errors import ConfigurationError, OnceflowError
+
+log = logging.getLogger("onceflow.kafka")
+
+DEFAULT_TRANSACTION_TIMEOUT_MS = 900_000  # = Kafka's default transaction.max.timeout.ms
+#: Seconds allowed for noticing a failure and restarting, on top of interval + timeout.
+RESTART_ALLOWANCE_S = 60.0
+GUARANTEES = ("none", "at_least_once", "exactly_once")
+
+
+class KafkaTransactionLostError(OnceflowError):
+    """A transaction that a completed checkpoint covers can no longer be committed (the
+    broker aborted it, usually because ``transaction.timeout.ms`` passed)."""
+
+
+@dataclass
+class KafkaTxn:
+    """A Kafka transaction of the sink; pending ones are stored in checkpoints.
+
+    ``producer_id``/``epoch`` are -1 while nothing was sent (an empty transaction: commit
+    and abort are no-ops)."""
+
+    transactional_id: str
+    slot: int
+    producer_id: int = -1
+    epoch: int = -1
+    records: int = 0
+
+
+def default_prefix(flow: str, uid: str) -> str:
+    raw = f"onceflow-{flow}-{uid}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", raw)
+
+
+def check_transaction_timeout(timeout_ms: int, broker_max_ms: int | None, *,
+                              checkpoint_interval: float | None = None,
+                              checkpoint_timeout: float | None = None,
+                              restart_allowance: float = RESTART_ALLOWANCE_S) -> None:
+    """Raise ConfigurationError when ``transaction.timeout.ms`` cannot work: above the
+    broker's ``transaction.max.timeout.ms`` (the broker refuses the producer), or below
+    checkpoint interval + checkpoint timeout + restart allowance (the broker could abort a
+    pre-committed transaction before its checkpoint completes and is committed: lost
+    output)."""
+    if broker_max_ms is not None and timeout_ms > broker_max_ms:
+        raise ConfigurationError(
+            f"KafkaSink: transaction_timeout_ms={timeout_ms} exceeds the broker's "
+            f"transaction.max.timeout.ms={broker_max_ms}; the broker would refuse the "
+            f"transactional producer. Set KafkaSink(..., transaction_timeout_ms=<= "
+            f"{broker_max_ms}) or raise transaction.max.timeout.ms on the brokers.")
+    if checkpoint_interval is not None:
+        need_s = checkpoint_interval + (checkpoint_timeout or 0.0) + restart_allowance
+        if timeout_ms < need_s * 1000:
+            raise ConfigurationError(
+                f"KafkaSink: transaction_timeout_ms={timeout_ms} is shorter than checkpoint "
+                f"interval ({checkpoint_interval:g} s) + checkpoint timeout "
+                f"({checkpoint_timeout or 0:g} s) + restart allowance ({restart_allowance:g} s)"
+                f" = {int(need_s * 1000)} ms: Kafka could abort a pre-committed transaction "
+                f"before its checkpoint completes and output would be lost. Raise "
+                f"transaction_timeout_ms (and the brokers' transaction.max.timeout.ms) or "
+                f"lower the checkpoint interval/timeout.")
+
+
+class _Producing:
+    """Produce records with a confluent-kafka Producer; collects delivery errors."""
+
+    def __init__(self, topic: str, value: Callable[[Any], Any], key: Callable[[Any], Any] | None,
+                 key_ser: Callable[[Any], Any], partition: Callable[[Any], Any] | None,
+                 headers: Callable[[Any], Any] | None) -> None:
+        self.topic, self.value, self.key, self.key_ser = topic, value, key, key_ser
+        self.partition, self.headers = partition, headers
+        self.errors: list[str] = []
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def produce(self, producer: Any, records: list[Any]) -> None:
+        for r in records:
+            kw: dict[str, Any] = {"value": self.value(r), "on_delivery": self._on_delivery}
+            if self.key is not None:
+                kw["key"] = self.key_ser(self.key(r))
+            if self.partition is not None:
+                p = self.partition(r)
+                if p is not None:
+                    kw["partition"] = int(p)
+            if self.headers is not None:
+                kw["headers"] = self.headers(r)
+            while True:
+                try:
+                    producer.produce(self.topic, **kw)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+
+    def flush(self, producer: Any, timeout: float) -> None:
+        left = producer.flush(timeout)
+        if left:
+            raise RuntimeError(f"Kafka producer: {left} record(s) not delivered within "
+                               f"{timeout:g} s")
+        if self.errors:
+            errs, self.errors = self.errors, []
+            raise RuntimeError(f"Kafka producer: {len(errs)} delivery error(s), e.g. {errs[0]}")
+
+
+class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
+    """Exactly-once Kafka sink; create it with :func:`onceflow.kafka.KafkaSink`."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, *,
+                 transactional_id_prefix: str | None = None,
+                 key: Callable[[Any], Any] | None = None,
+                 partition: Callable[[Any], int | None] | None = None,
+                 serializer: str | Callable[[Any], Any] = "bytes",
+                 key_serializer: str | Callable[[Any], Any] = "bytes",
+                 headers: Callable[[Any], Any] | None = None,
+                 transaction_timeout_ms: int = DEFAULT_TRANSACTION_TIMEOUT_MS,
+                 producer_config: dict[str, Any] | None = None,
+                 operation_timeout: float = 60.0) -> None:
+        if transactional_id_prefix is not None and not re.fullmatch(
+                r"[A-Za-z0-9._-]+", transactional_id_prefix):
+            raise ConfigurationError(
+                f"KafkaSink: transactional_id_prefix {transactional_id_prefix!r} must be "
+                "letters, digits, '.', '_' and '-'")
+        self.bootstrap_servers, self.topic = bootstrap_servers, topic
+        self.transactional_id_prefix = transactional_id_prefix
+        self.key, self.partition, self.headers = key, partition, headers
+        self.serializer, self.key_serializer = serializer, key_serializer
+        self.transaction_timeout_ms = int(transaction_timeout_ms)
+        self.producer_config = dict(producer_config or {})
+        self.operation_timeout = operation_timeout
+        self._check_args()
+        self._reset()
+
+    def _check_args(self) -> None:
+        _check_common(self.bootstrap_servers, self.topic)
+        if self.transaction_timeout_ms < 1000:
+            raise ConfigurationError("KafkaSink: transaction_timeout_ms must be >= 1000")
+        proto = str(self.producer_config.get("security.protocol", "plaintext")).lower()
+        if proto != "plaintext":
+            raise ConfigurationError(
+                f"KafkaSink(guarantee='exactly_once'): security.protocol={proto} is not "
+                "supported yet: the recovery commit speaks the Kafka protocol itself, in "
+                "PLAINTEXT only")
+        for k in ("transactional.id", "bootstrap.servers"):
+            if k in self.producer_config:
+                raise ConfigurationError(f"KafkaSink: set {k} through the KafkaSink arguments, "
+                                         "not producer_config")
+
+    def _reset(self) -> None:
+        self._ctx: SinkContext | None = None
+        self._prefix = ""
+        self._live: dict[str, tuple[Any, KafkaTxn]] = {}  # transactional id -> producer, txn
+        self._busy: set[int] = set()
+        self._slots_seen = 0
+        self._parallelism_seen = 0
+        self._old_prefixes: set[str] = set()  # prefixes in restored state (if it changed)
+        self._client: kp.TxnClient | None = None
+        self._out: _Producing | None = None
+        self._warm: dict[str, Future[Any]] = {}  # transactional id -> producer being made
+        self._pool: ThreadPoolExecutor | None = None
+        self._last_had_records = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        st = self.__dict__.copy()
+        for k in ("_live", "_client", "_out", "_warm", "_pool"):
+            st.pop(k, None)
+        return st
+
+    def __setstate__(self, st: dict[str, Any]) -> None:
+        self.__dict__.update(st)
+        self._live, self._client, self._out, self._warm, self._pool = {}, None, None, {}, None
+
+    # --- validation ----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Driver side, before the job starts: the broker must accept the timeout."""
+        raw = broker_config(self.bootstrap_servers, "transaction.max.timeout.ms")
+        check_transaction_timeout(self.transaction_timeout_ms,
+                                  int(raw) if raw is not None else None)
+
+    def validate_checkpointing(self, interval: float | None, timeout: float) -> None:
+        """Driver side: a transaction lives from one checkpoint until the next completes and
+        is committed, so the flow's checkpoint settings bound the transaction timeout."""
+        if interval is None:
+            raise ConfigurationError(
+                "KafkaSink(guarantee='exactly_once') commits on checkpoints: call "
+                "flow.enable_checkpointing(interval=..., storage=...), or use "
+                "guarantee='at_least_once'")
+        check_transaction_timeout(self.transaction_timeout_ms, None,
+                                  checkpoint_interval=interval, checkpoint_timeout=timeout)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def open(self, ctx: SinkContext) -> None:
+        import_kafka()
+        self._ctx = ctx
+        self._prefix = self.transactional_id_prefix or default_prefix(ctx.flow, ctx.uid)
+        self._parallelism_seen = max(self._parallelism_seen, ctx.parallelism)
+        self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
+                               serializer(self.key_serializer, "key_serializer"),
+                               self.partition, self.headers)
+
+    def _txn_client(self) -> kp.TxnClient:
+        if self._client is None:
+            self._client = kp.TxnClient(self.bootstrap_servers, timeout=10.0)
+        return self._client
+
+    def _tid(self, subtask: int, slot: int) -> str:
+        return f"{self._prefix}-{subtask}-{slot}"
+
+    def _producer(self, tid: str) -> Any:
+        ck = import_kafka()
+        conf = {"linger.ms": 5, **self.producer_config,
+                "bootstrap.servers": self.bootstrap_servers, "transactional.id": tid,
+                "transaction.timeout.ms": self.transaction_timeout_ms}
+        p = ck.Producer(conf)
+        p.init_transactions(self.operation_timeout)
+        return p
+
+    def begin_transaction(self) -> KafkaTxn:
+        assert self._ctx is not None
+        slot = 0
+        while slot in self._busy:
+            slot += 1
+        self._busy.add(slot)
+        self._slots_seen = max(self._slots_seen, slot + 1)
+        txn = KafkaTxn(self._tid(self._ctx.subtask, slot), slot)
+        if self._last_had_records:
+            # Make the producer in the background: init_transactions costs a round trip or
+            # more, which would otherwise delay the first record after every barrier. The
+            # slot is free, i.e. its previous transaction committed: initialising is safe.
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(2, thread_name_prefix="onceflow-kafka")
+            self._warm[txn.transactional_id] = self._pool.submit(self._started_producer,
+                                                                 txn.transactional_id)
+        return txn
+
+    def _started_producer(self, tid: str) -> Any:
+        producer = self._producer(tid)  # fresh epoch for this transaction
+        producer.begin_transaction()
+        return producer
+
+    def _take_warm(self, txn: KafkaTxn) -> Any:
+        fut = self._warm.pop(txn.transactional_id, None)
+        return None if fut is None else fut.result()
+
+    def write(self, txn: KafkaTxn, records: list[Any]) -> None:
+        assert self._out is not None
+        live = self._live.get(txn.transactional_id)
+        if live is None:
+            producer = self._take_warm(txn) or self._started_producer(txn.transactional_id)
+            live = self._live[txn.transactional_id] = (producer, txn)
+        self._out.produce(live[0], records)
+        txn.records += len(records)
+
+    def pre_commit(self, txn: KafkaTxn) -> None:
+        self._last_had_records = txn.records > 0
+        live = self._live.get(txn.transactional_id)
+        if live is None or txn.records == 0:
+            self._discard_empty(txn)
+            return
+        assert self._out is not None
+        self._out.flush(live[0], self.operation_timeout)
+        d = self._txn_client().describe(txn.transactional_id)
+        if d.error or d.state != "Ongoing":
+            raise RuntimeError(
+                f"KafkaSink: transaction {txn.transactional_id} is {d.state or '?'} "
+                f"({kp.error_name(d.error)}) at pre-commit, expected Ongoing")
+        txn.producer_id, txn.epoch = d.producer_id, d.producer_epoch
+
+    def commit(self, txn: KafkaTxn) -> None:
+        if txn.producer_id < 0:  # empty: nothing to make visible
+            self._release(txn)
+            return
+        live = self._live.get(txn.transactional_id)
+        if live is not None and live[1] is txn:
+            self._commit_live(live[0], txn)
+            del self._live[txn.transactional_id]
+            _close_producer(live[0])
+        else:
+            self.commit_recovered(txn)
+        self._release(txn)
+
+    def _release(self, txn: KafkaTxn) -> None:
+        self._discard_empty(txn)
+        self._busy.discard(txn.slot)
+
+    def _discard_empty(self, txn: KafkaTxn) -> None:
+        """Close a producer made for ``txn`` that never sent a record (its transaction is
+        empty, aborting it is a no-op)."""
+        if txn.records:
+            return
+        try:
+            producer = self._take_warm(txn)
+        except Exception:
+            producer = None
+        if producer is not None:
+            _close_producer(producer)
+
+    def _commit_live(self, producer: Any, txn: KafkaTxn) -> None:
+        sub = self._ctx.subtask if self._ctx else -1
+        if not _faults.enabled():
+            producer.commit_transaction(self.operation_timeout)
+            return
+        # Crash tests: die after the coordinator received EndTxn, before the reply is used.
+        err: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                producer.commit_transaction(self.operation_timeout)
+            except BaseException as e:
+                err.append(e)
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        deadline = time.monotonic() + 5
+        while th.is_alive() and time.monotonic() < deadline:
+            d = self._txn_client().describe(txn.transactional_id)
+            if d.state in ("PrepareCommit", "CompleteCommit"):
+                break
+            time.sleep(0.002)
+        _faults.point("sink.mid_commit", subtask=sub, transactional_id=txn.transactional_id)
+        th.join()
+        if err:
+            raise err[0]
+
+    def commit_recovered(self, txn: KafkaTxn) -> None:
+        """Commit a pending transaction whose producer is gone: ``EndTxn(commit)`` with the
+        recorded (transactional id, producer id, epoch).
+
+        Error mapping (what the coordinator answers, and what it means here):
+
+        * ``NONE``: committed now — or it was already committed with this epoch (the
+          coordinator answers a repeated commit of a ``CompleteCommit`` transaction with
+          NONE).
+        * ``CONCURRENT_TRANSACTIONS``, ``COORDINATOR_LOAD_IN_PROGRESS``,
+          ``COORDINATOR_NOT_AVAILABLE``, ``NOT_COORDINATOR``, ``REQUEST_TIMED_OUT``, broken
+          connection: retry (finding the coordinator again) until ``operation_timeout``.
+        * ``PRODUCER_FENCED`` / ``INVALID_PRODUCER_EPOCH``: the id was initialised again
+          since (newer epoch). The sink initialises an id only after the transaction on it
+          was committed, so this means *already committed*. (The other way to a newer
+          epoch is the broker aborting on ``transaction.timeout.ms``, which the timeout
+          checks exclude; the state is logged to help diagnose.)
+        * ``INVALID_TXN_STATE`` (same epoch, but Empty/PrepareAbort/CompleteAbort): the
+          transaction was aborted — lost: :class:`KafkaTransactionLostError`.
+        * ``INVALID_PRODUCER_ID_MAPPING``: the coordinator does not know the id (expired
+          after ``transactional.id.expiration.ms``): lost, fatal.
+        * anything else: fatal, with the code's name.
+        """
+        client = self._txn_client()
+        tid, pid, epoch = txn.transactional_id, txn.producer_id, txn.epoch
+        deadline = time.monotonic() + self.operation_timeout
+        delay = 0.05
+        while True:
+            try:
+                err = client.end_txn(tid, pid, epoch, True)
+            except kp.KafkaProtocolError as e:
+                if e.code not in kp.RETRIABLE:
+                    raise
+                err = e.code
+            if err == kp.NONE:
+                log.info("kafka sink: recovery commit of %s (pid %d, epoch %d): committed",
+                         tid, pid, epoch)
+                return
+            if err in kp.RETRIABLE and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if err in (kp.PRODUCER_FENCED, kp.INVALID_PRODUCER_EPOCH):
+                d = client.describe(tid)
+                log.info("kafka sink: recovery commit of %s (pid %d, epoch %d): id since "
+                         "re-initialised (now %s, epoch %d): already committed", tid, pid,
+                         epoch, d.state, d.producer_epoch)
+                return
+            if err == kp.INVALID_TXN_STATE:
+                d = client.describe(tid)
+                raise KafkaTransactionLostError(
+                    f"KafkaSink: transaction {tid} (producer id {pid}, epoch {epoch}) of a "
+                    f"completed checkpoint cannot be committed: the broker says it is "
+                    f"{d.state}. It was aborted, most likely because transaction.timeout.ms "
+                    f"({self.transaction_timeout_ms} ms) passed before recovery; raise "
+                    f"transaction_timeout_ms. Its records are lost.")
+            if err == kp.INVALID_PRODUCER_ID_MAPPING:
+                raise KafkaTransactionLostError(
+                    f"KafkaSink: transaction {tid} of a completed checkpoint is unknown to "
+                    f"the coordinator (INVALID_PRODUCER_ID_MAPPING: transactional id expired?)")
+            raise RuntimeError(f"KafkaSink: EndTxn(commit) for {tid} failed: "
+                               f"{kp.error_name(err)}")
+
+    def abort(self, txn: KafkaTxn) -> None:
+        self._discard_empty(txn)
+        live = self._live.pop(txn.transactional_id, None)
+        if live is not None and live[1] is txn:
+            try:
+                live[0].abort_transaction(self.operation_timeout)
+            finally:
+                _close_producer(live[0])
+        elif live is not None:
+            self._live[txn.transactional_id] = live
+        self._release(txn)
+
+    def lingering_ids(self, ctx: SinkContext) -> list[str]:
+        """Transactional ids of this sink that subtask ``ctx.subtask`` must clean up."""
+        prefixes = sorted({self._prefix, *self._old_prefixes})
+        pat = re.compile(rf"^(?:{'|'.join(map(re.escape, prefixes))})-(\d+)-(\d+)$")
+        ids: set[str] = set()
+        try:
+            found = self._txn_client().list_transactions(brokers(self.bootstrap_servers))
+        except kp.KafkaProtocolError as e:
+            log.warning("kafka sink: ListTransactions failed (%s); using the state only", e)
+            found = []
+        for tid, _pid, _state in found:
+            m = pat.match(tid)
+            if m and int(m.group(1)) % ctx.parallelism == ctx.subtask:
+                ids.add(tid)
+        for j in range(max(self._parallelism_seen, ctx.parallelism)):
+            if j % ctx.parallelism == ctx.subtask:
+                ids.update(self._tid(j, s) for s in range(self._slots_seen))
+        return sorted(ids)
+
+    def abort_lingering(self, ctx: SinkContext, keep: list[KafkaTxn]) -> None:
+        ids = self.lingering_ids(ctx)
+        # ids in ``keep`` were committed just before (EndTxn): initialising them is safe now
+        errors: list[BaseException] = []
+
+        def init(tid: str) -> None:
+            try:
+                _close_producer(self._producer(tid))
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=init, args=(t,), daemon=True) for t in ids]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        if ids:
+            log.info("kafka sink %s[%d]: initialised %d transactional id(s): lingering "
+                     "transactions aborted", ctx.uid, ctx.subtask, len(ids))
+
+    def snapshot_state(self, checkpoint_id: int) -> Any:
+        return {"prefix": self._prefix, "parallelism": self._parallelism_seen,
+                "slots": self._slots_seen}
+
+    def restore_state(self, states: list[Any]) -> None:
+        for st in states:
+            if st:
+                if st.get("prefix"):
+                    self._old_prefixes.add(st["prefix"])
+                self._parallelism_seen = max(self._parallelism_seen, st.get("parallelism", 0))
+                self._slots_seen = max(self._slots_seen, st.get("slots", 0))
+
+    def close(self) -> None:
+        # Pending (pre-committed) transactions must survive for a recovery commit.
+        # Producer.close() would ABORT an open transaction; dropping the last reference
+        # does not (librdkafka's destroy without close leaves it to the coordinator), so
+        # the producers of pending transactions are only dereferenced.
+        self._live.clear()
+        for fut in self._warm.values():
+            fut.cancel()
+        self._warm.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _close_producer(p: Any) -> None:
+    close = getattr(p, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            pass
+
+
+def _check_common(bootstrap: str, topic: str) -> None:
+    if not isinstance(bootstrap, str) or not bootstrap.strip():
+        raise ConfigurationError("Kafka: bootstrap_servers must be 'host:port[,host:port]'")
+    if not isinstance(topic, str) or not topic:
+        raise ConfigurationError("KafkaSink: topic must be a non-empty string")
+
+
+class KafkaPlainSink(Sink):
+    """At-least-once (flush on every checkpoint, idempotent producer) or no guarantee."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, *, guarantee: str = "at_least_once",
+                 key: Callable[[Any], Any] | None = None,
+                 partition: Callable[[Any], int | None] | None = None,
+                 serializer: str | Callable[[Any], Any] = "bytes",
+                 key_serializer: str | Callable[[Any], Any] = "bytes",
+                 headers: Callable[[Any], Any] | None = None,
+                 producer_config: dict[str, Any] | None = None,
+                 operation_timeout: float = 60.0) -> None:
+        _check_common(bootstrap_servers, topic)
+        self.bootstrap_servers, self.topic, self.guarantee = bootstrap_servers, topic, guarantee
+        self.key, self.partition, self.headers = key, partition, headers
+        self.serializer, self.key_serializer = serializer, key_serializer
+        self.producer_config = dict(producer_config or {})
+        self.operation_timeout = operation_timeout
+        self._producer: Any = None
+        self._out: _Producing | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        st = self.__dict__.copy()
+        st["_producer"] = st["_out"] = None
+        return st
+
+    def open(self, ctx: SinkContext) -> None:
+        ck = import_kafka()
+        conf = {"linger.ms": 5, "enable.idempotence": self.guarantee == "at_least_once",
+                **self.producer_config, "bootstrap.servers": self.bootstrap_servers}
+        self._producer = ck.Producer(conf)
+        self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
+                               serializer(self.key_serializer, "key_serializer"),
+                               self.partition, self.headers)
+
+    def write(self, records: list[Any]) -> None:
+        assert self._out is not None
+        self._out.produce(self._producer, records)
+
+    def snapshot_state(self, checkpoint_id: int) -> Any:
+        if self.guarantee == "at_least_once" and self._out is not None:
+            self._out.flush(self._producer, self.operation_timeout)
+        return None
+
+    def finish(self) -> None:
+        if self._out is not None:
+            self._out.flush(self._producer, self.operation_timeout)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self.operation_timeout)
+            self._producer = None

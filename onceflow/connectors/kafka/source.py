@@ -1,0 +1,321 @@
+"""``KafkaSource``: a replayable source over Kafka topics with checkpointed offsets.
+
+* **splits**: one per source subtask, ``KafkaSplit(index, count)``; the split owns every
+  partition ``p`` of topic ``t`` with ``(stable_hash(t) + p) % count == index``. Ownership
+  is a pure function, so partitions created while the job runs are picked up by whichever
+  reader owns them (metadata is polled every ``discovery_interval`` seconds), and after a
+  parallelism change the restored splits still cover every partition exactly once.
+* **position**: ``{(topic, partition): next offset}``; a partition missing from it starts
+  at the start position computed on the fresh start (or at the beginning for a partition
+  discovered later). Offsets live only in checkpoints; the consumer group is never used
+  for assignment (``assign()``, no rebalancing).
+* **isolation**: ``read_committed`` (transactions of other jobs: only committed records).
+* **bounded mode** (``stop_at="end"``): the end offsets (last stable offsets) seen on the
+  fresh start are stored in the splits; a reader finishes when it reached all of them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from onceflow.connectors.kafka._common import deserializer, import_kafka
+from onceflow.connectors.sources import Source, SplitReader
+from onceflow.errors import ConfigurationError
+from onceflow.graph.keygroups import stable_hash
+
+OFFSET_BEGINNING = -2
+
+
+class KafkaRecord(NamedTuple):
+    """One Kafka record as KafkaSource emits it (unless ``value_only=True``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Any
+    value: Any
+    timestamp: int | None  # milliseconds since the epoch (create or log-append time)
+    headers: list[tuple[str, bytes]] | None
+
+
+@dataclass(frozen=True)
+class KafkaSplit:
+    index: int
+    count: int
+    #: bounded mode: ((topic, partition, end offset), ...) seen on the fresh start
+    end: tuple[tuple[str, int, int], ...] | None = None
+
+    def owns(self, topic: str, partition: int) -> bool:
+        return (stable_hash(topic) + partition) % self.count == self.index
+
+
+def _owner_filter(split: KafkaSplit, tps: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    return [tp for tp in tps if split.owns(*tp)]
+
+
+class KafkaSource(Source):
+    """Records of Kafka ``topics`` (a list of names, or a regex ``re.Pattern`` / a string
+    starting with ``^``), exactly once with checkpoints.
+
+    ``start``: ``"earliest"``, ``"latest"``, ``"committed"`` (the group's committed offsets,
+    earliest where none) or ``("timestamp", ms)``; used on a fresh start only — a restored
+    job continues at the checkpointed offsets. ``deserializer`` / ``key_deserializer``:
+    ``"bytes"``, ``"str"``, ``"json"`` or a function of the raw bytes. Records are
+    :class:`KafkaRecord`\\ s, or only the deserialized values with ``value_only=True``.
+    ``stop_at="end"`` makes the source bounded: it ends at the offsets the topics had when
+    the job started fresh."""
+
+    def __init__(self, bootstrap_servers: str, topics: Sequence[str] | str | re.Pattern[str], *,
+                 group_id: str | None = None, start: str | tuple[str, int] = "earliest",
+                 deserializer: str | Callable[[bytes], Any] = "bytes",
+                 key_deserializer: str | Callable[[bytes], Any] = "bytes",
+                 value_only: bool = False, stop_at: str | None = None,
+                 discovery_interval: float = 5.0,
+                 consumer_config: dict[str, Any] | None = None,
+                 timeout: float = 30.0) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        if isinstance(topics, str) and not topics.startswith("^"):
+            topics = [topics]
+        self.topics = topics
+        self.group_id = group_id
+        self.start = start
+        self.deserializer, self.key_deserializer = deserializer, key_deserializer
+        self.value_only = value_only
+        self.stop_at = stop_at
+        self.discovery_interval = discovery_interval
+        self.consumer_config = dict(consumer_config or {})
+        self.timeout = timeout
+        self._check()
+
+    def _check(self) -> None:
+        if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers:
+            raise ConfigurationError("KafkaSource: bootstrap_servers must be 'host:port[,...]'")
+        if not isinstance(self.topics, str | re.Pattern) and (
+                not self.topics or not all(isinstance(t, str) and t for t in self.topics)):
+            raise ConfigurationError("KafkaSource: topics must be a non-empty list of names "
+                                     "or a regex pattern")
+        ok_start = self.start in ("earliest", "latest", "committed") or (
+            isinstance(self.start, tuple) and len(self.start) == 2
+            and self.start[0] == "timestamp" and isinstance(self.start[1], int))
+        if not ok_start:
+            raise ConfigurationError(
+                f"KafkaSource: start={self.start!r}; use 'earliest', 'latest', 'committed' "
+                "or ('timestamp', milliseconds)")
+        if self.start == "committed" and not self.group_id:
+            raise ConfigurationError("KafkaSource: start='committed' needs group_id=...")
+        if self.stop_at not in (None, "end"):
+            raise ConfigurationError(f"KafkaSource: stop_at={self.stop_at!r}; use None or 'end'")
+        deserializer(self.deserializer, "deserializer")
+        deserializer(self.key_deserializer, "key_deserializer")
+
+    # --- metadata ------------------------------------------------------------------------
+    def _pattern(self) -> re.Pattern[str] | None:
+        if isinstance(self.topics, re.Pattern):
+            return self.topics
+        if isinstance(self.topics, str):
+            return re.compile(self.topics)
+        return None
+
+    def partitions(self, client: Any) -> list[tuple[str, int]]:
+        """(topic, partition) of every partition of the subscribed topics, sorted."""
+        md = client.list_topics(timeout=self.timeout)
+        pat = self._pattern()
+        out: list[tuple[str, int]] = []
+        for name, t in md.topics.items():
+            if pat is not None:
+                if name.startswith("__") or not pat.fullmatch(name):
+                    continue
+            elif isinstance(self.topics, str | re.Pattern) or name not in self.topics:
+                continue
+            if t.error is not None:
+                continue
+            out.extend((name, p) for p in t.partitions)
+        return sorted(out)
+
+    def _admin(self) -> Any:
+        import_kafka()
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient({"bootstrap.servers": self.bootstrap_servers})
+
+    def _offsets(self, admin: Any, tps: list[tuple[str, int]], spec: Any) -> dict[tuple[str, int],
+                                                                                   int]:
+        ck = import_kafka()
+        if not tps:
+            return {}
+        req = {ck.TopicPartition(t, p): spec for t, p in tps}
+        futs = admin.list_offsets(req, isolation_level=ck.IsolationLevel.READ_COMMITTED,
+                                  request_timeout=self.timeout)
+        return {(tp.topic, tp.partition): f.result().offset for tp, f in futs.items()}
+
+    def validate(self) -> None:
+        ck = import_kafka()
+        try:
+            tps = self.partitions(self._admin())
+        except ck.KafkaException as e:
+            raise ConfigurationError(
+                f"KafkaSource: cannot reach Kafka at {self.bootstrap_servers}: {e}") from e
+        if not tps and not isinstance(self.topics, str | re.Pattern):
+            raise ConfigurationError(f"KafkaSource: none of the topics {list(self.topics)} "
+                                     f"exists at {self.bootstrap_servers}")
+
+    # --- Source --------------------------------------------------------------------------
+    def splits(self, parallelism: int) -> list[Any]:
+        end: tuple[tuple[str, int, int], ...] | None = None
+        if self.stop_at == "end":
+            from confluent_kafka.admin import OffsetSpec
+
+            admin = self._admin()
+            offs = self._offsets(admin, self.partitions(admin), OffsetSpec.latest())
+            end = tuple(sorted((t, p, o) for (t, p), o in offs.items()))
+        out = []
+        for i in range(parallelism):
+            s = KafkaSplit(i, parallelism, None)
+            if end is not None:
+                s = KafkaSplit(i, parallelism, tuple(e for e in end if s.owns(e[0], e[1])))
+            out.append(s)
+        return out
+
+    def initial_position(self, split: KafkaSplit) -> dict[tuple[str, int], int]:
+        from confluent_kafka.admin import OffsetSpec
+
+        ck = import_kafka()
+        admin = self._admin()
+        tps = _owner_filter(split, self.partitions(admin))
+        if self.start == "earliest":
+            return {tp: OFFSET_BEGINNING for tp in tps}
+        if self.start == "latest":
+            return self._offsets(admin, tps, OffsetSpec.latest())
+        if isinstance(self.start, tuple):
+            offs = self._offsets(admin, tps, OffsetSpec.for_timestamp(self.start[1]))
+            latest = self._offsets(admin, tps, OffsetSpec.latest())
+            return {tp: (o if o >= 0 else latest[tp]) for tp, o in offs.items()}
+        # committed
+        c = ck.Consumer({"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
+                         "enable.auto.commit": False})
+        try:
+            got = c.committed([ck.TopicPartition(t, p) for t, p in tps], timeout=self.timeout)
+        finally:
+            c.close()
+        return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                for tp in got}
+
+    def reader(self, split: KafkaSplit, position: dict[tuple[str, int], int]) -> SplitReader:
+        return KafkaSplitReader(self, split, dict(position or {}))
+
+
+class KafkaSplitReader(SplitReader):
+    def __init__(self, src: KafkaSource, split: KafkaSplit,
+                 position: dict[tuple[str, int], int]) -> None:
+        ck = import_kafka()
+        self.ck = ck
+        self.src, self.split = src, split
+        self.pos = position
+        self.value = deserializer(src.deserializer, "deserializer")
+        self.key = deserializer(src.key_deserializer, "key_deserializer")
+        conf = {"bootstrap.servers": src.bootstrap_servers,
+                "group.id": src.group_id or "onceflow-unused",
+                "isolation.level": "read_committed", "enable.auto.commit": False,
+                "enable.auto.offset.store": False, "enable.partition.eof": True,
+                "auto.offset.reset": "earliest", **src.consumer_config}
+        self.consumer = ck.Consumer(conf)
+        self.end: dict[tuple[str, int], int] | None = None
+        if split.end is not None:
+            self.end = {(t, p): o for t, p, o in split.end}
+        self.assigned: set[tuple[str, int]] = set()
+        self.done: set[tuple[str, int]] = set()
+        self._last_discovery = 0.0
+        self._discover()
+
+    def _discover(self) -> None:
+        self._last_discovery = time.monotonic()
+        if self.end is not None:
+            tps = sorted(self.end)
+        else:
+            tps = _owner_filter(self.split, self.src.partitions(self.consumer))
+        new = [tp for tp in tps if tp not in self.assigned]
+        if not new:
+            return
+        add = []
+        for tp in new:
+            off = self.pos.setdefault(tp, OFFSET_BEGINNING)
+            if self.end is not None and off >= 0 and off >= self.end[tp]:
+                self.done.add(tp)
+                continue
+            if self.end is not None and self.end[tp] == 0:
+                self.done.add(tp)
+                continue
+            add.append(self.ck.TopicPartition(tp[0], tp[1], off))
+        self.assigned.update(new)
+        if add:
+            self.consumer.incremental_assign(add)
+
+    def _finished(self, tp: tuple[str, int]) -> None:
+        self.done.add(tp)
+        try:
+            self.consumer.incremental_unassign([self.ck.TopicPartition(tp[0], tp[1])])
+        except self.ck.KafkaException:
+            pass
+
+    def read_batch(self, max_records: int) -> list[Any] | None:
+        if self.end is not None and self.done.issuperset(self.end):
+            return None
+        if self.end is None and time.monotonic() - self._last_discovery > \
+                self.src.discovery_interval:
+            self._discover()
+        msgs = self.consumer.consume(num_messages=max_records, timeout=0.02)
+        out: list[Any] = []
+        end = self.end
+        for m in msgs:
+            err = m.error()
+            tp = (m.topic(), m.partition())
+            if err is not None:
+                if err.code() == self.ck.KafkaError._PARTITION_EOF:
+                    # the fetch position skipped control records (transaction markers)
+                    if m.offset() is not None and m.offset() > self.pos.get(tp, -1):
+                        self.pos[tp] = m.offset()
+                    if end is not None and tp in end and self.pos[tp] >= end[tp]:
+                        self._finished(tp)
+                    continue
+                raise self.ck.KafkaException(err)
+            if tp in self.done:
+                continue
+            off = m.offset()
+            if end is not None and off >= end[tp]:
+                self.pos[tp] = end[tp]
+                self._finished(tp)
+                continue
+            self.pos[tp] = off + 1
+            value = self.value(m.value())
+            if self.src.value_only:
+                out.append(value)
+            else:
+                ts_type, ts = m.timestamp()
+                out.append(KafkaRecord(tp[0], tp[1], off, self.key(m.key()), value,
+                                       ts if ts_type else None, m.headers()))
+            if end is not None and off + 1 >= end[tp]:
+                self._finished(tp)
+        return out
+
+    def position(self) -> dict[tuple[str, int], int]:
+        return dict(self.pos)
+
+    def notify_checkpoint_complete(self, checkpoint_id: int, position: Any) -> None:
+        """Write the offsets a completed checkpoint covers to the consumer group, for
+        monitoring (lag). onceflow itself restores offsets from its checkpoints only."""
+        if not self.src.group_id:
+            return
+        offsets = [self.ck.TopicPartition(t, p, o) for (t, p), o in (position or {}).items()
+                   if o >= 0]
+        if offsets:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except Exception:
+            pass

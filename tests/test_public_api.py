@@ -56,6 +56,23 @@ PUBLIC = {
     ],
     "onceflow.restart": ["RestartStrategy", "exponential_backoff", "fixed_delay", "no_restart"],
     "onceflow.state": ["ListState", "MapState", "MemoryBackend", "ValueState"],
+    "onceflow.postgres": ["PostgresSink", "PostgresTxn", "gid_prefix"],
+    "onceflow.kafka": [
+        "DEFAULT_TRANSACTION_TIMEOUT_MS",
+        "KafkaPlainSink",
+        "KafkaRecord",
+        "KafkaSink",
+        "KafkaSource",
+        "KafkaSplit",
+        "KafkaTransactionLostError",
+        "KafkaTransactionalSink",
+        "KafkaTxn",
+        "abort_lingering",
+        "check_transaction_timeout",
+        "list_lingering",
+    ],
+    "onceflow.testing": ["CaseResult", "ConformanceReport", "DEFAULT_POINTS",
+                         "check_sink_exactly_once"],
 }
 
 

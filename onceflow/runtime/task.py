@@ -146,7 +146,8 @@ StateWriter = Callable[["TaskRunner", Barrier, bytes, float, float], None]
 class TaskRunner:
     def __init__(self, spec: Task, subtask: int, env: OperatorEnv, exactly_once: bool,
                  batch_size: int, write_state: StateWriter,
-                 on_exhausted: Callable[[TaskRunner], None]) -> None:
+                 on_exhausted: Callable[[TaskRunner], None],
+                 before_snapshot: Callable[[], None] = lambda: None) -> None:
         self.spec = spec
         self.uid = spec.uid
         self.subtask = subtask
@@ -168,6 +169,7 @@ class TaskRunner:
         self._exactly_once = exactly_once
         self._write_state = write_state
         self._on_exhausted = on_exhausted
+        self._before_snapshot = before_snapshot
         self._rr = 0
         self._exhausted_reported = False
         self._final_barrier_seen = False
@@ -321,6 +323,9 @@ class TaskRunner:
             self.state = TaskState.INPUT_ENDED
 
     def _on_aligned(self, barrier: Barrier, aligned_s: float) -> None:
+        # Completions of earlier checkpoints that already arrived are applied first, so a
+        # sink commits transaction n before it pre-commits n+1.
+        self._before_snapshot()
         if barrier.final:
             self._final_barrier_seen = True
         for o in self.outputs:

@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -70,6 +71,7 @@ class Worker:
         self.sources: list[TaskRunner] = []
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-ckpt")
         self.done = False
+        self._deferred: deque[tuple[Any, ...]] = deque()  # control messages read early
         self._wire()
 
     # --- set-up --------------------------------------------------------------------------
@@ -85,7 +87,8 @@ class Worker:
                               self.spec.attempt, self.spec.checkpoint_interval,
                               self.spec.checkpoint_timeout)
             runner = TaskRunner(t, me, env, self.spec.exactly_once, self.spec.batch_size,
-                                self._write_state_async, self._on_exhausted)
+                                self._write_state_async, self._on_exhausted,
+                                self._apply_pending_completions)
             by_uid[uid] = runner
             self.tasks.append(runner)
             if runner.source is not None:
@@ -202,6 +205,16 @@ class Worker:
         elif kind == "stop":
             self.done = True
 
+    def _apply_pending_completions(self) -> None:
+        """Before a snapshot: apply completions/aborts already waiting on the control
+        socket; anything else read here waits its turn in ``_deferred``."""
+        while self.ctrl.poll():
+            msg = self.ctrl.recv()
+            if msg[0] in ("complete", "abort") and not (msg[0] == "complete" and msg[2]):
+                self._handle(msg)
+            else:
+                self._deferred.append(msg)
+
     def _finish(self) -> None:
         for t in self.tasks:
             t.close()
@@ -250,6 +263,9 @@ class Worker:
                     progressed = True
             # Control messages are checked every few rounds (a round is about one batch per
             # task), and always before sleeping.
+            while self._deferred and not self.done:
+                self._handle(self._deferred.popleft())
+                progressed = True
             if not progressed or rounds % 4 == 0:
                 while ctrl.poll():
                     self._handle(ctrl.recv())

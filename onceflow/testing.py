@@ -31,7 +31,7 @@ from onceflow.api.config import fixed_delay
 from onceflow.api.flow import Flow
 from onceflow.connectors.sources import Range
 
-__all__ = ["CaseResult", "ConformanceReport", "DEFAULT_POINTS", "check_sink_exactly_once"]
+__all__ = ["CaseResult", "ConformanceReport", "DEFAULT_POINTS", "check_sink_exactly_once"]  # noqa: RUF022
 
 #: The worker-side crash points of the protocol, in the order a checkpoint meets them.
 DEFAULT_POINTS = (

@@ -470,6 +470,29 @@ def test_driver_killed_then_restored_with_lower_parallelism(tmp_path: Path,
     job.check_exact()
 
 
+def test_group_offsets_are_written_when_checkpoints_complete(bootstrap: str,
+                                                            tmp_path: Path) -> None:
+    import onceflow as of
+    run = uuid.uuid4().hex[:8]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = _topic(admin, f"grp-{run}", 2)
+    p = ck.Producer({"bootstrap.servers": bootstrap})
+    for i in range(50):
+        p.produce(topic, json.dumps({"i": i}).encode(), partition=i % 2)
+    p.flush()
+    flow = of.Flow(f"grp-{run}", parallelism=2)
+    flow.enable_checkpointing(0.2, tmp_path / "ckpt")
+    (flow.source(KafkaSource(bootstrap, [topic], group_id=f"g-{run}", stop_at="end",
+                             deserializer="json", value_only=True), name="in")
+         .sink(of.sinks.Discard(), name="out"))
+    assert flow.run().records_in("out") == 50
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{run}"})
+    committed = c.committed([ck.TopicPartition(topic, 0), ck.TopicPartition(topic, 1)],
+                            timeout=10)
+    c.close()
+    assert sorted(tp.offset for tp in committed) == [25, 25]
+
+
 def test_start_positions_and_at_least_once_sink(bootstrap: str) -> None:
     from onceflow.connectors.sinks import SinkContext
     from onceflow.kafka import KafkaPlainSink

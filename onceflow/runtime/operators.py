@@ -444,10 +444,8 @@ class SourceOp(Operator):
                 raise UserFunctionError(self.name, f"<read split {a[0]!r}>", e) from e
             a[1] = rd.position()
             if batch is None:
-                a[2] = True
-                rd.close()
-                self.readers[i] = None
-                continue
+                a[2] = True  # the reader stays open until close(): it still hears about
+                continue     # completed checkpoints (e.g. to commit final offsets)
             if batch:
                 return batch
         return []

@@ -312,7 +312,7 @@ class KafkaSplitReader(SplitReader):
         offsets = [self.ck.TopicPartition(t, p, o) for (t, p), o in (position or {}).items()
                    if o >= 0]
         if offsets:
-            self.consumer.commit(offsets=offsets, asynchronous=True)
+            self.consumer.commit(offsets=offsets, asynchronous=False)
 
     def close(self) -> None:
         try:

@@ -1,13 +1,14 @@
 """Fault injection for crash tests: SIGKILL this process at a named point.
 
 Tests set ``ONCEFLOW_FAULT`` to ``point`` or ``point@key=value,key=value`` and
-``ONCEFLOW_FAULT_TOKEN`` to a file path. The first process that reaches the point with
-matching context creates the token file (atomically, O_EXCL) and kills itself with SIGKILL,
-so a fault fires exactly once per token even across restarts. Without ``ONCEFLOW_FAULT``
-every call is a cheap no-op.
+``ONCEFLOW_FAULT_TOKEN`` to a file path. Every key must be one the point supplies and equal
+its value (``min_checkpoint=n`` matches checkpoints >= n). The first process that reaches
+the point with matching context creates the token file (atomically, O_EXCL) and kills
+itself with SIGKILL, so a fault fires exactly once per token even across restarts. Without
+``ONCEFLOW_FAULT`` every call is a cheap no-op.
 
 Named points (context keys in brackets):
-- ``source.after_batch`` [task, subtask, batches]: a source emitted its n-th batch
+- ``source.after_batch`` [task, subtask, records]: a source emitted a batch, ``records`` in all
 - ``snapshot.sync`` [checkpoint, task, subtask]: inside a task's synchronous snapshot phase
 - ``snapshot.async`` [checkpoint, task, subtask]: halfway through writing a state file
 - ``sink.after_pre_commit`` [checkpoint, subtask]: a 2PC sink pre-committed, before the ack
@@ -16,8 +17,9 @@ Named points (context keys in brackets):
 - ``coordinator.after_metadata_rename`` [checkpoint]: driver, checkpoint complete, no task
   notified yet
 - ``sink.before_commit`` [checkpoint, subtask]: a worker learnt of completion, commits nothing yet
-- ``sink.mid_commit`` [checkpoint, subtask]: between committing two transactions, or inside a
-  file commit after the rename and before the directory fsync
+- ``sink.mid_commit`` [checkpoint, subtask]: a transaction was committed, the sink has not
+  recorded it yet (before any further one); [subtask] only: inside a FileSink commit after
+  the rename and before the directory fsync (and inside the PostgreSQL and Kafka commits)
 """
 
 from __future__ import annotations
@@ -58,10 +60,11 @@ def point(name: str, **ctx: object) -> None:
     if name != _POINT:
         return
     for k, v in _WANT.items():
-        if k in ctx and str(ctx[k]) != v:
-            return
-        if k == "min_checkpoint" and int(str(ctx.get("checkpoint", 0))) < int(v):
-            return
+        if k == "min_checkpoint":
+            if int(str(ctx.get("checkpoint", 0))) < int(v):
+                return
+        elif k not in ctx or str(ctx[k]) != v:
+            return  # a key this point does not supply never matches
     if _TOKEN:
         try:
             fd = os.open(_TOKEN, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

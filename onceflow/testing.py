@@ -54,7 +54,9 @@ class CaseResult:
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.duplicated == 0
+        """The fault fired, and the output is exact. A fault that never fired tested
+        nothing, so it does not pass."""
+        return self.fired and self.missing == 0 and self.duplicated == 0
 
 
 @dataclass

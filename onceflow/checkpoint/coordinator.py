@@ -225,7 +225,9 @@ class CheckpointCoordinator:
             for uid in info["ops"]:
                 entry = operators.setdefault(
                     uid, {"task": task, "parallelism": info["parallelism"],
-                          "kind": self.op_kinds.get(uid), "files": []})
+                          "kind": self.op_kinds.get(uid), "stateful": False, "files": []})
+                if uid in info.get("stateful", info["ops"]):
+                    entry["stateful"] = True
                 entry["files"].append({"subtask": subtask, "file": info["file"]})
             p.stats.subtasks.append(SubtaskCheckpointStats(
                 task, subtask, info["sync_ms"], info["async_ms"], info["align_ms"], info["size"]))

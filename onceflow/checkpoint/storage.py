@@ -193,8 +193,8 @@ def resolve_restore_path(path: str, flow: str) -> CompletedCheckpoint:
             if found is not None:
                 return found
             raise NoCheckpointError(
-                f"every checkpoint under {candidate} is corrupt or incomplete; see the warnings "
-                "above, or pass a savepoint directory"
+                f"every checkpoint under {candidate} is corrupt or incomplete (see the "
+                "warnings above); pass an intact checkpoint directory"
             )
     raise NoCheckpointError(
         f"restore path {p} holds no complete checkpoint (no chk-<n>/_metadata); pass a "

@@ -51,7 +51,8 @@ class Sink(ABC):
         """Checkpoint ``checkpoint_id`` is complete."""
 
     def finish(self) -> None:  # noqa: B027 - optional hook
-        """All input has arrived (bounded jobs), before the final checkpoint."""
+        """All input has arrived (bounded jobs). Called after the sink's part of the final
+        checkpoint; what it writes is not covered by any checkpoint."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

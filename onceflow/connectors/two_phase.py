@@ -25,7 +25,7 @@ import enum
 import logging
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from onceflow import _faults
@@ -52,8 +52,8 @@ class TwoPhaseCommitSink(ABC, Generic[Txn]):
 
     @abstractmethod
     def pre_commit(self, txn: Txn) -> None:
-        """Flush and make the transaction durable, still invisible. Failure fails the
-        checkpoint."""
+        """Flush and make the transaction durable, still invisible. An exception fails the
+        task: the job restarts from the last completed checkpoint."""
 
     @abstractmethod
     def commit(self, txn: Txn) -> None:
@@ -161,10 +161,10 @@ class TransactionLifecycle:
         _faults.point("sink.before_commit", checkpoint=checkpoint_id, subtask=self.ctx.subtask)
         done = [t for t in self.pending if t.checkpoint_id is not None
                 and t.checkpoint_id <= checkpoint_id]
-        for i, t in enumerate(done):
-            if i:
-                _faults.point("sink.mid_commit", checkpoint=checkpoint_id, subtask=self.ctx.subtask)
+        for t in done:
             self._commit_with_retry(t)
+            # committed, but the sink has not recorded it (and may have more to commit)
+            _faults.point("sink.mid_commit", checkpoint=checkpoint_id, subtask=self.ctx.subtask)
         self.pending = [t for t in self.pending if t.status is TxnStatus.PRE_COMMITTED]
 
     def _commit_with_retry(self, t: _Tracked[Any]) -> None:
@@ -201,7 +201,9 @@ class WriteAheadSink(ABC):
 
     @abstractmethod
     def send(self, records: list[Any], checkpoint_id: int, ctx: SinkContext) -> None:
-        """Write the records a completed checkpoint covers. Must be idempotent."""
+        """Write the records a completed checkpoint covers. Must be idempotent: the batch of
+        ``(checkpoint_id, ctx.subtask)`` may be sent again after a crash (also by another
+        subtask after a change of parallelism, with ``ctx.subtask`` still the original)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
@@ -216,13 +218,16 @@ class WriteAheadLifecycle:
         self.pending: dict[int, list[Any]] = {}
 
     def start(self, states: list[Any]) -> None:
+        """Send what restored checkpoints hold, each batch under the subtask index that
+        buffered it, so ``(checkpoint_id, ctx.subtask)`` identifies a batch even after a
+        change of parallelism."""
         self.sink.open(self.ctx)
-        recovered: dict[int, list[Any]] = {}
+        recovered: list[tuple[int, int, list[Any]]] = []
         for st in states:
-            for cid, recs in st["pending"]:
-                recovered.setdefault(cid, []).extend(recs)
-        for cid in sorted(recovered):
-            self.sink.send(recovered[cid], cid, self.ctx)
+            origin = st.get("subtask", self.ctx.subtask)
+            recovered.extend((cid, origin, recs) for cid, recs in st["pending"])
+        for cid, origin, recs in sorted(recovered, key=lambda x: (x[0], x[1])):
+            self.sink.send(recs, cid, replace(self.ctx, subtask=origin))
 
     def write(self, records: list[Any]) -> None:
         self.buffer.extend(records)
@@ -230,7 +235,7 @@ class WriteAheadLifecycle:
     def snapshot(self, checkpoint_id: int) -> dict[str, Any]:
         self.pending[checkpoint_id] = self.buffer
         self.buffer = []
-        return {"pending": sorted(self.pending.items())}
+        return {"subtask": self.ctx.subtask, "pending": sorted(self.pending.items())}
 
     def checkpoint_complete(self, checkpoint_id: int) -> None:
         _faults.point("sink.before_commit", checkpoint=checkpoint_id, subtask=self.ctx.subtask)

@@ -1,6 +1,6 @@
 """Key groups: the unit in which keyed state is owned, routed and redistributed.
 
-A key's group is ``stable_hash(key) % max_parallelism``. The hash must be the same in every
+A key's group is ``(stable_hash(key) >> 7) % max_parallelism``. The hash must be the same in every
 process and every run (Python's ``hash()`` of ``str`` is salted per process), so it is
 computed from the key's bytes with CRC-32 and mixed with a multiplicative step so that small
 integer keys spread evenly. Subtask ``i`` of ``p`` owns the contiguous range

@@ -130,6 +130,10 @@ class JobDriver:
         nodes = graph.node_by_uid()
         for uid, entry in ckpt.meta["operators"].items():
             node = nodes.get(uid)
+            if node is None and not entry.get("stateful", True):
+                log.info("checkpoint %s: operator uid %r is no longer in the flow; it held no "
+                         "state, so nothing is lost", ckpt.path, uid)
+                continue
             if node is None:
                 raise IncompatibleStateError(
                     f"checkpoint {ckpt.path} holds state of operator uid {uid!r}, which this "
@@ -201,7 +205,7 @@ class JobDriver:
         coordinator = CheckpointCoordinator(
             settings, storage, cfg.flow, graph.max_parallelism, expected, sources,
             lambda msg: holder["a"].send_all(msg), op_kinds=kinds)
-        initial_splits = self._initial_splits(graph) if initial is None else {}
+        initial_splits = self._initial_splits(graph, initial)
 
         failures: list[str] = []
         failure_times: list[float] = []
@@ -243,8 +247,7 @@ class JobDriver:
             where = f"checkpoint {current.id}" if current else "the beginning (no checkpoint)"
             log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)",
                         cfg.flow, outcome, where, delay, len(failures))
-            if current is None:
-                initial_splits = self._initial_splits(graph)
+            initial_splits = self._initial_splits(graph, current)
             time.sleep(delay)
             attempt_no += 1
 
@@ -263,10 +266,14 @@ class JobDriver:
             attempts=attempt_starts,
         )
 
-    def _initial_splits(self, graph: JobGraph) -> dict[str, list[list[tuple[Any, Any, bool]]]]:
+    def _initial_splits(self, graph: JobGraph, restore: CompletedCheckpoint | None
+                        ) -> dict[str, list[list[tuple[Any, Any, bool]]]]:
+        """Splits and start positions of every source the restore point has no state for
+        (all of them on a fresh start; a source added to the flow since, on a restore)."""
         out: dict[str, list[list[tuple[Any, Any, bool]]]] = {}
+        known = restore.meta["operators"] if restore is not None else {}
         for t in graph.tasks.values():
-            if not t.is_source:
+            if not t.is_source or t.head.uid in known:
                 continue
             src = t.head.fn
             splits = src.splits(t.parallelism)

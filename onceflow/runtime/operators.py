@@ -420,13 +420,15 @@ class SourceOp(Operator):
         return all(a[2] for a in self.assigned)
 
     def read(self, max_records: int) -> list[Any]:
-        """Up to ``max_records`` from the next unfinished split (round robin)."""
+        """Up to ``max_records`` from the current split. A split is read until it finishes
+        or has nothing right now, then the next one gets its turn (so bounded splits are
+        read one after another, holding one file open, and idle ones do not block)."""
         n = len(self.assigned)
         for _ in range(n):
             i = self._next
-            self._next = (i + 1) % n
             a = self.assigned[i]
             if a[2]:
+                self._next = (i + 1) % n
                 continue
             rd = self.readers[i]
             if rd is None:
@@ -443,9 +445,16 @@ class SourceOp(Operator):
             except Exception as e:
                 raise UserFunctionError(self.name, f"<read split {a[0]!r}>", e) from e
             a[1] = rd.position()
+            if not batch:
+                self._next = (i + 1) % n
             if batch is None:
-                a[2] = True  # the reader stays open until close(): it still hears about
-                continue     # completed checkpoints (e.g. to commit final offsets)
+                a[2] = True
+                if not _wants_notifications(rd):
+                    rd.close()  # free the file handle now (thousands of splits)
+                    self.readers[i] = None
+                # otherwise keep it until close(): it still hears that the final
+                # checkpoint completed (e.g. to commit the last offsets)
+                continue
             if batch:
                 return batch
         return []
@@ -472,6 +481,10 @@ class SourceOp(Operator):
         for rd in self.readers:
             if rd is not None:
                 rd.close()
+
+
+def _wants_notifications(rd: SplitReader) -> bool:
+    return type(rd).notify_checkpoint_complete is not SplitReader.notify_checkpoint_complete
 
 
 def make_operator(node: Node, key_fn: Callable[[Any], Any] | None) -> Operator:

@@ -174,6 +174,7 @@ class TaskRunner:
         self._exhausted_reported = False
         self._final_barrier_seen = False
         self.handler: Any = None
+        self.stateful_uids: list[str] = []  # operators whose last snapshot held state
 
     # --- set-up --------------------------------------------------------------------------
     def connect(self) -> None:
@@ -183,7 +184,8 @@ class TaskRunner:
     def open(self, restored: list[tuple[int, int, dict[str, Any]]],
              initial_splits: list[tuple[Any, Any, bool]] | None) -> None:
         """``restored``: (old subtask, old parallelism, state) of every old subtask whose
-        state this subtask needs."""
+        state this subtask needs. ``initial_splits``: the splits of a source that starts
+        fresh (None when its positions come from the restored state)."""
         p, i = self.spec.parallelism, self.subtask
         lo, hi = self.env.kg_range
         mp = self.env.max_parallelism
@@ -207,8 +209,8 @@ class TaskRunner:
                     rin, rout = st["metrics"][op.uid]
                     op.records_in += rin
                     op.records_out += rout
-        if self.source is not None and not restored:
-            self.source.assign(initial_splits or [])
+        if self.source is not None and initial_splits is not None:
+            self.source.assign(initial_splits)  # a fresh source: nothing restored for it
         for op in self.ops:
             if isinstance(op, SinkOp):
                 op.start()
@@ -337,6 +339,7 @@ class TaskRunner:
             "ops": {op.uid: op.snapshot(cid) for op in self.ops},
             "metrics": {op.uid: (op.records_in, op.records_out) for op in self.ops},
         }
+        self.stateful_uids = [uid for uid, st in state["ops"].items() if st is not None]
         try:
             blob = pickle.dumps(state, protocol=5)
         except Exception as e:

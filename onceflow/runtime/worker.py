@@ -12,7 +12,6 @@ for a driver killed with SIGKILL, the kernel sends SIGKILL (``PR_SET_PDEATHSIG``
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import select
 import threading
@@ -41,8 +40,6 @@ from onceflow.runtime.channels import (
 from onceflow.runtime.events import Barrier
 from onceflow.runtime.operators import OperatorEnv
 from onceflow.runtime.task import Output, TaskRunner, make_partitioner
-
-log = logging.getLogger("onceflow.worker")
 
 
 @dataclass
@@ -154,10 +151,11 @@ class Worker:
                            sync_s: float, aligned_s: float) -> None:
         self.writer.submit(self._write_state, runner.uid, runner.subtask,
                            runner.spec.parallelism, [op.uid for op in runner.ops],
-                           barrier.checkpoint_id, blob, sync_s, aligned_s, runner.metrics())
+                           list(runner.stateful_uids), barrier.checkpoint_id, blob, sync_s,
+                           aligned_s, runner.metrics())
 
-    def _write_state(self, task: str, subtask: int, parallelism: int, ops: list[str], cid: int,
-                     blob: bytes, sync_s: float, aligned_s: float,
+    def _write_state(self, task: str, subtask: int, parallelism: int, ops: list[str],
+                     stateful: list[str], cid: int, blob: bytes, sync_s: float, aligned_s: float,
                      metrics: dict[str, tuple[int, int]]) -> None:
         t0 = time.perf_counter()
         directory = os.path.join(self.spec.checkpoint_dir, f"chk-{cid}")
@@ -180,7 +178,7 @@ class Worker:
             return
         info = {
             "file": name, "size": len(data), "crc32": zlib.crc32(data),
-            "parallelism": parallelism, "ops": ops,
+            "parallelism": parallelism, "ops": ops, "stateful": stateful,
             "sync_ms": sync_s * 1e3, "async_ms": (time.perf_counter() - t0) * 1e3,
             "align_ms": aligned_s * 1e3, "metrics": metrics,
         }

@@ -178,13 +178,18 @@ def main() -> None:
     ap.add_argument("--retained", type=int, default=2)
     ap.add_argument("--restore", default=None)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--max-concurrent", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--tolerable", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     flow = of.Flow(f"crash-{args.shape}", parallelism=args.parallelism,
                    batch_size=args.batch_size,
                    restart_strategy=of.restart.fixed_delay(attempts=20, delay=0.1))
-    flow.enable_checkpointing(args.interval, args.ckpt, mode=args.mode, retained=args.retained)
+    flow.enable_checkpointing(args.interval, args.ckpt, mode=args.mode, retained=args.retained,
+                              max_concurrent=args.max_concurrent, timeout=args.timeout,
+                              tolerable_failures=args.tolerable)
     build(args.shape, flow, args.records, args.rate, args.out, args.corpus)
     result = flow.run(restore=args.restore)
     print(json.dumps({

@@ -111,6 +111,19 @@ def test_random_worker_kills_leave_output_exact(tmp_path: Path, shape: str,
     assert result["sink_in"] == sum(crashjobs.expected(shape, 60_000, str(job.corpus)).values())
 
 
+def test_concurrent_checkpoints_that_time_out_stay_exact_under_kills(tmp_path: Path) -> None:
+    """Three checkpoints in flight, some aborted by a short timeout (tolerated), kills."""
+    job = Job(tmp_path, "two_keyed", "--interval", "0.05", "--max-concurrent", "3",
+              "--timeout", "0.3", "--tolerable", "1000", "--batch-size", "128",
+              "--rate", "10000", records=40_000)
+    job.start()
+    assert _kill_randomly(job, random.Random(f"{SEED}-concurrent"), kills=3) >= 1
+    code, result = job.wait()
+    assert code == 0, job.log.read_text()[-3000:]
+    assert result is not None and result["checkpoints"] >= 5
+    job.check_exact()
+
+
 def test_at_least_once_mode_loses_nothing(tmp_path: Path) -> None:
     job = Job(tmp_path, "union_flatmap", "--mode", "at_least_once", "--rate", "8000")
     job.start()

@@ -31,7 +31,8 @@ from onceflow.api.config import fixed_delay
 from onceflow.api.flow import Flow
 from onceflow.connectors.sources import Range
 
-__all__ = ["CaseResult", "ConformanceReport", "DEFAULT_POINTS", "check_sink_exactly_once"]  # noqa: RUF022
+__all__ = ["CaseResult", "ConformanceReport", "DEFAULT_POINTS",  # noqa: RUF022
+           "check_sink_exactly_once", "throttle"]
 
 #: The worker-side crash points of the protocol, in the order a checkpoint meets them.
 DEFAULT_POINTS = (
@@ -132,6 +133,26 @@ def check_sink_exactly_once(
                 os.environ[name] = value
         _faults.reload()
     return report
+
+
+def throttle(rate: float, every: int = 256) -> Callable[[Any], Any]:
+    """An identity function for ``.map(...)`` that holds each subtask to about ``rate``
+    records/s, so that a test job runs long enough for crashes to land mid-run.
+
+    >>> slow = throttle(1_000_000, every=2)
+    >>> [slow(x) for x in "abc"]
+    ['a', 'b', 'c']
+    """
+    pause = every / rate
+    count = [0]
+
+    def fn(x: Any) -> Any:
+        count[0] += 1
+        if count[0] % every == 0:
+            time.sleep(pause)
+        return x
+
+    return fn
 
 
 def _record(i: int) -> dict[str, Any]:

@@ -17,30 +17,13 @@ import json
 import logging
 import os
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import onceflow as of
+from onceflow.testing import throttle
 
 KEYS = 97
-
-
-def throttle(rate: float) -> Callable[[Any], Any]:
-    """An identity map that holds each subtask to about ``rate`` records/s, so that a job
-    runs long enough for kills to land mid-run."""
-    every = 256
-    pause = every / rate
-    count = [0]
-
-    def fn(x: Any) -> Any:
-        count[0] += 1
-        if count[0] % every == 0:
-            time.sleep(pause)
-        return x
-
-    return fn
 
 
 def words_corpus(directory: str, files: int = 4, lines: int = 1500) -> list[str]:

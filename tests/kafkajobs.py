@@ -15,13 +15,12 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import onceflow as of
 from onceflow.kafka import KafkaSink, KafkaSource
+from onceflow.testing import throttle
 
 USERS = 50
 
@@ -30,25 +29,11 @@ def make_input(i: int) -> dict[str, Any]:
     return {"id": i, "user": f"u{i % USERS}", "amount": i % 10}
 
 
-def throttle(rate: float) -> Callable[[Any], Any]:
-    every = 64
-    pause = every / rate
-    count = [0]
-
-    def fn(x: Any) -> Any:
-        count[0] += 1
-        if count[0] % every == 0:
-            time.sleep(pause)
-        return x
-
-    return fn
-
-
 def build(flow: of.Flow, bootstrap: str, inp: str, out: str, rate: float,
           prefix: str | None) -> None:
     (flow.source(KafkaSource(bootstrap, [inp], deserializer="json", value_only=True,
                              stop_at="end"), name="kafka-in")
-         .map(throttle(rate), name="throttle")
+         .map(throttle(rate, every=64), name="throttle")
          .map(lambda r: {"user": r["user"], "total": r["amount"], "id": r["id"],
                          "amount": r["amount"]}, name="parse")
          .key_by(lambda r: r["user"])

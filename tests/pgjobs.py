@@ -22,10 +22,9 @@ import logging
 import sys
 from typing import Any
 
-from crashjobs import throttle
-
 import onceflow as of
 from onceflow.postgres import PostgresSink, gid_prefix
+from onceflow.testing import throttle
 
 KEYS = 997
 

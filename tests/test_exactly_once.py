@@ -8,78 +8,42 @@ a failure-free run computed without onceflow: no record lost, none duplicated.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import crashjobs
-import psutil
 import pytest
+from jobproc import JobProcess, assert_no_orphans, kill_randomly
 
 JOB = str(Path(__file__).with_name("crashjobs.py"))
 SEED = int(os.environ.get("ONCEFLOW_TEST_SEED", "20261127"))
 
 
-class Job:
+class Job(JobProcess):
     def __init__(self, tmp: Path, shape: str, *extra: str, env: dict[str, str] | None = None,
                  records: int = 60_000) -> None:
-        self.tmp, self.shape, self.records = tmp, shape, records
+        super().__init__(tmp, env)
+        self.shape, self.records = shape, records
         self.out, self.ckpt, self.corpus = tmp / "out", tmp / "ckpt", tmp / "corpus"
         self.extra = list(extra)
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[str] | None = None
-        self.log = tmp / "job.log"
 
-    def start(self, *more: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        cmd = [sys.executable, JOB, self.shape, "--out", str(self.out), "--ckpt", str(self.ckpt),
-               "--corpus", str(self.corpus), "--records", str(self.records), *self.extra, *more]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.log, "a"),
-                                     text=True, env={**self.env, **(env or {})})
-        return self.proc
-
-    def wait(self, timeout: float = 120) -> tuple[int, dict[str, Any] | None]:
-        assert self.proc is not None
-        out, _ = self.proc.communicate(timeout=timeout)
-        line = out.strip().splitlines()[-1] if out.strip() else ""
-        return self.proc.returncode, (json.loads(line) if line.startswith("{") else None)
-
-    def workers(self) -> list[psutil.Process]:
-        assert self.proc is not None
-        try:
-            return psutil.Process(self.proc.pid).children()
-        except psutil.NoSuchProcess:
-            return []
+    def command(self) -> list[str]:
+        return [JOB, self.shape, "--out", str(self.out), "--ckpt", str(self.ckpt),
+                "--corpus", str(self.corpus), "--records", str(self.records), *self.extra]
 
     def check_exact(self) -> None:
         got = crashjobs.committed(str(self.out))
         want = crashjobs.expected(self.shape, self.records, str(self.corpus))
-        assert got == want, crashjobs.diff(got, want) + f"\nlog: {self.log.read_text()[-3000:]}"
+        assert got == want, crashjobs.diff(got, want) + f"\nlog: {self.tail(3000)}"
         hidden = [p.name for p in self.out.iterdir() if p.name.startswith(".")]
         assert not hidden, f"uncommitted transaction files left behind: {hidden}"
 
 
-def _kill_randomly(job: Job, rng: random.Random, kills: int) -> int:
-    """SIGKILL a random worker ``kills`` times at random moments; returns kills delivered."""
-    done = 0
-    assert job.proc is not None
-    while done < kills and job.proc.poll() is None:
-        time.sleep(rng.uniform(0.3, 1.1))
-        victims = [w for w in job.workers() if w.is_running()]
-        if not victims or job.proc.poll() is not None:
-            continue
-        victim = rng.choice(victims)
-        try:
-            victim.send_signal(signal.SIGKILL)
-            done += 1
-        except psutil.NoSuchProcess:
-            pass
-    return done
+_kill_randomly = kill_randomly
+_assert_no_orphans = assert_no_orphans
 
 
 RANDOM_CASES = [
@@ -164,18 +128,6 @@ DRIVER_POINTS = [
     "coordinator.before_metadata_rename@checkpoint=3",
     "coordinator.after_metadata_rename@checkpoint=3",
 ]
-
-
-def _assert_no_orphans(pids: list[int]) -> None:
-    deadline = time.monotonic() + 3
-    alive = pids
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"workers {alive} outlived their driver")
 
 
 @pytest.mark.parametrize("point", DRIVER_POINTS)

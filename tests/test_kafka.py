@@ -25,8 +25,8 @@ import pytest
 
 ck = pytest.importorskip("confluent_kafka")
 import kafkajobs  # noqa: E402
-import psutil  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from jobproc import JobProcess, kill_randomly  # noqa: E402
 
 from onceflow.connectors.kafka import protocol as kp  # noqa: E402
 from onceflow.connectors.kafka._common import broker_config  # noqa: E402
@@ -113,9 +113,10 @@ def read_committed(bootstrap: str, topic: str, *, settle: float = 1.0, timeout: 
     return out
 
 
-class KJob:
+class KJob(JobProcess):
     def __init__(self, tmp: Path, bootstrap: str, *extra: str, records: int = N) -> None:
-        self.tmp, self.bootstrap, self.records = tmp, bootstrap, records
+        super().__init__(tmp)
+        self.bootstrap, self.records = bootstrap, records
         run = uuid.uuid4().hex[:8]
         admin = AdminClient({"bootstrap.servers": bootstrap})
         self.input = _topic(admin, f"in-{run}")
@@ -123,33 +124,15 @@ class KJob:
         self.prefix = f"kt-{run}"
         _fill(bootstrap, self.input, records)
         self.ckpt = tmp / "ckpt"
-        self.log = tmp / "job.log"
         self.extra = list(extra)
-        self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, *more: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        cmd = [sys.executable, JOB, "--bootstrap", self.bootstrap, "--input", self.input,
-               "--output", self.output, "--ckpt", str(self.ckpt), "--prefix", self.prefix,
-               *self.extra, *more]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.log, "a"),
-                                     text=True, env={**os.environ, **(env or {})})
-        return self.proc
-
-    def wait(self, timeout: float = 120) -> tuple[int, dict[str, Any] | None]:
-        assert self.proc is not None
-        out, _ = self.proc.communicate(timeout=timeout)
-        line = out.strip().splitlines()[-1] if out.strip() else ""
-        return self.proc.returncode, (json.loads(line) if line.startswith("{") else None)
-
-    def workers(self) -> list[psutil.Process]:
-        assert self.proc is not None
-        try:
-            return psutil.Process(self.proc.pid).children()
-        except psutil.NoSuchProcess:
-            return []
+    def command(self) -> list[str]:
+        return [JOB, "--bootstrap", self.bootstrap, "--input", self.input,
+                "--output", self.output, "--ckpt", str(self.ckpt), "--prefix", self.prefix,
+                *self.extra]
 
     def logtail(self) -> str:
-        return self.log.read_text()[-4000:]
+        return self.tail()
 
     def check_exact(self) -> None:
         got = read_committed(self.bootstrap, self.output)
@@ -357,19 +340,7 @@ def test_source_reads_keys_timestamps_headers_and_new_partitions(bootstrap: str)
 
 # --- end to end under crashes ----------------------------------------------------------
 def _kill_randomly(job: KJob, rng: random.Random, kills: int) -> int:
-    done = 0
-    assert job.proc is not None
-    while done < kills and job.proc.poll() is None:
-        time.sleep(rng.uniform(2.0, 3.5))
-        victims = [w for w in job.workers() if w.is_running()]
-        if not victims or job.proc.poll() is not None:
-            continue
-        try:
-            rng.choice(victims).send_signal(signal.SIGKILL)
-            done += 1
-        except psutil.NoSuchProcess:
-            pass
-    return done
+    return kill_randomly(job, rng, kills, pause=(2.0, 3.5))  # Kafka jobs start slower
 
 
 def test_no_failure(tmp_path: Path, bootstrap: str) -> None:

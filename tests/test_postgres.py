@@ -9,13 +9,11 @@ must hold nothing of the job. Each test uses its own tables and flow name.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pgjobs
-import psutil
 import psycopg
 import pytest
+from jobproc import JobProcess, assert_no_orphans, kill_randomly
 from psycopg import sql
 
 import onceflow as of
@@ -73,49 +71,23 @@ def _rollback_prepared(conn: psycopg.Connection[Any], flow: str) -> None:
         conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
 
 
-class PgJob:
+class PgJob(JobProcess):
     """One flow (unique name and tables) run as ``pgjobs.py`` subprocesses."""
 
     def __init__(self, tmp: Path, dsn: str, conn: psycopg.Connection[Any], *extra: str,
                  records: int = RECORDS, env: dict[str, str] | None = None) -> None:
+        super().__init__(tmp, env)
         tag = uuid.uuid4().hex[:8]
         self.flow, self.totals, self.events = f"pgtest-{tag}", f"totals_{tag}", f"events_{tag}"
-        self.tmp, self.dsn, self.conn, self.records = tmp, dsn, conn, records
+        self.dsn, self.conn, self.records = dsn, conn, records
         self.extra = list(extra)
-        self.env = {**os.environ, **(env or {})}
-        self.log = tmp / "job.log"
-        self.proc: subprocess.Popen[str] | None = None
         self._own: list[psycopg.Connection[Any]] = []
         pgjobs.create_tables(conn, self.totals, self.events)
 
-    def start(self, *more: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        cmd = [sys.executable, JOB, "--dsn", self.dsn, "--flow", self.flow, "--totals",
-               self.totals, "--events", self.events, "--ckpt", str(self.tmp / "ckpt"),
-               "--records", str(self.records), *self.extra, *more]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.log, "a"),
-                                     text=True, env={**self.env, **(env or {})})
-        return self.proc
-
-    def wait(self, timeout: float = 120) -> tuple[int, dict[str, Any] | None]:
-        assert self.proc is not None
-        try:
-            out, _ = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            raise AssertionError(f"job did not finish in {timeout}s:\n{self.tail()}") from None
-        line = out.strip().splitlines()[-1] if out.strip() else ""
-        return self.proc.returncode, (json.loads(line) if line.startswith("{") else None)
-
-    def workers(self) -> list[psutil.Process]:
-        assert self.proc is not None
-        try:
-            return psutil.Process(self.proc.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text()[-n:] if self.log.exists() else "(no log)"
+    def command(self) -> list[str]:
+        return [JOB, "--dsn", self.dsn, "--flow", self.flow, "--totals", self.totals,
+                "--events", self.events, "--ckpt", str(self.tmp / "ckpt"),
+                "--records", str(self.records), *self.extra]
 
     def check_exact(self) -> None:
         problems = pgjobs.check(self.conn, self.flow, self.totals, self.events, self.records)
@@ -169,20 +141,7 @@ def test_failure_free_run_is_exact(make_job: Any) -> None:
     job.check_exact()
 
 
-def _kill_randomly(job: PgJob, rng: random.Random, kills: int) -> int:
-    done = 0
-    assert job.proc is not None
-    while done < kills and job.proc.poll() is None:
-        time.sleep(rng.uniform(0.3, 1.1))
-        victims = [w for w in job.workers() if w.is_running()]
-        if not victims or job.proc.poll() is not None:
-            continue
-        try:
-            rng.choice(victims).send_signal(signal.SIGKILL)
-            done += 1
-        except psutil.NoSuchProcess:
-            pass
-    return done
+_kill_randomly = kill_randomly
 
 
 @pytest.mark.parametrize("case", ["a", "b"])
@@ -238,14 +197,7 @@ def test_postgres_killed_mid_job(make_job: Any) -> None:
     job.check_exact()
 
 
-def _assert_gone(pids: list[int]) -> None:
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        if not [p for p in pids if psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"workers {pids} outlived their driver")
+_assert_gone = assert_no_orphans
 
 
 def test_driver_killed_after_checkpoint_complete_then_restored(make_job: Any,

@@ -72,7 +72,7 @@ PUBLIC = {
         "list_lingering",
     ],
     "onceflow.testing": ["CaseResult", "ConformanceReport", "DEFAULT_POINTS",
-                         "check_sink_exactly_once"],
+                         "check_sink_exactly_once", "throttle"],
 }
 
 

@@ -1,0 +1,237 @@
+"""The ``onceflow`` command.
+
+    onceflow run job.py [--parallelism N] [--checkpoint-dir D] [--restore latest|PATH]
+    onceflow checkpoints DIR [--json]
+    onceflow inspect PATH [--json]
+    onceflow kafka abort-lingering --bootstrap B --prefix P
+    onceflow kafka list --bootstrap B --prefix P
+
+Exit codes: 0 success, 1 the job failed, 2 bad arguments or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import runpy
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from onceflow.api.flow import Flow
+from onceflow.checkpoint.storage import METADATA, load_checkpoint
+from onceflow.errors import ConfigurationError, JobFailedError, OnceflowError
+from onceflow.graph.keygroups import key_group_range
+
+
+def _load_flow(path: str, name: str) -> Flow:
+    if not os.path.isfile(path):
+        raise ConfigurationError(f"job file {path} does not exist")
+    ns = runpy.run_path(path, run_name="__onceflow_job__")
+    obj = ns.get(name)
+    if obj is None:
+        raise ConfigurationError(
+            f"{path} defines no {name!r}; define a module-level Flow named {name!r} (and run "
+            "it only under `if __name__ == '__main__':`), or pass --flow NAME")
+    if callable(obj) and not isinstance(obj, Flow):
+        obj = obj()
+    if not isinstance(obj, Flow):
+        raise ConfigurationError(f"{path}: {name!r} is a {type(obj).__name__}, not a Flow")
+    return obj
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    flow = _load_flow(args.job, args.flow)
+    if args.parallelism is not None:
+        flow.parallelism = args.parallelism
+    if args.checkpoint_dir is not None:
+        if flow.checkpoint_config is None:
+            flow.enable_checkpointing(1.0, args.checkpoint_dir)
+        else:
+            flow.checkpoint_config = replace(flow.checkpoint_config, storage=args.checkpoint_dir)
+    try:
+        result = flow.run(restore=args.restore)
+    except JobFailedError as e:
+        print(f"onceflow: job failed: {e}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+def _checkpoint_dirs(root: str) -> tuple[str, list[str]]:
+    """The directory that holds chk-<n> entries: ``root`` itself or its only flow folder."""
+    names = os.listdir(root)
+    if any(n.startswith(("chk-", "corrupt-chk-")) for n in names):
+        return root, names
+    subs = [n for n in names if os.path.isdir(os.path.join(root, n))]
+    flows = [s for s in subs if any(x.startswith(("chk-", "corrupt-chk-"))
+                                    for x in os.listdir(os.path.join(root, s)))]
+    if len(flows) == 1:
+        d = os.path.join(root, flows[0])
+        return d, os.listdir(d)
+    if len(flows) > 1:
+        raise ConfigurationError(
+            f"{root} holds checkpoints of several flows ({', '.join(sorted(flows))}); "
+            "pass one of those directories")
+    return root, names
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.dir):
+        raise ConfigurationError(f"{args.dir} is not a directory")
+    d, names = _checkpoint_dirs(args.dir)
+    rows: list[dict[str, Any]] = []
+    for n in names:
+        if not n.startswith(("chk-", "corrupt-chk-")):
+            continue
+        path = os.path.join(d, n)
+        cid = int(n.rsplit("-", 1)[1])
+        row: dict[str, Any] = {"id": cid, "kind": "checkpoint", "path": path}
+        if n.startswith("corrupt-"):
+            row["status"] = "corrupt (moved aside)"
+        elif not os.path.exists(os.path.join(path, METADATA)):
+            row["status"] = "incomplete"
+        else:
+            try:
+                meta = load_checkpoint(path).meta
+                row["status"] = "complete" + (" (final)" if meta.get("final") else "")
+                row["time"] = meta["completion_time"]
+                row["duration_s"] = meta["completion_time"] - meta["trigger_time"]
+                row["size"] = sum(f["size"] for f in meta["files"].values())
+                row["files"] = len(meta["files"])
+            except OnceflowError as e:
+                row["status"] = f"corrupt: {e}"
+        rows.append(row)
+    rows.sort(key=lambda r: r["id"])
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print(f"no checkpoints in {d}")
+        return 0
+    print(f"{'id':>6}  {'status':<18} {'completed (UTC)':<20} {'duration':>9} {'size':>12} "
+          f"{'files':>5}")
+    import time as _t
+    for r in rows:
+        when = _t.strftime("%Y-%m-%d %H:%M:%S", _t.gmtime(r["time"])) if "time" in r else "-"
+        dur = f"{r['duration_s'] * 1e3:.0f} ms" if "duration_s" in r else "-"
+        size = f"{r['size']:,} B" if "size" in r else "-"
+        print(f"{r['id']:>6}  {r['status']:<18} {when:<20} {dur:>9} {size:>12} "
+              f"{r.get('files', '-'):>5}")
+    return 0
+
+
+def _describe_state(kind: str | None, state: Any) -> dict[str, Any]:
+    if state is None:
+        return {}
+    if kind == "source":
+        return {"splits": [{"split": repr(s), "position": repr(p), "finished": f}
+                           for s, p, f in state]}
+    if kind == "sink" and isinstance(state, dict) and "pending" in state:
+        return {"pending_transactions": [{"checkpoint": c, "transaction": repr(t)}
+                                         for c, t in state["pending"]]}
+    if isinstance(state, dict) and state.get("format") == "memory-keyed-1":
+        return {"keyed_state": {name: len(t) for name, t in state["tables"].items()},
+                "timers": len(state["timers"])}
+    return {"state": repr(state)[:200]}
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(os.path.abspath(args.path))
+    meta = ckpt.meta
+    mp = meta["max_parallelism"]
+    out: dict[str, Any] = {"checkpoint": ckpt.id, "path": ckpt.path, "flow": meta["flow"],
+                           "final": meta.get("final", False), "max_parallelism": mp,
+                           "operators": []}
+    cache: dict[str, dict[str, Any]] = {}
+    for uid, entry in sorted(meta["operators"].items()):
+        p = entry["parallelism"]
+        subtasks = []
+        for f in sorted(entry["files"], key=lambda f: f["subtask"]):
+            blob = cache.get(f["file"]) or cache.setdefault(f["file"], ckpt.read_state(f["file"]))
+            sub: dict[str, Any] = {"subtask": f["subtask"], "file": f["file"],
+                                   "file_size": meta["files"][f["file"]]["size"]}
+            if entry.get("kind") in ("reduce", "process"):
+                sub["key_groups"] = list(key_group_range(f["subtask"], p, mp))
+            sub.update(_describe_state(entry.get("kind"), blob["ops"].get(uid)))
+            subtasks.append(sub)
+        out["operators"].append({"uid": uid, "kind": entry.get("kind"), "parallelism": p,
+                                 "stateful": entry.get("stateful", True),
+                                 "subtasks": subtasks})
+    if args.json:
+        print(json.dumps(out, indent=1, default=repr))
+        return 0
+    print(f"checkpoint {ckpt.id} of flow {meta['flow']!r} at {ckpt.path}"
+          f"{' (final)' if out['final'] else ''}; max_parallelism {mp}")
+    for op in out["operators"]:
+        print(f"  {op['uid']} ({op['kind']}, parallelism {op['parallelism']}"
+              f"{', stateless' if not op['stateful'] else ''})")
+        for s in op["subtasks"]:
+            extra = {k: v for k, v in s.items() if k not in ("subtask", "file", "file_size")}
+            print(f"    [{s['subtask']}] {s['file_size']:,} B  "
+                  + "  ".join(f"{k}={v}" for k, v in extra.items()))
+    return 0
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from onceflow import kafka_cli
+
+    argv = [args.action, "--bootstrap", args.bootstrap, "--prefix", args.prefix]
+    return int(kafka_cli.main(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="onceflow",
+                                 description="Run and inspect onceflow jobs.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the Flow a Python file defines",
+                       description="Run the module-level Flow of job.py (command-line values "
+                       "override the file's).")
+    r.add_argument("job", help="a Python file defining a module-level Flow")
+    r.add_argument("--flow", default="flow", help="name of the Flow (or a function "
+                   "returning one) in the file (default: flow)")
+    r.add_argument("--parallelism", type=int, help="default parallelism of the operators")
+    r.add_argument("--checkpoint-dir", help="checkpoint storage directory")
+    r.add_argument("--restore", help="'latest' or a checkpoint directory")
+    r.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    r.set_defaults(func=cmd_run)
+    c = sub.add_parser("checkpoints", help="list the checkpoints in a storage directory",
+                       description="Every checkpoint in DIR (a storage directory or one "
+                       "flow's folder in it): id, status, time, duration, size, files.")
+    c.add_argument("dir")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_checkpoints)
+    i = sub.add_parser("inspect", help="show what one checkpoint holds",
+                       description="Operators, parallelism, per-subtask sizes and key-group "
+                       "ranges, source positions and sink pending transactions.")
+    i.add_argument("path", help="a checkpoint directory (.../chk-<n>)")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_inspect)
+    k = sub.add_parser("kafka", help="Kafka helpers",
+                       description="List or abort the transactions a KafkaSink left open "
+                       "(for a job that will not be restarted).")
+    k.add_argument("action", choices=["abort-lingering", "list"])
+    k.add_argument("--bootstrap", required=True)
+    k.add_argument("--prefix", required=True, help="the sink's transactional_id_prefix")
+    k.set_defaults(func=cmd_kafka)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (ConfigurationError, OnceflowError, OSError) as e:
+        print(f"onceflow {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@ and nothing uncovered by a checkpoint is committed. Uses a real, tiny tmpfs."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,4 +40,15 @@ def test_full_checkpoint_disk_fails_clearly_and_commits_nothing(tiny_disk: Path,
     msg = str(err.value)
     assert "No space left on device" in msg
     assert "big-state" in msg and str(tiny_disk / "ckpt") in msg
-    assert of.sinks.read_committed(tmp_path / "out") == []
+    # What is committed is exactly what the last complete checkpoint covers (if one fit on
+    # the disk before it filled up): no record twice, none beyond it.
+    committed = [r[0] for r in of.sinks.read_committed(tmp_path / "out")]
+    assert len(committed) == len(set(committed))
+    done = [c for c in (tiny_disk / "ckpt" / "full-disk").iterdir()
+            if (c / "_metadata").exists()]
+    covered = 0
+    if done:
+        newest = max(done, key=lambda c: int(c.name.split("-")[1]))
+        meta = json.loads((newest / "_metadata").read_text())["body"]
+        covered = sum(ops["files"][0] for ops in meta["metrics"].values() if "files" in ops)
+    assert len(committed) == covered

@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint bench soak services stop-services clean
+.PHONY: demo test lint bench compare soak services stop-services clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -43,6 +43,12 @@ lint: $(VENV)/.synced
 
 bench: $(VENV)/.synced
 	$(PY) benchmarks/w1.py
+
+# onceflow against PyFlink, Bytewax and Quix Streams on W1 and W2 (not part of make test;
+# installs each peer in benchmarks/compare/.venvs/, needs Java 17 + mvn and the Kafka broker).
+compare: $(VENV)/.synced
+	scripts/kafka start
+	$(PY) benchmarks/compare/run.py
 
 # Long chaos run: random shapes and kills for ONCEFLOW_SOAK_MINUTES (default 10).
 soak: $(VENV)/.synced

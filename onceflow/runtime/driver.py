@@ -7,7 +7,7 @@ complete checkpoint is chosen, and all tasks restart from it. Sinks recommit wha
 checkpoint lists and abort whatever else earlier attempts left.
 
 Workers are forked from the driver, so user functions (lambdas, closures) need no
-serialization; onceflow therefore runs on platforms with ``fork`` (Linux, macOS).
+serialization; onceflow therefore needs ``fork`` (tested on Linux).
 """
 
 from __future__ import annotations

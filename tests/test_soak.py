@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from test_exactly_once import Job, _assert_no_orphans, _kill_randomly
 
+MINUTES = float(os.environ.get("ONCEFLOW_SOAK_MINUTES", "10"))
 SHAPES = ["keyed_count", "union_flatmap", "two_keyed", "text_wordcount", "mixed_parallelism"]
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(MINUTES * 60 + 600)  # the run itself, plus the last job
 def test_chaos_soak(tmp_path: Path) -> None:
-    minutes = float(os.environ.get("ONCEFLOW_SOAK_MINUTES", "10"))
+    minutes = MINUTES
     seed = int(os.environ.get("ONCEFLOW_TEST_SEED", str(int(time.time()))))
     rng = random.Random(seed)
     deadline = time.monotonic() + minutes * 60

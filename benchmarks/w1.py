@@ -230,9 +230,10 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 
-def _sample_tree_rss(pid: int, stop: threading.Event, out: list[float]) -> None:
-    """Poll the summed RSS of the child and its workers (a cross-check of peak_rss_mb;
-    pages shared after fork are counted once per process)."""
+def sample_tree_rss(pid: int, stop: threading.Event, out: list[float]) -> None:
+    """Poll the summed RSS of a process and all its descendants until ``stop`` is set;
+    ``out[0]`` holds the peak so far in MB (pages shared after fork are counted once per
+    process). Also used by benchmarks/compare/run.py."""
     try:
         import psutil
     except ImportError:
@@ -254,8 +255,8 @@ def _sample_tree_rss(pid: int, stop: threading.Event, out: list[float]) -> None:
             except psutil.Error:
                 pass
         peak = max(peak, total)
+        out[:] = [peak / (1024 * 1024)]
         stop.wait(0.05)
-    out.append(peak / (1024 * 1024))
 
 
 def run_subprocess(cfg: dict[str, Any], args: argparse.Namespace) -> dict:
@@ -265,7 +266,7 @@ def run_subprocess(cfg: dict[str, Any], args: argparse.Namespace) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
     sampled: list[float] = []
-    th = threading.Thread(target=_sample_tree_rss, args=(proc.pid, stop, sampled), daemon=True)
+    th = threading.Thread(target=sample_tree_rss, args=(proc.pid, stop, sampled), daemon=True)
     th.start()
     out, err = proc.communicate()
     wall = time.perf_counter() - t0

@@ -29,6 +29,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from w1 import sample_tree_rss
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -111,29 +114,6 @@ def peer_versions() -> dict[str, str]:
 
 
 # measuring one run -------------------------------------------------------------------------
-def _sample_tree(pid: int, stop: threading.Event, out: list[float]) -> None:
-    import psutil
-    try:
-        proc = psutil.Process(pid)
-    except psutil.Error:
-        return
-    peak = 0
-    while not stop.is_set():
-        total = 0
-        try:
-            procs = [proc, *proc.children(recursive=True)]
-        except psutil.Error:
-            break
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        peak = max(peak, total)
-        out[:] = [peak / 2**20]
-        stop.wait(0.05)
-
-
 def run_proc(cmd: list[str], timeout: float, env: dict | None = None,
              until: Any = None) -> dict:
     """Run cmd, sample its tree's RSS; returns wall time, peak RSS, the RESULT line.
@@ -143,7 +123,7 @@ def run_proc(cmd: list[str], timeout: float, env: dict | None = None,
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=str(HERE), start_new_session=True)
     stop, peak = threading.Event(), [0.0]
-    th = threading.Thread(target=_sample_tree, args=(proc.pid, stop, peak), daemon=True)
+    th = threading.Thread(target=sample_tree_rss, args=(proc.pid, stop, peak), daemon=True)
     th.start()
     if until is not None and until.stop_process:
         deadline = t0 + timeout

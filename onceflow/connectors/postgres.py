@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onceflow import _faults
+from onceflow._optional import require
 from onceflow.connectors.sinks import Sink, SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
 from onceflow.errors import ConfigurationError, UserFunctionError
@@ -68,14 +69,7 @@ _MODES = ("insert", "upsert")
 
 
 def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ConfigurationError(
-            "PostgresSink needs psycopg 3: pip install 'onceflow[postgres]' "
-            "(or pip install 'psycopg[binary]')"
-        ) from e
-    return psycopg
+    return require("psycopg", "PostgresSink", "postgres", "psycopg[binary]")
 
 
 # --- names -------------------------------------------------------------------------------

@@ -7,18 +7,12 @@ from typing import Any
 
 import orjson
 
+from onceflow._optional import require
 from onceflow.errors import ConfigurationError
 
 
 def import_kafka() -> Any:
-    try:
-        import confluent_kafka
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ConfigurationError(
-            "the Kafka connectors need confluent-kafka: pip install 'onceflow[kafka]' "
-            "(or pip install confluent-kafka)"
-        ) from e
-    return confluent_kafka
+    return require("confluent_kafka", "the Kafka connectors", "kafka", "confluent-kafka")
 
 
 def deserializer(spec: str | Callable[[bytes], Any] | None, what: str) -> Callable[[Any], Any]:

@@ -23,10 +23,12 @@ demo: $(VENV)/.synced
 	$(PY) examples/demo_wordcount.py
 
 # The real servers the tests use: PostgreSQL (Debian package, installed when missing) and
-# Apache Kafka (KRaft, jars from Maven Central), both on 127.0.0.1 only.
+# Apache Kafka (KRaft, jars from Maven Central), both on 127.0.0.1 only; and headless
+# Chromium + chromedriver (Debian packages, installed when missing) for the dashboard test.
 services:
 	scripts/postgres start
 	scripts/kafka start
+	scripts/browser install
 
 stop-services:
 	-scripts/kafka stop

@@ -7,6 +7,7 @@ run them. Users import only what is listed in ``__all__`` plus the submodules
 """
 
 from onceflow import restart, sinks, sources, state
+from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
 from onceflow.api.flow import DataStream, Flow, KeyedStream
 from onceflow.api.functions import (
@@ -28,6 +29,7 @@ from onceflow.errors import (
     RecordFormatError,
     UserFunctionError,
 )
+from onceflow.runtime.control import SavepointError
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "DataStream",
     "Flow",
     "IncompatibleStateError",
+    "JobClient",
     "JobFailedError",
     "JobResult",
     "KeyedProcessFunction",
@@ -52,6 +55,7 @@ __all__ = [
     "RecordFormatError",
     "RestartStrategy",
     "RuntimeContext",
+    "SavepointError",
     "TimerService",
     "UserFunctionError",
     "__version__",

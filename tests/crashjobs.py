@@ -164,15 +164,20 @@ def main() -> None:
     ap.add_argument("--max-concurrent", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--tolerable", type=int, default=0)
+    ap.add_argument("--backend", choices=["memory", "rocksdb"], default="memory")
+    ap.add_argument("--incremental", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    backend = (of.state.RocksDBBackend(layer_entries=2_000) if args.backend == "rocksdb"
+               else of.state.MemoryBackend(full_every=3))
     flow = of.Flow(f"crash-{args.shape}", parallelism=args.parallelism,
-                   batch_size=args.batch_size,
+                   batch_size=args.batch_size, state_backend=backend,
                    restart_strategy=of.restart.fixed_delay(attempts=20, delay=0.1))
     flow.enable_checkpointing(args.interval, args.ckpt, mode=args.mode, retained=args.retained,
                               max_concurrent=args.max_concurrent, timeout=args.timeout,
-                              tolerable_failures=args.tolerable)
+                              tolerable_failures=args.tolerable,
+                              incremental=args.incremental)
     build(args.shape, flow, args.records, args.rate, args.out, args.corpus)
     result = flow.run(restore=args.restore)
     print(json.dumps({

@@ -71,7 +71,7 @@ def test_bad_arguments_give_clear_messages_and_exit_codes(tmp_path: Path) -> Non
     assert bad.returncode == 2 and "_metadata" in bad.stderr
     usage = onceflow("frobnicate")
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
-    for sub in ("run", "checkpoints", "inspect", "kafka"):
+    for sub in ("run", "checkpoints", "inspect", "kafka", "verify", "savepoint", "stop"):
         assert onceflow(sub, "--help").returncode == 0
 
 

@@ -30,19 +30,23 @@ def test_chaos_soak(tmp_path: Path) -> None:
         shape = rng.choice(SHAPES)
         par = rng.choice([1, 2, 3])
         interval = rng.choice(["0.1", "0.3", "0.5"])
+        backend = rng.choice(["memory", "rocksdb"])
+        state = ["--backend", backend] + (["--incremental"] if rng.random() < 0.6 else [])
         job = Job(tmp_path / f"run{runs}", shape, "--parallelism", str(par), "--rate",
-                  str(rng.choice([4000, 8000, 20000])), "--interval", interval,
+                  str(rng.choice([4000, 8000, 20000])), "--interval", interval, *state,
                   records=rng.choice([20_000, 60_000]))
         (tmp_path / f"run{runs}").mkdir()
-        note = f"seed={seed} run={runs} shape={shape} p={par} interval={interval}"
+        note = f"seed={seed} run={runs} shape={shape} p={par} interval={interval} {state}"
         for _ in range(rng.randrange(3)):  # driver kills, each followed by restore
-            proc = job.start("--restore", "latest")
+            if rng.random() < 0.5:  # restore at another parallelism (rescaling)
+                par = rng.choice([1, 2, 3])
+            proc = job.start("--restore", "latest", "--parallelism", str(par))
             time.sleep(rng.uniform(0.2, 2.0))
             pids = [w.pid for w in job.workers()]
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             _assert_no_orphans(pids)
-        job.start("--restore", "latest")
+        job.start("--restore", "latest", "--parallelism", str(rng.choice([1, 2, 3])))
         _kill_randomly(job, rng, kills=rng.randrange(5))
         code, _ = job.wait(timeout=300)
         assert code == 0, f"{note}: {job.log.read_text()[-3000:]}"

@@ -18,6 +18,7 @@ from onceflow.checkpoint.storage import (
     METADATA,
     STATE_MAGIC,
     CheckpointStorage,
+    encode_state,
     load_checkpoint,
     resolve_restore_path,
 )
@@ -31,7 +32,7 @@ def make_checkpoint(storage: CheckpointStorage, cid: int, states: dict[str, Any]
     os.makedirs(d, exist_ok=True)
     files = {}
     for name, obj in states.items():
-        data = STATE_MAGIC + pickle.dumps(obj, protocol=5)
+        data = encode_state(pickle.dumps(obj, protocol=5), {})
         Path(d, name).write_bytes(data)
         files[name] = {"size": len(data), "crc32": zlib.crc32(data)}
     return storage.write_metadata(cid, {

@@ -23,10 +23,14 @@ class CheckpointConfig:
     max_concurrent: int = 1
     retained: int = 1
     tolerable_failures: int = 0
+    incremental: bool = False
 
     def validate(self) -> None:
         def bad(what: str) -> ConfigurationError:
             return ConfigurationError(f"enable_checkpointing: {what}")
+
+        if not isinstance(self.incremental, bool):
+            raise bad(f"incremental must be True or False, got {self.incremental!r}")
 
         if not _number(self.interval) or self.interval <= 0:
             raise bad(f"interval must be a number of seconds > 0, got {self.interval!r} "

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onceflow.api.config import CheckpointConfig, RestartStrategy, exponential_backoff
 from onceflow.api.functions import KeyedProcessFunction
@@ -33,6 +33,14 @@ from onceflow.connectors.sources import Source
 from onceflow.connectors.two_phase import TwoPhaseCommitSink, WriteAheadSink
 from onceflow.errors import ConfigurationError
 from onceflow.graph.logical import Edge, Kind, LogicalPlan, Node, Partitioning
+from onceflow.state.memory import MemoryBackend
+
+if TYPE_CHECKING:
+    from onceflow.api.client import JobClient
+    from onceflow.runtime.driver import JobDriver
+    from onceflow.state.rocksdb import RocksDBBackend
+
+    StateBackend = MemoryBackend | RocksDBBackend
 
 
 class Flow:
@@ -45,13 +53,15 @@ class Flow:
 
     def __init__(self, name: str, *, parallelism: int = 1, max_parallelism: int = 128,
                  batch_size: int = 1024, channel_capacity: int = 4,
-                 restart_strategy: RestartStrategy | None = None) -> None:
+                 restart_strategy: RestartStrategy | None = None,
+                 state_backend: StateBackend | None = None) -> None:
         self.name = name
         self.parallelism = parallelism
         self.max_parallelism = max_parallelism
         self.batch_size = batch_size
         self.channel_capacity = channel_capacity
         self.restart_strategy = restart_strategy or exponential_backoff()
+        self.state_backend: StateBackend = state_backend or MemoryBackend()
         self.checkpoint_config: CheckpointConfig | None = None
         self._plan = LogicalPlan()
 
@@ -59,7 +69,8 @@ class Flow:
     def enable_checkpointing(self, interval: float, storage: str | os.PathLike[str], *,
                              mode: str = "exactly_once", timeout: float = 600.0,
                              min_pause: float = 0.0, max_concurrent: int = 1,
-                             retained: int = 1, tolerable_failures: int = 0) -> Flow:
+                             retained: int = 1, tolerable_failures: int = 0,
+                             incremental: bool = False) -> Flow:
         """Checkpoint every ``interval`` seconds into directory ``storage``.
 
         ``mode`` is ``"exactly_once"`` (aligned barriers) or ``"at_least_once"`` (no
@@ -67,11 +78,13 @@ class Flow:
         complete within ``timeout`` seconds is aborted; ``min_pause`` seconds separate the
         end of one from the start of the next; ``max_concurrent`` may be in flight; the
         newest ``retained`` complete checkpoints are kept; more than ``tolerable_failures``
-        failed checkpoints in a row fail the job. Settings are checked by ``run()``."""
+        failed checkpoints in a row fail the job. ``incremental``: each checkpoint writes only
+        what changed since the previous one (RocksDB: new SST files; memory: a changelog of
+        changed keys) and references the rest. Settings are checked by ``run()``."""
         self.checkpoint_config = CheckpointConfig(
             interval=interval, storage=os.fspath(storage) if storage is not None else None,
             mode=mode, timeout=timeout, min_pause=min_pause, max_concurrent=max_concurrent,
-            retained=retained, tolerable_failures=tolerable_failures)
+            retained=retained, tolerable_failures=tolerable_failures, incremental=incremental)
         return self
 
     def set_restart_strategy(self, strategy: RestartStrategy) -> Flow:
@@ -113,20 +126,52 @@ class Flow:
         if self.checkpoint_config is not None:
             self.checkpoint_config.validate()
         self.restart_strategy.validate()
+        validate = getattr(self.state_backend, "validate", None)
+        if not callable(validate) or not callable(getattr(self.state_backend, "create", None)):
+            raise bad(f"state_backend must be of.state.MemoryBackend() or "
+                      f"of.state.RocksDBBackend(), got {type(self.state_backend).__name__}")
+        validate()
 
-    def run(self, restore: str | os.PathLike[str] | None = None) -> JobResult:
+    def run(self, restore: str | os.PathLike[str] | None = None, *,
+            dashboard: str | int | None = None, dashboard_token: str | None = None,
+            metrics_port: int | None = None, progress: bool | float = False) -> JobResult:
         """Run the flow; block until its bounded input is processed and committed.
 
         ``restore``: ``"latest"`` resumes from the newest complete checkpoint in this flow's
         checkpoint storage (or starts from the beginning, saying so, when there is none); a
-        path resumes from that checkpoint directory."""
+        path resumes from that checkpoint directory.
+
+        While it runs (see docs/operations.md): ``dashboard="[HOST:]PORT"`` serves a web
+        dashboard (127.0.0.1 unless a host is given; any other host needs
+        ``dashboard_token``); ``metrics_port`` serves Prometheus metrics on
+        127.0.0.1:PORT/metrics; ``progress`` prints live progress to stderr (``True``, or
+        a period in seconds). Port 0 picks a free port (logged on ``onceflow.web``)."""
+        driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
+                              metrics_port=metrics_port, progress=progress)
+        return driver.run(os.fspath(restore) if restore is not None else None)
+
+    def start(self, restore: str | os.PathLike[str] | None = None, *,
+              dashboard: str | int | None = None, dashboard_token: str | None = None,
+              metrics_port: int | None = None, progress: bool | float = False) -> JobClient:
+        """Start the flow in a background thread of this process and return a
+        :class:`~onceflow.JobClient` to take savepoints, stop with a savepoint, or wait for
+        the result. Same arguments as :meth:`run`."""
+        from onceflow.api.client import JobClient
+
+        driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
+                              metrics_port=metrics_port, progress=progress)
+        return JobClient(driver, os.fspath(restore) if restore is not None else None)
+
+    def _driver(self, **observe: Any) -> JobDriver:
         from onceflow.runtime.driver import JobConfig, JobDriver
 
         self.validate()
+        dashboard = observe.pop("dashboard")
         cfg = JobConfig(self.name, self.parallelism, self.max_parallelism, self.batch_size,
-                        self.channel_capacity, self.checkpoint_config, self.restart_strategy)
-        return JobDriver(self._plan, cfg).run(
-            os.fspath(restore) if restore is not None else None)
+                        self.channel_capacity, self.checkpoint_config, self.restart_strategy,
+                        dashboard=None if dashboard is None else str(dashboard),
+                        state_backend=self.state_backend, **observe)
+        return JobDriver(self._plan, cfg)
 
 
 class DataStream:

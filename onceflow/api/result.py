@@ -34,6 +34,7 @@ class JobResult:
     finished_at: float
     checkpoint_storage: str | None = None
     attempts: list[float] = field(default_factory=list)
+    savepoint: str | None = None  # the path, when the job ended with stop-with-savepoint
 
     @property
     def duration(self) -> float:
@@ -45,7 +46,13 @@ class JobResult:
 
     @property
     def completed_checkpoints(self) -> list[CheckpointStats]:
-        return [c for c in self.checkpoints if c.status is CheckpointStatus.COMPLETED]
+        return [c for c in self.checkpoints if c.status is CheckpointStatus.COMPLETED
+                and c.kind == "checkpoint"]
+
+    @property
+    def savepoints(self) -> list[CheckpointStats]:
+        return [c for c in self.checkpoints if c.status is CheckpointStatus.COMPLETED
+                and c.kind == "savepoint"]
 
     def records_in(self, name: str) -> int:
         return self.operators[name].records_in
@@ -67,4 +74,6 @@ class JobResult:
                 f"  checkpoints: median {durs[len(durs) // 2]:.1f} ms, max {durs[-1]:.1f} ms, "
                 f"max sync {max(c.max_sync_ms for c in done):.2f} ms, "
                 f"last size {done[-1].size:,} B")
+        if self.savepoint:
+            lines.append(f"  stopped with savepoint {self.savepoint}")
         return "\n".join(lines)

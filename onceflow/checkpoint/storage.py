@@ -3,7 +3,13 @@
 Layout under the configured storage directory::
 
     <storage>/<flow>/chk-<n>/<task>-<subtask>.state   state of one subtask (magic + pickle)
+    <storage>/<flow>/chk-<n>/<op>-<subtask>.files/    private files of a backend (full
+                                                      RocksDB checkpoints, MANIFEST, ...)
     <storage>/<flow>/chk-<n>/_metadata                JSON, written last, atomically
+    <storage>/<flow>/shared/<op>-<subtask>/...        files incremental checkpoints share
+                                                      (reference-counted, see shared.py)
+    <storage>/<flow>/savepoint-<n>-<time>/            a savepoint: self-contained, never
+                                                      deleted by onceflow
 
 A checkpoint exists only once ``_metadata`` does: it is written to ``_metadata.tmp``,
 fsynced, renamed, and the directory fsynced. The metadata lists every state file with its
@@ -32,14 +38,20 @@ from onceflow.errors import ConfigurationError, CorruptCheckpointError, NoCheckp
 
 log = logging.getLogger("onceflow.checkpoint")
 
-STATE_MAGIC = b"ONCEFLOW-STATE-1\n"
+STATE_MAGIC = b"ONCEFLOW-STATE-2\n"
 METADATA = "_metadata"
 FORMAT = 1
 _CHK = re.compile(r"^chk-(\d+)$")
+_SAVEPOINT = re.compile(r"^savepoint-(\d+)-")
 
 
 def state_file_name(task: str, subtask: int) -> str:
     return f"{task}-{subtask}.state"
+
+
+def encode_state(sync_blob: bytes, manifests: dict[str, Any]) -> bytes:
+    """A subtask's state file: the pickled synchronous part and each backend's manifest."""
+    return STATE_MAGIC + pickle.dumps({"sync": sync_blob, "async": manifests}, protocol=5)
 
 
 def _checksum(body: dict[str, Any]) -> str:
@@ -66,13 +78,41 @@ class CompletedCheckpoint:
         return data
 
     def read_state(self, name: str) -> dict[str, Any]:
+        """One subtask's state: the synchronous part, with each backend's manifest (what
+        the asynchronous phase wrote) under ``"manifest"`` and this checkpoint's directory
+        under ``"_base"`` so the backend can find the files."""
         data = self._read_verified(name)
-        return pickle.loads(data[len(STATE_MAGIC):])  # checkpoint storage is trusted
+        outer = pickle.loads(data[len(STATE_MAGIC):])  # checkpoint storage is trusted
+        state: dict[str, Any] = pickle.loads(outer["sync"])
+        for uid, manifest in outer["async"].items():
+            part = dict(state["ops"][uid])
+            if "tables" in manifest:  # a backend-neutral export (savepoint of RocksDB)
+                part["tables"] = manifest["tables"]
+            else:
+                part["manifest"] = manifest
+            part["_base"] = self.path
+            state["ops"][uid] = part
+        return state
 
     def verify(self) -> None:
-        """Check that every state file is present and intact."""
+        """Check that every state file is present and intact, and that every other file
+        the checkpoint lists (shared or private backend files) is there with its size; their
+        checksums are checked when restore reads them."""
         for name in self.meta["files"]:
             self._read_verified(name)
+        for rel, info in self.meta.get("extra_files", {}).items():
+            path = os.path.normpath(os.path.join(self.path, rel))
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                raise CorruptCheckpointError(
+                    self.path, f"file {path} that the checkpoint needs is missing (was it "
+                    "deleted by hand, or is the checkpoint copied without its flow's shared/ "
+                    "directory?)") from None
+            if size != info["size"]:
+                raise CorruptCheckpointError(
+                    self.path, f"file {path} has {size} bytes, the checkpoint recorded "
+                    f"{info['size']}")
 
 
 def load_checkpoint(path: str) -> CompletedCheckpoint:
@@ -132,9 +172,10 @@ class CheckpointStorage:
     def complete_ids(self) -> list[int]:
         return [i for i in self.ids() if os.path.exists(os.path.join(self.path(i), METADATA))]
 
-    def write_metadata(self, cid: int, body: dict[str, Any]) -> str:
-        """Make checkpoint ``cid`` complete: the one place where that happens."""
-        d = self.path(cid)
+    def write_metadata(self, cid: int, body: dict[str, Any], directory: str | None = None) -> str:
+        """Make checkpoint ``cid`` (or the savepoint in ``directory``) complete: the one
+        place where that happens."""
+        d = directory or self.path(cid)
         os.makedirs(d, exist_ok=True)
         body = {"format": FORMAT, **body}
         doc = {"body": body, "checksum": _checksum(body)}
@@ -173,8 +214,14 @@ class CheckpointStorage:
                 self.discard(cid)
 
     def next_id(self) -> int:
+        """Above every checkpoint and savepoint id in this flow's directory."""
         ids = self.ids()
-        return (ids[-1] + 1) if ids else 1
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            names = []
+        ids += [int(m.group(1)) for n in names if (m := _SAVEPOINT.match(n))]
+        return (max(ids) + 1) if ids else 1
 
 
 def resolve_restore_path(path: str, flow: str) -> CompletedCheckpoint:

@@ -1,12 +1,18 @@
 """The ``onceflow`` command.
 
     onceflow run job.py [--parallelism N] [--checkpoint-dir D] [--restore latest|PATH]
+                        [--dashboard [HOST:]PORT] [--metrics-port PORT] [--no-progress]
+                        [--progress-interval S] [--log-json] [-v]
+    onceflow verify job.py --kills K [--seed S]
+    onceflow savepoint TARGET [--dir D] [--timeout S]
+    onceflow stop TARGET --savepoint [--dir D] [--timeout S]
     onceflow checkpoints DIR [--json]
     onceflow inspect PATH [--json]
     onceflow kafka abort-lingering --bootstrap B --prefix P
     onceflow kafka list --bootstrap B --prefix P
 
-Exit codes: 0 success, 1 the job failed, 2 bad arguments or configuration.
+Exit codes: 0 success, 1 the job failed (verify: the outputs differ; savepoint/stop: the
+job refused or did not answer), 2 bad arguments or configuration.
 """
 
 from __future__ import annotations
@@ -43,7 +49,23 @@ def _load_flow(path: str, name: str) -> Flow:
     return obj
 
 
+def _observe_options(args: argparse.Namespace) -> dict[str, Any]:
+    """run's observability flags, checked before the job file is even loaded."""
+    from onceflow.cli.remote import TOKEN_ENV
+    from onceflow.runtime.observers import validate_options
+
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.progress_interval is not None and args.progress_interval <= 0:
+        raise ConfigurationError("--progress-interval must be a number of seconds > 0")
+    progress: bool | float = False if args.no_progress else (args.progress_interval or True)
+    opts = {"dashboard": args.dashboard, "metrics_port": args.metrics_port,
+            "progress": progress, "dashboard_token": token if args.dashboard else None}
+    validate_options(**opts)
+    return opts
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    opts = _observe_options(args)
     flow = _load_flow(args.job, args.flow)
     if args.parallelism is not None:
         flow.parallelism = args.parallelism
@@ -53,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             flow.checkpoint_config = replace(flow.checkpoint_config, storage=args.checkpoint_dir)
     try:
-        result = flow.run(restore=args.restore)
+        result = flow.run(restore=args.restore, **opts)
     except JobFailedError as e:
         print(f"onceflow: job failed: {e}", file=sys.stderr)
         return 1
@@ -176,6 +198,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from onceflow.cli.verify import verify
+
+    if args.kills < 1:
+        raise ConfigurationError(f"--kills must be at least 1, got {args.kills}")
+    flow = _load_flow(args.job, args.flow)
+    if args.parallelism is not None:
+        flow.parallelism = args.parallelism
+    try:
+        return verify(flow, args.kills, sys.stdout, seed=args.seed)
+    except JobFailedError as e:
+        print(f"onceflow verify: the job failed: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_savepoint(args: argparse.Namespace) -> int:
+    from onceflow.cli.remote import savepoint
+
+    stop = args.command == "stop"
+    path = savepoint(args.target, args.dir, stop, args.timeout)
+    print(path)
+    if stop:
+        print("the job stops: its sources ended and its sinks commit", file=sys.stderr)
+    return 0
+
+
 def cmd_kafka(args: argparse.Namespace) -> int:
     from onceflow import kafka_cli
 
@@ -196,8 +244,50 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--parallelism", type=int, help="default parallelism of the operators")
     r.add_argument("--checkpoint-dir", help="checkpoint storage directory")
     r.add_argument("--restore", help="'latest' or a checkpoint directory")
+    r.add_argument("--dashboard", metavar="[HOST:]PORT",
+                   help="serve the web dashboard (127.0.0.1 unless HOST is given; port 0 "
+                   "picks one; any other host needs ONCEFLOW_DASHBOARD_TOKEN)")
+    r.add_argument("--metrics-port", type=_port, metavar="PORT",
+                   help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: pick one)")
+    r.add_argument("--no-progress", action="store_true",
+                   help="do not print live progress to stderr")
+    r.add_argument("--progress-interval", type=float, metavar="S",
+                   help="seconds between progress lines (default 0.5 on a terminal, 5 "
+                   "otherwise)")
+    r.add_argument("--log-json", action="store_true",
+                   help="log JSON lines (also: ONCEFLOW_LOG_JSON=1)")
     r.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     r.set_defaults(func=cmd_run)
+    v = sub.add_parser("verify", help="check exactly-once output under worker kills",
+                       description="Run the flow of job.py three times: twice undisturbed "
+                       "(the output must be deterministic), then while SIGKILLing a random "
+                       "worker K times; compare what its FileSinks committed, line by line "
+                       "in any order. Other sinks are refused. Exit 0 identical, 1 "
+                       "different, 2 not verifiable.")
+    v.add_argument("job", help="a Python file defining a module-level Flow (bounded input)")
+    v.add_argument("--kills", type=int, required=True, metavar="K",
+                   help="how many times to kill a worker in the second run")
+    v.add_argument("--flow", default="flow", help="name of the Flow in the file")
+    v.add_argument("--parallelism", type=int, help="default parallelism of the operators")
+    v.add_argument("--seed", type=int, help="seed of the kill schedule (printed)")
+    v.add_argument("--log-json", action="store_true", help="log JSON lines")
+    v.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    v.set_defaults(func=cmd_verify)
+    for name, what in (("savepoint", "take a savepoint of a running job"),
+                       ("stop", "take a savepoint and stop a running job")):
+        s = sub.add_parser(name, help=what, description=f"{what[0].upper()}{what[1:]}. "
+                           "TARGET is its dashboard URL (http://127.0.0.1:PORT) or its "
+                           "checkpoint directory (the job must run with a dashboard). A "
+                           "token goes in ONCEFLOW_DASHBOARD_TOKEN. Prints the savepoint's "
+                           "path.")
+        s.add_argument("target", metavar="TARGET")
+        if name == "stop":
+            s.add_argument("--savepoint", action="store_true", required=True,
+                           help="required: the job stops after a savepoint")
+        s.add_argument("--dir", help="directory for the savepoint (default: the job's "
+                       "checkpoint directory)")
+        s.add_argument("--timeout", type=float, help="seconds to wait for the savepoint")
+        s.set_defaults(func=cmd_savepoint)
     c = sub.add_parser("checkpoints", help="list the checkpoints in a storage directory",
                        description="Every checkpoint in DIR (a storage directory or one "
                        "flow's folder in it): id, status, time, duration, size, files.")
@@ -220,17 +310,37 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535")
+    return port
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from onceflow import logging as oflog
+
     args = build_parser().parse_args(argv)
-    if getattr(args, "verbose", False):
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    if getattr(args, "log_json", False) or oflog.json_requested():
+        # JSON logs feed a log pipeline: one line per checkpoint and restart (INFO)
+        oflog.configure(json=True, level=logging.INFO)
+    elif level == logging.INFO:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     else:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    # where the dashboard and metrics are served is worth a line even when not verbose
+    logging.getLogger("onceflow.web").setLevel(logging.INFO)
     try:
         return int(args.func(args))
     except (ConfigurationError, OnceflowError, OSError) as e:
         print(f"onceflow {args.command}: {e}", file=sys.stderr)
-        return 2
+        from onceflow.cli.remote import RemoteError
+
+        return 1 if isinstance(e, RemoteError) else 2
 
 
 if __name__ == "__main__":

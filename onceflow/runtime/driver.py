@@ -45,6 +45,10 @@ from onceflow.errors import (
 )
 from onceflow.graph.jobgraph import JobGraph, build
 from onceflow.graph.logical import Kind, LogicalPlan
+from onceflow.runtime.control import JobControl, Request, SavepointError
+from onceflow.runtime.observers import Observers
+from onceflow.runtime.observers import validate as validate_observers
+from onceflow.runtime.status import JobStatus
 from onceflow.runtime.worker import WorkerSpec, worker_main
 
 log = logging.getLogger("onceflow")
@@ -61,6 +65,12 @@ class JobConfig:
     channel_capacity: int
     checkpoint: CheckpointConfig | None
     restart: RestartStrategy
+    # observability (runtime/observers.py): all off by default
+    dashboard: str | None = None  # "[HOST:]PORT" of the web dashboard
+    metrics_port: int | None = None  # Prometheus endpoint on 127.0.0.1:PORT
+    progress: bool | float = False  # live progress on stderr (a number: its period, s)
+    dashboard_token: str | None = None  # required to bind the dashboard beyond loopback
+    state_backend: Any = None  # MemoryBackend() when None
 
 
 class _Attempt:
@@ -105,6 +115,9 @@ class JobDriver:
     def __init__(self, plan: LogicalPlan, cfg: JobConfig) -> None:
         self.plan = plan
         self.cfg = cfg
+        self.status = JobStatus(cfg.flow)  # what the dashboard, metrics and progress read
+        self.control = JobControl()  # savepoint requests from other threads
+        self.stopped_with_savepoint: str | None = None
 
     # --- preparation ---------------------------------------------------------------------
     def _validate_connectors(self) -> None:
@@ -149,10 +162,18 @@ class JobDriver:
 
     # --- run -----------------------------------------------------------------------------
     def run(self, restore: str | None) -> JobResult:
+        try:
+            return self._prepare_and_run(restore)
+        finally:  # also when preparation fails: nobody may wait on a savepoint forever
+            self.control.close("the job has ended")
+
+    def _prepare_and_run(self, restore: str | None) -> JobResult:
         cfg = self.cfg
         started = time.time()
         graph = build(self.plan, cfg.parallelism, cfg.max_parallelism)
         self._validate_connectors()
+        validate_observers(cfg)
+        self.status.set_graph(graph)
         ck = cfg.checkpoint
         tmpdir: str | None = None
         if ck is not None:
@@ -162,11 +183,20 @@ class JobDriver:
             tmpdir = tempfile.mkdtemp(prefix="onceflow-final-")
             storage = CheckpointStorage(tmpdir, cfg.flow)
         storage.prepare()
+        observers: Observers | None = None
         try:
-            return self._run(graph, storage, restore, started)
+            observers = Observers(self.status, cfg, storage.dir if ck is not None else None,
+                                  lambda: getattr(self, "control", None))
+            result = self._run(graph, storage, restore, started)
+        except BaseException as e:
+            self.status.failed(str(e) or type(e).__name__)
+            raise
         finally:
+            if observers is not None:
+                observers.close()
             if tmpdir is not None:
                 shutil.rmtree(tmpdir, ignore_errors=True)
+        return result
 
     def _run(self, graph: JobGraph, storage: CheckpointStorage, restore: str | None,
              started: float) -> JobResult:
@@ -205,6 +235,8 @@ class JobDriver:
         coordinator = CheckpointCoordinator(
             settings, storage, cfg.flow, graph.max_parallelism, expected, sources,
             lambda msg: holder["a"].send_all(msg), op_kinds=kinds)
+        if initial is not None:  # ids go on from the restored one (it may be elsewhere)
+            coordinator.next_id = max(coordinator.next_id, initial.id + 1)
         initial_splits = self._initial_splits(graph, initial)
 
         failures: list[str] = []
@@ -227,15 +259,20 @@ class JobDriver:
             if processing_started is None:
                 processing_started = ps
             if outcome is None:
+                coordinator.fail_requests("the job finished before the savepoint was taken")
                 final_metrics = att.metrics
+                self.status.sync_checkpoints(coordinator.history, len(coordinator.pending))
+                self.status.finished(final_metrics)
                 break
             att.kill()
             failures.append(outcome)
             failure_times.append(time.monotonic())
             coordinator.reset("the job restarts")
+            self.status.sync_checkpoints(coordinator.history, 0)
             storage.discard_incomplete()
             delay = cfg.restart.next_delay(failure_times, time.monotonic())
             if delay is None:
+                coordinator.fail_requests(f"the job failed: {outcome}")
                 raise JobFailedError(
                     f"job {cfg.flow!r} failed and the restart strategy ({cfg.restart.kind}) "
                     f"allows no further attempt after {len(failures)} failure(s); last "
@@ -246,7 +283,11 @@ class JobDriver:
                 current = initial
             where = f"checkpoint {current.id}" if current else "the beginning (no checkpoint)"
             log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)",
-                        cfg.flow, outcome, where, delay, len(failures))
+                        cfg.flow, outcome, where, delay, len(failures),
+                        extra={"event": "restart", "flow": cfg.flow, "cause": outcome,
+                               "restart": len(failures), "delay_s": delay,
+                               "checkpoint_id": current.id if current else None})
+            self.status.restarting(outcome, current.id if current else None, delay)
             initial_splits = self._initial_splits(graph, current)
             time.sleep(delay)
             attempt_no += 1
@@ -264,6 +305,7 @@ class JobDriver:
             finished_at=finished,
             checkpoint_storage=storage.dir if cfg.checkpoint else None,
             attempts=attempt_starts,
+            savepoint=self.stopped_with_savepoint,
         )
 
     def _initial_splits(self, graph: JobGraph, restore: CompletedCheckpoint | None
@@ -320,7 +362,8 @@ class JobDriver:
             spec = WorkerSpec(w, cfg.flow, graph, exactly_once, cfg.batch_size,
                               cfg.channel_capacity, storage.dir, attempt_no, restore,
                               ck.interval if ck else None, ck.timeout if ck else None,
-                              initial_splits)
+                              initial_splits, cfg.state_backend,
+                              bool(ck and ck.incremental))
             pid = os.fork()
             if pid == 0:  # the worker process: never returns
                 code = 1
@@ -340,6 +383,7 @@ class JobDriver:
                 finally:
                     os._exit(code)
             att.pids[w] = pid
+        self.status.attempt_started(attempt_no, restore.id if restore else None, att.pids)
         for w, (pa, ch) in enumerate(ctrl):
             ch.close()
             att.conns[Connection(pa.detach())] = w
@@ -347,13 +391,43 @@ class JobDriver:
             s.close()
         return self._supervise(att, n, coordinator)
 
+    def _request(self, req: Request, coordinator: CheckpointCoordinator) -> None:
+        """A request from another thread (job client, dashboard), in the driver loop."""
+        if req.kind != "savepoint":
+            req.future.set_exception(ConfigurationError(f"unknown request {req.kind!r}"))
+            return
+        if self.cfg.checkpoint is None:
+            req.future.set_exception(ConfigurationError(
+                "savepoints need checkpointing: call enable_checkpointing(interval=..., "
+                "storage=...) (the savepoint's state must be consistent with what sinks "
+                "committed)"))
+            return
+        stop = bool(req.args.get("stop"))
+
+        def done(path: str | None, error: str | None) -> None:
+            if req.future.done():
+                return
+            if path is None:
+                req.future.set_exception(SavepointError(error or "the savepoint failed"))
+            else:
+                if stop:
+                    self.stopped_with_savepoint = path
+                req.future.set_result(path)
+
+        coordinator.trigger_savepoint(req.args.get("directory"), stop, done)
+
     def _supervise(self, att: _Attempt, n: int,
                    coordinator: CheckpointCoordinator) -> tuple[str | None, float | None]:
         processing_started: float | None = None
         while True:
-            ready = cast(list[Connection], wait(list(att.conns), coordinator.next_deadline()))
+            ready = cast(list[Any], wait([*att.conns, self.control.fileno()],
+                                         coordinator.next_deadline()))
             try:
                 for c in ready:
+                    if isinstance(c, int):  # the control socket
+                        for req in self.control.take():
+                            self._request(req, coordinator)
+                        continue
                     w = att.conns[c]
                     try:
                         msg: Any = c.recv()
@@ -364,13 +438,22 @@ class JobDriver:
                         return f"worker {w} (pid {att.pids[w]}) {_exit_status(att.pids[w])}", \
                             processing_started
                     kind = msg[0]
-                    if kind == "ack":
+                    if kind == "metrics":
+                        self.status.on_metrics(msg[2])
+                    elif kind == "ack":
                         coordinator.on_ack(msg[1], msg[2], msg[3], msg[4])
                     elif kind == "running":
                         att.running.add(msg[1])
                         if len(att.running) == n:
                             processing_started = time.time()
                             coordinator.start()
+                            restored = self.status.attempt_running()
+                            if restored is not None:
+                                log.info("job %r running: restored checkpoint %d in %.2fs",
+                                         self.cfg.flow, restored[1], restored[0],
+                                         extra={"event": "restored", "flow": self.cfg.flow,
+                                                "checkpoint_id": restored[1],
+                                                "duration_s": restored[0]})
                     elif kind == "exhausted":
                         coordinator.on_exhausted(msg[1], msg[2])
                     elif kind == "decline":
@@ -382,6 +465,7 @@ class JobDriver:
                         att.finished.add(msg[1])
                         att.metrics.update(msg[2])
                 coordinator.tick()
+                self.status.sync_checkpoints(coordinator.history, len(coordinator.pending))
             except CheckpointFailuresExceeded as e:
                 return str(e), processing_started
             if len(att.finished) == n:

@@ -14,6 +14,7 @@ class Barrier:
     checkpoint_id: int
     timestamp: float
     final: bool = False
+    savepoint: str | None = None  # a savepoint's directory; None for a checkpoint
 
 
 @dataclass(frozen=True, slots=True)

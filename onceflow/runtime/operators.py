@@ -27,9 +27,10 @@ from onceflow.connectors.two_phase import (
     WriteAheadLifecycle,
     WriteAheadSink,
 )
-from onceflow.errors import OnceflowError, UserFunctionError
+from onceflow.errors import IncompatibleStateError, OnceflowError, UserFunctionError
 from onceflow.graph.logical import Kind, Node
-from onceflow.state.memory import KeyedStore
+from onceflow.state.backend import owner_name
+from onceflow.state.memory import MemoryBackend
 
 log = logging.getLogger("onceflow.source")
 
@@ -51,10 +52,13 @@ class Operator:
     def process(self, batch: list[Any]) -> list[Any]:
         raise NotImplementedError
 
-    def snapshot(self, checkpoint_id: int) -> Any:
+    def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         return None
 
     def restore(self, states: list[Any], filter_keys: bool) -> None:
+        pass
+
+    def checkpoint_aborted(self, checkpoint_id: int) -> None:
         pass
 
     def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
@@ -81,11 +85,22 @@ class OperatorEnv:
     def __init__(self, flow: str, subtask: int, parallelism: int, max_parallelism: int,
                  kg_range: tuple[int, int], attempt: int,
                  checkpoint_interval: float | None = None,
-                 checkpoint_timeout: float | None = None) -> None:
+                 checkpoint_timeout: float | None = None,
+                 state_backend: Any = None, incremental: bool = False,
+                 flow_dir: str | None = None) -> None:
         self.flow, self.subtask, self.parallelism = flow, subtask, parallelism
         self.max_parallelism, self.kg_range, self.attempt = max_parallelism, kg_range, attempt
         self.checkpoint_interval, self.checkpoint_timeout = checkpoint_interval, checkpoint_timeout
+        self.state_backend = state_backend if state_backend is not None else MemoryBackend()
+        self.incremental = incremental
+        self.flow_dir = flow_dir  # the flow's checkpoint directory (holds shared/)
         self.clock: Callable[[], float] = time.time
+
+    def keyed_store(self, op: Operator) -> Any:
+        return self.state_backend.create(
+            self.max_parallelism, self.kg_range, operator=op.name,
+            owner=owner_name(op.uid, self.subtask), incremental=self.incremental,
+            flow_dir=self.flow_dir)
 
 
 class _PerRecordOp(Operator):
@@ -136,55 +151,140 @@ class UnionOp(Operator):
 _MISSING = object()
 
 
-class ReduceOp(Operator):
-    """Keyed rolling reduce: emits the updated value for every record (Flink's ``reduce``)."""
+class _KeyedOp(Operator):
+    """What reduce and process share: a keyed store from the flow's state backend."""
 
     keyed = True
+    store: Any
 
     def __init__(self, node: Node, key_fn: Callable[[Any], Any]) -> None:
         super().__init__(node)
         self.key_fn = key_fn
-        self.store: KeyedStore | None = None
+        self.store = None
+        self._check_key_type = False
+
+    def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
+        return self.store.snapshot(checkpoint_id, savepoint)
+
+    def restore(self, states: list[Any], filter_keys: bool) -> None:
+        self.store.restore([s for s in states if s], filter_keys)
+        self._check_key_type = bool(self.store.restored_key_types)
+
+    def _verify_key_type(self, batch: list[Any]) -> None:
+        """Once, after a restore: the keys this flow computes must be of the type the state
+        was written with, or no restored state would ever be found again."""
+        self._check_key_type = False
+        if not batch:
+            self._check_key_type = True
+            return
+        seen = {type(self.key_fn(r)).__name__ for r in batch}
+        want = self.store.restored_key_types
+        if not seen & want:
+            have = ", ".join(sorted(seen))
+            raise IncompatibleStateError(
+                f"operator {self.name!r} (uid {self.uid!r}): the restored state is keyed by "
+                f"{', '.join(sorted(want))} but key_by now returns {have}; a changed key type "
+                "cannot find its state: keep the key type, or give the operator a new uid to "
+                "start its state empty")
+
+    def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
+        self.store.notify_complete(checkpoint_id)
+
+    def checkpoint_aborted(self, checkpoint_id: int) -> None:
+        self.store.notify_aborted(checkpoint_id)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+class ReduceOp(_KeyedOp):
+    """Keyed rolling reduce: emits the updated value for every record (Flink's ``reduce``)."""
+
+    def __init__(self, node: Node, key_fn: Callable[[Any], Any]) -> None:
+        super().__init__(node, key_fn)
         self.table: dict[Any, Any] = {}
+        self.dirty: set[Any] | None = None
+        self.handle: Any = None
 
     def open(self, rt: OperatorEnv) -> None:
-        self.store = KeyedStore(rt.max_parallelism, rt.kg_range)
-        self.table = self.store.tables.setdefault("reduce", {})
-        self.store.kinds["reduce"] = "value"
+        self.store = rt.keyed_store(self)
+        self._bind()
+
+    def _bind(self) -> None:
+        if self.store.fast_tables:
+            self.table = self.store.tables.setdefault("reduce", {})
+            self.store.kinds["reduce"] = "value"
+            self.dirty = self.store.dirty_set("reduce")
+        else:
+            self.handle = self.store.value_state("reduce", _MISSING)
 
     def process(self, batch: list[Any]) -> list[Any]:
+        if self._check_key_type:
+            self._verify_key_type(batch)
+        if self.handle is not None:
+            return self._process_handle(batch)
         kf, fn, table = self.key_fn, self.fn, self.table
         get = table.get
         out: list[Any] = []
         ap = out.append
         missing = _MISSING
+        dirty = self.dirty
         r: Any = None
         try:
-            for r in batch:
-                k = kf(r)
-                prev = get(k, missing)
-                if prev is not missing:
-                    r = fn(prev, r)
-                table[k] = r
-                ap(r)
+            if dirty is None:
+                for r in batch:
+                    k = kf(r)
+                    prev = get(k, missing)
+                    if prev is not missing:
+                        r = fn(prev, r)
+                    table[k] = r
+                    ap(r)
+            else:
+                mark = dirty.add
+                for r in batch:
+                    k = kf(r)
+                    prev = get(k, missing)
+                    if prev is not missing:
+                        r = fn(prev, r)
+                    table[k] = r
+                    mark(k)
+                    ap(r)
         except Exception as e:
             if isinstance(e, OnceflowError):
                 raise
             raise UserFunctionError(self.name, r, e) from e
         return out
 
-    def snapshot(self, checkpoint_id: int) -> Any:
-        assert self.store is not None
-        return self.store.snapshot()
+    def _process_handle(self, batch: list[Any]) -> list[Any]:
+        kf, fn, h, scope = self.key_fn, self.fn, self.handle, self.store.scope
+        value, update = h.value, h.update
+        out: list[Any] = []
+        ap = out.append
+        missing = _MISSING
+        r: Any = None
+        try:
+            for r in batch:
+                scope.key = kf(r)
+                prev = value()
+                if prev is not missing:
+                    r = fn(prev, r)
+                update(r)
+                ap(r)
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, r, e) from e
+        self.store.after_batch()
+        return out
 
     def restore(self, states: list[Any], filter_keys: bool) -> None:
-        assert self.store is not None
-        self.store.restore([s for s in states if s], filter_keys)
-        self.table = self.store.tables.setdefault("reduce", {})
+        super().restore(states, filter_keys)
+        self._bind()
 
 
 class _Timers(TimerService):
-    def __init__(self, store: KeyedStore, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Any, clock: Callable[[], float]) -> None:
         self._store, self._clock = store, clock
 
     def current_processing_time(self) -> float:
@@ -198,7 +298,7 @@ class _Timers(TimerService):
 
 
 class _Ctx(ProcessContext, RuntimeContext):
-    def __init__(self, store: KeyedStore, env: OperatorEnv) -> None:
+    def __init__(self, store: Any, env: OperatorEnv) -> None:
         self._store = store
         self._env = env
         self._timers = _Timers(store, env.clock)
@@ -238,24 +338,21 @@ class _FunctionAsProcess(KeyedProcessFunction):
         return self.fn(value, ctx)
 
 
-class ProcessOp(Operator):
+class ProcessOp(_KeyedOp):
     """Keyed process function with keyed state and processing-time timers."""
 
-    keyed = True
     has_timers = True
 
     def __init__(self, node: Node, key_fn: Callable[[Any], Any]) -> None:
-        super().__init__(node)
-        self.key_fn = key_fn
+        super().__init__(node, key_fn)
         f = node.fn
         self.func: KeyedProcessFunction = (
             f if isinstance(f, KeyedProcessFunction) else _FunctionAsProcess(f)
         )
-        self.store: KeyedStore | None = None
         self.ctx: _Ctx | None = None
 
     def open(self, rt: OperatorEnv) -> None:
-        self.store = KeyedStore(rt.max_parallelism, rt.kg_range)
+        self.store = rt.keyed_store(self)
         self.ctx = _Ctx(self.store, rt)
         try:
             self.func.open(self.ctx)
@@ -263,6 +360,8 @@ class ProcessOp(Operator):
             raise UserFunctionError(self.name, "<open>", e) from e
 
     def process(self, batch: list[Any]) -> list[Any]:
+        if self._check_key_type:
+            self._verify_key_type(batch)
         store, ctx, pe = self.store, self.ctx, self.func.process_element
         assert store is not None and ctx is not None
         scope = store.scope
@@ -280,6 +379,7 @@ class ProcessOp(Operator):
             if isinstance(e, OnceflowError):
                 raise
             raise UserFunctionError(self.name, r, e) from e
+        store.after_batch()
         return out
 
     def next_timer(self) -> float | None:
@@ -300,18 +400,14 @@ class ProcessOp(Operator):
                 raise UserFunctionError(self.name, f"<timer {when} for key {key!r}>", e) from e
             if res is not None:
                 out.extend(res)
+        store.after_batch()
         return out
 
-    def snapshot(self, checkpoint_id: int) -> Any:
-        assert self.store is not None
-        return self.store.snapshot()
-
-    def restore(self, states: list[Any], filter_keys: bool) -> None:
-        assert self.store is not None
-        self.store.restore([s for s in states if s], filter_keys)
-
     def close(self) -> None:
-        self.func.close()
+        try:
+            self.func.close()
+        finally:
+            super().close()
 
 
 class SinkOp(Operator):
@@ -357,7 +453,7 @@ class SinkOp(Operator):
                                     what=f"a batch of {len(batch)} records starting with") from e
         return []
 
-    def snapshot(self, checkpoint_id: int) -> Any:
+    def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         return self.lifecycle.snapshot(checkpoint_id)
 
     def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
@@ -385,7 +481,7 @@ class _PlainSinkLifecycle:
     def write(self, records: list[Any]) -> None:
         self.sink.write(records)
 
-    def snapshot(self, checkpoint_id: int) -> Any:
+    def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         return self.sink.snapshot_state(checkpoint_id)
 
     def checkpoint_complete(self, checkpoint_id: int) -> None:
@@ -461,7 +557,7 @@ class SourceOp(Operator):
                 return batch
         return []
 
-    def snapshot(self, checkpoint_id: int) -> Any:
+    def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         self._snapshots[checkpoint_id] = [p for _, p, _ in self.assigned]
         return [(s, p, f) for s, p, f in self.assigned]
 

@@ -29,6 +29,7 @@ from onceflow.runtime.operators import (
     SourceOp,
     make_operator,
 )
+from onceflow.state.backend import AsyncSnapshot
 
 Output = LocalOutput | RemoteOutput
 
@@ -140,7 +141,8 @@ class TaskState(enum.Enum):
     FINISHED = "finished"
 
 
-StateWriter = Callable[["TaskRunner", Barrier, bytes, float, float], None]
+StateWriter = Callable[["TaskRunner", Barrier, bytes, dict[str, AsyncSnapshot], float, float],
+                       None]
 
 
 class TaskRunner:
@@ -335,21 +337,32 @@ class TaskRunner:
         t0 = time.perf_counter()
         cid = barrier.checkpoint_id
         _faults.point("snapshot.sync", checkpoint=cid, task=self.uid, subtask=self.subtask)
+        savepoint = barrier.savepoint is not None
+        ops_state: dict[str, Any] = {}
+        asyncs: dict[str, AsyncSnapshot] = {}
+        for op in self.ops:
+            st = op.snapshot(cid, savepoint)
+            if isinstance(st, AsyncSnapshot):
+                asyncs[op.uid] = st
+                st = st.sync_state
+            ops_state[op.uid] = st
         state = {
-            "ops": {op.uid: op.snapshot(cid) for op in self.ops},
+            "ops": ops_state,
             "metrics": {op.uid: (op.records_in, op.records_out) for op in self.ops},
         }
         self.stateful_uids = [uid for uid, st in state["ops"].items() if st is not None]
         try:
             blob = pickle.dumps(state, protocol=5)
         except Exception as e:
+            for a in asyncs.values():
+                a.discard()
             bad = next((op.name for op in self.ops if not _picklable(state["ops"][op.uid])),
                        self.spec.name)
             raise CheckpointError(
                 f"checkpoint {cid}: the state of operator {bad!r} cannot be serialized "
                 f"({type(e).__name__}: {e}); keep only picklable values in state"
             ) from e
-        self._write_state(self, barrier, blob, time.perf_counter() - t0, aligned_s)
+        self._write_state(self, barrier, blob, asyncs, time.perf_counter() - t0, aligned_s)
 
     def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
         for op in self.ops:
@@ -358,6 +371,8 @@ class TaskRunner:
     def checkpoint_aborted(self, checkpoint_id: int) -> None:
         if self.handler is not None:
             self.handler.abort(checkpoint_id)
+        for op in self.ops:
+            op.checkpoint_aborted(checkpoint_id)
 
     def close(self) -> None:
         for op in self.ops:

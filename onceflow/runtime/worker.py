@@ -26,7 +26,7 @@ from socket import socket
 from typing import Any
 
 from onceflow import _faults
-from onceflow.checkpoint.storage import STATE_MAGIC, CompletedCheckpoint, state_file_name
+from onceflow.checkpoint.storage import CompletedCheckpoint, encode_state, state_file_name
 from onceflow.errors import OnceflowError
 from onceflow.graph.jobgraph import JobGraph
 from onceflow.graph.keygroups import key_group_range
@@ -39,7 +39,8 @@ from onceflow.runtime.channels import (
 )
 from onceflow.runtime.events import Barrier
 from onceflow.runtime.operators import OperatorEnv
-from onceflow.runtime.task import Output, TaskRunner, make_partitioner
+from onceflow.runtime.task import Output, TaskRunner, TaskState, make_partitioner
+from onceflow.state.backend import SHARED_DIR, AsyncSnapshot, SnapshotTarget, owner_name
 
 
 @dataclass
@@ -56,6 +57,8 @@ class WorkerSpec:
     checkpoint_interval: float | None = None
     checkpoint_timeout: float | None = None
     initial_splits: dict[str, list[list[tuple[Any, Any, bool]]]] = field(default_factory=dict)
+    state_backend: Any = None
+    incremental: bool = False
 
 
 class Worker:
@@ -82,7 +85,8 @@ class Worker:
             env = OperatorEnv(self.spec.flow, me, t.parallelism, g.max_parallelism,
                               key_group_range(me, t.parallelism, g.max_parallelism),
                               self.spec.attempt, self.spec.checkpoint_interval,
-                              self.spec.checkpoint_timeout)
+                              self.spec.checkpoint_timeout, self.spec.state_backend,
+                              self.spec.incremental, self.spec.checkpoint_dir)
             runner = TaskRunner(t, me, env, self.spec.exactly_once, self.spec.batch_size,
                                 self._write_state_async, self._on_exhausted,
                                 self._apply_pending_completions)
@@ -148,22 +152,41 @@ class Worker:
         self.send(("exhausted", runner.uid, runner.subtask))
 
     def _write_state_async(self, runner: TaskRunner, barrier: Barrier, blob: bytes,
-                           sync_s: float, aligned_s: float) -> None:
+                           asyncs: dict[str, AsyncSnapshot], sync_s: float,
+                           aligned_s: float) -> None:
         self.writer.submit(self._write_state, runner.uid, runner.subtask,
                            runner.spec.parallelism, [op.uid for op in runner.ops],
-                           list(runner.stateful_uids), barrier.checkpoint_id, blob, sync_s,
+                           list(runner.stateful_uids), barrier, blob, asyncs, sync_s,
                            aligned_s, runner.metrics())
 
     def _write_state(self, task: str, subtask: int, parallelism: int, ops: list[str],
-                     stateful: list[str], cid: int, blob: bytes, sync_s: float, aligned_s: float,
+                     stateful: list[str], barrier: Barrier, blob: bytes,
+                     asyncs: dict[str, AsyncSnapshot], sync_s: float, aligned_s: float,
                      metrics: dict[str, tuple[int, int]]) -> None:
+        """The asynchronous phase: finish backend snapshots (RocksDB checkpoints, uploads),
+        then write this subtask's state file and acknowledge it."""
         t0 = time.perf_counter()
-        directory = os.path.join(self.spec.checkpoint_dir, f"chk-{cid}")
+        cid = barrier.checkpoint_id
+        if barrier.savepoint is not None:
+            directory = barrier.savepoint
+            shared_root = None  # a savepoint is self-contained
+        else:
+            directory = os.path.join(self.spec.checkpoint_dir, f"chk-{cid}")
+            shared_root = os.path.join(self.spec.checkpoint_dir, SHARED_DIR)
         name = state_file_name(task, subtask)
         path = os.path.join(directory, name)
+        uploaded: dict[str, dict[str, Any]] = {}
+        new_bytes = 0
         try:
             os.makedirs(directory, exist_ok=True)
-            data = STATE_MAGIC + blob
+            manifests: dict[str, Any] = {}
+            for uid, part in asyncs.items():
+                target = SnapshotTarget(cid, directory, shared_root, owner_name(uid, subtask))
+                manifests[uid] = part.run(target)
+                uploaded.update(target.uploaded)
+                new_bytes += target.new_bytes
+                _faults.point("snapshot.upload", checkpoint=cid, task=task, subtask=subtask)
+            data = encode_state(blob, manifests)
             half = len(data) // 2
             with open(path, "wb") as f:
                 f.write(data[:half])
@@ -172,23 +195,29 @@ class Worker:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
+            for part in asyncs.values():
+                part.discard()
             self.send(("decline", cid, task, subtask,
-                       f"writing state of task {task!r} subtask {subtask} to {path} failed: "
-                       f"{e.strerror or e}"))
+                       f"writing state of task {task!r} subtask {subtask} to {directory} "
+                       f"failed: {e.strerror or e}"))
+            return
+        except OnceflowError as e:
+            self.send(("decline", cid, task, subtask, str(e)))
             return
         info = {
             "file": name, "size": len(data), "crc32": zlib.crc32(data),
             "parallelism": parallelism, "ops": ops, "stateful": stateful,
             "sync_ms": sync_s * 1e3, "async_ms": (time.perf_counter() - t0) * 1e3,
-            "align_ms": aligned_s * 1e3, "metrics": metrics,
+            "align_ms": aligned_s * 1e3, "metrics": metrics, "uploaded": uploaded,
+            "incremental_size": len(data) + new_bytes,
         }
         self.send(("ack", cid, task, subtask, info))
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "trigger":
-            _, cid, ts, final = msg
-            b = Barrier(cid, ts, final)
+            _, cid, ts, final, savepoint = msg
+            b = Barrier(cid, ts, final, savepoint)
             for t in self.sources:
                 t.trigger(b)
         elif kind == "complete":
@@ -238,12 +267,35 @@ class Worker:
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
         rounds = 0
+        # Load accounting for the metrics report: a clock read per round and per task step
+        # that moved a batch (never per record). A task whose outputs were full in a round
+        # counts the whole round (until the next one starts) as backpressured.
+        clock = time.perf_counter
+        busy = [0.0] * len(tasks)
+        backpressured = [0.0] * len(tasks)
+        held: list[int] = []
+        last = clock()
+        next_report = last + METRICS_INTERVAL
         while not self.done:
             rounds += 1
             progressed = False
-            for t in tasks:
+            t0 = clock()
+            if held:
+                for k in held:
+                    backpressured[k] += t0 - last
+                held = []
+            last = t0
+            if t0 >= next_report:
+                next_report = t0 + METRICS_INTERVAL
+                self._report_metrics(busy, backpressured)
+            for k, t in enumerate(tasks):
                 if t.step():
                     progressed = True
+                    t1 = clock()
+                    busy[k] += t1 - t0
+                    t0 = t1
+                elif t.outputs and _held_back(t):
+                    held.append(k)
             if timer_tasks:
                 now = time.time()
                 for t in timer_tasks:
@@ -260,11 +312,12 @@ class Worker:
                     peers = [q for q in peers if q is not p]
                     progressed = True
             # Control messages are checked every few rounds (a round is about one batch per
-            # task), and always before sleeping.
+            # task), after any round that took long (slow user functions must not delay
+            # checkpoint triggers by several batches), and always before sleeping.
             while self._deferred and not self.done:
                 self._handle(self._deferred.popleft())
                 progressed = True
-            if not progressed or rounds % 4 == 0:
+            if not progressed or rounds % 4 == 0 or t0 - last > 0.005:
                 while ctrl.poll():
                     self._handle(ctrl.recv())
                     progressed = True
@@ -272,6 +325,17 @@ class Worker:
                         break
             if not progressed and not self.done:
                 self._wait(tasks, peers, timer_tasks)
+
+    def _report_metrics(self, busy: list[float], backpressured: list[float]) -> None:
+        """Cumulative counters of every operator subtask of this worker, for the driver's
+        JobStatus: ``{"uid#subtask": (records_in, records_out, busy_ms, backpressured_ms)}``
+        (busy and backpressured time are the task's, shared by the operators it chains)."""
+        report: dict[str, tuple[int, int, float, float]] = {}
+        for k, t in enumerate(self.tasks):
+            b, p = busy[k] * 1e3, backpressured[k] * 1e3
+            for op in t.ops:
+                report[f"{op.uid}#{t.subtask}"] = (op.records_in, op.records_out, b, p)
+        self.send(("metrics", self.spec.index, report))
 
     def _wait(self, tasks: list[TaskRunner], peers: list[Peer],
               timer_tasks: list[TaskRunner]) -> None:
@@ -285,6 +349,19 @@ class Worker:
         rl: list[Any] = [self.ctrl, *peers]
         wl = [p for p in peers if p.out]
         select.select(rl, wl, [], timeout)
+
+
+METRICS_INTERVAL = 1.0  # seconds between two metrics reports of a worker
+
+
+def _held_back(t: TaskRunner) -> bool:
+    """A running task that could not take input because one of its outputs is full."""
+    if t.state is not TaskState.RUNNING:
+        return False
+    for o in t.outputs:
+        if not o.has_room():
+            return True
+    return False
 
 
 def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket]) -> int:

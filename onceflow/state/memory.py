@@ -1,64 +1,88 @@
 """The memory state backend (the default): keyed state in Python dictionaries.
 
-Snapshot: the synchronous phase serializes every table (a consistent copy taken between two
-records, so later updates cannot leak into it); writing the bytes happens asynchronously.
-Each key's key group is recomputable from the key with the stable hash, so on restore a
-subtask keeps exactly the keys of its key-group range, whatever the old parallelism was.
+Full snapshots: the synchronous phase serializes every table (a consistent copy taken
+between two records, so later updates cannot leak into it); writing the bytes happens
+asynchronously. Each key's key group is recomputable from the key with the stable hash, so on
+restore a subtask keeps exactly the keys of its key-group range, whatever the old
+parallelism was.
+
+Incremental (changelog) snapshots, with ``enable_checkpointing(..., incremental=True)``:
+the store remembers which keys changed since its last snapshot and serializes only those
+(deletions as tombstones) into a new shared file; a checkpoint lists the chain of files it
+needs (one full base, then deltas). Every ``full_every`` snapshots, and after any aborted
+checkpoint the chain went through, the store writes a new full base instead, so restore never
+reads a long chain. The sync phase then costs time proportional to the changed keys, not to
+all state.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import pickle
+import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from onceflow.errors import ConfigurationError, IncompatibleStateError
 from onceflow.graph.keygroups import key_group
+from onceflow.state.backend import (
+    NEUTRAL_FORMAT,
+    SHARED_DIR,
+    AsyncSnapshot,
+    SnapshotTarget,
+    read_verified,
+)
 from onceflow.state.handles import ListState, MapState, ValueState, _KeyScope
+
+CHANGELOG_FORMAT = "memory-changelog-1"
+
+
+class _Tombstone:
+    """Marks a key deleted in a changelog delta (pickles to the one instance)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> str:
+        return "TOMBSTONE"
+
+
+TOMBSTONE = _Tombstone()
 
 
 @dataclass(frozen=True)
 class MemoryBackend:
-    """Configuration of the in-memory keyed state backend (light and picklable)."""
+    """Keyed state in Python dictionaries (the default backend).
 
-    def create(self, max_parallelism: int, kg_range: tuple[int, int]) -> KeyedStore:
-        return KeyedStore(max_parallelism, kg_range)
+    ``full_every``: with incremental checkpoints, write a full snapshot after this many
+    changelog deltas (restore reads at most this many files per subtask)."""
+
+    full_every: int = 10
+
+    def validate(self) -> None:
+        if not isinstance(self.full_every, int) or self.full_every < 1:
+            raise ConfigurationError(
+                f"MemoryBackend(full_every={self.full_every!r}): must be an integer >= 1")
+
+    def create(self, max_parallelism: int, kg_range: tuple[int, int], *,
+               operator: str = "", owner: str = "", incremental: bool = False,
+               **_: Any) -> KeyedStore:
+        return KeyedStore(max_parallelism, kg_range, operator=operator, owner=owner,
+                          changelog_full_every=self.full_every if incremental else None)
 
 
-class KeyedStore:
-    """All keyed state and processing-time timers of one keyed operator subtask."""
+class TimerQueue:
+    """Processing-time timers of one keyed operator subtask: a heap plus a set, at most one
+    timer per (time, key). Both backends keep timers in memory; snapshots carry them."""
 
-    def __init__(self, max_parallelism: int, kg_range: tuple[int, int]) -> None:
-        self.max_parallelism = max_parallelism
-        self.kg_range = kg_range
-        self.scope = _KeyScope()
-        self.tables: dict[str, dict[Any, Any]] = {}
-        self.kinds: dict[str, str] = {}
+    scope: _KeyScope
+
+    def __init__(self) -> None:
         self._timers: list[tuple[float, int, Any]] = []  # heap of (time, seq, key)
         self._timer_set: set[tuple[float, Any]] = set()
         self._seq = itertools.count()
 
-    # --- handles -------------------------------------------------------------------------
-    def _table(self, name: str, kind: str) -> dict[Any, Any]:
-        have = self.kinds.setdefault(name, kind)
-        if have != kind:
-            from onceflow.errors import ConfigurationError
-
-            raise ConfigurationError(
-                f"state {name!r} is already registered as {have} state, not {kind}"
-            )
-        return self.tables.setdefault(name, {})
-
-    def value_state(self, name: str, default: Any = None) -> ValueState[Any]:
-        return ValueState(self._table(name, "value"), self.scope, default)
-
-    def list_state(self, name: str) -> ListState[Any]:
-        return ListState(self._table(name, "list"), self.scope)
-
-    def map_state(self, name: str) -> MapState[Any, Any]:
-        return MapState(self._table(name, "map"), self.scope)
-
-    # --- timers --------------------------------------------------------------------------
     def register_timer(self, when: float) -> None:
         item = (when, self.scope.key)
         if item not in self._timer_set:
@@ -82,21 +106,121 @@ class KeyedStore:
                 due.append((when, key))
         return due
 
+    # stores without these needs do nothing
+    def after_batch(self) -> None:
+        pass
+
+    def notify_complete(self, checkpoint_id: int) -> None:
+        pass
+
+    def notify_aborted(self, checkpoint_id: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class KeyedStore(TimerQueue):
+    """All keyed state and processing-time timers of one keyed operator subtask."""
+
+    fast_tables = True  # ReduceOp may use ``tables`` directly
+
+    def __init__(self, max_parallelism: int, kg_range: tuple[int, int], *, operator: str = "",
+                 owner: str = "", changelog_full_every: int | None = None) -> None:
+        super().__init__()
+        self.max_parallelism = max_parallelism
+        self.kg_range = kg_range
+        self.operator = operator
+        self.owner = owner or "keyed"
+        self.scope = _KeyScope()
+        self.tables: dict[str, dict[Any, Any]] = {}
+        self.kinds: dict[str, str] = {}
+        # changelog mode: keys changed since the last snapshot, per table
+        self.full_every = changelog_full_every
+        self.dirty: dict[str, set[Any]] | None = {} if changelog_full_every else None
+        self._chain: list[tuple[str, int, int]] = []  # (path rel. to flow dir, size, crc)
+        self._chain_ids: list[int] = []  # checkpoint id of each chain file
+        self._since_full = 0
+        self.restored_key_types: set[str] = set()
+
+    # --- handles -------------------------------------------------------------------------
+    def _table(self, name: str, kind: str) -> dict[Any, Any]:
+        have = self.kinds.setdefault(name, kind)
+        if have != kind:
+            raise ConfigurationError(
+                f"operator {self.operator!r}: state {name!r} is already registered as {have} "
+                f"state, not {kind}"
+            )
+        if self.dirty is not None:
+            self.dirty.setdefault(name, set())
+        return self.tables.setdefault(name, {})
+
+    def dirty_set(self, name: str) -> set[Any] | None:
+        return self.dirty.setdefault(name, set()) if self.dirty is not None else None
+
+    def value_state(self, name: str, default: Any = None) -> ValueState[Any]:
+        return ValueState(self._table(name, "value"), self.scope, default, self.dirty_set(name))
+
+    def list_state(self, name: str) -> ListState[Any]:
+        return ListState(self._table(name, "list"), self.scope, self.dirty_set(name))
+
+    def map_state(self, name: str) -> MapState[Any, Any]:
+        return MapState(self._table(name, "map"), self.scope, self.dirty_set(name))
+
     # --- snapshot / restore --------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "format": "memory-keyed-1",
+    def snapshot(self, checkpoint_id: int = 0, savepoint: bool = False
+                 ) -> dict[str, Any] | AsyncSnapshot:
+        full = {
+            "format": NEUTRAL_FORMAT,
             "max_parallelism": self.max_parallelism,
             "kinds": dict(self.kinds),
             "tables": self.tables,  # pickled by the caller in the sync phase: a deep copy
             "timers": sorted(self._timer_set, key=repr),
+            "key_types": _key_types(self.tables),
         }
+        if self.dirty is None or savepoint:
+            return full  # a savepoint is always full and leaves the changelog alone
+        assert self.full_every is not None
+        if not self._chain or self._since_full >= self.full_every:
+            data = pickle.dumps(self.tables, protocol=5)
+            self._since_full = 0
+            self._chain, self._chain_ids = [], []
+        else:
+            delta = {name: {k: table.get(k, TOMBSTONE) for k in self.dirty.get(name, ())}
+                     for name, table in self.tables.items()}
+            data = pickle.dumps(delta, protocol=5)
+            self._since_full += 1
+        for d in self.dirty.values():
+            d.clear()
+        base = list(self._chain)
+        # the file's name and checksum are fixed now, so the next snapshot can build on it
+        # before the writer thread has written it
+        name = f"{uuid.uuid4().hex}.changelog"
+        self._chain.append((f"{SHARED_DIR}/{self.owner}/{name}", len(data), zlib.crc32(data)))
+        self._chain_ids.append(checkpoint_id)
+        head = {k: v for k, v in full.items() if k != "tables"}
+        head["format"] = CHANGELOG_FORMAT
+        return _ChangelogSnapshot(head, data, name, base)
+
+    def notify_aborted(self, checkpoint_id: int) -> None:
+        """A checkpoint this store's chain went through was aborted: its file may vanish,
+        so the next snapshot starts a new chain."""
+        if checkpoint_id in self._chain_ids:
+            self._chain, self._chain_ids = [], []
 
     def restore(self, snapshots: list[dict[str, Any]], filter_by_range: bool) -> None:
         lo, hi = self.kg_range
         mp = self.max_parallelism
         for snap in snapshots:
+            snap = neutral(snap, self.operator)
+            self.restored_key_types.update(snap.get("key_types", ()))
             for name, kind in snap["kinds"].items():
+                have = self.kinds.get(name)
+                if have is not None and have != kind:
+                    raise IncompatibleStateError(
+                        f"operator {self.operator!r}: the restored state {name!r} is {kind} "
+                        f"state but the function registers it as {have} state; rename the "
+                        "state or start without restore")
                 table = self._table(name, kind)
                 src: dict[Any, Any] = snap["tables"].get(name, {})
                 if not filter_by_range:
@@ -114,3 +238,57 @@ class KeyedStore:
 
     def size(self) -> int:
         return sum(len(t) for t in self.tables.values())
+
+
+class _ChangelogSnapshot(AsyncSnapshot):
+    def __init__(self, head: dict[str, Any], data: bytes, name: str,
+                 base: list[tuple[str, int, int]]) -> None:
+        super().__init__(head)
+        self.data, self.name, self.base = data, name, base
+
+    def run(self, target: SnapshotTarget) -> dict[str, Any]:
+        rel = target.write_shared(self.data, "", name=self.name)
+        chain = [(target.reuse(p, size, crc), size, crc) for p, size, crc in self.base]
+        chain.append((rel, len(self.data), target.uploaded[rel]["crc32"]))
+        self.data = b""
+        return {"chain": chain}
+
+
+def neutral(snap: dict[str, Any], operator: str) -> dict[str, Any]:
+    """Any keyed snapshot format as the backend-neutral one (reads files it lists)."""
+    fmt = snap.get("format")
+    if fmt == NEUTRAL_FORMAT:
+        return snap
+    if fmt == CHANGELOG_FORMAT:
+        base = snap["_base"]
+        tables: dict[str, dict[Any, Any]] = {}
+        for i, (rel, size, crc) in enumerate(snap["manifest"]["chain"]):
+            data = read_verified(base, rel, size, crc, f"state of operator {operator!r}")
+            part = pickle.loads(data)  # checkpoint storage is trusted
+            if i == 0:
+                tables = part
+                continue
+            for name, changes in part.items():
+                t = tables.setdefault(name, {})
+                for k, v in changes.items():
+                    if v is TOMBSTONE:
+                        t.pop(k, None)
+                    else:
+                        t[k] = v
+        return {**snap, "format": NEUTRAL_FORMAT, "tables": tables}
+    if fmt == "rocksdb-1":
+        from onceflow.state.rocksdb import export_neutral
+
+        return export_neutral(snap, operator)
+    raise IncompatibleStateError(
+        f"operator {operator!r}: the checkpoint holds keyed state in format {fmt!r}, which "
+        "this version of onceflow cannot read")
+
+
+def _key_types(tables: dict[str, dict[Any, Any]]) -> list[str]:
+    """The type names of the keys (a sample of each table): restore compares them with
+    the keys the flow computes after a restore."""
+    out: set[str] = set()
+    for t in tables.values():
+        out.update(type(k).__name__ for k in itertools.islice(t, 64))
+    return sorted(out)

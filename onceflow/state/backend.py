@@ -1,0 +1,191 @@
+"""What every keyed state backend provides, and how a snapshot crosses into the async phase.
+
+A keyed operator asks its backend for a *store* (one per operator subtask). The store's
+``snapshot`` runs in the synchronous phase of a checkpoint and returns either plain
+picklable state (pickled at once by the task) or an :class:`AsyncSnapshot`: a small
+picklable part taken now plus work that the worker's writer thread finishes later (apply
+buffered writes, create a RocksDB checkpoint, upload files). The writer thread calls
+:meth:`AsyncSnapshot.run` with a :class:`SnapshotTarget` saying where files go, and stores
+the manifest it returns next to the synchronous part.
+
+Three formats exist, each a dict with a ``"format"`` key:
+
+* ``memory-keyed-1``: every table in full (``{"kinds", "tables", "timers"}``). It is also
+  the **backend-neutral** format that savepoints use, whatever the backend.
+* ``memory-changelog-1``: a chain of shared files (a full base plus deltas).
+* ``rocksdb-1``: a RocksDB checkpoint's files, shared (incremental) or private (full).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from onceflow._fsutil import fsync_dir
+
+NEUTRAL_FORMAT = "memory-keyed-1"
+SHARED_DIR = "shared"
+
+
+def owner_name(uid: str, subtask: int) -> str:
+    """The folder under ``shared/`` for one operator subtask's files."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in uid)[:100]
+    return f"{safe}-{subtask}"
+
+
+@dataclass
+class SnapshotTarget:
+    """Where the async phase of one subtask's snapshot writes.
+
+    ``checkpoint_dir``: the checkpoint (or savepoint) directory, for private files.
+    ``shared_root``: the flow's ``shared/`` directory for files later checkpoints may reuse
+    (None for a savepoint: a savepoint is self-contained). Paths in manifests are relative
+    to ``checkpoint_dir`` so a checkpoint can be read from where it is found."""
+
+    checkpoint_id: int
+    checkpoint_dir: str
+    shared_root: str | None
+    owner: str  # "<operator uid>-<subtask>": names files so they never collide
+    uploaded: dict[str, dict[str, Any]] = field(default_factory=dict)  # rel path -> size/crc
+    new_bytes: int = 0  # bytes written by this snapshot (its incremental size)
+
+    def _record(self, rel: str, size: int, crc: int, new: bool) -> None:
+        self.uploaded[rel] = {"size": size, "crc32": crc}
+        if new:
+            self.new_bytes += size
+
+    def write_shared(self, data: bytes, suffix: str, name: str | None = None) -> str:
+        """Write ``data`` as a new shared file; returns its path relative to the checkpoint."""
+        name = name or f"{uuid.uuid4().hex}{suffix}"
+        if self.shared_root is None:
+            return self.write_private(data, name)
+        d = os.path.join(self.shared_root, self.owner)
+        os.makedirs(d, exist_ok=True)
+        _write_file(os.path.join(d, name), data)
+        rel = os.path.relpath(os.path.join(d, name), self.checkpoint_dir)
+        self._record(rel, len(data), zlib.crc32(data), True)
+        return rel
+
+    def copy_shared(self, src: str, suffix: str) -> tuple[str, int, int]:
+        """Copy local file ``src`` into shared storage (or privately, for a savepoint)."""
+        if self.shared_root is None:
+            return self.copy_private(src, f"{uuid.uuid4().hex}{suffix}")
+        d = os.path.join(self.shared_root, self.owner)
+        os.makedirs(d, exist_ok=True)
+        dst = os.path.join(d, f"{uuid.uuid4().hex}{suffix}")
+        size, crc = _copy_file(src, dst)
+        rel = os.path.relpath(dst, self.checkpoint_dir)
+        self._record(rel, size, crc, True)
+        return rel, size, crc
+
+    def reuse(self, rel_to_flow: str, size: int, crc: int) -> str:
+        """Reference a shared file an earlier completed checkpoint uploaded."""
+        assert self.shared_root is not None
+        rel = os.path.relpath(os.path.join(os.path.dirname(self.shared_root), rel_to_flow),
+                              self.checkpoint_dir)
+        self._record(rel, size, crc, False)
+        return rel
+
+    def write_private(self, data: bytes, name: str) -> str:
+        d = os.path.join(self.checkpoint_dir, f"{self.owner}.files")
+        os.makedirs(d, exist_ok=True)
+        _write_file(os.path.join(d, name), data)
+        rel = os.path.join(f"{self.owner}.files", name)
+        self._record(rel, len(data), zlib.crc32(data), True)
+        return rel
+
+    def copy_private(self, src: str, name: str) -> tuple[str, int, int]:
+        d = os.path.join(self.checkpoint_dir, f"{self.owner}.files")
+        os.makedirs(d, exist_ok=True)
+        size, crc = _copy_file(src, os.path.join(d, name))
+        rel = os.path.join(f"{self.owner}.files", name)
+        self._record(rel, size, crc, True)
+        return rel, size, crc
+
+
+class AsyncSnapshot:
+    """Returned by a store's ``snapshot`` when part of the work happens off the task thread."""
+
+    def __init__(self, sync_state: dict[str, Any]) -> None:
+        self.sync_state = sync_state
+
+    def run(self, target: SnapshotTarget) -> dict[str, Any]:
+        """In the writer thread: finish the snapshot; return a picklable manifest."""
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        """The snapshot will not be written (the task failed or the checkpoint aborted)."""
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(os.path.dirname(path))
+
+
+def _copy_file(src: str, dst: str) -> tuple[int, int]:
+    """Copy with fsync; returns (size, crc32) computed while copying."""
+    crc = 0
+    size = 0
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while True:
+            chunk = fi.read(1 << 20)
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+            fo.write(chunk)
+        fo.flush()
+        os.fsync(fo.fileno())
+    fsync_dir(os.path.dirname(dst))
+    return size, crc
+
+
+def read_verified(base: str, rel: str, size: int, crc: int, what: str) -> bytes:
+    """Read a file a manifest lists, checking it is there and intact."""
+    from onceflow.errors import CorruptCheckpointError
+
+    path = os.path.normpath(os.path.join(base, rel))
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CorruptCheckpointError(base, f"{what}: file {path} is missing or unreadable "
+                                     f"({e.strerror})") from e
+    if len(data) != size or zlib.crc32(data) != crc:
+        raise CorruptCheckpointError(base, f"{what}: file {path} is truncated or fails its "
+                                     "checksum")
+    return data
+
+
+def copy_verified(base: str, rel: str, size: int, crc: int, dst: str, what: str) -> None:
+    """Copy a file a manifest lists to local ``dst``, checking it on the way."""
+    from onceflow.errors import CorruptCheckpointError
+
+    path = os.path.normpath(os.path.join(base, rel))
+    try:
+        got_size, got_crc = 0, 0
+        with open(path, "rb") as fi, open(dst, "wb") as fo:
+            while True:
+                chunk = fi.read(1 << 20)
+                if not chunk:
+                    break
+                got_crc = zlib.crc32(chunk, got_crc)
+                got_size += len(chunk)
+                fo.write(chunk)
+    except OSError as e:
+        raise CorruptCheckpointError(base, f"{what}: file {path} is missing or unreadable "
+                                     f"({e.strerror})") from e
+    if got_size != size or got_crc != crc:
+        raise CorruptCheckpointError(base, f"{what}: file {path} is truncated or fails its "
+                                     "checksum")
+
+
+def remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)

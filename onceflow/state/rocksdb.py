@@ -1,0 +1,716 @@
+"""The RocksDB state backend (``rocksdict``): keyed state larger than memory.
+
+Layout. Every entry's key starts with its **key group** (2 bytes, big-endian), so one key
+group's data is one contiguous key range that can be read, copied or deleted on its own::
+
+    kg(2) | len(name)(1) | name | len(key)(4) | pickle(key) [| pickle(map key)]
+
+Value and list state store one pickled value per key; map state stores one entry per map key
+(a map is a prefix scan). Timers stay on the heap in memory and travel in the snapshot.
+
+Writes. The task thread never writes into RocksDB itself: it writes into a dictionary
+(*layer*); when the layer is large, or at a checkpoint barrier, the layer is frozen and a
+per-store writer thread applies it to RocksDB with one write batch. Reads look at the current
+layer, then frozen layers not yet applied (newest first), then RocksDB. So the synchronous
+phase of a checkpoint is O(1): freeze the layer, queue "apply, flush, checkpoint". Because
+only that one thread writes into RocksDB, in order, the RocksDB checkpoint it creates holds
+exactly the state at the barrier. The WAL is off: checkpoints are the durability.
+
+Incremental checkpoints (DESIGN §6): the RocksDB checkpoint (hard links) is read file by file;
+an SST file already uploaded by a checkpoint this store saw complete is referenced, not
+copied; new SST files are copied into ``<flow>/shared/<operator>-<subtask>/``; the small
+files (MANIFEST, CURRENT, OPTIONS) go into the checkpoint's own directory. The metadata
+lists every file the checkpoint needs; the coordinator's shared-file registry deletes a
+shared file when no retained checkpoint needs it. With ``incremental=False`` every file is
+copied into the checkpoint's own directory (a full checkpoint).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from onceflow._optional import require
+from onceflow.errors import ConfigurationError, IncompatibleStateError
+from onceflow.graph.keygroups import key_group
+from onceflow.state.backend import (
+    NEUTRAL_FORMAT,
+    SHARED_DIR,
+    AsyncSnapshot,
+    SnapshotTarget,
+    copy_verified,
+    remove_tree,
+)
+from onceflow.state.handles import _KeyScope
+from onceflow.state.memory import TimerQueue, neutral
+
+log = logging.getLogger("onceflow.state")
+
+FORMAT = "rocksdb-1"
+_MISSING = object()
+_LOCK = threading.Lock()
+
+
+def _rocksdict() -> Any:
+    return require("rocksdict", "RocksDBBackend", "rocksdb", "rocksdict")
+
+
+@dataclass(frozen=True)
+class RocksDBBackend:
+    """Keyed state in an embedded RocksDB per operator subtask (via ``rocksdict``).
+
+    ``local_dir``: where working databases live (default: ``<tmp>/onceflow-rocksdb``); use a
+    local disk with room for the state. ``write_buffer_mb``: RocksDB memtable size.
+    ``block_cache_mb``: read cache. ``layer_entries``: writes buffered in memory before the
+    writer thread applies them (bounds memory between checkpoints)."""
+
+    local_dir: str | None = None
+    write_buffer_mb: int = 64
+    block_cache_mb: int = 128
+    layer_entries: int = 100_000
+
+    def validate(self) -> None:
+        for name in ("write_buffer_mb", "block_cache_mb", "layer_entries"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigurationError(f"RocksDBBackend({name}={v!r}): must be an integer >= 1")
+        if self.local_dir is not None and not isinstance(self.local_dir, str):
+            raise ConfigurationError("RocksDBBackend(local_dir=...) must be a path string")
+        _rocksdict()
+
+    def create(self, max_parallelism: int, kg_range: tuple[int, int], *, operator: str = "",
+               owner: str = "", incremental: bool = False, flow_dir: str | None = None,
+               **_: Any) -> RocksDBStore:
+        return RocksDBStore(self, max_parallelism, kg_range, operator=operator, owner=owner,
+                            incremental=incremental, flow_dir=flow_dir)
+
+
+def _kgb(kg: int) -> bytes:
+    return kg.to_bytes(2, "big")
+
+
+def _encode(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=5)
+
+
+class _Layer:
+    """Writes not yet in RocksDB. ``data``: full key -> pickled value, None = deleted.
+    ``maps``: map base -> the full keys of its entries in ``data``. ``cleared``: map bases
+    whose older entries are all gone."""
+
+    __slots__ = ("applied", "cleared", "data", "maps")
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes | None] = {}
+        self.maps: dict[bytes, set[bytes]] = {}
+        self.cleared: set[bytes] = set()
+        self.applied = False
+
+
+class RocksDBStore(TimerQueue):
+    fast_tables = False
+
+    def __init__(self, cfg: RocksDBBackend, max_parallelism: int, kg_range: tuple[int, int], *,
+                 operator: str, owner: str, incremental: bool, flow_dir: str | None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.max_parallelism = max_parallelism
+        self.kg_range = kg_range
+        self.operator = operator
+        self.owner = owner or "keyed"
+        self.incremental = incremental
+        self.flow_dir = os.path.abspath(flow_dir) if flow_dir else None
+        self.scope = _KeyScope()
+        self.kinds: dict[str, str] = {}
+        self.restored_key_types: set[str] = set()
+        self._db_key_types: set[str] | None = None
+        self.cur = _Layer()
+        self.frozen: list[_Layer] = []
+        self._ck_key: Any = _MISSING
+        self._ck_prefix = b""
+        self._ck_key_bytes = b""
+        # shared SST files this store may reference: local name -> (path rel. to flow dir,
+        # size, crc) as of the newest checkpoint it saw complete; and per pending checkpoint
+        self.confirmed: dict[str, tuple[str, int, int]] = {}
+        self.pending_maps: dict[int, dict[str, tuple[str, int, int]]] = {}
+        root = cfg.local_dir or os.path.join(tempfile.gettempdir(), "onceflow-rocksdb")
+        _sweep_stale(root)
+        self.workdir = os.path.join(
+            root, f"{os.getpid()}-{_safe(self.owner)}-{uuid.uuid4().hex[:8]}")
+        os.makedirs(self.workdir, exist_ok=True)
+        self.db_path = os.path.join(self.workdir, "db")
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-rocksdb")
+        self.db: Any = None
+        self._open(self.db_path)
+
+    # --- the database --------------------------------------------------------------------
+    def _options(self) -> Any:
+        rd = _rocksdict()
+        o = rd.Options(raw_mode=True)
+        o.create_if_missing(True)
+        o.set_write_buffer_size(self.cfg.write_buffer_mb << 20)
+        o.set_max_write_buffer_number(4)
+        bo = rd.BlockBasedOptions()
+        bo.set_block_cache(rd.Cache(self.cfg.block_cache_mb << 20))
+        o.set_block_based_table_factory(bo)
+        return o
+
+    def _open(self, path: str) -> None:
+        rd = _rocksdict()
+        try:
+            self.db = rd.Rdict(path, self._options())
+        except Exception as e:
+            raise ConfigurationError(
+                f"operator {self.operator!r}: cannot open RocksDB at {path}: {e}; check "
+                "RocksDBBackend(local_dir=...) is a writable local directory with free space"
+            ) from e
+        wo = rd.WriteOptions()
+        wo.disable_wal = True
+        self.db.set_write_options(wo)
+
+    def close(self) -> None:
+        self.writer.shutdown(wait=True)
+        if self.db is not None:
+            try:
+                self.db.close()
+            except Exception:
+                pass
+            self.db = None
+        remove_tree(self.workdir)
+
+    # --- keys ----------------------------------------------------------------------------
+    def _key_prefix(self) -> tuple[bytes, bytes]:
+        """(kg bytes, len+pickled key) of the current key, cached per key object."""
+        k = self.scope.key
+        if k is not self._ck_key:
+            kb = _encode(k)
+            self._ck_key = k
+            self._ck_prefix = _kgb(key_group(k, self.max_parallelism))
+            self._ck_key_bytes = len(kb).to_bytes(4, "big") + kb
+        return self._ck_prefix, self._ck_key_bytes
+
+    def base(self, name_hdr: bytes) -> bytes:
+        kg, kb = self._key_prefix()
+        return kg + name_hdr + kb
+
+    # --- reads and writes ----------------------------------------------------------------
+    def get(self, full: bytes, map_base: bytes | None = None) -> bytes | None:
+        v = self.cur.data.get(full, _MISSING)
+        if v is not _MISSING:
+            return v  # type: ignore[return-value]
+        if map_base is not None and map_base in self.cur.cleared:
+            return None
+        for layer in reversed(self.frozen):
+            v = layer.data.get(full, _MISSING)
+            if v is not _MISSING:
+                return v  # type: ignore[return-value]
+            if map_base is not None and map_base in layer.cleared:
+                return None
+        return self.db.get(full)
+
+    def put(self, full: bytes, value: bytes | None, map_base: bytes | None = None) -> None:
+        self.cur.data[full] = value
+        if map_base is not None:
+            self.cur.maps.setdefault(map_base, set()).add(full)
+
+    def clear_map(self, map_base: bytes) -> None:
+        layer = self.cur
+        for full in layer.maps.pop(map_base, ()):
+            layer.data.pop(full, None)
+        layer.cleared.add(map_base)
+
+    def scan_map(self, map_base: bytes) -> dict[bytes, bytes]:
+        """Every entry of one map (full key -> pickled value), all layers merged."""
+        layers = [self.cur, *reversed(self.frozen)]  # newest first
+        c = next((i for i, ly in enumerate(layers) if map_base in ly.cleared), None)
+        out: dict[bytes, bytes] = {}
+        if c is None:
+            it = self.db.iter()
+            it.seek(map_base)
+            while it.valid():
+                k = it.key()
+                if not k.startswith(map_base):
+                    break
+                out[k] = it.value()
+                it.next()
+        else:
+            layers = layers[:c + 1]  # the clearing layer and newer ones
+        for layer in reversed(layers):
+            for full in layer.maps.get(map_base, ()):
+                v = layer.data.get(full)
+                if v is None:
+                    out.pop(full, None)
+                else:
+                    out[full] = v
+        return out
+
+    def after_batch(self) -> None:
+        """Called by the operator between batches: hand a large layer to the writer."""
+        while self.frozen and self.frozen[0].applied:
+            self.frozen.pop(0)
+        if len(self.cur.data) >= self.cfg.layer_entries:
+            layer = self._freeze()
+            self.writer.submit(self._apply, layer)
+
+    def _freeze(self) -> _Layer:
+        layer = self.cur
+        self.cur = _Layer()
+        self.frozen.append(layer)
+        return layer
+
+    def _apply(self, layer: _Layer) -> None:
+        rd = _rocksdict()
+        wb = rd.WriteBatch(raw_mode=True)
+        for b in layer.cleared:
+            wb.delete_range(b, _prefix_end(b))
+        for k, v in layer.data.items():
+            if v is None:
+                wb.delete(k)
+            else:
+                wb.put(k, v)
+        self.db.write(wb)
+        layer.applied = True
+
+    # --- handles -------------------------------------------------------------------------
+    def _register(self, name: str, kind: str) -> bytes:
+        have = self.kinds.setdefault(name, kind)
+        if have != kind:
+            raise ConfigurationError(
+                f"operator {self.operator!r}: state {name!r} is already registered as {have} "
+                f"state, not {kind}")
+        nb = name.encode()
+        if len(nb) > 255:
+            raise ConfigurationError(f"operator {self.operator!r}: state name {name!r} is "
+                                     "longer than 255 bytes")
+        return bytes([len(nb)]) + nb
+
+    def value_state(self, name: str, default: Any = None) -> RocksValueState:
+        return RocksValueState(self, self._register(name, "value"), default)
+
+    def list_state(self, name: str) -> RocksListState:
+        return RocksListState(self, self._register(name, "list"))
+
+    def map_state(self, name: str) -> RocksMapState:
+        return RocksMapState(self, self._register(name, "map"))
+
+    # --- snapshot ------------------------------------------------------------------------
+    def _head(self) -> dict[str, Any]:
+        return {"max_parallelism": self.max_parallelism, "kinds": dict(self.kinds),
+                "timers": sorted(self._timer_set, key=repr),
+                "key_types": sorted(self._sample_key_types())}
+
+    def _sample_key_types(self) -> set[str]:
+        """Type names of a sample of keys (restore compares them with the flow's keys)."""
+        out: set[str] = set()
+        for layer in [self.cur, *self.frozen]:
+            out.update(_key_type_of(k) for k in itertools.islice(layer.data, 64))
+        if self._db_key_types is None:  # read once per store: later keys are in layers
+            self._db_key_types = set()
+            it = self.db.iter()
+            it.seek_to_first()
+            for _ in range(64):
+                if not it.valid():
+                    break
+                self._db_key_types.add(_key_type_of(it.key()))
+                it.next()
+        return out | self._db_key_types
+
+    def snapshot(self, checkpoint_id: int = 0, savepoint: bool = False) -> AsyncSnapshot:
+        head = self._head()
+        layer = self._freeze()
+        if savepoint:
+            head["format"] = NEUTRAL_FORMAT
+            fut: Future[Any] = self.writer.submit(self._export, layer)
+            return _RocksExport(head, fut)
+        head["format"] = FORMAT
+        local = os.path.join(self.workdir, f"chk-{checkpoint_id}")
+        fut = self.writer.submit(self._checkpoint, layer, local)
+        return _RocksSnapshot(head, fut, self, checkpoint_id, local)
+
+    def _checkpoint(self, layer: _Layer, local: str) -> list[str]:
+        """Writer thread: apply the layer, flush, create a RocksDB checkpoint (hard links)."""
+        self._apply(layer)
+        self.db.flush()
+        remove_tree(local)
+        _rocksdict().Checkpoint(self.db).create_checkpoint(local)
+        return sorted(os.listdir(local))
+
+    def _export(self, layer: _Layer) -> dict[str, Any]:
+        """Writer thread: the whole state in the backend-neutral format (savepoints)."""
+        self._apply(layer)
+        return {"tables": _read_tables(self.db, None, self.kinds)}
+
+    def notify_complete(self, checkpoint_id: int) -> None:
+        done = [c for c in self.pending_maps if c <= checkpoint_id]
+        if checkpoint_id in self.pending_maps:
+            self.confirmed = self.pending_maps[checkpoint_id]
+        for c in done:
+            del self.pending_maps[c]
+
+    def notify_aborted(self, checkpoint_id: int) -> None:
+        self.pending_maps.pop(checkpoint_id, None)
+
+    # --- restore -------------------------------------------------------------------------
+    def restore(self, snapshots: list[dict[str, Any]], filter_by_range: bool) -> None:
+        lo, hi = self.kg_range
+        mp = self.max_parallelism
+        rocks = [s for s in snapshots if s.get("format") == FORMAT]
+        others = [s for s in snapshots if s.get("format") != FORMAT]
+        for snap in snapshots:
+            self.restored_key_types.update(snap.get("key_types", ()))
+            for name, kind in snap["kinds"].items():
+                have = self.kinds.get(name)
+                if have is not None and have != kind:
+                    raise IncompatibleStateError(
+                        f"operator {self.operator!r}: the restored state {name!r} is {kind} "
+                        f"state but the function registers it as {have} state")
+                self.kinds[name] = kind
+            for when, key in snap["timers"]:
+                if filter_by_range and not lo <= key_group(key, mp) < hi:
+                    continue
+                self.scope.key = key
+                self.register_timer(when)
+        self.scope.key = None
+        if rocks:
+            first, rest = rocks[0], rocks[1:]
+            # the first RocksDB snapshot becomes this store's database: files copied in,
+            # key groups outside this subtask's range deleted
+            self.db.close()
+            remove_tree(self.db_path)
+            self._download(first, self.db_path)
+            self._open(self.db_path)
+            if filter_by_range:
+                self.db.delete_range(b"\x00\x00", _kgb(lo))
+                self.db.delete_range(_kgb(hi), b"\xff\xff\xff")
+            elif len(rocks) == 1 and not others:
+                self._adopt_shared(first)
+            for snap in rest:
+                tmp = os.path.join(self.workdir, f"restore-{uuid.uuid4().hex[:8]}")
+                self._download(snap, tmp)
+                src = _rocksdict().Rdict(tmp, _rocksdict().Options(raw_mode=True))
+                try:
+                    self._copy_range(src, lo, hi)
+                finally:
+                    src.close()
+                    remove_tree(tmp)
+        for snap in others:
+            nsnap = neutral(snap, self.operator)
+            self._insert_neutral(nsnap, lo, hi if filter_by_range else None)
+
+    def _download(self, snap: dict[str, Any], dst: str) -> None:
+        os.makedirs(dst, exist_ok=True)
+        base = snap["_base"]
+        for name, (rel, size, crc) in snap["manifest"]["files"].items():
+            copy_verified(base, rel, size, crc, os.path.join(dst, name),
+                          f"RocksDB state of operator {self.operator!r}")
+
+    def _adopt_shared(self, snap: dict[str, Any]) -> None:
+        """Restored from one of this flow's own checkpoints: its shared files may be
+        referenced again (they are in the registry), so the next checkpoint is small."""
+        if self.flow_dir is None:
+            return
+        base = snap["_base"]
+        for name, (rel, size, crc) in snap["manifest"]["files"].items():
+            if not name.endswith(".sst"):
+                continue
+            path = os.path.normpath(os.path.join(base, rel))
+            if os.path.dirname(os.path.dirname(os.path.dirname(path))) == self.flow_dir:
+                self.confirmed[name] = (os.path.relpath(path, self.flow_dir), size, crc)
+
+    def _copy_range(self, src: Any, lo: int, hi: int) -> None:
+        rd = _rocksdict()
+        it = src.iter()
+        it.seek(_kgb(lo))
+        end = _kgb(hi)
+        wb = rd.WriteBatch(raw_mode=True)
+        n = 0
+        while it.valid():
+            k = it.key()
+            if k >= end:
+                break
+            wb.put(k, it.value())
+            n += 1
+            if n % 50_000 == 0:
+                self.db.write(wb)
+                wb = rd.WriteBatch(raw_mode=True)
+            it.next()
+        self.db.write(wb)
+
+    def _insert_neutral(self, snap: dict[str, Any], lo: int, hi: int | None) -> None:
+        rd = _rocksdict()
+        mp = self.max_parallelism
+        wb = rd.WriteBatch(raw_mode=True)
+        n = 0
+        for name, table in snap["tables"].items():
+            kind = snap["kinds"][name]
+            hdr = self._register(name, kind)
+            for key, value in table.items():
+                kg = key_group(key, mp)
+                if hi is not None and not lo <= kg < hi:
+                    continue
+                kb = _encode(key)
+                b = _kgb(kg) + hdr + len(kb).to_bytes(4, "big") + kb
+                if kind == "map":
+                    for mk, mv in value.items():
+                        wb.put(b + _encode(mk), _encode(mv))
+                        n += 1
+                else:
+                    wb.put(b, _encode(value))
+                    n += 1
+                if n >= 50_000:
+                    self.db.write(wb)
+                    wb = rd.WriteBatch(raw_mode=True)
+                    n = 0
+        self.db.write(wb)
+
+    def size(self) -> int:
+        return sum(1 for _ in _iter_raw(self.db))
+
+
+class _RocksSnapshot(AsyncSnapshot):
+    def __init__(self, head: dict[str, Any], fut: Future[list[str]], store: RocksDBStore,
+                 cid: int, local: str) -> None:
+        super().__init__(head)
+        self.fut, self.store, self.cid, self.local = fut, store, cid, local
+
+    def run(self, target: SnapshotTarget) -> dict[str, Any]:
+        names = self.fut.result()
+        store = self.store
+        confirmed = store.confirmed
+        incremental = store.incremental and target.shared_root is not None
+        files: dict[str, tuple[str, int, int]] = {}
+        mine: dict[str, tuple[str, int, int]] = {}
+        flow_dir = os.path.dirname(target.shared_root) if target.shared_root else None
+        try:
+            for name in names:
+                src = os.path.join(self.local, name)
+                if incremental and name.endswith(".sst"):
+                    size = os.path.getsize(src)
+                    have = confirmed.get(name)
+                    if have is not None and have[1] == size:
+                        rel = target.reuse(*have)
+                        files[name] = (rel, size, have[2])
+                        mine[name] = have
+                        continue
+                    rel, size, crc = target.copy_shared(src, ".sst")
+                    files[name] = (rel, size, crc)
+                    assert flow_dir is not None
+                    abs_path = os.path.normpath(os.path.join(target.checkpoint_dir, rel))
+                    mine[name] = (os.path.relpath(abs_path, flow_dir), size, crc)
+                else:
+                    rel, size, crc = target.copy_private(src, name)
+                    files[name] = (rel, size, crc)
+        finally:
+            remove_tree(self.local)
+        if incremental:
+            store.pending_maps[self.cid] = mine
+        return {"files": files, "incremental": incremental}
+
+    def discard(self) -> None:
+        remove_tree(self.local)
+
+
+class _RocksExport(AsyncSnapshot):
+    def __init__(self, head: dict[str, Any], fut: Future[dict[str, Any]]) -> None:
+        super().__init__(head)
+        self.fut = fut
+
+    def run(self, target: SnapshotTarget) -> dict[str, Any]:
+        return self.fut.result()
+
+
+# --- handles -----------------------------------------------------------------------------
+class RocksValueState:
+    __slots__ = ("_default", "_hdr", "_store")
+
+    def __init__(self, store: RocksDBStore, hdr: bytes, default: Any) -> None:
+        self._store, self._hdr, self._default = store, hdr, default
+
+    def value(self) -> Any:
+        raw = self._store.get(self._store.base(self._hdr))
+        return self._default if raw is None else pickle.loads(raw)
+
+    def update(self, value: Any) -> None:
+        self._store.put(self._store.base(self._hdr), _encode(value))
+
+    def clear(self) -> None:
+        self._store.put(self._store.base(self._hdr), None)
+
+
+class RocksListState:
+    __slots__ = ("_hdr", "_store")
+
+    def __init__(self, store: RocksDBStore, hdr: bytes) -> None:
+        self._store, self._hdr = store, hdr
+
+    def get(self) -> list[Any]:
+        raw = self._store.get(self._store.base(self._hdr))
+        return [] if raw is None else list(pickle.loads(raw))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.get())
+
+    def add(self, value: Any) -> None:
+        self.update([*self.get(), value])
+
+    def add_all(self, values: Any) -> None:
+        self.update([*self.get(), *values])
+
+    def update(self, values: Any) -> None:
+        self._store.put(self._store.base(self._hdr), _encode(list(values)))
+
+    def clear(self) -> None:
+        self._store.put(self._store.base(self._hdr), None)
+
+
+class RocksMapState:
+    __slots__ = ("_hdr", "_store")
+
+    def __init__(self, store: RocksDBStore, hdr: bytes) -> None:
+        self._store, self._hdr = store, hdr
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        b = self._store.base(self._hdr)
+        raw = self._store.get(b + _encode(key), b)
+        return default if raw is None else pickle.loads(raw)
+
+    def put(self, key: Any, value: Any) -> None:
+        b = self._store.base(self._hdr)
+        self._store.put(b + _encode(key), _encode(value), b)
+
+    def put_all(self, items: dict[Any, Any]) -> None:
+        for k, v in items.items():
+            self.put(k, v)
+
+    def remove(self, key: Any) -> None:
+        b = self._store.base(self._hdr)
+        self._store.put(b + _encode(key), None, b)
+
+    def contains(self, key: Any) -> bool:
+        b = self._store.base(self._hdr)
+        return self._store.get(b + _encode(key), b) is not None
+
+    def _entries(self) -> list[tuple[Any, Any]]:
+        b = self._store.base(self._hdr)
+        n = len(b)
+        return [(pickle.loads(k[n:]), pickle.loads(v))
+                for k, v in sorted(self._store.scan_map(b).items())]
+
+    def keys(self) -> list[Any]:
+        return [k for k, _ in self._entries()]
+
+    def values(self) -> list[Any]:
+        return [v for _, v in self._entries()]
+
+    def items(self) -> list[tuple[Any, Any]]:
+        return self._entries()
+
+    def is_empty(self) -> bool:
+        return not self._store.scan_map(self._store.base(self._hdr))
+
+    def clear(self) -> None:
+        self._store.clear_map(self._store.base(self._hdr))
+
+
+# --- reading whole databases -------------------------------------------------------------
+def _prefix_end(prefix: bytes) -> bytes:
+    """The smallest byte string greater than every string starting with ``prefix``."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return b"\xff" * (len(prefix) + 1)
+    p[-1] += 1
+    return bytes(p)
+
+
+def _iter_raw(db: Any) -> Iterator[tuple[bytes, bytes]]:
+    it = db.iter()
+    it.seek_to_first()
+    while it.valid():
+        yield it.key(), it.value()
+        it.next()
+
+
+def _split(k: bytes) -> tuple[str, bytes, bytes]:
+    """A stored key -> (state name, pickled key, pickled map key or b'')."""
+    nl = k[2]
+    name = k[3:3 + nl].decode()
+    klen = int.from_bytes(k[3 + nl:7 + nl], "big")
+    kb = k[7 + nl:7 + nl + klen]
+    return name, kb, k[7 + nl + klen:]
+
+
+def _key_type_of(k: bytes) -> str:
+    return type(pickle.loads(_split(k)[1])).__name__
+
+
+def _read_tables(db: Any, kg_range: tuple[int, int] | None,
+                 kinds: dict[str, str]) -> dict[str, dict[Any, Any]]:
+    tables: dict[str, dict[Any, Any]] = {n: {} for n in kinds}
+    for k, v in _iter_raw(db):
+        if kg_range is not None and not kg_range[0] <= int.from_bytes(k[:2], "big") < kg_range[1]:
+            continue
+        name, kb, mk = _split(k)
+        t = tables.setdefault(name, {})
+        key = pickle.loads(kb)  # checkpoint storage is trusted
+        if kinds.get(name) == "map":
+            t.setdefault(key, {})[pickle.loads(mk)] = pickle.loads(v)
+        else:
+            t[key] = pickle.loads(v)
+    return tables
+
+
+def export_neutral(snap: dict[str, Any], operator: str) -> dict[str, Any]:
+    """A RocksDB checkpoint of one subtask as backend-neutral state (e.g. to restore a
+    RocksDB checkpoint into the memory backend)."""
+    rd = _rocksdict()
+    tmp = tempfile.mkdtemp(prefix="onceflow-export-")
+    try:
+        for name, (rel, size, crc) in snap["manifest"]["files"].items():
+            copy_verified(snap["_base"], rel, size, crc, os.path.join(tmp, name),
+                          f"RocksDB state of operator {operator!r}")
+        db = rd.Rdict(tmp, rd.Options(raw_mode=True))
+        try:
+            tables = _read_tables(db, None, snap["kinds"])
+        finally:
+            db.close()
+    finally:
+        remove_tree(tmp)
+    return {**snap, "format": NEUTRAL_FORMAT, "tables": tables}
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:80]
+
+
+def _sweep_stale(root: str) -> None:
+    """Remove working directories of worker processes that no longer exist (a killed
+    worker cannot clean up after itself)."""
+    with _LOCK:
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            return
+        for n in names:
+            pid_s = n.split("-", 1)[0]
+            if not pid_s.isdigit():
+                continue
+            try:
+                os.kill(int(pid_s), 0)
+            except ProcessLookupError:
+                remove_tree(os.path.join(root, n))
+            except PermissionError:
+                pass
+
+
+__all__ = ["SHARED_DIR", "RocksDBBackend", "RocksDBStore", "export_neutral"]

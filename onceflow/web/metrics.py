@@ -1,0 +1,211 @@
+"""The Prometheus endpoint: a custom collector over a :class:`JobStatus`.
+
+Each job gets its own ``CollectorRegistry`` and its own HTTP server, so several jobs in
+one process never clash and nothing lands in ``prometheus_client``'s global registry.
+Names follow Flink's metrics, in Prometheus spelling (``numRecordsIn`` ->
+``onceflow_operator_records_in_total``); every sample carries a ``flow`` label. The full
+list, with Flink's names beside them, is in docs/operations.md#metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from onceflow.errors import ConfigurationError
+from onceflow.runtime.status import JobState, JobStatus
+from onceflow.web.server import url_for
+
+log = logging.getLogger("onceflow.web")
+
+_OP_LABELS = ["flow", "operator_uid", "operator_name", "subtask"]
+
+# name -> (type, help); the collector yields exactly these families, in this order
+METRICS: dict[str, tuple[str, str]] = {
+    "onceflow_operator_records_in_total": (
+        "counter", "Records an operator subtask received (exactly-once count: restored "
+        "from the checkpoint after a restart)."),
+    "onceflow_operator_records_out_total": (
+        "counter", "Records an operator subtask emitted (same counting as records_in)."),
+    "onceflow_operator_records_in_per_second": (
+        "gauge", "Records received per second over the last report interval (~1 s)."),
+    "onceflow_operator_records_out_per_second": (
+        "gauge", "Records emitted per second over the last report interval (~1 s)."),
+    "onceflow_operator_busy_time_seconds_total": (
+        "counter", "Time the subtask's task spent processing batches, since its worker "
+        "started."),
+    "onceflow_operator_backpressured_time_seconds_total": (
+        "counter", "Time the subtask's task could not take input because an output was "
+        "full, since its worker started."),
+    "onceflow_operator_busy_time_ms_per_second": (
+        "gauge", "Busy milliseconds per second over the last report interval (Flink's "
+        "busyTimeMsPerSecond)."),
+    "onceflow_operator_backpressured_time_ms_per_second": (
+        "gauge", "Backpressured milliseconds per second over the last report interval "
+        "(Flink's backPressuredTimeMsPerSecond)."),
+    "onceflow_job_checkpoints_completed_total": (
+        "counter", "Completed checkpoints (Flink's numberOfCompletedCheckpoints)."),
+    "onceflow_job_checkpoints_failed_total": (
+        "counter", "Failed checkpoints: expired, declined, or metadata not written "
+        "(Flink's numberOfFailedCheckpoints)."),
+    "onceflow_job_checkpoints_in_progress": (
+        "gauge", "Checkpoints triggered and not yet complete or aborted."),
+    "onceflow_job_last_checkpoint_id": (
+        "gauge", "Id of the last completed checkpoint."),
+    "onceflow_job_last_checkpoint_duration_seconds": (
+        "gauge", "Trigger to completion of the last completed checkpoint."),
+    "onceflow_job_last_checkpoint_size_bytes": (
+        "gauge", "Bytes the last completed checkpoint wrote (incremental size)."),
+    "onceflow_job_last_checkpoint_full_size_bytes": (
+        "gauge", "Full state size of the last completed checkpoint."),
+    "onceflow_job_last_checkpoint_alignment_seconds": (
+        "gauge", "Longest barrier alignment of any subtask in the last completed "
+        "checkpoint."),
+    "onceflow_job_last_checkpoint_sync_seconds": (
+        "gauge", "Longest synchronous snapshot phase in the last completed checkpoint."),
+    "onceflow_job_last_checkpoint_async_seconds": (
+        "gauge", "Longest asynchronous (write) phase in the last completed checkpoint."),
+    "onceflow_job_restarts_total": (
+        "counter", "Restarts of the job (Flink's numRestarts)."),
+    "onceflow_job_last_restore_timestamp_seconds": (
+        "gauge", "When the last restore from a checkpoint finished (Unix time)."),
+    "onceflow_job_last_restore_duration_seconds": (
+        "gauge", "How long the last restore took: workers forked to all tasks running."),
+    "onceflow_job_uptime_seconds": (
+        "gauge", "Seconds since the job started (until it ended)."),
+    "onceflow_job_state": (
+        "gauge", "1 for the job's current state, 0 for the others."),
+}
+
+
+class StatusCollector(Collector):
+    """Turns one ``JobStatus.snapshot()`` per scrape into metric families."""
+
+    def __init__(self, status: JobStatus) -> None:
+        self.status = status
+
+    def describe(self) -> list[Metric]:
+        return list(self._families({}))
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self.status.snapshot())
+
+    def _families(self, snap: dict[str, Any]) -> Iterator[Metric]:
+        flow = self.status.flow
+        fams: dict[str, Any] = {}
+        for name, (kind, doc) in METRICS.items():
+            short = name.removesuffix("_total") if kind == "counter" else name
+            labels = _OP_LABELS if name.startswith("onceflow_operator_") else ["flow"]
+            if name == "onceflow_job_state":
+                labels = ["flow", "state"]
+            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            fams[name] = cls(short, doc, labels=labels)
+        if snap:
+            for op in snap["operators"]:
+                for s in op["subtasks"]:
+                    lab = [flow, op["uid"], op["name"], str(s["subtask"])]
+                    fams["onceflow_operator_records_in_total"].add_metric(lab, s["records_in"])
+                    fams["onceflow_operator_records_out_total"].add_metric(lab, s["records_out"])
+                    fams["onceflow_operator_records_in_per_second"].add_metric(
+                        lab, s["records_in_per_s"])
+                    fams["onceflow_operator_records_out_per_second"].add_metric(
+                        lab, s["records_out_per_s"])
+                    fams["onceflow_operator_busy_time_seconds_total"].add_metric(
+                        lab, s["busy_ms"] / 1e3)
+                    fams["onceflow_operator_backpressured_time_seconds_total"].add_metric(
+                        lab, s["backpressured_ms"] / 1e3)
+                    fams["onceflow_operator_busy_time_ms_per_second"].add_metric(
+                        lab, s["busy_ms_per_s"])
+                    fams["onceflow_operator_backpressured_time_ms_per_second"].add_metric(
+                        lab, s["backpressured_ms_per_s"])
+            ck = snap["checkpoints"]
+            job = [flow]
+            fams["onceflow_job_checkpoints_completed_total"].add_metric(job, ck["completed"])
+            fams["onceflow_job_checkpoints_failed_total"].add_metric(job, ck["failed"])
+            fams["onceflow_job_checkpoints_in_progress"].add_metric(job, ck["in_progress"])
+            last = ck["last_completed"]
+            if last is not None:
+                fams["onceflow_job_last_checkpoint_id"].add_metric(job, last["id"])
+                fams["onceflow_job_last_checkpoint_duration_seconds"].add_metric(
+                    job, (last["duration_ms"] or 0.0) / 1e3)
+                fams["onceflow_job_last_checkpoint_size_bytes"].add_metric(
+                    job, last["incremental_size"])
+                fams["onceflow_job_last_checkpoint_full_size_bytes"].add_metric(
+                    job, last["size"])
+                fams["onceflow_job_last_checkpoint_alignment_seconds"].add_metric(
+                    job, last["alignment_ms"] / 1e3)
+                fams["onceflow_job_last_checkpoint_sync_seconds"].add_metric(
+                    job, last["sync_ms"] / 1e3)
+                fams["onceflow_job_last_checkpoint_async_seconds"].add_metric(
+                    job, last["async_ms"] / 1e3)
+            fams["onceflow_job_restarts_total"].add_metric(job, len(snap["restarts"]))
+            restore = snap["last_restore"]
+            if restore is not None:
+                fams["onceflow_job_last_restore_timestamp_seconds"].add_metric(
+                    job, restore["time"])
+                fams["onceflow_job_last_restore_duration_seconds"].add_metric(
+                    job, restore["duration_s"])
+            fams["onceflow_job_uptime_seconds"].add_metric(job, snap["uptime_s"])
+            for st in JobState:
+                fams["onceflow_job_state"].add_metric([flow, st.value],
+                                                      1.0 if snap["state"] == st.value else 0.0)
+        yield from fams.values()
+
+
+class MetricsServer:
+    """``GET /metrics`` for one job, on 127.0.0.1 unless told otherwise, in a daemon
+    thread, until :meth:`close`."""
+
+    def __init__(self, status: JobStatus, port: int, host: str = "127.0.0.1") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(StatusCollector(status))
+        registry = self.registry
+
+        class _Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404, "metrics are at /metrics")
+                    return
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("metrics: %s", format % args)
+
+        class _Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        try:
+            self.httpd = _Server((host, port), _Handler)
+        except OSError as e:
+            raise ConfigurationError(f"metrics: cannot listen on {host}:{port}: "
+                                     f"{e.strerror or e}") from e
+        self.port = int(self.httpd.server_address[1])
+        self.url = url_for(host, self.port) + "/metrics"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="onceflow-metrics",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)

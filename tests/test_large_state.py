@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -519,7 +520,15 @@ def test_memory_changelog_checkpoints_write_only_changed_keys(tmp_path: Path) ->
     flow = of.Flow("changelog", state_backend=of.state.MemoryBackend(full_every=4),
                    restart_strategy=of.restart.no_restart())
     flow.enable_checkpointing(0.05, ck, incremental=True, retained=2)
-    (flow.source(of.sources.Range(0, 6_000_000), name="numbers")
+    flow.batch_size = 100
+
+    def pace(i: int) -> int:  # the update phase runs at about 20,000 records/s
+        if i >= n and i % 20 == 0:
+            time.sleep(0.001)
+        return i
+
+    (flow.source(of.sources.Range(0, n + 60_000), name="numbers")
+         .map(pace, name="pace")
          .key_by(lambda i: i if i < n else i % 500)
          .reduce(lambda a, b: a + b, name="sum").sink(of.sinks.Discard()))
     result = flow.run()
@@ -557,3 +566,30 @@ def test_rocksdb_backend_settings_are_checked() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-x", "-q"]))
+
+
+def test_cli_lists_savepoints_and_incremental_sizes_and_inspects_rocksdb_state(
+        tmp_path: Path) -> None:
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    flow = statejobs.build(str(out), str(ck), backend_name="rocksdb", parallelism=2,
+                           records=30_000, rate=2500, incremental=True, retained=3)
+    flow_dir = ck / "statejob"
+    _run_until_stopped(flow, None, out, str(flow_dir), 30_000)
+    found = shutil.which("onceflow", path=os.path.dirname(sys.executable))
+    assert found, "the onceflow command is not installed next to this Python"
+    exe = [found]
+    rows = json.loads(subprocess.run([*exe, "checkpoints", str(ck), "--json"], check=True,
+                                     capture_output=True, text=True).stdout)
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"checkpoint", "savepoint"}, rows
+    for r in rows:
+        assert r["status"].startswith("complete"), r
+        assert 0 < r["incremental_size"] <= r["size"] and r["files"] > 1, r
+    savepoint = next(r for r in rows if r["kind"] == "savepoint")
+    assert savepoint["shared_files"] == 0
+    chk = max((r for r in rows if r["kind"] == "checkpoint"), key=lambda r: r["id"])
+    doc = json.loads(subprocess.run([*exe, "inspect", chk["path"], "--json"], check=True,
+                                    capture_output=True, text=True).stdout)
+    tally = next(op for op in doc["operators"] if op["uid"] == "tally")
+    assert [s["keyed_state"] for s in tally["subtasks"]] == ["rocksdb (incremental)"] * 2
+    assert [s["key_groups"] for s in tally["subtasks"]] == [[0, 64], [64, 128]]

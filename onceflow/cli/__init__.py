@@ -83,13 +83,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+_ENTRIES = ("chk-", "corrupt-chk-", "savepoint-")
+
+
 def _checkpoint_dirs(root: str) -> tuple[str, list[str]]:
     """The directory that holds chk-<n> entries: ``root`` itself or its only flow folder."""
     names = os.listdir(root)
-    if any(n.startswith(("chk-", "corrupt-chk-")) for n in names):
+    if any(n.startswith(_ENTRIES) for n in names):
         return root, names
     subs = [n for n in names if os.path.isdir(os.path.join(root, n))]
-    flows = [s for s in subs if any(x.startswith(("chk-", "corrupt-chk-"))
+    flows = [s for s in subs if any(x.startswith(_ENTRIES)
                                     for x in os.listdir(os.path.join(root, s)))]
     if len(flows) == 1:
         d = os.path.join(root, flows[0])
@@ -107,11 +110,15 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     d, names = _checkpoint_dirs(args.dir)
     rows: list[dict[str, Any]] = []
     for n in names:
-        if not n.startswith(("chk-", "corrupt-chk-")):
+        if not n.startswith(_ENTRIES):
             continue
         path = os.path.join(d, n)
-        cid = int(n.rsplit("-", 1)[1])
-        row: dict[str, Any] = {"id": cid, "kind": "checkpoint", "path": path}
+        try:
+            cid = int(n.split("-")[2] if n.startswith("corrupt-") else n.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        row: dict[str, Any] = {"id": cid, "kind": "savepoint" if n.startswith("savepoint-")
+                               else "checkpoint", "path": path}
         if n.startswith("corrupt-"):
             row["status"] = "corrupt (moved aside)"
         elif not os.path.exists(os.path.join(path, METADATA)):
@@ -122,8 +129,11 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
                 row["status"] = "complete" + (" (final)" if meta.get("final") else "")
                 row["time"] = meta["completion_time"]
                 row["duration_s"] = meta["completion_time"] - meta["trigger_time"]
-                row["size"] = sum(f["size"] for f in meta["files"].values())
-                row["files"] = len(meta["files"])
+                extra = meta.get("extra_files", {})
+                row["size"] = meta.get("size", sum(f["size"] for f in meta["files"].values()))
+                row["incremental_size"] = meta.get("incremental_size", row["size"])
+                row["files"] = len(meta["files"]) + len(extra)
+                row["shared_files"] = len(meta.get("shared", []))
             except OnceflowError as e:
                 row["status"] = f"corrupt: {e}"
         rows.append(row)
@@ -134,15 +144,16 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no checkpoints in {d}")
         return 0
-    print(f"{'id':>6}  {'status':<18} {'completed (UTC)':<20} {'duration':>9} {'size':>12} "
-          f"{'files':>5}")
+    print(f"{'id':>6}  {'kind':<10} {'status':<18} {'completed (UTC)':<20} {'duration':>9} "
+          f"{'full size':>14} {'incremental':>14} {'files':>5}")
     import time as _t
     for r in rows:
         when = _t.strftime("%Y-%m-%d %H:%M:%S", _t.gmtime(r["time"])) if "time" in r else "-"
         dur = f"{r['duration_s'] * 1e3:.0f} ms" if "duration_s" in r else "-"
         size = f"{r['size']:,} B" if "size" in r else "-"
-        print(f"{r['id']:>6}  {r['status']:<18} {when:<20} {dur:>9} {size:>12} "
-              f"{r.get('files', '-'):>5}")
+        inc = f"{r['incremental_size']:,} B" if "incremental_size" in r else "-"
+        print(f"{r['id']:>6}  {r['kind']:<10} {r['status']:<18} {when:<20} {dur:>9} "
+              f"{size:>14} {inc:>14} {r.get('files', '-'):>5}")
     return 0
 
 
@@ -158,6 +169,17 @@ def _describe_state(kind: str | None, state: Any) -> dict[str, Any]:
     if isinstance(state, dict) and state.get("format") == "memory-keyed-1":
         return {"keyed_state": {name: len(t) for name, t in state["tables"].items()},
                 "timers": len(state["timers"])}
+    if isinstance(state, dict) and state.get("format") == "memory-changelog-1":
+        chain = state["manifest"]["chain"]
+        return {"keyed_state": "memory changelog", "kinds": state["kinds"],
+                "chain_files": len(chain), "chain_bytes": sum(c[1] for c in chain),
+                "timers": len(state["timers"])}
+    if isinstance(state, dict) and state.get("format") == "rocksdb-1":
+        files = state["manifest"]["files"]
+        return {"keyed_state": "rocksdb" + (" (incremental)" if state["manifest"].get(
+                    "incremental") else " (full)"),
+                "kinds": state["kinds"], "files": len(files),
+                "bytes": sum(f[1] for f in files.values()), "timers": len(state["timers"])}
     return {"state": repr(state)[:200]}
 
 

@@ -129,8 +129,9 @@ def _write_file(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(path))
 
 
-def _copy_file(src: str, dst: str) -> tuple[int, int]:
-    """Copy with fsync; returns (size, crc32) computed while copying."""
+def _copy_file(src: str, dst: str, durable: bool = True) -> tuple[int, int]:
+    """Copy ``src`` to ``dst`` (fsynced when ``durable``); returns (size, crc32) computed
+    while copying."""
     crc = 0
     size = 0
     with open(src, "rb") as fi, open(dst, "wb") as fo:
@@ -141,50 +142,57 @@ def _copy_file(src: str, dst: str) -> tuple[int, int]:
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
             fo.write(chunk)
-        fo.flush()
-        os.fsync(fo.fileno())
-    fsync_dir(os.path.dirname(dst))
+        if durable:
+            fo.flush()
+            os.fsync(fo.fileno())
+    if durable:
+        fsync_dir(os.path.dirname(dst))
     return size, crc
+
+
+def _damaged(base: str, path: str, what: str, why: str) -> Exception:
+    from onceflow.errors import CorruptCheckpointError
+
+    return CorruptCheckpointError(base, f"{what}: file {path} {why}")
 
 
 def read_verified(base: str, rel: str, size: int, crc: int, what: str) -> bytes:
     """Read a file a manifest lists, checking it is there and intact."""
-    from onceflow.errors import CorruptCheckpointError
-
     path = os.path.normpath(os.path.join(base, rel))
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise CorruptCheckpointError(base, f"{what}: file {path} is missing or unreadable "
-                                     f"({e.strerror})") from e
+        raise _damaged(base, path, what, f"is missing or unreadable ({e.strerror})") from e
     if len(data) != size or zlib.crc32(data) != crc:
-        raise CorruptCheckpointError(base, f"{what}: file {path} is truncated or fails its "
-                                     "checksum")
+        raise _damaged(base, path, what, "is truncated or fails its checksum")
     return data
 
 
 def copy_verified(base: str, rel: str, size: int, crc: int, dst: str, what: str) -> None:
-    """Copy a file a manifest lists to local ``dst``, checking it on the way."""
-    from onceflow.errors import CorruptCheckpointError
-
+    """Copy a file a manifest lists to local ``dst``, checking it on the way (a working
+    copy: not fsynced)."""
     path = os.path.normpath(os.path.join(base, rel))
     try:
-        got_size, got_crc = 0, 0
-        with open(path, "rb") as fi, open(dst, "wb") as fo:
-            while True:
-                chunk = fi.read(1 << 20)
-                if not chunk:
-                    break
-                got_crc = zlib.crc32(chunk, got_crc)
-                got_size += len(chunk)
-                fo.write(chunk)
+        got = _copy_file(path, dst, durable=False)
     except OSError as e:
-        raise CorruptCheckpointError(base, f"{what}: file {path} is missing or unreadable "
-                                     f"({e.strerror})") from e
-    if got_size != size or got_crc != crc:
-        raise CorruptCheckpointError(base, f"{what}: file {path} is truncated or fails its "
-                                     "checksum")
+        raise _damaged(base, path, what, f"is missing or unreadable ({e.strerror})") from e
+    if got != (size, crc):
+        raise _damaged(base, path, what, "is truncated or fails its checksum")
+
+
+def check_restored_kinds(operator: str, registered: dict[str, str],
+                         restored: dict[str, str]) -> None:
+    """A state name must keep its kind across a restore (value, list or map)."""
+    from onceflow.errors import IncompatibleStateError
+
+    for name, kind in restored.items():
+        have = registered.get(name)
+        if have is not None and have != kind:
+            raise IncompatibleStateError(
+                f"operator {operator!r}: the restored state {name!r} is {kind} state but the "
+                f"function registers it as {have} state; rename the state, or start without "
+                "restore")
 
 
 def remove_tree(path: str) -> None:

@@ -32,6 +32,7 @@ from onceflow.state.backend import (
     SHARED_DIR,
     AsyncSnapshot,
     SnapshotTarget,
+    check_restored_kinds,
     read_verified,
 )
 from onceflow.state.handles import ListState, MapState, ValueState, _KeyScope
@@ -214,13 +215,8 @@ class KeyedStore(TimerQueue):
         for snap in snapshots:
             snap = neutral(snap, self.operator)
             self.restored_key_types.update(snap.get("key_types", ()))
+            check_restored_kinds(self.operator, self.kinds, snap["kinds"])
             for name, kind in snap["kinds"].items():
-                have = self.kinds.get(name)
-                if have is not None and have != kind:
-                    raise IncompatibleStateError(
-                        f"operator {self.operator!r}: the restored state {name!r} is {kind} "
-                        f"state but the function registers it as {have} state; rename the "
-                        "state or start without restore")
                 table = self._table(name, kind)
                 src: dict[Any, Any] = snap["tables"].get(name, {})
                 if not filter_by_range:

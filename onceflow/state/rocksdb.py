@@ -40,13 +40,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from onceflow._optional import require
-from onceflow.errors import ConfigurationError, IncompatibleStateError
+from onceflow.errors import ConfigurationError
 from onceflow.graph.keygroups import key_group
 from onceflow.state.backend import (
     NEUTRAL_FORMAT,
     SHARED_DIR,
     AsyncSnapshot,
     SnapshotTarget,
+    check_restored_kinds,
     copy_verified,
     remove_tree,
 )
@@ -367,13 +368,8 @@ class RocksDBStore(TimerQueue):
         others = [s for s in snapshots if s.get("format") != FORMAT]
         for snap in snapshots:
             self.restored_key_types.update(snap.get("key_types", ()))
-            for name, kind in snap["kinds"].items():
-                have = self.kinds.get(name)
-                if have is not None and have != kind:
-                    raise IncompatibleStateError(
-                        f"operator {self.operator!r}: the restored state {name!r} is {kind} "
-                        f"state but the function registers it as {have} state")
-                self.kinds[name] = kind
+            check_restored_kinds(self.operator, self.kinds, snap["kinds"])
+            self.kinds.update(snap["kinds"])
             for when, key in snap["timers"]:
                 if filter_by_range and not lo <= key_group(key, mp) < hi:
                     continue

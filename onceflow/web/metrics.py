@@ -10,7 +10,6 @@ list, with Flink's names beside them, is in docs/operations.md#metrics.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,9 +22,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from onceflow.errors import ConfigurationError
 from onceflow.runtime.status import JobState, JobStatus
-from onceflow.web.server import url_for
+from onceflow.web.server import HttpService, url_for
 
 log = logging.getLogger("onceflow.web")
 
@@ -163,7 +161,7 @@ class StatusCollector(Collector):
         yield from fams.values()
 
 
-class MetricsServer:
+class MetricsServer(HttpService):
     """``GET /metrics`` for one job, on 127.0.0.1 unless told otherwise, in a daemon
     thread, until :meth:`close`."""
 
@@ -191,21 +189,6 @@ class MetricsServer:
             daemon_threads = True
             allow_reuse_address = True
 
-        try:
-            self.httpd = _Server((host, port), _Handler)
-        except OSError as e:
-            raise ConfigurationError(f"metrics: cannot listen on {host}:{port}: "
-                                     f"{e.strerror or e}") from e
-        self.port = int(self.httpd.server_address[1])
+        self._bind("metrics", host, port, lambda addr: _Server(addr, _Handler),
+                   "onceflow-metrics")
         self.url = url_for(host, self.port) + "/metrics"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="onceflow-metrics",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(timeout=5)

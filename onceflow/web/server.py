@@ -29,7 +29,7 @@ from collections.abc import Callable
 from http import cookies
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -98,7 +98,35 @@ def url_for(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-class DashboardServer:
+class HttpService:
+    """An HTTP server in a daemon thread: binds when built (a port in use fails the job
+    before any worker starts, naming ``what``), serves after :meth:`start`."""
+
+    httpd: ThreadingHTTPServer
+    port: int
+
+    def _bind(self, what: str, host: str, port: int,
+              make: Callable[[tuple[str, int]], ThreadingHTTPServer], thread: str) -> None:
+        try:
+            self.httpd = make((host, port))
+        except OSError as e:
+            raise ConfigurationError(f"{what}: cannot listen on {host}:{port}: "
+                                     f"{e.strerror or e}") from e
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name=thread,
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+class DashboardServer(HttpService):
     """Serves one job's dashboard until :meth:`close`. ``control`` returns the driver's
     savepoint control (or None while there is none)."""
 
@@ -112,24 +140,9 @@ class DashboardServer:
         self.static = _load_static()
         handler = type("_BoundHandler", (_Handler,), {"app": self})
         server_cls = _server_class(host)
-        try:
-            self.httpd = server_cls((host, port), handler)
-        except OSError as e:
-            raise ConfigurationError(f"dashboard: cannot listen on {host}:{port}: "
-                                     f"{e.strerror or e}") from e
-        self.port = int(self.httpd.server_address[1])
+        self._bind("dashboard", host, port, lambda addr: server_cls(addr, handler),
+                   "onceflow-web")
         self.url = url_for(host, self.port)
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="onceflow-web",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
-
-    def start(self) -> DashboardServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(timeout=5)
 
     # --- request logic (the handler calls these) -----------------------------------------
     def authorized(self, supplied: str | None) -> bool:

@@ -46,6 +46,11 @@ lint: $(VENV)/.synced
 bench: $(VENV)/.synced
 	$(PY) benchmarks/w1.py
 
+# W3 large-state checkpoints (RocksDB incremental/full, memory changelog/full; ~30 min).
+.PHONY: bench-w3
+bench-w3: $(VENV)/.synced
+	$(PY) benchmarks/w3.py
+
 # onceflow against PyFlink, Bytewax and Quix Streams on W1 and W2 (not part of make test;
 # installs each peer in benchmarks/compare/.venvs/, needs Java 17 + mvn and the Kafka broker).
 compare: $(VENV)/.synced

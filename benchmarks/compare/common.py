@@ -35,3 +35,15 @@ def emit(result: dict) -> None:
     """The one JSON line a peer program prints for run.py (last line of stdout)."""
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
     sys.stdout.flush()
+
+
+def python_mode(conf, mode: str) -> None:
+    """Set PyFlink's python.execution-mode on a pyflink Configuration. In "thread" mode
+    the Python functions run in an interpreter embedded in the JVM (pemja); that
+    interpreter starts from the base Python installation, not from the venv this program
+    runs in (it finds neither pemja nor pyflink and fails with "No module named
+    'pemja'"), so the venv's site-packages go on its path via python.pythonpath."""
+    conf.set_string("python.execution-mode", mode)
+    if mode == "thread":
+        import site
+        conf.set_string("python.pythonpath", ":".join(site.getsitepackages()))

@@ -3,7 +3,7 @@ standard workloads W1 and W2 (/work/shared/bench/WORKLOADS.md). See README.md he
 
     .venv/bin/python benchmarks/compare/run.py                       # everything, 3 runs
     .venv/bin/python benchmarks/compare/run.py --workloads w1 --peers onceflow,bytewax
-    .venv/bin/python benchmarks/compare/run.py --w1-pyflink-records 0    # PyFlink W1 at full N (slow)
+    .venv/bin/python benchmarks/compare/run.py --w1-pyflink-records 200000   # PyFlink W1 at a smaller N
 
 Run it with onceflow's venv (/work/main/.venv: onceflow, confluent-kafka, psutil). Each
 peer gets its own venv under benchmarks/compare/.venvs/<peer>, made on first use. Every
@@ -53,10 +53,10 @@ GUARANTEE = {
     ("w1", "onceflow"): "exactly-once checkpoints every 1 s (memory backend)",
     ("w1", "plain"): "none (no framework)",
     ("w1", "bytewax"): "recovery on, snapshot every 1 s (state exactly-once; sinks at-least-once)",
-    ("w1", "pyflink"): "EXACTLY_ONCE checkpoints every 1 s (hashmap backend)",
+    ("w1", "pyflink"): "EXACTLY_ONCE checkpoints every 1 s (hashmap backend), Python thread mode",
     ("w2", "onceflow"): "exactly-once (Kafka transactions committed on checkpoint), 1 s",
     ("w2", "quix"): 'processing_guarantee="exactly-once", commit_interval 1 s',
-    ("w2", "pyflink"): "KafkaSink DeliveryGuarantee.EXACTLY_ONCE, checkpoints every 1 s",
+    ("w2", "pyflink"): "KafkaSink DeliveryGuarantee.EXACTLY_ONCE, checkpoints every 1 s, Python thread mode",
 }
 SHORT = {
     ("w1", "onceflow"): "exactly-once ckpt 1 s", ("w1", "plain"): "no guarantee",
@@ -327,6 +327,9 @@ def summarize(runs: list[dict]) -> dict:
             "records_per_s_min": min(rps) if rps else None,
             "records_per_s_max": max(rps) if rps else None,
             "wall_s": statistics.median([r["wall_s"] for r in runs]) if runs else None,
+            # N / whole-process wall time (start-up and shutdown included), valid runs
+            "records_per_s_wall": statistics.median([r["records"] / r["wall_s"] for r in ok])
+            if ok and all(r.get("records") for r in ok) else None,
             "peak_rss_mb": statistics.median(rss) if rss else None,
             "peak_rss_mb_max": max(rss) if rss else None}
 
@@ -346,16 +349,21 @@ def render_md(res: dict) -> str:
              ""]
     for wl in res["workloads"]:
         title = {"w1": "W1 keyed-sum, parallelism 1", "w2": "W2 Kafka → running total → Kafka, exactly-once"}[wl]
+        rps_head = ("records/s (median), start-up excluded" if wl == "w1"
+                    else "records/s (median), start-up included")
+        extra_head = " records/s incl. start-up (N / wall) |" if wl == "w1" else ""
         lines += [f"## {title}", "",
-                  "| system | guarantee / setting | N | records/s (median) | min–max | valid runs | wall s | peak RSS MB |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  f"| system | guarantee / setting | N | {rps_head} | min–max | valid runs | "
+                  f"wall s |{extra_head} peak RSS MB |",
+                  "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if wl == "w1" else "") + "---:|"]
         for peer, s in res["summary"][wl].items():
             wall = "n/a" if s["wall_s"] is None else f"{s['wall_s']:.1f}"
             rss = "n/a" if s["peak_rss_mb"] is None else f"{s['peak_rss_mb']:.0f}"
+            extra = f" {fmt_i(s.get('records_per_s_wall'))} |" if wl == "w1" else ""
             lines.append(f"| {LABEL[peer]} | {GUARANTEE[(wl, peer)]} | {fmt_i(s['records'])} | "
                          f"{fmt_i(s['records_per_s'])} | {fmt_i(s['records_per_s_min'])}–"
                          f"{fmt_i(s['records_per_s_max'])} | {s['runs_ok']}/{s['runs_total']} | "
-                         f"{wall} | {rss} |")
+                         f"{wall} |{extra} {rss} |")
         lines.append("")
         for peer, s in res["summary"][wl].items():
             for p in s.get("problems", [])[:2]:
@@ -365,12 +373,22 @@ def render_md(res: dict) -> str:
               "- W1 records/s: onceflow = N / its processing time (workers running → done, final "
               "checkpoint included); plain = N / loop time; Bytewax = N / `cli_main` time; PyFlink = "
               "N / (close of the counting function − first record in Python). Start-up is in 'wall s'.",
+              "- W1 'records/s incl. start-up' = N / the run's whole-process wall time (interpreter, "
+              "JVM and mini-cluster start, job submission, shutdown).",
               "- W2 records/s: N / (time a read_committed consumer has seen all N outputs − start "
               "of the run's process), so start-up (imports, JVM) is included for every system.",
-              "- PyFlink runs with a smaller N (its own input topic in W2) because it processes about "
-              "1,000 records/s on this machine; in W2 its start-up weighs more at small N, which "
-              "favours onceflow. See benchmarks/compare/README.md for all settings.",
+              "- PyFlink runs its Python functions in 'thread' mode (python.execution-mode=thread, "
+              "embedded interpreter), which Flink's docs recommend for performance; Flink's default "
+              "'process' mode measured 760–3,620 records/s in W1 here (see "
+              "benchmarks/compare/README.md, with all settings).",
               ]
+    for wl in res["workloads"]:
+        small = [p for p, s in res["summary"][wl].items()
+                 if s["records"] and s["records"] != max(x["records"] or 0
+                                                         for x in res["summary"][wl].values())]
+        if small:
+            lines.append(f"- {wl.upper()}: smaller N for {', '.join(LABEL[p] for p in small)}; "
+                         "start-up weighs more at small N.")
     for wl in res["workloads"]:
         pf = res["summary"][wl].get("pyflink")
         if pf:
@@ -473,11 +491,13 @@ def main() -> int:
     ap.add_argument("--peers", default="onceflow,plain,bytewax,quix,pyflink")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--w1-records", type=int, default=2_000_000)
-    ap.add_argument("--w1-pyflink-records", type=int, default=30_000,
-                    help="smaller N for PyFlink W1 (records/s compared); 0: --w1-records")
+    ap.add_argument("--w1-pyflink-records", type=int, default=0,
+                    help="a smaller N for PyFlink W1 (records/s compared); 0 (default): "
+                         "--w1-records")
     ap.add_argument("--w2-records", type=int, default=1_000_000)
-    ap.add_argument("--w2-pyflink-records", type=int, default=20_000,
-                    help="smaller N for PyFlink W2 (its own input topic; records/s compared)")
+    ap.add_argument("--w2-pyflink-records", type=int, default=0,
+                    help="a smaller N for PyFlink W2 (its own input topic; records/s "
+                         "compared); 0 (default): --w2-records, the same topic")
     ap.add_argument("--timeout", type=float, default=400)
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--render-only", action="store_true",

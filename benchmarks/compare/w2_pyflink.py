@@ -13,7 +13,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import emit, maxrss_self_mb
+from common import emit, maxrss_self_mb, python_mode
 from pyflink.common import Configuration, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
@@ -42,11 +42,15 @@ def main() -> None:
     for k in ("--bootstrap", "--input", "--output", "--workdir", "--jar"):
         ap.add_argument(k, required=True)
     ap.add_argument("--records", type=int, required=True)
+    ap.add_argument("--execution-mode", choices=["process", "thread"], default="thread",
+                    help="python.execution-mode (Flink's default: process; thread is what "
+                         "Flink's docs recommend for performance)")
     a = ap.parse_args()
     t0 = time.time()
     conf = Configuration()
     conf.set_string("state.backend.type", "hashmap")
     conf.set_string("execution.checkpointing.storage", "jobmanager")
+    python_mode(conf, a.execution_mode)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.add_jars("file://" + os.path.abspath(a.jar))
     env.set_parallelism(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,7 @@ def serializer(spec: str | Callable[[Any], Any] | None, what: str) -> Callable[[
     if spec == "str":
         return lambda v: None if v is None else str(v).encode("utf-8")
     if spec == "json":
-        return lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS)
+        return functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
     raise ConfigurationError(
         f"KafkaSink: {what}={spec!r}; use 'bytes', 'str', 'json' or a function value -> bytes")
 

@@ -8,7 +8,9 @@ Exactly-once (DESIGN §5), per sink subtask:
   every transaction has its own (producer id, epoch): a recorded pair names exactly one
   transaction, never a later one on the same id.
 * **begin**: choose the slot; the producer is created on the first record (a checkpoint
-  interval without records costs nothing and commits nothing).
+  interval without records costs nothing and commits nothing). While records flow, the
+  next transaction's producer is made in the background as soon as its slot is free
+  again (its previous transaction committed), so it is ready at the next barrier.
 * **pre-commit** (barrier): ``flush``; then ``DescribeTransactions`` records the
   transaction's producer id and epoch in the handle, which the checkpoint stores.
 * **commit** (checkpoint complete): ``commit_transaction`` on the live producer; then the
@@ -46,6 +48,11 @@ DEFAULT_TRANSACTION_TIMEOUT_MS = 900_000  # = Kafka's default transaction.max.ti
 #: Seconds allowed for noticing a failure and restarting, on top of interval + timeout.
 RESTART_ALLOWANCE_S = 60.0
 GUARANTEES = ("none", "at_least_once", "exactly_once")
+#: Producer settings onceflow chooses; ``producer_config`` overrides each of them.
+#: ``delivery.report.only.error``: librdkafka reports only failed deliveries, so a
+#: successful record costs no Python callback (failures are still collected, and
+#: ``flush`` still waits for every record).
+PRODUCER_DEFAULTS: dict[str, Any] = {"linger.ms": 5, "delivery.report.only.error": True}
 
 
 class KafkaTransactionLostError(OnceflowError):
@@ -115,6 +122,9 @@ class _Producing:
             self.errors.append(str(err))
 
     def produce(self, producer: Any, records: list[Any]) -> None:
+        if self.partition is None and self.headers is None:
+            self._produce_simple(producer, records)
+            return
         for r in records:
             kw: dict[str, Any] = {"value": self.value(r), "on_delivery": self._on_delivery}
             if self.key is not None:
@@ -128,6 +138,22 @@ class _Producing:
             while True:
                 try:
                     producer.produce(self.topic, **kw)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+
+    def _produce_simple(self, producer: Any, records: list[Any]) -> None:
+        """The common case (no partition or headers function): positional arguments, no
+        per-record keyword dict. Same calls as :meth:`produce` otherwise."""
+        produce, topic, value, cb = producer.produce, self.topic, self.value, self._on_delivery
+        key, key_ser = self.key, self.key_ser
+        for r in records:
+            v = value(r)
+            k = None if key is None else key_ser(key(r))
+            while True:
+                try:
+                    produce(topic, v, k, -1, cb)
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -248,7 +274,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def _producer(self, tid: str) -> Any:
         ck = import_kafka()
-        conf = {"linger.ms": 5, **self.producer_config,
+        conf = {**PRODUCER_DEFAULTS, **self.producer_config,
                 "bootstrap.servers": self.bootstrap_servers, "transactional.id": tid,
                 "transaction.timeout.ms": self.transaction_timeout_ms}
         p = ck.Producer(conf)
@@ -264,14 +290,23 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self._slots_seen = max(self._slots_seen, slot + 1)
         txn = KafkaTxn(self._tid(self._ctx.subtask, slot), slot)
         if self._last_had_records:
-            # Make the producer in the background: init_transactions costs a round trip or
-            # more, which would otherwise delay the first record after every barrier. The
-            # slot is free, i.e. its previous transaction committed: initialising is safe.
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(2, thread_name_prefix="onceflow-kafka")
-            self._warm[txn.transactional_id] = self._pool.submit(self._started_producer,
-                                                                 txn.transactional_id)
+            self._warm_up(slot)
         return txn
+
+    def _warm_up(self, slot: int) -> None:
+        """Make the producer for ``slot``'s next transaction in the background:
+        init_transactions costs round trips (about 0.2 s here), which would otherwise delay
+        the first record after a barrier. Only for a free slot, i.e. one whose previous
+        transaction was committed (or never sent anything): initialising its id then
+        cannot abort anything that a checkpoint covers. A warm producer stays with its
+        slot until a transaction on that slot takes it."""
+        assert self._ctx is not None
+        tid = self._tid(self._ctx.subtask, slot)
+        if tid in self._live or tid in self._warm:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="onceflow-kafka")
+        self._warm[tid] = self._pool.submit(self._started_producer, tid)
 
     def _started_producer(self, tid: str) -> Any:
         producer = self._producer(tid)  # fresh epoch for this transaction
@@ -315,8 +350,16 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             self._commit_live(live[0], txn)
             del self._live[txn.transactional_id]
             _close_producer(live[0])
-        else:
-            self.commit_recovered(txn)
+            self._release(txn)
+            # Steady state: the next barrier begins a transaction on the lowest free slot;
+            # start its producer now (its slot's last transaction is committed), so that it
+            # is ready by then.
+            slot = 0
+            while slot in self._busy:
+                slot += 1
+            self._warm_up(slot)
+            return
+        self.commit_recovered(txn)
         self._release(txn)
 
     def _release(self, txn: KafkaTxn) -> None:
@@ -550,7 +593,7 @@ class KafkaPlainSink(Sink):
 
     def open(self, ctx: SinkContext) -> None:
         ck = import_kafka()
-        conf = {"linger.ms": 5, "enable.idempotence": self.guarantee == "at_least_once",
+        conf = {**PRODUCER_DEFAULTS, "enable.idempotence": self.guarantee == "at_least_once",
                 **self.producer_config, "bootstrap.servers": self.bootstrap_servers}
         self._producer = ck.Producer(conf)
         self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,

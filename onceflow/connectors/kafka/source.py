@@ -269,36 +269,55 @@ class KafkaSplitReader(SplitReader):
             self._discover()
         msgs = self.consumer.consume(num_messages=max_records, timeout=0.02)
         out: list[Any] = []
+        append = out.append
         end = self.end
+        pos, done = self.pos, self.done
+        value_of, value_only = self.value, self.src.value_only
+        # Messages of one partition come in runs: per run, look up once whether the
+        # partition is finished and where it ends.
+        cur_t: str | None = None
+        cur_p = -1
+        tp: tuple[str, int] = ("", -1)
+        skip = False
+        lim: int | None = None  # bounded mode: the end offset of ``tp``
         for m in msgs:
             err = m.error()
-            tp = (m.topic(), m.partition())
             if err is not None:
+                etp = (m.topic(), m.partition())
+                cur_t = None  # the next message starts a new run
                 if err.code() == self.ck.KafkaError._PARTITION_EOF:
                     # the fetch position skipped control records (transaction markers)
-                    if m.offset() is not None and m.offset() > self.pos.get(tp, -1):
-                        self.pos[tp] = m.offset()
-                    if end is not None and tp in end and self.pos[tp] >= end[tp]:
-                        self._finished(tp)
+                    if m.offset() is not None and m.offset() > pos.get(etp, -1):
+                        pos[etp] = m.offset()
+                    if end is not None and etp in end and etp not in done \
+                            and pos[etp] >= end[etp]:
+                        self._finished(etp)
                     continue
                 raise self.ck.KafkaException(err)
-            if tp in self.done:
+            t, p = m.topic(), m.partition()
+            if p != cur_p or t != cur_t:
+                cur_t, cur_p = t, p
+                tp = (t, p)
+                skip = tp in done
+                lim = None if end is None else end[tp]
+            if skip:
                 continue
             off = m.offset()
-            if end is not None and off >= end[tp]:
-                self.pos[tp] = end[tp]
+            if lim is not None and off >= lim:
+                pos[tp] = lim
                 self._finished(tp)
+                skip = True
                 continue
-            self.pos[tp] = off + 1
-            value = self.value(m.value())
-            if self.src.value_only:
-                out.append(value)
+            pos[tp] = off + 1
+            if value_only:
+                append(value_of(m.value()))
             else:
                 ts_type, ts = m.timestamp()
-                out.append(KafkaRecord(tp[0], tp[1], off, self.key(m.key()), value,
-                                       ts if ts_type else None, m.headers()))
-            if end is not None and off + 1 >= end[tp]:
+                append(KafkaRecord(t, p, off, self.key(m.key()), value_of(m.value()),
+                                   ts if ts_type else None, m.headers()))
+            if lim is not None and off + 1 >= lim:
                 self._finished(tp)
+                skip = True
         return out
 
     def position(self) -> dict[tuple[str, int], int]:

@@ -593,3 +593,38 @@ def test_cli_lists_savepoints_and_incremental_sizes_and_inspects_rocksdb_state(
     tally = next(op for op in doc["operators"] if op["uid"] == "tally")
     assert [s["keyed_state"] for s in tally["subtasks"]] == ["rocksdb (incremental)"] * 2
     assert [s["key_groups"] for s in tally["subtasks"]] == [[0, 64], [64, 128]]
+
+
+@pytest.mark.parametrize("where", ["flow-dir", "elsewhere"])
+def test_failover_after_a_savepoint_resumes_from_it_not_from_before(
+        tmp_path: Path, where: str) -> None:
+    """A savepoint commits its transactions; a worker killed before the next checkpoint
+    must resume from the savepoint (not the beginning, which would commit its output
+    twice). Also restore="latest" of a later run considers it."""
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    n = 30_000
+    flow = statejobs.build(str(out), str(ck), backend_name="memory", parallelism=2,
+                           records=n, rate=2500, interval=600.0)  # no periodic checkpoint
+    client = flow.start()
+    deadline = time.monotonic() + 60
+    while client.status.state.value != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    path = client.savepoint(None if where == "flow-dir" else str(tmp_path / "sp"))
+    while _committed_files(out) == 0:  # workers commit when they hear of completion
+        assert time.monotonic() < deadline, "the savepoint committed nothing"
+        time.sleep(0.01)
+    pids = client.status.worker_pids()
+    os.kill(sorted(pids.values())[0], signal.SIGKILL)
+    result = client.result(timeout=120)
+    assert result.restarts == 1
+    assert result.records_out("numbers") == n
+    _check(out, n)
+    flow_dir = ck / "statejob"
+    if where == "elsewhere":
+        assert (flow_dir / f"savepoint-{Path(path).name.split('-')[1]}.ref").exists()
+    # the final checkpoint is newer than the savepoint: latest picks it
+    again = statejobs.build(str(out), str(ck), backend_name="memory", parallelism=1,
+                            records=n, rate=1e9, interval=600.0)
+    assert again.run(restore="latest").restored_from != path

@@ -16,10 +16,11 @@ then). When every source is exhausted, a **final** checkpoint runs so the last t
 commit.
 
 A **savepoint** runs the same protocol into its own directory, in the backend-neutral
-format, with no shared files. It subsumes nothing, is never deleted, and tells tasks
-nothing on completion (sink transactions it pre-committed are committed by the next
-checkpoint, which lists them too), except for stop-with-savepoint: that one is the job's
-final checkpoint, so sources end and sinks commit.
+format, with no shared files. It subsumes no checkpoint and is never deleted. Like a
+checkpoint it completes with ``complete(n)``: sinks commit what it pre-committed. So that a
+failover never resumes from before output it committed, recovery considers savepoints too
+(the newest complete checkpoint *or* savepoint, see ``CheckpointStorage.latest_valid``).
+Stop-with-savepoint is also the job's final checkpoint: sources end, the job finishes.
 """
 
 from __future__ import annotations
@@ -361,8 +362,15 @@ class CheckpointCoordinator:
         log.info("savepoint %d complete%s: %s, %.1f ms, %s", p.id,
                  " (the job stops)" if p.final else "", p.savepoint,
                  (p.stats.duration or 0) * 1e3, _size(p.stats.size))
-        if p.final:  # stop-with-savepoint: the job's final checkpoint; sinks commit
-            self.send_all(("complete", p.id, True))
+        assert p.savepoint is not None
+        try:
+            self.storage.write_savepoint_ref(p.id, p.savepoint)
+        except OSError as e:
+            log.warning("could not record savepoint %d in %s (%s): restore='latest' will "
+                        "not consider it", p.id, self.storage.dir, e.strerror)
+        # sinks commit what the savepoint pre-committed; with stop, the job then finishes
+        self.send_all(("complete", p.id, p.final))
+        if p.final:
             self.final_completed = True
         if p.on_done is not None:
             p.on_done(p.savepoint, None)

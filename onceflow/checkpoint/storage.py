@@ -42,7 +42,7 @@ STATE_MAGIC = b"ONCEFLOW-STATE-2\n"
 METADATA = "_metadata"
 FORMAT = 1
 _CHK = re.compile(r"^chk-(\d+)$")
-_SAVEPOINT = re.compile(r"^savepoint-(\d+)-")
+_SAVEPOINT = re.compile(r"^savepoint-(\d+)(?:-|\.ref$)")
 
 
 def state_file_name(task: str, subtask: int) -> str:
@@ -189,9 +189,56 @@ class CheckpointStorage:
         fsync_dir(d)
         return d
 
+    def savepoints(self) -> list[tuple[int, str]]:
+        """(id, path) of the savepoints this flow took: folders ``savepoint-<id>-*`` here,
+        and ``savepoint-<id>.ref`` files pointing to savepoints written elsewhere."""
+        out: list[tuple[int, str]] = []
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return out
+        for n in names:
+            m = _SAVEPOINT.match(n)
+            if m is None:
+                continue
+            path = os.path.join(self.dir, n)
+            if n.endswith(".ref"):
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        path = f.read().strip()
+                except OSError:
+                    continue
+            out.append((int(m.group(1)), path))
+        return sorted(out)
+
+    def write_savepoint_ref(self, cid: int, path: str) -> None:
+        """Remember a savepoint written outside this directory (restore="latest" and
+        failover consider it: its transactions are committed)."""
+        if os.path.dirname(os.path.abspath(path)) == self.dir:
+            return
+        ref = os.path.join(self.dir, f"savepoint-{cid}.ref")
+        with open(ref + ".tmp", "w", encoding="utf-8") as f:
+            f.write(os.path.abspath(path))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(ref + ".tmp", ref)
+        fsync_dir(self.dir)
+
     def latest_valid(self) -> CompletedCheckpoint | None:
-        """The newest checkpoint that loads and verifies; logs each one it skips."""
-        for cid in reversed(self.complete_ids()):
+        """The newest checkpoint or savepoint that loads and verifies; logs each one it
+        skips. Savepoints count: their transactions are committed too, so resuming from an
+        older checkpoint would write their output again."""
+        savepoints = dict(self.savepoints())
+        for cid in sorted({*self.complete_ids(), *savepoints}, reverse=True):
+            if cid in savepoints:
+                path = savepoints[cid]
+                if not os.path.exists(os.path.join(path, METADATA)):
+                    continue  # moved or deleted by its owner, or never completed
+                try:
+                    return load_checkpoint(path)
+                except CorruptCheckpointError as e:  # a savepoint is never moved aside
+                    log.warning("%s; skipping this savepoint", e)
+                    continue
             try:
                 return load_checkpoint(self.path(cid))
             except CorruptCheckpointError as e:

@@ -72,15 +72,21 @@ class RocksDBBackend:
     ``local_dir``: where working databases live (default: ``<tmp>/onceflow-rocksdb``); use a
     local disk with room for the state. ``write_buffer_mb``: RocksDB memtable size.
     ``block_cache_mb``: read cache. ``layer_entries``: writes buffered in memory before the
-    writer thread applies them (bounds memory between checkpoints)."""
+    writer thread applies them (bounds memory between checkpoints).
+    ``l0_compaction_trigger``: level-0 files (about one per checkpoint) that start a
+    compaction into level 1. Every compaction's output is new files the next incremental
+    checkpoint uploads, so a higher value uploads less in total, in rarer, larger
+    checkpoints, and costs reads (a bloom filter per file keeps point reads cheap)."""
 
     local_dir: str | None = None
     write_buffer_mb: int = 64
     block_cache_mb: int = 128
     layer_entries: int = 100_000
+    l0_compaction_trigger: int = 12
 
     def validate(self) -> None:
-        for name in ("write_buffer_mb", "block_cache_mb", "layer_entries"):
+        for name in ("write_buffer_mb", "block_cache_mb", "layer_entries",
+                     "l0_compaction_trigger"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigurationError(f"RocksDBBackend({name}={v!r}): must be an integer >= 1")
@@ -160,8 +166,13 @@ class RocksDBStore(TimerQueue):
         o.create_if_missing(True)
         o.set_write_buffer_size(self.cfg.write_buffer_mb << 20)
         o.set_max_write_buffer_number(4)
+        trigger = self.cfg.l0_compaction_trigger
+        o.set_level_zero_file_num_compaction_trigger(trigger)
+        o.set_level_zero_slowdown_writes_trigger(max(20, trigger * 3))
+        o.set_level_zero_stop_writes_trigger(max(36, trigger * 5))
         bo = rd.BlockBasedOptions()
         bo.set_block_cache(rd.Cache(self.cfg.block_cache_mb << 20))
+        bo.set_bloom_filter(10, False)
         o.set_block_based_table_factory(bo)
         return o
 

@@ -21,11 +21,10 @@ import heapq
 import itertools
 import pickle
 import uuid
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from onceflow.errors import ConfigurationError, IncompatibleStateError
+from onceflow.errors import ConfigurationError, IncompatibleStateError, OnceflowError
 from onceflow.graph.keygroups import key_group
 from onceflow.state.backend import (
     NEUTRAL_FORMAT,
@@ -139,7 +138,7 @@ class KeyedStore(TimerQueue):
         # changelog mode: keys changed since the last snapshot, per table
         self.full_every = changelog_full_every
         self.dirty: dict[str, set[Any]] | None = {} if changelog_full_every else None
-        self._chain: list[tuple[str, int, int]] = []  # (path rel. to flow dir, size, crc)
+        self._chain: list[_ChainFile] = []  # the files the next snapshot builds on
         self._chain_ids: list[int] = []  # checkpoint id of each chain file
         self._since_full = 0
         self.restored_key_types: set[str] = set()
@@ -182,26 +181,29 @@ class KeyedStore(TimerQueue):
         if self.dirty is None or savepoint:
             return full  # a savepoint is always full and leaves the changelog alone
         assert self.full_every is not None
+        # The sync phase captures, the writer thread serializes: values that cannot change
+        # (numbers, strings, bytes, flat tuples of those) are kept by reference, others are
+        # pickled now, so a later in-place change cannot leak into the snapshot.
         if not self._chain or self._since_full >= self.full_every:
-            data = pickle.dumps(self.tables, protocol=5)
+            part = {name: _capture(table, table) for name, table in self.tables.items()}
             self._since_full = 0
             self._chain, self._chain_ids = [], []
         else:
-            delta = {name: {k: table.get(k, TOMBSTONE) for k in self.dirty.get(name, ())}
-                     for name, table in self.tables.items()}
-            data = pickle.dumps(delta, protocol=5)
+            part = {name: _capture(table, self.dirty.get(name, ()))
+                    for name, table in self.tables.items()}
             self._since_full += 1
         for d in self.dirty.values():
             d.clear()
         base = list(self._chain)
-        # the file's name and checksum are fixed now, so the next snapshot can build on it
-        # before the writer thread has written it
-        name = f"{uuid.uuid4().hex}.changelog"
-        self._chain.append((f"{SHARED_DIR}/{self.owner}/{name}", len(data), zlib.crc32(data)))
+        # the next snapshot builds on this file before the writer thread has written it;
+        # the writer thread runs snapshots in order, so the file's size and checksum are
+        # filled in by the time the next snapshot's manifest needs them
+        entry = _ChainFile(f"{SHARED_DIR}/{self.owner}/{uuid.uuid4().hex}.changelog")
+        self._chain.append(entry)
         self._chain_ids.append(checkpoint_id)
         head = {k: v for k, v in full.items() if k != "tables"}
         head["format"] = CHANGELOG_FORMAT
-        return _ChangelogSnapshot(head, data, name, base)
+        return _ChangelogSnapshot(head, part, entry, base)
 
     def notify_aborted(self, checkpoint_id: int) -> None:
         """A checkpoint this store's chain went through was aborted: its file may vanish,
@@ -236,17 +238,69 @@ class KeyedStore(TimerQueue):
         return sum(len(t) for t in self.tables.values())
 
 
+class _ChainFile:
+    """One changelog file: its path relative to the flow directory; size and CRC-32 once
+    the writer thread wrote it."""
+
+    __slots__ = ("crc", "path", "size")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.size: int | None = None
+        self.crc = 0
+
+
+class _Pickled:
+    """A value pickled in the sync phase (it might change in place later)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Pickled, (self.data,))
+
+
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _capture(table: dict[Any, Any], keys: Any) -> dict[Any, Any]:
+    atoms = _ATOMS
+    out: dict[Any, Any] = {}
+    get = table.get
+    for k in keys:
+        v = get(k, TOMBSTONE)
+        t = type(v)
+        if t in atoms or v is TOMBSTONE or (t is tuple and all(type(x) in atoms for x in v)):
+            out[k] = v
+        else:
+            out[k] = _Pickled(pickle.dumps(v, protocol=5))
+    return out
+
+
+def _unwrap(v: Any) -> Any:
+    return pickle.loads(v.data) if type(v) is _Pickled else v  # storage is trusted
+
+
 class _ChangelogSnapshot(AsyncSnapshot):
-    def __init__(self, head: dict[str, Any], data: bytes, name: str,
-                 base: list[tuple[str, int, int]]) -> None:
+    def __init__(self, head: dict[str, Any], part: dict[str, dict[Any, Any]],
+                 entry: _ChainFile, base: list[_ChainFile]) -> None:
         super().__init__(head)
-        self.data, self.name, self.base = data, name, base
+        self.part, self.entry, self.base = part, entry, base
 
     def run(self, target: SnapshotTarget) -> dict[str, Any]:
-        rel = target.write_shared(self.data, "", name=self.name)
-        chain = [(target.reuse(p, size, crc), size, crc) for p, size, crc in self.base]
-        chain.append((rel, len(self.data), target.uploaded[rel]["crc32"]))
-        self.data = b""
+        for f in self.base:
+            if f.size is None:
+                raise OnceflowError(
+                    f"changelog file {f.path} of an earlier checkpoint was never written; "
+                    "this checkpoint cannot build on it")
+        data = pickle.dumps(self.part, protocol=5)
+        self.part = {}
+        rel = target.write_shared(data, "", name=self.entry.path.rsplit("/", 1)[1])
+        self.entry.size, self.entry.crc = len(data), target.uploaded[rel]["crc32"]
+        chain = [(target.reuse(f.path, f.size or 0, f.crc), f.size, f.crc) for f in self.base]
+        chain.append((rel, self.entry.size, self.entry.crc))
         return {"chain": chain}
 
 
@@ -258,19 +312,16 @@ def neutral(snap: dict[str, Any], operator: str) -> dict[str, Any]:
     if fmt == CHANGELOG_FORMAT:
         base = snap["_base"]
         tables: dict[str, dict[Any, Any]] = {}
-        for i, (rel, size, crc) in enumerate(snap["manifest"]["chain"]):
+        for rel, size, crc in snap["manifest"]["chain"]:
             data = read_verified(base, rel, size, crc, f"state of operator {operator!r}")
             part = pickle.loads(data)  # checkpoint storage is trusted
-            if i == 0:
-                tables = part
-                continue
             for name, changes in part.items():
                 t = tables.setdefault(name, {})
                 for k, v in changes.items():
                     if v is TOMBSTONE:
                         t.pop(k, None)
                     else:
-                        t[k] = v
+                        t[k] = _unwrap(v)
         return {**snap, "format": NEUTRAL_FORMAT, "tables": tables}
     if fmt == "rocksdb-1":
         from onceflow.state.rocksdb import export_neutral

@@ -4,6 +4,7 @@ and nothing uncovered by a checkpoint is committed. Uses a real, tiny tmpfs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,3 +53,26 @@ def test_full_checkpoint_disk_fails_clearly_and_commits_nothing(tiny_disk: Path,
         meta = json.loads((newest / "_metadata").read_text())["body"]
         covered = sum(ops["files"][0] for ops in meta["metrics"].values() if "files" in ops)
     assert len(committed) == covered
+
+
+def test_full_rocksdb_disk_fails_the_job_naming_rocksdb_and_the_directory(
+        tiny_disk: Path, tmp_path: Path) -> None:
+    """RocksDB's working directory fills up: the job fails with a message naming the
+    operator, RocksDB and local_dir, and commits nothing a checkpoint does not cover."""
+    local = tiny_disk / "rocksdb"
+    flow = of.Flow("full-rocks", restart_strategy=of.restart.no_restart(),
+                   state_backend=of.state.RocksDBBackend(local_dir=str(local),
+                                                         write_buffer_mb=1,
+                                                         layer_entries=1_000))
+    flow.enable_checkpointing(0.2, tmp_path / "ckpt", incremental=True)
+    (flow.source(of.sources.Range(0, 400_000), name="src")
+         .map(lambda i: (i, os.urandom(64).hex()), name="wide")
+         .key_by(lambda kv: kv[0])
+         .reduce(lambda a, b: b, name="big-state")
+         .sink(of.sinks.FileSink(tmp_path / "out"), name="files"))
+    with pytest.raises((of.JobFailedError, of.ConfigurationError)) as err:
+        flow.run()
+    msg = str(err.value)
+    assert "big-state" in msg and "RocksDB" in msg and str(local) in msg, msg
+    committed = [r[0] for r in of.sinks.read_committed(tmp_path / "out")]
+    assert len(committed) == len(set(committed))

@@ -204,6 +204,13 @@ class Worker:
         except OnceflowError as e:
             self.send(("decline", cid, task, subtask, str(e)))
             return
+        except Exception as e:  # a backend's snapshot failed: the checkpoint fails, loudly
+            for part in asyncs.values():
+                part.discard()
+            self.send(("decline", cid, task, subtask,
+                       f"snapshot of task {task!r} subtask {subtask} failed: "
+                       f"{type(e).__name__}: {e}"))
+            return
         info = {
             "file": name, "size": len(data), "crc32": zlib.crc32(data),
             "parallelism": parallelism, "ops": ops, "stateful": stateful,

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onceflow._optional import require
-from onceflow.errors import ConfigurationError
+from onceflow.errors import ConfigurationError, OnceflowError
 from onceflow.graph.keygroups import key_group
 from onceflow.state.backend import (
     NEUTRAL_FORMAT,
@@ -140,6 +140,7 @@ class RocksDBStore(TimerQueue):
         self.kinds: dict[str, str] = {}
         self.restored_key_types: set[str] = set()
         self._db_key_types: set[str] | None = None
+        self._error: BaseException | None = None  # a failed write of the writer thread
         self.cur = _Layer()
         self.frozen: list[_Layer] = []
         self._ck_key: Any = _MISSING
@@ -267,6 +268,8 @@ class RocksDBStore(TimerQueue):
 
     def after_batch(self) -> None:
         """Called by the operator between batches: hand a large layer to the writer."""
+        if self._error is not None:
+            self._fail()
         while self.frozen and self.frozen[0].applied:
             self.frozen.pop(0)
         if len(self.cur.data) >= self.cfg.layer_entries:
@@ -280,17 +283,31 @@ class RocksDBStore(TimerQueue):
         return layer
 
     def _apply(self, layer: _Layer) -> None:
-        rd = _rocksdict()
-        wb = rd.WriteBatch(raw_mode=True)
-        for b in layer.cleared:
-            wb.delete_range(b, _prefix_end(b))
-        for k, v in layer.data.items():
-            if v is None:
-                wb.delete(k)
-            else:
-                wb.put(k, v)
-        self.db.write(wb)
+        """Writer thread. After a failed write nothing more is applied (a later checkpoint
+        would miss that data): the task fails at its next batch, and the job restarts."""
+        if self._error is not None:
+            self._fail()
+        try:
+            rd = _rocksdict()
+            wb = rd.WriteBatch(raw_mode=True)
+            for b in layer.cleared:
+                wb.delete_range(b, _prefix_end(b))
+            for k, v in layer.data.items():
+                if v is None:
+                    wb.delete(k)
+                else:
+                    wb.put(k, v)
+            self.db.write(wb)
+        except Exception as e:
+            self._error = e
+            self._fail()
         layer.applied = True
+
+    def _fail(self) -> None:
+        raise OnceflowError(
+            f"operator {self.operator!r}: writing keyed state to RocksDB in {self.workdir} "
+            f"failed ({type(self._error).__name__}: {self._error}); check free space and "
+            "permissions of RocksDBBackend(local_dir=...)") from self._error
 
     # --- handles -------------------------------------------------------------------------
     def _register(self, name: str, kind: str) -> bytes:

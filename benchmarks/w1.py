@@ -503,11 +503,18 @@ def main_parent(args: argparse.Namespace) -> int:
     print(table)
     print()
     print(rtable)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    if not args.no_save:
-        (RESULTS / "w1.json").write_text(json.dumps(list(summaries.values()), indent=2) + "\n")
-        (RESULTS / "w1.md").write_text(md)
-        print(f"\nwrote {RESULTS / 'w1.json'} and {RESULTS / 'w1.md'}")
+    return save_results("w1", summaries, md, save=not args.no_save)
+
+
+def save_results(stem: str, summaries: dict[str, Any], md: str, save: bool = True) -> int:
+    """Write ``results/<stem>.json`` (one object per configuration) and ``<stem>.md``;
+    return the exit status: 1 when any run failed its validity check."""
+    if save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{stem}.json").write_text(
+            json.dumps(list(summaries.values()), indent=2) + "\n")
+        (RESULTS / f"{stem}.md").write_text(md)
+        print(f"\nwrote {RESULTS / f'{stem}.json'} and {RESULTS / f'{stem}.md'}")
     invalid = sum(s["total_runs"] - s["valid_runs"] for s in summaries.values())
     if invalid:
         print(f"\n{invalid} run(s) failed the validity check", file=sys.stderr)

@@ -42,7 +42,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from w1 import machine_info, sample_tree_rss  # noqa: E402
+from w1 import machine_info, sample_tree_rss, save_results  # noqa: E402
 
 DASH = "\u2013"
 BUCKET = 0.1  # seconds per throughput bucket
@@ -822,16 +822,7 @@ def main_parent(args: argparse.Namespace) -> int:
     md = f"{head}\n{table}\n\n{ttable}\n\n{load_table}\n{detail}"
     print()
     print(md)
-    if not args.no_save:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "w3.json").write_text(json.dumps(list(summaries.values()), indent=2) + "\n")
-        (RESULTS / "w3.md").write_text(md)
-        print(f"wrote {RESULTS / 'w3.json'} and {RESULTS / 'w3.md'}")
-    invalid = sum(s["total_runs"] - s["valid_runs"] for s in summaries.values())
-    if invalid:
-        print(f"{invalid} run(s) invalid", file=sys.stderr)
-        return 1
-    return 0
+    return save_results("w3", summaries, md, save=not args.no_save)
 
 
 def main() -> int:

@@ -77,6 +77,8 @@ class TimerQueue:
     timer per (time, key). Both backends keep timers in memory; snapshots carry them."""
 
     scope: _KeyScope
+    kg_range: tuple[int, int]
+    max_parallelism: int
 
     def __init__(self) -> None:
         self._timers: list[tuple[float, int, Any]] = []  # heap of (time, seq, key)
@@ -105,6 +107,16 @@ class TimerQueue:
                 self._timer_set.discard((when, key))
                 due.append((when, key))
         return due
+
+    def restore_timers(self, timers: list[tuple[float, Any]], filter_by_range: bool) -> None:
+        """Register restored timers; after a rescale only those of this subtask's keys."""
+        lo, hi = self.kg_range
+        for when, key in timers:
+            if filter_by_range and not lo <= key_group(key, self.max_parallelism) < hi:
+                continue
+            self.scope.key = key
+            self.register_timer(when)
+        self.scope.key = None
 
     # stores without these needs do nothing
     def after_batch(self) -> None:
@@ -227,12 +239,7 @@ class KeyedStore(TimerQueue):
                 for k, v in src.items():
                     if lo <= key_group(k, mp) < hi:
                         table[k] = v
-            for when, key in snap["timers"]:
-                if filter_by_range and not lo <= key_group(key, mp) < hi:
-                    continue
-                self.scope.key = key
-                self.register_timer(when)
-        self.scope.key = None
+            self.restore_timers(snap["timers"], filter_by_range)
 
     def size(self) -> int:
         return sum(len(t) for t in self.tables.values())

@@ -391,19 +391,13 @@ class RocksDBStore(TimerQueue):
     # --- restore -------------------------------------------------------------------------
     def restore(self, snapshots: list[dict[str, Any]], filter_by_range: bool) -> None:
         lo, hi = self.kg_range
-        mp = self.max_parallelism
         rocks = [s for s in snapshots if s.get("format") == FORMAT]
         others = [s for s in snapshots if s.get("format") != FORMAT]
         for snap in snapshots:
             self.restored_key_types.update(snap.get("key_types", ()))
             check_restored_kinds(self.operator, self.kinds, snap["kinds"])
             self.kinds.update(snap["kinds"])
-            for when, key in snap["timers"]:
-                if filter_by_range and not lo <= key_group(key, mp) < hi:
-                    continue
-                self.scope.key = key
-                self.register_timer(when)
-        self.scope.key = None
+            self.restore_timers(snap["timers"], filter_by_range)
         if rocks:
             first, rest = rocks[0], rocks[1:]
             # the first RocksDB snapshot becomes this store's database: files copied in,

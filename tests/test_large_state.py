@@ -437,7 +437,7 @@ def test_savepoint_of_a_running_job_is_portable_and_kept(tmp_path: Path) -> None
 
 def test_savepoint_needs_checkpointing_and_a_writable_directory(tmp_path: Path) -> None:
     flow = of.Flow("nock")
-    flow.source(of.sources.Range(0, 200_000)).map(of.testing.throttle(20_000)) \
+    flow.source(of.sources.Range(0, 200_000)).map(statejobs.throttle(20_000)) \
         .sink(of.sinks.Discard())
     client = flow.start()
     with pytest.raises(of.ConfigurationError, match="enable_checkpointing"):

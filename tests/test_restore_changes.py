@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 import onceflow as of
+from onceflow.testing import throttle
 
 
 def _flow(name: str, ckpt: Path, **kw: object) -> of.Flow:
@@ -128,3 +130,32 @@ def test_write_ahead_batches_keep_their_identity_across_a_parallelism_change(
         if name.endswith(".json"):
             got.extend(json.loads((out / name).read_text()))
     assert sorted(got) == list(range(20000))
+
+
+def test_restore_where_another_parallelism_chains_operators_differently(
+        tmp_path: Path) -> None:
+    """At parallelism 2 the source (fixed at 1) and the map after it are separate tasks; at
+    parallelism 1 they are one chain. Each operator must get its own old state."""
+    def build(p: int, out: Path) -> of.Flow:
+        flow = _flow("rechain", tmp_path / "ck", parallelism=p)
+        (flow.source(of.sources.Range(0, 20_000), name="src", parallelism=1)
+             .map(throttle(3000), name="slow")
+             .map(lambda i: (i % 7, 1), name="pairs")
+             .key_by(lambda kv: kv[0])
+             .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count")
+             .sink(of.sinks.FileSink(out), name="out"))
+        return flow
+
+    client = build(2, tmp_path / "o").start()
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "o").glob("*.jsonl")):
+        assert time.monotonic() < deadline and not client.done()
+        time.sleep(0.02)
+    path = client.stop_with_savepoint(str(tmp_path / "sp"))
+    first = client.result()
+    assert first.records_out("src") < 20_000
+    result = build(1, tmp_path / "o").run(restore=path)
+    assert result.restored_from == path
+    got = sorted(tuple(r) for r in of.sinks.read_committed(tmp_path / "o"))
+    want = sorted((k, c) for k in range(7) for c in range(1, len(range(k, 20_000, 7)) + 1))
+    assert got == want

@@ -193,20 +193,23 @@ class TaskRunner:
         mp = self.env.max_parallelism
         for op in self.ops:
             op.open(self.env)
+            # only the files of the old task that held this operator: chaining may differ
+            # between the runs (another parallelism splits or joins chains)
+            mine = [(j, pj, st) for j, pj, st in restored if op.uid in st["ops"]]
             if op.keyed:
                 from onceflow.graph.keygroups import key_group_range
 
                 states = []
                 exact = True
-                for j, pj, st in restored:
+                for j, pj, st in mine:
                     olo, ohi = key_group_range(j, pj, mp)
                     if olo < hi and lo < ohi:
-                        states.append(st["ops"].get(op.uid))
+                        states.append(st["ops"][op.uid])
                         exact = exact and (olo, ohi) == (lo, hi)
                 op.restore(states, filter_keys=not exact)
             else:
-                op.restore([st["ops"].get(op.uid) for j, _, st in restored if j % p == i], False)
-            for j, _, st in restored:
+                op.restore([st["ops"][op.uid] for j, _, st in mine if j % p == i], False)
+            for j, _, st in mine:
                 if j % p == i and op.uid in st.get("metrics", {}):
                     rin, rout = st["metrics"][op.uid]
                     op.records_in += rin

@@ -68,7 +68,8 @@ def test_status_computes_rates_states_and_checkpoint_counts() -> None:
     assert snap["workers"] == {0: 11, 1: 12}
 
     ok = CheckpointStats(1, CheckpointStatus.COMPLETED, 1.0, duration=0.02, size=300)
-    late = CheckpointStats(2, CheckpointStatus.ABORTED, 2.0, duration=9.0, failure="expired")
+    late = CheckpointStats(2, CheckpointStatus.ABORTED, 2.0, duration=9.0, failure="expired",
+                           counts_as_failure=True)
     moved = CheckpointStats(3, CheckpointStatus.ABORTED, 3.0, failure="the job restarts")
     st.sync_checkpoints([ok, late, moved], pending=1)
     ck = st.snapshot()["checkpoints"]

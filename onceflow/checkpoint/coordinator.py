@@ -72,6 +72,7 @@ class CheckpointStats:
     failure: str | None = None
     subtasks: list[SubtaskCheckpointStats] = field(default_factory=list)
     kind: str = "checkpoint"  # or "savepoint"
+    counts_as_failure: bool = False  # aborted, and not just subsumed or cut by a restart
     incremental_size: int = 0  # bytes this checkpoint wrote (the rest it reused)
 
     @property
@@ -380,6 +381,7 @@ class CheckpointCoordinator:
                count: bool = True) -> None:
         p.move(CheckpointStatus.ABORTED)
         p.stats.failure = reason
+        p.stats.counts_as_failure = count
         p.stats.duration = self.clock() - p.started
         self.pending.pop(p.id, None)
         self.history.append(p.stats)

@@ -186,7 +186,7 @@ class JobDriver:
         observers: Observers | None = None
         try:
             observers = Observers(self.status, cfg, storage.dir if ck is not None else None,
-                                  lambda: getattr(self, "control", None))
+                                  lambda: self.control)
             result = self._run(graph, storage, restore, started)
         except BaseException as e:
             self.status.failed(str(e) or type(e).__name__)

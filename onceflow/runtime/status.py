@@ -194,15 +194,15 @@ class JobStatus:
         """Copy the coordinator's new history entries (cheap when nothing changed)."""
         if len(history) == self._seen_history and pending == self._pending:
             return
-        new = [_checkpoint_row(c) for c in history[self._seen_history:]]
+        new = history[self._seen_history:]
         with self._lock:
             self._seen_history = len(history)
             self._pending = pending
-            for row in new:
-                self._checkpoints.append(row)
-                if row["status"] == CheckpointStatus.COMPLETED.value:
+            for c in new:
+                self._checkpoints.append(_checkpoint_row(c))
+                if c.status is CheckpointStatus.COMPLETED:
                     self._completed += 1
-                elif row["failure"] and not _not_counted(row["failure"]):
+                elif c.counts_as_failure:
                     self._failed += 1
             del self._checkpoints[:-_HISTORY_KEPT]
 
@@ -298,17 +298,10 @@ class JobStatus:
 _HISTORY_KEPT = 500  # checkpoint rows kept for readers (the counts cover all of them)
 
 
-def _not_counted(reason: str) -> bool:
-    """Aborts that are not failures (the coordinator does not count them either)."""
-    return reason.startswith("subsumed by") or reason == "the job restarts"
-
-
 def _checkpoint_row(c: CheckpointStats) -> dict[str, Any]:
-    full = c.size
-    incremental = getattr(c, "incremental_size", None)
     return {
         "id": c.id,
-        "kind": getattr(c, "kind", "checkpoint"),
+        "kind": c.kind,
         "status": c.status.value,
         "final": c.final,
         "trigger_time": c.trigger_time,
@@ -316,9 +309,8 @@ def _checkpoint_row(c: CheckpointStats) -> dict[str, Any]:
         "sync_ms": c.max_sync_ms,
         "async_ms": c.max_async_ms,
         "alignment_ms": c.max_alignment_ms,
-        "size": full,
-        # Without incremental checkpoints every checkpoint writes all of its state.
-        "incremental_size": full if incremental is None else incremental,
+        "size": c.size,
+        "incremental_size": c.incremental_size,
         "subtasks": len(c.subtasks),
         "failure": c.failure,
         "path": c.path,

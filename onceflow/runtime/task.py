@@ -222,7 +222,7 @@ class TaskRunner:
         self.state = TaskState.RUNNING
 
     # --- processing ----------------------------------------------------------------------
-    def _outputs_have_room(self) -> bool:
+    def outputs_have_room(self) -> bool:
         for o in self.outputs:
             if not o.has_room():
                 return False
@@ -243,7 +243,7 @@ class TaskRunner:
             return False
         if self.source is not None:
             return self._source_step()
-        if not self._outputs_have_room():
+        if not self.outputs_have_room():
             return False
         inputs = self.inputs
         n = len(inputs)
@@ -274,7 +274,7 @@ class TaskRunner:
                 self._exhausted_reported = True
                 self._on_exhausted(self)
             return False
-        if not self._outputs_have_room():
+        if not self.outputs_have_room():
             return False
         batch = src.read(self.batch_size)
         if batch:

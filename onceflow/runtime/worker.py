@@ -194,22 +194,18 @@ class Worker:
                 f.write(data[half:])
                 f.flush()
                 os.fsync(f.fileno())
-        except OSError as e:
+        except Exception as e:  # the checkpoint fails, loudly, with the reason
             for part in asyncs.values():
                 part.discard()
-            self.send(("decline", cid, task, subtask,
-                       f"writing state of task {task!r} subtask {subtask} to {directory} "
-                       f"failed: {e.strerror or e}"))
-            return
-        except OnceflowError as e:
-            self.send(("decline", cid, task, subtask, str(e)))
-            return
-        except Exception as e:  # a backend's snapshot failed: the checkpoint fails, loudly
-            for part in asyncs.values():
-                part.discard()
-            self.send(("decline", cid, task, subtask,
-                       f"snapshot of task {task!r} subtask {subtask} failed: "
-                       f"{type(e).__name__}: {e}"))
+            if isinstance(e, OSError):
+                why = (f"writing state of task {task!r} subtask {subtask} to {directory} "
+                       f"failed: {e.strerror or e}")
+            elif isinstance(e, OnceflowError):
+                why = str(e)
+            else:
+                why = (f"snapshot of task {task!r} subtask {subtask} failed: "
+                       f"{type(e).__name__}: {e}")
+            self.send(("decline", cid, task, subtask, why))
             return
         info = {
             "file": name, "size": len(data), "crc32": zlib.crc32(data),
@@ -363,12 +359,7 @@ METRICS_INTERVAL = 1.0  # seconds between two metrics reports of a worker
 
 def _held_back(t: TaskRunner) -> bool:
     """A running task that could not take input because one of its outputs is full."""
-    if t.state is not TaskState.RUNNING:
-        return False
-    for o in t.outputs:
-        if not o.has_room():
-            return True
-    return False
+    return t.state is TaskState.RUNNING and not t.outputs_have_room()
 
 
 def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket]) -> int:

@@ -87,6 +87,29 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
+
+# (metric, field of a subtask's row in JobStatus.snapshot(), divisor)
+_OPERATOR_VALUES = [
+    ("onceflow_operator_records_in_total", "records_in", 1),
+    ("onceflow_operator_records_out_total", "records_out", 1),
+    ("onceflow_operator_records_in_per_second", "records_in_per_s", 1),
+    ("onceflow_operator_records_out_per_second", "records_out_per_s", 1),
+    ("onceflow_operator_busy_time_seconds_total", "busy_ms", 1e3),
+    ("onceflow_operator_backpressured_time_seconds_total", "backpressured_ms", 1e3),
+    ("onceflow_operator_busy_time_ms_per_second", "busy_ms_per_s", 1),
+    ("onceflow_operator_backpressured_time_ms_per_second", "backpressured_ms_per_s", 1),
+]
+# (metric, field of the last completed checkpoint's row, divisor)
+_LAST_CHECKPOINT_VALUES = [
+    ("onceflow_job_last_checkpoint_id", "id", 1),
+    ("onceflow_job_last_checkpoint_duration_seconds", "duration_ms", 1e3),
+    ("onceflow_job_last_checkpoint_size_bytes", "incremental_size", 1),
+    ("onceflow_job_last_checkpoint_full_size_bytes", "size", 1),
+    ("onceflow_job_last_checkpoint_alignment_seconds", "alignment_ms", 1e3),
+    ("onceflow_job_last_checkpoint_sync_seconds", "sync_ms", 1e3),
+    ("onceflow_job_last_checkpoint_async_seconds", "async_ms", 1e3),
+]
+
 class StatusCollector(Collector):
     """Turns one ``JobStatus.snapshot()`` per scrape into metric families."""
 
@@ -113,20 +136,8 @@ class StatusCollector(Collector):
             for op in snap["operators"]:
                 for s in op["subtasks"]:
                     lab = [flow, op["uid"], op["name"], str(s["subtask"])]
-                    fams["onceflow_operator_records_in_total"].add_metric(lab, s["records_in"])
-                    fams["onceflow_operator_records_out_total"].add_metric(lab, s["records_out"])
-                    fams["onceflow_operator_records_in_per_second"].add_metric(
-                        lab, s["records_in_per_s"])
-                    fams["onceflow_operator_records_out_per_second"].add_metric(
-                        lab, s["records_out_per_s"])
-                    fams["onceflow_operator_busy_time_seconds_total"].add_metric(
-                        lab, s["busy_ms"] / 1e3)
-                    fams["onceflow_operator_backpressured_time_seconds_total"].add_metric(
-                        lab, s["backpressured_ms"] / 1e3)
-                    fams["onceflow_operator_busy_time_ms_per_second"].add_metric(
-                        lab, s["busy_ms_per_s"])
-                    fams["onceflow_operator_backpressured_time_ms_per_second"].add_metric(
-                        lab, s["backpressured_ms_per_s"])
+                    for name, field, div in _OPERATOR_VALUES:
+                        fams[name].add_metric(lab, s[field] if div == 1 else s[field] / div)
             ck = snap["checkpoints"]
             job = [flow]
             fams["onceflow_job_checkpoints_completed_total"].add_metric(job, ck["completed"])
@@ -134,19 +145,9 @@ class StatusCollector(Collector):
             fams["onceflow_job_checkpoints_in_progress"].add_metric(job, ck["in_progress"])
             last = ck["last_completed"]
             if last is not None:
-                fams["onceflow_job_last_checkpoint_id"].add_metric(job, last["id"])
-                fams["onceflow_job_last_checkpoint_duration_seconds"].add_metric(
-                    job, (last["duration_ms"] or 0.0) / 1e3)
-                fams["onceflow_job_last_checkpoint_size_bytes"].add_metric(
-                    job, last["incremental_size"])
-                fams["onceflow_job_last_checkpoint_full_size_bytes"].add_metric(
-                    job, last["size"])
-                fams["onceflow_job_last_checkpoint_alignment_seconds"].add_metric(
-                    job, last["alignment_ms"] / 1e3)
-                fams["onceflow_job_last_checkpoint_sync_seconds"].add_metric(
-                    job, last["sync_ms"] / 1e3)
-                fams["onceflow_job_last_checkpoint_async_seconds"].add_metric(
-                    job, last["async_ms"] / 1e3)
+                for name, field, div in _LAST_CHECKPOINT_VALUES:
+                    v = (last[field] or 0.0) if field == "duration_ms" else last[field]
+                    fams[name].add_metric(job, v if div == 1 else v / div)
             fams["onceflow_job_restarts_total"].add_metric(job, len(snap["restarts"]))
             restore = snap["last_restore"]
             if restore is not None:

@@ -12,11 +12,14 @@ from onceflow.api.config import CheckpointConfig, RestartStrategy
 from onceflow.api.flow import DataStream, Flow, KeyedStream
 from onceflow.api.functions import (
     KeyedProcessFunction,
+    OutputTag,
     ProcessContext,
     RuntimeContext,
+    TimeDomain,
     TimerService,
 )
 from onceflow.api.result import JobResult, OperatorMetrics
+from onceflow.api.watermarks import WatermarkGenerator, WatermarkStrategy
 from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
 from onceflow.errors import (
     CheckpointError,
@@ -51,13 +54,17 @@ __all__ = [
     "NoCheckpointError",
     "OnceflowError",
     "OperatorMetrics",
+    "OutputTag",
     "ProcessContext",
     "RecordFormatError",
     "RestartStrategy",
     "RuntimeContext",
     "SavepointError",
+    "TimeDomain",
     "TimerService",
     "UserFunctionError",
+    "WatermarkGenerator",
+    "WatermarkStrategy",
     "__version__",
     "restart",
     "sinks",

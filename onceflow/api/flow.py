@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from onceflow.api.config import CheckpointConfig, RestartStrategy, exponential_backoff
-from onceflow.api.functions import KeyedProcessFunction
+from onceflow.api.functions import KeyedProcessFunction, OutputTag
 from onceflow.api.result import JobResult
+from onceflow.api.watermarks import WatermarkStrategy
 from onceflow.connectors.sinks import Sink
 from onceflow.connectors.sources import Source
 from onceflow.connectors.two_phase import TwoPhaseCommitSink, WriteAheadSink
@@ -37,6 +38,7 @@ from onceflow.state.memory import MemoryBackend
 
 if TYPE_CHECKING:
     from onceflow.api.client import JobClient
+    from onceflow.api.windowing import WindowedStream
     from onceflow.runtime.driver import JobDriver
     from onceflow.state.rocksdb import RocksDBBackend
 
@@ -95,12 +97,24 @@ class Flow:
 
     # --- building ------------------------------------------------------------------------
     def source(self, source: Source, *, name: str | None = None, parallelism: int | None = None,
-               uid: str | None = None) -> DataStream:
+               uid: str | None = None,
+               watermarks: WatermarkStrategy | None = None) -> DataStream:
+        """A stream read from ``source``. ``watermarks``: a
+        :class:`~onceflow.WatermarkStrategy` gives the records event timestamps and makes
+        the source generate watermarks per split (per file, per Kafka partition), emitting
+        the minimum over its splits."""
         if not isinstance(source, Source):
             raise ConfigurationError(
                 f"flow.source() takes an onceflow Source (e.g. of.sources.Range), got "
                 f"{type(source).__name__}")
         node = self._plan.add(Kind.SOURCE, name, uid, parallelism, source, [])
+        if watermarks is not None:
+            if not isinstance(watermarks, WatermarkStrategy):
+                raise ConfigurationError(
+                    f"flow.source({node.name!r}): watermarks= takes an of.WatermarkStrategy, "
+                    f"got {type(watermarks).__name__}")
+            watermarks.validate(f"source {node.name!r}")
+            node.watermarks = watermarks
         return DataStream(self, node)
 
     # --- running -------------------------------------------------------------------------
@@ -183,7 +197,7 @@ class DataStream:
 
     def _add(self, kind: Kind, fn: Any, name: str | None, parallelism: int | None,
              uid: str | None, edges: list[Edge] | None = None) -> Node:
-        if kind not in (Kind.SINK, Kind.UNION) and not callable(fn):
+        if kind not in (Kind.SINK, Kind.UNION, Kind.ASSIGN) and not callable(fn):
             raise ConfigurationError(f"{kind.value}() takes a function, got {type(fn).__name__}")
         edges = edges or [Edge(self._node.id, Partitioning.FORWARD)]
         return self._flow._plan.add(kind, name, uid, parallelism, fn, edges)
@@ -211,6 +225,41 @@ class DataStream:
                 raise ConfigurationError("union() takes DataStreams of the same Flow")
         edges = [Edge(s._node.id, Partitioning.FORWARD) for s in (self, *others)]
         return DataStream(self._flow, self._add(Kind.UNION, None, name, parallelism, uid, edges))
+
+    def assign_timestamps_and_watermarks(self, strategy: WatermarkStrategy, *,
+                                         name: str | None = None,
+                                         uid: str | None = None) -> DataStream:
+        """Give the records new event timestamps and watermarks from ``strategy`` (one
+        generator per subtask; watermarks from upstream stop here). Prefer
+        ``flow.source(..., watermarks=...)``: per-split watermarks there keep one slow
+        split from making another's records late."""
+        if not isinstance(strategy, WatermarkStrategy):
+            raise ConfigurationError(
+                "assign_timestamps_and_watermarks() takes an of.WatermarkStrategy, got "
+                f"{type(strategy).__name__}")
+        strategy.validate("assign_timestamps_and_watermarks")
+        return DataStream(self._flow, self._add(Kind.ASSIGN, strategy, name, None, uid))
+
+    def side_output(self, tag: OutputTag) -> DataStream:
+        """The stream of values this operator sent to ``tag`` (``ctx.output(tag, v)``, or
+        the late records of a window with ``side_output_late_data(tag)``)."""
+        if not isinstance(tag, OutputTag):
+            raise ConfigurationError(
+                f"side_output() takes an of.OutputTag, got {type(tag).__name__}")
+        if self._node.kind is Kind.SOURCE or self._node.kind is Kind.SINK:
+            raise ConfigurationError(
+                f"side_output({tag.name!r}): operator {self._node.name!r} has no side outputs")
+        edge = Edge(self._node.id, Partitioning.FORWARD, None, tag.name)
+        node = self._flow._plan.add(Kind.SIDE_OUTPUT, f"{self._node.name}.{tag.name}", None,
+                                    self._node.parallelism, None, [edge])
+        return DataStream(self._flow, node)
+
+    def window_all(self, assigner: Any) -> WindowedStream:
+        """Windows over the whole stream (one subtask): results are
+        ``(None, window_start, window_end, value)``."""
+        from onceflow.api.windowing import WindowedStream
+
+        return WindowedStream(self._flow, self._node, None, assigner)
 
     def rebalance(self) -> _Rebalanced:
         """Spread the records round-robin over the next operator's subtasks."""
@@ -242,14 +291,33 @@ class _Rebalanced(DataStream):
         return super()._add(kind, fn, name, parallelism, uid, edges)
 
 
-class KeyedStream:
-    """A stream partitioned by key; its operators keep state per key."""
+class KeyedStream(DataStream):
+    """A stream partitioned by key; its operators keep state per key. It is a stream too:
+    ``map``, ``filter``, ``flat_map`` and ``sink`` run after the exchange by key."""
 
     def __init__(self, flow: Flow, node: Node, key: Callable[[Any], Any]) -> None:
-        self._flow, self._node, self._key = flow, node, key
+        super().__init__(flow, node)
+        self._key = key
 
     def _edge(self) -> list[Edge]:
         return [Edge(self._node.id, Partitioning.KEY, self._key)]
+
+    def _add(self, kind: Kind, fn: Any, name: str | None, parallelism: int | None,
+             uid: str | None, edges: list[Edge] | None = None) -> Node:
+        return super()._add(kind, fn, name, parallelism, uid, edges or self._edge())
+
+    def side_output(self, tag: OutputTag) -> DataStream:
+        raise ConfigurationError(
+            "side_output() is taken from the operator that emits it (e.g. the result of "
+            "process() or of a window), not from key_by()")
+
+    def window(self, assigner: Any) -> WindowedStream:
+        """Windows per key: ``.window(of.windows.tumbling(60.0))`` then ``.aggregate(...)``,
+        ``.reduce(...)`` or ``.process(...)``. Results are
+        ``(key, window_start, window_end, value)``."""
+        from onceflow.api.windowing import WindowedStream
+
+        return WindowedStream(self._flow, self._node, self._key, assigner)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
                parallelism: int | None = None, uid: str | None = None) -> DataStream:

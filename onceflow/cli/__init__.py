@@ -168,18 +168,18 @@ def _describe_state(kind: str | None, state: Any) -> dict[str, Any]:
                                          for c, t in state["pending"]]}
     if isinstance(state, dict) and state.get("format") == "memory-keyed-1":
         return {"keyed_state": {name: len(t) for name, t in state["tables"].items()},
-                "timers": len(state["timers"])}
+                "timers": _timer_count(state)}
     if isinstance(state, dict) and state.get("format") == "memory-changelog-1":
         chain = state["manifest"]["chain"]
         return {"keyed_state": "memory changelog", "kinds": state["kinds"],
                 "chain_files": len(chain), "chain_bytes": sum(c[1] for c in chain),
-                "timers": len(state["timers"])}
+                "timers": _timer_count(state)}
     if isinstance(state, dict) and state.get("format") == "rocksdb-1":
         files = state["manifest"]["files"]
         return {"keyed_state": "rocksdb" + (" (incremental)" if state["manifest"].get(
                     "incremental") else " (full)"),
                 "kinds": state["kinds"], "files": len(files),
-                "bytes": sum(f[1] for f in files.values()), "timers": len(state["timers"])}
+                "bytes": sum(f[1] for f in files.values()), "timers": _timer_count(state)}
     return {"state": repr(state)[:200]}
 
 
@@ -367,3 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _timer_count(state: dict[str, Any]) -> int:
+    return len(state["timers"]) + len(state.get("event_timers", ()))

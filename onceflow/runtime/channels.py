@@ -20,8 +20,10 @@ import struct
 from collections import deque
 from typing import Any
 
+from onceflow.runtime.events import TsBatch
+
 _HDR = struct.Struct("<IIB")
-DATA, EVENT, CREDIT, DATA_MARSHAL = 0, 1, 2, 3
+DATA, EVENT, CREDIT, DATA_MARSHAL, TS_MARSHAL = 0, 1, 2, 3, 4
 _RECV = 1 << 18
 
 
@@ -37,7 +39,7 @@ class InputChannel:
 
     def pop(self) -> Any:
         item = self.queue.popleft()
-        if self.peer is not None and type(item) is list:
+        if self.peer is not None and (type(item) is list or type(item) is TsBatch):
             self.peer.grant(self.id)
         return item
 
@@ -54,6 +56,9 @@ class LocalOutput:
 
     def send_batch(self, batch: list[Any]) -> None:
         self.queue.append(batch)
+
+    def send_ts_batch(self, records: list[Any], ts: list[float]) -> None:
+        self.queue.append(TsBatch(records, ts))
 
     def send_event(self, event: object) -> None:
         self.queue.append(event)
@@ -82,6 +87,16 @@ class RemoteOutput:
             except ValueError:
                 self.use_marshal = False
         self.peer.send(DATA, self.id, pickle.dumps(batch, protocol=5))
+
+    def send_ts_batch(self, records: list[Any], ts: list[float]) -> None:
+        self.credits -= 1
+        if self.use_marshal:
+            try:
+                self.peer.send(TS_MARSHAL, self.id, marshal.dumps((records, ts)))
+                return
+            except ValueError:
+                self.use_marshal = False
+        self.peer.send(DATA, self.id, pickle.dumps(TsBatch(records, ts), protocol=5))
 
     def send_event(self, event: object) -> None:
         self.peer.send(EVENT, self.id, pickle.dumps(event, protocol=5))
@@ -161,7 +176,12 @@ class Peer:
                 if end - pos - hs < length:
                     break
                 payload = view[pos + hs : pos + hs + length]
-                item = mloads(payload) if kind == DATA_MARSHAL else loads(payload)
+                if kind == DATA_MARSHAL:
+                    item = mloads(payload)
+                elif kind == TS_MARSHAL:
+                    item = TsBatch(*mloads(payload))
+                else:
+                    item = loads(payload)
                 payload.release()  # no export may outlive the loop: the buffer is resized
                 self.inputs[channel].queue.append(item)
                 pos += hs + length

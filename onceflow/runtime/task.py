@@ -20,15 +20,16 @@ from onceflow.graph.keygroups import stable_hash, subtask_table
 from onceflow.graph.logical import Kind, Partitioning
 from onceflow.runtime.barriers import make_handler
 from onceflow.runtime.channels import InputChannel, LocalOutput, RemoteOutput
-from onceflow.runtime.events import END_OF_INPUT, Barrier
+from onceflow.runtime.events import END_OF_INPUT, Barrier, TsBatch, Watermark, WatermarkStatus
 from onceflow.runtime.operators import (
+    AssignOp,
     Operator,
     OperatorEnv,
-    ProcessOp,
     SinkOp,
     SourceOp,
     make_operator,
 )
+from onceflow.runtime.watermarks import POS_INF, ValveOutput, WatermarkValve
 from onceflow.state.backend import AsyncSnapshot
 
 Output = LocalOutput | RemoteOutput
@@ -53,10 +54,16 @@ class Partitioner:
     def emit(self, batch: list[Any]) -> None:
         raise NotImplementedError
 
+    def emit_ts(self, batch: list[Any], ts: list[float]) -> None:
+        raise NotImplementedError
+
 
 class ForwardPartitioner(Partitioner):
     def emit(self, batch: list[Any]) -> None:
         self.channels[0].send_batch(batch)
+
+    def emit_ts(self, batch: list[Any], ts: list[float]) -> None:
+        self.channels[0].send_ts_batch(batch, ts)
 
 
 class RebalancePartitioner(Partitioner):
@@ -66,6 +73,10 @@ class RebalancePartitioner(Partitioner):
 
     def emit(self, batch: list[Any]) -> None:
         self.channels[self._next].send_batch(batch)
+        self._next = (self._next + 1) % len(self.channels)
+
+    def emit_ts(self, batch: list[Any], ts: list[float]) -> None:
+        self.channels[self._next].send_ts_batch(batch, ts)
         self._next = (self._next + 1) % len(self.channels)
 
 
@@ -113,6 +124,38 @@ class KeyPartitioner(Partitioner):
         for c, b in zip(chans, buckets, strict=True):
             if b:
                 c.send_batch(b)
+
+    def emit_ts(self, batch: list[Any], ts: list[float]) -> None:
+        chans = self.channels
+        if len(chans) == 1:
+            if batch:
+                try:
+                    stable_hash(self.key_fn(batch[0]))
+                except Exception as e:
+                    self._diagnose(batch[:1], e)
+            chans[0].send_ts_batch(batch, ts)
+            return
+        n = len(chans)
+        buckets: list[list[Any]] = [[] for _ in range(n)]
+        tbuckets: list[list[float]] = [[] for _ in range(n)]
+        kf, cache, table, mp = self.key_fn, self.cache, self.table, self.max_parallelism
+        get = cache.get
+        try:
+            for r, t_ in zip(batch, ts, strict=True):
+                k = kf(r)
+                t = get(k)
+                if t is None:
+                    t = table[(stable_hash(k) >> 7) % mp]
+                    if len(cache) >= self._CACHE_LIMIT:
+                        cache.clear()
+                    cache[k] = t
+                buckets[t].append(r)
+                tbuckets[t].append(t_)
+        except Exception as e:
+            self._diagnose(batch, e)
+        for c, b, tb in zip(chans, buckets, tbuckets, strict=True):
+            if b:
+                c.send_ts_batch(b, tb)
 
 
     def _diagnose(self, batch: list[Any], err: Exception) -> None:
@@ -165,9 +208,16 @@ class TaskRunner:
         first = 1 if self.source is not None else 0
         self._tails = {i: self.ops[i:] for i in range(len(self.ops) + 1)}
         self._first = first
-        self.timer_ops = [(i, op) for i, op in enumerate(self.ops) if isinstance(op, ProcessOp)]
+        self.timer_ops = [(i, op) for i, op in enumerate(self.ops) if op.has_timers]
+        self._assigners = [i for i, op in enumerate(self.ops) if isinstance(op, AssignOp)]
         self.inputs: list[InputChannel] = []
+        # every output partitioner in spec.outputs order until connect(); then the main
+        # outputs (records of the chain's last operator), with side outputs by tag apart
         self.outputs: list[Partitioner] = []
+        self.side_outputs: dict[str, list[Partitioner]] = {}
+        self.all_outputs: list[Partitioner] = []  # main and side: events go to all
+        self._side_ops: list[Operator] = []
+        self.valve = WatermarkValve([])
         self._exactly_once = exactly_once
         self._write_state = write_state
         self._on_exhausted = on_exhausted
@@ -182,6 +232,20 @@ class TaskRunner:
     def connect(self) -> None:
         self.inputs.sort(key=lambda c: c.id)
         self.handler = make_handler(self._exactly_once, self.inputs, self._on_aligned)
+        self.valve = WatermarkValve([c.id for c in self.inputs])
+        self.all_outputs = list(self.outputs)
+        tags = self.spec.output_tags
+        main: list[Partitioner] = []
+        for part, tag in zip(self.outputs, tags + [None] * (len(self.outputs) - len(tags)),
+                             strict=True):
+            if tag is None:
+                main.append(part)
+            else:
+                self.side_outputs.setdefault(tag, []).append(part)
+        self.outputs = main
+        last = self.ops[-1]
+        last.side_wanted = frozenset(self.side_outputs)
+        self._side_ops = [op for op in self.ops if op.emits_side]
 
     def open(self, restored: list[tuple[int, int, dict[str, Any]]],
              initial_splits: list[tuple[Any, Any, bool]] | None) -> None:
@@ -220,23 +284,93 @@ class TaskRunner:
             if isinstance(op, SinkOp):
                 op.start()
         self.state = TaskState.RUNNING
+        if self.source is not None and self.source.watermarks is not None:
+            wm, idle = self.source.watermarks.initial_events()
+            if wm is not None:
+                self._advance_watermark(wm, 1)
+            if idle:
+                self._broadcast(WatermarkStatus(True))
 
     # --- processing ----------------------------------------------------------------------
     def outputs_have_room(self) -> bool:
-        for o in self.outputs:
+        for o in self.all_outputs:
             if not o.has_room():
                 return False
         return True
 
-    def _push(self, batch: list[Any], start: int) -> None:
+    def _broadcast(self, event: object) -> None:
+        for o in self.all_outputs:
+            o.broadcast(event)
+
+    def _push(self, batch: list[Any], start: int, ts: list[float] | None = None) -> None:
+        """Run ``batch`` (with event timestamps ``ts``, or None) through the operators from
+        index ``start`` on, then to the main outputs."""
         for op in self._tails[start]:
             op.records_in += len(batch)
-            batch = op.process(batch)
+            if ts is None:
+                batch = op.process(batch)
+            else:
+                batch, ts = op.process_ts(batch, ts)
             op.records_out += len(batch)
             if not batch:
+                break
+        else:
+            if ts is None:
+                for o in self.outputs:
+                    o.emit(batch)
+            else:
+                for o in self.outputs:
+                    o.emit_ts(batch, ts)
+        if self._side_ops:
+            self._flush_side()
+        if self._assigners:
+            self._poll_assigners()
+
+    def _flush_side(self) -> None:
+        for op in self._side_ops:
+            side = op.side
+            if not side:
+                continue
+            op.side = {}
+            for tag, (recs, tss) in side.items():
+                for part in self.side_outputs.get(tag, ()):
+                    if any(t is None for t in tss):
+                        part.emit(recs)
+                    else:
+                        part.emit_ts(recs, tss)  # type: ignore[arg-type]
+
+    def _poll_assigners(self) -> None:
+        for i in self._assigners:
+            op = self.ops[i]
+            assert isinstance(op, AssignOp)
+            wm = op.take_watermark()
+            if wm is not None:
+                self._advance_watermark(wm, i + 1)
+
+    def _advance_watermark(self, wm: float, start: int) -> None:
+        """The watermark reached ``wm`` at operator ``start``: each operator from there on
+        fires what it holds up to ``wm`` (its results run through the rest of the chain
+        first), then the watermark goes downstream. An assigner of timestamps further down
+        the chain takes over: upstream watermarks stop there (except the end of input)."""
+        ops = self.ops
+        if start == 1 and self.source is not None:
+            self.source.watermark = wm
+        for i in range(start, len(ops)):
+            op = ops[i]
+            if isinstance(op, AssignOp) and wm != POS_INF:
                 return
-        for o in self.outputs:
-            o.emit(batch)
+            op.watermark = wm
+            out, ts = op.on_watermark(wm)
+            if out:
+                op.records_out += len(out)
+                self._push(out, i + 1, ts)
+        self._broadcast(Watermark(wm))
+
+    def _apply_valve(self, out: ValveOutput) -> None:
+        if out.watermark is not None:
+            self._advance_watermark(out.watermark, 0)
+        if out.idle is not None:
+            self._broadcast(WatermarkStatus(out.idle))
 
     def step(self) -> bool:
         if self.state is not TaskState.RUNNING:
@@ -252,17 +386,25 @@ class TaskRunner:
             if ch.queue and not ch.blocked:
                 self._rr = (self._rr + k + 1) % n
                 item = ch.pop()
-                if type(item) is list:
+                t = type(item)
+                if t is list:
                     self._push(item, 0)
-                elif type(item) is Barrier:
+                elif t is TsBatch:
+                    self._push(item.records, 0, item.ts)
+                elif t is Watermark:
+                    self._apply_valve(self.valve.on_watermark(ch.id, item.timestamp))
+                elif t is Barrier:
                     self.handler.on_barrier(ch, item)
+                elif t is WatermarkStatus:
+                    self._apply_valve(self.valve.on_status(ch.id, item.idle))
                 elif item is END_OF_INPUT:
                     self.handler.on_end_of_input(ch)
+                    if not self._final_barrier_seen:  # a stop with savepoint keeps windows
+                        self._apply_valve(self.valve.on_end(ch.id))
                     if all(c.ended for c in inputs):
                         self._end_of_input()
-                else:  # watermarks and future events: forward unchanged
-                    for o in self.outputs:
-                        o.broadcast(item)
+                else:  # future events: forward unchanged
+                    self._broadcast(item)
                 return True
         return False
 
@@ -272,18 +414,34 @@ class TaskRunner:
         if src.exhausted:
             if not self._exhausted_reported:
                 self._exhausted_reported = True
+                # end of input: every window and event timer downstream may fire, before
+                # the final checkpoint's barrier follows
+                self._advance_watermark(POS_INF, 1)
                 self._on_exhausted(self)
             return False
         if not self.outputs_have_room():
             return False
         batch = src.read(self.batch_size)
+        wms = src.watermarks
         if batch:
             src.records_out += len(batch)
-            self._push(batch, 1)
+            self._push(batch, 1, src.batch_ts)
+            if wms is not None:
+                self._emit_source_watermark(*wms.poll(force=True))
             _faults.point("source.after_batch", task=self.uid, subtask=self.subtask,
                           records=src.records_out)
             return True
+        if wms is not None:
+            self._emit_source_watermark(*wms.poll())
         return src.exhausted  # just ran out: progress (report it next step); "nothing now": not
+
+    def _emit_source_watermark(self, wm: float | None, idle: bool | None) -> None:
+        if idle is False:
+            self._broadcast(WatermarkStatus(False))
+        if wm is not None:
+            self._advance_watermark(wm, 1)
+        if idle:
+            self._broadcast(WatermarkStatus(True))
 
     def idle_source(self) -> bool:
         """A running source that is not exhausted but had nothing to read."""
@@ -295,13 +453,12 @@ class TaskRunner:
             return False
         fired = False
         for i, op in self.timer_ops:
-            assert isinstance(op, ProcessOp)
             nt = op.next_timer()
             if nt is not None and nt <= now:
-                out = op.fire_timers(now)
+                out, ts = op.fire_timers(now)
                 op.records_out += len(out)
                 if out:
-                    self._push(out, i + 1)
+                    self._push(out, i + 1, ts)
                 fired = True
         return fired
 
@@ -314,8 +471,7 @@ class TaskRunner:
             out = op.end_of_input()
             if out:
                 self._push(out, i + 1)
-        for o in self.outputs:
-            o.broadcast(END_OF_INPUT)
+        self._broadcast(END_OF_INPUT)
         self.state = TaskState.INPUT_ENDED
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -325,8 +481,7 @@ class TaskRunner:
             return
         self._on_aligned(barrier, 0.0)
         if barrier.final:
-            for o in self.outputs:
-                o.broadcast(END_OF_INPUT)
+            self._broadcast(END_OF_INPUT)
             self.state = TaskState.INPUT_ENDED
 
     def _on_aligned(self, barrier: Barrier, aligned_s: float) -> None:
@@ -335,8 +490,7 @@ class TaskRunner:
         self._before_snapshot()
         if barrier.final:
             self._final_barrier_seen = True
-        for o in self.outputs:
-            o.broadcast(barrier)
+        self._broadcast(barrier)
         t0 = time.perf_counter()
         cid = barrier.checkpoint_id
         _faults.point("snapshot.sync", checkpoint=cid, task=self.uid, subtask=self.subtask)

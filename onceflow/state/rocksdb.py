@@ -52,7 +52,8 @@ from onceflow.state.backend import (
     remove_tree,
 )
 from onceflow.state.handles import _KeyScope
-from onceflow.state.memory import TimerQueue, neutral
+from onceflow.state.memory import neutral
+from onceflow.state.timers import TimerQueue
 
 log = logging.getLogger("onceflow.state")
 
@@ -334,7 +335,7 @@ class RocksDBStore(TimerQueue):
     # --- snapshot ------------------------------------------------------------------------
     def _head(self) -> dict[str, Any]:
         return {"max_parallelism": self.max_parallelism, "kinds": dict(self.kinds),
-                "timers": sorted(self._timer_set, key=repr),
+                **self.timers_snapshot(),
                 "key_types": sorted(self._sample_key_types())}
 
     def _sample_key_types(self) -> set[str]:
@@ -397,7 +398,7 @@ class RocksDBStore(TimerQueue):
             self.restored_key_types.update(snap.get("key_types", ()))
             check_restored_kinds(self.operator, self.kinds, snap["kinds"])
             self.kinds.update(snap["kinds"])
-            self.restore_timers(snap["timers"], filter_by_range)
+            self.restore_timers(snap, filter_by_range)
         if rocks:
             first, rest = rocks[0], rocks[1:]
             # the first RocksDB snapshot becomes this store's database: files copied in,

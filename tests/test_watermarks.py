@@ -342,3 +342,29 @@ def test_a_bad_ctx_output_tag_names_the_operator(tmp_path: Any) -> None:
     with pytest.raises(of.JobFailedError, match="emitter"):
         flow.run()
     assert issubclass(UserFunctionError, of.OnceflowError)
+
+
+def test_partitions_of_one_split_have_watermarks_and_idleness_of_their_own() -> None:
+    clock = Clock()
+    sw = SourceWatermarks(strategy(bound=0.0, idle=5.0), clock)
+    sw.assign([None], [False])
+    sw.set_partitions(0, [("t", 0), ("t", 1)])
+    sw.on_batch(0, [10.0, 20.0, 11.0], [10.0, 20.0, 11.0], [("t", 0), ("t", 1), ("t", 0)])
+    assert sw.poll(force=True)[0] == 11.0, "partition 0 is the slow one"
+    clock.now += 6.0
+    sw.on_batch(0, [30.0], [30.0], [("t", 1)])
+    assert sw.poll(force=True)[0] == 30.0, "partition 0 went idle"
+    # partition 0 read to its end (bounded mode): no longer part of the minimum
+    sw.on_batch(0, [12.0], [12.0], [("t", 0)])
+    sw.set_partitions(0, [("t", 1)])
+    sw.on_batch(0, [40.0], [40.0], [("t", 1)])
+    assert sw.poll(force=True)[0] == 40.0
+    snap = sw.snapshot(0)
+    assert set(snap) == {("t", 0), ("t", 1)}
+
+
+def test_a_reader_that_owns_no_partitions_makes_the_subtask_idle() -> None:
+    sw = SourceWatermarks(strategy(), Clock())
+    sw.assign([None], [False])
+    sw.set_partitions(0, [])
+    assert sw.poll(force=True) == (None, True)

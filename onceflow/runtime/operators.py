@@ -781,6 +781,8 @@ class SourceOp(Operator):
                     raise
                 except Exception as e:
                     raise UserFunctionError(self.name, f"<open split {a[0]!r}>", e) from e
+                if wms is not None and (parts := rd.partitions()) is not None:
+                    wms.set_partitions(i, parts)
             try:
                 batch = rd.read_batch(max_records)
             except OnceflowError:
@@ -804,7 +806,10 @@ class SourceOp(Operator):
                 if wms is not None:
                     assert self.strategy is not None
                     ts = _timestamps(self.name, self.strategy, batch)
-                    wms.on_batch(i, batch, ts)
+                    parts = rd.batch_partitions()
+                    if parts is not None:
+                        wms.set_partitions(i, rd.partitions() or [])
+                    wms.on_batch(i, batch, ts, parts)
                     self.batch_ts = ts
                 return batch
         return []

@@ -107,7 +107,10 @@ class WatermarkValve:
         return ValveOutput(None, status) if status is not None else _NOTHING
 
 
-class _Split:
+class _Partition:
+    """One input whose records are in order of their own: a split, or a partition of a
+    split whose reader reports partitions (a Kafka split's topic partitions)."""
+
     __slots__ = ("finished", "generator", "idle", "last_active", "paused", "watermark")
 
     def __init__(self, generator: WatermarkGenerator, now: float) -> None:
@@ -118,67 +121,106 @@ class _Split:
         self.finished = False
         self.last_active = now
 
+    def advance(self, w: float | None) -> None:
+        if w is not None and w > self.watermark:
+            self.watermark = w
+
+
+WHOLE = None  # the partition key of a split whose reader reports no partitions
+
 
 class SourceWatermarks:
-    """Per-split watermark generation for one source subtask."""
+    """Per-split (and per-partition) watermark generation for one source subtask.
+
+    Entries are keyed ``(split index, partition)``; ``partition`` is ``WHOLE`` unless the
+    split's reader reports the partition of each record
+    (:meth:`~onceflow.sources.SplitReader.partitions`), as the Kafka reader does, so each
+    Kafka partition has a generator and idleness of its own."""
 
     def __init__(self, strategy: WatermarkStrategy, clock: Callable[[], float]) -> None:
         self.strategy = strategy
         self.clock = clock
-        self.splits: list[_Split] = []
+        self.parts: dict[tuple[int, Any], _Partition] = {}
+        self.splits = 0
         self.emitted = NEG_INF  # the subtask's watermark as last emitted downstream
         self.idle = False  # as last told downstream
         self.group_min: float | None = None  # the alignment group's minimum (all subtasks)
         self._last_poll = NEG_INF
 
+    def _new(self) -> _Partition:
+        return _Partition(self.strategy.generator_factory(), self.clock())
+
     # --- splits --------------------------------------------------------------------------
     def assign(self, states: list[Any], finished: list[bool]) -> None:
-        """One entry per split: its checkpointed generator state (None when fresh)."""
-        now = self.clock()
-        self.splits = []
-        for st, fin in zip(states, finished, strict=True):
-            s = _Split(self.strategy.generator_factory(), now)
-            if st is not None:
-                wm, gen_state = st
-                s.watermark = wm
-                s.generator.restore(gen_state)
-                self.emitted = max(self.emitted, NEG_INF)
-            s.finished = fin
-            self.splits.append(s)
-        restored = [s.watermark for s in self.splits if not s.finished]
-        if restored and any(st is not None for st in states):
-            # resume where the checkpoint left off: the minimum over the unfinished splits
-            self.emitted = min(restored)
+        """One entry per split: its checkpointed progress (``{partition: (watermark,
+        generator state)}``), or None when it starts fresh."""
+        self.parts = {}
+        self.splits = len(states)
+        restored = False
+        for i, (st, fin) in enumerate(zip(states, finished, strict=True)):
+            for key, (wm, gen_state) in (st or {WHOLE: (NEG_INF, None)}).items():
+                e = self.parts[(i, key)] = self._new()
+                if st is not None:
+                    restored = True
+                    e.watermark = wm
+                    e.generator.restore(gen_state)
+                e.finished = fin
+        live = [e.watermark for e in self.parts.values() if not e.finished]
+        if restored and live:
+            # resume where the checkpoint left off: the minimum over the unfinished inputs
+            self.emitted = min(live)
 
-    def snapshot(self, index: int) -> Any:
-        s = self.splits[index]
-        return (s.watermark, s.generator.snapshot())
+    def snapshot(self, index: int) -> dict[Any, tuple[float, Any]]:
+        return {key: (e.watermark, e.generator.snapshot())
+                for (i, key), e in self.parts.items() if i == index}
 
-    def timestamps(self, records: list[Any]) -> list[float]:
-        from onceflow.api.watermarks import timestamps_of
+    def set_partitions(self, index: int, partitions: list[Any]) -> None:
+        """The reader of split ``index`` owns ``partitions`` now: each gets an entry (one
+        with no records yet holds the watermark back until it has some, or turns idle)."""
+        whole = self.parts.pop((index, WHOLE), None)
+        owned = set(partitions)
+        for (i, key), e in self.parts.items():
+            if i == index and key not in owned:
+                e.finished = True  # read to its end, or no longer this reader's
+        for p in partitions:
+            if (index, p) not in self.parts:
+                e = self.parts[(index, p)] = self._new()
+                if whole is not None and whole.watermark > NEG_INF:
+                    e.watermark = whole.watermark
 
-        fn = self.strategy.timestamp_fn
-        assert fn is not None
-        return timestamps_of(fn, records)
+    def on_batch(self, index: int, records: list[Any], ts: list[float],
+                 partitions: list[Any] | None = None) -> None:
+        if partitions is None:
+            self._on_events(self.parts.get((index, WHOLE)), index, WHOLE, records, ts)
+            return
+        groups: dict[Any, tuple[list[Any], list[float]]] = {}
+        for r, t, p in zip(records, ts, partitions, strict=True):
+            g = groups.get(p)
+            if g is None:
+                g = groups[p] = ([], [])
+            g[0].append(r)
+            g[1].append(t)
+        for p, (rs, tss) in groups.items():
+            self._on_events(self.parts.get((index, p)), index, p, rs, tss)
 
-    def on_batch(self, index: int, records: list[Any], ts: list[float]) -> None:
-        s = self.splits[index]
-        s.last_active = self.clock()
-        if s.idle:
-            s.idle = False
-        w = s.generator.on_events(records, ts)
-        if w is not None and w > s.watermark:
-            s.watermark = w
-        w = s.generator.on_periodic_emit()
-        if w is not None and w > s.watermark:
-            s.watermark = w
+    def _on_events(self, e: _Partition | None, index: int, key: Any, records: list[Any],
+                   ts: list[float]) -> None:
+        if e is None:
+            e = self.parts[(index, key)] = self._new()
+        e.last_active = self.clock()
+        e.idle = False
+        e.advance(e.generator.on_events(records, ts))
+        e.advance(e.generator.on_periodic_emit())
 
     def on_finished(self, index: int) -> None:
-        self.splits[index].finished = True
+        for (i, _), e in self.parts.items():
+            if i == index:
+                e.finished = True
 
     def readable(self, index: int) -> bool:
-        """False while the split is paused by watermark alignment."""
-        return not self.splits[index].paused
+        """False while every input of the split is paused by watermark alignment."""
+        entries = [e for (i, _), e in self.parts.items() if i == index]
+        return not entries or not all(e.paused for e in entries)
 
     # --- emission ------------------------------------------------------------------------
     def poll(self, force: bool = False) -> tuple[float | None, bool | None]:
@@ -189,44 +231,41 @@ class SourceWatermarks:
             return None, None
         self._last_poll = now
         idleness = self.strategy.idleness
-        for s in self.splits:
-            if s.finished:
-                continue
-            w = s.generator.on_periodic_emit()
-            if w is not None and w > s.watermark:
-                s.watermark = w
-            if idleness is not None and not s.idle and now - s.last_active >= idleness:
-                s.idle = True
-        live = [s for s in self.splits if not s.finished]
-        active = [s for s in live if not s.idle]
-        idle = (not active and bool(live)) or not self.splits
+        live = [e for e in self.parts.values() if not e.finished]
+        for e in live:
+            e.advance(e.generator.on_periodic_emit())
+            if idleness is not None and not e.idle and now - e.last_active >= idleness:
+                e.idle = True
+        active = [e for e in live if not e.idle]
+        # idle: every live input is idle, or the subtask owns nothing to read at all
+        idle = not active and (bool(live) or not self.parts)
         status = None
         if idle != self.idle:
             self.idle = idle
             status = idle
         new = None
         if active:
-            m = min(s.watermark for s in active)
+            m = min(e.watermark for e in active)
             if m > self.emitted:
                 self.emitted = new = m
         self._align(active)
         return new, status
 
-    def _align(self, active: list[_Split]) -> None:
+    def _align(self, active: list[_Partition]) -> None:
         drift = self.strategy.max_drift
         if drift is None:
             return
-        base = min((s.watermark for s in active), default=None)
+        base = min((e.watermark for e in active), default=None)
         if self.group_min is not None:
             base = self.group_min if base is None else min(base, self.group_min)
-        for s in self.splits:
-            s.paused = base is not None and base > NEG_INF and s.watermark > base + drift \
-                and not s.finished
+        for e in self.parts.values():
+            e.paused = base is not None and base > NEG_INF and not e.finished \
+                and e.watermark > base + drift
 
     def initial_events(self) -> tuple[float | None, bool]:
         """What to tell downstream when the subtask starts: the restored watermark (or
         None) and whether it starts idle (it owns no splits)."""
-        self.idle = not self.splits
+        self.idle = not self.parts
         return (self.emitted if self.emitted > NEG_INF else None), self.idle
 
 

@@ -30,6 +30,7 @@ from onceflow.errors import (
     UserFunctionError,
 )
 from onceflow.runtime.control import SavepointError
+from onceflow.runtime.rerun import ExistingCheckpointError
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptCheckpointError",
     "DataStream",
+    "ExistingCheckpointError",
     "Flow",
     "IncompatibleStateError",
     "JobClient",

@@ -1,8 +1,8 @@
 """The ``onceflow`` command.
 
     onceflow run job.py [--parallelism N] [--checkpoint-dir D] [--restore latest|PATH]
-                        [--dashboard [HOST:]PORT] [--metrics-port PORT] [--no-progress]
-                        [--progress-interval S] [--log-json] [-v]
+                        [--fresh] [--dashboard [HOST:]PORT] [--metrics-port PORT]
+                        [--no-progress] [--progress-interval S] [--log-json] [-v]
     onceflow verify job.py --kills K [--seed S]
     onceflow savepoint TARGET [--dir D] [--timeout S]
     onceflow stop TARGET --savepoint [--dir D] [--timeout S]
@@ -36,6 +36,9 @@ from onceflow.graph.keygroups import key_group_range
 def _load_flow(path: str, name: str) -> Flow:
     if not os.path.isfile(path):
         raise ConfigurationError(f"job file {path} does not exist")
+    folder = os.path.dirname(os.path.abspath(path))  # like `python job.py`: siblings import
+    if sys.path[:1] != [folder]:
+        sys.path.insert(0, folder)
     ns = runpy.run_path(path, run_name="__onceflow_job__")
     obj = ns.get(name)
     if obj is None:
@@ -75,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             flow.checkpoint_config = replace(flow.checkpoint_config, storage=args.checkpoint_dir)
     try:
-        result = flow.run(restore=args.restore, **opts)
+        result = flow.run(restore=args.restore, fresh=args.fresh, **opts)
     except JobFailedError as e:
         print(f"onceflow: job failed: {e}", file=sys.stderr)
         return 1
@@ -266,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--parallelism", type=int, help="default parallelism of the operators")
     r.add_argument("--checkpoint-dir", help="checkpoint storage directory")
     r.add_argument("--restore", help="'latest' or a checkpoint directory")
+    r.add_argument("--fresh", action="store_true",
+                   help="start from the beginning even though the checkpoint storage holds "
+                   "completed checkpoints of this flow (its output is written again)")
     r.add_argument("--dashboard", metavar="[HOST:]PORT",
                    help="serve the web dashboard (127.0.0.1 unless HOST is given; port 0 "
                    "picks one; any other host needs ONCEFLOW_DASHBOARD_TOKEN)")

@@ -48,6 +48,7 @@ from onceflow.graph.logical import Kind, LogicalPlan
 from onceflow.runtime.control import JobControl, Request, SavepointError
 from onceflow.runtime.observers import Observers
 from onceflow.runtime.observers import validate as validate_observers
+from onceflow.runtime.rerun import check_fresh_start
 from onceflow.runtime.status import JobStatus
 from onceflow.runtime.worker import WorkerSpec, worker_main
 
@@ -71,6 +72,7 @@ class JobConfig:
     progress: bool | float = False  # live progress on stderr (a number: its period, s)
     dashboard_token: str | None = None  # required to bind the dashboard beyond loopback
     state_backend: Any = None  # MemoryBackend() when None
+    fresh: bool = False  # start from the beginning even over completed checkpoints
 
 
 class _Attempt:
@@ -213,6 +215,8 @@ class JobDriver:
                             "beginning", storage.dir)
         elif restore is not None:
             initial = resolve_restore_path(restore, cfg.flow)
+        elif cfg.checkpoint is not None:  # no silent second copy of the output
+            check_fresh_start(storage, cfg.flow, cfg.fresh)
         if initial is not None:
             self._check_compatible(initial, graph)
             log.info("restoring from checkpoint %d at %s", initial.id, initial.path)

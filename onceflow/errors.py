@@ -84,12 +84,18 @@ class RecordFormatError(OnceflowError):
 class JobFailedError(OnceflowError):
     """The job failed and the restart strategy allows no further attempt.
 
-    ``cause`` is the last failure's description, ``failures`` every failure seen."""
+    ``reason`` is the last failure's description, ``failures`` every failure seen.
+    ``cause`` is the exception the user's code raised in the last failure, rebuilt with
+    its original type where possible (so ``except ValueError`` works on it), else None (a
+    worker was killed, ...); ``user_traceback`` its frames in the user's files."""
 
-    def __init__(self, message: str, cause: str, failures: list[str]) -> None:
+    def __init__(self, message: str, reason: str, failures: list[str], *,
+                 cause: BaseException | None = None, user_traceback: str | None = None) -> None:
         super().__init__(message)
-        self.cause = cause
+        self.reason = reason
         self.failures = failures
+        self.cause = cause
+        self.user_traceback = user_traceback
 
 
 def _short_repr(value: object, limit: int = 200) -> str:

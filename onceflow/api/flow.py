@@ -168,10 +168,12 @@ class Flow:
         :class:`~onceflow.JobClient` to take savepoints, stop with a savepoint, or wait for
         the result. Same arguments as :meth:`run`."""
         from onceflow.api.client import JobClient
+        from onceflow.runtime.rerun import check_before_start
 
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
                               metrics_port=metrics_port, progress=progress,
                               fresh=_fresh(restore, fresh))
+        check_before_start(self.name, self.checkpoint_config, restore, fresh)
         return JobClient(driver, os.fspath(restore) if restore is not None else None)
 
     def _driver(self, **observe: Any) -> JobDriver:

@@ -41,11 +41,11 @@ from onceflow.checkpoint.storage import (
 from onceflow.errors import (
     ConfigurationError,
     IncompatibleStateError,
-    JobFailedError,
 )
 from onceflow.graph.jobgraph import JobGraph, build
 from onceflow.graph.logical import Kind, LogicalPlan
 from onceflow.runtime.control import JobControl, Request, SavepointError
+from onceflow.runtime.failures import FailureTracker
 from onceflow.runtime.observers import Observers
 from onceflow.runtime.observers import validate as validate_observers
 from onceflow.runtime.rerun import check_fresh_start
@@ -120,6 +120,7 @@ class JobDriver:
         self.status = JobStatus(cfg.flow)  # what the dashboard, metrics and progress read
         self.control = JobControl()  # savepoint requests from other threads
         self.stopped_with_savepoint: str | None = None
+        self.failures = FailureTracker(cfg.flow, cfg.restart)  # repeats, the user's error
 
     # --- preparation ---------------------------------------------------------------------
     def _validate_connectors(self) -> None:
@@ -274,20 +275,19 @@ class JobDriver:
             coordinator.reset("the job restarts")
             self.status.sync_checkpoints(coordinator.history, 0)
             storage.discard_incomplete()
-            delay = cfg.restart.next_delay(failure_times, time.monotonic())
+            stop = self.failures.on_failure(coordinator.history)
+            delay = None if stop else cfg.restart.next_delay(failure_times, time.monotonic())
             if delay is None:
                 coordinator.fail_requests(f"the job failed: {outcome}")
-                raise JobFailedError(
-                    f"job {cfg.flow!r} failed and the restart strategy ({cfg.restart.kind}) "
-                    f"allows no further attempt after {len(failures)} failure(s); last "
-                    f"failure: {outcome}", outcome, failures)
+                raise self.failures.job_failed(failures, stop)
             if any(c.status is CheckpointStatus.COMPLETED for c in coordinator.history):
                 current = storage.latest_valid()
             else:
                 current = initial
             where = f"checkpoint {current.id}" if current else "the beginning (no checkpoint)"
-            log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)",
-                        cfg.flow, outcome, where, delay, len(failures),
+            head, frames = self.failures.one_line(outcome)  # the user's frames go last
+            log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)%s",
+                        cfg.flow, head, where, delay, len(failures), frames,
                         extra={"event": "restart", "flow": cfg.flow, "cause": outcome,
                                "restart": len(failures), "delay_s": delay,
                                "checkpoint_id": current.id if current else None})
@@ -423,6 +423,7 @@ class JobDriver:
     def _supervise(self, att: _Attempt, n: int,
                    coordinator: CheckpointCoordinator) -> tuple[str | None, float | None]:
         processing_started: float | None = None
+        self.failures.new_attempt()
         while True:
             ready = cast(list[Any], wait([*att.conns, self.control.fileno()],
                                          coordinator.next_deadline()))
@@ -464,7 +465,8 @@ class JobDriver:
                         coordinator.on_decline(msg[1], msg[2], msg[3], msg[4])
                     elif kind == "failed":
                         log.debug("worker %d failure detail:\n%s", msg[1], msg[3])
-                        return f"worker {msg[1]}: {msg[2]}", processing_started
+                        return self.failures.received(msg[1], msg[2], msg[4]), \
+                            processing_started
                     elif kind == "finished":
                         att.finished.add(msg[1])
                         att.metrics.update(msg[2])

@@ -12,9 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 from onceflow.checkpoint.storage import METADATA, CheckpointStorage, load_checkpoint
 from onceflow.errors import CheckpointError, OnceflowError
+
+if TYPE_CHECKING:
+    from onceflow.api.config import CheckpointConfig
 
 log = logging.getLogger("onceflow")
 
@@ -75,3 +79,10 @@ def check_fresh_start(storage: CheckpointStorage, flow: str, fresh: bool) -> Non
         "restore=\"latest\" (onceflow run --restore latest) continues the job from there, "
         "or fresh=True (onceflow run --fresh) starts over, writing the whole output again.",
         newest[0], newest[1])
+
+
+def check_before_start(flow: str, checkpoint: CheckpointConfig | None, restore: object,
+                       fresh: bool) -> None:
+    """``Flow.start()`` refuses at once, in the caller's thread (not only in ``result()``)."""
+    if restore is None and not fresh and checkpoint is not None and checkpoint.storage:
+        check_fresh_start(CheckpointStorage(checkpoint.storage, flow), flow, fresh)

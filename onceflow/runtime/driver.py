@@ -275,11 +275,11 @@ class JobDriver:
             coordinator.reset("the job restarts")
             self.status.sync_checkpoints(coordinator.history, 0)
             storage.discard_incomplete()
-            stop = self.failures.on_failure(coordinator.history)
-            delay = None if stop else cfg.restart.next_delay(failure_times, time.monotonic())
-            if delay is None:
+            stop = self.failures.on_failure(coordinator.history)  # repeats at one record?
+            delay = cfg.restart.next_delay(failure_times, time.monotonic())
+            if delay is None or stop:
                 coordinator.fail_requests(f"the job failed: {outcome}")
-                raise self.failures.job_failed(failures, stop)
+                raise self.failures.job_failed(failures, stop if delay is not None else None)
             if any(c.status is CheckpointStatus.COMPLETED for c in coordinator.history):
                 current = storage.latest_valid()
             else:

@@ -12,7 +12,9 @@
     onceflow kafka list --bootstrap B --prefix P
 
 Exit codes: 0 success, 1 the job failed (verify: the outputs differ; savepoint/stop: the
-job refused or did not answer), 2 bad arguments or configuration.
+job refused or did not answer), 2 bad arguments or configuration; ``run`` stopped by a
+signal: 130 after Ctrl-C (SIGINT), 143 after SIGTERM (128 + the signal's number), whether
+it stopped with a savepoint (first signal) or at once (second).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import json
 import logging
 import os
 import runpy
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -77,13 +81,29 @@ def cmd_run(args: argparse.Namespace) -> int:
             flow.enable_checkpointing(1.0, args.checkpoint_dir)
         else:
             flow.checkpoint_config = replace(flow.checkpoint_config, storage=args.checkpoint_dir)
+    from onceflow.runtime import interrupt
+
+    interrupt.resume_hint = _resume_command(args)
     try:
         result = flow.run(restore=args.restore, fresh=args.fresh, **opts)
     except JobFailedError as e:
         print(f"onceflow: job failed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: what to do next is already printed
+        return 128 + (interrupt.last_signal or signal.SIGINT)
     print(result.summary())
+    if interrupt.last_signal is not None:  # stopped with a savepoint by Ctrl-C / SIGTERM
+        return 128 + interrupt.last_signal
     return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    words = ["onceflow", "run", args.job]
+    if args.flow != "flow":
+        words += ["--flow", args.flow]
+    if args.checkpoint_dir is not None:
+        words += ["--checkpoint-dir", args.checkpoint_dir]
+    return " ".join(shlex.quote(w) for w in [*words, "--restore", "latest"])
 
 
 _ENTRIES = ("chk-", "corrupt-chk-", "savepoint-")
@@ -364,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("onceflow.web").setLevel(logging.INFO)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:  # Ctrl-C before a job ran (a job run handles its own)
+        print(f"onceflow {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ConfigurationError, OnceflowError, OSError) as e:
         print(f"onceflow {args.command}: {e}", file=sys.stderr)
         from onceflow.cli.remote import RemoteError

@@ -46,6 +46,7 @@ from onceflow.graph.jobgraph import JobGraph, build
 from onceflow.graph.logical import Kind, LogicalPlan
 from onceflow.runtime.control import JobControl, Request, SavepointError
 from onceflow.runtime.failures import FailureTracker
+from onceflow.runtime.interrupt import GracefulStop
 from onceflow.runtime.observers import Observers
 from onceflow.runtime.observers import validate as validate_observers
 from onceflow.runtime.rerun import check_fresh_start
@@ -166,7 +167,8 @@ class JobDriver:
     # --- run -----------------------------------------------------------------------------
     def run(self, restore: str | None) -> JobResult:
         try:
-            return self._prepare_and_run(restore)
+            with GracefulStop(self):  # Ctrl-C / SIGTERM: stop with a savepoint
+                return self._prepare_and_run(restore)
         finally:  # also when preparation fails: nobody may wait on a savepoint forever
             self.control.close("the job has ended")
 

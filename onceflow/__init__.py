@@ -6,6 +6,7 @@ run them. Users import only what is listed in ``__all__`` plus the submodules
 ``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart`` and ``onceflow.state``.
 """
 
+from onceflow import logging as _logging
 from onceflow import restart, sinks, sources, state
 from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
@@ -33,6 +34,8 @@ from onceflow.runtime.control import SavepointError
 from onceflow.runtime.rerun import ExistingCheckpointError
 
 __version__ = "0.1.0"
+
+_logging.install_fallback()  # warnings reach stderr, with their level, until logging is set up
 
 __all__ = [
     "CheckpointConfig",

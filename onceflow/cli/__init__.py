@@ -32,7 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 from onceflow.api.flow import Flow
-from onceflow.checkpoint.storage import METADATA, load_checkpoint
+from onceflow.checkpoint.storage import METADATA, CheckpointStorage, load_checkpoint
 from onceflow.errors import ConfigurationError, JobFailedError, OnceflowError
 from onceflow.graph.keygroups import key_group_range
 
@@ -43,7 +43,14 @@ def _load_flow(path: str, name: str) -> Flow:
     folder = os.path.dirname(os.path.abspath(path))  # like `python job.py`: siblings import
     if sys.path[:1] != [folder]:
         sys.path.insert(0, folder)
-    ns = runpy.run_path(path, run_name="__onceflow_job__")
+    try:
+        ns = runpy.run_path(path, run_name="__onceflow_job__")
+    except Exception as e:  # the job file itself raised: show where, in the user's file
+        from onceflow._usertrace import format_user_traceback
+
+        raise ConfigurationError(
+            f"job file {path} raised while loading:\n{format_user_traceback(e).rstrip()}"
+        ) from None
     obj = ns.get(name)
     if obj is None:
         raise ConfigurationError(
@@ -206,8 +213,41 @@ def _describe_state(kind: str | None, state: Any) -> dict[str, Any]:
     return {"state": repr(state)[:200]}
 
 
+def _latest_checkpoint(path: str) -> str:
+    """``path`` itself when it is a checkpoint; else the newest complete checkpoint or
+    savepoint that verifies in the flow folder (or the storage root of one flow) ``path``.
+    Nothing is moved or deleted."""
+    if os.path.exists(os.path.join(path, METADATA)) or not os.path.isdir(path):
+        return path
+    d, _ = _checkpoint_dirs(path)
+    storage = CheckpointStorage.__new__(CheckpointStorage)
+    storage.root = storage.dir = d
+    found = [(cid, storage.path(cid)) for cid in storage.complete_ids()]
+    found += [(cid, p) for cid, p in storage.savepoints() if os.path.isdir(p)]
+    problems: list[str] = []
+    for _, candidate in sorted(found, reverse=True):
+        try:
+            load_checkpoint(candidate)
+        except OnceflowError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            print(f"skipped newer checkpoints that do not verify: {'; '.join(problems)}",
+                  file=sys.stderr)
+        return candidate
+    raise ConfigurationError(
+        f"{path} holds no complete checkpoint"
+        + (f" that verifies ({'; '.join(problems)})" if problems else "")
+        + "; pass a checkpoint directory (.../chk-<n>) or a flow's checkpoint folder")
+
+
+def _key_groups(lo: int, end: int) -> str:
+    """A key-group range as the docs write it: first..last, both included."""
+    return f"{lo}..{end - 1}"
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    ckpt = load_checkpoint(os.path.abspath(args.path))
+    ckpt = load_checkpoint(_latest_checkpoint(os.path.abspath(args.path)))
     meta = ckpt.meta
     mp = meta["max_parallelism"]
     out: dict[str, Any] = {"checkpoint": ckpt.id, "path": ckpt.path, "flow": meta["flow"],
@@ -238,6 +278,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               f"{', stateless' if not op['stateful'] else ''})")
         for s in op["subtasks"]:
             extra = {k: v for k, v in s.items() if k not in ("subtask", "file", "file_size")}
+            if "key_groups" in extra:
+                extra["key_groups"] = _key_groups(*extra["key_groups"])
             print(f"    [{s['subtask']}] {s['file_size']:,} B  "
                   + "  ".join(f"{k}={v}" for k, v in extra.items()))
     return 0
@@ -277,8 +319,11 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from onceflow import __version__
+
     ap = argparse.ArgumentParser(prog="onceflow",
                                  description="Run and inspect onceflow jobs.")
+    ap.add_argument("--version", action="version", version=f"onceflow {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the Flow a Python file defines",
                        description="Run the module-level Flow of job.py (command-line values "
@@ -345,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show what one checkpoint holds",
                        description="Operators, parallelism, per-subtask sizes and key-group "
                        "ranges, source positions and sink pending transactions.")
-    i.add_argument("path", help="a checkpoint directory (.../chk-<n>)")
+    i.add_argument("path", help="a checkpoint or savepoint directory (.../chk-<n>), or a "
+                   "flow's checkpoint folder (or a storage root holding one flow): its "
+                   "newest complete checkpoint")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_inspect)
     k = sub.add_parser("kafka", help="Kafka helpers",
@@ -356,6 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--prefix", required=True, help="the sink's transactional_id_prefix")
     k.set_defaults(func=cmd_kafka)
     return ap
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _port(text: str) -> int:
@@ -377,16 +433,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # JSON logs feed a log pipeline: one line per checkpoint and restart (INFO)
         oflog.configure(json=True, level=logging.INFO)
     elif level == logging.INFO:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     else:
-        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # where the dashboard and metrics are served is worth a line even when not verbose
     logging.getLogger("onceflow.web").setLevel(logging.INFO)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except KeyboardInterrupt:  # Ctrl-C before a job ran (a job run handles its own)
         print(f"onceflow {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `onceflow checkpoints DIR | head`: the reader has had enough
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for `cat` in the same place
     except (ConfigurationError, OnceflowError, OSError) as e:
         print(f"onceflow {args.command}: {e}", file=sys.stderr)
         from onceflow.cli.remote import RemoteError

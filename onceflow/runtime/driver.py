@@ -33,6 +33,7 @@ from onceflow.checkpoint.coordinator import (
     CheckpointStatus,
     CoordinatorSettings,
 )
+from onceflow.checkpoint.permissions import warn_if_open
 from onceflow.checkpoint.storage import (
     CheckpointStorage,
     CompletedCheckpoint,
@@ -188,6 +189,8 @@ class JobDriver:
             tmpdir = tempfile.mkdtemp(prefix="onceflow-final-")
             storage = CheckpointStorage(tmpdir, cfg.flow)
         storage.prepare()
+        if ck is not None:
+            warn_if_open(storage)  # state files are pickles: the storage must be private
         observers: Observers | None = None
         try:
             observers = Observers(self.status, cfg, storage.dir if ck is not None else None,

@@ -33,8 +33,9 @@ _HEADER = "Traceback (most recent call last; onceflow's own frames left out):\n"
 
 
 def is_internal(filename: str) -> bool:
-    """A frame of onceflow itself (not of the user's code, nor of a library it calls)."""
-    return os.path.abspath(filename).startswith(_PACKAGE_DIR)
+    """A frame of onceflow itself (not of the user's code, nor of a library it calls), or of
+    the interpreter's frozen machinery that loaded the job file (``<frozen runpy>``)."""
+    return filename.startswith("<frozen ") or os.path.abspath(filename).startswith(_PACKAGE_DIR)
 
 
 def user_frames(exc: BaseException) -> traceback.StackSummary:

@@ -236,7 +236,7 @@ def _latest_checkpoint(path: str) -> str:
                   file=sys.stderr)
         return candidate
     raise ConfigurationError(
-        f"{path} holds no complete checkpoint"
+        f"{path} holds no complete checkpoint (no chk-<n>/_metadata)"
         + (f" that verifies ({'; '.join(problems)})" if problems else "")
         + "; pass a checkpoint directory (.../chk-<n>) or a flow's checkpoint folder")
 

@@ -233,3 +233,22 @@ def test_the_default_strategy_gives_up_on_a_record_that_always_fails(tmp_path: P
     assert "max_repeated_failures=3" in str(exc.value) and "4242" in str(exc.value)
     assert isinstance(exc.value.cause, ValueError)
     assert time.monotonic() - t0 < 60, "1 s + 2 s of backoff, not minutes"
+
+
+def test_cli_json_log_ends_with_a_job_failed_line_with_the_users_frames(tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text("import onceflow as of\n"
+                   "def parse(s):\n"
+                   "    return int(s)\n"
+                   "flow = of.Flow('json-fails', restart_strategy=of.restart.no_restart())\n"
+                   "flow.source(of.sources.Collection(['x'])).map(parse).sink(of.sinks.Discard())\n")
+    exe = shutil.which("onceflow", path=os.path.dirname(sys.executable))
+    assert exe
+    r = subprocess.run([exe, "run", str(job), "--no-progress", "--log-json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    lines = [json.loads(ln) for ln in r.stderr.splitlines()]  # every line is JSON
+    failed = [d for d in lines if d.get("event") == "job_failed"]
+    assert len(failed) == 1 and failed[0]["level"] == "ERROR"
+    assert f'File "{job}", line 3, in parse' in failed[0]["user_traceback"]
+    assert f'File "{job}", line 3, in parse' in failed[0]["cause"]

@@ -94,7 +94,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = flow.run(restore=args.restore, fresh=args.fresh, **opts)
     except JobFailedError as e:
-        print(f"onceflow: job failed: {e}", file=sys.stderr)
+        from onceflow import logging as oflog
+
+        if oflog.json_active():  # a log pipeline gets the failure, the user's frames too
+            logging.getLogger("onceflow").error(
+                "job %r failed: %s", flow.name, e.reason,
+                extra={"event": "job_failed", "flow": flow.name, "cause": e.reason,
+                       "user_traceback": e.user_traceback})
+        else:
+            print(f"onceflow: job failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C: what to do next is already printed
         return 128 + (interrupt.last_signal or signal.SIGINT)

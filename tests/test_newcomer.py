@@ -217,3 +217,18 @@ def test_verify_gets_all_its_kills_into_a_short_job(tmp_path: Path) -> None:
     r = onceflow("verify", str(job), "--kills", "3", "--seed", "7")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "3 kill(s), 3 restart(s)" in r.stdout and "result: identical" in r.stdout
+
+
+def test_user_code_failing_in_the_driver_shows_the_users_frames(tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text("import onceflow as of\n"
+                   "class Bad(of.sources.Range):\n"
+                   "    def splits(self, n):\n"
+                   "        raise KeyError('nope')\n"
+                   "flow = of.Flow('splits-fail')\n"
+                   "flow.source(Bad(0, 10)).sink(of.sinks.Discard())\n")
+    r = onceflow("run", str(job), "--no-progress")
+    assert r.returncode == 1
+    assert f'File "{job}", line 4, in splits' in r.stderr and "KeyError: 'nope'" in r.stderr
+    assert "onceflow/runtime" not in r.stderr and "Traceback (most recent call last):" \
+        not in r.stderr

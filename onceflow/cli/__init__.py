@@ -106,6 +106,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C: what to do next is already printed
         return 128 + (interrupt.last_signal or signal.SIGINT)
+    except (OnceflowError, OSError):
+        raise  # main() prints their message
+    except Exception as e:  # user code run by the driver (a source's splits(), ...)
+        from onceflow._usertrace import format_user_traceback
+
+        print(f"onceflow: job failed before it ran:\n{format_user_traceback(e).rstrip()}",
+              file=sys.stderr)
+        return 1
     print(result.summary())
     if interrupt.last_signal is not None:  # stopped with a savepoint by Ctrl-C / SIGTERM
         return 128 + interrupt.last_signal

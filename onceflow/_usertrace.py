@@ -71,6 +71,8 @@ class FailureReport:
     type_name: str  # "builtins.ValueError", "myjob.BadRecord"
     exception: bytes | None = None  # the original exception, pickled, when that round-trips
     frames: str | None = None  # just the user's frames of the exception itself, formatted
+    operator: str | None = None  # the operator whose user code raised (UserFunctionError)
+    bad_input: bool = False  # a source could not decode its input (RecordFormatError)
 
     @property
     def text(self) -> str:
@@ -109,7 +111,7 @@ def _by_type_name(type_name: str, message: str) -> BaseException:
 def report(exc: BaseException) -> FailureReport:
     """The report of ``exc`` raised in a worker. A :class:`~onceflow.UserFunctionError`
     reports its cause (the user's exception) with the operator and record."""
-    from onceflow.errors import OnceflowError, UserFunctionError
+    from onceflow.errors import OnceflowError, RecordFormatError, UserFunctionError
 
     if isinstance(exc, UserFunctionError):
         cause: BaseException = exc.cause
@@ -124,7 +126,9 @@ def report(exc: BaseException) -> FailureReport:
     cls = type(cause)
     type_name = f"{cls.__module__}.{cls.__qualname__}"
     return FailureReport(message, trace, (*key, type_name, str(cause)), type_name,
-                         _pickled(cause), "".join(frames.format()) if frames else None)
+                         _pickled(cause), "".join(frames.format()) if frames else None,
+                         exc.operator if isinstance(exc, UserFunctionError) else None,
+                         isinstance(exc, RecordFormatError))
 
 
 def safe_report(exc: BaseException) -> FailureReport | None:

@@ -161,9 +161,10 @@ def test_json_log_and_dashboard_status_carry_the_users_frames() -> None:
 
 
 # --- a failure that repeats at the same record ---------------------------------------------
-def _report(record: str = "7", message: str = "boom") -> FailureReport:
-    return FailureReport(f"operator 'op' raised ValueError: {message}", None,
-                         ("op", record, "builtins.ValueError", message), "builtins.ValueError")
+def _report(record: str = "7", message: str = "boom", op: str = "op") -> FailureReport:
+    return FailureReport(f"operator {op!r} raised ValueError: {message}", None,
+                         (op, record, "builtins.ValueError", message), "builtins.ValueError",
+                         operator=op)
 
 
 def _done(n: int) -> list[CheckpointStats]:
@@ -199,6 +200,14 @@ def test_a_completed_checkpoint_or_another_record_starts_the_count_again() -> No
                            (_report("8"), 1), (_report("8"), 1), (_report("8", "other"), 1),
                            (None, 1), (_report("8", "other"), 1)]) == [None] * 9
     assert tracker.repeats == 1
+
+
+def test_a_source_or_sink_failing_the_same_way_is_left_to_the_strategy() -> None:
+    tracker = FailureTracker("f", of.restart.fixed_delay(attempts=None), connectors=["pg"])
+    assert _feed(tracker, [(_report(op="pg"), 0)] * 5) == [None] * 5  # a database outage
+    bad = FailureReport("cannot decode", None, ("onceflow.errors.RecordFormatError", "x"),
+                        "onceflow.errors.RecordFormatError", bad_input=True)
+    assert _feed(tracker, [(bad, 0)] * 3)[2] is not None  # bad input stays bad
 
 
 def test_the_limit_is_configurable_and_none_means_unlimited() -> None:

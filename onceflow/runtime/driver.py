@@ -122,7 +122,9 @@ class JobDriver:
         self.status = JobStatus(cfg.flow)  # what the dashboard, metrics and progress read
         self.control = JobControl()  # savepoint requests from other threads
         self.stopped_with_savepoint: str | None = None
-        self.failures = FailureTracker(cfg.flow, cfg.restart)  # repeats, the user's error
+        self.failures = FailureTracker(  # repeats at one record, the user's error
+            cfg.flow, cfg.restart, [n.name for n in plan.nodes if n.kind in (Kind.SOURCE,
+                                                                               Kind.SINK)])
 
     # --- preparation ---------------------------------------------------------------------
     def _validate_connectors(self) -> None:

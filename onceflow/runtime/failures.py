@@ -4,9 +4,12 @@ A bug that fails on one record fails every attempt at that record: restarting ca
 and the default restart strategy would keep trying for minutes. :class:`FailureTracker`
 notices it: consecutive attempts that fail with the same error (exception type and message)
 at the same operator and record, with no checkpoint completing in between, are one
-*repeating* failure. After the second it logs that the failure looks deterministic; when
-it has happened ``RestartStrategy.max_repeated_failures`` times the job stops
-(``None``: no limit, the restart strategy alone decides).
+*repeating* failure. Only failures of user functions (``map``, ``process``, ...) and input
+a source cannot decode count: a source or sink that fails the same way every time is more
+often an outage of the system behind it, which the restart strategy waits out. After the
+second one it logs that the failure looks deterministic; when it has happened
+``RestartStrategy.max_repeated_failures`` times the job stops (``None``: no limit, the
+restart strategy alone decides).
 
 It also turns the last failure into the :class:`~onceflow.JobFailedError` that ``run()``
 raises, with the user's exception rebuilt as ``.cause`` where that is possible.
@@ -30,9 +33,11 @@ class FailureTracker:
     :meth:`new_attempt` before every attempt, so a failure without one, like a killed
     worker, counts as different), then :meth:`on_failure` once per failed attempt."""
 
-    def __init__(self, flow: str, strategy: RestartStrategy) -> None:
+    def __init__(self, flow: str, strategy: RestartStrategy,
+                 connectors: Iterable[str] = ()) -> None:
         self.flow = flow
         self.strategy = strategy
+        self.connectors = set(connectors)  # names of the source and sink operators
         self.last: FailureReport | None = None  # the exception of the current failure
         self.repeats = 0  # failed attempts in a row that are the same failure
         self._previous: tuple[str, ...] | None = None
@@ -51,7 +56,10 @@ class FailureTracker:
         """An attempt failed (after :meth:`received`, if the failure was an exception).
         Returns why the job must stop now, or None to leave it to the restart strategy."""
         completed = sum(1 for c in history if c.status is CheckpointStatus.COMPLETED)
-        key = self.last.fingerprint if self.last is not None else None
+        last = self.last
+        counts = last is not None and (last.bad_input or (
+            last.operator is not None and last.operator not in self.connectors))
+        key = last.fingerprint if last is not None and counts else None
         if key is not None and key == self._previous and completed == self._completed_at_previous:
             self.repeats += 1
         else:

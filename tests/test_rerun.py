@@ -139,3 +139,17 @@ flow.source(of.sources.Range(0, 500)).sink(of.sinks.FileSink({str(tmp_path / 'ou
     assert fresh.returncode == 0, fresh.stderr
     assert _committed(tmp_path) == sorted(list(range(500)) * 2)
     assert os.path.isdir(tmp_path / "ck" / "cli-rerun")
+
+
+def test_the_conformance_check_may_be_run_again_with_the_same_workdir(tmp_path: Path) -> None:
+    from onceflow.testing import check_sink_exactly_once
+
+    for attempt in range(2):
+        out = tmp_path / f"out-{attempt}"  # the sink's output is the caller's to clear
+        report = check_sink_exactly_once(
+            lambda case, o=out: of.sinks.FileSink(o / case),
+            lambda case, o=out: of.sinks.read_committed(o / case),
+            workdir=str(tmp_path / "work"), records=3000,
+            points=["sink.before_commit@checkpoint=2"])
+        assert report.ok, str(report)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["case0-ckpt", "case0.fired"]

@@ -23,6 +23,7 @@ from onceflow.errors import (
     CheckpointError,
     ConfigurationError,
     CorruptCheckpointError,
+    ExistingCheckpointError,
     IncompatibleStateError,
     JobFailedError,
     NoCheckpointError,
@@ -31,7 +32,6 @@ from onceflow.errors import (
     UserFunctionError,
 )
 from onceflow.runtime.control import SavepointError
-from onceflow.runtime.rerun import ExistingCheckpointError
 
 __version__ = "0.1.0"
 

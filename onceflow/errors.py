@@ -5,6 +5,7 @@ Every error onceflow raises derives from :class:`OnceflowError`; subclasses say 
     OnceflowError
     ├── ConfigurationError      a setting or a flow definition is wrong; change it and rerun
     ├── CheckpointError         checkpoint storage cannot be used as asked
+    │   ├── ExistingCheckpointError a run without restore found this flow's checkpoints
     │   ├── NoCheckpointError       an explicit restore path holds no complete checkpoint
     │   ├── CorruptCheckpointError  a checkpoint's files fail their checksums or are missing
     │   └── IncompatibleStateError  a checkpoint cannot be restored into this flow
@@ -30,6 +31,18 @@ class ConfigurationError(OnceflowError, ValueError):
 
 class CheckpointError(OnceflowError):
     """Checkpoint storage cannot be used as asked."""
+
+
+class ExistingCheckpointError(CheckpointError):
+    """A run without ``restore`` found completed checkpoints of the same flow in its
+    checkpoint storage. Pass ``restore="latest"`` to continue the job, or ``fresh=True``
+    to start over and write the whole output again. ``checkpoint_id`` and ``path`` name
+    the newest one found."""
+
+    def __init__(self, message: str, checkpoint_id: int, path: str) -> None:
+        super().__init__(message)
+        self.checkpoint_id = checkpoint_id
+        self.path = path
 
 
 class NoCheckpointError(CheckpointError):

@@ -15,24 +15,12 @@ import time
 from typing import TYPE_CHECKING
 
 from onceflow.checkpoint.storage import METADATA, CheckpointStorage, load_checkpoint
-from onceflow.errors import CheckpointError, OnceflowError
+from onceflow.errors import ExistingCheckpointError, OnceflowError
 
 if TYPE_CHECKING:
     from onceflow.api.config import CheckpointConfig
 
 log = logging.getLogger("onceflow")
-
-
-class ExistingCheckpointError(CheckpointError):
-    """A run without ``restore`` found completed checkpoints of the same flow in its
-    checkpoint storage. Pass ``restore="latest"`` to continue the job, or ``fresh=True``
-    to start over and write the whole output again. ``checkpoint_id`` and ``path`` name
-    the newest one found."""
-
-    def __init__(self, message: str, checkpoint_id: int, path: str) -> None:
-        super().__init__(message)
-        self.checkpoint_id = checkpoint_id
-        self.path = path
 
 
 def newest_completed(storage: CheckpointStorage) -> tuple[int, str] | None:

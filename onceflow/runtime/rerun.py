@@ -33,7 +33,8 @@ def newest_completed(storage: CheckpointStorage) -> tuple[int, str] | None:
 
 
 def describe(cid: int, path: str) -> str:
-    """``checkpoint 7 (completed 2026-12-01 10:00:00 UTC; the job had finished: ...)``."""
+    """``checkpoint 7 at <path>, completed 2026-12-01 10:00:00 UTC; the job had finished:
+    ...`` (or had not, or was stopped with this savepoint)."""
     try:
         meta = load_checkpoint(path).meta
     except OnceflowError as e:

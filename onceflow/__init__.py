@@ -6,6 +6,7 @@ run them. Users import only what is listed in ``__all__`` plus the submodules
 ``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart`` and ``onceflow.state``.
 """
 
+from onceflow import logging as _logging
 from onceflow import restart, sinks, sources, state
 from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
@@ -25,6 +26,7 @@ from onceflow.errors import (
     CheckpointError,
     ConfigurationError,
     CorruptCheckpointError,
+    ExistingCheckpointError,
     IncompatibleStateError,
     JobFailedError,
     NoCheckpointError,
@@ -36,6 +38,8 @@ from onceflow.runtime.control import SavepointError
 
 __version__ = "0.1.0"
 
+_logging.install_fallback()  # warnings reach stderr, with their level, until logging is set up
+
 __all__ = [
     "CheckpointConfig",
     "CheckpointError",
@@ -44,6 +48,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptCheckpointError",
     "DataStream",
+    "ExistingCheckpointError",
     "Flow",
     "IncompatibleStateError",
     "JobClient",

@@ -21,6 +21,7 @@ PUBLIC = {
         "ConfigurationError",
         "CorruptCheckpointError",
         "DataStream",
+        "ExistingCheckpointError",
         "Flow",
         "IncompatibleStateError",
         "JobClient",

@@ -239,6 +239,38 @@ def test_timers_registered_while_firing_fire_too(tmp_path: Path) -> None:
     isolated(_timers_registered_while_firing, tmp_path)
 
 
+def _below_a_refilled_groups_bound(tmp: Path) -> None:
+    """A key group whose cache ran empty is refilled from a lower bound (skipping the
+    deletions of fired timers); a timer registered below that bound, and already written
+    to RocksDB and gone from the layers, is still found."""
+    rocksdb_timers.CACHE = 2
+    s = rocks_store(tmp, (0, MP), layer_entries=1000)
+    try:
+        s.scope.key = "k"
+        for t in range(10, 20):
+            s.register_timer(float(t))
+        checkpoint(s, tmp)
+        s.after_batch()  # all in RocksDB, the layers dropped
+        s.scope.key = "k"
+        s.delete_timer(10.0)
+        s.delete_timer(11.0)  # the cache (10, 11) is empty: the group must be read again
+        s.register_timer(5.0)
+        s.register_timer(10.5)
+        checkpoint(s, tmp)
+        s.after_batch()
+        assert not s.frozen and not s.cur.data
+        assert s.next_timer() == 5.0
+        due = s.pop_due_timers(100.0)
+        assert [t for t, _ in due] == [5.0, 10.5, *map(float, range(12, 20))]
+        assert s.timer_count() == 0
+    finally:
+        s.close()
+
+
+def test_timer_below_a_refilled_groups_bound_is_found(tmp_path: Path) -> None:
+    isolated(_below_a_refilled_groups_bound, tmp_path)
+
+
 # --- compatibility -----------------------------------------------------------------------
 def _old_format(tmp: Path) -> None:
     """A RocksDB snapshot from before this change: timers in the head, none in RocksDB."""

@@ -99,12 +99,23 @@ class RocksTimers:
         # timers (suffix; b"" = the start). Groups in neither dict have no timers.
         self.unknown: dict[int, bytes] = {}
         self.heap: list[tuple[bytes, int]] = []  # (first cached suffix, kg), lazily cleaned
+        self._last: tuple[float, bytes] = (0.0, encode_time(0.0))  # the last time encoded
+
+    def _time(self, when: float) -> bytes:
+        """``encode_time``, remembering the last time (a window operator registers the same
+        window end for every record of a window)."""
+        last = self._last
+        if when == last[0]:
+            return last[1]
+        b = encode_time(when)
+        self._last = (when, b)
+        return b
 
     # --- the operations ------------------------------------------------------------------
     def register(self, when: float) -> None:
         store = self.store
         kgb, kb = store._key_prefix()
-        suffix = encode_time(when) + kb
+        suffix = self._time(when) + kb
         full = kgb + self.hdr + suffix
         cur = store.cur
         v = cur.data.get(full, _MISSING)
@@ -140,7 +151,7 @@ class RocksTimers:
     def delete(self, when: float) -> None:
         store = self.store
         kgb, kb = store._key_prefix()
-        suffix = encode_time(when) + kb
+        suffix = self._time(when) + kb
         full = kgb + self.hdr + suffix
         kg = int.from_bytes(kgb, "big")
         if not self._exists(kg, suffix, full):

@@ -445,7 +445,8 @@ class RocksDBStore(TimerQueue):
         self._apply(layer)
         tables: dict[Any, Any] = _read_tables(self.db, None, self.kinds)
         for name, timers in _read_timers(self.db).items():
-            tables[TIMER_TABLES[name]] = timers
+            if timers:
+                tables[TIMER_TABLES[name]] = timers
         return {"tables": tables}
 
     def notify_complete(self, checkpoint_id: int) -> None:
@@ -600,7 +601,8 @@ class RocksDBStore(TimerQueue):
         self.db.write(wb)
 
     def size(self) -> int:
-        return sum(1 for _ in _iter_raw(self.db))
+        """Entries of keyed state in RocksDB (timers not counted, as with the memory store)."""
+        return sum(1 for k, _ in _iter_raw(self.db) if not is_timer_key(k))
 
 
 class _RocksSnapshot(AsyncSnapshot):

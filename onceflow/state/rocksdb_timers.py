@@ -22,10 +22,12 @@ the group's earliest live timers (a prefix of all of them, in byte order), marke
 *complete* when it holds every timer of the group. A heap holds each cached group's first
 timer (stale entries are dropped lazily). Registering a timer below the cache's last entry
 (or into a complete cache) inserts it; deleting removes it; when a group's cache runs empty
-and is not complete, the group is *unknown* and the next peek refills it: up to ``CACHE``
+and is not complete, the group is *unknown* and the next peek refills it: up to ``limit``
 live entries read from RocksDB (seeking from a lower bound of its timers, which skips the
 deletions of timers already fired), merged with the timers the layers added. A group with
-no timers costs nothing; one with many costs at most ``2 * CACHE`` cached entries.
+no timers costs nothing; one with many costs at most ``2 * limit`` cached entries, where
+``limit`` is ``CACHE`` but smaller when the subtask owns many key groups (at most about
+``CACHE_TOTAL`` entries are read when all groups are refilled after a restore).
 
 Register and delete need to know whether the timer exists (at most one timer per time and
 key, and the per-key-group counts that the snapshot head carries). The answer comes from
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 PROC_HDR = b"\x01\xfe"
 EVENT_HDR = b"\x01\xff"
 CACHE = 128  # timers read per refill of one key group; a cache holds at most twice this
+CACHE_TOTAL = 32768  # ... but at most about this many over all key groups of the subtask
+POP_FLUSH = 10_000  # pops between checks whether the write layer is full
 _MISSING = object()
 _SIGN = 1 << 63
 _ALL = (1 << 64) - 1
@@ -100,6 +104,11 @@ class RocksTimers:
         self.unknown: dict[int, bytes] = {}
         self.heap: list[tuple[bytes, int]] = []  # (first cached suffix, kg), lazily cleaned
         self._last: tuple[float, bytes] = (0.0, encode_time(0.0))  # the last time encoded
+        lo, hi = store.kg_range
+        self._groups_owned = max(1, hi - lo)
+
+    def _limit(self) -> int:
+        return max(2, min(CACHE, CACHE_TOTAL // self._groups_owned))
 
     def _time(self, when: float) -> bytes:
         """``encode_time``, remembering the last time (a window operator registers the same
@@ -144,8 +153,9 @@ class RocksTimers:
             insort(cache, suffix)
             if cache[0] == suffix:
                 self._push(suffix, kg)
-            if len(cache) > 2 * CACHE:
-                del cache[CACHE:]
+            limit = self._limit()
+            if len(cache) > 2 * limit:
+                del cache[limit:]
                 g.complete = False
 
     def delete(self, when: float) -> None:
@@ -199,6 +209,8 @@ class RocksTimers:
             self._shrunk(kg, g, s, True)
             if kg in self.unknown:
                 self._refill(kg)
+            if len(due) % POP_FLUSH == 0:  # many due at once: hand full layers to the writer
+                self.store.after_batch()
         return due
 
     def count(self) -> int:
@@ -250,12 +262,13 @@ class RocksTimers:
             self._refill(kg)
 
     def _refill(self, kg: int) -> None:
-        """Read the earliest ``CACHE`` live timers of one key group: RocksDB from the
+        """Read the earliest ``limit`` live timers of one key group: RocksDB from the
         group's lower bound, merged with what the layers (newest first) added or deleted."""
         store = self.store
         floor = self.unknown.pop(kg)
         base = kg.to_bytes(2, "big") + self.hdr
         n = len(base)
+        limit = self._limit()
         layers = [store.cur, *reversed(store.frozen)]
 
         def newest(full: bytes) -> Any:
@@ -278,7 +291,7 @@ class RocksTimers:
             k = it.key()
             if not k.startswith(base):
                 break
-            if len(from_db) == CACHE:
+            if len(from_db) == limit:
                 exhausted = False
                 break
             if newest(k) is not None:
@@ -289,8 +302,8 @@ class RocksTimers:
             cut = bisect_left(merged, from_db[-1]) + 1
             del merged[cut:]
         complete = exhausted
-        if len(merged) > 2 * CACHE:
-            del merged[CACHE:]
+        if len(merged) > 2 * limit:
+            del merged[limit:]
             complete = False
         if merged:
             g = _Group([m[n:] for m in merged], complete)

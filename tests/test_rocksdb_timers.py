@@ -271,6 +271,37 @@ def test_timer_below_a_refilled_groups_bound_is_found(tmp_path: Path) -> None:
     isolated(_below_a_refilled_groups_bound, tmp_path)
 
 
+def _many_key_groups(tmp: Path) -> None:
+    """With 32,768 key groups in one subtask the caches stay small (a few entries each)
+    after a restore, and every timer still pops in order."""
+    mp = 32768
+    s = rocks_store(tmp, (0, mp), mp=mp, layer_entries=100_000, owner="many")
+    try:
+        for k in range(3000):
+            s.scope.key = k
+            s.register_event_timer(float(k % 97))
+            s.register_event_timer(float(k % 89) + 0.5)
+        snap = checkpoint(s, tmp)
+    finally:
+        s.close()
+    r = rocks_store(tmp, (0, mp), mp=mp, owner="many-again")
+    try:
+        r.restore([snap], filter_by_range=False)
+        assert r.timer_count() == 6000
+        assert r.next_event_timer() == 0.0
+        assert max(len(g.cache) for g in r._etimers.groups.values()) <= 4
+        out: list[float] = []
+        for wm in range(0, 100, 7):
+            out += [t for t, _ in r.pop_due_event_timers(float(wm))]
+        assert out == sorted(out) and len(out) == 6000
+    finally:
+        r.close()
+
+
+def test_caches_stay_small_with_many_key_groups(tmp_path: Path) -> None:
+    isolated(_many_key_groups, tmp_path)
+
+
 # --- compatibility -----------------------------------------------------------------------
 def _old_format(tmp: Path) -> None:
     """A RocksDB snapshot from before this change: timers in the head, none in RocksDB."""

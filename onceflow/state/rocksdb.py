@@ -125,15 +125,17 @@ class _Layer:
     """Writes not yet in RocksDB. ``data``: full key -> pickled value, None = deleted.
     ``maps``: map base -> the full keys of its entries in ``data``. ``cleared``: map bases
     whose older entries are all gone. ``timer_adds``: ``kg | timer header`` -> the timers
-    this layer registered (and did not delete again)."""
+    this layer registered (and did not delete again). ``timer_seen``: timers found in older
+    layers or RocksDB while this layer was current (registering them again reads nothing)."""
 
-    __slots__ = ("applied", "cleared", "data", "maps", "timer_adds")
+    __slots__ = ("applied", "cleared", "data", "maps", "timer_adds", "timer_seen")
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes | None] = {}
         self.maps: dict[bytes, set[bytes]] = {}
         self.cleared: set[bytes] = set()
         self.timer_adds: dict[bytes, set[bytes]] = {}
+        self.timer_seen: set[bytes] = set()
         self.applied = False
 
 
@@ -288,7 +290,7 @@ class RocksDBStore(TimerQueue):
             self._fail()
         while self.frozen and self.frozen[0].applied:
             self.frozen.pop(0)
-        if len(self.cur.data) >= self.cfg.layer_entries:
+        if len(self.cur.data) + len(self.cur.timer_seen) >= self.cfg.layer_entries:
             layer = self._freeze()
             self.writer.submit(self._apply, layer)
 

@@ -31,9 +31,10 @@ no timers costs nothing; one with many costs at most ``2 * limit`` cached entrie
 
 Register and delete need to know whether the timer exists (at most one timer per time and
 key, and the per-key-group counts that the snapshot head carries). The answer comes from
-memory when it can: the current layer (a window operator registers the same timer for every
-record of a window), a complete cache, or a cache whose range covers the time; otherwise a
-point read (RocksDB's bloom filters make a read of a missing key cheap).
+memory when it can: the current layer, including the timers it found to exist (a window
+operator registers the same timer for every record of a window), a complete cache, or a
+cache whose range covers the time; otherwise a point read (RocksDB's bloom filters make a
+read of a missing key cheap).
 """
 
 from __future__ import annotations
@@ -129,10 +130,11 @@ class RocksTimers:
         cur = store.cur
         v = cur.data.get(full, _MISSING)
         if v is not None:
-            if v is not _MISSING:
-                return  # registered since the layer was frozen
+            if v is not _MISSING or full in cur.timer_seen:
+                return  # registered, or seen, since the layer was frozen
             kg = int.from_bytes(kgb, "big")
             if self._exists(kg, suffix, full):
+                cur.timer_seen.add(full)
                 return
         else:
             kg = int.from_bytes(kgb, "big")
@@ -229,6 +231,7 @@ class RocksTimers:
     def _remove(self, kg: int, kgb: bytes, full: bytes) -> None:
         cur = self.store.cur
         cur.data[full] = None
+        cur.timer_seen.discard(full)
         adds = cur.timer_adds.get(kgb + self.hdr)
         if adds is not None:
             adds.discard(full)

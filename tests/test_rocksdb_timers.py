@@ -9,10 +9,14 @@ Every RocksDB store runs in a spawned interpreter (RocksDB's threads do not surv
 from __future__ import annotations
 
 import gc
+import json
 import multiprocessing
 import os
 import pickle
 import random
+import shutil
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -472,3 +476,113 @@ def test_a_million_keys_with_a_timer_each_fit_in_rocksdb(tmp_path: Path) -> None
           f"\n  rocksdb: {rocks}\n  memory:  {mem}")
     assert rocks["head_bytes"] < 1 << 20, rocks
     assert rocks["rss_mb"] < mem["rss_mb"] / 2, (rocks, mem)
+
+
+# --- a real job --------------------------------------------------------------------------
+class WindowCount(of.KeyedProcessFunction):
+    """Counts records per key and 10 s event-time window with an event-time timer at the
+    window's end (registered for every record), plus a processing-time timer that is
+    deleted again: a window operator's use of the timer service."""
+
+    def open(self, ctx: of.RuntimeContext) -> None:
+        self.counts = ctx.map_state("counts")
+
+    def process_element(self, value: Any, ctx: of.ProcessContext) -> None:
+        end = (value[1] // 10 + 1) * 10.0
+        self.counts.put(end, self.counts.get(end, 0) + 1)
+        ts = ctx.timer_service
+        ts.register_event_time_timer(end)
+        ts.register_processing_time_timer(1e12 + value[1])
+        ts.delete_processing_time_timer(1e12 + value[1])
+
+    def on_timer(self, timestamp: float, ctx: of.ProcessContext) -> list[Any]:
+        n = self.counts.get(timestamp)
+        self.counts.remove(timestamp)
+        return [(ctx.current_key, timestamp, n)]
+
+
+def test_a_job_with_event_timers_gives_the_same_windows_on_both_backends(
+        tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    events = [(f"u{rng.randrange(50)}", i / 7 + rng.uniform(0, 3)) for i in range(6000)]
+    results = {}
+    for name, backend in (("memory", of.state.MemoryBackend()),
+                          ("rocksdb", of.state.RocksDBBackend(
+                              local_dir=str(tmp_path / "local"), layer_entries=300))):
+        out = tmp_path / name
+        flow = of.Flow(f"windows-{name}", parallelism=2, state_backend=backend)
+        flow.enable_checkpointing(interval=0.2, storage=str(tmp_path / f"ckpt-{name}"))
+        ws = (of.WatermarkStrategy.bounded_out_of_orderness(3.0)
+              .with_timestamps(lambda e: e[1]))
+        (flow.source(of.sources.Collection(events), watermarks=ws)
+             .key_by(lambda e: e[0]).process(WindowCount(), name="windows")
+             .sink(of.sinks.FileSink(str(out))))
+        flow.run()
+        results[name] = sorted(tuple(r) for r in of.sinks.read_committed(str(out)))
+    want: dict[tuple[str, float], int] = {}
+    for user, t in events:
+        k = (user, (t // 10 + 1) * 10.0)
+        want[k] = want.get(k, 0) + 1
+    assert results["memory"] == sorted((u, e, n) for (u, e), n in want.items())
+    assert results["rocksdb"] == results["memory"]
+
+
+def _inspect_timers(path: str) -> int:
+    """The timers of the window operator that ``onceflow inspect`` reports."""
+    exe = shutil.which("onceflow", path=os.path.dirname(sys.executable))
+    assert exe, "the onceflow command is not installed next to this Python"
+    doc = json.loads(subprocess.run([exe, "inspect", path, "--json"], check=True,
+                                    capture_output=True, text=True).stdout)
+    op = next(op for op in doc["operators"] if op["uid"] == "windows")
+    return sum(int(s["timers"]) for s in op["subtasks"])
+
+
+def _committed_files(out: Path) -> int:
+    return len(list(out.glob("*.jsonl"))) if out.exists() else 0
+
+
+def test_pending_windows_survive_savepoints_across_rescales_and_backends(
+        tmp_path: Path) -> None:
+    """The window job stopped mid-run with a savepoint on RocksDB at parallelism 2, resumed
+    on the memory backend at 3, stopped again, and finished on RocksDB at 1: every window
+    fires exactly once with its full count, so the pending timers crossed every step."""
+    from onceflow.testing import throttle
+
+    rng = random.Random(SEED)
+    n = 20_000
+    events = [(f"u{rng.randrange(200)}", i / 50 + rng.uniform(0, 3)) for i in range(n)]
+    out, ck, sp = tmp_path / "out", str(tmp_path / "ck"), str(tmp_path / "sp")
+
+    def flow(p: int, backend: Any) -> of.Flow:
+        f = of.Flow("windows", parallelism=p, state_backend=backend)
+        f.enable_checkpointing(interval=0.3, storage=ck)
+        ws = (of.WatermarkStrategy.bounded_out_of_orderness(3.0)
+              .with_timestamps(lambda e: e[1]))
+        (f.source(of.sources.Collection(events), name="events", watermarks=ws)
+          .map(throttle(3000), name="slow")
+          .key_by(lambda e: e[0]).process(WindowCount(), name="windows")
+          .sink(of.sinks.FileSink(str(out))))
+        return f
+
+    def rocks() -> Any:
+        return of.state.RocksDBBackend(local_dir=str(tmp_path / "local"), layer_entries=500)
+
+    restore = None
+    for p, backend in ((2, rocks()), (3, of.state.MemoryBackend())):
+        before = _committed_files(out)
+        client = flow(p, backend).start(restore=restore)
+        deadline = time.monotonic() + 120
+        while _committed_files(out) <= before:
+            assert time.monotonic() < deadline and not client.done(), "no progress"
+            time.sleep(0.05)
+        restore = client.stop_with_savepoint(sp, timeout=120)
+        result = client.result(timeout=120)
+        assert result.records_out("events") < n, "the job ended before the stop"
+        assert _inspect_timers(restore) > 0, "no window was pending at the savepoint"
+    flow(1, rocks()).run(restore=restore)
+    want: dict[tuple[str, float], int] = {}
+    for user, t in events:
+        k = (user, (t // 10 + 1) * 10.0)
+        want[k] = want.get(k, 0) + 1
+    got = sorted(tuple(r) for r in of.sinks.read_committed(str(out)))
+    assert got == sorted((u, e, c) for (u, e), c in want.items())

@@ -162,7 +162,7 @@ def _describe_state(kind: str | None, state: Any) -> dict[str, Any]:
         return {}
     if kind == "source":
         return {"splits": [{"split": repr(s), "position": repr(p), "finished": f}
-                           for s, p, f in state]}
+                           for s, p, f, *_ in state]}  # (+ watermark state)
     if kind == "sink" and isinstance(state, dict) and "pending" in state:
         return {"pending_transactions": [{"checkpoint": c, "transaction": repr(t)}
                                          for c, t in state["pending"]]}

@@ -20,7 +20,7 @@ import struct
 from collections import deque
 from typing import Any
 
-from onceflow.runtime.events import TsBatch
+from onceflow.runtime.events import Barrier, TsBatch
 
 _HDR = struct.Struct("<IIB")
 DATA, EVENT, CREDIT, DATA_MARSHAL, TS_MARSHAL = 0, 1, 2, 3, 4
@@ -28,26 +28,40 @@ _RECV = 1 << 18
 
 
 class InputChannel:
-    __slots__ = ("blocked", "ended", "id", "peer", "queue")
+    """The consumer's end of a channel. ``barriers``: how many barriers wait in ``queue``
+    (an unaligned checkpoint lets one overtake the records before it). ``origin``: (upstream
+    task, upstream subtask, upstream parallelism, input number), naming the channel across a
+    restore. ``owed``: batches replayed from a checkpoint's in-flight data into a remote
+    channel, for which the producer must not get a credit back."""
 
-    def __init__(self, channel_id: int, peer: Peer | None = None) -> None:
+    __slots__ = ("barriers", "blocked", "ended", "id", "origin", "owed", "peer", "queue")
+
+    def __init__(self, channel_id: int, peer: Peer | None = None,
+                 origin: tuple[str, int, int, int] | None = None) -> None:
         self.id = channel_id
         self.queue: deque[Any] = deque()
         self.peer = peer
         self.blocked = False
         self.ended = False
+        self.barriers = 0
+        self.origin = origin
+        self.owed = 0
 
     def pop(self) -> Any:
         item = self.queue.popleft()
         if self.peer is not None and (type(item) is list or type(item) is TsBatch):
-            self.peer.grant(self.id)
+            if self.owed:
+                self.owed -= 1
+            else:
+                self.peer.grant(self.id)
         return item
 
 
 class LocalOutput:
-    __slots__ = ("capacity", "queue")
+    __slots__ = ("capacity", "queue", "target")
 
     def __init__(self, target: InputChannel, capacity: int) -> None:
+        self.target = target
         self.queue = target.queue
         self.capacity = capacity
 
@@ -62,6 +76,8 @@ class LocalOutput:
 
     def send_event(self, event: object) -> None:
         self.queue.append(event)
+        if type(event) is Barrier:
+            self.target.barriers += 1
 
 
 class RemoteOutput:
@@ -182,6 +198,8 @@ class Peer:
                     item = TsBatch(*mloads(payload))
                 else:
                     item = loads(payload)
+                    if type(item) is Barrier:
+                        self.inputs[channel].barriers += 1
                 payload.release()  # no export may outlive the loop: the buffer is resized
                 self.inputs[channel].queue.append(item)
                 pos += hs + length

@@ -21,6 +21,7 @@ import pickle
 import time
 from collections.abc import Callable
 
+from onceflow import _faults
 from onceflow.runtime.channels import InputChannel
 from onceflow.runtime.events import Barrier
 
@@ -276,6 +277,7 @@ class UnalignedBarrierHandler(_BarrierHandlerBase):
         self.collecting.clear()
         self.collecting.update(c.id for c in self._live()
                                if c.id not in self.arrived and c is not first)
+        _faults.point("unaligned.overtaken", checkpoint=barrier.checkpoint_id)
         self.on_snapshot(barrier, self.clock() - self.started)
 
     def _capture(self, channel: int, items: list[object]) -> None:

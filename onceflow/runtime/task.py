@@ -331,6 +331,7 @@ class TaskRunner:
         for j, pj, st in restored:
             for origin, items in st.get("inflight", {}).items():
                 ch = by_origin.get(origin)
+                _faults.point("restore.inflight", task=self.uid, subtask=i)
                 if ch is not None and j == i and pj == p:
                     self._replay(ch, [pickle.loads(b) for b in items])  # storage is trusted
                     continue

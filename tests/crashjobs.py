@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--incremental", action="store_true")
     ap.add_argument("--unaligned", action="store_true")
     ap.add_argument("--aligned-timeout", type=float, default=None)
+    ap.add_argument("--buffer-time", type=float, default=None)
     ap.add_argument("--slow", type=float, default=0.0,
                     help="seconds per record in an operator just before the sink "
                          "(backpressure)")
@@ -199,7 +200,8 @@ def main() -> None:
                               max_concurrent=args.max_concurrent, timeout=args.timeout,
                               tolerable_failures=args.tolerable,
                               incremental=args.incremental, unaligned=args.unaligned,
-                              aligned_timeout=args.aligned_timeout)
+                              aligned_timeout=args.aligned_timeout,
+                              buffer_time=args.buffer_time)
     build(args.shape, flow, args.records, args.rate, args.out, args.corpus, args.slow)
     result = flow.run(restore=args.restore)
     print(json.dumps({

@@ -25,10 +25,12 @@ SLOW = ("--slow", "0.00025", "--batch-size", "64", "--rate", "30000")
     ("union_flatmap", "--unaligned"),
     ("mixed_parallelism", "--unaligned"),
     ("two_keyed", "--aligned-timeout"),
+    ("two_keyed", "--buffer-time"),
 ])
 def test_random_worker_kills_with_backpressure_stay_exact(tmp_path: Path, shape: str,
                                                           mode: str) -> None:
-    extra = [mode] if mode == "--unaligned" else [mode, "0.05"]
+    extra = {"--unaligned": [mode], "--aligned-timeout": [mode, "0.05"],
+             "--buffer-time": ["--unaligned", mode, "0.05"]}[mode]
     job = Job(tmp_path, shape, *extra, *SLOW, records=16_000)
     job.start()
     delivered = _kill_randomly(job, random.Random(f"{SEED}-ua-{shape}-{mode}"), kills=3)

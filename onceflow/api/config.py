@@ -26,6 +26,7 @@ class CheckpointConfig:
     incremental: bool = False
     unaligned: bool = False
     aligned_timeout: float | None = None
+    buffer_time: float | None = None
 
     def validate(self) -> None:
         def bad(what: str) -> ConfigurationError:
@@ -57,6 +58,10 @@ class CheckpointConfig:
                 not _number(self.aligned_timeout) or self.aligned_timeout < 0):
             raise bad(f"aligned_timeout must be a number of seconds >= 0 (or None), got "
                       f"{self.aligned_timeout!r}")
+        if self.buffer_time is not None and (
+                not _number(self.buffer_time) or self.buffer_time <= 0):
+            raise bad(f"buffer_time must be a number of seconds > 0 (or None), got "
+                      f"{self.buffer_time!r}")
         if (self.unaligned or self.aligned_timeout is not None) \
                 and self.mode != "exactly_once":
             raise bad("unaligned checkpoints (unaligned=True or aligned_timeout=...) are an "

@@ -21,7 +21,7 @@ from onceflow.graph.jobgraph import Task
 from onceflow.graph.keygroups import key_group, stable_hash, subtask_table
 from onceflow.graph.logical import Kind, Partitioning
 from onceflow.runtime.barriers import UnalignedBarrierHandler, make_handler
-from onceflow.runtime.channels import InputChannel, LocalOutput, RemoteOutput
+from onceflow.runtime.channels import Debloater, InputChannel, LocalOutput, RemoteOutput
 from onceflow.runtime.events import END_OF_INPUT, Barrier, TsBatch, Watermark, WatermarkStatus
 from onceflow.runtime.operators import (
     AssignOp,
@@ -196,7 +196,8 @@ class TaskRunner:
                  batch_size: int, write_state: StateWriter,
                  on_exhausted: Callable[[TaskRunner], None],
                  before_snapshot: Callable[[], None] = lambda: None, *,
-                 unaligned: bool = False, aligned_timeout: float | None = None) -> None:
+                 unaligned: bool = False, aligned_timeout: float | None = None,
+                 buffer_time: float | None = None, capacity: int = 4) -> None:
         self.spec = spec
         self.uid = spec.uid
         self.subtask = subtask
@@ -232,6 +233,8 @@ class TaskRunner:
         self.handler: Any = None
         self._unaligned = exactly_once and (unaligned or aligned_timeout is not None)
         self._aligned_timeout = aligned_timeout
+        self._buffer_time, self._capacity = buffer_time, capacity
+        self._debloat: Debloater | None = None
         self._uh: UnalignedBarrierHandler | None = None
         self._collecting: set[int] = set()  # channels whose reads are in-flight data now
         # unaligned snapshots taken, waiting for their in-flight data: id -> (blob, asyncs,
@@ -250,6 +253,11 @@ class TaskRunner:
             self._collecting = self._uh.collecting
         else:
             self.handler = make_handler(self._exactly_once, self.inputs, self._on_aligned)
+        if self._buffer_time is not None and self.inputs:
+            head = self.ops[0]
+            self._debloat = Debloater(self.inputs, self._buffer_time, self.batch_size,
+                                      2 * self._capacity, lambda: head.records_in,
+                                      time.perf_counter)
         self.valve = WatermarkValve([c.id for c in self.inputs])
         self.all_outputs = list(self.outputs)
         tags = self.spec.output_tags
@@ -463,6 +471,8 @@ class TaskRunner:
             return False
         if self.source is not None:
             return self._source_step()
+        if self._debloat is not None:
+            self._debloat.tick()
         if self._uh is not None and self._overtake():
             return True
         if not self.outputs_have_room():

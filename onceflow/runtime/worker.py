@@ -61,6 +61,7 @@ class WorkerSpec:
     incremental: bool = False
     unaligned: bool = False  # unaligned exactly-once checkpoints (or after aligned_timeout)
     aligned_timeout: float | None = None
+    buffer_time: float | None = None  # channel buffers sized by time
 
 
 class Worker:
@@ -93,7 +94,9 @@ class Worker:
                                 self._write_state_async, self._on_exhausted,
                                 self._apply_pending_completions,
                                 unaligned=self.spec.unaligned,
-                                aligned_timeout=self.spec.aligned_timeout)
+                                aligned_timeout=self.spec.aligned_timeout,
+                                buffer_time=self.spec.buffer_time,
+                                capacity=self.spec.capacity)
             by_uid[uid] = runner
             self.tasks.append(runner)
             if runner.source is not None:
@@ -105,6 +108,8 @@ class Worker:
                 ch = InputChannel(c.id, peer, (c.upstream, c.up_index,
                                                g.tasks[c.upstream].parallelism, c.input_no))
                 inputs[c.id] = ch
+                if peer is not None:
+                    ch.held = 2 * self.spec.capacity  # the producer's initial credits
                 by_uid[c.downstream].inputs.append(ch)
                 if peer is not None:
                     peer.inputs[c.id] = ch

@@ -93,8 +93,10 @@ class Flow:
         a channel to unaligned when its barrier has not arrived within ``s`` seconds (quiet
         jobs keep small checkpoints). Savepoints and the final checkpoint are always aligned.
         ``buffer_time=s``: size every channel's buffer to hold about ``s`` seconds of its
-        consumer's throughput (at least one batch, at most ``channel_capacity``), so barriers
-        and in-flight data stay small under backpressure (Flink's buffer debloating).
+        consumer's throughput (at least one batch, at most ``channel_capacity``; a batch that
+        takes longer is taken in parts), so barriers and in-flight data stay small under
+        backpressure (Flink's buffer debloating). Unaligned checkpoints default to 0.1 s;
+        ``buffer_time=0`` turns it off.
         Settings are checked by ``run()``."""
         self.checkpoint_config = CheckpointConfig(
             interval=interval, storage=os.fspath(storage) if storage is not None else None,

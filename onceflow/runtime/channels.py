@@ -140,7 +140,9 @@ class Debloater:
     ``buffer_time`` seconds of that throughput (in batches of ``batch_size``, at least one,
     at most the configured capacity: ``max_batches`` for a remote channel, half of it for
     a local one), so a barrier queued behind records under backpressure
-    waits about ``buffer_time``, not for a whole fixed-size queue to drain."""
+    waits about ``buffer_time``, not for a whole fixed-size queue to drain. ``chunk``: when
+    even one batch takes longer than ``buffer_time``, the task takes batches in chunks of
+    about ``buffer_time`` worth of records."""
 
     def __init__(self, channels: list[InputChannel], buffer_time: float, batch_size: int,
                  max_batches: int, counter: Any, clock: Any, period: float = 0.2) -> None:
@@ -150,6 +152,7 @@ class Debloater:
         self.last_t = clock()
         self.last_n = counter()
         self.limit = max_batches
+        self.chunk = 0  # records a task should take from a batch at once (0: all)
 
     def tick(self) -> None:
         now = self.clock()
@@ -161,6 +164,9 @@ class Debloater:
         live = [c for c in self.channels if not c.ended] or self.channels
         per_channel = rate * self.buffer_time / self.batch_size / len(live)
         self.limit = max(1, min(self.max_batches, int(per_channel + 0.999)))
+        # records processed in about buffer_time; no chunking when a batch takes less
+        self.chunk = max(16, int(rate * self.buffer_time)) \
+            if rate * self.buffer_time < self.batch_size else 0
         for c in live:
             c.limit = self.limit
             if c.local_out is not None:

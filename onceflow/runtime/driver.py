@@ -377,7 +377,7 @@ class JobDriver:
                               bool(ck and ck.incremental),
                               unaligned=bool(ck and ck.unaligned),
                               aligned_timeout=ck.aligned_timeout if ck else None,
-                              buffer_time=ck.buffer_time if ck else None)
+                              buffer_time=ck.effective_buffer_time if ck else None)
             pid = os.fork()
             if pid == 0:  # the worker process: never returns
                 code = 1

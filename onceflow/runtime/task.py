@@ -235,6 +235,7 @@ class TaskRunner:
         self._aligned_timeout = aligned_timeout
         self._buffer_time, self._capacity = buffer_time, capacity
         self._debloat: Debloater | None = None
+        self._chunk = 0  # with buffer_time: take at most this many records of a batch at once
         self._uh: UnalignedBarrierHandler | None = None
         self._collecting: set[int] = set()  # channels whose reads are in-flight data now
         # unaligned snapshots taken, waiting for their in-flight data: id -> (blob, asyncs,
@@ -473,6 +474,7 @@ class TaskRunner:
             return self._source_step()
         if self._debloat is not None:
             self._debloat.tick()
+            self._chunk = self._debloat.chunk
         if self._uh is not None and self._overtake():
             return True
         if not self.outputs_have_room():
@@ -486,6 +488,8 @@ class TaskRunner:
                 self._rr = (self._rr + k + 1) % n
                 item = ch.pop()
                 t = type(item)
+                if self._chunk and (t is list or t is TsBatch):
+                    item = self._split(ch, item)  # before it is recorded as in-flight
                 if collecting and ch.id in collecting and t is not Barrier:
                     self._uh.record(ch, item)  # type: ignore[union-attr]
                 if t is list:
@@ -509,6 +513,23 @@ class TaskRunner:
                     self._broadcast(item)
                 return True
         return False
+
+    def _split(self, ch: InputChannel, item: Any) -> Any:
+        """Take the first ``_chunk`` records of a large batch; the rest stays at the head of
+        its queue (without a credit of its own), so a barrier behind it waits for about
+        ``buffer_time`` of processing, not for the whole batch."""
+        k = self._chunk
+        if len(item.records if type(item) is TsBatch else item) <= k:
+            return item
+        if type(item) is TsBatch:
+            head, rest = TsBatch(item.records[:k], item.ts[:k]), \
+                TsBatch(item.records[k:], item.ts[k:])
+        else:
+            head, rest = item[:k], item[k:]
+        ch.queue.appendleft(rest)
+        if ch.peer is not None:
+            ch.owed += 1
+        return head
 
     def _overtake(self) -> bool:
         """Unaligned checkpoints: take a barrier out of its queue ahead of the records

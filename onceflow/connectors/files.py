@@ -38,7 +38,7 @@ from onceflow._fsutil import fsync_dir
 from onceflow._optional import require
 from onceflow.connectors.sinks import SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
-from onceflow.errors import ConfigurationError, UserFunctionError
+from onceflow.errors import ConfigurationError, _short_repr
 
 FORMATS = ("jsonl", "csv", "parquet")
 _JSON_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
@@ -97,6 +97,7 @@ class FileSink(TwoPhaseCommitSink[FileTxn]):
         self._ctx: SinkContext | None = None
         self._seq = 0
         self._files: dict[str, _Writer] = {}
+        self._schema_hint: Any = None  # Parquet: the schema of the previous file
 
     @property
     def name(self) -> str:
@@ -139,7 +140,7 @@ class FileSink(TwoPhaseCommitSink[FileTxn]):
         if self.format == "csv":
             return _CsvWriter(path, self.name)
         if self.format == "parquet":
-            return _ParquetWriter(path, self.name)
+            return _ParquetWriter(path, self.name, self._schema_hint)
         return _JsonLinesWriter(path, self.name, self.serializer)
 
     def pre_commit(self, txn: FileTxn) -> None:
@@ -147,6 +148,8 @@ class FileSink(TwoPhaseCommitSink[FileTxn]):
         if w is None:
             return  # nothing written: nothing to make durable, commit will be a no-op
         w.finish()
+        if isinstance(w, _ParquetWriter) and w.schema is not None:
+            self._schema_hint = w.schema
 
     def commit(self, txn: FileTxn) -> None:
         try:
@@ -189,6 +192,10 @@ class FileSink(TwoPhaseCommitSink[FileTxn]):
         self._files.clear()
 
 
+class _RecordError(TypeError):
+    """A record the file format cannot hold (the message names the record)."""
+
+
 # --- one open transaction file per format ------------------------------------------------
 class _Writer:
     """One transaction's hidden file: ``write`` batches, ``finish`` makes it durable and
@@ -218,8 +225,11 @@ class _Writer:
             self.f.close()
             self.f = None
 
-    def fail(self, record: Any, problem: str) -> UserFunctionError:
-        return UserFunctionError(self.sink, record, TypeError(problem))
+    def fail(self, record: Any, problem: str) -> _RecordError:
+        """The error for a record this format cannot write; the sink operator wraps it in a
+        UserFunctionError that names the operator."""
+        return _RecordError(f"{self.sink} cannot write the record {_short_repr(record)}: "
+                            f"{problem}")
 
 
 class _JsonLinesWriter(_Writer):
@@ -258,6 +268,20 @@ def _kind(types: Iterable[type]) -> str | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
+def _check_kind(w: _CsvWriter | _ParquetWriter, records: list[Any], fmt: str) -> str:
+    """The kind of a batch's records; the file's first batch sets the file's kind, and all
+    its records must be of that kind."""
+    kind = _kind(set(map(type, records)))
+    if w.kind is None:
+        w.kind = _kind([type(records[0])])
+    if kind is None or kind != w.kind:
+        bad = next(r for r in records if _kind([type(r)]) != w.kind)
+        names = {"dict": "dicts", "row": "tuples/lists", "value": "single values"}
+        raise w.fail(bad, f"a {fmt} file holds records of one kind (dicts, tuples/lists, or "
+                          f"single values); this file's records are {names[w.kind or 'value']}")
+    return kind
+
+
 class _CsvWriter(_Writer):
     """CSV rows (Python's ``csv`` module, excel dialect, ``\\r\\n`` line ends). The first
     batch decides the file's kind: dict records (a header line of the first record's keys,
@@ -271,17 +295,10 @@ class _CsvWriter(_Writer):
         self.out = csv.writer(self.text)
 
     def write(self, records: list[Any]) -> None:
-        kind = _kind(set(map(type, records)))
-        if self.kind is None and kind is not None:
-            self.kind = kind
-            if kind == "dict":
-                self.header = list(records[0].keys())
-                self.out.writerow(self.header)
-        if kind is None or kind != self.kind:
-            bad = next((r for r in records if _kind([type(r)]) != self.kind), records[0])
-            raise self.fail(bad, f"a CSV file holds records of one kind (dicts, tuples/lists, "
-                                 f"or single values); this one started with "
-                                 f"{self.kind or 'a mix'} records")
+        kind = _check_kind(self, records, "CSV")
+        if kind == "dict" and not self.header:
+            self.header = list(records[0].keys())
+            self.out.writerow(self.header)
         try:
             if kind == "row":
                 self.out.writerows(records)
@@ -318,87 +335,106 @@ class _CsvWriter(_Writer):
 
 
 class _ParquetWriter(_Writer):
-    """One Parquet file per transaction; records are buffered and written as row groups of
-    about :data:`PARQUET_ROW_GROUP` records. The first row group fixes the file's schema
-    (types inferred by pyarrow); later records are converted to it.
+    """One Parquet file per transaction, written in row groups of about
+    :data:`PARQUET_ROW_GROUP` records.
 
-    Converting Python objects to Arrow columns needs the interpreter, but encoding,
-    compressing and writing a row group does not: pyarrow does that without the GIL, so it
-    runs on a helper thread while the task goes on with the next batches (at most one row
-    group in flight; an error there fails the next write or the pre-commit)."""
+    Each batch is converted to Arrow columns as it arrives (so a record that does not fit
+    fails the batch that holds it). Until the first row group is written the batches' types
+    are inferred by pyarrow and unified (a column that was all None in one batch takes the
+    type of the next); from then on the file's schema is fixed and batches convert straight
+    to it. The schema of the sink's previous file is tried first, which skips inference.
 
-    def __init__(self, path: str, sink: str) -> None:
+    Converting Python objects needs the interpreter, but encoding, compressing and writing a
+    row group does not: pyarrow does that without the GIL, on a helper thread, while the
+    task goes on with the next batches (one row group in flight at most)."""
+
+    def __init__(self, path: str, sink: str, hint: Any = None) -> None:
         super().__init__(path, sink)
         self.pa = require("pyarrow", "FileSink(format='parquet')", "parquet", "pyarrow")
         self.pq = require("pyarrow.parquet", "FileSink(format='parquet')", "parquet", "pyarrow")
         self.kind: str | None = None
-        self.buffer: list[Any] = []
-        self.schema: Any = None
-        self.struct: Any = None  # the schema as a struct type (tuple rows convert through it)
+        self.tables: list[Any] = []
+        self.rows = 0
+        self.hint: Any = hint  # a schema to try first (the previous file's)
+        self.schema: Any = None  # the file's schema, once its first row group is written
         self.sink_file: Any = None  # a native pyarrow file: written without the GIL
         self.writer: Any = None
         self.pool: ThreadPoolExecutor | None = None
         self.inflight: Future[None] | None = None
 
     def write(self, records: list[Any]) -> None:
-        kind = _kind(set(map(type, records)))
-        if self.kind is None and kind is not None:
-            self.kind = kind
-        if kind is None or kind != self.kind:
-            bad = next((r for r in records if _kind([type(r)]) != self.kind), records[0])
-            raise self.fail(bad, f"a Parquet file holds records of one kind (dicts, "
-                                 f"tuples/lists, or single values); this one started with "
-                                 f"{self.kind or 'a mix'} records")
-        self.buffer.extend(records)
-        if len(self.buffer) >= PARQUET_ROW_GROUP:
+        _check_kind(self, records, "Parquet")
+        self.tables.append(self._convert(records))
+        self.rows += len(records)
+        if self.rows >= PARQUET_ROW_GROUP:
             self._flush()
 
-    def _table(self, records: list[Any]) -> Any:
-        pa = self.pa
-        if self.schema is None:  # infer the file's schema from its first row group
-            if self.kind == "dict":
-                t = pa.Table.from_pylist(records)
-            elif self.kind == "row":
-                widths = set(map(len, records))
-                if len(widths) != 1:
-                    bad = next(r for r in records if len(r) != len(records[0]))
-                    raise self.fail(bad, f"rows of a Parquet file must have the same length; "
-                                         f"this one has {len(bad)} fields, the first "
-                                         f"{len(records[0])}")
-                cols = list(zip(*records, strict=True))
-                t = pa.Table.from_arrays([pa.array(c) for c in cols],
-                                         names=[f"f{i}" for i in range(len(cols))])
-            else:
-                t = pa.table({"value": pa.array(records)})
-            meta = {_PARQUET_SHAPE: self.kind.encode() if self.kind else b"value"}
-            t = t.replace_schema_metadata(meta)
-            self.schema = t.schema
-            self.struct = pa.struct(list(t.schema))
-            return t
-        if self.kind == "dict":
-            return pa.Table.from_pylist(records, schema=self.schema)
-        if self.kind == "row":
-            arr = pa.array(records, type=self.struct)  # tuples convert straight to structs
-            return pa.Table.from_struct_array(arr).replace_schema_metadata(self.schema.metadata)
-        return pa.Table.from_arrays([pa.array(records, type=self.schema.field(0).type)],
-                                    schema=self.schema)
-
-    def _flush(self) -> None:
-        records, self.buffer = self.buffer, []
-        if not records:
-            return
+    def _convert(self, records: list[Any]) -> Any:
+        schema = self.schema if self.schema is not None else self.hint
         try:
-            table = self._table(records)
-        except UserFunctionError:
+            if schema is not None and schema.metadata.get(_PARQUET_SHAPE) == \
+                    (self.kind or "").encode():
+                try:
+                    return self._typed(records, schema)
+                except (self.pa.ArrowException, TypeError, ValueError, KeyError):
+                    if self.schema is not None:
+                        raise  # the file's schema is fixed
+            return self._inferred(records)
+        except _RecordError:
             raise
         except (self.pa.ArrowException, TypeError, ValueError, KeyError) as e:
-            where = f" (the file's columns: {self.schema})" if self.schema is not None else ""
-            raise self.fail(records[0], f"cannot convert records to Parquet columns: {e}{where}; "
-                                        "records of one file need the same fields and types "
-                                        "(the batch starts with this record)") from e
+            cols = f"the file's columns {self.schema}" if self.schema is not None \
+                else "columns"
+            raise _RecordError(
+                f"{self.sink} cannot convert the batch of {len(records)} records from "
+                f"{_short_repr(records[0])} on to Parquet {cols}: {e}; the records of one file "
+                "need the same fields, with values of one type per field") from e
+
+    def _typed(self, records: list[Any], schema: Any) -> Any:
+        pa = self.pa
+        if self.kind == "dict":
+            return pa.Table.from_pylist(records, schema=schema)
+        if self.kind == "row":
+            arr = pa.array(records, type=pa.struct(list(schema)))  # tuples -> structs in C
+            return pa.Table.from_struct_array(arr).replace_schema_metadata(schema.metadata)
+        return pa.Table.from_arrays([pa.array(records, type=schema.field(0).type)],
+                                    schema=schema)
+
+    def _inferred(self, records: list[Any]) -> Any:
+        pa = self.pa
+        if self.kind == "dict":
+            t = pa.Table.from_pylist(records)
+        elif self.kind == "row":
+            width = len(records[0])
+            bad = next((r for r in records if len(r) != width), None)
+            if bad is not None:
+                raise self.fail(bad, f"rows of a Parquet file must have the same length; this "
+                                     f"one has {len(bad)} fields, the file's {width}")
+            cols = list(zip(*records, strict=True))
+            t = pa.Table.from_arrays([pa.array(c) for c in cols],
+                                     names=[f"f{i}" for i in range(width)])
+        else:
+            t = pa.table({"value": pa.array(records)})
+        return t.replace_schema_metadata({_PARQUET_SHAPE: (self.kind or "value").encode()})
+
+    def _flush(self) -> None:
+        tables, self.tables, self.rows = self.tables, [], 0
+        if not tables:
+            return
+        pa = self.pa
+        try:
+            if self.schema is None:
+                table = pa.concat_tables(tables, promote_options="default")
+                table = table.replace_schema_metadata(tables[0].schema.metadata)
+            else:
+                table = pa.concat_tables(tables)
+        except (pa.ArrowException, TypeError, ValueError) as e:
+            raise _RecordError(f"{self.sink}: the batches of one Parquet file do not share "
+                               f"their columns' types ({e}); use one type per field") from e
         self._wait()
         if self.writer is None:
-            self.sink_file = self.pa.OSFile(self.path, "wb")
+            self.schema = table.schema
+            self.sink_file = pa.OSFile(self.path, "wb")
             self.writer = self.pq.ParquetWriter(self.sink_file, self.schema)
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="onceflow-parquet")
         assert self.pool is not None
@@ -410,28 +446,27 @@ class _ParquetWriter(_Writer):
             try:
                 f.result()
             except Exception as e:
-                raise self.fail("<a row group>", f"writing Parquet failed: {e}") from e
+                raise OSError(f"{self.sink}: writing a Parquet row group to {self.path} "
+                              f"failed: {e}") from e
 
     def finish(self) -> None:
         self._flush()
         self._wait()
-        if self.writer is None:  # nothing converted (cannot happen after a write)
-            self.sink_file = self.pa.OSFile(self.path, "wb")
-            self.writer = self.pq.ParquetWriter(self.sink_file, self.schema)
-        self.writer.close()  # writes the footer
-        self.sink_file.close()
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.writer is not None:
+            self.writer.close()  # writes the footer
+            self.sink_file.close()
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         self._release()
 
     def discard(self) -> None:
-        self.buffer = []
+        self.tables, self.rows = [], 0
         try:
             self._wait()
-        except UserFunctionError:
+        except OSError:
             pass  # the file is being thrown away
         for closable in (self.writer, self.sink_file):
             if closable is not None:

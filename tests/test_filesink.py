@@ -19,6 +19,7 @@ import pytest
 from jobproc import JobProcess, kill_randomly
 
 import onceflow as of
+from onceflow.connectors.files import PARQUET_ROW_GROUP
 from onceflow.connectors.sinks import SinkContext
 from onceflow.testing import check_sink_exactly_once
 
@@ -132,6 +133,73 @@ def test_parquet_row_groups_of_a_large_transaction(tmp_path: Path) -> None:
     assert len(names) == 1
     assert pq.ParquetFile(out / names[0]).num_row_groups >= 2
     assert of.sinks.read_committed(out) == [[i, i % 7] for i in range(n)]
+
+
+def test_parquet_unifies_types_within_the_first_row_group(tmp_path: Path) -> None:
+    """A field that is None in the first batches takes the type of later ones."""
+    records = [{"id": i, "maybe": None} for i in range(200)] + \
+        [{"id": i, "maybe": i * 2} for i in range(200, 400)]
+    out = run_into(tmp_path, records, "parquet")
+    table = pq.read_table(out / final_files(out)[0])
+    assert str(table.schema.field("maybe").type) == "int64"
+    assert sorted(of.sinks.read_committed(out), key=lambda r: r["id"]) == records
+
+
+def test_parquet_new_field_after_the_schema_is_fixed_is_named(tmp_path: Path) -> None:
+    """Once a file's first row group is written, a record with a field the file has no
+    column for fails (instead of losing the field)."""
+    records: list[Any] = [{"id": i} for i in range(PARQUET_ROW_GROUP + 10)]
+    records.append({"id": -1, "extra": 5})
+    flow = of.Flow("pq-extra", restart_strategy=of.restart.no_restart())  # one file
+    flow.source(of.sources.Collection(records)) \
+        .sink(of.sinks.FileSink(tmp_path / "out", format="parquet"), name="files")
+    with pytest.raises(of.JobFailedError) as info:
+        flow.run()
+    msg = str(info.value)
+    assert "'extra'" in msg and "not among" in msg and "operator 'files'" in msg, msg
+
+
+def _random_value(rng: random.Random, depth: int) -> Any:
+    atoms = [0, 1, -5, 2**40, 1.5, -0.0, float("nan"), True, False, None, "", "a", "],[",
+             "},{", "[", "]", "{", "}", '"', "\\", "\n", "\u00e9", ",", "x],[y"]
+    r = rng.random()
+    if depth > 2 or r < 0.6:
+        return rng.choice(atoms)
+    if r < 0.8:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if r < 0.9:
+        return tuple(_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3)))
+    return {rng.choice(["k", "],[", "{", "z"]): _random_value(rng, depth + 1)
+            for _ in range(rng.randint(0, 2))}
+
+
+def test_json_lines_of_a_whole_batch_equal_the_per_record_encoding() -> None:
+    """The batch fast path (one orjson.dumps per batch, cut into lines) either declines or
+    gives exactly the bytes of encoding record by record, whatever brackets, quotes and
+    nesting the records hold."""
+    from onceflow.connectors.files import json_lines_of_batch
+
+    rng = random.Random(SEED)
+    opts = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+    used = 0
+    for _ in range(5000):
+        kind = rng.random()
+        recs: list[Any] = []
+        for _ in range(rng.randint(1, 8)):
+            if kind < 0.4:
+                recs.append(tuple(_random_value(rng, 1) for _ in range(rng.randint(0, 4))))
+            elif kind < 0.8:
+                recs.append({rng.choice(["a", "b", "},{", "c"]): _random_value(rng, 1)
+                             for _ in range(rng.randint(0, 3))})
+            else:
+                recs.append(_random_value(rng, 0))
+        got = json_lines_of_batch(recs)
+        if got is not None:
+            used += 1
+            assert got == b"".join(orjson.dumps(r, option=opts) for r in recs), recs
+    assert used > 500  # the fast path is taken for plenty of the batches
+    plain = [(i, i * 2) for i in range(100)]
+    assert json_lines_of_batch(plain) == b"".join(orjson.dumps(r, option=opts) for r in plain)
 
 
 # --- the transaction protocol on real files -------------------------------------------

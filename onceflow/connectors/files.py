@@ -232,6 +232,34 @@ class _Writer:
                             f"{problem}")
 
 
+def json_lines_of_batch(records: list[Any]) -> bytes | None:
+    """The JSON lines of ``records`` from one ``orjson.dumps`` of the whole list, when that
+    can be cut into lines safely; None otherwise (the caller encodes record by record).
+
+    Safe means every record is a plain tuple/list (or every one a plain dict) and the list's
+    JSON holds exactly one ``[`` (``{``) per record besides the outer one: then no record
+    nests another array (object) and no string contains the bracket, so every ``],[``
+    (``},{``) is the border between two records. The result equals the per-record encoding
+    byte for byte."""
+    n = len(records)
+    types = set(map(type, records))
+    if types <= {tuple, list}:
+        opener, border, line_border = b"[", b"],[", b"]\n["
+        expect = n + 1
+    elif types == {dict}:
+        opener, border, line_border = b"{", b"},{", b"}\n{"
+        expect = n
+    else:
+        return None
+    try:
+        data = orjson.dumps(records, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError, ValueError):
+        return None  # the per-record path finds and names the record
+    if data.count(opener) != expect:
+        return None
+    return data[1:-1].replace(border, line_border) + b"\n"
+
+
 class _JsonLinesWriter(_Writer):
     def __init__(self, path: str, sink: str,
                  serializer: Callable[[Any], str | bytes] | None) -> None:
@@ -239,9 +267,14 @@ class _JsonLinesWriter(_Writer):
         self.serializer = serializer
 
     def write(self, records: list[Any]) -> None:
+        ser = self.serializer
+        if ser is None:
+            fast = json_lines_of_batch(records)
+            if fast is not None:
+                self._file().write(fast)
+                return
         buf = bytearray()
         r: Any = None
-        ser = self.serializer
         try:
             if ser is None:
                 dumps, opts = orjson.dumps, _JSON_OPTS
@@ -393,6 +426,11 @@ class _ParquetWriter(_Writer):
     def _typed(self, records: list[Any], schema: Any) -> Any:
         pa = self.pa
         if self.kind == "dict":
+            extra = set().union(*records).difference(schema.names)
+            if extra:
+                bad = next(r for r in records if not extra.isdisjoint(r))
+                raise self.fail(bad, f"fields {sorted(map(str, extra))} are not among the "
+                                     f"Parquet file's columns {schema.names}")
             return pa.Table.from_pylist(records, schema=schema)
         if self.kind == "row":
             arr = pa.array(records, type=pa.struct(list(schema)))  # tuples -> structs in C

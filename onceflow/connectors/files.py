@@ -315,6 +315,28 @@ def _check_kind(w: _CsvWriter | _ParquetWriter, records: list[Any], fmt: str) ->
     return kind
 
 
+def csv_rows_of_int_batch(records: list[Any]) -> bytes | None:
+    """CSV rows of tuples/lists that hold only integers, from one ``orjson.dumps`` of the
+    batch; None when the batch holds anything else (the ``csv`` module writes it then).
+
+    The batch's JSON without strings (no ``"``), objects, ``true``/``false``/``null``,
+    fractions or exponents, with one ``[`` per record, is flat lists of integers, whose
+    JSON and CSV spellings agree: ``[[1,2],[3,4]]`` becomes ``1,2\r\n3,4\r\n``, byte for
+    byte what ``csv.writer`` writes."""
+    if not set(map(type, records)) <= {tuple, list}:
+        return None
+    try:
+        data = orjson.dumps(records)
+    except (TypeError, orjson.JSONEncodeError, ValueError):
+        return None
+    for c in (b'"', b"{", b"t", b"f", b"n", b".", b"e", b"E"):
+        if c in data:
+            return None
+    if data.count(b"[") != len(records) + 1:
+        return None
+    return data[2:-2].replace(b"],[", b"\r\n") + b"\r\n"
+
+
 class _CsvWriter(_Writer):
     """CSV rows (Python's ``csv`` module, excel dialect, ``\\r\\n`` line ends). The first
     batch decides the file's kind: dict records (a header line of the first record's keys,
@@ -332,6 +354,11 @@ class _CsvWriter(_Writer):
         if kind == "dict" and not self.header:
             self.header = list(records[0].keys())
             self.out.writerow(self.header)
+        if kind == "row":
+            fast = csv_rows_of_int_batch(records)
+            if fast is not None:
+                self._file().write(fast)
+                return
         try:
             if kind == "row":
                 self.out.writerows(records)

@@ -98,10 +98,7 @@ class FileSink(TwoPhaseCommitSink[FileTxn]):
         self._seq = 0
         self._files: dict[str, _Writer] = {}
         self._schema_hint: Any = None  # Parquet: the schema of the previous file
-
-    @property
-    def name(self) -> str:
-        return f"FileSink({self.directory})"
+        self._label = f"FileSink({self.directory})"  # names the sink in error messages
 
     def validate(self) -> None:
         try:
@@ -138,10 +135,10 @@ class FileSink(TwoPhaseCommitSink[FileTxn]):
 
     def _writer(self, path: str) -> _Writer:
         if self.format == "csv":
-            return _CsvWriter(path, self.name)
+            return _CsvWriter(path, self._label)
         if self.format == "parquet":
-            return _ParquetWriter(path, self.name, self._schema_hint)
-        return _JsonLinesWriter(path, self.name, self.serializer)
+            return _ParquetWriter(path, self._label, self._schema_hint)
+        return _JsonLinesWriter(path, self._label, self.serializer)
 
     def pre_commit(self, txn: FileTxn) -> None:
         w = self._files.pop(txn.tmp, None)

@@ -202,6 +202,26 @@ def test_json_lines_of_a_whole_batch_equal_the_per_record_encoding() -> None:
     assert json_lines_of_batch(plain) == b"".join(orjson.dumps(r, option=opts) for r in plain)
 
 
+def test_parquet_integer_rows_after_the_first_row_group(tmp_path: Path) -> None:
+    """Rows of integers past the first row group take the CSV-text path; batches with a
+    None (a null) or an integer beyond int64 do not, and the file still holds exactly the
+    records: the null as null, the too-large integer as a failure naming the batch."""
+    n = PARQUET_ROW_GROUP * 2 + 100
+    records: list[Any] = [(i, -i, i % 3) for i in range(n)]
+    records[PARQUET_ROW_GROUP + 5] = (7, None, 7)  # declined by the CSV-text path
+    out = tmp_path / "out"
+    flow = of.Flow("pq-ints")  # checkpointing off: one file
+    flow.source(of.sources.Collection(records)) \
+        .sink(of.sinks.FileSink(out, format="parquet"), name="files")
+    flow.run()
+    names = final_files(out)
+    assert len(names) == 1 and pq.ParquetFile(out / names[0]).num_row_groups >= 3
+    assert of.sinks.read_committed(out) == [list(r) for r in records]
+    records[-1] = (2**63, 0, 0)  # fits no int64 column
+    msg = failure(tmp_path / "big", records, "parquet")
+    assert "operator 'files'" in msg and "Parquet" in msg and "too large" in msg, msg
+
+
 # --- the transaction protocol on real files -------------------------------------------
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_hidden_until_commit_idempotent_commit_abort_deletes(tmp_path: Path, fmt: str) -> None:

@@ -150,7 +150,10 @@ def run_subprocess(sink: str, args: argparse.Namespace) -> dict[str, Any]:
 def render(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     base = summaries.get("discard", {}).get("records_per_s")
     rows = [f"| sink | records/s median (min{DASH}max) | % of Discard | CPU s (workers) "
-            "| files | output MB | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+            "| records per worker CPU-s (% of Discard) | files | output MB | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|"]
+    base_cpu = _med_of([r for r in summaries.get("discard", {}).get("runs", [])
+                        if r.get("valid")], "records_per_cpu_s")
     for key, s in summaries.items():
         rps = s["records_per_s"]
         pct = "-" if key == "discard" or not base or not rps else f"{100 * rps / base:.1f} %"
@@ -158,8 +161,12 @@ def render(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
         files = _med_of(runs, "files")
         mb = _med_of(runs, "output_bytes")
         cpu = _med_of(runs, "cpu_workers_s")
+        per_cpu = _med_of(runs, "records_per_cpu_s")
+        cpu_pct = "" if key == "discard" or not base_cpu or not per_cpu else \
+            f" ({100 * per_cpu / base_cpu:.0f} %)"
         rows.append(f"| {s['configuration']} | {_fmt_int(rps)} ({_fmt_int(s['records_per_s_min'])}"
                     f"{DASH}{_fmt_int(s['records_per_s_max'])}) | {pct} | {_fmt(cpu, 2)} | "
+                    f"{_fmt_int(per_cpu)}{cpu_pct} | "
                     f"{'-' if key == 'discard' else _fmt(files, 0)} | "
                     f"{'-' if key == 'discard' else _fmt(None if mb is None else mb / 1e6)} | "
                     f"{_fmt(s['peak_rss_mb'], 0)} |")
@@ -215,7 +222,10 @@ def main_parent(args: argparse.Namespace) -> int:
         f"{machine['loadavg_at_start']}. Shared, noisy machine. Engine: git "
         f"{machine.get('git_head')}.",
         "",
-        "records/s = N / processing seconds (final checkpoint and its commit included).",
+        "records/s = N / processing seconds (final checkpoint and its commit included). "
+        "CPU s and records per CPU-second count the worker process (all its threads; the "
+        "Parquet sink encodes on a helper thread), less sensitive to a busy machine than "
+        "records/s.",
         "",
     ])
     md = f"{head}\n{table}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n"

@@ -289,9 +289,6 @@ class _JsonLinesWriter(_Writer):
         self._file().write(buf)
 
 
-_SCALARS = (str, int, float, bool, type(None))
-
-
 def _kind(types: Iterable[type]) -> str | None:
     """``dict``, ``row`` or ``value`` if every type in ``types`` is of that kind, else None."""
     kinds = {"dict" if issubclass(t, dict) else "row" if issubclass(t, tuple | list)

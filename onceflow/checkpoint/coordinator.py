@@ -38,6 +38,7 @@ from onceflow import _faults
 from onceflow.checkpoint.shared import SharedRegistry
 from onceflow.checkpoint.storage import CheckpointStorage
 from onceflow.errors import CheckpointError
+from onceflow.runtime import messages as m
 
 log = logging.getLogger("onceflow.checkpoint")
 
@@ -105,7 +106,7 @@ class PendingCheckpoint:
         self.id = cid
         self.final = final
         self.expected = set(expected)
-        self.acks: dict[tuple[str, int], dict[str, Any]] = {}
+        self.acks: dict[tuple[str, int], m.SubtaskState] = {}
         self.started = mono
         self.savepoint = savepoint  # the savepoint's directory
         self.on_done = on_done
@@ -143,7 +144,7 @@ class CoordinatorSettings:
 class CheckpointCoordinator:
     def __init__(self, settings: CoordinatorSettings, storage: CheckpointStorage, flow: str,
                  max_parallelism: int, expected: set[tuple[str, int]],
-                 sources: set[tuple[str, int]], send_all: Callable[[tuple[Any, ...]], None],
+                 sources: set[tuple[str, int]], send_all: Callable[[m.ToWorker], None],
                  op_kinds: dict[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.s = settings
@@ -260,7 +261,7 @@ class CheckpointCoordinator:
     def on_exhausted(self, task: str, subtask: int) -> None:
         self.exhausted.add((task, subtask))
 
-    def on_ack(self, cid: int, task: str, subtask: int, info: dict[str, Any]) -> None:
+    def on_ack(self, cid: int, task: str, subtask: int, info: m.SubtaskState) -> None:
         p = self.pending.get(cid)
         if p is None:
             return  # late ack of an aborted checkpoint
@@ -283,7 +284,7 @@ class CheckpointCoordinator:
             self._last_trigger = now
         p = PendingCheckpoint(cid, final, self.expected, now, savepoint, on_done)
         self.pending[cid] = p
-        self.send_all(("trigger", cid, p.stats.trigger_time, final, savepoint))
+        self.send_all(m.Trigger(cid, p.stats.trigger_time, final, savepoint))
 
     def _complete(self, p: PendingCheckpoint) -> None:
         operators: dict[str, dict[str, Any]] = {}
@@ -291,18 +292,18 @@ class CheckpointCoordinator:
         extra: dict[str, dict[str, Any]] = {}
         directory = p.savepoint or self.storage.path(p.id)
         for (task, subtask), info in sorted(p.acks.items()):
-            files[info["file"]] = {"size": info["size"], "crc32": info["crc32"]}
-            extra.update(info.get("uploaded", {}))
-            p.stats.incremental_size += info.get("incremental_size", info["size"])
-            for uid in info["ops"]:
+            files[info.file] = {"size": info.size, "crc32": info.crc32}
+            extra.update(info.uploaded)
+            p.stats.incremental_size += info.incremental_size
+            for uid in info.ops:
                 entry = operators.setdefault(
-                    uid, {"task": task, "parallelism": info["parallelism"],
+                    uid, {"task": task, "parallelism": info.parallelism,
                           "kind": self.op_kinds.get(uid), "stateful": False, "files": []})
-                if uid in info.get("stateful", info["ops"]):
+                if uid in info.stateful:
                     entry["stateful"] = True
-                entry["files"].append({"subtask": subtask, "file": info["file"]})
+                entry["files"].append({"subtask": subtask, "file": info.file})
             p.stats.subtasks.append(SubtaskCheckpointStats(
-                task, subtask, info["sync_ms"], info["async_ms"], info["align_ms"], info["size"]))
+                task, subtask, info.sync_ms, info.async_ms, info.align_ms, info.size))
         p.stats.size = sum(f["size"] for f in files.values()) + \
             sum(f["size"] for f in extra.values())
         shared = sorted({os.path.relpath(os.path.normpath(os.path.join(directory, rel)),
@@ -323,7 +324,7 @@ class CheckpointCoordinator:
             "shared": shared,
             "size": p.stats.size,
             "incremental_size": p.stats.incremental_size,
-            "metrics": {f"{t}#{s}": info["metrics"] for (t, s), info in sorted(p.acks.items())},
+            "metrics": {f"{t}#{s}": info.metrics for (t, s), info in sorted(p.acks.items())},
         }
         try:
             p.stats.path = self.storage.write_metadata(p.id, body, p.savepoint)
@@ -347,7 +348,7 @@ class CheckpointCoordinator:
             "ms, alignment %.1f ms)", st.id, " (final)" if st.final else "", len(st.subtasks),
             (st.duration or 0) * 1e3, _size(st.size), st.max_sync_ms, st.max_async_ms,
             st.max_alignment_ms, extra=_log_fields("checkpoint_completed", self.flow, st))
-        self.send_all(("complete", p.id, p.final))
+        self.send_all(m.Complete(p.id, p.final))
         if p.final:
             self.final_completed = True
         for older in [q for q in self.pending.values()
@@ -370,7 +371,7 @@ class CheckpointCoordinator:
             log.warning("could not record savepoint %d in %s (%s): restore='latest' will "
                         "not consider it", p.id, self.storage.dir, e.strerror)
         # sinks commit what the savepoint pre-committed; with stop, the job then finishes
-        self.send_all(("complete", p.id, p.final))
+        self.send_all(m.Complete(p.id, p.final))
         if p.final:
             self.final_completed = True
         if p.on_done is not None:
@@ -393,7 +394,7 @@ class CheckpointCoordinator:
         log.warning("%s %d aborted: %s", what, p.id, reason,
                     extra=_log_fields(f"{what}_aborted", self.flow, p.stats))
         if notify:
-            self.send_all(("abort", p.id))
+            self.send_all(m.Abort(p.id))
         if p.on_done is not None:
             p.on_done(None, f"savepoint {p.id} failed: {reason}")
             p.on_done = None

@@ -45,6 +45,7 @@ from onceflow.errors import (
 )
 from onceflow.graph.jobgraph import JobGraph, build
 from onceflow.graph.logical import Kind, LogicalPlan
+from onceflow.runtime import messages as m
 from onceflow.runtime.control import JobControl, Request, SavepointError
 from onceflow.runtime.observers import Observers
 from onceflow.runtime.observers import validate as validate_observers
@@ -83,10 +84,11 @@ class _Attempt:
         self.finished: set[int] = set()
         self.metrics: dict[str, tuple[int, int]] = {}
 
-    def send_all(self, msg: tuple[Any, ...]) -> None:
+    def send_all(self, msg: m.ToWorker) -> None:
+        data = m.encode(msg)
         for c in list(self.conns):
             try:
-                c.send(msg)
+                c.send_bytes(data)
             except OSError:
                 pass  # the worker died; its EOF is noticed by the loop
 
@@ -430,40 +432,36 @@ class JobDriver:
                         continue
                     w = att.conns[c]
                     try:
-                        msg: Any = c.recv()
+                        msg = m.recv(c)
                     except (EOFError, OSError):
                         del att.conns[c]
                         if w in att.finished:
                             continue
                         return f"worker {w} (pid {att.pids[w]}) {_exit_status(att.pids[w])}", \
                             processing_started
-                    kind = msg[0]
-                    if kind == "metrics":
-                        self.status.on_metrics(msg[2])
-                    elif kind == "ack":
-                        coordinator.on_ack(msg[1], msg[2], msg[3], msg[4])
-                    elif kind == "running":
-                        att.running.add(msg[1])
-                        if len(att.running) == n:
-                            processing_started = time.time()
-                            coordinator.start()
-                            restored = self.status.attempt_running()
-                            if restored is not None:
-                                log.info("job %r running: restored checkpoint %d in %.2fs",
-                                         self.cfg.flow, restored[1], restored[0],
-                                         extra={"event": "restored", "flow": self.cfg.flow,
-                                                "checkpoint_id": restored[1],
-                                                "duration_s": restored[0]})
-                    elif kind == "exhausted":
-                        coordinator.on_exhausted(msg[1], msg[2])
-                    elif kind == "decline":
-                        coordinator.on_decline(msg[1], msg[2], msg[3], msg[4])
-                    elif kind == "failed":
-                        log.debug("worker %d failure detail:\n%s", msg[1], msg[3])
-                        return f"worker {msg[1]}: {msg[2]}", processing_started
-                    elif kind == "finished":
-                        att.finished.add(msg[1])
-                        att.metrics.update(msg[2])
+                    match msg:
+                        case m.Metrics(_, operators):
+                            self.status.on_metrics(operators)
+                        case m.Ack(cid, task, subtask, state):
+                            coordinator.on_ack(cid, task, subtask, state)
+                        case m.Running(worker):
+                            att.running.add(worker)
+                            if len(att.running) == n:
+                                processing_started = time.time()
+                                coordinator.start()
+                                self._log_restored()
+                        case m.Exhausted(task, subtask):
+                            coordinator.on_exhausted(task, subtask)
+                        case m.Decline(cid, task, subtask, reason):
+                            coordinator.on_decline(cid, task, subtask, reason)
+                        case m.Failed(worker, message, detail):
+                            log.debug("worker %d failure detail:\n%s", worker, detail)
+                            return f"worker {worker}: {message}", processing_started
+                        case m.Finished(worker, operators):
+                            att.finished.add(worker)
+                            att.metrics.update(operators)
+                        case _:
+                            raise TypeError(f"unexpected message from worker {w}: {msg!r}")
                 coordinator.tick()
                 self.status.sync_checkpoints(coordinator.history, len(coordinator.pending))
             except CheckpointFailuresExceeded as e:
@@ -471,6 +469,14 @@ class JobDriver:
             if len(att.finished) == n:
                 att.reap()
                 return None, processing_started
+
+    def _log_restored(self) -> None:
+        restored = self.status.attempt_running()
+        if restored is not None:
+            log.info("job %r running: restored checkpoint %d in %.2fs",
+                     self.cfg.flow, restored[1], restored[0],
+                     extra={"event": "restored", "flow": self.cfg.flow,
+                            "checkpoint_id": restored[1], "duration_s": restored[0]})
 
 
 def _become_worker(driver_pid: int) -> None:

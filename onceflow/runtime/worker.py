@@ -30,6 +30,7 @@ from onceflow.checkpoint.storage import CompletedCheckpoint, encode_state, state
 from onceflow.errors import OnceflowError
 from onceflow.graph.jobgraph import JobGraph
 from onceflow.graph.keygroups import key_group_range
+from onceflow.runtime import messages as m
 from onceflow.runtime.channels import (
     InputChannel,
     LocalOutput,
@@ -71,7 +72,7 @@ class Worker:
         self.sources: list[TaskRunner] = []
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-ckpt")
         self.done = False
-        self._deferred: deque[tuple[Any, ...]] = deque()  # control messages read early
+        self._deferred: deque[m.ToWorker] = deque()  # control messages read early
         self._wire()
 
     # --- set-up --------------------------------------------------------------------------
@@ -144,12 +145,17 @@ class Worker:
         return [(j, pj, ckpt.read_state(name)) for name, (j, pj) in sorted(wanted.items())]
 
     # --- messages ------------------------------------------------------------------------
-    def send(self, msg: tuple[Any, ...]) -> None:
+    def send(self, msg: m.ToDriver) -> None:
         with self._send_lock:
-            self.ctrl.send(msg)
+            m.send(self.ctrl, msg)
+
+    def _recv(self) -> m.ToWorker:
+        msg = m.recv(self.ctrl)
+        assert isinstance(msg, m.Trigger | m.Complete | m.Abort | m.Stop), msg
+        return msg
 
     def _on_exhausted(self, runner: TaskRunner) -> None:
-        self.send(("exhausted", runner.uid, runner.subtask))
+        self.send(m.Exhausted(runner.uid, runner.subtask))
 
     def _write_state_async(self, runner: TaskRunner, barrier: Barrier, blob: bytes,
                            asyncs: dict[str, AsyncSnapshot], sync_s: float,
@@ -205,42 +211,38 @@ class Worker:
             else:
                 why = (f"snapshot of task {task!r} subtask {subtask} failed: "
                        f"{type(e).__name__}: {e}")
-            self.send(("decline", cid, task, subtask, why))
+            self.send(m.Decline(cid, task, subtask, why))
             return
-        info = {
-            "file": name, "size": len(data), "crc32": zlib.crc32(data),
-            "parallelism": parallelism, "ops": ops, "stateful": stateful,
-            "sync_ms": sync_s * 1e3, "async_ms": (time.perf_counter() - t0) * 1e3,
-            "align_ms": aligned_s * 1e3, "metrics": metrics, "uploaded": uploaded,
-            "incremental_size": len(data) + new_bytes,
-        }
-        self.send(("ack", cid, task, subtask, info))
+        state = m.SubtaskState(
+            file=name, size=len(data), crc32=zlib.crc32(data), parallelism=parallelism,
+            ops=tuple(ops), stateful=tuple(stateful), sync_ms=sync_s * 1e3,
+            async_ms=(time.perf_counter() - t0) * 1e3, align_ms=aligned_s * 1e3,
+            metrics=metrics, uploaded=uploaded, incremental_size=len(data) + new_bytes)
+        self.send(m.Ack(cid, task, subtask, state))
 
-    def _handle(self, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "trigger":
-            _, cid, ts, final, savepoint = msg
-            b = Barrier(cid, ts, final, savepoint)
-            for t in self.sources:
-                t.trigger(b)
-        elif kind == "complete":
-            _, cid, final = msg
-            for t in self.tasks:
-                t.checkpoint_complete(cid, final)
-            if final:
-                self._finish()
-        elif kind == "abort":
-            for t in self.tasks:
-                t.checkpoint_aborted(msg[1])
-        elif kind == "stop":
-            self.done = True
+    def _handle(self, msg: m.ToWorker) -> None:
+        match msg:
+            case m.Trigger(cid, ts, final, savepoint):
+                b = Barrier(cid, ts, final, savepoint)
+                for t in self.sources:
+                    t.trigger(b)
+            case m.Complete(cid, final):
+                for t in self.tasks:
+                    t.checkpoint_complete(cid, final)
+                if final:
+                    self._finish()
+            case m.Abort(cid):
+                for t in self.tasks:
+                    t.checkpoint_aborted(cid)
+            case m.Stop():
+                self.done = True
 
     def _apply_pending_completions(self) -> None:
         """Before a snapshot: apply completions/aborts already waiting on the control
         socket; anything else read here waits its turn in ``_deferred``."""
         while self.ctrl.poll():
-            msg = self.ctrl.recv()
-            if msg[0] in ("complete", "abort") and not (msg[0] == "complete" and msg[2]):
+            msg = self._recv()
+            if isinstance(msg, m.Abort) or (isinstance(msg, m.Complete) and not msg.final):
                 self._handle(msg)
             else:
                 self._deferred.append(msg)
@@ -252,7 +254,7 @@ class Worker:
         metrics: dict[str, tuple[int, int]] = {}
         for t in self.tasks:
             metrics.update({f"{uid}#{t.subtask}": m for uid, m in t.metrics().items()})
-        self.send(("finished", self.spec.index, metrics))
+        self.send(m.Finished(self.spec.index, metrics))
         self.done = True
 
     # --- the loop ------------------------------------------------------------------------
@@ -260,7 +262,7 @@ class Worker:
         for t in self.tasks:
             splits = self.spec.initial_splits.get(t.uid)
             t.open(self._restore_inputs(t), splits[t.subtask] if splits else None)
-        self.send(("running", self.spec.index))
+        self.send(m.Running(self.spec.index))
         tasks, peers = self.tasks, list(self.peers.values())
         timer_tasks = [t for t in tasks if t.timer_ops]
         ctrl = self.ctrl
@@ -322,7 +324,7 @@ class Worker:
                 progressed = True
             if not progressed or rounds % 4 == 0 or t0 - last > 0.005:
                 while ctrl.poll():
-                    self._handle(ctrl.recv())
+                    self._handle(self._recv())
                     progressed = True
                     if self.done:
                         break
@@ -338,7 +340,7 @@ class Worker:
             b, p = busy[k] * 1e3, backpressured[k] * 1e3
             for op in t.ops:
                 report[f"{op.uid}#{t.subtask}"] = (op.records_in, op.records_out, b, p)
-        self.send(("metrics", self.spec.index, report))
+        self.send(m.Metrics(self.spec.index, report))
 
     def _wait(self, tasks: list[TaskRunner], peers: list[Peer],
               timer_tasks: list[TaskRunner]) -> None:
@@ -385,7 +387,7 @@ def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket
             msg = f"{type(e).__name__}: {e}"
             detail = traceback.format_exc()
         try:
-            ctrl.send(("failed", spec.index, msg, detail))
+            m.send(ctrl, m.Failed(spec.index, msg, detail))
         except Exception:
             pass
         return 1

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import onceflow as of
+from onceflow.checkpoint.metadata import CheckpointMetadata, StateFile
 from onceflow.checkpoint.storage import (
     METADATA,
     STATE_MAGIC,
@@ -34,11 +35,11 @@ def make_checkpoint(storage: CheckpointStorage, cid: int, states: dict[str, Any]
     for name, obj in states.items():
         data = encode_state(pickle.dumps(obj, protocol=5), {})
         Path(d, name).write_bytes(data)
-        files[name] = {"size": len(data), "crc32": zlib.crc32(data)}
-    return storage.write_metadata(cid, {
-        "flow": FLOW, "checkpoint_id": cid, "kind": "checkpoint", "final": False,
-        "max_parallelism": 128, "operators": {}, "files": files,
-    })
+        files[name] = StateFile(len(data), zlib.crc32(data))
+    now = time.time()
+    return storage.write_metadata(CheckpointMetadata(
+        flow=FLOW, checkpoint_id=cid, kind="checkpoint", final=False, trigger_time=now,
+        completion_time=now, max_parallelism=128, operators={}, files=files))
 
 
 def flip_byte(path: str | Path, pos: int, mask: int = 0x01) -> None:
@@ -63,8 +64,8 @@ def test_metadata_and_state_round_trip(storage: CheckpointStorage) -> None:
     ckpt = load_checkpoint(path)
     assert ckpt.id == 4
     assert ckpt.path == path
-    assert ckpt.meta["flow"] == FLOW
-    assert ckpt.meta["max_parallelism"] == 128
+    assert ckpt.meta.flow == FLOW
+    assert ckpt.meta.max_parallelism == 128
     for name, obj in STATES.items():
         assert ckpt.read_state(name) == obj
     assert not os.path.exists(os.path.join(path, METADATA + ".tmp"))
@@ -251,7 +252,7 @@ def corrupt_state_file(checkpoint_dir: str) -> None:
 def records_covered(checkpoint_dir: str) -> int:
     """How many records the sink had received when this checkpoint was taken."""
     meta = load_checkpoint(checkpoint_dir).meta
-    return sum(m["out"][0] for m in meta["metrics"].values() if "out" in m)
+    return sum(m["out"][0] for m in meta.metrics.values() if "out" in m)
 
 
 @pytest.mark.parametrize("corrupted", [1, 2], ids=["newest", "two-newest"])

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onceflow import _faults
+from onceflow.checkpoint.metadata import CheckpointMetadata, OperatorEntry, StateFile, SubtaskFile
 from onceflow.checkpoint.shared import SharedRegistry
 from onceflow.checkpoint.storage import CheckpointStorage
 from onceflow.errors import CheckpointError
@@ -288,11 +289,11 @@ class CheckpointCoordinator:
 
     def _complete(self, p: PendingCheckpoint) -> None:
         operators: dict[str, dict[str, Any]] = {}
-        files: dict[str, dict[str, Any]] = {}
+        files: dict[str, StateFile] = {}
         extra: dict[str, dict[str, Any]] = {}
         directory = p.savepoint or self.storage.path(p.id)
         for (task, subtask), info in sorted(p.acks.items()):
-            files[info.file] = {"size": info.size, "crc32": info.crc32}
+            files[info.file] = StateFile(info.size, info.crc32)
             extra.update(info.uploaded)
             p.stats.incremental_size += info.incremental_size
             for uid in info.ops:
@@ -301,33 +302,35 @@ class CheckpointCoordinator:
                           "kind": self.op_kinds.get(uid), "stateful": False, "files": []})
                 if uid in info.stateful:
                     entry["stateful"] = True
-                entry["files"].append({"subtask": subtask, "file": info.file})
+                entry["files"].append(SubtaskFile(subtask, info.file))
             p.stats.subtasks.append(SubtaskCheckpointStats(
                 task, subtask, info.sync_ms, info.async_ms, info.align_ms, info.size))
-        p.stats.size = sum(f["size"] for f in files.values()) + \
+        p.stats.size = sum(f.size for f in files.values()) + \
             sum(f["size"] for f in extra.values())
         shared = sorted({os.path.relpath(os.path.normpath(os.path.join(directory, rel)),
                                          self.storage.dir)
                          for rel in extra if not p.savepoint})
         shared = [f for f in shared if f.startswith(self.registry.root_rel)]
-        body = {
-            "flow": self.flow,
-            "checkpoint_id": p.id,
-            "kind": p.stats.kind,
-            "final": p.final,
-            "trigger_time": p.stats.trigger_time,
-            "completion_time": time.time(),
-            "max_parallelism": self.max_parallelism,
-            "operators": operators,
-            "files": files,
-            "extra_files": extra,
-            "shared": shared,
-            "size": p.stats.size,
-            "incremental_size": p.stats.incremental_size,
-            "metrics": {f"{t}#{s}": info.metrics for (t, s), info in sorted(p.acks.items())},
-        }
+        meta = CheckpointMetadata(
+            flow=self.flow,
+            checkpoint_id=p.id,
+            kind=p.stats.kind,
+            final=p.final,
+            trigger_time=p.stats.trigger_time,
+            completion_time=time.time(),
+            max_parallelism=self.max_parallelism,
+            operators={uid: OperatorEntry(uid, e["task"], e["parallelism"], e["kind"],
+                                          e["stateful"], tuple(e["files"]))
+                       for uid, e in operators.items()},
+            files=files,
+            extra_files=extra,
+            shared=tuple(shared),
+            size=p.stats.size,
+            incremental_size=p.stats.incremental_size,
+            metrics={f"{t}#{s}": info.metrics for (t, s), info in sorted(p.acks.items())},
+        )
         try:
-            p.stats.path = self.storage.write_metadata(p.id, body, p.savepoint)
+            p.stats.path = self.storage.write_metadata(meta, p.savepoint)
         except OSError as e:
             self._abort(p, f"writing metadata to {directory} failed: {e.strerror or e}")
             return

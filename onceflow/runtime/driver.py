@@ -135,7 +135,7 @@ class JobDriver:
                 check(ck.interval if ck else None, ck.timeout if ck else 600.0)
 
     def _check_compatible(self, ckpt: CompletedCheckpoint, graph: JobGraph) -> None:
-        mp = ckpt.meta.get("max_parallelism")
+        mp = ckpt.meta.max_parallelism
         if mp != graph.max_parallelism:
             raise IncompatibleStateError(
                 f"checkpoint {ckpt.path} was taken with max_parallelism={mp}, this flow has "
@@ -143,9 +143,9 @@ class JobDriver:
                 f"a flow has state: set Flow(..., max_parallelism={mp})"
             )
         nodes = graph.node_by_uid()
-        for uid, entry in ckpt.meta["operators"].items():
+        for uid, entry in ckpt.meta.operators.items():
             node = nodes.get(uid)
-            if node is None and not entry.get("stateful", True):
+            if node is None and not entry.stateful:
                 log.info("checkpoint %s: operator uid %r is no longer in the flow; it held no "
                          "state, so nothing is lost", ckpt.path, uid)
                 continue
@@ -155,7 +155,7 @@ class JobDriver:
                     "flow does not have; keep the operator's name (or pass uid=...) so the "
                     "state finds it again, or start without restore"
                 )
-            kind = entry.get("kind")
+            kind = entry.kind
             if kind is not None and kind != node.kind.value:
                 raise IncompatibleStateError(
                     f"checkpoint {ckpt.path}: operator uid {uid!r} was a {kind} operator and "
@@ -315,7 +315,7 @@ class JobDriver:
         """Splits and start positions of every source the restore point has no state for
         (all of them on a fresh start; a source added to the flow since, on a restore)."""
         out: dict[str, list[list[tuple[Any, Any, bool]]]] = {}
-        known = restore.meta["operators"] if restore is not None else {}
+        known = restore.meta.operators if restore is not None else {}
         for t in graph.tasks.values():
             if not t.is_source or t.head.uid in known:
                 continue

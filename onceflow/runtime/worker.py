@@ -133,15 +133,15 @@ class Worker:
         lo, hi = key_group_range(i, p, mp)
         wanted: dict[str, tuple[int, int]] = {}
         for op in runner.ops:
-            entry = ckpt.meta["operators"].get(op.uid)
+            entry = ckpt.meta.operators.get(op.uid)
             if entry is None:
                 continue
-            pj = entry["parallelism"]
-            for f in entry["files"]:
-                j = f["subtask"]
+            pj = entry.parallelism
+            for f in entry.files:
+                j = f.subtask
                 olo, ohi = key_group_range(j, pj, mp)
                 if (op.keyed and olo < hi and lo < ohi) or (not op.keyed and j % p == i):
-                    wanted[f["file"]] = (j, pj)
+                    wanted[f.file] = (j, pj)
         return [(j, pj, ckpt.read_state(name)) for name, (j, pj) in sorted(wanted.items())]
 
     # --- messages ------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 This module assembles the public API. ``onceflow.api`` describes flows;
 ``onceflow.runtime`` (private: processes, channels, barriers) and ``onceflow.checkpoint``
 run them. Users import only what is listed in ``__all__`` plus the submodules
-``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart`` and ``onceflow.state``.
+``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart``, ``onceflow.state`` and
+``onceflow.executors``.
 """
 
-from onceflow import restart, sinks, sources, state
+from onceflow import executors, restart, sinks, sources, state
 from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
 from onceflow.api.flow import DataStream, Flow, KeyedStream
@@ -59,6 +60,7 @@ __all__ = [
     "TimerService",
     "UserFunctionError",
     "__version__",
+    "executors",
     "restart",
     "sinks",
     "sources",

@@ -60,6 +60,7 @@ class WorkerSpec:
     initial_splits: dict[str, list[list[tuple[Any, Any, bool]]]] = field(default_factory=dict)
     state_backend: Any = None
     incremental: bool = False
+    own_process: bool = True  # False: a thread of a process that runs other code too
 
 
 class Worker:
@@ -257,6 +258,17 @@ class Worker:
         self.send(m.Finished(self.spec.index, metrics))
         self.done = True
 
+    def release(self) -> None:
+        """Without a process exit to do it: wait for state writes in flight, and release
+        what the tasks hold (state stores, open files) after the loop ended."""
+        self.writer.shutdown(wait=True)
+        for t in self.tasks:
+            if t.state is not TaskState.FINISHED:
+                try:
+                    t.close()
+                except Exception:
+                    pass  # the attempt is over; it may have failed in this very task
+
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         for t in self.tasks:
@@ -268,9 +280,10 @@ class Worker:
         ctrl = self.ctrl
         # Everything built so far lives as long as the worker: keep the collector off it,
         # and collect young objects less often (batches make many short-lived tuples).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 20)
+        if self.spec.own_process:
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, 20, 20)
         rounds = 0
         # Load accounting for the metrics report: a clock read per round and per task step
         # that moved a batch (never per record). A task whose outputs were full in a round
@@ -365,17 +378,20 @@ def _held_back(t: TaskRunner) -> bool:
 
 
 def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket]) -> int:
-    """Entry point in the forked child. Returns the exit code (the caller calls _exit)."""
+    """A worker's entry point (an executor calls it in the worker's process or thread).
+    Returns the exit code."""
+    worker: Worker | None = None
     try:
+        worker = Worker(spec, ctrl, peer_socks)
         profile_dir = os.environ.get("ONCEFLOW_PROFILE_DIR")
         if profile_dir:  # opt-in: cProfile each worker, for "where does the time go"
             import cProfile
 
             prof = cProfile.Profile()
-            prof.runcall(Worker(spec, ctrl, peer_socks).run)
+            prof.runcall(worker.run)
             prof.dump_stats(os.path.join(profile_dir, f"worker-{spec.index}-{os.getpid()}.prof"))
         else:
-            Worker(spec, ctrl, peer_socks).run()
+            worker.run()
         return 0
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return 3  # the driver went away: nothing to report to
@@ -391,5 +407,6 @@ def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket
         except Exception:
             pass
         return 1
-
-
+    finally:
+        if worker is not None and not spec.own_process:
+            worker.release()

@@ -18,7 +18,7 @@ from onceflow.api.functions import (
     TimerService,
 )
 from onceflow.api.result import JobResult, OperatorMetrics
-from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
+from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 from onceflow.errors import (
     CheckpointError,
     ConfigurationError,

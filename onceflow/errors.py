@@ -45,6 +45,12 @@ class CorruptCheckpointError(CheckpointError):
         self.reason = reason
 
 
+class CheckpointFailuresExceeded(CheckpointError):
+    """More consecutive checkpoint failures than ``tolerable_failures`` (or a final
+    checkpoint or stop-with-savepoint failed): the attempt ends and the restart strategy
+    decides what happens next."""
+
+
 class IncompatibleStateError(CheckpointError):
     """A checkpoint cannot be restored into this flow (operators changed, max_parallelism
     changed, ...). The message names the operator and what to change."""

@@ -175,7 +175,7 @@ def test_savepoints_are_never_deleted_nor_subsumed(tmp_path: Path) -> None:
     cp_id = job.triggered()[-1]
     job.ack(cp_id)  # completes first: must not subsume the savepoint
     assert sp_id in job.c.pending
-    sp_dir = job.c.pending[sp_id].savepoint
+    sp_dir = job.c.pending[sp_id].kind.savepoint_path
     assert sp_dir is not None
     for task, sub in sorted(TASKS):
         Path(sp_dir, f"{task}-{sub}.state").write_bytes(b"x")

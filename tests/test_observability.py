@@ -15,7 +15,7 @@ from test_cli import onceflow
 
 import onceflow as of
 import onceflow.logging as oflog
-from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
+from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 from onceflow.graph.jobgraph import build
 from onceflow.runtime.status import JobState, JobStatus
 from onceflow.testing import throttle

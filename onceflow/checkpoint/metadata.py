@@ -24,11 +24,17 @@ A file of a newer format than :data:`FORMAT` is refused with an error naming its
 from __future__ import annotations
 
 import json
+import os
+import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onceflow.errors import CorruptCheckpointError, IncompatibleStateError
+
+if TYPE_CHECKING:
+    from onceflow.runtime.messages import SubtaskState
 
 FORMAT = 2
 
@@ -91,6 +97,45 @@ class CheckpointMetadata:
     @property
     def duration(self) -> float:
         return self.completion_time - self.trigger_time
+
+
+def from_acks(acks: Mapping[tuple[str, int], SubtaskState], *, flow: str, checkpoint_id: int,
+              kind: str, final: bool, trigger_time: float, max_parallelism: int,
+              op_kinds: Mapping[str, str], directory: str, flow_dir: str,
+              shared_prefix: str | None) -> CheckpointMetadata:
+    """The metadata of a checkpoint from the acks of all its subtasks. ``directory`` is
+    where it is written; uploaded files below ``flow_dir`` that start with
+    ``shared_prefix`` are its shared files (None: it shares none, a savepoint)."""
+    ops: dict[str, dict[str, Any]] = {}
+    files: dict[str, StateFile] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    incremental = 0
+    for (task, subtask), info in sorted(acks.items()):
+        files[info.file] = StateFile(info.size, info.crc32)
+        extra.update(info.uploaded)
+        incremental += info.incremental_size
+        for uid in info.ops:
+            e = ops.setdefault(uid, {"task": task, "parallelism": info.parallelism,
+                                     "stateful": False, "files": []})
+            e["stateful"] = e["stateful"] or uid in info.stateful
+            e["files"].append(SubtaskFile(subtask, info.file))
+    shared: list[str] = []
+    if shared_prefix is not None:
+        rel = {os.path.relpath(os.path.normpath(os.path.join(directory, f)), flow_dir)
+               for f in extra}
+        shared = sorted(f for f in rel if f.startswith(shared_prefix))
+    return CheckpointMetadata(
+        flow=flow, checkpoint_id=checkpoint_id, kind=kind, final=final,
+        trigger_time=trigger_time, completion_time=time.time(),
+        max_parallelism=max_parallelism,
+        operators={uid: OperatorEntry(uid, e["task"], e["parallelism"], op_kinds.get(uid),
+                                      e["stateful"], tuple(e["files"]))
+                   for uid, e in ops.items()},
+        files=files, extra_files=extra, shared=tuple(shared),
+        size=sum(f.size for f in files.values()) + sum(f["size"] for f in extra.values()),
+        incremental_size=incremental,
+        metrics={f"{t}#{s}": dict(info.metrics) for (t, s), info in sorted(acks.items())},
+    )
 
 
 def _checksum(body: dict[str, Any]) -> str:

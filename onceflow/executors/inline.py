@@ -79,7 +79,7 @@ def _own_copy(spec: WorkerSpec) -> WorkerSpec:
                         "create connections and other resources in open(), not when the flow "
                         "is defined") from e
         raise ConfigurationError(f"executor Inline: the flow cannot be copied: {e}") from e
-    return replace(spec, graph=graph, initial_splits=copy.deepcopy(spec.initial_splits),
+    return replace(spec, graph=graph, plan=copy.deepcopy(spec.plan),
                    state_backend=copy.deepcopy(spec.state_backend), own_process=False)
 
 

@@ -29,6 +29,7 @@ from onceflow.checkpoint.coordinator import (
     CheckpointStatus,
     CoordinatorSettings,
 )
+from onceflow.checkpoint.restore import RestorePlan, check_compatible
 from onceflow.checkpoint.storage import (
     CheckpointStorage,
     CompletedCheckpoint,
@@ -36,7 +37,6 @@ from onceflow.checkpoint.storage import (
 )
 from onceflow.errors import (
     ConfigurationError,
-    IncompatibleStateError,
     JobFailedError,
 )
 from onceflow.executors import Executor, Local, Workers
@@ -132,34 +132,6 @@ class JobDriver:
             if callable(check):
                 check(ck.interval if ck else None, ck.timeout if ck else 600.0)
 
-    def _check_compatible(self, ckpt: CompletedCheckpoint, graph: JobGraph) -> None:
-        mp = ckpt.meta.max_parallelism
-        if mp != graph.max_parallelism:
-            raise IncompatibleStateError(
-                f"checkpoint {ckpt.path} was taken with max_parallelism={mp}, this flow has "
-                f"max_parallelism={graph.max_parallelism}; max_parallelism cannot change once "
-                f"a flow has state: set Flow(..., max_parallelism={mp})"
-            )
-        nodes = graph.node_by_uid()
-        for uid, entry in ckpt.meta.operators.items():
-            node = nodes.get(uid)
-            if node is None and not entry.stateful:
-                log.info("checkpoint %s: operator uid %r is no longer in the flow; it held no "
-                         "state, so nothing is lost", ckpt.path, uid)
-                continue
-            if node is None:
-                raise IncompatibleStateError(
-                    f"checkpoint {ckpt.path} holds state of operator uid {uid!r}, which this "
-                    "flow does not have; keep the operator's name (or pass uid=...) so the "
-                    "state finds it again, or start without restore"
-                )
-            kind = entry.kind
-            if kind is not None and kind != node.kind.value:
-                raise IncompatibleStateError(
-                    f"checkpoint {ckpt.path}: operator uid {uid!r} was a {kind} operator and "
-                    f"is now a {node.kind.value}; give the new operator another uid"
-                )
-
     # --- run -----------------------------------------------------------------------------
     def run(self, restore: str | None) -> JobResult:
         try:
@@ -229,7 +201,8 @@ class JobDriver:
         elif restore is not None:
             initial = resolve_restore_path(restore, self.cfg.flow)
         if initial is not None:
-            self._check_compatible(initial, graph)
+            for note in check_compatible(graph, initial.meta, initial.path):
+                log.info("%s", note)
             log.info("restoring from checkpoint %d at %s", initial.id, initial.path)
         storage.discard_incomplete()
         return initial
@@ -332,22 +305,9 @@ class JobDriver:
             savepoint=self.stopped_with_savepoint,
         )
 
-    def _initial_splits(self, graph: JobGraph, restore: CompletedCheckpoint | None
-                        ) -> dict[str, list[list[tuple[Any, Any, bool]]]]:
-        """Splits and start positions of every source the restore point has no state for
-        (all of them on a fresh start; a source added to the flow since, on a restore)."""
-        out: dict[str, list[list[tuple[Any, Any, bool]]]] = {}
-        known = restore.meta.operators if restore is not None else {}
-        for t in graph.tasks.values():
-            if not t.is_source or t.head.uid in known:
-                continue
-            src = t.head.fn
-            splits = src.splits(t.parallelism)
-            per: list[list[tuple[Any, Any, bool]]] = [[] for _ in range(t.parallelism)]
-            for k, s in enumerate(splits):
-                per[k % t.parallelism].append((s, src.initial_position(s), False))
-            out[t.uid] = per
-        return out
+    def _plan(self, graph: JobGraph, restore: CompletedCheckpoint | None) -> RestorePlan:
+        return RestorePlan.build(graph, restore.meta if restore else None,
+                                 restore.path if restore else "")
 
     def _operator_metrics(self, graph: JobGraph,
                           raw: dict[str, tuple[int, int]]) -> dict[str, OperatorMetrics]:
@@ -368,11 +328,11 @@ class JobDriver:
     def _worker_specs(self, run: _Run) -> list[WorkerSpec]:
         cfg, ck, att = self.cfg, self.cfg.checkpoint, run.attempt
         exactly_once = ck is None or ck.mode == "exactly_once"
-        splits = self._initial_splits(run.graph, att.restore)
+        plan = self._plan(run.graph, att.restore)
         return [WorkerSpec(w, cfg.flow, run.graph, exactly_once, cfg.batch_size,
                            cfg.channel_capacity, run.storage.dir, att.number, att.restore,
-                           ck.interval if ck else None, ck.timeout if ck else None,
-                           splits, cfg.state_backend, bool(ck and ck.incremental))
+                           plan, ck.interval if ck else None, ck.timeout if ck else None,
+                           cfg.state_backend, bool(ck and ck.incremental))
                 for w in range(run.graph.workers)]
 
     def _run_attempt(self, run: _Run) -> str | None:

@@ -20,12 +20,13 @@ import traceback
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from socket import socket
 from typing import Any
 
 from onceflow import _faults
+from onceflow.checkpoint.restore import RestorePlan
 from onceflow.checkpoint.storage import CompletedCheckpoint, encode_state, state_file_name
 from onceflow.errors import OnceflowError
 from onceflow.graph.jobgraph import JobGraph
@@ -54,10 +55,10 @@ class WorkerSpec:
     capacity: int
     checkpoint_dir: str  # chk-<n> directories are created below it
     attempt: int
-    restore: CompletedCheckpoint | None
+    restore: CompletedCheckpoint | None  # the restore point: the plan's files are in it
+    plan: RestorePlan  # what every subtask starts from (checkpoint/restore.py)
     checkpoint_interval: float | None = None
     checkpoint_timeout: float | None = None
-    initial_splits: dict[str, list[list[tuple[Any, Any, bool]]]] = field(default_factory=dict)
     state_backend: Any = None
     incremental: bool = False
     own_process: bool = True  # False: a thread of a process that runs other code too
@@ -125,25 +126,13 @@ class Worker:
                     part, chans, key_fn, g.max_parallelism, me, g.tasks[down].head.name))
             runner.connect()
 
-    def _restore_inputs(self, runner: TaskRunner) -> list[tuple[int, int, dict[str, Any]]]:
+    def _read_states(self, files: list[str]) -> dict[str, dict[str, Any]]:
+        """The state files a task's restore plan names (from the restore point)."""
         ckpt = self.spec.restore
-        if ckpt is None:
-            return []
-        mp = self.spec.graph.max_parallelism
-        p, i = runner.spec.parallelism, runner.subtask
-        lo, hi = key_group_range(i, p, mp)
-        wanted: dict[str, tuple[int, int]] = {}
-        for op in runner.ops:
-            entry = ckpt.meta.operators.get(op.uid)
-            if entry is None:
-                continue
-            pj = entry.parallelism
-            for f in entry.files:
-                j = f.subtask
-                olo, ohi = key_group_range(j, pj, mp)
-                if (op.keyed and olo < hi and lo < ohi) or (not op.keyed and j % p == i):
-                    wanted[f.file] = (j, pj)
-        return [(j, pj, ckpt.read_state(name)) for name, (j, pj) in sorted(wanted.items())]
+        if not files:
+            return {}
+        assert ckpt is not None, "a restore plan names files but there is no checkpoint"
+        return {name: ckpt.read_state(name) for name in files}
 
     # --- messages ------------------------------------------------------------------------
     def send(self, msg: m.ToDriver) -> None:
@@ -272,8 +261,8 @@ class Worker:
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         for t in self.tasks:
-            splits = self.spec.initial_splits.get(t.uid)
-            t.open(self._restore_inputs(t), splits[t.subtask] if splits else None)
+            plan = self.spec.plan.subtask(t.uid, t.subtask)
+            t.open(plan, self._read_states(plan.files))
         self.send(m.Running(self.spec.index))
         tasks, peers = self.tasks, list(self.peers.values())
         timer_tasks = [t for t in tasks if t.timer_ops]

@@ -22,15 +22,16 @@ from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 from onceflow.errors import (
     CheckpointError,
     ConfigurationError,
+    ConnectorError,
     CorruptCheckpointError,
     IncompatibleStateError,
     JobFailedError,
     NoCheckpointError,
     OnceflowError,
     RecordFormatError,
+    SavepointError,
     UserFunctionError,
 )
-from onceflow.runtime.control import SavepointError
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "CheckpointStats",
     "CheckpointStatus",
     "ConfigurationError",
+    "ConnectorError",
     "CorruptCheckpointError",
     "DataStream",
     "Flow",

@@ -19,6 +19,7 @@ PUBLIC = {
         "CheckpointStats",
         "CheckpointStatus",
         "ConfigurationError",
+        "ConnectorError",
         "CorruptCheckpointError",
         "DataStream",
         "Flow",
@@ -123,6 +124,7 @@ def test_every_exception_derives_from_the_root() -> None:
         assert err.__doc__, f"{err.__name__} has no docstring"
     for sub in (of.NoCheckpointError, of.CorruptCheckpointError, of.IncompatibleStateError):
         assert issubclass(sub, of.CheckpointError)
+    # every class of onceflow.errors, exported or not: tests/test_errors.py
 
 
 def test_version_matches_the_distribution() -> None:

@@ -38,12 +38,13 @@ from onceflow.checkpoint.storage import (
 from onceflow.errors import (
     ConfigurationError,
     JobFailedError,
+    SavepointError,
 )
 from onceflow.executors import Executor, Local, Workers
 from onceflow.graph.jobgraph import JobGraph, build
 from onceflow.graph.logical import Kind, LogicalPlan
 from onceflow.runtime import messages as m
-from onceflow.runtime.control import JobControl, Request, SavepointError
+from onceflow.runtime.control import JobControl, Request
 from onceflow.runtime.observers import Observers
 from onceflow.runtime.observers import validate as validate_observers
 from onceflow.runtime.status import JobStatus

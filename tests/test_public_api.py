@@ -78,8 +78,9 @@ PUBLIC = {
         "check_transaction_timeout",
         "list_lingering",
     ],
-    "onceflow.testing": ["CaseResult", "ConformanceReport", "DEFAULT_POINTS",
-                         "check_sink_exactly_once", "throttle"],
+    "onceflow.testing": ["CaseResult", "CollectingSink", "ConformanceReport",
+                         "DEFAULT_POINTS", "ScriptedSource", "check_sink_exactly_once",
+                         "run_inline", "throttle"],
 }
 
 

@@ -43,7 +43,6 @@ from onceflow.checkpoint.stats import (
     CheckpointStats,
     CheckpointStatus,
     SubtaskCheckpointStats,
-    human_size,
     log_fields,
 )
 from onceflow.checkpoint.storage import CheckpointStorage
@@ -265,7 +264,7 @@ class CheckpointCoordinator:
         if p.kind.counts_failures:
             self.failures.succeeded()
             self._last_complete = self.clock()
-        self._log_completed(p)
+        p.kind.log_completed(p.stats, self.flow)
         # --- 4. notify ---
         self.send_all(m.Complete(p.id, p.final))
         if p.final:
@@ -299,11 +298,3 @@ class CheckpointCoordinator:
         self.pending.pop(p.id, None)
         self.history.append(p.stats)
 
-    def _log_completed(self, p: PendingCheckpoint) -> None:
-        st = p.stats
-        log.info(
-            "%s %d complete%s: %s, %d subtasks, %.1f ms, %s (max sync %.1f ms, async %.1f "
-            "ms, alignment %.1f ms)", p.kind.name, st.id, p.kind.final_note if st.final else "",
-            st.path, len(st.subtasks), (st.duration or 0) * 1e3, human_size(st.size),
-            st.max_sync_ms, st.max_async_ms, st.max_alignment_ms,
-            extra=log_fields(f"{p.kind.name}_completed", self.flow, st))

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from onceflow.checkpoint.stats import CheckpointStats, human_size, log_fields
+
 if TYPE_CHECKING:
     from onceflow.checkpoint.shared import SharedRegistry
     from onceflow.checkpoint.storage import CheckpointStorage
@@ -48,7 +50,6 @@ class CheckpointKind:
     counts_failures = True
     stops_job = False
     savepoint_path: str | None = None  # what the barrier carries: a savepoint's directory
-    final_note = " (final)"  # in the completion log line of a final one
 
     def directory(self, storage: CheckpointStorage, cid: int) -> str:
         raise NotImplementedError
@@ -63,6 +64,9 @@ class CheckpointKind:
     def answer(self, path: str | None, error: str | None) -> None:
         """Tell whoever asked for it how it ended (once)."""
 
+    def log_completed(self, st: CheckpointStats, flow: str) -> None:
+        raise NotImplementedError
+
 
 class RegularCheckpoint(CheckpointKind):
     def directory(self, storage: CheckpointStorage, cid: int) -> str:
@@ -74,6 +78,13 @@ class RegularCheckpoint(CheckpointKind):
 
     def discard(self, storage: CheckpointStorage, cid: int) -> None:
         storage.discard(cid)
+
+    def log_completed(self, st: CheckpointStats, flow: str) -> None:
+        log.info(
+            "checkpoint %d complete%s: %d subtasks, %.1f ms, %s (max sync %.1f ms, async %.1f "
+            "ms, alignment %.1f ms)", st.id, " (final)" if st.final else "", len(st.subtasks),
+            (st.duration or 0) * 1e3, human_size(st.size), st.max_sync_ms, st.max_async_ms,
+            st.max_alignment_ms, extra=log_fields("checkpoint_completed", flow, st))
 
 
 CHECKPOINT = RegularCheckpoint()
@@ -87,7 +98,6 @@ class Savepoint(CheckpointKind):
     paces_interval = False
     subsumable = False
     counts_failures = False
-    final_note = " (the job stops)"
 
     def __init__(self, path: str, on_done: SavepointCallback | None, stop: bool) -> None:
         self.path = self.savepoint_path = path
@@ -111,6 +121,11 @@ class Savepoint(CheckpointKind):
 
     def discard(self, storage: CheckpointStorage, cid: int) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def log_completed(self, st: CheckpointStats, flow: str) -> None:
+        log.info("savepoint %d complete%s: %s, %.1f ms, %s", st.id,
+                 " (the job stops)" if st.final else "", self.path,
+                 (st.duration or 0) * 1e3, human_size(st.size))
 
     def answer(self, path: str | None, error: str | None) -> None:
         cb, self.on_done = self.on_done, None

@@ -173,15 +173,18 @@ class Worker:
         path = os.path.join(directory, name)
         uploaded: dict[str, dict[str, Any]] = {}
         new_bytes = 0
+        in_backend: str | None = None  # the operator whose backend snapshot runs
         try:
             os.makedirs(directory, exist_ok=True)
             manifests: dict[str, Any] = {}
             for uid, part in asyncs.items():
+                in_backend = uid
                 target = SnapshotTarget(cid, directory, shared_root, owner_name(uid, subtask))
                 manifests[uid] = part.run(target)
                 uploaded.update(target.uploaded)
                 new_bytes += target.new_bytes
                 _faults.point("snapshot.upload", checkpoint=cid, task=task, subtask=subtask)
+            in_backend = None
             data = encode_state(blob, manifests)
             half = len(data) // 2
             with open(path, "wb") as f:
@@ -198,6 +201,10 @@ class Worker:
                        f"failed: {e.strerror or e}")
             elif isinstance(e, OnceflowError):
                 why = str(e)
+            elif in_backend is not None:
+                why = (f"snapshot of operator {in_backend!r} in its state backend "
+                       f"({type(self.spec.state_backend).__name__}) failed: "
+                       f"{type(e).__name__}: {e}")
             else:
                 why = (f"snapshot of task {task!r} subtask {subtask} failed: "
                        f"{type(e).__name__}: {e}")

@@ -1,9 +1,16 @@
-"""A worker process: runs subtask ``i`` of every task, in one thread, in a loop.
+"""A worker: runs subtask ``i`` of every task, in one thread, in a loop.
+
+An executor (``onceflow/executors``) starts it by calling :func:`worker_main`: in a forked
+process of its own (``Local``) or in a thread of the driver's process (``Inline``). The
+worker only knows its control connection to the driver and its sockets to the other
+workers.
 
 The loop alternates between (1) one step of every task, (2) flushing and reading the peer
-sockets, (3) control messages from the driver, and sleeps in ``select`` only when no task
-could make progress. A second thread writes checkpoint state files (the asynchronous phase)
-and acknowledges them to the driver.
+sockets, (3) control messages from the driver (``runtime/messages.py``), and sleeps in
+``select`` only when no task could make progress. A second thread writes checkpoint state
+files (the asynchronous phase) and acknowledges them to the driver. On start, the worker
+executes its part of the restore plan (``checkpoint/restore.py``): it reads the state
+files the plan names and hands them to ``TaskRunner.open``.
 
 The worker exits by itself when the driver goes away: its control socket reports EOF and,
 for a driver killed with SIGKILL, the kernel sends SIGKILL (``PR_SET_PDEATHSIG``).

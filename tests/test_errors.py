@@ -97,3 +97,16 @@ def test_foreign_errors_become_connector_errors_with_their_cause() -> None:
 def test_kafka_protocol_error_keeps_its_code_across_processes() -> None:
     e = pickle.loads(pickle.dumps(errors.KafkaProtocolError("no", code=47)))
     assert (str(e), e.code) == ("no", 47)
+
+
+def test_moved_classes_unpickle_from_their_old_paths() -> None:
+    """Objects pickled before a class moved name its old module: it still resolves."""
+    from onceflow.checkpoint import coordinator, stats
+
+    old = pickle.dumps(stats.CheckpointStats(1, stats.CheckpointStatus.COMPLETED, 0.0),
+                       protocol=0)  # text: module paths can be rewritten in place
+    old = old.replace(b"onceflow.checkpoint.stats", b"onceflow.checkpoint.coordinator")
+    assert b"onceflow.checkpoint.coordinator" in old
+    st = pickle.loads(old)
+    assert type(st) is stats.CheckpointStats and st.id == 1
+    assert coordinator.CheckpointStatus is stats.CheckpointStatus

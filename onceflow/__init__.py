@@ -8,22 +8,27 @@ run them. Users import only what is listed in ``__all__`` plus the submodules
 """
 
 from onceflow import executors, restart, sinks, sources, state
+from onceflow import logging as _logging
 from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
 from onceflow.api.flow import DataStream, Flow, KeyedStream
 from onceflow.api.functions import (
     KeyedProcessFunction,
+    OutputTag,
     ProcessContext,
     RuntimeContext,
+    TimeDomain,
     TimerService,
 )
 from onceflow.api.result import JobResult, OperatorMetrics
+from onceflow.api.watermarks import WatermarkGenerator, WatermarkStrategy
 from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 from onceflow.errors import (
     CheckpointError,
     ConfigurationError,
     ConnectorError,
     CorruptCheckpointError,
+    ExistingCheckpointError,
     IncompatibleStateError,
     JobFailedError,
     NoCheckpointError,
@@ -35,6 +40,8 @@ from onceflow.errors import (
 
 __version__ = "0.1.0"
 
+_logging.install_fallback()  # warnings reach stderr, with their level, until logging is set up
+
 __all__ = [
     "CheckpointConfig",
     "CheckpointError",
@@ -44,6 +51,7 @@ __all__ = [
     "ConnectorError",
     "CorruptCheckpointError",
     "DataStream",
+    "ExistingCheckpointError",
     "Flow",
     "IncompatibleStateError",
     "JobClient",
@@ -54,13 +62,17 @@ __all__ = [
     "NoCheckpointError",
     "OnceflowError",
     "OperatorMetrics",
+    "OutputTag",
     "ProcessContext",
     "RecordFormatError",
     "RestartStrategy",
     "RuntimeContext",
     "SavepointError",
+    "TimeDomain",
     "TimerService",
     "UserFunctionError",
+    "WatermarkGenerator",
+    "WatermarkStrategy",
     "__version__",
     "executors",
     "restart",

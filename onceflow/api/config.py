@@ -24,6 +24,9 @@ class CheckpointConfig:
     retained: int = 1
     tolerable_failures: int = 0
     incremental: bool = False
+    unaligned: bool = False
+    aligned_timeout: float | None = None
+    buffer_time: float | None = None
 
     def validate(self) -> None:
         def bad(what: str) -> ConfigurationError:
@@ -49,6 +52,20 @@ class CheckpointConfig:
         if not isinstance(self.tolerable_failures, int) or self.tolerable_failures < 0:
             raise bad(f"tolerable_failures must be an integer >= 0, "
                       f"got {self.tolerable_failures!r}")
+        if not isinstance(self.unaligned, bool):
+            raise bad(f"unaligned must be True or False, got {self.unaligned!r}")
+        if self.aligned_timeout is not None and (
+                not _number(self.aligned_timeout) or self.aligned_timeout < 0):
+            raise bad(f"aligned_timeout must be a number of seconds >= 0 (or None), got "
+                      f"{self.aligned_timeout!r}")
+        if self.buffer_time is not None and (
+                not _number(self.buffer_time) or self.buffer_time <= 0):
+            raise bad(f"buffer_time must be a number of seconds > 0 (or None), got "
+                      f"{self.buffer_time!r}")
+        if (self.unaligned or self.aligned_timeout is not None) \
+                and self.mode != "exactly_once":
+            raise bad("unaligned checkpoints (unaligned=True or aligned_timeout=...) are an "
+                      "exactly-once mode; with mode='at_least_once' barriers never wait anyway")
         if self.storage is None or not str(self.storage):
             raise bad("storage must be a directory path for checkpoint files")
 
@@ -65,6 +82,9 @@ class RestartStrategy:
     reset_after: float = 120.0  # exponential: a run this long without failure resets the delay
     max_failures_per_interval: int | None = None
     failure_rate_interval: float = 600.0
+    # the same failure (error, operator, record) this many attempts in a row, with no
+    # checkpoint completing in between, stops the job (None: retry as the strategy allows)
+    max_repeated_failures: int | None = 3
 
     def validate(self) -> None:
         if self.kind not in ("fixed_delay", "exponential_backoff", "none"):
@@ -74,6 +94,11 @@ class RestartStrategy:
             raise ConfigurationError("restart strategy: delays must be numbers >= 0")
         if self.attempts is not None and self.attempts < 0:
             raise ConfigurationError("restart strategy: attempts must be >= 0")
+        m = self.max_repeated_failures
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 2):
+            raise ConfigurationError(
+                f"restart strategy: max_repeated_failures must be an integer >= 2 or None "
+                f"(no limit), got {m!r}")
 
     def next_delay(self, failure_times: list[float], now: float) -> float | None:
         """The delay before the next attempt, or None to give up. ``failure_times`` holds
@@ -97,22 +122,31 @@ class RestartStrategy:
         return min(self.max_delay, self.delay * self.multiplier ** (streak - 1))
 
 
-def fixed_delay(attempts: int = 3, delay: float = 1.0) -> RestartStrategy:
-    """Restart up to ``attempts`` times, waiting ``delay`` seconds each time."""
-    return RestartStrategy("fixed_delay", attempts=attempts, delay=delay)
+def fixed_delay(attempts: int | None = 3, delay: float = 1.0, *,
+                max_repeated_failures: int | None = 3) -> RestartStrategy:
+    """Restart up to ``attempts`` times (None: without limit), waiting ``delay`` seconds
+    each time. A failure that repeats at the same record (same error, same operator, no
+    checkpoint completed in between) stops the job once it happened
+    ``max_repeated_failures`` times in a row; None retries it as ``attempts`` allows."""
+    return RestartStrategy("fixed_delay", attempts=attempts, delay=delay,
+                           max_repeated_failures=max_repeated_failures)
 
 
 def exponential_backoff(initial: float = 1.0, max_delay: float = 60.0, multiplier: float = 2.0,
                         max_failures_per_interval: int | None = 10,
                         failure_rate_interval: float = 600.0,
-                        attempts: int | None = None) -> RestartStrategy:
+                        attempts: int | None = None, *,
+                        max_repeated_failures: int | None = 3) -> RestartStrategy:
     """Restart with delays ``initial``, ``initial*multiplier``, ... up to ``max_delay``; give
     up after more than ``max_failures_per_interval`` failures within
-    ``failure_rate_interval`` seconds (the default strategy)."""
+    ``failure_rate_interval`` seconds (the default strategy), or when the same failure
+    repeated at the same record ``max_repeated_failures`` times in a row (see
+    :func:`fixed_delay`; None: no such limit)."""
     return RestartStrategy("exponential_backoff", attempts=attempts, delay=initial,
                            max_delay=max_delay, multiplier=multiplier,
                            max_failures_per_interval=max_failures_per_interval,
-                           failure_rate_interval=failure_rate_interval)
+                           failure_rate_interval=failure_rate_interval,
+                           max_repeated_failures=max_repeated_failures)
 
 
 def no_restart() -> RestartStrategy:

@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from onceflow.api.config import CheckpointConfig, RestartStrategy, exponential_backoff
-from onceflow.api.functions import KeyedProcessFunction
+from onceflow.api.functions import KeyedProcessFunction, OutputTag
 from onceflow.api.result import JobResult
+from onceflow.api.watermarks import WatermarkStrategy
 from onceflow.connectors.sinks import Sink
 from onceflow.connectors.sources import Source
 from onceflow.connectors.two_phase import TwoPhaseCommitSink, WriteAheadSink
@@ -37,6 +38,7 @@ from onceflow.state.memory import MemoryBackend
 
 if TYPE_CHECKING:
     from onceflow.api.client import JobClient
+    from onceflow.api.windowing import WindowedStream
     from onceflow.executors import Executor
     from onceflow.runtime.driver import JobDriver
     from onceflow.state.rocksdb import RocksDBBackend
@@ -71,7 +73,9 @@ class Flow:
                              mode: str = "exactly_once", timeout: float = 600.0,
                              min_pause: float = 0.0, max_concurrent: int = 1,
                              retained: int = 1, tolerable_failures: int = 0,
-                             incremental: bool = False) -> Flow:
+                             incremental: bool = False, unaligned: bool = False,
+                             aligned_timeout: float | None = None,
+                             buffer_time: float | None = None) -> Flow:
         """Checkpoint every ``interval`` seconds into directory ``storage``.
 
         ``mode`` is ``"exactly_once"`` (aligned barriers) or ``"at_least_once"`` (no
@@ -81,11 +85,23 @@ class Flow:
         newest ``retained`` complete checkpoints are kept; more than ``tolerable_failures``
         failed checkpoints in a row fail the job. ``incremental``: each checkpoint writes only
         what changed since the previous one (RocksDB: new SST files; memory: a changelog of
-        changed keys) and references the rest. Settings are checked by ``run()``."""
+        changed keys) and references the rest.
+
+        ``unaligned=True``: exactly-once checkpoints whose barriers overtake the records
+        queued before them (Flink's unaligned checkpoints): a checkpoint takes about as long
+        under backpressure as without, and the overtaken records are stored with it and
+        replayed on restore. ``aligned_timeout=s``: start every checkpoint aligned and switch
+        a channel to unaligned when its barrier has not arrived within ``s`` seconds (quiet
+        jobs keep small checkpoints). Savepoints and the final checkpoint are always aligned.
+        ``buffer_time=s``: size every channel's buffer to hold about ``s`` seconds of its
+        consumer's throughput (at least one batch, at most ``channel_capacity``), so barriers
+        and in-flight data stay small under backpressure (Flink's buffer debloating).
+        Settings are checked by ``run()``."""
         self.checkpoint_config = CheckpointConfig(
             interval=interval, storage=os.fspath(storage) if storage is not None else None,
             mode=mode, timeout=timeout, min_pause=min_pause, max_concurrent=max_concurrent,
-            retained=retained, tolerable_failures=tolerable_failures, incremental=incremental)
+            retained=retained, tolerable_failures=tolerable_failures, incremental=incremental,
+            unaligned=unaligned, aligned_timeout=aligned_timeout, buffer_time=buffer_time)
         return self
 
     def set_restart_strategy(self, strategy: RestartStrategy) -> Flow:
@@ -96,12 +112,24 @@ class Flow:
 
     # --- building ------------------------------------------------------------------------
     def source(self, source: Source, *, name: str | None = None, parallelism: int | None = None,
-               uid: str | None = None) -> DataStream:
+               uid: str | None = None,
+               watermarks: WatermarkStrategy | None = None) -> DataStream:
+        """A stream read from ``source``. ``watermarks``: a
+        :class:`~onceflow.WatermarkStrategy` gives the records event timestamps and makes
+        the source generate watermarks per split (per file, per Kafka partition), emitting
+        the minimum over its splits."""
         if not isinstance(source, Source):
             raise ConfigurationError(
                 f"flow.source() takes an onceflow Source (e.g. of.sources.Range), got "
                 f"{type(source).__name__}")
         node = self._plan.add(Kind.SOURCE, name, uid, parallelism, source, [])
+        if watermarks is not None:
+            if not isinstance(watermarks, WatermarkStrategy):
+                raise ConfigurationError(
+                    f"flow.source({node.name!r}): watermarks= takes an of.WatermarkStrategy, "
+                    f"got {type(watermarks).__name__}")
+            watermarks.validate(f"source {node.name!r}")
+            node.watermarks = watermarks
         return DataStream(self, node)
 
     # --- running -------------------------------------------------------------------------
@@ -133,7 +161,7 @@ class Flow:
                       f"of.state.RocksDBBackend(), got {type(self.state_backend).__name__}")
         validate()
 
-    def run(self, restore: str | os.PathLike[str] | None = None, *,
+    def run(self, restore: str | os.PathLike[str] | None = None, *, fresh: bool = False,
             dashboard: str | int | None = None, dashboard_token: str | None = None,
             metrics_port: int | None = None, progress: bool | float = False,
             executor: str | Executor | None = None) -> JobResult:
@@ -141,7 +169,17 @@ class Flow:
 
         ``restore``: ``"latest"`` resumes from the newest complete checkpoint in this flow's
         checkpoint storage (or starts from the beginning, saying so, when there is none); a
-        path resumes from that checkpoint directory.
+        path resumes from that checkpoint directory. Without ``restore`` the flow starts
+        from the beginning, and ``run()`` refuses (``ExistingCheckpointError``, naming the
+        newest checkpoint, when it completed and whether the job had finished) if the
+        checkpoint storage already holds completed checkpoints of this flow: their output
+        is committed, so starting over would write it again. ``fresh=True`` starts over
+        anyway, knowing the whole output is written a second time. Continuing a job that
+        had finished (``restore="latest"``) writes nothing again.
+
+        Ctrl-C (SIGINT) or SIGTERM while ``run()`` blocks in the main thread stops the job
+        with a savepoint (``JobResult.savepoint``; resume with ``restore="latest"``); a
+        second one stops at once and raises ``KeyboardInterrupt``.
 
         While it runs (see docs/operations.md): ``dashboard="[HOST:]PORT"`` serves a web
         dashboard (127.0.0.1 unless a host is given; any other host needs
@@ -153,10 +191,11 @@ class Flow:
         default: forked worker processes) or ``"inline"`` / ``of.executors.Inline()``
         (threads of this process, for debugging and fast tests)."""
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
-                              metrics_port=metrics_port, progress=progress, executor=executor)
+                              metrics_port=metrics_port, progress=progress,
+                              fresh=_fresh(restore, fresh), executor=executor)
         return driver.run(os.fspath(restore) if restore is not None else None)
 
-    def start(self, restore: str | os.PathLike[str] | None = None, *,
+    def start(self, restore: str | os.PathLike[str] | None = None, *, fresh: bool = False,
               dashboard: str | int | None = None, dashboard_token: str | None = None,
               metrics_port: int | None = None, progress: bool | float = False,
               executor: str | Executor | None = None) -> JobClient:
@@ -164,9 +203,12 @@ class Flow:
         :class:`~onceflow.JobClient` to take savepoints, stop with a savepoint, or wait for
         the result. Same arguments as :meth:`run`."""
         from onceflow.api.client import JobClient
+        from onceflow.runtime.rerun import check_before_start
 
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
-                              metrics_port=metrics_port, progress=progress, executor=executor)
+                              metrics_port=metrics_port, progress=progress,
+                              fresh=_fresh(restore, fresh), executor=executor)
+        check_before_start(self.name, self.checkpoint_config, restore, fresh)
         return JobClient(driver, os.fspath(restore) if restore is not None else None)
 
     def _driver(self, **observe: Any) -> JobDriver:
@@ -192,7 +234,7 @@ class DataStream:
 
     def _add(self, kind: Kind, fn: Any, name: str | None, parallelism: int | None,
              uid: str | None, edges: list[Edge] | None = None) -> Node:
-        if kind not in (Kind.SINK, Kind.UNION) and not callable(fn):
+        if kind not in (Kind.SINK, Kind.UNION, Kind.ASSIGN) and not callable(fn):
             raise ConfigurationError(f"{kind.value}() takes a function, got {type(fn).__name__}")
         edges = edges or [Edge(self._node.id, Partitioning.FORWARD)]
         return self._flow._plan.add(kind, name, uid, parallelism, fn, edges)
@@ -220,6 +262,41 @@ class DataStream:
                 raise ConfigurationError("union() takes DataStreams of the same Flow")
         edges = [Edge(s._node.id, Partitioning.FORWARD) for s in (self, *others)]
         return DataStream(self._flow, self._add(Kind.UNION, None, name, parallelism, uid, edges))
+
+    def assign_timestamps_and_watermarks(self, strategy: WatermarkStrategy, *,
+                                         name: str | None = None,
+                                         uid: str | None = None) -> DataStream:
+        """Give the records new event timestamps and watermarks from ``strategy`` (one
+        generator per subtask; watermarks from upstream stop here). Prefer
+        ``flow.source(..., watermarks=...)``: per-split watermarks there keep one slow
+        split from making another's records late."""
+        if not isinstance(strategy, WatermarkStrategy):
+            raise ConfigurationError(
+                "assign_timestamps_and_watermarks() takes an of.WatermarkStrategy, got "
+                f"{type(strategy).__name__}")
+        strategy.validate("assign_timestamps_and_watermarks")
+        return DataStream(self._flow, self._add(Kind.ASSIGN, strategy, name, None, uid))
+
+    def side_output(self, tag: OutputTag) -> DataStream:
+        """The stream of values this operator sent to ``tag`` (``ctx.output(tag, v)``, or
+        the late records of a window with ``side_output_late_data(tag)``)."""
+        if not isinstance(tag, OutputTag):
+            raise ConfigurationError(
+                f"side_output() takes an of.OutputTag, got {type(tag).__name__}")
+        if self._node.kind is Kind.SOURCE or self._node.kind is Kind.SINK:
+            raise ConfigurationError(
+                f"side_output({tag.name!r}): operator {self._node.name!r} has no side outputs")
+        edge = Edge(self._node.id, Partitioning.FORWARD, None, tag.name)
+        node = self._flow._plan.add(Kind.SIDE_OUTPUT, f"{self._node.name}.{tag.name}", None,
+                                    self._node.parallelism, None, [edge])
+        return DataStream(self._flow, node)
+
+    def window_all(self, assigner: Any) -> WindowedStream:
+        """Windows over the whole stream (one subtask): results are
+        ``(None, window_start, window_end, value)``."""
+        from onceflow.api.windowing import WindowedStream
+
+        return WindowedStream(self._flow, self._node, None, assigner)
 
     def rebalance(self) -> _Rebalanced:
         """Spread the records round-robin over the next operator's subtasks."""
@@ -251,14 +328,33 @@ class _Rebalanced(DataStream):
         return super()._add(kind, fn, name, parallelism, uid, edges)
 
 
-class KeyedStream:
-    """A stream partitioned by key; its operators keep state per key."""
+class KeyedStream(DataStream):
+    """A stream partitioned by key; its operators keep state per key. It is a stream too:
+    ``map``, ``filter``, ``flat_map`` and ``sink`` run after the exchange by key."""
 
     def __init__(self, flow: Flow, node: Node, key: Callable[[Any], Any]) -> None:
-        self._flow, self._node, self._key = flow, node, key
+        super().__init__(flow, node)
+        self._key = key
 
     def _edge(self) -> list[Edge]:
         return [Edge(self._node.id, Partitioning.KEY, self._key)]
+
+    def _add(self, kind: Kind, fn: Any, name: str | None, parallelism: int | None,
+             uid: str | None, edges: list[Edge] | None = None) -> Node:
+        return super()._add(kind, fn, name, parallelism, uid, edges or self._edge())
+
+    def side_output(self, tag: OutputTag) -> DataStream:
+        raise ConfigurationError(
+            "side_output() is taken from the operator that emits it (e.g. the result of "
+            "process() or of a window), not from key_by()")
+
+    def window(self, assigner: Any) -> WindowedStream:
+        """Windows per key: ``.window(of.windows.tumbling(60.0))`` then ``.aggregate(...)``,
+        ``.reduce(...)`` or ``.process(...)``. Results are
+        ``(key, window_start, window_end, value)``."""
+        from onceflow.api.windowing import WindowedStream
+
+        return WindowedStream(self._flow, self._node, self._key, assigner)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
                parallelism: int | None = None, uid: str | None = None) -> DataStream:
@@ -293,3 +389,13 @@ class SinkHandle:
 
     def __repr__(self) -> str:
         return f"<onceflow.api.flow.SinkHandle {self._node.name!r}>"
+
+
+def _fresh(restore: object, fresh: object) -> bool:
+    if not isinstance(fresh, bool):
+        raise ConfigurationError(f"fresh must be True or False, got {fresh!r}")
+    if fresh and restore is not None:
+        raise ConfigurationError(
+            f"run(restore={restore!r}, fresh=True): choose one: restore continues from a "
+            "checkpoint, fresh=True starts over from the beginning")
+    return fresh

@@ -59,6 +59,8 @@ class OperatorRestore:
     files: tuple[str, ...] = ()
     filter_keys: bool = False
     metrics_files: tuple[str, ...] = ()
+    old_subtasks: tuple[int, ...] = ()  # the old subtask of each of ``files``
+    old_parallelism: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,12 @@ class SubtaskRestore:
         """Every state file the subtask reads."""
         return sorted({f for op in self.operators.values()
                        for f in (*op.files, *op.metrics_files)})
+
+    def inherited(self) -> list[tuple[str, int, int]]:
+        """(file, old subtask, old parallelism) of every file an operator restores state
+        from (what in-flight data of an unaligned checkpoint is replayed from)."""
+        return sorted({(f, j, op.old_parallelism) for op in self.operators.values()
+                       for f, j in zip(op.files, op.old_subtasks, strict=True)})
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,8 @@ class RestorePlan:
                     exact = all(key_group_range(f.subtask, pj, mp) == kg for f in mine)
                     metrics = tuple(f.file for f in entry.files if f.subtask % p == i)
                     ops[n.uid] = OperatorRestore(n.uid, keyed, kg, files,
-                                                 keyed and not exact, metrics)
+                                                 keyed and not exact, metrics,
+                                                 tuple(f.subtask for f in mine), pj)
                 subtasks[(t.uid, i)] = SubtaskRestore(t.uid, i, ops,
                                                       fresh[i] if fresh is not None else None)
         return RestorePlan(meta.checkpoint_id if meta is not None else None, subtasks,

@@ -38,6 +38,16 @@ class SplitReader(ABC):
         """Checkpoint ``checkpoint_id``, which recorded ``position`` for this split, is
         complete (e.g. commit offsets to an external system for monitoring). Optional."""
 
+    def partitions(self) -> list[Any] | None:
+        """Optional, for per-partition watermarks: the inputs this reader reads now whose
+        records are each in order of their own (a Kafka reader's topic partitions, not yet
+        read to their end). None (the default): the split is one such input."""
+        return None
+
+    def batch_partitions(self) -> list[Any] | None:
+        """With :meth:`partitions`: the partition of each record of the last batch."""
+        return None
+
 
 class Source(ABC):
     """Base class of replayable sources."""

@@ -1,8 +1,10 @@
 """Job graph: the logical plan cut into tasks (chains) and channels.
 
 Chaining rule (Flink's): node B joins A's chain when B's only input is a forward edge from A,
-A has no other consumer, and both have the same parallelism. Everything else is a task
-boundary. A forward edge between different parallelisms becomes a rebalance edge.
+A has no other consumer, and both have the same parallelism. A side output's edge (records
+an operator sent to an ``OutputTag``) is never chained: its consumer starts a task.
+Everything else is a task boundary. A forward edge between different parallelisms becomes a
+rebalance edge.
 
 Placement: subtask ``i`` of every task runs in worker ``i`` (slot sharing), so forward edges
 stay inside one process and only key/rebalance edges between different indexes cross
@@ -38,6 +40,8 @@ class Task:
     inputs: list[TaskInput] = field(default_factory=list)
     # (downstream task uid, partitioning, key function, downstream input number)
     outputs: list[tuple[str, Partitioning, Any, int]] = field(default_factory=list)
+    # per entry of ``outputs``: the side output tag it carries (None: the main output)
+    output_tags: list[str | None] = field(default_factory=list)
 
     @property
     def head(self) -> Node:
@@ -121,6 +125,7 @@ def build(plan: LogicalPlan, default_parallelism: int, max_parallelism: int) -> 
         up = plan.nodes[e.source]
         return (
             e.partitioning is Partitioning.FORWARD
+            and e.tag is None
             and par[up.id] == par[n.id]
             and len(consumers[up.id]) == 1
         )
@@ -145,6 +150,7 @@ def build(plan: LogicalPlan, default_parallelism: int, max_parallelism: int) -> 
                 part = Partitioning.REBALANCE
             t.inputs.append(TaskInput(up_task, part, e.key_fn, n.id))
             tasks[up_task].outputs.append((t.uid, part, e.key_fn, len(t.inputs) - 1))
+            tasks[up_task].output_tags.append(e.tag)
     for t in tasks.values():
         t.name = " -> ".join(n.name for n in t.nodes)
 

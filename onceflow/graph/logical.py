@@ -26,13 +26,17 @@ class Kind(enum.Enum):
     FILTER = "filter"
     FLAT_MAP = "flat_map"
     UNION = "union"
+    ASSIGN = "assign_timestamps"  # assign_timestamps_and_watermarks
+    SIDE_OUTPUT = "side_output"  # the records an operator sent to one OutputTag
     REDUCE = "reduce"
     PROCESS = "process"
+    WINDOW = "window"  # keyed window (fn: the window operator's spec)
+    WINDOW_ALL = "window_all"  # window over the whole stream (parallelism 1)
     SINK = "sink"
 
     @property
     def keyed(self) -> bool:
-        return self in (Kind.REDUCE, Kind.PROCESS)
+        return self in (Kind.REDUCE, Kind.PROCESS, Kind.WINDOW, Kind.WINDOW_ALL)
 
 
 @dataclass
@@ -40,6 +44,7 @@ class Edge:
     source: int  # node id
     partitioning: Partitioning
     key_fn: Callable[[Any], Any] | None = None
+    tag: str | None = None  # a side output's tag: the edge carries those records only
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Node:
     parallelism: int | None  # None: the flow's default
     fn: Any  # the user function, Source or Sink object
     inputs: list[Edge] = field(default_factory=list)
+    watermarks: Any = None  # a source's WatermarkStrategy (per-split watermarks)
 
     def __repr__(self) -> str:
         return f"Node({self.id}, {self.kind.value}, {self.name!r})"

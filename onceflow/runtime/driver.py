@@ -29,6 +29,7 @@ from onceflow.checkpoint.coordinator import (
     CheckpointStatus,
     CoordinatorSettings,
 )
+from onceflow.checkpoint.permissions import warn_if_open
 from onceflow.checkpoint.restore import RestorePlan, check_compatible
 from onceflow.checkpoint.storage import (
     CheckpointStorage,
@@ -37,7 +38,6 @@ from onceflow.checkpoint.storage import (
 )
 from onceflow.errors import (
     ConfigurationError,
-    JobFailedError,
     SavepointError,
 )
 from onceflow.executors import Executor, Local, Workers
@@ -45,8 +45,11 @@ from onceflow.graph.jobgraph import JobGraph, build
 from onceflow.graph.logical import Kind, LogicalPlan
 from onceflow.runtime import messages as m
 from onceflow.runtime.control import JobControl, Request
+from onceflow.runtime.failures import FailureTracker
+from onceflow.runtime.interrupt import GracefulStop
 from onceflow.runtime.observers import Observers
 from onceflow.runtime.observers import validate as validate_observers
+from onceflow.runtime.rerun import check_fresh_start
 from onceflow.runtime.status import JobStatus
 from onceflow.runtime.worker import WorkerSpec
 
@@ -71,6 +74,7 @@ class JobConfig:
     dashboard_token: str | None = None  # required to bind the dashboard beyond loopback
     state_backend: Any = None  # MemoryBackend() when None
     executor: Executor = field(default_factory=Local)  # where the workers run
+    fresh: bool = False  # start from the beginning even over completed checkpoints
 
 
 class _Attempt:
@@ -119,6 +123,9 @@ class JobDriver:
         self.control = JobControl()  # savepoint requests from other threads
         self.stopped_with_savepoint: str | None = None
         self._current: _Attempt | None = None  # the attempt the coordinator talks to
+        self.failures = FailureTracker(  # repeats at one record, the user's error
+            cfg.flow, cfg.restart, [n.name for n in plan.nodes if n.kind in (Kind.SOURCE,
+                                                                               Kind.SINK)])
 
     # --- preparation ---------------------------------------------------------------------
     def _validate_connectors(self) -> None:
@@ -136,7 +143,8 @@ class JobDriver:
     # --- run -----------------------------------------------------------------------------
     def run(self, restore: str | None) -> JobResult:
         try:
-            return self._prepare_and_run(restore)
+            with GracefulStop(self):  # Ctrl-C / SIGTERM: stop with a savepoint
+                return self._prepare_and_run(restore)
         finally:  # also when preparation fails: nobody may wait on a savepoint forever
             self.control.close("the job has ended")
 
@@ -156,6 +164,8 @@ class JobDriver:
             tmpdir = tempfile.mkdtemp(prefix="onceflow-final-")
             storage = CheckpointStorage(tmpdir, cfg.flow)
         storage.prepare()
+        if ck is not None:
+            warn_if_open(storage)  # state files are pickles: the storage must be private
         observers: Observers | None = None
         try:
             observers = Observers(self.status, cfg, storage.dir if ck is not None else None,
@@ -201,6 +211,8 @@ class JobDriver:
                             "beginning", storage.dir)
         elif restore is not None:
             initial = resolve_restore_path(restore, self.cfg.flow)
+        elif self.cfg.checkpoint is not None:  # no silent second copy of the output
+            check_fresh_start(storage, self.cfg.flow, self.cfg.fresh)
         if initial is not None:
             for note in check_compatible(graph, initial.meta, initial.path):
                 log.info("%s", note)
@@ -265,17 +277,16 @@ class JobDriver:
         coordinator.reset("the job restarts")
         self.status.sync_checkpoints(coordinator.history, 0)
         run.storage.discard_incomplete()
+        stop = self.failures.on_failure(coordinator.history)  # repeats at one record?
         delay = self.cfg.restart.next_delay(run.failure_times, time.monotonic())
-        if delay is None:
+        if delay is None or stop:
             coordinator.fail_requests(f"the job failed: {outcome}")
-            raise JobFailedError(
-                f"job {self.cfg.flow!r} failed and the restart strategy ({self.cfg.restart.kind}) "
-                f"allows no further attempt after {len(run.failures)} failure(s); last "
-                f"failure: {outcome}", outcome, run.failures)
+            raise self.failures.job_failed(run.failures, stop if delay is not None else None)
         current = self._recovery_point(run)
         where = f"checkpoint {current.id}" if current else "the beginning (no checkpoint)"
-        log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)",
-                    self.cfg.flow, outcome, where, delay, len(run.failures),
+        head, frames = self.failures.one_line(outcome)  # the user's frames go last
+        log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)%s",
+                    self.cfg.flow, head, where, delay, len(run.failures), frames,
                     extra={"event": "restart", "flow": self.cfg.flow, "cause": outcome,
                            "restart": len(run.failures), "delay_s": delay,
                            "checkpoint_id": current.id if current else None})
@@ -333,7 +344,10 @@ class JobDriver:
         return [WorkerSpec(w, cfg.flow, run.graph, exactly_once, cfg.batch_size,
                            cfg.channel_capacity, run.storage.dir, att.number, att.restore,
                            plan, ck.interval if ck else None, ck.timeout if ck else None,
-                           cfg.state_backend, bool(ck and ck.incremental))
+                           cfg.state_backend, bool(ck and ck.incremental),
+                           unaligned=bool(ck and ck.unaligned),
+                           aligned_timeout=ck.aligned_timeout if ck else None,
+                           buffer_time=ck.buffer_time if ck else None)
                 for w in range(run.graph.workers)]
 
     def _run_attempt(self, run: _Run) -> str | None:
@@ -372,6 +386,7 @@ class JobDriver:
                    coordinator: CheckpointCoordinator) -> str | None:
         workers = att.workers
         assert workers is not None
+        self.failures.new_attempt()
         while True:
             ready = cast(list[Any], wait([*workers.conns, self.control.fileno()],
                                          coordinator.next_deadline()))
@@ -404,9 +419,9 @@ class JobDriver:
                             coordinator.on_exhausted(task, subtask)
                         case m.Decline(cid, task, subtask, reason):
                             coordinator.on_decline(cid, task, subtask, reason)
-                        case m.Failed(worker, message, detail):
+                        case m.Failed(worker, message, detail, report):
                             log.debug("worker %d failure detail:\n%s", worker, detail)
-                            return f"worker {worker}: {message}"
+                            return self.failures.received(worker, message, report)
                         case m.Finished(worker, operators):
                             att.finished.add(worker)
                             att.metrics.update(operators)

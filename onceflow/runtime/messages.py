@@ -20,7 +20,7 @@ Worker -> driver::
     Decline(checkpoint_id, task, subtask, reason)   it could not be: checkpoint n fails
     Metrics(worker, operators)            cumulative counters, about once a second
     Finished(worker, operators)           the final checkpoint committed; final counters
-    Failed(worker, message, detail)       the worker stops because of this error
+    Failed(worker, message, detail, report)   the worker stops because of this error
 
 :func:`encode` and :func:`decode` are the wire format (a pickle of the message; both ends
 run the same onceflow). :func:`send` and :func:`recv` move one message over a
@@ -101,6 +101,8 @@ class SubtaskState:
     metrics: dict[str, tuple[int, int]] = field(default_factory=dict)
     uploaded: dict[str, dict[str, Any]] = field(default_factory=dict)
     incremental_size: int = 0  # bytes written for this checkpoint (state file + uploads)
+    unaligned: bool = False  # the state file holds in-flight data (unaligned checkpoint)
+    inflight_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +140,14 @@ class Finished:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """``message`` is what the user sees; ``detail`` the traceback, for debug logs."""
+    """``message`` is what the user sees; ``detail`` the traceback, for debug logs;
+    ``report`` the user's frames and original exception (``_usertrace.FailureReport``),
+    None when it could not be made."""
 
     worker: int
     message: str
     detail: str
+    report: Any = None
 
 
 ToWorker = Trigger | Complete | Abort | Stop

@@ -4,21 +4,33 @@ Every operator works on whole batches (``process(batch) -> output batch``) so th
 cost is one call of the user's function and little else. Operators that hold state return it
 from ``snapshot`` (called in the synchronous phase; the caller pickles the result at once)
 and take it back in ``restore``.
+
+Event time: a batch may come with its records' timestamps (``process_ts(batch, ts) ->
+(out, out_ts)``; ``out_ts`` None drops them). ``on_watermark(w)`` is called when the
+operator's watermark rises to ``w``, before the watermark goes further downstream; it
+returns what fires (event-time timers, windows) as ``(records, timestamps)``. Records for
+a side output go through ``emit_side(tag, record, ts)``: the task routes them to the
+consumers of that tag, and counts those nobody consumes in ``side_dropped``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
+from itertools import compress
 from typing import Any
 
 from onceflow.api.functions import (
     KeyedProcessFunction,
+    OutputTag,
     ProcessContext,
     RuntimeContext,
+    TimeDomain,
     TimerService,
 )
+from onceflow.api.watermarks import WatermarkStrategy, timestamps_of
 from onceflow.connectors.sinks import Sink, SinkContext
 from onceflow.connectors.sources import Source, SplitReader
 from onceflow.connectors.two_phase import (
@@ -29,6 +41,7 @@ from onceflow.connectors.two_phase import (
 )
 from onceflow.errors import IncompatibleStateError, OnceflowError, UserFunctionError
 from onceflow.graph.logical import Kind, Node
+from onceflow.runtime.watermarks import SourceWatermarks
 from onceflow.state.backend import owner_name
 from onceflow.state.memory import MemoryBackend
 
@@ -37,7 +50,10 @@ log = logging.getLogger("onceflow.source")
 
 class Operator:
     keyed = False
-    has_timers = False
+    has_timers = False  # processing-time timers: next_timer / fire_timers
+    emits_side = False  # may call emit_side
+    stamps = False  # assigns timestamps itself: process_ts is called even without them
+    side_wanted: frozenset[str] = frozenset()  # tags with a consumer (set by the task)
 
     def __init__(self, node: Node) -> None:
         self.name = node.name
@@ -45,12 +61,41 @@ class Operator:
         self.fn = node.fn
         self.records_in = 0
         self.records_out = 0
+        self.watermark = -math.inf  # the operator's current event time
+        self.side: dict[str, tuple[list[Any], list[float | None]]] = {}
+        self.side_dropped = 0  # side-output records no consumer took
 
     def open(self, rt: OperatorEnv) -> None:
         pass
 
     def process(self, batch: list[Any]) -> list[Any]:
         raise NotImplementedError
+
+    def process_ts(self, batch: list[Any], ts: list[float]
+                   ) -> tuple[list[Any], list[float] | None]:
+        """A batch with its records' event timestamps. The default keeps the timestamps
+        when the output has one record per input record, as map-like operators do."""
+        out = self.process(batch)
+        return out, (ts if len(out) == len(batch) else None)
+
+    def on_watermark(self, watermark: float) -> tuple[list[Any], list[float] | None]:
+        return [], None
+
+    def next_timer(self) -> float | None:
+        return None
+
+    def fire_timers(self, now: float) -> tuple[list[Any], list[float] | None]:
+        return [], None
+
+    def emit_side(self, tag: str, record: Any, ts: float | None) -> None:
+        if tag not in self.side_wanted:
+            self.side_dropped += 1
+            return
+        entry = self.side.get(tag)
+        if entry is None:
+            entry = self.side[tag] = ([], [])
+        entry[0].append(record)
+        entry[1].append(ts)
 
     def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         return None
@@ -124,6 +169,16 @@ class MapOp(_PerRecordOp):
 class FilterOp(_PerRecordOp):
     apply = staticmethod(filter)
 
+    def process_ts(self, batch: list[Any], ts: list[float]
+                   ) -> tuple[list[Any], list[float] | None]:
+        it = iter(batch)
+        try:
+            keep = list(map(self.fn, it))
+        except Exception as e:
+            self._fail(batch, it, e)
+            raise
+        return list(compress(batch, keep)), list(compress(ts, keep))
+
 
 class FlatMapOp(Operator):
     def process(self, batch: list[Any]) -> list[Any]:
@@ -141,6 +196,85 @@ class FlatMapOp(Operator):
                 raise
             raise UserFunctionError(self.name, r, e) from e
         return out
+
+    def process_ts(self, batch: list[Any], ts: list[float]
+                   ) -> tuple[list[Any], list[float] | None]:
+        out: list[Any] = []
+        out_ts: list[float] = []
+        ap, tap = out.append, out_ts.append
+        fn = self.fn
+        r = None
+        try:
+            for r, t in zip(batch, ts, strict=True):
+                res = fn(r)
+                if res is not None:
+                    for x in res:
+                        ap(x)
+                        tap(t)
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, r, e) from e
+        return out, out_ts
+
+
+class AssignOp(Operator):
+    """``assign_timestamps_and_watermarks``: new timestamps from the strategy's function,
+    and watermarks from one generator per subtask (upstream watermarks stop here)."""
+
+    stamps = True
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self.strategy: WatermarkStrategy = node.fn
+        self.generator = self.strategy.generator_factory()
+        self._emitted = -math.inf
+        self._pending: float | None = None
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        return self.process_ts(batch, [])[0]
+
+    def process_ts(self, batch: list[Any], ts: list[float]
+                   ) -> tuple[list[Any], list[float] | None]:
+        new = _timestamps(self.name, self.strategy, batch)
+        gen = self.generator
+        try:
+            w = gen.on_events(batch, new)
+            p = gen.on_periodic_emit()
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, "<watermark generator>", e) from e
+        for cand in (w, p):
+            if cand is not None and cand > self._emitted:
+                self._emitted = self._pending = cand
+        return batch, new
+
+    def take_watermark(self) -> float | None:
+        w, self._pending = self._pending, None
+        return w
+
+    def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
+        return None  # watermarks restart from the restored sources' (documented)
+
+
+def _timestamps(operator: str, strategy: WatermarkStrategy, batch: list[Any]) -> list[float]:
+    """The strategy's timestamps of ``batch``; a bad one names the operator and record."""
+    fn = strategy.timestamp_fn
+    assert fn is not None
+    try:
+        return timestamps_of(fn, batch)
+    except Exception as e:
+        if isinstance(e, OnceflowError):
+            raise
+        bad = batch[0] if batch else None
+        for r in batch:
+            try:
+                timestamps_of(fn, [r])
+            except Exception:
+                bad = r
+                break
+        raise UserFunctionError(f"{operator} (timestamps)", bad, e) from e
 
 
 class UnionOp(Operator):
@@ -284,8 +418,8 @@ class ReduceOp(_KeyedOp):
 
 
 class _Timers(TimerService):
-    def __init__(self, store: Any, clock: Callable[[], float]) -> None:
-        self._store, self._clock = store, clock
+    def __init__(self, store: Any, clock: Callable[[], float], op: Operator) -> None:
+        self._store, self._clock, self._op = store, clock, op
 
     def current_processing_time(self) -> float:
         return self._clock()
@@ -296,13 +430,48 @@ class _Timers(TimerService):
     def delete_processing_time_timer(self, timestamp: float) -> None:
         self._store.delete_timer(timestamp)
 
+    def current_watermark(self) -> float:
+        return self._op.watermark
+
+    def register_event_time_timer(self, timestamp: float) -> None:
+        self._store.register_event_timer(_seconds("register_event_time_timer", timestamp))
+
+    def delete_event_time_timer(self, timestamp: float) -> None:
+        self._store.delete_event_timer(_seconds("delete_event_time_timer", timestamp))
+
+
+def _seconds(what: str, t: Any) -> float:
+    if isinstance(t, bool) or not isinstance(t, int | float):
+        from onceflow.api.watermarks import _to_seconds
+
+        try:
+            return _to_seconds(t)
+        except TypeError as e:
+            raise TypeError(f"{what}: {e}") from None
+    return float(t)
+
 
 class _Ctx(ProcessContext, RuntimeContext):
-    def __init__(self, store: Any, env: OperatorEnv) -> None:
+    def __init__(self, store: Any, env: OperatorEnv, op: Operator) -> None:
         self._store = store
         self._env = env
-        self._timers = _Timers(store, env.clock)
-        self.timestamp: float | None = None
+        self._op = op
+        self._timers = _Timers(store, env.clock, op)
+        self._timestamp: float | None = None
+        self._domain: TimeDomain | None = None
+
+    @property
+    def timestamp(self) -> float | None:
+        return self._timestamp
+
+    @property
+    def time_domain(self) -> TimeDomain | None:
+        return self._domain
+
+    def output(self, tag: OutputTag, value: Any) -> None:
+        if not isinstance(tag, OutputTag):
+            raise TypeError(f"ctx.output() takes an of.OutputTag, got {type(tag).__name__}")
+        self._op.emit_side(tag.name, value, self._timestamp)
 
     @property
     def current_key(self) -> Any:
@@ -339,9 +508,11 @@ class _FunctionAsProcess(KeyedProcessFunction):
 
 
 class ProcessOp(_KeyedOp):
-    """Keyed process function with keyed state and processing-time timers."""
+    """Keyed process function with keyed state, timers in both time domains, and side
+    outputs."""
 
     has_timers = True
+    emits_side = True
 
     def __init__(self, node: Node, key_fn: Callable[[Any], Any]) -> None:
         super().__init__(node, key_fn)
@@ -353,7 +524,7 @@ class ProcessOp(_KeyedOp):
 
     def open(self, rt: OperatorEnv) -> None:
         self.store = rt.keyed_store(self)
-        self.ctx = _Ctx(self.store, rt)
+        self.ctx = _Ctx(self.store, rt, self)
         try:
             self.func.open(self.ctx)
         except Exception as e:
@@ -382,26 +553,85 @@ class ProcessOp(_KeyedOp):
         store.after_batch()
         return out
 
+    def process_ts(self, batch: list[Any], ts: list[float]
+                   ) -> tuple[list[Any], list[float] | None]:
+        if self._check_key_type:
+            self._verify_key_type(batch)
+        store, ctx, pe = self.store, self.ctx, self.func.process_element
+        assert store is not None and ctx is not None
+        scope = store.scope
+        kf = self.key_fn
+        out: list[Any] = []
+        out_ts: list[float] = []
+        ap, tap = out.append, out_ts.append
+        r: Any = None
+        try:
+            for r, t in zip(batch, ts, strict=True):
+                scope.key = kf(r)
+                ctx._timestamp = t
+                res = pe(r, ctx)
+                if res is not None:
+                    for x in res:
+                        ap(x)
+                        tap(t)
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, r, e) from e
+        finally:
+            ctx._timestamp = None
+        store.after_batch()
+        return out, out_ts
+
     def next_timer(self) -> float | None:
         assert self.store is not None
         return self.store.next_timer()
 
-    def fire_timers(self, now: float) -> list[Any]:
+    def fire_timers(self, now: float) -> tuple[list[Any], list[float] | None]:
+        store = self.store
+        assert store is not None
+        out, _ = self._fire(TimeDomain.PROCESSING_TIME, store.pop_due_timers, now)
+        return out, None  # like Flink: processing-time timer output has no event time
+
+    def on_watermark(self, watermark: float) -> tuple[list[Any], list[float] | None]:
+        store = self.store
+        assert store is not None
+        nt = store.next_event_timer()
+        if nt is None or nt > watermark:
+            return [], None
+        return self._fire(TimeDomain.EVENT_TIME, store.pop_due_event_timers, watermark)
+
+    def _fire(self, domain: TimeDomain, pop: Callable[[float], list[tuple[float, Any]]],
+              upto: float) -> tuple[list[Any], list[float]]:
         store, ctx = self.store, self.ctx
         assert store is not None and ctx is not None
         out: list[Any] = []
-        for when, key in store.pop_due_timers(now):
-            store.scope.key = key
-            try:
-                res = self.func.on_timer(when, ctx)
-            except Exception as e:
-                if isinstance(e, OnceflowError):
-                    raise
-                raise UserFunctionError(self.name, f"<timer {when} for key {key!r}>", e) from e
-            if res is not None:
-                out.extend(res)
+        out_ts: list[float] = []
+        ctx._domain = domain
+        try:
+            due = pop(upto)
+            while due:  # timers registered by on_timer at or before ``upto`` fire too
+                for when, key in due:
+                    store.scope.key = key
+                    ctx._timestamp = when
+                    try:
+                        res = self.func.on_timer(when, ctx)
+                    except Exception as e:
+                        if isinstance(e, OnceflowError):
+                            raise
+                        raise UserFunctionError(
+                            self.name, f"<{domain.value} timer {when} for key {key!r}>",
+                            e) from e
+                    if res is not None:
+                        for x in res:
+                            out.append(x)
+                            out_ts.append(when)
+                due = pop(upto)
+        finally:
+            ctx._domain = None
+            ctx._timestamp = None
         store.after_batch()
-        return out
+        return out, out_ts
 
     def close(self) -> None:
         try:
@@ -501,14 +731,27 @@ class SourceOp(Operator):
         self.readers: list[SplitReader | None] = []
         self._next = 0
         self._snapshots: dict[int, list[Any]] = {}  # checkpoint id -> position per split
+        self.strategy: WatermarkStrategy | None = node.watermarks
+        self.watermarks: SourceWatermarks | None = None
+        self.batch_ts: list[float] | None = None  # timestamps of the last batch read
 
-    def assign(self, splits: list[tuple[Any, Any, bool]]) -> None:
-        self.assigned = [[s, p, f] for s, p, f in splits]
+    def open(self, rt: OperatorEnv) -> None:
+        if self.strategy is not None:
+            self.watermarks = SourceWatermarks(self.strategy, rt.clock)
+            self.watermarks.assign([], [])
+
+    def assign(self, splits: list[tuple[Any, ...]]) -> None:
+        """Entries are ``(split, position, finished)``, and since event time also carry the
+        split's watermark progress as a fourth element."""
+        self.assigned = [[e[0], e[1], e[2]] for e in splits]
         self.readers = [None] * len(self.assigned)
         self._next = 0
+        if self.watermarks is not None:
+            self.watermarks.assign([e[3] if len(e) > 3 else None for e in splits],
+                                   [bool(e[2]) for e in splits])
 
     def restore(self, states: list[Any], filter_keys: bool) -> None:
-        merged: list[tuple[Any, Any, bool]] = []
+        merged: list[tuple[Any, ...]] = []
         for st in states:
             merged.extend(st)
         self.assign(merged)
@@ -522,10 +765,12 @@ class SourceOp(Operator):
         or has nothing right now, then the next one gets its turn (so bounded splits are
         read one after another, holding one file open, and idle ones do not block)."""
         n = len(self.assigned)
+        wms = self.watermarks
+        self.batch_ts = None
         for _ in range(n):
             i = self._next
             a = self.assigned[i]
-            if a[2]:
+            if a[2] or (wms is not None and not wms.readable(i)):
                 self._next = (i + 1) % n
                 continue
             rd = self.readers[i]
@@ -536,6 +781,8 @@ class SourceOp(Operator):
                     raise
                 except Exception as e:
                     raise UserFunctionError(self.name, f"<open split {a[0]!r}>", e) from e
+                if wms is not None and (parts := rd.partitions()) is not None:
+                    wms.set_partitions(i, parts)
             try:
                 batch = rd.read_batch(max_records)
             except OnceflowError:
@@ -547,6 +794,8 @@ class SourceOp(Operator):
                 self._next = (i + 1) % n
             if batch is None:
                 a[2] = True
+                if wms is not None:
+                    wms.on_finished(i)
                 if not _wants_notifications(rd):
                     rd.close()  # free the file handle now (thousands of splits)
                     self.readers[i] = None
@@ -554,12 +803,23 @@ class SourceOp(Operator):
                 # checkpoint completed (e.g. to commit the last offsets)
                 continue
             if batch:
+                if wms is not None:
+                    assert self.strategy is not None
+                    ts = _timestamps(self.name, self.strategy, batch)
+                    parts = rd.batch_partitions()
+                    if parts is not None:
+                        wms.set_partitions(i, rd.partitions() or [])
+                    wms.on_batch(i, batch, ts, parts)
+                    self.batch_ts = ts
                 return batch
         return []
 
     def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         self._snapshots[checkpoint_id] = [p for _, p, _ in self.assigned]
-        return [(s, p, f) for s, p, f in self.assigned]
+        wms = self.watermarks
+        if wms is None:
+            return [(s, p, f) for s, p, f in self.assigned]
+        return [(s, p, f, wms.snapshot(i)) for i, (s, p, f) in enumerate(self.assigned)]
 
     def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
         done = [c for c in self._snapshots if c <= checkpoint_id]
@@ -595,8 +855,15 @@ def make_operator(node: Node, key_fn: Callable[[Any], Any] | None) -> Operator:
         return FilterOp(node)
     if k is Kind.FLAT_MAP:
         return FlatMapOp(node)
-    if k is Kind.UNION:
+    if k is Kind.UNION or k is Kind.SIDE_OUTPUT:
         return UnionOp(node)
+    if k is Kind.ASSIGN:
+        return AssignOp(node)
+    if k is Kind.WINDOW or k is Kind.WINDOW_ALL:
+        from onceflow.runtime.window import make_window_operator
+
+        assert key_fn is not None
+        return make_window_operator(node, key_fn)
     if k is Kind.REDUCE:
         assert key_fn is not None
         return ReduceOp(node, key_fn)

@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection
 from socket import socket
 from typing import Any
 
-from onceflow import _faults
+from onceflow import _faults, _usertrace
 from onceflow.checkpoint.restore import RestorePlan
 from onceflow.checkpoint.storage import CompletedCheckpoint, encode_state, state_file_name
 from onceflow.errors import OnceflowError
@@ -69,6 +69,9 @@ class WorkerSpec:
     state_backend: Any = None
     incremental: bool = False
     own_process: bool = True  # False: a thread of a process that runs other code too
+    unaligned: bool = False  # unaligned exactly-once checkpoints (or after aligned_timeout)
+    aligned_timeout: float | None = None
+    buffer_time: float | None = None  # channel buffers sized by time
 
 
 class Worker:
@@ -99,7 +102,11 @@ class Worker:
                               self.spec.incremental, self.spec.checkpoint_dir)
             runner = TaskRunner(t, me, env, self.spec.exactly_once, self.spec.batch_size,
                                 self._write_state_async, self._on_exhausted,
-                                self._apply_pending_completions)
+                                self._apply_pending_completions,
+                                unaligned=self.spec.unaligned,
+                                aligned_timeout=self.spec.aligned_timeout,
+                                buffer_time=self.spec.buffer_time,
+                                capacity=self.spec.capacity)
             by_uid[uid] = runner
             self.tasks.append(runner)
             if runner.source is not None:
@@ -108,8 +115,11 @@ class Worker:
         for c in g.channels:
             if c.down_index == me:
                 peer = self.peers[c.up_index] if c.up_index != me else None
-                ch = InputChannel(c.id, peer)
+                ch = InputChannel(c.id, peer, (c.upstream, c.up_index,
+                                               g.tasks[c.upstream].parallelism, c.input_no))
                 inputs[c.id] = ch
+                if peer is not None:
+                    ch.held = 2 * self.spec.capacity  # the producer's initial credits
                 by_uid[c.downstream].inputs.append(ch)
                 if peer is not None:
                     peer.inputs[c.id] = ch
@@ -156,16 +166,16 @@ class Worker:
 
     def _write_state_async(self, runner: TaskRunner, barrier: Barrier, blob: bytes,
                            asyncs: dict[str, AsyncSnapshot], sync_s: float,
-                           aligned_s: float) -> None:
+                           aligned_s: float, inflight: bytes | None = None) -> None:
         self.writer.submit(self._write_state, runner.uid, runner.subtask,
                            runner.spec.parallelism, [op.uid for op in runner.ops],
                            list(runner.stateful_uids), barrier, blob, asyncs, sync_s,
-                           aligned_s, runner.metrics())
+                           aligned_s, runner.metrics(), inflight)
 
     def _write_state(self, task: str, subtask: int, parallelism: int, ops: list[str],
                      stateful: list[str], barrier: Barrier, blob: bytes,
                      asyncs: dict[str, AsyncSnapshot], sync_s: float, aligned_s: float,
-                     metrics: dict[str, tuple[int, int]]) -> None:
+                     metrics: dict[str, tuple[int, int]], inflight: bytes | None) -> None:
         """The asynchronous phase: finish backend snapshots (RocksDB checkpoints, uploads),
         then write this subtask's state file and acknowledge it."""
         t0 = time.perf_counter()
@@ -192,7 +202,9 @@ class Worker:
                 new_bytes += target.new_bytes
                 _faults.point("snapshot.upload", checkpoint=cid, task=task, subtask=subtask)
             in_backend = None
-            data = encode_state(blob, manifests)
+            data = encode_state(blob, manifests, inflight)
+            _faults.point("snapshot.inflight", checkpoint=cid, task=task, subtask=subtask,
+                          inflight=len(inflight or b""))
             half = len(data) // 2
             with open(path, "wb") as f:
                 f.write(data[:half])
@@ -221,7 +233,8 @@ class Worker:
             file=name, size=len(data), crc32=zlib.crc32(data), parallelism=parallelism,
             ops=tuple(ops), stateful=tuple(stateful), sync_ms=sync_s * 1e3,
             async_ms=(time.perf_counter() - t0) * 1e3, align_ms=aligned_s * 1e3,
-            metrics=metrics, uploaded=uploaded, incremental_size=len(data) + new_bytes)
+            metrics=metrics, uploaded=uploaded, incremental_size=len(data) + new_bytes,
+            unaligned=inflight is not None, inflight_bytes=len(inflight or b""))
         self.send(m.Ack(cid, task, subtask, state))
 
     def _handle(self, msg: m.ToWorker) -> None:
@@ -406,7 +419,7 @@ def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket
             msg = f"{type(e).__name__}: {e}"
             detail = traceback.format_exc()
         try:
-            m.send(ctrl, m.Failed(spec.index, msg, detail))
+            m.send(ctrl, m.Failed(spec.index, msg, detail, _usertrace.safe_report(e)))
         except Exception:
             pass
         return 1

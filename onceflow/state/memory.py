@@ -17,7 +17,6 @@ all state.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import pickle
 import uuid
@@ -35,6 +34,7 @@ from onceflow.state.backend import (
     read_verified,
 )
 from onceflow.state.handles import ListState, MapState, ValueState, _KeyScope
+from onceflow.state.timers import TimerQueue
 
 CHANGELOG_FORMAT = "memory-changelog-1"
 
@@ -72,68 +72,8 @@ class MemoryBackend:
                           changelog_full_every=self.full_every if incremental else None)
 
 
-class TimerQueue:
-    """Processing-time timers of one keyed operator subtask: a heap plus a set, at most one
-    timer per (time, key). Both backends keep timers in memory; snapshots carry them."""
-
-    scope: _KeyScope
-    kg_range: tuple[int, int]
-    max_parallelism: int
-
-    def __init__(self) -> None:
-        self._timers: list[tuple[float, int, Any]] = []  # heap of (time, seq, key)
-        self._timer_set: set[tuple[float, Any]] = set()
-        self._seq = itertools.count()
-
-    def register_timer(self, when: float) -> None:
-        item = (when, self.scope.key)
-        if item not in self._timer_set:
-            self._timer_set.add(item)
-            heapq.heappush(self._timers, (when, next(self._seq), self.scope.key))
-
-    def delete_timer(self, when: float) -> None:
-        self._timer_set.discard((when, self.scope.key))
-
-    def next_timer(self) -> float | None:
-        while self._timers and (self._timers[0][0], self._timers[0][2]) not in self._timer_set:
-            heapq.heappop(self._timers)
-        return self._timers[0][0] if self._timers else None
-
-    def pop_due_timers(self, now: float) -> list[tuple[float, Any]]:
-        due: list[tuple[float, Any]] = []
-        while self._timers and self._timers[0][0] <= now:
-            when, _, key = heapq.heappop(self._timers)
-            if (when, key) in self._timer_set:
-                self._timer_set.discard((when, key))
-                due.append((when, key))
-        return due
-
-    def restore_timers(self, timers: list[tuple[float, Any]], filter_by_range: bool) -> None:
-        """Register restored timers; after a rescale only those of this subtask's keys."""
-        lo, hi = self.kg_range
-        for when, key in timers:
-            if filter_by_range and not lo <= key_group(key, self.max_parallelism) < hi:
-                continue
-            self.scope.key = key
-            self.register_timer(when)
-        self.scope.key = None
-
-    # stores without these needs do nothing
-    def after_batch(self) -> None:
-        pass
-
-    def notify_complete(self, checkpoint_id: int) -> None:
-        pass
-
-    def notify_aborted(self, checkpoint_id: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class KeyedStore(TimerQueue):
-    """All keyed state and processing-time timers of one keyed operator subtask."""
+    """All keyed state and timers of one keyed operator subtask."""
 
     fast_tables = True  # ReduceOp may use ``tables`` directly
 
@@ -187,7 +127,7 @@ class KeyedStore(TimerQueue):
             "max_parallelism": self.max_parallelism,
             "kinds": dict(self.kinds),
             "tables": self.tables,  # pickled by the caller in the sync phase: a deep copy
-            "timers": sorted(self._timer_set, key=repr),
+            **self.timers_snapshot(),
             "key_types": _key_types(self.tables),
         }
         if self.dirty is None or savepoint:
@@ -239,7 +179,7 @@ class KeyedStore(TimerQueue):
                 for k, v in src.items():
                     if lo <= key_group(k, mp) < hi:
                         table[k] = v
-            self.restore_timers(snap["timers"], filter_by_range)
+            self.restore_timers(snap, filter_by_range)
 
     def size(self) -> int:
         return sum(len(t) for t in self.tables.values())

@@ -228,6 +228,7 @@ class KafkaSplitReader(SplitReader):
             self.end = {(t, p): o for t, p, o in split.end}
         self.assigned: set[tuple[str, int]] = set()
         self.done: set[tuple[str, int]] = set()
+        self._parts: list[tuple[str, int]] = []
         self._last_discovery = 0.0
         self._discover()
 
@@ -270,6 +271,9 @@ class KafkaSplitReader(SplitReader):
         msgs = self.consumer.consume(num_messages=max_records, timeout=0.02)
         out: list[Any] = []
         append = out.append
+        parts: list[tuple[str, int]] = []  # the partition of each record (for watermarks)
+        self._parts = parts
+        part_append = parts.append
         end = self.end
         pos, done = self.pos, self.done
         value_of, value_only = self.value, self.src.value_only
@@ -309,6 +313,7 @@ class KafkaSplitReader(SplitReader):
                 skip = True
                 continue
             pos[tp] = off + 1
+            part_append(tp)
             if value_only:
                 append(value_of(m.value()))
             else:
@@ -322,6 +327,12 @@ class KafkaSplitReader(SplitReader):
 
     def position(self) -> dict[tuple[str, int], int]:
         return dict(self.pos)
+
+    def partitions(self) -> list[Any] | None:
+        return [tp for tp in self.assigned if tp not in self.done]
+
+    def batch_partitions(self) -> list[Any] | None:
+        return self._parts
 
     def notify_checkpoint_complete(self, checkpoint_id: int, position: Any) -> None:
         """Write the offsets a completed checkpoint covers to the consumer group, for

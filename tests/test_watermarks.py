@@ -1,0 +1,370 @@
+"""Watermarks without processes: the valve, per-split generation in sources, and a task fed
+random interleavings of records, watermarks, idleness and barriers by hand.
+
+The randomized test checks the guarantee watermarks exist for: when an event-time timer at
+``t`` fires, every record with a timestamp below ``t`` that was on time at its source has
+already been processed; and no such record ever reaches the operator below its watermark.
+(A channel that went idle promised nothing for records it sends after coming back: the
+task's watermark may have moved on meanwhile, as in Flink.)
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from typing import Any
+
+import pytest
+
+import onceflow as of
+from onceflow.errors import ConfigurationError, UserFunctionError
+from onceflow.graph import jobgraph
+from onceflow.runtime.channels import InputChannel
+from onceflow.runtime.events import END_OF_INPUT, Barrier, TsBatch, Watermark, WatermarkStatus
+from onceflow.runtime.operators import OperatorEnv
+from onceflow.runtime.task import TaskRunner
+from onceflow.runtime.watermarks import SourceWatermarks, WatermarkValve
+
+INF = math.inf
+
+
+# --- the valve ------------------------------------------------------------------------------
+def test_valve_emits_the_minimum_over_inputs_only_when_it_rises() -> None:
+    v = WatermarkValve([0, 1, 2])
+    assert v.on_watermark(0, 5.0).watermark is None
+    assert v.on_watermark(1, 3.0).watermark is None
+    assert v.on_watermark(2, 4.0).watermark == 3.0
+    assert v.on_watermark(1, 10.0).watermark == 4.0
+    assert v.on_watermark(2, 4.0).watermark is None  # no change
+    assert v.on_watermark(2, 2.0).watermark is None  # a channel never goes backwards
+    assert v.watermark == 4.0
+    assert v.on_watermark(2, 7.0).watermark == 5.0
+
+
+def test_idle_inputs_are_left_out_and_rejoin_only_once_caught_up() -> None:
+    v = WatermarkValve([0, 1])
+    v.on_watermark(0, 1.0)
+    v.on_watermark(1, 1.0)
+    out = v.on_status(1, True)
+    assert out.idle is None, "one active input: the task is not idle"
+    assert v.on_watermark(0, 8.0).watermark == 8.0, "the idle input no longer holds it back"
+    # back from idleness below the task's watermark: not counted until it catches up
+    assert v.on_status(1, False).watermark is None
+    assert v.on_watermark(0, 12.0).watermark == 12.0
+    assert v.on_watermark(1, 9.0).watermark is None
+    assert v.on_watermark(1, 13.0).watermark is None  # now aligned, min(12, 13) = 12
+    assert v.on_watermark(0, 20.0).watermark == 13.0
+
+
+def test_all_inputs_idle_makes_the_task_idle_and_activity_wakes_it() -> None:
+    v = WatermarkValve([0, 1])
+    assert v.on_status(0, True).idle is None
+    out = v.on_status(1, True)
+    assert out.idle is True and out.watermark is None
+    assert v.on_status(0, False).idle is False
+
+
+def test_ended_inputs_count_as_infinity() -> None:
+    v = WatermarkValve([0, 1])
+    v.on_watermark(0, 3.0)
+    assert v.on_end(1).watermark == 3.0
+    assert v.on_end(0).watermark == INF
+    assert WatermarkValve([]).watermark == INF
+
+
+# --- per-split generation in a source --------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def strategy(bound: float = 2.0, idle: float | None = None) -> of.WatermarkStrategy:
+    ws = of.WatermarkStrategy.bounded_out_of_orderness(bound).with_timestamps(lambda r: r)
+    return ws.with_idleness(idle) if idle else ws
+
+
+def test_source_watermark_is_the_minimum_over_its_splits() -> None:
+    clock = Clock()
+    sw = SourceWatermarks(strategy(), clock)
+    sw.assign([None, None], [False, False])
+    sw.on_batch(0, [10.0, 12.0], [10.0, 12.0])
+    assert sw.poll(force=True) == (None, None), "split 1 has no watermark yet"
+    sw.on_batch(1, [5.0], [5.0])
+    assert sw.poll(force=True) == (3.0, None)
+    sw.on_batch(1, [30.0], [30.0])
+    assert sw.poll(force=True) == (10.0, None), "the slow split 0 holds it back"
+
+
+def test_an_idle_split_is_left_out_and_a_subtask_without_splits_starts_idle() -> None:
+    clock = Clock()
+    sw = SourceWatermarks(strategy(idle=5.0), clock)
+    sw.assign([None, None], [False, False])
+    sw.on_batch(0, [100.0], [100.0])
+    sw.on_batch(1, [1.0], [1.0])
+    assert sw.poll(force=True)[0] == -1.0
+    clock.now += 6.0
+    sw.on_batch(0, [200.0], [200.0])
+    assert sw.poll(force=True) == (198.0, None), "split 1 is idle after 5 s without records"
+    clock.now += 6.0
+    assert sw.poll(force=True) == (None, True), "both idle: the subtask is idle"
+    sw.on_batch(1, [199.5], [199.5])
+    assert sw.poll(force=True) == (None, False)
+
+    empty = SourceWatermarks(strategy(), clock)
+    empty.assign([], [])
+    assert empty.initial_events() == (None, True)
+
+
+def test_alignment_pauses_a_split_too_far_ahead_and_resumes_it() -> None:
+    clock = Clock()
+    ws = strategy(bound=0.0).with_alignment("g", max_drift=10.0)
+    sw = SourceWatermarks(ws, clock)
+    sw.assign([None, None], [False, False])
+    sw.on_batch(0, [0.0], [0.0])
+    sw.on_batch(1, [50.0], [50.0])
+    sw.poll(force=True)
+    assert sw.readable(0) and not sw.readable(1)
+    sw.on_batch(0, [45.0], [45.0])
+    sw.poll(force=True)
+    assert sw.readable(1)
+    # the group's minimum from other subtasks (told by the driver) counts too
+    sw.group_min = 20.0
+    sw.poll(force=True)
+    assert not sw.readable(0) and not sw.readable(1)
+
+
+def test_watermark_progress_is_restored_from_the_checkpoint() -> None:
+    clock = Clock()
+    sw = SourceWatermarks(strategy(), clock)
+    sw.assign([None], [False])
+    sw.on_batch(0, [40.0], [40.0])
+    sw.poll(force=True)
+    state = pickle.loads(pickle.dumps(sw.snapshot(0)))
+    again = SourceWatermarks(strategy(), clock)
+    again.assign([state], [False])
+    assert again.initial_events() == (38.0, False)
+    again.on_batch(0, [39.0], [39.0])  # the generator remembers its highest timestamp
+    assert again.poll(force=True) == (None, None)
+
+
+# --- strategies: bad settings name what to change --------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: of.WatermarkStrategy.bounded_out_of_orderness(-1.0),
+    lambda: of.WatermarkStrategy.bounded_out_of_orderness("5"),
+    lambda: of.WatermarkStrategy.monotonous_timestamps().with_idleness(0),
+    lambda: of.WatermarkStrategy.monotonous_timestamps().with_alignment("g", -1),
+    lambda: of.WatermarkStrategy.monotonous_timestamps().with_timestamps(5),
+])
+def test_bad_strategy_settings_are_configuration_errors(make: Any) -> None:
+    with pytest.raises(ConfigurationError, match="WatermarkStrategy"):
+        make()
+
+
+def test_a_strategy_without_timestamps_is_refused_at_the_source() -> None:
+    flow = of.Flow("no-ts")
+    with pytest.raises(ConfigurationError, match="with_timestamps"):
+        flow.source(of.sources.Collection([1]),
+                    watermarks=of.WatermarkStrategy.monotonous_timestamps())
+
+
+@pytest.mark.parametrize("bad", [None, "12:00", [1]])
+def test_a_bad_timestamp_names_the_operator_and_the_record(bad: Any, tmp_path: Any) -> None:
+    flow = of.Flow("bad-ts", parallelism=1)
+    flow.set_restart_strategy(of.restart.no_restart())
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(
+        lambda r: bad if r == 3 else float(r))
+    (flow.source(of.sources.Collection(list(range(6))), name="numbers", watermarks=ws)
+         .sink(of.sinks.Discard()))
+    with pytest.raises(of.JobFailedError) as info:
+        flow.run()
+    text = str(info.value)
+    assert "numbers (timestamps)" in text and "record 3" in text, text
+
+
+def test_datetime_timestamps_are_seconds(tmp_path: Any) -> None:
+    import datetime as dt
+
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(
+        lambda i: base + dt.timedelta(seconds=i))
+    out = tmp_path / "o"
+    flow = of.Flow("dt", parallelism=1)
+    (flow.source(of.sources.Collection([0, 1, 2]), watermarks=ws)
+         .key_by(lambda r: 0)
+         .process(lambda r, ctx: [ctx.timestamp])
+         .sink(of.sinks.FileSink(str(out))))
+    flow.run()
+    got = sorted(of.sinks.read_committed(str(out)))
+    assert got == [base.timestamp() + i for i in range(3)]
+
+
+# --- a task fed by hand ------------------------------------------------------------------------
+class Witness(of.KeyedProcessFunction):
+    """Registers an event-time timer at every record's timestamp and records what it saw."""
+
+    log: list[tuple[str, Any, float, float]]
+
+    def process_element(self, value: Any, ctx: of.ProcessContext) -> None:
+        wm = ctx.timer_service.current_watermark()
+        Witness.log.append(("record", value, ctx.timestamp or 0.0, wm))
+        ctx.timer_service.register_event_time_timer(ctx.timestamp)  # type: ignore[arg-type]
+
+    def on_timer(self, timestamp: float, ctx: of.ProcessContext) -> None:
+        assert ctx.time_domain is of.TimeDomain.EVENT_TIME
+        Witness.log.append(("timer", ctx.current_key, timestamp,
+                            ctx.timer_service.current_watermark()))
+
+
+def _runner(channels: int) -> tuple[TaskRunner, list[InputChannel], list[Any]]:
+    flow = of.Flow("hand", parallelism=1)
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda r: r[1])
+    (flow.source(of.sources.Collection([]), watermarks=ws)
+         .key_by(lambda r: r[0]).process(Witness(), name="witness").sink(of.sinks.Discard()))
+    g = jobgraph.build(flow._plan, 1, 8)
+    spec = next(t for t in g.tasks.values() if not t.is_source)
+    snaps: list[Any] = []
+    env = OperatorEnv("hand", 0, 1, 8, (0, 8), 0)
+    runner = TaskRunner(spec, 0, env, True, 64,
+                        lambda r, b, blob, asyncs, s, a: snaps.append((b.checkpoint_id, blob)),
+                        lambda r: None)
+    chans = [InputChannel(i) for i in range(channels)]
+    runner.inputs = list(chans)
+    runner.connect()
+    runner.open([], None)
+    return runner, chans, snaps
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_random_interleavings_never_fire_a_timer_before_an_on_time_record(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(1, 4)
+    Witness.log = []
+    runner, chans, _ = _runner(n)
+    on_time: list[tuple[int, float]] = []  # (record id, ts) that were on time at the source
+    rid = 0
+    barriers = 0
+    for c in chans:
+        ts, wm = 0.0, -INF
+        idle = False
+        was_idle = False  # after idleness a channel's records carry no guarantee (Flink's too)
+        for _ in range(rng.randint(5, 40)):
+            r = rng.random()
+            if r < 0.6:
+                if idle:
+                    c.queue.append(WatermarkStatus(False))
+                    idle = False
+                batch, tss = [], []
+                for _ in range(rng.randint(1, 4)):
+                    ts += rng.choice([0.0, 0.5, 1.0, 3.0])
+                    # sometimes a record out of order, late against this channel's watermark
+                    t = ts - rng.choice([0.0, 0.0, 0.0, 5.0])
+                    rid += 1
+                    batch.append((rid % 5, t, rid))
+                    tss.append(t)
+                    if t >= wm and not was_idle:
+                        on_time.append((rid, t))
+                c.queue.append(TsBatch(batch, tss))
+            elif r < 0.85:
+                wm = max(wm, ts - rng.choice([0.0, 1.0, 2.0]))
+                c.queue.append(Watermark(wm))
+            elif r < 0.92 and not idle:
+                c.queue.append(WatermarkStatus(True))
+                idle = was_idle = True
+            else:
+                barriers += 1
+                c.queue.append(Barrier(barriers, 0.0))
+        c.queue.append(END_OF_INPUT)
+    # Read the way the worker does, with random progress between channels.
+    for _ in range(100000):
+        if not runner.step():
+            if all(not c.queue for c in chans):
+                break
+    processed: set[int] = set()
+    for kind, v, t, wm in Witness.log:
+        if kind == "record":
+            if any(v[2] == i for i, _ in on_time):
+                assert t >= wm, f"an on-time record {v} reached the operator below W={wm}"
+            processed.add(v[2])
+        else:
+            assert wm >= t, "a timer fired before the watermark reached it"
+            missing = [i for i, ts in on_time if ts < t and i not in processed]
+            assert not missing, f"timer {t} fired before on-time records {missing}"
+    assert len(processed) == rid, "every record was processed"
+    fired = [(k, t) for kind, k, t, _ in Witness.log if kind == "timer"]
+    registered = {(v[0], t) for kind, v, t, _ in Witness.log if kind == "record"}
+    assert set(fired) == registered, "every registered timer fires by the end of input"
+
+
+def test_end_of_input_fires_every_event_timer() -> None:
+    Witness.log = []
+    runner, (a, b), _ = _runner(2)
+    a.queue.extend([TsBatch([("k", 5.0, 1)], [5.0]), END_OF_INPUT])
+    b.queue.extend([TsBatch([("k", 7.0, 2)], [7.0]), END_OF_INPUT])
+    while runner.step():
+        pass
+    timers = [(t, wm) for kind, _, t, wm in Witness.log if kind == "timer"]
+    assert [t for t, _ in timers] == [5.0, 7.0]
+    assert all(wm == INF for _, wm in timers)
+
+
+def test_process_function_side_output_without_consumer_is_counted() -> None:
+    class Side(of.KeyedProcessFunction):
+        def process_element(self, value: Any, ctx: of.ProcessContext) -> list[Any]:
+            ctx.output(of.OutputTag("nobody"), value)
+            return [value]
+
+    flow = of.Flow("side", parallelism=1)
+    (flow.source(of.sources.Collection([1, 2, 3]))
+         .key_by(lambda r: r).process(Side(), name="side").sink(of.sinks.Discard()))
+    g = jobgraph.build(flow._plan, 1, 8)
+    spec = next(t for t in g.tasks.values() if not t.is_source)
+    runner = TaskRunner(spec, 0, OperatorEnv("s", 0, 1, 8, (0, 8), 0), True, 64,
+                        lambda *a: None, lambda r: None)
+    ch = InputChannel(0)
+    runner.inputs = [ch]
+    runner.connect()
+    runner.open([], None)
+    ch.queue.append([1, 2, 3])
+    runner.step()
+    assert runner.ops[0].side_dropped == 3
+
+
+def test_a_bad_ctx_output_tag_names_the_operator(tmp_path: Any) -> None:
+    flow = of.Flow("bad-tag", parallelism=1)
+    flow.set_restart_strategy(of.restart.no_restart())
+    (flow.source(of.sources.Collection([1]))
+         .key_by(lambda r: r).process(lambda r, ctx: ctx.output("late", r), name="emitter")
+         .sink(of.sinks.Discard()))
+    with pytest.raises(of.JobFailedError, match="emitter"):
+        flow.run()
+    assert issubclass(UserFunctionError, of.OnceflowError)
+
+
+def test_partitions_of_one_split_have_watermarks_and_idleness_of_their_own() -> None:
+    clock = Clock()
+    sw = SourceWatermarks(strategy(bound=0.0, idle=5.0), clock)
+    sw.assign([None], [False])
+    sw.set_partitions(0, [("t", 0), ("t", 1)])
+    sw.on_batch(0, [10.0, 20.0, 11.0], [10.0, 20.0, 11.0], [("t", 0), ("t", 1), ("t", 0)])
+    assert sw.poll(force=True)[0] == 11.0, "partition 0 is the slow one"
+    clock.now += 6.0
+    sw.on_batch(0, [30.0], [30.0], [("t", 1)])
+    assert sw.poll(force=True)[0] == 30.0, "partition 0 went idle"
+    # partition 0 read to its end (bounded mode): no longer part of the minimum
+    sw.on_batch(0, [12.0], [12.0], [("t", 0)])
+    sw.set_partitions(0, [("t", 1)])
+    sw.on_batch(0, [40.0], [40.0], [("t", 1)])
+    assert sw.poll(force=True)[0] == 40.0
+    snap = sw.snapshot(0)
+    assert set(snap) == {("t", 0), ("t", 1)}
+
+
+def test_a_reader_that_owns_no_partitions_makes_the_subtask_idle() -> None:
+    sw = SourceWatermarks(strategy(), Clock())
+    sw.assign([None], [False])
+    sw.set_partitions(0, [])
+    assert sw.poll(force=True) == (None, True)

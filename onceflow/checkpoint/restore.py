@@ -28,9 +28,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from onceflow.checkpoint.metadata import CheckpointMetadata
+from onceflow.checkpoint.metadata import CheckpointMetadata, OperatorEntry, StateFile, SubtaskFile
 from onceflow.errors import IncompatibleStateError
-from onceflow.graph.jobgraph import JobGraph
+from onceflow.graph.jobgraph import JobGraph, Task
 from onceflow.graph.keygroups import key_group_range
 
 log = logging.getLogger("onceflow.checkpoint")
@@ -138,6 +138,31 @@ class RestorePlan:
                                                       fresh[i] if fresh is not None else None)
         return RestorePlan(meta.checkpoint_id if meta is not None else None, subtasks,
                            tuple(notes))
+
+
+def plan_for_states(task: Task, subtask: int, max_parallelism: int,
+                    restored: list[tuple[int, int, dict[str, Any]]],
+                    initial_splits: list[Split] | None = None
+                    ) -> tuple[SubtaskRestore, dict[str, dict[str, Any]]]:
+    """For tests that drive one ``TaskRunner`` by hand: the plan of subtask ``subtask`` of
+    ``task`` restoring in-memory states ``restored`` — ``(old subtask, old parallelism,
+    state)`` of old subtasks of this task — and the states by file name, as
+    ``TaskRunner.open`` takes them. The plan comes from :meth:`RestorePlan.build`, so the
+    one overlap rule applies."""
+    now = 0.0
+    states = {f"old-{j}.state": st for j, _, st in restored}
+    ops = {}
+    for n in task.nodes:
+        held = [(j, pj) for j, pj, st in restored if n.uid in st["ops"]]
+        if held:
+            ops[n.uid] = OperatorEntry(n.uid, task.uid, held[0][1], None, True,
+                                       tuple(SubtaskFile(j, f"old-{j}.state") for j, _ in held))
+    files = {f: StateFile(0, 0) for f in states}
+    meta = CheckpointMetadata("", 0, "checkpoint", False, now, now, max_parallelism, ops, files)
+    graph = JobGraph({task.uid: task}, [task.uid], [], task.parallelism, max_parallelism)
+    plan = RestorePlan.build(graph, meta, "(in memory)", splits={task.uid: []})
+    sub = plan.subtask(task.uid, subtask)
+    return SubtaskRestore(sub.task, sub.subtask, sub.operators, initial_splits), states
 
 
 def check_compatible(graph: JobGraph, meta: CheckpointMetadata, where: str) -> list[str]:

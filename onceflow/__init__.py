@@ -3,11 +3,12 @@
 This module assembles the public API. ``onceflow.api`` describes flows;
 ``onceflow.runtime`` (private: processes, channels, barriers) and ``onceflow.checkpoint``
 run them. Users import only what is listed in ``__all__`` plus the submodules
-``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart`` and ``onceflow.state``.
+``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart``, ``onceflow.state`` and
+``onceflow.executors``.
 """
 
+from onceflow import executors, restart, sinks, sources, state
 from onceflow import logging as _logging
-from onceflow import restart, sinks, sources, state
 from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
 from onceflow.api.flow import DataStream, Flow, KeyedStream
@@ -21,10 +22,11 @@ from onceflow.api.functions import (
 )
 from onceflow.api.result import JobResult, OperatorMetrics
 from onceflow.api.watermarks import WatermarkGenerator, WatermarkStrategy
-from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
+from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 from onceflow.errors import (
     CheckpointError,
     ConfigurationError,
+    ConnectorError,
     CorruptCheckpointError,
     ExistingCheckpointError,
     IncompatibleStateError,
@@ -32,9 +34,9 @@ from onceflow.errors import (
     NoCheckpointError,
     OnceflowError,
     RecordFormatError,
+    SavepointError,
     UserFunctionError,
 )
-from onceflow.runtime.control import SavepointError
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,7 @@ __all__ = [
     "CheckpointStats",
     "CheckpointStatus",
     "ConfigurationError",
+    "ConnectorError",
     "CorruptCheckpointError",
     "DataStream",
     "ExistingCheckpointError",
@@ -71,6 +74,7 @@ __all__ = [
     "WatermarkGenerator",
     "WatermarkStrategy",
     "__version__",
+    "executors",
     "restart",
     "sinks",
     "sources",

@@ -19,6 +19,7 @@ PUBLIC = {
         "CheckpointStats",
         "CheckpointStatus",
         "ConfigurationError",
+        "ConnectorError",
         "CorruptCheckpointError",
         "DataStream",
         "ExistingCheckpointError",
@@ -44,6 +45,7 @@ PUBLIC = {
         "WatermarkGenerator",
         "WatermarkStrategy",
         "__version__",
+        "executors",
         "restart",
         "sinks",
         "sources",
@@ -61,6 +63,7 @@ PUBLIC = {
         "WriteAheadSink",
         "read_committed",
     ],
+    "onceflow.executors": ["Executor", "Inline", "Local", "Workers", "resolve"],
     "onceflow.restart": ["RestartStrategy", "exponential_backoff", "fixed_delay", "no_restart"],
     "onceflow.logging": ["ENV_JSON", "JsonFormatter", "configure", "json_active",
                          "json_requested"],
@@ -80,8 +83,9 @@ PUBLIC = {
         "check_transaction_timeout",
         "list_lingering",
     ],
-    "onceflow.testing": ["CaseResult", "ConformanceReport", "DEFAULT_POINTS",
-                         "check_sink_exactly_once", "throttle"],
+    "onceflow.testing": ["CaseResult", "CollectingSink", "ConformanceReport",
+                         "DEFAULT_POINTS", "ScriptedSource", "check_sink_exactly_once",
+                         "run_inline", "throttle"],
 }
 
 
@@ -126,6 +130,7 @@ def test_every_exception_derives_from_the_root() -> None:
         assert err.__doc__, f"{err.__name__} has no docstring"
     for sub in (of.NoCheckpointError, of.CorruptCheckpointError, of.IncompatibleStateError):
         assert issubclass(sub, of.CheckpointError)
+    # every class of onceflow.errors, exported or not: tests/test_errors.py
 
 
 def test_version_matches_the_distribution() -> None:

@@ -39,6 +39,7 @@ from onceflow.state.memory import MemoryBackend
 if TYPE_CHECKING:
     from onceflow.api.client import JobClient
     from onceflow.api.windowing import WindowedStream
+    from onceflow.executors import Executor
     from onceflow.runtime.driver import JobDriver
     from onceflow.state.rocksdb import RocksDBBackend
 
@@ -164,7 +165,8 @@ class Flow:
 
     def run(self, restore: str | os.PathLike[str] | None = None, *, fresh: bool = False,
             dashboard: str | int | None = None, dashboard_token: str | None = None,
-            metrics_port: int | None = None, progress: bool | float = False) -> JobResult:
+            metrics_port: int | None = None, progress: bool | float = False,
+            executor: str | Executor | None = None) -> JobResult:
         """Run the flow; block until its bounded input is processed and committed.
 
         ``restore``: ``"latest"`` resumes from the newest complete checkpoint in this flow's
@@ -185,15 +187,20 @@ class Flow:
         dashboard (127.0.0.1 unless a host is given; any other host needs
         ``dashboard_token``); ``metrics_port`` serves Prometheus metrics on
         127.0.0.1:PORT/metrics; ``progress`` prints live progress to stderr (``True``, or
-        a period in seconds). Port 0 picks a free port (logged on ``onceflow.web``)."""
+        a period in seconds). Port 0 picks a free port (logged on ``onceflow.web``).
+
+        ``executor``: where the subtasks run: ``"local"`` / ``of.executors.Local()`` (the
+        default: forked worker processes) or ``"inline"`` / ``of.executors.Inline()``
+        (threads of this process, for debugging and fast tests)."""
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
                               metrics_port=metrics_port, progress=progress,
-                              fresh=_fresh(restore, fresh))
+                              fresh=_fresh(restore, fresh), executor=executor)
         return driver.run(os.fspath(restore) if restore is not None else None)
 
     def start(self, restore: str | os.PathLike[str] | None = None, *, fresh: bool = False,
               dashboard: str | int | None = None, dashboard_token: str | None = None,
-              metrics_port: int | None = None, progress: bool | float = False) -> JobClient:
+              metrics_port: int | None = None, progress: bool | float = False,
+              executor: str | Executor | None = None) -> JobClient:
         """Start the flow in a background thread of this process and return a
         :class:`~onceflow.JobClient` to take savepoints, stop with a savepoint, or wait for
         the result. Same arguments as :meth:`run`."""
@@ -202,19 +209,21 @@ class Flow:
 
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
                               metrics_port=metrics_port, progress=progress,
-                              fresh=_fresh(restore, fresh))
+                              fresh=_fresh(restore, fresh), executor=executor)
         check_before_start(self.name, self.checkpoint_config, restore, fresh)
         return JobClient(driver, os.fspath(restore) if restore is not None else None)
 
     def _driver(self, **observe: Any) -> JobDriver:
+        from onceflow.executors import resolve
         from onceflow.runtime.driver import JobConfig, JobDriver
 
         self.validate()
+        executor = resolve(observe.pop("executor"))
         dashboard = observe.pop("dashboard")
         cfg = JobConfig(self.name, self.parallelism, self.max_parallelism, self.batch_size,
                         self.channel_capacity, self.checkpoint_config, self.restart_strategy,
                         dashboard=None if dashboard is None else str(dashboard),
-                        state_backend=self.state_backend, **observe)
+                        state_backend=self.state_backend, executor=executor, **observe)
         return JobDriver(self._plan, cfg)
 
 

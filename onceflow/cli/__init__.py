@@ -172,14 +172,13 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         else:
             try:
                 meta = load_checkpoint(path).meta
-                row["status"] = "complete" + (" (final)" if meta.get("final") else "")
-                row["time"] = meta["completion_time"]
-                row["duration_s"] = meta["completion_time"] - meta["trigger_time"]
-                extra = meta.get("extra_files", {})
-                row["size"] = meta.get("size", sum(f["size"] for f in meta["files"].values()))
-                row["incremental_size"] = meta.get("incremental_size", row["size"])
-                row["files"] = len(meta["files"]) + len(extra)
-                row["shared_files"] = len(meta.get("shared", []))
+                row["status"] = "complete" + (" (final)" if meta.final else "")
+                row["time"] = meta.completion_time
+                row["duration_s"] = meta.duration
+                row["size"] = meta.size
+                row["incremental_size"] = meta.incremental_size
+                row["files"] = len(meta.files) + len(meta.extra_files)
+                row["shared_files"] = len(meta.shared)
             except OnceflowError as e:
                 row["status"] = f"corrupt: {e}"
         rows.append(row)
@@ -266,29 +265,28 @@ def _key_groups(lo: int, end: int) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(_latest_checkpoint(os.path.abspath(args.path)))
     meta = ckpt.meta
-    mp = meta["max_parallelism"]
-    out: dict[str, Any] = {"checkpoint": ckpt.id, "path": ckpt.path, "flow": meta["flow"],
-                           "final": meta.get("final", False), "max_parallelism": mp,
-                           "operators": []}
+    mp = meta.max_parallelism
+    out: dict[str, Any] = {"checkpoint": ckpt.id, "path": ckpt.path, "flow": meta.flow,
+                           "final": meta.final, "max_parallelism": mp,
+                           "format": meta.format, "kind": meta.kind, "operators": []}
     cache: dict[str, dict[str, Any]] = {}
-    for uid, entry in sorted(meta["operators"].items()):
-        p = entry["parallelism"]
+    for uid, entry in sorted(meta.operators.items()):
+        p = entry.parallelism
         subtasks = []
-        for f in sorted(entry["files"], key=lambda f: f["subtask"]):
-            blob = cache.get(f["file"]) or cache.setdefault(f["file"], ckpt.read_state(f["file"]))
-            sub: dict[str, Any] = {"subtask": f["subtask"], "file": f["file"],
-                                   "file_size": meta["files"][f["file"]]["size"]}
-            if entry.get("kind") in ("reduce", "process"):
-                sub["key_groups"] = list(key_group_range(f["subtask"], p, mp))
-            sub.update(_describe_state(entry.get("kind"), blob["ops"].get(uid)))
+        for f in sorted(entry.files, key=lambda f: f.subtask):
+            blob = cache.get(f.file) or cache.setdefault(f.file, ckpt.read_state(f.file))
+            sub: dict[str, Any] = {"subtask": f.subtask, "file": f.file,
+                                   "file_size": meta.files[f.file].size}
+            if entry.kind in ("reduce", "process"):
+                sub["key_groups"] = list(key_group_range(f.subtask, p, mp))
+            sub.update(_describe_state(entry.kind, blob["ops"].get(uid)))
             subtasks.append(sub)
-        out["operators"].append({"uid": uid, "kind": entry.get("kind"), "parallelism": p,
-                                 "stateful": entry.get("stateful", True),
-                                 "subtasks": subtasks})
+        out["operators"].append({"uid": uid, "kind": entry.kind, "parallelism": p,
+                                 "stateful": entry.stateful, "subtasks": subtasks})
     if args.json:
         print(json.dumps(out, indent=1, default=repr))
         return 0
-    print(f"checkpoint {ckpt.id} of flow {meta['flow']!r} at {ckpt.path}"
+    print(f"checkpoint {ckpt.id} of flow {meta.flow!r} at {ckpt.path}"
           f"{' (final)' if out['final'] else ''}; max_parallelism {mp}")
     for op in out["operators"]:
         print(f"  {op['uid']} ({op['kind']}, parallelism {op['parallelism']}"

@@ -16,6 +16,7 @@ from itertools import compress, islice
 from typing import Any
 
 from onceflow import _faults
+from onceflow.checkpoint.restore import SubtaskRestore
 from onceflow.errors import CheckpointError, ConfigurationError, UserFunctionError
 from onceflow.graph.jobgraph import Task
 from onceflow.graph.keygroups import key_group, stable_hash, subtask_table
@@ -274,40 +275,25 @@ class TaskRunner:
         last.side_wanted = frozenset(self.side_outputs)
         self._side_ops = [op for op in self.ops if op.emits_side]
 
-    def open(self, restored: list[tuple[int, int, dict[str, Any]]],
-             initial_splits: list[tuple[Any, Any, bool]] | None) -> None:
-        """``restored``: (old subtask, old parallelism, state) of every old subtask whose
-        state this subtask needs. ``initial_splits``: the splits of a source that starts
-        fresh (None when its positions come from the restored state)."""
-        p, i = self.spec.parallelism, self.subtask
-        lo, hi = self.env.kg_range
-        mp = self.env.max_parallelism
+    def open(self, plan: SubtaskRestore, states: dict[str, dict[str, Any]]) -> None:
+        """Open every operator and restore it as ``plan`` (``checkpoint/restore.py``) says:
+        ``states`` holds every state file the plan names, read by the worker."""
         for op in self.ops:
             op.open(self.env)
-            # only the files of the old task that held this operator: chaining may differ
-            # between the runs (another parallelism splits or joins chains)
-            mine = [(j, pj, st) for j, pj, st in restored if op.uid in st["ops"]]
-            if op.keyed:
-                from onceflow.graph.keygroups import key_group_range
-
-                states = []
-                exact = True
-                for j, pj, st in mine:
-                    olo, ohi = key_group_range(j, pj, mp)
-                    if olo < hi and lo < ohi:
-                        states.append(st["ops"][op.uid])
-                        exact = exact and (olo, ohi) == (lo, hi)
-                op.restore(states, filter_keys=not exact)
-            else:
-                op.restore([st["ops"][op.uid] for j, _, st in mine if j % p == i], False)
-            for j, _, st in mine:
-                if j % p == i and op.uid in st.get("metrics", {}):
-                    rin, rout = st["metrics"][op.uid]
-                    op.records_in += rin
-                    op.records_out += rout
-        self._replay_inflight(restored)
-        if self.source is not None and initial_splits is not None:
-            self.source.assign(initial_splits)  # a fresh source: nothing restored for it
+            r = plan.operators.get(op.uid)
+            if r is None:
+                op.restore([], False)
+                continue
+            op.restore([states[f]["ops"][op.uid] for f in r.files], r.filter_keys)
+            for f in r.metrics_files:
+                counted = states[f].get("metrics", {}).get(op.uid)
+                if counted is not None:
+                    op.records_in += counted[0]
+                    op.records_out += counted[1]
+        # an unaligned checkpoint's in-flight data, from the same files
+        self._replay_inflight([(j, pj, states[f]) for f, j, pj in plan.inherited()])
+        if self.source is not None and plan.initial_splits is not None:
+            self.source.assign(plan.initial_splits)  # a fresh source: nothing restored for it
         for op in self.ops:
             if isinstance(op, SinkOp):
                 op.start()

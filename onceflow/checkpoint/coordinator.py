@@ -246,7 +246,8 @@ class CheckpointCoordinator:
         directory = p.kind.directory(self.storage, p.id)
         for (task, subtask), info in sorted(p.acks.items()):
             p.stats.subtasks.append(SubtaskCheckpointStats(
-                task, subtask, info.sync_ms, info.async_ms, info.align_ms, info.size))
+                task, subtask, info.sync_ms, info.async_ms, info.align_ms, info.size,
+                info.unaligned, info.inflight_bytes))
         meta = from_acks(
             p.acks, flow=self.flow, checkpoint_id=p.id, kind=p.kind.name, final=p.final,
             trigger_time=p.stats.trigger_time, max_parallelism=self.max_parallelism,

@@ -3,7 +3,7 @@
 A checkpoint is complete once its ``_metadata`` file exists (``checkpoint/storage.py``
 writes it atomically). The file is JSON::
 
-    {"body": {"format": 2, ...the fields of CheckpointMetadata...}, "checksum": "<crc32>"}
+    {"body": {"format": 3, ...the fields of CheckpointMetadata...}, "checksum": "<crc32>"}
 
 :func:`encode` and :func:`decode` are the only code that writes or reads that layout;
 everything else (driver, worker, storage, shared-file registry, CLI) works with
@@ -16,6 +16,8 @@ Versions (``body["format"]``):
   ``size``, ``incremental_size`` or ``metrics``. :func:`migrate_v1` fills them in with what
   their absence meant (``tests/golden/`` holds checkpoints of this format).
 - **2**: every field is present; the decoder reads no defaults.
+- **3**: adds ``unaligned_subtasks`` and ``inflight_bytes`` (unaligned checkpoints);
+  :func:`migrate_v2` sets both to 0, which is what a format-2 checkpoint was.
 
 A file of a newer format than :data:`FORMAT` is refused with an error naming its version
 (a newer onceflow wrote it): nothing is guessed.
@@ -36,7 +38,7 @@ from onceflow.errors import CorruptCheckpointError, IncompatibleStateError
 if TYPE_CHECKING:
     from onceflow.runtime.messages import SubtaskState
 
-FORMAT = 2
+FORMAT = 3
 
 KIND_CHECKPOINT = "checkpoint"
 KIND_SAVEPOINT = "savepoint"
@@ -88,6 +90,8 @@ class CheckpointMetadata:
     incremental_size: int = 0  # bytes written for it
     # "task#subtask" -> {operator uid: [records_in, records_out]} when the snapshot was taken
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unaligned_subtasks: int = 0  # subtasks whose snapshot held in-flight data
+    inflight_bytes: int = 0  # in-flight data persisted (unaligned checkpoints)
     format: int = FORMAT
 
     @property
@@ -135,6 +139,8 @@ def from_acks(acks: Mapping[tuple[str, int], SubtaskState], *, flow: str, checkp
         size=sum(f.size for f in files.values()) + sum(f["size"] for f in extra.values()),
         incremental_size=incremental,
         metrics={f"{t}#{s}": dict(info.metrics) for (t, s), info in sorted(acks.items())},
+        unaligned_subtasks=sum(1 for info in acks.values() if info.unaligned),
+        inflight_bytes=sum(info.inflight_bytes for info in acks.values()),
     )
 
 
@@ -163,6 +169,8 @@ def to_body(meta: CheckpointMetadata) -> dict[str, Any]:
         "size": meta.size,
         "incremental_size": meta.incremental_size,
         "metrics": meta.metrics,
+        "unaligned_subtasks": meta.unaligned_subtasks,
+        "inflight_bytes": meta.inflight_bytes,
     }
 
 
@@ -198,7 +206,12 @@ def migrate_v1(body: dict[str, Any]) -> dict[str, Any]:
     return b
 
 
-_MIGRATIONS = {1: migrate_v1}
+def migrate_v2(body: dict[str, Any]) -> dict[str, Any]:
+    """A format-2 body as format 3: it was written before unaligned checkpoints."""
+    return {**body, "unaligned_subtasks": 0, "inflight_bytes": 0, "format": 3}
+
+
+_MIGRATIONS = {1: migrate_v1, 2: migrate_v2}
 
 
 def from_body(body: dict[str, Any], where: str) -> CheckpointMetadata:
@@ -236,6 +249,8 @@ def from_body(body: dict[str, Any], where: str) -> CheckpointMetadata:
             size=int(body["size"]),
             incremental_size=int(body["incremental_size"]),
             metrics=dict(body["metrics"]),
+            unaligned_subtasks=int(body["unaligned_subtasks"]),
+            inflight_bytes=int(body["inflight_bytes"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CorruptCheckpointError(

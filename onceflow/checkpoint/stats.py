@@ -30,6 +30,8 @@ class SubtaskCheckpointStats:
     async_ms: float
     alignment_ms: float
     size: int
+    unaligned: bool = False  # this subtask's snapshot holds in-flight data
+    inflight_bytes: int = 0  # bytes of in-flight data it persisted
 
 
 @dataclass
@@ -48,6 +50,16 @@ class CheckpointStats:
     kind: str = "checkpoint"  # or "savepoint"
     counts_as_failure: bool = False  # aborted, and not just subsumed or cut by a restart
     incremental_size: int = 0  # bytes this checkpoint wrote (the rest it reused)
+
+    @property
+    def inflight_bytes(self) -> int:
+        """In-flight data the checkpoint persisted (unaligned checkpoints)."""
+        return sum(s.inflight_bytes for s in self.subtasks)
+
+    @property
+    def unaligned(self) -> bool:
+        """Whether any subtask's snapshot was unaligned."""
+        return any(s.unaligned for s in self.subtasks)
 
     @property
     def max_sync_ms(self) -> float:

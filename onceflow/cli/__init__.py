@@ -179,6 +179,8 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
                 row["incremental_size"] = meta.incremental_size
                 row["files"] = len(meta.files) + len(meta.extra_files)
                 row["shared_files"] = len(meta.shared)
+                row["unaligned_subtasks"] = meta.unaligned_subtasks
+                row["inflight_bytes"] = meta.inflight_bytes
             except OnceflowError as e:
                 row["status"] = f"corrupt: {e}"
         rows.append(row)
@@ -190,15 +192,19 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         print(f"no checkpoints in {d}")
         return 0
     print(f"{'id':>6}  {'kind':<10} {'status':<18} {'completed (UTC)':<20} {'duration':>9} "
-          f"{'full size':>14} {'incremental':>14} {'files':>5}")
+          f"{'full size':>14} {'incremental':>14} {'files':>5} {'alignment':<10} "
+          f"{'in-flight':>12}")
     import time as _t
     for r in rows:
         when = _t.strftime("%Y-%m-%d %H:%M:%S", _t.gmtime(r["time"])) if "time" in r else "-"
         dur = f"{r['duration_s'] * 1e3:.0f} ms" if "duration_s" in r else "-"
         size = f"{r['size']:,} B" if "size" in r else "-"
         inc = f"{r['incremental_size']:,} B" if "incremental_size" in r else "-"
+        align = "-" if "unaligned_subtasks" not in r else (
+            f"unaligned {r['unaligned_subtasks']}" if r["unaligned_subtasks"] else "aligned")
+        flying = f"{r['inflight_bytes']:,} B" if "inflight_bytes" in r else "-"
         print(f"{r['id']:>6}  {r['kind']:<10} {r['status']:<18} {when:<20} {dur:>9} "
-              f"{size:>14} {inc:>14} {r.get('files', '-'):>5}")
+              f"{size:>14} {inc:>14} {r.get('files', '-'):>5} {align:<10} {flying:>12}")
     return 0
 
 

@@ -87,7 +87,25 @@ class _Attempt:
         self.running: set[int] = set()
         self.finished: set[int] = set()
         self.metrics: dict[str, tuple[int, int]] = {}
+        self.watermarks: dict[str, float] = {}  # "uid#subtask" -> event time
+        self.dropped: dict[str, int] = {}  # "uid#subtask" -> late records dropped
+        self.alignment: dict[int, dict[str, float]] = {}  # worker -> group -> watermark
+        self.aligned_to: dict[str, float] = {}  # what was last sent to the workers
         self.processing_started: float | None = None
+
+    def align(self, worker: int, groups: dict[str, float]) -> None:
+        """Watermark alignment: the job-wide minimum per group goes back to every worker
+        when it changed."""
+        if not groups and worker not in self.alignment:
+            return
+        self.alignment[worker] = groups
+        mins: dict[str, float] = {}
+        for g in self.alignment.values():
+            for k, v in g.items():
+                mins[k] = min(mins.get(k, v), v)
+        if mins != self.aligned_to:
+            self.aligned_to = mins
+            self.send_all(m.AlignWatermarks(mins))
 
     def send_all(self, msg: m.ToWorker) -> None:
         if self.workers is not None:
@@ -304,7 +322,8 @@ class JobDriver:
         cfg = self.cfg
         return JobResult(
             flow=cfg.flow,
-            operators=self._operator_metrics(run.graph, run.final_metrics),
+            operators=self._operator_metrics(run.graph, run.final_metrics,
+                                             run.attempt.watermarks, run.attempt.dropped),
             checkpoints=list(run.coordinator.history),
             restarts=len(run.failures),
             failures=run.failures,
@@ -321,8 +340,11 @@ class JobDriver:
         return RestorePlan.build(graph, restore.meta if restore else None,
                                  restore.path if restore else "")
 
-    def _operator_metrics(self, graph: JobGraph,
-                          raw: dict[str, tuple[int, int]]) -> dict[str, OperatorMetrics]:
+    def _operator_metrics(self, graph: JobGraph, raw: dict[str, tuple[int, int]],
+                          watermarks: dict[str, float] | None = None,
+                          dropped: dict[str, int] | None = None
+                          ) -> dict[str, OperatorMetrics]:
+        watermarks, dropped = watermarks or {}, dropped or {}
         names = [n.name for t in graph.tasks.values() for n in t.nodes]
         out: dict[str, OperatorMetrics] = {}
         for t in graph.tasks.values():
@@ -333,6 +355,11 @@ class JobDriver:
                     rin, rout = raw.get(f"{n.uid}#{i}", (0, 0))
                     m.records_in += rin
                     m.records_out += rout
+                    m.late_dropped += dropped.get(f"{n.uid}#{i}", 0)
+                wms = [watermarks[k] for i in range(t.parallelism)
+                       if (k := f"{n.uid}#{i}") in watermarks]
+                if len(wms) == t.parallelism:
+                    m.watermark = min(wms)
                 out[key] = m
         return out
 
@@ -405,8 +432,11 @@ class JobDriver:
                             continue
                         return f"worker {w} {workers.exit_reason(w)}"
                     match msg:
-                        case m.Metrics(_, operators):
-                            self.status.on_metrics(operators)
+                        case m.Metrics(worker, operators, watermarks, dropped, alignment):
+                            self.status.on_metrics(operators, watermarks, dropped)
+                            att.watermarks.update(watermarks)
+                            att.dropped.update(dropped)
+                            att.align(worker, alignment)
                         case m.Ack(cid, task, subtask, state):
                             coordinator.on_ack(cid, task, subtask, state)
                         case m.Running(worker):
@@ -422,9 +452,11 @@ class JobDriver:
                         case m.Failed(worker, message, detail, report):
                             log.debug("worker %d failure detail:\n%s", worker, detail)
                             return self.failures.received(worker, message, report)
-                        case m.Finished(worker, operators):
+                        case m.Finished(worker, operators, watermarks, dropped):
                             att.finished.add(worker)
                             att.metrics.update(operators)
+                            att.watermarks.update(watermarks)
+                            att.dropped.update(dropped)
                         case _:
                             raise TypeError(f"unexpected message from worker {w}: {msg!r}")
                 coordinator.tick()

@@ -11,6 +11,8 @@ Driver -> worker::
     Complete(checkpoint_id, final)                        checkpoint n is durable: commit
     Abort(checkpoint_id)                                  checkpoint n failed: drop it
     Stop()                                                leave the loop (the attempt ends)
+    AlignWatermarks(groups)                               each alignment group's lowest
+                                                          source watermark, job-wide
 
 Worker -> driver::
 
@@ -18,8 +20,10 @@ Worker -> driver::
     Exhausted(task, subtask)              a source subtask read all its input
     Ack(checkpoint_id, task, subtask, state)   the subtask's state file is written
     Decline(checkpoint_id, task, subtask, reason)   it could not be: checkpoint n fails
-    Metrics(worker, operators)            cumulative counters, about once a second
-    Finished(worker, operators)           the final checkpoint committed; final counters
+    Metrics(worker, operators, watermarks, dropped, alignment)
+                                          cumulative counters, about once a second
+    Finished(worker, operators, watermarks, dropped)
+                                          the final checkpoint committed; final counters
     Failed(worker, message, detail, report)   the worker stops because of this error
 
 :func:`encode` and :func:`decode` are the wire format (a pickle of the message; both ends
@@ -66,6 +70,15 @@ class Abort:
 @dataclass(frozen=True, slots=True)
 class Stop:
     """The worker leaves its loop."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlignWatermarks:
+    """Watermark alignment: ``groups`` maps an alignment group to the lowest watermark of
+    the non-idle source subtasks in it, over the whole job; sources pause splits that run
+    more than their ``max_drift`` ahead of it."""
+
+    groups: dict[str, float]
 
 
 # --- worker -> driver ----------------------------------------------------------------------
@@ -124,18 +137,27 @@ class Decline:
 @dataclass(frozen=True, slots=True)
 class Metrics:
     """``operators``: ``{"uid#subtask": (records_in, records_out, busy_ms,
-    backpressured_ms)}``."""
+    backpressured_ms)}``; ``watermarks``: ``{"uid#subtask": current event time}`` of the
+    operators that have one; ``dropped``: ``{"uid#subtask": late records dropped}``;
+    ``alignment``: per watermark-alignment group, the lowest watermark of this worker's
+    non-idle source subtasks in it."""
 
     worker: int
     operators: dict[str, tuple[int, int, float, float]]
+    watermarks: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    alignment: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """``operators``: ``{"uid#subtask": (records_in, records_out)}``."""
+    """``operators``: ``{"uid#subtask": (records_in, records_out)}``; ``watermarks`` and
+    ``dropped`` as in :class:`Metrics`."""
 
     worker: int
     operators: dict[str, tuple[int, int]]
+    watermarks: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +172,11 @@ class Failed:
     report: Any = None
 
 
-ToWorker = Trigger | Complete | Abort | Stop
+ToWorker = Trigger | Complete | Abort | Stop | AlignWatermarks
 ToDriver = Running | Exhausted | Ack | Decline | Metrics | Finished | Failed
 Message = ToWorker | ToDriver
-_TYPES = (Trigger, Complete, Abort, Stop, Running, Exhausted, Ack, Decline, Metrics, Finished,
-          Failed)
+_TYPES = (Trigger, Complete, Abort, Stop, AlignWatermarks, Running, Exhausted, Ack, Decline,
+          Metrics, Finished, Failed)
 
 
 def encode(msg: Message) -> bytes:

@@ -19,6 +19,7 @@ for a driver killed with SIGKILL, the kernel sends SIGKILL (``PR_SET_PDEATHSIG``
 from __future__ import annotations
 
 import gc
+import math
 import os
 import select
 import threading
@@ -253,6 +254,11 @@ class Worker:
                     t.checkpoint_aborted(cid)
             case m.Stop():
                 self.done = True
+            case m.AlignWatermarks(groups):
+                for t in self.sources:
+                    wms = t.source.watermarks if t.source is not None else None
+                    if wms is not None and wms.strategy.alignment_group in groups:
+                        wms.group_min = groups[wms.strategy.alignment_group]
 
     def _apply_pending_completions(self) -> None:
         """Before a snapshot: apply completions/aborts already waiting on the control
@@ -271,7 +277,8 @@ class Worker:
         metrics: dict[str, tuple[int, int]] = {}
         for t in self.tasks:
             metrics.update({f"{uid}#{t.subtask}": m for uid, m in t.metrics().items()})
-        self.send(m.Finished(self.spec.index, metrics))
+        wms, dropped = self._event_time_report()
+        self.send(m.Finished(self.spec.index, metrics, wms, dropped))
         self.done = True
 
     def release(self) -> None:
@@ -369,7 +376,34 @@ class Worker:
             b, p = busy[k] * 1e3, backpressured[k] * 1e3
             for op in t.ops:
                 report[f"{op.uid}#{t.subtask}"] = (op.records_in, op.records_out, b, p)
-        self.send(m.Metrics(self.spec.index, report))
+        wms, dropped = self._event_time_report()
+        self.send(m.Metrics(self.spec.index, report, wms, dropped, self._alignment_report()))
+
+    def _event_time_report(self) -> tuple[dict[str, float], dict[str, int]]:
+        wms: dict[str, float] = {}
+        dropped: dict[str, int] = {}
+        for t in self.tasks:
+            for op in t.ops:
+                key = f"{op.uid}#{t.subtask}"
+                if op.watermark > -math.inf:
+                    wms[key] = op.watermark
+                n = getattr(op, "late_dropped", 0)
+                if n:
+                    dropped[key] = n
+        return wms, dropped
+
+    def _alignment_report(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for t in self.sources:
+            src = t.source
+            wms = src.watermarks if src is not None else None
+            if wms is None or wms.strategy.alignment_group is None or wms.idle:
+                continue
+            g = wms.strategy.alignment_group
+            w = wms.emitted
+            if w > -math.inf:
+                out[g] = min(out.get(g, w), w)
+        return out
 
     def _wait(self, tasks: list[TaskRunner], peers: list[Peer],
               timer_tasks: list[TaskRunner]) -> None:

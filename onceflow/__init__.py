@@ -18,7 +18,15 @@ from onceflow.api.functions import (
     TimeDomain,
     TimerService,
 )
+from onceflow.api.joins import JoinContext, ProcessJoinFunction
 from onceflow.api.result import JobResult, OperatorMetrics
+from onceflow.api.two_input import (
+    BroadcastContext,
+    BroadcastState,
+    CoProcessFunction,
+    KeyedBroadcastProcessFunction,
+    MapStateDescriptor,
+)
 from onceflow.api.watermarks import WatermarkGenerator, WatermarkStrategy
 from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
 from onceflow.errors import (
@@ -33,14 +41,18 @@ from onceflow.errors import (
     UserFunctionError,
 )
 from onceflow.runtime.control import SavepointError
+from onceflow.state.ttl import StateTtl
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BroadcastContext",
+    "BroadcastState",
     "CheckpointConfig",
     "CheckpointError",
     "CheckpointStats",
     "CheckpointStatus",
+    "CoProcessFunction",
     "ConfigurationError",
     "CorruptCheckpointError",
     "DataStream",
@@ -49,17 +61,22 @@ __all__ = [
     "JobClient",
     "JobFailedError",
     "JobResult",
+    "JoinContext",
+    "KeyedBroadcastProcessFunction",
     "KeyedProcessFunction",
     "KeyedStream",
+    "MapStateDescriptor",
     "NoCheckpointError",
     "OnceflowError",
     "OperatorMetrics",
     "OutputTag",
     "ProcessContext",
+    "ProcessJoinFunction",
     "RecordFormatError",
     "RestartStrategy",
     "RuntimeContext",
     "SavepointError",
+    "StateTtl",
     "TimeDomain",
     "TimerService",
     "UserFunctionError",

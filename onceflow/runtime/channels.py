@@ -28,10 +28,11 @@ _RECV = 1 << 18
 
 
 class InputChannel:
-    __slots__ = ("blocked", "ended", "id", "peer", "queue")
+    __slots__ = ("blocked", "ended", "id", "input_no", "peer", "queue")
 
-    def __init__(self, channel_id: int, peer: Peer | None = None) -> None:
+    def __init__(self, channel_id: int, peer: Peer | None = None, input_no: int = 0) -> None:
         self.id = channel_id
+        self.input_no = input_no  # which logical input of its task (two-input operators)
         self.queue: deque[Any] = deque()
         self.peer = peer
         self.blocked = False

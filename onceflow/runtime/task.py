@@ -80,6 +80,18 @@ class RebalancePartitioner(Partitioner):
         self._next = (self._next + 1) % len(self.channels)
 
 
+class BroadcastPartitioner(Partitioner):
+    """Every batch to every channel (a broadcast stream: each subtask sees all records)."""
+
+    def emit(self, batch: list[Any]) -> None:
+        for c in self.channels:
+            c.send_batch(batch)
+
+    def emit_ts(self, batch: list[Any], ts: list[float]) -> None:
+        for c in self.channels:
+            c.send_ts_batch(batch, ts)
+
+
 class KeyPartitioner(Partitioner):
     """Key -> key group (stable hash) -> owning subtask. A small cache maps recent keys
     straight to their subtask."""
@@ -208,6 +220,8 @@ class TaskRunner:
         first = 1 if self.source is not None else 0
         self._tails = {i: self.ops[i:] for i in range(len(self.ops) + 1)}
         self._first = first
+        # a two-input head operator is told which logical input each batch came from
+        self._two_input = getattr(self.ops[0], "two_input", False)
         self.timer_ops = [(i, op) for i, op in enumerate(self.ops) if op.has_timers]
         self._assigners = [i for i, op in enumerate(self.ops) if isinstance(op, AssignOp)]
         self.inputs: list[InputChannel] = []
@@ -386,6 +400,8 @@ class TaskRunner:
             if ch.queue and not ch.blocked:
                 self._rr = (self._rr + k + 1) % n
                 item = ch.pop()
+                if self._two_input:
+                    self.ops[0].input_no = ch.input_no  # type: ignore[attr-defined]
                 t = type(item)
                 if t is list:
                     self._push(item, 0)
@@ -554,6 +570,8 @@ def make_partitioner(part: Partitioning, channels: list[Output], key_fn: Any,
         return ForwardPartitioner(channels)
     if part is Partitioning.KEY:
         return KeyPartitioner(channels, key_fn, max_parallelism, downstream)
+    if part is Partitioning.BROADCAST:
+        return BroadcastPartitioner(channels)
     return RebalancePartitioner(channels, subtask)
 
 

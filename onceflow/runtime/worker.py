@@ -98,7 +98,7 @@ class Worker:
         for c in g.channels:
             if c.down_index == me:
                 peer = self.peers[c.up_index] if c.up_index != me else None
-                ch = InputChannel(c.id, peer)
+                ch = InputChannel(c.id, peer, c.input_no)
                 inputs[c.id] = ch
                 by_uid[c.downstream].inputs.append(ch)
                 if peer is not None:

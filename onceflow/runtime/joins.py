@@ -150,10 +150,10 @@ class IntervalJoinOp(_JoinBase):
         t = self._ts(ctx, 1, value)
         if t is None:
             return None
-        lo, hi = t - self.upper, t - self.lower
+        lower, upper = self.lower, self.upper
         out: list[Any] = []
         for lt, recs in self.left.items():
-            if lo <= lt <= hi:
+            if lt + lower <= t <= lt + upper:  # the same arithmetic as from the left
                 for left in recs:
                     self._pair(left, value, lt, t, out)
         self._buffer(self.right, t, value, t - self.lower)

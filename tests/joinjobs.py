@@ -1,0 +1,123 @@
+"""Join flows for crash tests, each with its expected output computed without onceflow.
+
+    python tests/joinjobs.py SHAPE --out DIR --ckpt DIR [--parallelism P] [--backend B]
+
+Shapes:
+
+* ``interval``: left ``(i % 50, i)`` at event time ``i * 0.01``, right ``(j % 50, j)`` at
+  ``j * 0.03``, interval join ``between(-0.5, 0.5)``; output ``(i, j)``.
+* ``regular``: people ``(id, name)`` joined with auctions ``(a, seller)`` on
+  ``id == seller`` (sellers ``>= PEOPLE`` match no one); output ``(name, a)``.
+* ``regular_ttl``: the same join with an event-time TTL of ``TTL`` seconds; people at
+  event time ``id * 0.01``, auctions at ``a * 0.01``. Pairs less than ``TTL`` apart always
+  meet; which farther pairs meet depends on how far the watermark got (see
+  :func:`expected_ttl`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from typing import Any
+
+import onceflow as of
+from onceflow.testing import throttle
+
+PEOPLE = 4000
+TTL = 5.0
+
+
+def _auctions(n: int) -> list[tuple[int, int]]:
+    return [(a, (a * 7919) % (PEOPLE + PEOPLE // 4)) for a in range(n)]
+
+
+def build(shape: str, flow: of.Flow, records: int, rate: float, out: str) -> None:
+    sink = of.sinks.FileSink(out)
+    if shape == "interval":
+        lws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda i: i * 0.01)
+        rws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda j: j * 0.03)
+        left = (flow.source(of.sources.Range(0, records), name="left", watermarks=lws)
+                    .map(throttle(rate), name="throttle-l"))
+        right = (flow.source(of.sources.Range(0, records // 3), name="right", watermarks=rws)
+                     .map(throttle(rate / 3), name="throttle-r"))
+        (left.key_by(lambda i: i % 50).interval_join(right.key_by(lambda j: j % 50))
+             .between(-0.5, 0.5).process(lambda i, j: (i, j), name="join")
+             .sink(sink, name="files"))
+        return
+    if shape in ("regular", "regular_ttl"):
+        ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda r: r[0] * 0.01)
+        pws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda i: i * 0.01)
+        people = (flow.source(of.sources.Range(0, PEOPLE), name="people", watermarks=pws)
+                      .map(lambda i: (i, f"p{i}"), name="person")
+                      .map(throttle(rate / 4), name="throttle-p"))
+        auctions = (flow.source(of.sources.Collection(_auctions(records)), name="auctions",
+                                watermarks=ws)
+                        .map(throttle(rate), name="throttle-a"))
+        cond = people.join(auctions).where(lambda p: p[0]).equal_to(lambda a: a[1])
+        if shape == "regular_ttl":
+            cond = cond.with_ttl(of.StateTtl(TTL, time_domain=of.TimeDomain.EVENT_TIME))
+        (cond.apply(lambda p, a: (p[1], a[0]), name="join").sink(sink, name="files"))
+        return
+    raise SystemExit(f"unknown shape {shape}")
+
+
+def expected(shape: str, records: int) -> Counter[tuple[Any, ...]]:
+    if shape == "interval":
+        # the operator's arithmetic: left_ts + lower <= right_ts <= left_ts + upper
+        return Counter((i, j) for j in range(records // 3)
+                       for i in range(max(0, 3 * j - 60), min(records, 3 * j + 61))
+                       if i % 50 == j % 50 and i * 0.01 + -0.5 <= j * 0.03 <= i * 0.01 + 0.5)
+    if shape == "regular":
+        return Counter((f"p{s}", a) for a, s in _auctions(records) if s < PEOPLE)
+    raise ValueError(shape)
+
+
+def expected_ttl(records: int) -> tuple[Counter[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    """(pairs that must each be committed once, pairs that may be committed at most once)."""
+    must: Counter[tuple[Any, ...]] = Counter()
+    may: set[tuple[Any, ...]] = set()
+    for a, s in _auctions(records):
+        if s >= PEOPLE:
+            continue
+        if abs(a * 0.01 - s * 0.01) < TTL - 1e-6:
+            must[(f"p{s}", a)] += 1
+        else:
+            may.add((f"p{s}", a))
+    return must, may
+
+
+def committed(out: str) -> Counter[tuple[Any, ...]]:
+    return Counter(tuple(r) for r in of.sinks.read_committed(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("shape")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--parallelism", type=int, default=2)
+    ap.add_argument("--records", type=int, default=12_000)
+    ap.add_argument("--rate", type=float, default=6_000.0, help="records/s per subtask")
+    ap.add_argument("--interval", type=float, default=0.3)
+    ap.add_argument("--backend", choices=["memory", "rocksdb"], default="memory")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    backend = (of.state.RocksDBBackend(layer_entries=2_000) if args.backend == "rocksdb"
+               else of.state.MemoryBackend(full_every=3))
+    flow = of.Flow(f"join-{args.shape}", parallelism=args.parallelism, batch_size=256,
+                   state_backend=backend,
+                   restart_strategy=of.restart.fixed_delay(attempts=20, delay=0.1))
+    flow.enable_checkpointing(args.interval, args.ckpt, retained=2)
+    build(args.shape, flow, args.records, args.rate, args.out)
+    result = flow.run()
+    print(json.dumps({"restarts": result.restarts,
+                      "checkpoints": len(result.completed_checkpoints),
+                      "sink_in": result.operators["files"].records_in}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

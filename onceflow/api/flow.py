@@ -287,6 +287,14 @@ class DataStream:
 
         return JoinedStreams(self, other)
 
+    def co_group(self, other: DataStream) -> Any:
+        """Both streams' records of each key and window together:
+        ``.where(ka).equal_to(kb).window(assigner).apply(fn(lefts, rights))`` (outer joins
+        are written with it). See onceflow/api/joins.py."""
+        from onceflow.api.joins import JoinedStreams
+
+        return JoinedStreams(self, other, cogroup=True)
+
     def rebalance(self) -> _Rebalanced:
         """Spread the records round-robin over the next operator's subtasks."""
         return _Rebalanced(self._flow, self._node)

@@ -199,14 +199,15 @@ class RegularJoinSpec(TwoInputSpec):
 
 
 class JoinedStreams:
-    """``a.join(b)``: say ``where(key_of_a)`` next."""
+    """``a.join(b)`` (or ``a.co_group(b)``): say ``where(key_of_a)`` next."""
 
-    def __init__(self, left: DataStream, right: DataStream) -> None:
+    def __init__(self, left: DataStream, right: DataStream, cogroup: bool = False) -> None:
         from onceflow.api.flow import DataStream
 
+        what = "co_group()" if cogroup else "join()"
         if not isinstance(right, DataStream) or right._flow is not left._flow:
-            raise ConfigurationError("join() takes a DataStream of the same Flow")
-        self._left, self._right = left, right
+            raise ConfigurationError(f"{what} takes a DataStream of the same Flow")
+        self._left, self._right, self._cogroup = left, right, cogroup
 
     def where(self, key: Callable[[Any], Any]) -> _Where:
         if not callable(key):
@@ -218,11 +219,119 @@ class _Where:
     def __init__(self, joined: JoinedStreams, key: Callable[[Any], Any]) -> None:
         self._joined, self._key = joined, key
 
-    def equal_to(self, key: Callable[[Any], Any]) -> JoinCondition:
+    def equal_to(self, key: Callable[[Any], Any]) -> Any:
         if not callable(key):
             raise ConfigurationError(
                 f"join().where(..).equal_to() takes a function, got {type(key).__name__}")
-        return JoinCondition(self._joined._left, self._joined._right, self._key, key)
+        j = self._joined
+        if j._cogroup:
+            return CoGroupCondition(j._left, j._right, self._key, key)
+        return JoinCondition(j._left, j._right, self._key, key)
+
+
+class CoGroupCondition:
+    """``a.co_group(b).where(ka).equal_to(kb)``: say ``window(assigner)`` next."""
+
+    def __init__(self, left: DataStream, right: DataStream, left_key: Callable[[Any], Any],
+                 right_key: Callable[[Any], Any]) -> None:
+        self._left, self._right, self._lk, self._rk = left, right, left_key, right_key
+
+    def window(self, assigner: Any) -> WindowJoin:
+        """Both sides' records of each key and window, given together to the function."""
+        return WindowJoin(self._left, self._right, self._lk, self._rk, assigner, cogroup=True)
+
+
+class _Tag:
+    """Marks which side a record of a window join came from (picklable, no closure)."""
+
+    __slots__ = ("side",)
+
+    def __init__(self, side: int) -> None:
+        self.side = side
+
+    def __call__(self, record: Any) -> tuple[int, Any]:
+        return (self.side, record)
+
+
+class _SideKey:
+    __slots__ = ("keys",)
+
+    def __init__(self, left: Callable[[Any], Any], right: Callable[[Any], Any]) -> None:
+        self.keys = (left, right)
+
+    def __call__(self, tagged: tuple[int, Any]) -> Any:
+        return self.keys[tagged[0]](tagged[1])
+
+
+class _WindowJoinFn:
+    """The window function: split the window's records by side, then pair (inner join)
+    or give both lists to the user's function (co-group). Returns the window's results."""
+
+    def __init__(self, fn: Callable[..., Any], cogroup: bool) -> None:
+        self.fn, self.cogroup = fn, cogroup
+
+    def __call__(self, key: Any, window: Any, elements: list[Any]) -> list[Any] | None:
+        lefts = [r for side, r in elements if side == 0]
+        rights = [r for side, r in elements if side == 1]
+        if self.cogroup:
+            res = self.fn(lefts, rights)
+            out = list(res) if res is not None else []
+        else:
+            fn = self.fn
+            out = [fn(x, y) for x in lefts for y in rights]
+        return out or None
+
+
+def _window_results(result: tuple[Any, Any, Any, list[Any]]) -> list[Any]:
+    return result[3]
+
+
+class WindowJoin:
+    """A join or co-group over windows. Built from the public window API: both sides are
+    tagged, united, keyed by their key functions and windowed; the window function pairs
+    the records of the two sides (so the window operator's state, late-data handling and
+    exactly-once hold as for any window)."""
+
+    def __init__(self, left: DataStream, right: DataStream, left_key: Callable[[Any], Any],
+                 right_key: Callable[[Any], Any], assigner: Any, cogroup: bool) -> None:
+        self._left, self._right, self._lk, self._rk = left, right, left_key, right_key
+        self._assigner, self._cogroup = assigner, cogroup
+        self._lateness: float | None = None
+        self._late: OutputTag | None = None
+
+    def allowed_lateness(self, seconds: float) -> WindowJoin:
+        self._lateness = seconds
+        return self
+
+    def side_output_late_data(self, tag: OutputTag) -> WindowJoin:
+        """Late records (tagged ``(side, record)``, side 0 or 1) go to side output ``tag``
+        of the window operator; read it with ``result.window_stream.side_output(tag)``."""
+        self._late = tag
+        return self
+
+    def apply(self, fn: Callable[..., Any], *, name: str | None = None,
+              parallelism: int | None = None, uid: str | None = None) -> DataStream:
+        """Join: ``fn(left, right) -> record`` for every pair of a key in a window.
+        Co-group: ``fn(lefts, rights) -> iterable`` once per key and window (either list
+        may be empty: outer joins are written this way)."""
+        if not callable(fn):
+            raise ConfigurationError(f"window join apply() takes a function, got "
+                                     f"{type(fn).__name__}")
+        base = name or ("co_group" if self._cogroup else "window_join")
+        a = self._left.map(_Tag(0), name=f"{base}-left")
+        b = self._right.map(_Tag(1), name=f"{base}-right")
+        windowed: Any = (a.union(b, name=f"{base}-union").key_by(_SideKey(self._lk, self._rk))
+                     .window(self._assigner))
+        if self._lateness is not None:
+            windowed = windowed.allowed_lateness(self._lateness)
+        if self._late is not None:
+            windowed = windowed.side_output_late_data(self._late)
+        results: Any = windowed.process(_WindowJoinFn(fn, self._cogroup), name=base,
+                                   parallelism=parallelism, uid=uid)
+        out: Any = results.flat_map(_window_results, name=f"{base}-results",
+                               parallelism=parallelism)
+        out.window_stream = results
+        return out
 
 
 class JoinCondition:
@@ -243,11 +352,10 @@ class JoinCondition:
         as_ttl(ttl, "join().with_ttl()")
         return JoinCondition(self._left, self._right, self._lk, self._rk, ttl)
 
-    def window(self, assigner: Any) -> Any:
-        """A window join (needs the window operator's assigners)."""
-        raise ConfigurationError(
-            "join().window(...) is not available yet in this version; use the regular join "
-            "(apply) or interval_join")
+    def window(self, assigner: Any) -> WindowJoin:
+        """A window join: pairs of equal keys in the same window of ``assigner`` (e.g.
+        ``of.windows.tumbling(10.0)``), emitted when the window fires."""
+        return WindowJoin(self._left, self._right, self._lk, self._rk, assigner, cogroup=False)
 
     def apply(self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
               parallelism: int | None = None, uid: str | None = None) -> DataStream:

@@ -30,6 +30,7 @@ Events are plain dictionaries (JSON-ready); ``"kind"`` is ``"person"``, ``"aucti
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,29 +55,14 @@ LAST_NAMES = ("Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smit
               "Noris")
 CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
 
-_M64 = (1 << 64) - 1
+BLOCK = 1024  # events per block of random bytes
+_BYTES = 16  # random bytes per event
 
 
-class _Rand:
-    """SplitMix64: a tiny deterministic random stream for one event (seeded by the
-    generator's seed and the event number)."""
-
-    __slots__ = ("s",)
-
-    def __init__(self, seed: int, n: int) -> None:
-        self.s = (seed * 0x9E3779B97F4A7C15 + n * 0xD1B54A32D192ED03 + 1) & _M64
-
-    def next(self) -> int:
-        self.s = s = (self.s + 0x9E3779B97F4A7C15) & _M64
-        z = ((s ^ (s >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-        return z ^ (z >> 31)
-
-    def below(self, n: int) -> int:
-        return self.next() % n if n > 0 else 0
-
-    def unit(self) -> float:
-        return (self.next() >> 11) * (1.0 / (1 << 53))
+def _block(seed: int, blk: int) -> bytes:
+    """The random bytes of events ``blk * BLOCK ..``: 16 per event, from a Mersenne
+    Twister seeded by (seed, block) (the same on every platform and Python 3.9+)."""
+    return random.Random(f"nexmark:{seed}:{blk}").randbytes(BLOCK * _BYTES)
 
 
 @dataclass(frozen=True)
@@ -142,29 +128,22 @@ def last_auction(n: int) -> int:
     return epoch * AUCTION_PROPORTION + off
 
 
-def _mix(seed: int, n: int) -> tuple[int, int]:
-    """Two 64-bit values for event ``n``: CPython's tuple hash of integers (xxHash-based,
-    computed in C, not randomized by PYTHONHASHSEED), so events are the same in every
-    process of one Python version (onceflow pins 3.11)."""
-    return hash((seed, n)) & _M64, hash((n, seed, 0x5EED)) & _M64
-
-
 class Generator:
     """Events by number: ``event(n)`` for any ``n``; ``events(start, stop, step)``.
 
-    The random choices of event ``n`` come from two 64-bit values hashed from
-    ``(seed, n)``, cut into bit fields (see :meth:`events`), so no state carries from one
-    event to the next."""
+    The random choices of event ``n`` are the 16 bytes at ``n % BLOCK`` of its block's
+    random bytes (:func:`_block`), so no state carries from one event to the next and any
+    event can be made without the ones before it."""
 
     def __init__(self, config: NexmarkConfig) -> None:
         config.validate()
         self.c = config
-        self._dt = 1.0 / config.rate
         # event time one auction stays open, on average (so about in_flight_auctions are)
         self._auction_span = (config.in_flight_auctions * TOTAL_PROPORTION /
-                              AUCTION_PROPORTION) * self._dt
+                              AUCTION_PROPORTION) / config.rate
         self._urls = [[f"https://www.nexmark.com/{ch.lower()}/item.htm?query={q}"
-                       for q in range(128)] for ch in CHANNELS]
+                       for q in range(64)] for ch in CHANNELS]
+        self._cache: tuple[int, bytes] = (-1, b"")
 
     def nominal_time(self, n: int) -> float:
         return self.c.base_time + n / self.c.rate
@@ -173,93 +152,101 @@ class Generator:
         return self.events(n, n + 1)[0]
 
     def events(self, start: int, stop: int, step: int = 1) -> list[dict[str, Any]]:
-        """Events ``start, start + step, ... < stop``. A bid takes its fields from bit
-        fields of the event's first value (hot-auction draw 0-7, auction 8-27, hot-bidder
-        draw 28-35, bidder 36-55, channel 56-57, URL 58-63) and its price, timestamp
-        jitter and lateness from the second."""
+        """Events ``start, start + step, ... < stop``. A bid's bytes: 0 hot-auction draw,
+        1-2 auction, 3 hot-bidder draw, 4-5 bidder, 6 channel and URL, 8-10 price, 11-12
+        timestamp jitter, 13-14 lateness draw."""
         c = self.c
         seed, rate, base = c.seed, c.rate, c.base_time
         disorder, late_p, late_by = c.out_of_orderness, c.late_fraction, c.late_by
         har, hbr = c.hot_auction_ratio, c.hot_bidder_ratio
         active, inflight = c.active_people, c.in_flight_auctions
         urls = self._urls
+        cur, buf = self._cache
         out: list[dict[str, Any]] = []
         ap = out.append
         for n in range(start, stop, step):
-            h = hash((seed, n)) & 0xFFFFFFFFFFFFFFFF  # == _mix(seed, n), inlined
-            g = hash((n, seed, 0x5EED)) & 0xFFFFFFFFFFFFFFFF
+            blk, i = divmod(n, BLOCK)
+            if blk != cur:
+                cur, buf = blk, _block(seed, blk)
+            o = i * _BYTES
             ts = base + n / rate
             if disorder:
-                ts -= ((g >> 20) & 0xFFFFF) * (1.0 / 0x100000) * disorder
-            if late_p and ((g >> 40) & 0xFFFFF) * (1.0 / 0x100000) < late_p:
+                ts -= (buf[o + 11] << 8 | buf[o + 12]) * (1.0 / 65536) * disorder
+            if late_p and (buf[o + 13] << 8 | buf[o + 14]) * (1.0 / 65536) < late_p:
                 ts = base + n / rate - disorder - late_by
             epoch, off = divmod(n, TOTAL_PROPORTION)
             if off >= PERSON_PROPORTION + AUCTION_PROPORTION:  # a bid
                 newest_a = epoch * AUCTION_PROPORTION + AUCTION_PROPORTION - 1
-                if (h & 0xFF) % har:
+                if buf[o] % har:
                     auction = (newest_a // HOT_ID_STEP) * HOT_ID_STEP
                 else:
                     oldest = newest_a - inflight if newest_a > inflight else 0
-                    auction = oldest + ((h >> 8) & 0xFFFFF) % (
+                    auction = oldest + (buf[o + 1] << 8 | buf[o + 2]) % (
                         newest_a - oldest + 1 + AUCTION_ID_LEAD)
                 people = epoch * PERSON_PROPORTION + PERSON_PROPORTION  # newest + 1
-                if ((h >> 28) & 0xFF) % hbr:
+                if buf[o + 3] % hbr:
                     bidder = ((people - 1) // HOT_ID_STEP) * HOT_ID_STEP + 1
                 else:
                     act = people if people < active else active
-                    bidder = people - act + ((h >> 36) & 0xFFFFF) % (act + PERSON_ID_LEAD)
-                ch = (h >> 56) & 3
+                    bidder = people - act + (buf[o + 4] << 8 | buf[o + 5]) % (
+                        act + PERSON_ID_LEAD)
+                cb = buf[o + 6]
+                ch = cb & 3
+                u = (buf[o + 8] << 16 | buf[o + 9] << 8 | buf[o + 10]) * (6.0 / 16777216)
                 ap({"kind": "bid", "auction": auction + FIRST_AUCTION_ID,
                     "bidder": bidder + FIRST_PERSON_ID,
-                    "price": round(10.0 ** ((g & 0xFFFFF) * (6.0 / 0x100000)) * 100.0),
-                    "channel": CHANNELS[ch], "url": urls[ch][h >> 57],
+                    "price": round(10.0 ** u * 100.0),
+                    "channel": CHANNELS[ch], "url": urls[ch][cb >> 2],
                     "date_time": ts, "extra": ""})
             elif off >= PERSON_PROPORTION:
-                ap(self._auction(n, _Rand(seed, n), ts))
+                ap(self._auction(n, buf, o, ts))
             else:
-                ap(self._person(n, _Rand(seed, n), ts))
+                ap(self._person(n, buf, o, ts))
+        self._cache = (cur, buf)
         return out
 
-    # --- people and auctions (8 % of the events: plain, not tuned) ----------------------
-    def _random_person(self, n: int, r: _Rand) -> int:
+    # --- people and auctions (8 % of the events) ------------------------------------------
+    def _random_person(self, n: int, r: int) -> int:
         people = last_person(n) + 1
         active = min(people, self.c.active_people)
-        return people - active + r.below(active + PERSON_ID_LEAD)
-
-    def _random_auction(self, n: int, r: _Rand) -> int:
-        newest = last_auction(n)
-        oldest = max(newest - self.c.in_flight_auctions, 0)
-        return oldest + r.below(newest - oldest + 1 + AUCTION_ID_LEAD)
+        return people - active + r % (active + PERSON_ID_LEAD)
 
     @staticmethod
-    def _price(r: _Rand) -> int:
-        return round(10.0 ** (r.unit() * 6.0) * 100.0)
+    def _price(b: bytes, o: int) -> int:
+        return round(10.0 ** ((b[o] << 16 | b[o + 1] << 8 | b[o + 2]) * (6.0 / 16777216))
+                     * 100.0)
 
-    def _person(self, n: int, r: _Rand, ts: float) -> dict[str, Any]:
+    def _person(self, n: int, b: bytes, o: int, ts: float) -> dict[str, Any]:
+        """Bytes: 0 first name, 1 last name, 2-9 credit card, 10 city, 15 state (11-14 are
+        the timestamp's, as for every kind)."""
         pid = last_person(n) + FIRST_PERSON_ID
-        name = f"{FIRST_NAMES[r.below(len(FIRST_NAMES))]} {LAST_NAMES[r.below(len(LAST_NAMES))]}"
+        first = FIRST_NAMES[b[o] % len(FIRST_NAMES)]
+        name = f"{first} {LAST_NAMES[b[o + 1] % len(LAST_NAMES)]}"
+        card = " ".join(f"{(b[o + k] << 8 | b[o + k + 1]) % 10000:04d}" for k in (2, 4, 6, 8))
         return {
             "kind": "person", "id": pid, "name": name,
-            "email_address": f"{name.split()[0].lower()}{pid}@example.com",
-            "credit_card": " ".join(f"{r.below(10000):04d}" for _ in range(4)),
-            "city": US_CITIES[r.below(len(US_CITIES))],
-            "state": US_STATES[r.below(len(US_STATES))],
+            "email_address": f"{first.lower()}{pid}@example.com", "credit_card": card,
+            "city": US_CITIES[b[o + 10] % len(US_CITIES)],
+            "state": US_STATES[b[o + 15] % len(US_STATES)],
             "date_time": ts, "extra": "",
         }
 
-    def _auction(self, n: int, r: _Rand, ts: float) -> dict[str, Any]:
+    def _auction(self, n: int, b: bytes, o: int, ts: float) -> dict[str, Any]:
+        """Bytes: 0 hot-seller draw, 1-2 seller, 3-5 initial bid, 6-8 reserve above it,
+        9-10 item and length, 15 category and description."""
         c = self.c
         aid = last_auction(n) + FIRST_AUCTION_ID
-        if r.below(c.hot_seller_ratio) > 0:
+        if b[o] % c.hot_seller_ratio:
             seller = (last_person(n) // HOT_ID_STEP) * HOT_ID_STEP
         else:
-            seller = self._random_person(n, r)
-        initial = self._price(r)
+            seller = self._random_person(n, b[o + 1] << 8 | b[o + 2])
+        initial = self._price(b, o + 3)
+        length = (b[o + 9] << 8 | b[o + 10]) * (1.0 / 65536)
         return {
-            "kind": "auction", "id": aid, "item_name": f"item-{r.below(100000)}",
-            "description": f"description-{r.below(1000)}", "initial_bid": initial,
-            "reserve": initial + self._price(r), "date_time": ts,
-            "expires": ts + 0.001 + r.unit() * 2.0 * self._auction_span,
+            "kind": "auction", "id": aid, "item_name": f"item-{b[o + 10] << 8 | b[o + 9]}",
+            "description": f"description-{b[o + 15] >> 3}", "initial_bid": initial,
+            "reserve": initial + self._price(b, o + 6), "date_time": ts,
+            "expires": ts + 0.001 + length * 2.0 * self._auction_span,
             "seller": seller + FIRST_PERSON_ID,
-            "category": FIRST_CATEGORY_ID + r.below(NUM_CATEGORIES), "extra": "",
+            "category": FIRST_CATEGORY_ID + b[o + 15] % NUM_CATEGORIES, "extra": "",
         }

@@ -22,6 +22,7 @@ from onceflow.api.joins import JoinContext, ProcessJoinFunction
 from onceflow.api.result import JobResult, OperatorMetrics
 from onceflow.api.two_input import (
     BroadcastContext,
+    BroadcastProcessFunction,
     BroadcastState,
     CoProcessFunction,
     KeyedBroadcastProcessFunction,
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BroadcastContext",
+    "BroadcastProcessFunction",
     "BroadcastState",
     "CheckpointConfig",
     "CheckpointError",

@@ -8,6 +8,8 @@ Shapes:
   ``j * 0.03``, interval join ``between(-0.5, 0.5)``; output ``(i, j)``.
 * ``regular``: people ``(id, name)`` joined with auctions ``(a, seller)`` on
   ``id == seller`` (sellers ``>= PEOPLE`` match no one); output ``(name, a)``.
+* ``broadcast``: keyed events ``i`` connected to seven broadcast rules; each event is
+  emitted with the sum of the rules once the watermark passes it: ``(i, 28)``.
 * ``nexmark``: the Nexmark generator (3 splits) straight into the sink, one row per
   event, to show the source replays exactly the events after a checkpoint.
 * ``regular_ttl``: the same join with an event-time TTL of ``TTL`` seconds; people at
@@ -65,6 +67,18 @@ def build(shape: str, flow: of.Flow, records: int, rate: float, out: str) -> Non
             cond = cond.with_ttl(of.StateTtl(TTL, time_domain=of.TimeDomain.EVENT_TIME))
         (cond.apply(lambda p, a: (p[1], a[0]), name="join").sink(sink, name="files"))
         return
+    if shape == "broadcast":
+        rws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda r: 0.0)
+        rules = flow.source(of.sources.Collection(RULES), name="rules", parallelism=1,
+                            watermarks=rws)
+        ews = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda i: i * 0.01)
+        (flow.source(of.sources.Range(0, records), name="events", watermarks=ews)
+             .map(throttle(rate), name="throttle")
+             .key_by(lambda i: i % 50)
+             .connect(rules.broadcast(RULES_STATE))
+             .process(ApplyRules(), name="apply")
+             .sink(sink, name="files"))
+        return
     if shape == "nexmark":
         src = NexmarkSource(NexmarkConfig(events=records, seed=7), partitions=3)
         (flow.source(src, name="nexmark", watermarks=nexmark_watermarks())
@@ -75,6 +89,34 @@ def build(shape: str, flow: of.Flow, records: int, rate: float, out: str) -> Non
     raise SystemExit(f"unknown shape {shape}")
 
 
+RULES = [(f"r{k}", k) for k in range(1, 8)]
+RULES_STATE = of.MapStateDescriptor("rules")
+
+
+class ApplyRules(of.KeyedBroadcastProcessFunction):
+    """Each event waits for an event-time timer at its timestamp: the rules' source emits
+    its watermark after its records, so by then every rule is in the broadcast state, and
+    the result is the same in every run: (event, sum of the rule values)."""
+
+    def open(self, ctx: of.RuntimeContext) -> None:
+        self.waiting = ctx.map_state("waiting")
+
+    def process_element(self, value: int, ctx: of.BroadcastContext) -> None:
+        assert ctx.timestamp is not None
+        self.waiting.put(value, True)
+        ctx.timer_service.register_event_time_timer(ctx.timestamp)
+
+    def process_broadcast_element(self, rule: Any, ctx: of.BroadcastContext) -> None:
+        ctx.get_broadcast_state(RULES_STATE).put(rule[0], rule[1])
+
+    def on_timer(self, timestamp: float, ctx: of.BroadcastContext) -> list[Any]:
+        total = sum(ctx.get_broadcast_state(RULES_STATE).values())
+        due = [v for v in self.waiting.keys() if v * 0.01 <= timestamp]
+        for v in due:
+            self.waiting.remove(v)
+        return [(v, total) for v in due]
+
+
 def nexmark_row(e: dict[str, Any]) -> list[Any]:
     """What the nexmark shape commits per event: enough to tell every event apart."""
     key = e.get("id", e.get("auction"))
@@ -82,6 +124,9 @@ def nexmark_row(e: dict[str, Any]) -> list[Any]:
 
 
 def expected(shape: str, records: int) -> Counter[tuple[Any, ...]]:
+    if shape == "broadcast":
+        total = sum(v for _, v in RULES)
+        return Counter((i, total) for i in range(records))
     if shape == "nexmark":
         gen = Generator(NexmarkConfig(events=records, seed=7))
         return Counter(tuple(nexmark_row(e)) for e in gen.events(0, records))

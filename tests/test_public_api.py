@@ -15,6 +15,7 @@ import onceflow as of
 PUBLIC = {
     "onceflow": [
         "BroadcastContext",
+        "BroadcastProcessFunction",
         "BroadcastState",
         "CheckpointConfig",
         "CheckpointError",

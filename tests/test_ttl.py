@@ -86,6 +86,27 @@ def test_cleanup_runs_without_reads_of_the_expired_keys(tmp_path: Path) -> None:
     assert store.scope.key == "other"
 
 
+def test_the_cleanup_queue_holds_one_entry_per_key_however_often_it_is_written(
+        tmp_path: Path) -> None:
+    store = _store("memory", tmp_path)
+    clock = Clock()
+    cleaners: dict[int, Any] = {}
+    v, _, _ = _handles(store, clock, cleaners)
+    for i in range(1000):
+        store.scope.key = i % 3
+        clock.now += 0.001
+        v.update(i)
+    cleaner = cleaners[id(store)]
+    assert len(cleaner.heap) == 3
+    clock.now += 9.5  # the first hints are due, but the keys were written since: kept
+    store.scope.key = 0
+    assert v.value() == 999  # key 0 was last written with i = 999
+    assert len(store.tables["v"]) == 3 and len(cleaner.heap) == 3
+    clock.now += 1.0
+    v.value()
+    assert store.tables.get("v", {}) == {} and cleaner.heap == []
+
+
 def test_update_on_read_extends_the_life(tmp_path: Path) -> None:
     store = _store("memory", tmp_path)
     clock = Clock()

@@ -198,8 +198,8 @@ def test_connect_errors_name_the_problem() -> None:
         a.key_by(lambda x: x).connect(flow.source(of.sources.Range(0, 1)))
     with pytest.raises(ConfigurationError, match="CoProcessFunction"):
         a.connect(a).process(lambda v, c: None)  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="key the other stream first"):
-        a.connect(a.broadcast(of.MapStateDescriptor("rules")))
+    with pytest.raises(ConfigurationError, match="takes a BroadcastProcessFunction"):
+        a.connect(a.broadcast(of.MapStateDescriptor("rules"))).process(ApplyRules())
     with pytest.raises(ConfigurationError, match="MapStateDescriptor"):
         a.broadcast()
 
@@ -224,8 +224,17 @@ class ApplyRules(of.KeyedBroadcastProcessFunction):
         ctx.get_broadcast_state(RULES).put(value[0], value[1])
 
 
+class UnkeyedApplyRules(of.BroadcastProcessFunction):
+    def process_element(self, value: Any, ctx: of.BroadcastContext) -> list[Any]:
+        rules = ctx.get_broadcast_state(RULES)
+        return [(value[0], value[1], sorted(rules.items()), ctx.subtask_index)]
+
+    def process_broadcast_element(self, value: Any, ctx: of.BroadcastContext) -> None:
+        ctx.get_broadcast_state(RULES).put(value[0], value[1])
+
+
 def _broadcast_flow(p: int, ckpt: Path, out: Path, rules: list[Any], run: int,
-                    n_events: int) -> of.Flow:
+                    n_events: int, keyed: bool = True) -> of.Flow:
     """Run ``run`` reads its own new events source; those of earlier runs are finished in
     the checkpoint (they stay in the flow, so their state has a home)."""
     flow = of.Flow("bcast", parallelism=p, restart_strategy=of.restart.no_restart())
@@ -236,22 +245,29 @@ def _broadcast_flow(p: int, ckpt: Path, out: Path, rules: list[Any], run: int,
                     name=f"events-{run}")
     if olds:
         e = e.union(*olds, name="all-events")
-    (e.key_by(lambda ev: ev[0]).connect(r.broadcast(RULES))
-      .process(ApplyRules(), name="apply", uid="apply")
-      .sink(of.sinks.FileSink(out), name="out"))
+    if keyed:
+        connected = e.key_by(lambda ev: ev[0]).connect(r.broadcast(RULES))
+        fn: Any = ApplyRules()
+    else:
+        connected = e.rebalance().map(lambda ev: ev, name="spread").connect(
+            r.broadcast(RULES))
+        fn = UnkeyedApplyRules()
+    (connected.process(fn, name="apply", uid="apply")
+              .sink(of.sinks.FileSink(out), name="out"))
     return flow
 
 
+@pytest.mark.parametrize("keyed", [True, False])
 def test_broadcast_state_reaches_every_subtask_and_survives_rescaling_2_3_1(
-        tmp_path: Path) -> None:
+        tmp_path: Path, keyed: bool) -> None:
     rules = [("double", 2), ("triple", 3)]
     ckpt = tmp_path / "ck"
     # run 1 at parallelism 2: only the rules arrive; the broadcast state is checkpointed
-    _broadcast_flow(2, ckpt, tmp_path / "o1", rules, 1, 0).run()
+    _broadcast_flow(2, ckpt, tmp_path / "o1", rules, 1, 0, keyed).run()
     want_rules = [["double", 2], ["triple", 3]]
     for p, run in ((3, 2), (1, 3)):
         out = tmp_path / f"o{run}"
-        result = _broadcast_flow(p, ckpt, out, rules, run, 300).run(
+        result = _broadcast_flow(p, ckpt, out, rules, run, 300, keyed).run(
             restore="latest")
         assert result.restored_from is not None
         got = of.sinks.read_committed(out)

@@ -10,7 +10,8 @@ checkpoint barrier is aligned over both inputs.
 
 Broadcast state: ``rules.broadcast(descriptor)`` sends every record of ``rules`` to every
 subtask of the operator it is connected to. ``events.key_by(f).connect(broadcast).process(
-fn)`` runs a :class:`KeyedBroadcastProcessFunction`: ``process_broadcast_element`` may
+fn)`` runs a :class:`KeyedBroadcastProcessFunction` (``events.connect(broadcast)`` without
+keys a :class:`BroadcastProcessFunction`): ``process_broadcast_element`` may
 change the broadcast state (``ctx.get_broadcast_state(descriptor)``, a dictionary),
 ``process_element`` may only read it. Every subtask holds the same broadcast state (so the
 broadcast function must change it the same way on every subtask: depend only on the
@@ -181,6 +182,26 @@ class KeyedBroadcastProcessFunction(ABC):
         """Called once when the subtask ends normally."""
 
 
+class BroadcastProcessFunction(ABC):
+    """A (non-keyed) stream connected to a broadcast stream: ``process_element`` gets the
+    stream's records (read-only broadcast state, no keyed state or timers);
+    ``process_broadcast_element`` gets every broadcast record on every subtask and may
+    change the broadcast state."""
+
+    def open(self, ctx: RuntimeContext) -> None:  # noqa: B027 - optional hook
+        """Called once per subtask before any record."""
+
+    @abstractmethod
+    def process_element(self, value: Any, ctx: BroadcastContext) -> Iterable[Any] | None: ...
+
+    @abstractmethod
+    def process_broadcast_element(self, value: Any, ctx: BroadcastContext
+                                  ) -> Iterable[Any] | None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Called once when the subtask ends normally."""
+
+
 class TwoInputSpec:
     """What a two-input node of the plan holds: it builds the operator in the worker."""
 
@@ -204,13 +225,15 @@ class CoProcessSpec(TwoInputSpec):
 
 @dataclass
 class BroadcastSpec(TwoInputSpec):
-    function: KeyedBroadcastProcessFunction
+    function: KeyedBroadcastProcessFunction | BroadcastProcessFunction
     descriptors: tuple[MapStateDescriptor, ...]
 
     def build(self, node: Node) -> Any:
-        from onceflow.runtime.two_input import BroadcastProcessOp
+        from onceflow.runtime.two_input import BroadcastProcessOp, UnkeyedBroadcastProcessOp
 
-        return BroadcastProcessOp(node, self.function, self.descriptors)
+        if isinstance(self.function, KeyedBroadcastProcessFunction):
+            return BroadcastProcessOp(node, self.function, self.descriptors)
+        return UnkeyedBroadcastProcessOp(node, self.function, self.descriptors)
 
 
 def two_input_node(flow: Flow, spec: TwoInputSpec, edges: list[Edge], name: str | None,
@@ -276,24 +299,27 @@ class ConnectedStreams:
 
 
 class BroadcastConnectedStream:
-    """A keyed stream connected to a broadcast stream."""
+    """A stream (keyed or not) connected to a broadcast stream."""
 
     def __init__(self, keyed: DataStream, broadcast: BroadcastStream) -> None:
         self._keyed, self._broadcast = keyed, broadcast
 
-    def process(self, fn: KeyedBroadcastProcessFunction, *, name: str | None = None,
-                parallelism: int | None = None, uid: str | None = None) -> DataStream:
-        """Run a :class:`KeyedBroadcastProcessFunction`."""
+    def process(self, fn: KeyedBroadcastProcessFunction | BroadcastProcessFunction, *,
+                name: str | None = None, parallelism: int | None = None,
+                uid: str | None = None) -> DataStream:
+        """Run a :class:`KeyedBroadcastProcessFunction` (keyed stream) or a
+        :class:`BroadcastProcessFunction` (non-keyed stream)."""
         from onceflow.api.flow import DataStream
 
-        if not isinstance(fn, KeyedBroadcastProcessFunction):
-            raise ConfigurationError(
-                "process() on a stream connected to a broadcast stream takes a "
-                f"KeyedBroadcastProcessFunction, got {type(fn).__name__}")
         key = _key_fn_of(self._keyed)
-        assert key is not None
-        edges = [Edge(self._keyed._node.id, Partitioning.KEY, key),
-                 Edge(self._broadcast._stream._node.id, Partitioning.BROADCAST)]
+        want = KeyedBroadcastProcessFunction if key is not None else BroadcastProcessFunction
+        if not isinstance(fn, want):
+            raise ConfigurationError(
+                f"process() on a {'keyed ' if key is not None else ''}stream connected to a "
+                f"broadcast stream takes a {want.__name__}, got {type(fn).__name__}")
+        first = (Edge(self._keyed._node.id, Partitioning.KEY, key) if key is not None
+                 else Edge(self._keyed._node.id, Partitioning.FORWARD))
+        edges = [first, Edge(self._broadcast._stream._node.id, Partitioning.BROADCAST)]
         spec = BroadcastSpec(fn, self._broadcast._descriptors)
         node = two_input_node(self._keyed._flow, spec, edges, name or "broadcast_process",
                               parallelism, uid)
@@ -306,10 +332,6 @@ def connect(first: DataStream, other: Any) -> ConnectedStreams | BroadcastConnec
     if isinstance(other, BroadcastStream):
         if other._stream._flow is not first._flow:
             raise ConfigurationError("connect() takes a stream of the same Flow")
-        if _key_fn_of(first) is None:
-            raise ConfigurationError(
-                "connect(broadcast stream): key the other stream first "
-                "(stream.key_by(f).connect(rules.broadcast(descriptor)))")
         return BroadcastConnectedStream(first, other)
     if not isinstance(other, DataStream) or other._flow is not first._flow:
         raise ConfigurationError(

@@ -229,6 +229,90 @@ class _UnkeyedCtx(_Ctx):
         super().output(tag, value)
 
 
+class _UnkeyedBroadcastCtx(_UnkeyedCtx, BroadcastContext):
+    def __init__(self, env: OperatorEnv, op: UnkeyedBroadcastProcessOp) -> None:
+        super().__init__(env, op)
+        self._bop = op
+        self.writable = False
+
+    get_broadcast_state = _BroadcastCtx.get_broadcast_state
+
+
+class UnkeyedBroadcastProcessOp(Operator):
+    """A non-keyed stream (input 0) connected to a broadcast stream (input 1). Keyed for
+    restore purposes only (``keyed = True``): each new subtask then reads at least one
+    old subtask's snapshot, which holds the broadcast state, at any parallelism. Its
+    records stay in their subtask (forward)."""
+
+    two_input = True
+    emits_side = True
+    keyed = True
+
+    def __init__(self, node: Node, func: Any, descriptors: tuple[MapStateDescriptor, ...]
+                 ) -> None:
+        super().__init__(node)
+        self.func = func
+        self.input_no = 0
+        self.broadcast_state: dict[str, dict[Any, Any]] = {d.name: {} for d in descriptors}
+        self.ctx: _UnkeyedBroadcastCtx | None = None
+
+    def open(self, rt: OperatorEnv) -> None:
+        self.ctx = _UnkeyedBroadcastCtx(rt, self)
+        try:
+            self.func.open(self.ctx)
+        except Exception as e:
+            raise UserFunctionError(self.name, "<open>", e) from e
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        return self._run(batch, None)[0]
+
+    def process_ts(self, batch: list[Any], ts: list[float]
+                   ) -> tuple[list[Any], list[float] | None]:
+        return self._run(batch, ts)
+
+    def _run(self, batch: list[Any], ts: list[float] | None
+             ) -> tuple[list[Any], list[float] | None]:
+        ctx = self.ctx
+        assert ctx is not None
+        bcast = self.input_no == 1
+        pe = self.func.process_broadcast_element if bcast else self.func.process_element
+        ctx.writable = bcast
+        out: list[Any] = []
+        out_ts: list[float] = []
+        r: Any = None
+        try:
+            for j, r in enumerate(batch):
+                t = ts[j] if ts is not None else None
+                ctx._timestamp = t
+                res = pe(r, ctx)
+                if res is not None:
+                    for x in res:
+                        out.append(x)
+                        out_ts.append(t)  # type: ignore[arg-type]
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, r, e) from e
+        finally:
+            ctx._timestamp = None
+            ctx.writable = False
+        return out, (out_ts if ts is not None else None)
+
+    def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
+        return {"_broadcast": self.broadcast_state}
+
+    def restore(self, states: list[Any], filter_keys: bool) -> None:
+        for st in states:
+            if st and st.get("_broadcast") is not None:
+                for name, data in st["_broadcast"].items():
+                    if name in self.broadcast_state:
+                        self.broadcast_state[name] = dict(data)
+                return
+
+    def close(self) -> None:
+        self.func.close()
+
+
 class UnkeyedCoProcessOp(Operator):
     """``a.connect(b).process(fn)`` without keys: records stay in their subtask, no keyed
     state, no timers (as in Flink)."""
@@ -286,4 +370,4 @@ class UnkeyedCoProcessOp(Operator):
 
 
 __all__ = ["BroadcastProcessOp", "CoProcessOp", "KeyedTwoInputOp", "TimeDomain",
-           "UnkeyedCoProcessOp"]
+           "UnkeyedBroadcastProcessOp", "UnkeyedCoProcessOp"]

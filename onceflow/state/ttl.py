@@ -64,18 +64,25 @@ _MISSING = object()
 
 
 class TtlCleaner:
-    """The expiry queue of one keyed store's TTL states: ``(expires_at, seq, state, key)``.
-    Entries are hints: cleaning re-reads the stored expiry, so a key updated since is
-    kept."""
+    """The expiry queue of one keyed store's TTL states: at most one entry
+    ``(expires_at, seq, state, key)`` per state and key, so it is as large as the live
+    state, however often a key is written. Entries are hints: cleaning re-reads the stored
+    expiry, and a key whose entries were written again since is queued again at its next
+    expiry."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
         self.heap: list[tuple[float, int, _TtlBase, Any]] = []
+        self.pending: set[tuple[int, Any]] = set()
         self.seq = 0
         self.cleaned = 0  # entries removed (for tests and metrics)
         self._cleaning = False
 
     def note(self, state: _TtlBase, key: Any, expires: float) -> None:
+        marker = (id(state), key)
+        if marker in self.pending:
+            return  # already queued at an earlier (or equal) time: checked then
+        self.pending.add(marker)
         self.seq += 1
         heapq.heappush(self.heap, (expires, self.seq, state, key))
 
@@ -89,8 +96,12 @@ class TtlCleaner:
         try:
             while heap and heap[0][0] <= now:
                 _, _, state, key = heapq.heappop(heap)
+                self.pending.discard((id(state), key))
                 scope.key = key
                 self.cleaned += state._purge(now)
+                nxt = state._earliest()
+                if nxt is not None:
+                    self.note(state, key, nxt)
         finally:
             scope.key = saved
             self._cleaning = False

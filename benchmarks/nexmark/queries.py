@@ -93,10 +93,20 @@ QUERIES: dict[str, Callable[[of.DataStream], of.DataStream]] = {
 
 
 def build(flow: of.Flow, query: str, config: NexmarkConfig, sink: Any,
-          partitions: int | None = None) -> None:
-    """The source, the query and ``sink``, added to ``flow``."""
-    events = flow.source(NexmarkSource(config, partitions=partitions), name="nexmark",
-                         watermarks=watermarks(config))
+          partitions: int | None = None, kafka: tuple[str, str] | None = None) -> None:
+    """The source, the query and ``sink``, added to ``flow``. ``kafka``: ``(bootstrap,
+    topic)`` to read the events from a topic ``prefill_kafka`` filled (JSON, read to the
+    end offsets it has when the job starts) instead of the generator in-process; per-
+    partition watermarks either way."""
+    source: Any
+    if kafka is not None:
+        from onceflow.kafka import KafkaSource
+
+        source = KafkaSource(kafka[0], kafka[1], deserializer="json", value_only=True,
+                             stop_at="end", group_id=f"{flow.name}-reader")
+    else:
+        source = NexmarkSource(config, partitions=partitions)
+    events = flow.source(source, name="nexmark", watermarks=watermarks(config))
     QUERIES[query](events).sink(sink, name="results")
 
 

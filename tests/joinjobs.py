@@ -12,6 +12,9 @@ Shapes:
   emitted with the sum of the rules once the watermark passes it: ``(i, 28)``.
 * ``nexmark``: the Nexmark generator (3 splits) straight into the sink, one row per
   event, to show the source replays exactly the events after a checkpoint.
+* ``nexmark-qN``: Nexmark query N of benchmarks/nexmark/queries.py over the generator
+  (seed 17, 1,000 events/s of event time, 1 s disorder), into files; the expected output
+  is DuckDB's (tests/test_nexmark_queries.py).
 * ``regular_ttl``: the same join with an event-time TTL of ``TTL`` seconds; people at
   event time ``id * 0.01``, auctions at ``a * 0.01``. Pairs less than ``TTL`` apart always
   meet; which farther pairs meet depends on how far the watermark got (see
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from typing import Any
@@ -31,6 +35,9 @@ import onceflow as of
 from onceflow.nexmark import Generator, NexmarkConfig, NexmarkSource
 from onceflow.nexmark import watermarks as nexmark_watermarks
 from onceflow.testing import throttle
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks", "nexmark"))
 
 PEOPLE = 4000
 TTL = 5.0
@@ -79,6 +86,12 @@ def build(shape: str, flow: of.Flow, records: int, rate: float, out: str) -> Non
              .process(ApplyRules(), name="apply")
              .sink(sink, name="files"))
         return
+    if shape.startswith("nexmark-q"):  # a Nexmark query from the generator, into files
+        import queries  # benchmarks/nexmark (on sys.path below)
+
+        queries.build(flow, shape.split("-")[1], nexmark_query_config(records), sink,
+                      partitions=3, throttle_to=rate)
+        return
     if shape == "nexmark":
         src = NexmarkSource(NexmarkConfig(events=records, seed=7), partitions=3)
         (flow.source(src, name="nexmark", watermarks=nexmark_watermarks())
@@ -117,6 +130,10 @@ class ApplyRules(of.KeyedBroadcastProcessFunction):
         return [(v, total) for v in due]
 
 
+def nexmark_query_config(records: int) -> NexmarkConfig:
+    return NexmarkConfig(events=records, seed=17, rate=1000.0, out_of_orderness=1.0)
+
+
 def nexmark_row(e: dict[str, Any]) -> list[Any]:
     """What the nexmark shape commits per event: enough to tell every event apart."""
     key = e.get("id", e.get("auction"))
@@ -124,6 +141,10 @@ def nexmark_row(e: dict[str, Any]) -> list[Any]:
 
 
 def expected(shape: str, records: int) -> Counter[tuple[Any, ...]]:
+    if shape.startswith("nexmark-q"):
+        from test_nexmark_queries import reference
+
+        return reference(shape.split("-")[1], nexmark_query_config(records))
     if shape == "broadcast":
         total = sum(v for _, v in RULES)
         return Counter((i, total) for i in range(records))
@@ -181,7 +202,8 @@ def main() -> None:
     result = flow.run()
     print(json.dumps({"restarts": result.restarts,
                       "checkpoints": len(result.completed_checkpoints),
-                      "sink_in": result.operators["files"].records_in}), flush=True)
+                      "sink_in": (result.operators.get("files")
+                                  or result.operators["results"]).records_in}), flush=True)
 
 
 if __name__ == "__main__":

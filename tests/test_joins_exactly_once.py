@@ -53,7 +53,8 @@ class JoinJob(JobProcess):
 @pytest.mark.parametrize(("shape", "backend"), [("interval", "memory"), ("interval", "rocksdb"),
                                                 ("regular", "memory"),
                                                 ("regular_ttl", "rocksdb"),
-                                                ("broadcast", "memory")])
+                                                ("broadcast", "memory"),
+                                                ("nexmark-q3", "rocksdb")])
 def test_random_worker_kills_leave_join_output_exact(tmp_path: Path, shape: str,
                                                      backend: str) -> None:
     rng = random.Random(f"{SEED}-{shape}-{backend}")

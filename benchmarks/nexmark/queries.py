@@ -93,11 +93,13 @@ QUERIES: dict[str, Callable[[of.DataStream], of.DataStream]] = {
 
 
 def build(flow: of.Flow, query: str, config: NexmarkConfig, sink: Any,
-          partitions: int | None = None, kafka: tuple[str, str] | None = None) -> None:
+          partitions: int | None = None, kafka: tuple[str, str] | None = None,
+          throttle_to: float | None = None) -> None:
     """The source, the query and ``sink``, added to ``flow``. ``kafka``: ``(bootstrap,
     topic)`` to read the events from a topic ``prefill_kafka`` filled (JSON, read to the
     end offsets it has when the job starts) instead of the generator in-process; per-
-    partition watermarks either way."""
+    partition watermarks either way. ``throttle_to``: at most this many events/s per
+    subtask (crash tests, so a kill lands mid-run)."""
     source: Any
     if kafka is not None:
         from onceflow.kafka import KafkaSource
@@ -107,6 +109,10 @@ def build(flow: of.Flow, query: str, config: NexmarkConfig, sink: Any,
     else:
         source = NexmarkSource(config, partitions=partitions)
     events = flow.source(source, name="nexmark", watermarks=watermarks(config))
+    if throttle_to:
+        from onceflow.testing import throttle
+
+        events = events.map(throttle(throttle_to), name="throttle")
     QUERIES[query](events).sink(sink, name="results")
 
 

@@ -6,6 +6,7 @@ run them. Users import only what is listed in ``__all__`` plus the submodules
 ``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart`` and ``onceflow.state``.
 """
 
+from onceflow import logging as _logging
 from onceflow import restart, sinks, sources, state
 from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
@@ -34,6 +35,7 @@ from onceflow.errors import (
     CheckpointError,
     ConfigurationError,
     CorruptCheckpointError,
+    ExistingCheckpointError,
     IncompatibleStateError,
     JobFailedError,
     NoCheckpointError,
@@ -45,6 +47,8 @@ from onceflow.runtime.control import SavepointError
 from onceflow.state.ttl import StateTtl
 
 __version__ = "0.1.0"
+
+_logging.install_fallback()  # warnings reach stderr, with their level, until logging is set up
 
 __all__ = [
     "BroadcastContext",
@@ -58,6 +62,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptCheckpointError",
     "DataStream",
+    "ExistingCheckpointError",
     "Flow",
     "IncompatibleStateError",
     "JobClient",

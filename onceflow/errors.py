@@ -5,6 +5,7 @@ Every error onceflow raises derives from :class:`OnceflowError`; subclasses say 
     OnceflowError
     ├── ConfigurationError      a setting or a flow definition is wrong; change it and rerun
     ├── CheckpointError         checkpoint storage cannot be used as asked
+    │   ├── ExistingCheckpointError a run without restore found this flow's checkpoints
     │   ├── NoCheckpointError       an explicit restore path holds no complete checkpoint
     │   ├── CorruptCheckpointError  a checkpoint's files fail their checksums or are missing
     │   └── IncompatibleStateError  a checkpoint cannot be restored into this flow
@@ -30,6 +31,18 @@ class ConfigurationError(OnceflowError, ValueError):
 
 class CheckpointError(OnceflowError):
     """Checkpoint storage cannot be used as asked."""
+
+
+class ExistingCheckpointError(CheckpointError):
+    """A run without ``restore`` found completed checkpoints of the same flow in its
+    checkpoint storage. Pass ``restore="latest"`` to continue the job, or ``fresh=True``
+    to start over and write the whole output again. ``checkpoint_id`` and ``path`` name
+    the newest one found."""
+
+    def __init__(self, message: str, checkpoint_id: int, path: str) -> None:
+        super().__init__(message)
+        self.checkpoint_id = checkpoint_id
+        self.path = path
 
 
 class NoCheckpointError(CheckpointError):
@@ -84,12 +97,18 @@ class RecordFormatError(OnceflowError):
 class JobFailedError(OnceflowError):
     """The job failed and the restart strategy allows no further attempt.
 
-    ``cause`` is the last failure's description, ``failures`` every failure seen."""
+    ``reason`` is the last failure's description, ``failures`` every failure seen.
+    ``cause`` is the exception the user's code raised in the last failure, rebuilt with
+    its original type where possible (so ``except ValueError`` works on it), else None (a
+    worker was killed, ...); ``user_traceback`` its frames in the user's files."""
 
-    def __init__(self, message: str, cause: str, failures: list[str]) -> None:
+    def __init__(self, message: str, reason: str, failures: list[str], *,
+                 cause: BaseException | None = None, user_traceback: str | None = None) -> None:
         super().__init__(message)
-        self.cause = cause
+        self.reason = reason
         self.failures = failures
+        self.cause = cause
+        self.user_traceback = user_traceback
 
 
 def _short_repr(value: object, limit: int = 200) -> str:

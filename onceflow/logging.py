@@ -1,7 +1,10 @@
 """Logging set-up for programs that run flows: plain text or one JSON object per line.
 
-onceflow itself installs no handlers (see docs/operations.md#logs). Call
-:func:`configure` once, before ``flow.run()``; workers are forked and inherit it::
+onceflow leaves logging to the program (see docs/operations.md#logs). Only while the
+program has configured no logging at all does a fallback print onceflow's WARNING and
+ERROR lines to stderr, with their level (``WARNING onceflow: ...``), so that restarts are
+never silent. Call :func:`configure` once, before ``flow.run()``; workers are forked and
+inherit it::
 
     import onceflow.logging
     onceflow.logging.configure(json=True)   # or set ONCEFLOW_LOG_JSON=1 and omit json=
@@ -83,6 +86,34 @@ def configure(*, json: bool | None = None, level: int | str = _logging.INFO,
     logger.setLevel(level)
     logger.propagate = False
     return handler
+
+
+class _Fallback(_logging.Handler):
+    """Prints WARNING and above as ``LEVEL logger: message`` to stderr, but only while no
+    other handler would get the record: none on the ``onceflow`` logger, and none on the
+    root logger (or no propagation to it)."""
+
+    def __init__(self) -> None:
+        super().__init__(_logging.WARNING)
+        self.setFormatter(_logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: _logging.LogRecord) -> None:
+        logger = _logging.getLogger("onceflow")
+        if any(not isinstance(h, _Fallback) for h in logger.handlers) or \
+                (logger.propagate and _logging.getLogger().handlers):
+            return  # the program configured logging: its handlers decide
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # stderr is closed: nothing to tell
+
+
+def install_fallback() -> None:
+    """Called when onceflow is imported (once)."""
+    logger = _logging.getLogger("onceflow")
+    if not any(isinstance(h, _Fallback) for h in logger.handlers):
+        logger.addHandler(_Fallback())
 
 
 def json_active() -> bool:

@@ -19,6 +19,7 @@ sink committed with what was sent. Example with the built-in ``FileSink``::
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -104,12 +105,17 @@ def check_sink_exactly_once(
         for n, point in enumerate(points):
             case = f"case{n}"
             token = os.path.join(base, f"{case}.fired")
+            ckpt = os.path.join(base, f"{case}-ckpt")
+            # a workdir used before: this case starts over (its checkpoints and fault token)
+            shutil.rmtree(ckpt, ignore_errors=True)
+            if os.path.exists(token):
+                os.unlink(token)
             os.environ["ONCEFLOW_FAULT"] = point
             os.environ["ONCEFLOW_FAULT_TOKEN"] = token
             _faults.reload()
             flow = Flow(f"conformance-{case}", parallelism=parallelism, batch_size=256,
                         restart_strategy=fixed_delay(attempts=3, delay=0.05))
-            flow.enable_checkpointing(0.1, os.path.join(base, f"{case}-ckpt"), retained=2)
+            flow.enable_checkpointing(0.1, ckpt, retained=2)
             pause = 256 * duration * parallelism / max(1, records)
 
             def shape(i: int, _m: Any = to_record, _p: float = pause) -> Any:

@@ -329,7 +329,7 @@ def test_user_function_error_names_operator_and_record(kind: str, tmp_path: Path
         flow.run()
     err = exc.value
     assert len(err.failures) == 2, "one restart, then give up"
-    for text in (str(err), err.cause, *err.failures):
+    for text in (str(err), err.reason, *err.failures):
         assert "'culprit'" in text
         assert repr(POISON) in text
         assert "ValueError" in text and "cannot digest this" in text

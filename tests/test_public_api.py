@@ -25,6 +25,7 @@ PUBLIC = {
         "ConfigurationError",
         "CorruptCheckpointError",
         "DataStream",
+        "ExistingCheckpointError",
         "Flow",
         "IncompatibleStateError",
         "JobClient",

@@ -126,7 +126,7 @@ def test_job_runs_once_plus_attempts_then_fails(attempts: int, tmp_path: Path) -
     err = exc.value
     assert len(err.failures) == attempts + 1
     assert "fixed_delay" in str(err)
-    assert "'explode'" in err.cause and "41" in err.cause
+    assert "'explode'" in err.reason and "41" in err.reason
     assert len(list(tmp_path.iterdir())) == attempts + 1, "attempts actually run"
 
 

@@ -65,6 +65,9 @@ class RestartStrategy:
     reset_after: float = 120.0  # exponential: a run this long without failure resets the delay
     max_failures_per_interval: int | None = None
     failure_rate_interval: float = 600.0
+    # the same failure (error, operator, record) this many attempts in a row, with no
+    # checkpoint completing in between, stops the job (None: retry as the strategy allows)
+    max_repeated_failures: int | None = 3
 
     def validate(self) -> None:
         if self.kind not in ("fixed_delay", "exponential_backoff", "none"):
@@ -74,6 +77,11 @@ class RestartStrategy:
             raise ConfigurationError("restart strategy: delays must be numbers >= 0")
         if self.attempts is not None and self.attempts < 0:
             raise ConfigurationError("restart strategy: attempts must be >= 0")
+        m = self.max_repeated_failures
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 2):
+            raise ConfigurationError(
+                f"restart strategy: max_repeated_failures must be an integer >= 2 or None "
+                f"(no limit), got {m!r}")
 
     def next_delay(self, failure_times: list[float], now: float) -> float | None:
         """The delay before the next attempt, or None to give up. ``failure_times`` holds
@@ -97,22 +105,31 @@ class RestartStrategy:
         return min(self.max_delay, self.delay * self.multiplier ** (streak - 1))
 
 
-def fixed_delay(attempts: int = 3, delay: float = 1.0) -> RestartStrategy:
-    """Restart up to ``attempts`` times, waiting ``delay`` seconds each time."""
-    return RestartStrategy("fixed_delay", attempts=attempts, delay=delay)
+def fixed_delay(attempts: int | None = 3, delay: float = 1.0, *,
+                max_repeated_failures: int | None = 3) -> RestartStrategy:
+    """Restart up to ``attempts`` times (None: without limit), waiting ``delay`` seconds
+    each time. A failure that repeats at the same record (same error, same operator, no
+    checkpoint completed in between) stops the job once it happened
+    ``max_repeated_failures`` times in a row; None retries it as ``attempts`` allows."""
+    return RestartStrategy("fixed_delay", attempts=attempts, delay=delay,
+                           max_repeated_failures=max_repeated_failures)
 
 
 def exponential_backoff(initial: float = 1.0, max_delay: float = 60.0, multiplier: float = 2.0,
                         max_failures_per_interval: int | None = 10,
                         failure_rate_interval: float = 600.0,
-                        attempts: int | None = None) -> RestartStrategy:
+                        attempts: int | None = None, *,
+                        max_repeated_failures: int | None = 3) -> RestartStrategy:
     """Restart with delays ``initial``, ``initial*multiplier``, ... up to ``max_delay``; give
     up after more than ``max_failures_per_interval`` failures within
-    ``failure_rate_interval`` seconds (the default strategy)."""
+    ``failure_rate_interval`` seconds (the default strategy), or when the same failure
+    repeated at the same record ``max_repeated_failures`` times in a row (see
+    :func:`fixed_delay`; None: no such limit)."""
     return RestartStrategy("exponential_backoff", attempts=attempts, delay=initial,
                            max_delay=max_delay, multiplier=multiplier,
                            max_failures_per_interval=max_failures_per_interval,
-                           failure_rate_interval=failure_rate_interval)
+                           failure_rate_interval=failure_rate_interval,
+                           max_repeated_failures=max_repeated_failures)
 
 
 def no_restart() -> RestartStrategy:

@@ -146,14 +146,24 @@ class Flow:
                       f"of.state.RocksDBBackend(), got {type(self.state_backend).__name__}")
         validate()
 
-    def run(self, restore: str | os.PathLike[str] | None = None, *,
+    def run(self, restore: str | os.PathLike[str] | None = None, *, fresh: bool = False,
             dashboard: str | int | None = None, dashboard_token: str | None = None,
             metrics_port: int | None = None, progress: bool | float = False) -> JobResult:
         """Run the flow; block until its bounded input is processed and committed.
 
         ``restore``: ``"latest"`` resumes from the newest complete checkpoint in this flow's
         checkpoint storage (or starts from the beginning, saying so, when there is none); a
-        path resumes from that checkpoint directory.
+        path resumes from that checkpoint directory. Without ``restore`` the flow starts
+        from the beginning, and ``run()`` refuses (``ExistingCheckpointError``, naming the
+        newest checkpoint, when it completed and whether the job had finished) if the
+        checkpoint storage already holds completed checkpoints of this flow: their output
+        is committed, so starting over would write it again. ``fresh=True`` starts over
+        anyway, knowing the whole output is written a second time. Continuing a job that
+        had finished (``restore="latest"``) writes nothing again.
+
+        Ctrl-C (SIGINT) or SIGTERM while ``run()`` blocks in the main thread stops the job
+        with a savepoint (``JobResult.savepoint``; resume with ``restore="latest"``); a
+        second one stops at once and raises ``KeyboardInterrupt``.
 
         While it runs (see docs/operations.md): ``dashboard="[HOST:]PORT"`` serves a web
         dashboard (127.0.0.1 unless a host is given; any other host needs
@@ -161,19 +171,23 @@ class Flow:
         127.0.0.1:PORT/metrics; ``progress`` prints live progress to stderr (``True``, or
         a period in seconds). Port 0 picks a free port (logged on ``onceflow.web``)."""
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
-                              metrics_port=metrics_port, progress=progress)
+                              metrics_port=metrics_port, progress=progress,
+                              fresh=_fresh(restore, fresh))
         return driver.run(os.fspath(restore) if restore is not None else None)
 
-    def start(self, restore: str | os.PathLike[str] | None = None, *,
+    def start(self, restore: str | os.PathLike[str] | None = None, *, fresh: bool = False,
               dashboard: str | int | None = None, dashboard_token: str | None = None,
               metrics_port: int | None = None, progress: bool | float = False) -> JobClient:
         """Start the flow in a background thread of this process and return a
         :class:`~onceflow.JobClient` to take savepoints, stop with a savepoint, or wait for
         the result. Same arguments as :meth:`run`."""
         from onceflow.api.client import JobClient
+        from onceflow.runtime.rerun import check_before_start
 
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
-                              metrics_port=metrics_port, progress=progress)
+                              metrics_port=metrics_port, progress=progress,
+                              fresh=_fresh(restore, fresh))
+        check_before_start(self.name, self.checkpoint_config, restore, fresh)
         return JobClient(driver, os.fspath(restore) if restore is not None else None)
 
     def _driver(self, **observe: Any) -> JobDriver:
@@ -395,3 +409,13 @@ class SinkHandle:
 
     def __repr__(self) -> str:
         return f"<onceflow.api.flow.SinkHandle {self._node.name!r}>"
+
+
+def _fresh(restore: object, fresh: object) -> bool:
+    if not isinstance(fresh, bool):
+        raise ConfigurationError(f"fresh must be True or False, got {fresh!r}")
+    if fresh and restore is not None:
+        raise ConfigurationError(
+            f"run(restore={restore!r}, fresh=True): choose one: restore continues from a "
+            "checkpoint, fresh=True starts over from the beginning")
+    return fresh

@@ -1,8 +1,8 @@
 """The ``onceflow`` command.
 
     onceflow run job.py [--parallelism N] [--checkpoint-dir D] [--restore latest|PATH]
-                        [--dashboard [HOST:]PORT] [--metrics-port PORT] [--no-progress]
-                        [--progress-interval S] [--log-json] [-v]
+                        [--fresh] [--dashboard [HOST:]PORT] [--metrics-port PORT]
+                        [--no-progress] [--progress-interval S] [--log-json] [-v]
     onceflow verify job.py --kills K [--seed S]
     onceflow savepoint TARGET [--dir D] [--timeout S]
     onceflow stop TARGET --savepoint [--dir D] [--timeout S]
@@ -12,7 +12,9 @@
     onceflow kafka list --bootstrap B --prefix P
 
 Exit codes: 0 success, 1 the job failed (verify: the outputs differ; savepoint/stop: the
-job refused or did not answer), 2 bad arguments or configuration.
+job refused or did not answer), 2 bad arguments or configuration; ``run`` stopped by a
+signal: 130 after Ctrl-C (SIGINT), 143 after SIGTERM (128 + the signal's number), whether
+it stopped with a savepoint (first signal) or at once (second).
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import json
 import logging
 import os
 import runpy
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from onceflow.api.flow import Flow
-from onceflow.checkpoint.storage import METADATA, load_checkpoint
+from onceflow.checkpoint.storage import METADATA, CheckpointStorage, load_checkpoint
 from onceflow.errors import ConfigurationError, JobFailedError, OnceflowError
 from onceflow.graph.keygroups import key_group_range
 
@@ -36,7 +40,17 @@ from onceflow.graph.keygroups import key_group_range
 def _load_flow(path: str, name: str) -> Flow:
     if not os.path.isfile(path):
         raise ConfigurationError(f"job file {path} does not exist")
-    ns = runpy.run_path(path, run_name="__onceflow_job__")
+    folder = os.path.dirname(os.path.abspath(path))  # like `python job.py`: siblings import
+    if sys.path[:1] != [folder]:
+        sys.path.insert(0, folder)
+    try:
+        ns = runpy.run_path(path, run_name="__onceflow_job__")
+    except Exception as e:  # the job file itself raised: show where, in the user's file
+        from onceflow._usertrace import format_user_traceback
+
+        raise ConfigurationError(
+            f"job file {path} raised while loading:\n{format_user_traceback(e).rstrip()}"
+        ) from None
     obj = ns.get(name)
     if obj is None:
         raise ConfigurationError(
@@ -74,13 +88,45 @@ def cmd_run(args: argparse.Namespace) -> int:
             flow.enable_checkpointing(1.0, args.checkpoint_dir)
         else:
             flow.checkpoint_config = replace(flow.checkpoint_config, storage=args.checkpoint_dir)
+    from onceflow.runtime import interrupt
+
+    interrupt.resume_hint = _resume_command(args)
     try:
-        result = flow.run(restore=args.restore, **opts)
+        result = flow.run(restore=args.restore, fresh=args.fresh, **opts)
     except JobFailedError as e:
-        print(f"onceflow: job failed: {e}", file=sys.stderr)
+        from onceflow import logging as oflog
+
+        if oflog.json_active():  # a log pipeline gets the failure, the user's frames too
+            logging.getLogger("onceflow").error(
+                "job %r failed: %s", flow.name, e.reason,
+                extra={"event": "job_failed", "flow": flow.name, "cause": e.reason,
+                       "user_traceback": e.user_traceback})
+        else:
+            print(f"onceflow: job failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: what to do next is already printed
+        return 128 + (interrupt.last_signal or signal.SIGINT)
+    except (OnceflowError, OSError):
+        raise  # main() prints their message
+    except Exception as e:  # user code run by the driver (a source's splits(), ...)
+        from onceflow._usertrace import format_user_traceback
+
+        print(f"onceflow: job failed before it ran:\n{format_user_traceback(e).rstrip()}",
+              file=sys.stderr)
         return 1
     print(result.summary())
+    if interrupt.last_signal is not None:  # stopped with a savepoint by Ctrl-C / SIGTERM
+        return 128 + interrupt.last_signal
     return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    words = ["onceflow", "run", args.job]
+    if args.flow != "flow":
+        words += ["--flow", args.flow]
+    if args.checkpoint_dir is not None:
+        words += ["--checkpoint-dir", args.checkpoint_dir]
+    return " ".join(shlex.quote(w) for w in [*words, "--restore", "latest"])
 
 
 _ENTRIES = ("chk-", "corrupt-chk-", "savepoint-")
@@ -183,8 +229,41 @@ def _describe_state(kind: str | None, state: Any) -> dict[str, Any]:
     return {"state": repr(state)[:200]}
 
 
+def _latest_checkpoint(path: str) -> str:
+    """``path`` itself when it is a checkpoint; else the newest complete checkpoint or
+    savepoint that verifies in the flow folder (or the storage root of one flow) ``path``.
+    Nothing is moved or deleted."""
+    if os.path.exists(os.path.join(path, METADATA)) or not os.path.isdir(path):
+        return path
+    d, _ = _checkpoint_dirs(path)
+    storage = CheckpointStorage.__new__(CheckpointStorage)
+    storage.root = storage.dir = d
+    found = [(cid, storage.path(cid)) for cid in storage.complete_ids()]
+    found += [(cid, p) for cid, p in storage.savepoints() if os.path.isdir(p)]
+    problems: list[str] = []
+    for _, candidate in sorted(found, reverse=True):
+        try:
+            load_checkpoint(candidate)
+        except OnceflowError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            print(f"skipped newer checkpoints that do not verify: {'; '.join(problems)}",
+                  file=sys.stderr)
+        return candidate
+    raise ConfigurationError(
+        f"{path} holds no complete checkpoint (no chk-<n>/_metadata)"
+        + (f" that verifies ({'; '.join(problems)})" if problems else "")
+        + "; pass a checkpoint directory (.../chk-<n>) or a flow's checkpoint folder")
+
+
+def _key_groups(lo: int, end: int) -> str:
+    """A key-group range as the docs write it: first..last, both included."""
+    return f"{lo}..{end - 1}"
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    ckpt = load_checkpoint(os.path.abspath(args.path))
+    ckpt = load_checkpoint(_latest_checkpoint(os.path.abspath(args.path)))
     meta = ckpt.meta
     mp = meta["max_parallelism"]
     out: dict[str, Any] = {"checkpoint": ckpt.id, "path": ckpt.path, "flow": meta["flow"],
@@ -215,6 +294,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               f"{', stateless' if not op['stateful'] else ''})")
         for s in op["subtasks"]:
             extra = {k: v for k, v in s.items() if k not in ("subtask", "file", "file_size")}
+            if "key_groups" in extra:
+                extra["key_groups"] = _key_groups(*extra["key_groups"])
             print(f"    [{s['subtask']}] {s['file_size']:,} B  "
                   + "  ".join(f"{k}={v}" for k, v in extra.items()))
     return 0
@@ -254,8 +335,11 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from onceflow import __version__
+
     ap = argparse.ArgumentParser(prog="onceflow",
                                  description="Run and inspect onceflow jobs.")
+    ap.add_argument("--version", action="version", version=f"onceflow {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the Flow a Python file defines",
                        description="Run the module-level Flow of job.py (command-line values "
@@ -266,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--parallelism", type=int, help="default parallelism of the operators")
     r.add_argument("--checkpoint-dir", help="checkpoint storage directory")
     r.add_argument("--restore", help="'latest' or a checkpoint directory")
+    r.add_argument("--fresh", action="store_true",
+                   help="start from the beginning even though the checkpoint storage holds "
+                   "completed checkpoints of this flow (its output is written again)")
     r.add_argument("--dashboard", metavar="[HOST:]PORT",
                    help="serve the web dashboard (127.0.0.1 unless HOST is given; port 0 "
                    "picks one; any other host needs ONCEFLOW_DASHBOARD_TOKEN)")
@@ -319,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show what one checkpoint holds",
                        description="Operators, parallelism, per-subtask sizes and key-group "
                        "ranges, source positions and sink pending transactions.")
-    i.add_argument("path", help="a checkpoint directory (.../chk-<n>)")
+    i.add_argument("path", help="a checkpoint or savepoint directory (.../chk-<n>), or a "
+                   "flow's checkpoint folder (or a storage root holding one flow): its "
+                   "newest complete checkpoint")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_inspect)
     k = sub.add_parser("kafka", help="Kafka helpers",
@@ -330,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--prefix", required=True, help="the sink's transactional_id_prefix")
     k.set_defaults(func=cmd_kafka)
     return ap
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _port(text: str) -> int:
@@ -351,13 +449,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # JSON logs feed a log pipeline: one line per checkpoint and restart (INFO)
         oflog.configure(json=True, level=logging.INFO)
     elif level == logging.INFO:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     else:
-        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # where the dashboard and metrics are served is worth a line even when not verbose
     logging.getLogger("onceflow.web").setLevel(logging.INFO)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except KeyboardInterrupt:  # Ctrl-C before a job ran (a job run handles its own)
+        print(f"onceflow {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `onceflow checkpoints DIR | head`: the reader has had enough
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for `cat` in the same place
     except (ConfigurationError, OnceflowError, OSError) as e:
         print(f"onceflow {args.command}: {e}", file=sys.stderr)
         from onceflow.cli.remote import RemoteError

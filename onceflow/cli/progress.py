@@ -116,7 +116,16 @@ class ProgressPrinter:
 
 
 def _columns(stream: TextIO) -> int:
+    """The terminal's width. Some terminals (serial consoles, ``docker exec`` without a
+    size, some CI runners) report 0 columns: that means unknown, so use ``$COLUMNS`` or 80."""
     try:
-        return max(20, os.get_terminal_size(stream.fileno()).columns)
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (OSError, ValueError, AttributeError):
         return 200
+    if columns <= 0:
+        try:
+            columns = int(os.environ.get("COLUMNS", ""))
+        except ValueError:
+            columns = 0
+        columns = columns if columns > 0 else 80
+    return max(20, columns)

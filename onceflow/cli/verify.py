@@ -4,7 +4,8 @@ The flow runs three times in this process (the driver): twice undisturbed, then 
 random worker is SIGKILLed ``kills`` times. Each kill waits until the attempt before it is running
 again, so the killed run restarts exactly ``kills`` times (checked). Between kills the
 delay is random, scaled to the clean run's duration, so kills land at different points of
-the input (before, between and after checkpoints).
+the input (before, between and after checkpoints); all of them within the job's measured
+processing time (start-up excluded), so a short job gets every kill.
 
 **What is compared.** The records every :class:`~onceflow.sinks.FileSink` committed: its
 files without the hidden (uncommitted) ones, line by line, as a multiset. Order is not
@@ -55,6 +56,14 @@ class RunOutcome:
     seconds: float
     restarts: int
     kills: int
+    processing: float = 0.0  # from every worker running to the end (start-up excluded)
+
+
+def kill_spacing(processing: float, kills: int) -> float:
+    """The longest wait before each kill, counted from when the attempt runs: ``kills``
+    such waits fit in ``processing``, the job's measured length (without its start-up, which
+    on a short job can be longer than the processing), so a short job still gets them all."""
+    return max(0.01, processing / (kills + 1))
 
 
 def comparable_sinks(flow: Flow) -> list[Node]:
@@ -136,7 +145,7 @@ def _run_once(flow: Flow, sinks: list[Node], workdir: str, kills: int, spacing: 
     finally:
         done.set()
     return RunOutcome({n.name: read_lines(n.fn) for n in sinks}, time.monotonic() - t0,
-                      result.restarts, delivered)
+                      result.restarts, delivered, result.processing_seconds)
 
 
 def _examples(c: Counter[bytes], n: int = 3) -> str:
@@ -170,7 +179,7 @@ def verify(flow: Flow, kills: int, out: TextIO, seed: int | None = None) -> int:
             return UNUSABLE
         print(f"clean run again: the same output in {again.seconds:.1f} s", file=out,
               flush=True)
-        spacing = max(0.05, clean.seconds / (kills + 1))
+        spacing = kill_spacing(min(clean.processing, again.processing), kills)
         killed = _run_once(flow, sinks, os.path.join(root, "killed"), kills, spacing, rng)
         n_killed = sum(sum(c.values()) for c in killed.outputs.values())
         print(f"killed run: {n_killed:,} lines committed in {killed.seconds:.1f} s, "

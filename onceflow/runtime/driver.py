@@ -33,6 +33,7 @@ from onceflow.checkpoint.coordinator import (
     CheckpointStatus,
     CoordinatorSettings,
 )
+from onceflow.checkpoint.permissions import warn_if_open
 from onceflow.checkpoint.storage import (
     CheckpointStorage,
     CompletedCheckpoint,
@@ -41,13 +42,15 @@ from onceflow.checkpoint.storage import (
 from onceflow.errors import (
     ConfigurationError,
     IncompatibleStateError,
-    JobFailedError,
 )
 from onceflow.graph.jobgraph import JobGraph, build
 from onceflow.graph.logical import Kind, LogicalPlan
 from onceflow.runtime.control import JobControl, Request, SavepointError
+from onceflow.runtime.failures import FailureTracker
+from onceflow.runtime.interrupt import GracefulStop
 from onceflow.runtime.observers import Observers
 from onceflow.runtime.observers import validate as validate_observers
+from onceflow.runtime.rerun import check_fresh_start
 from onceflow.runtime.status import JobStatus
 from onceflow.runtime.worker import WorkerSpec, worker_main
 
@@ -71,6 +74,7 @@ class JobConfig:
     progress: bool | float = False  # live progress on stderr (a number: its period, s)
     dashboard_token: str | None = None  # required to bind the dashboard beyond loopback
     state_backend: Any = None  # MemoryBackend() when None
+    fresh: bool = False  # start from the beginning even over completed checkpoints
 
 
 class _Attempt:
@@ -118,6 +122,9 @@ class JobDriver:
         self.status = JobStatus(cfg.flow)  # what the dashboard, metrics and progress read
         self.control = JobControl()  # savepoint requests from other threads
         self.stopped_with_savepoint: str | None = None
+        self.failures = FailureTracker(  # repeats at one record, the user's error
+            cfg.flow, cfg.restart, [n.name for n in plan.nodes if n.kind in (Kind.SOURCE,
+                                                                               Kind.SINK)])
 
     # --- preparation ---------------------------------------------------------------------
     def _validate_connectors(self) -> None:
@@ -163,7 +170,8 @@ class JobDriver:
     # --- run -----------------------------------------------------------------------------
     def run(self, restore: str | None) -> JobResult:
         try:
-            return self._prepare_and_run(restore)
+            with GracefulStop(self):  # Ctrl-C / SIGTERM: stop with a savepoint
+                return self._prepare_and_run(restore)
         finally:  # also when preparation fails: nobody may wait on a savepoint forever
             self.control.close("the job has ended")
 
@@ -183,6 +191,8 @@ class JobDriver:
             tmpdir = tempfile.mkdtemp(prefix="onceflow-final-")
             storage = CheckpointStorage(tmpdir, cfg.flow)
         storage.prepare()
+        if ck is not None:
+            warn_if_open(storage)  # state files are pickles: the storage must be private
         observers: Observers | None = None
         try:
             observers = Observers(self.status, cfg, storage.dir if ck is not None else None,
@@ -213,6 +223,8 @@ class JobDriver:
                             "beginning", storage.dir)
         elif restore is not None:
             initial = resolve_restore_path(restore, cfg.flow)
+        elif cfg.checkpoint is not None:  # no silent second copy of the output
+            check_fresh_start(storage, cfg.flow, cfg.fresh)
         if initial is not None:
             self._check_compatible(initial, graph)
             log.info("restoring from checkpoint %d at %s", initial.id, initial.path)
@@ -270,20 +282,19 @@ class JobDriver:
             coordinator.reset("the job restarts")
             self.status.sync_checkpoints(coordinator.history, 0)
             storage.discard_incomplete()
+            stop = self.failures.on_failure(coordinator.history)  # repeats at one record?
             delay = cfg.restart.next_delay(failure_times, time.monotonic())
-            if delay is None:
+            if delay is None or stop:
                 coordinator.fail_requests(f"the job failed: {outcome}")
-                raise JobFailedError(
-                    f"job {cfg.flow!r} failed and the restart strategy ({cfg.restart.kind}) "
-                    f"allows no further attempt after {len(failures)} failure(s); last "
-                    f"failure: {outcome}", outcome, failures)
+                raise self.failures.job_failed(failures, stop if delay is not None else None)
             if any(c.status is CheckpointStatus.COMPLETED for c in coordinator.history):
                 current = storage.latest_valid()
             else:
                 current = initial
             where = f"checkpoint {current.id}" if current else "the beginning (no checkpoint)"
-            log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)",
-                        cfg.flow, outcome, where, delay, len(failures),
+            head, frames = self.failures.one_line(outcome)  # the user's frames go last
+            log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)%s",
+                        cfg.flow, head, where, delay, len(failures), frames,
                         extra={"event": "restart", "flow": cfg.flow, "cause": outcome,
                                "restart": len(failures), "delay_s": delay,
                                "checkpoint_id": current.id if current else None})
@@ -419,6 +430,7 @@ class JobDriver:
     def _supervise(self, att: _Attempt, n: int,
                    coordinator: CheckpointCoordinator) -> tuple[str | None, float | None]:
         processing_started: float | None = None
+        self.failures.new_attempt()
         while True:
             ready = cast(list[Any], wait([*att.conns, self.control.fileno()],
                                          coordinator.next_deadline()))
@@ -460,7 +472,8 @@ class JobDriver:
                         coordinator.on_decline(msg[1], msg[2], msg[3], msg[4])
                     elif kind == "failed":
                         log.debug("worker %d failure detail:\n%s", msg[1], msg[3])
-                        return f"worker {msg[1]}: {msg[2]}", processing_started
+                        return self.failures.received(msg[1], msg[2], msg[4]), \
+                            processing_started
                     elif kind == "finished":
                         att.finished.add(msg[1])
                         att.metrics.update(msg[2])

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from socket import socket
 from typing import Any
 
-from onceflow import _faults
+from onceflow import _faults, _usertrace
 from onceflow.checkpoint.storage import CompletedCheckpoint, encode_state, state_file_name
 from onceflow.errors import OnceflowError
 from onceflow.graph.jobgraph import JobGraph
@@ -385,7 +385,7 @@ def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket
             msg = f"{type(e).__name__}: {e}"
             detail = traceback.format_exc()
         try:
-            ctrl.send(("failed", spec.index, msg, detail))
+            ctrl.send(("failed", spec.index, msg, detail, _usertrace.safe_report(e)))
         except Exception:
             pass
         return 1

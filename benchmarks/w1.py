@@ -89,13 +89,13 @@ def _make_sink_class() -> type:
 
 # --- one run, in the child process ---------------------------------------------------------
 def build_flow(n: int, parallelism: int, checkpoints: bool, ckpt_dir: str, sink_dir: str,
-               interval: float = 1.0) -> Any:
+               interval: float = 1.0, ckpt_options: dict[str, Any] | None = None) -> Any:
     import onceflow as of
 
     sink_cls = _make_sink_class()
     flow = of.Flow("w1", parallelism=parallelism)
     if checkpoints:
-        flow.enable_checkpointing(interval=interval, storage=ckpt_dir)
+        flow.enable_checkpointing(interval=interval, storage=ckpt_dir, **(ckpt_options or {}))
     (flow.source(of.sources.Range(0, n), name="source")
          .map(lambda i: (i * 7919 % 10000, i % 100), name="records")  # W1's record i
          .map(lambda kv: (kv[0], kv[1] * 2), name="double")  # W1's map step
@@ -110,13 +110,14 @@ def _maxrss_mb(who: int) -> float:
     return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
 
 
-def run_one_onceflow(n: int, parallelism: int, checkpoints: bool, interval: float) -> dict:
+def run_one_onceflow(n: int, parallelism: int, checkpoints: bool, interval: float,
+                     ckpt_options: dict[str, Any] | None = None) -> dict:
     tmp = tempfile.mkdtemp(prefix="w1-")
     try:
         ckpt_dir = os.path.join(tmp, "checkpoints")
         sink_dir = os.path.join(tmp, "sink")
         os.makedirs(sink_dir)
-        flow = build_flow(n, parallelism, checkpoints, ckpt_dir, sink_dir, interval)
+        flow = build_flow(n, parallelism, checkpoints, ckpt_dir, sink_dir, interval, ckpt_options)
         result = flow.run()
         driver_mb = _maxrss_mb(resource.RUSAGE_SELF)
         worker_mb = _maxrss_mb(resource.RUSAGE_CHILDREN)  # the largest waited-for worker

@@ -11,6 +11,11 @@ Named points (context keys in brackets):
 - ``source.after_batch`` [task, subtask, records]: a source emitted a batch, ``records`` in all
 - ``snapshot.sync`` [checkpoint, task, subtask]: inside a task's synchronous snapshot phase
 - ``snapshot.async`` [checkpoint, task, subtask]: halfway through writing a state file
+- ``unaligned.overtaken`` [checkpoint]: a barrier overtook queued records, the snapshot is
+  not taken yet
+- ``snapshot.inflight`` [checkpoint, task, subtask, inflight]: an unaligned snapshot's
+  in-flight data (``inflight`` bytes) is about to be written
+- ``restore.inflight`` [task, subtask]: a restored task is replaying in-flight data
 - ``snapshot.upload`` [checkpoint, task, subtask]: a backend's files (RocksDB SST files,
   changelog) are uploaded, the subtask's state file is not written yet
 - ``sink.after_pre_commit`` [checkpoint, subtask]: a 2PC sink pre-committed, before the ack

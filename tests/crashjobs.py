@@ -56,9 +56,25 @@ class CountPerKey(of.KeyedProcessFunction):
         return [("stage2", ctx.current_key, c)]
 
 
+class _SlowSink(of.sinks.FileSink):
+    """A FileSink that takes ``delay`` seconds per record: downstream backpressure."""
+
+    def __init__(self, path: str, delay: float) -> None:
+        super().__init__(path)
+        self.delay = delay
+
+    def write(self, txn: Any, records: list[Any]) -> None:
+        import time
+
+        end = time.perf_counter() + self.delay * len(records)
+        super().write(txn, records)
+        while time.perf_counter() < end:
+            time.sleep(0.0005)
+
+
 def build(shape: str, flow: of.Flow, records: int, rate: float, out: str,
-          corpus: str) -> None:
-    sink = of.sinks.FileSink(out)
+          corpus: str, slow: float = 0.0) -> None:
+    sink = of.sinks.FileSink(out) if slow <= 0 else _SlowSink(out, slow)
     if shape == "keyed_count":
         (flow.source(of.sources.Range(0, records), name="numbers")
              .map(throttle(rate), name="throttle")
@@ -166,6 +182,12 @@ def main() -> None:
     ap.add_argument("--tolerable", type=int, default=0)
     ap.add_argument("--backend", choices=["memory", "rocksdb"], default="memory")
     ap.add_argument("--incremental", action="store_true")
+    ap.add_argument("--unaligned", action="store_true")
+    ap.add_argument("--aligned-timeout", type=float, default=None)
+    ap.add_argument("--buffer-time", type=float, default=None)
+    ap.add_argument("--slow", type=float, default=0.0,
+                    help="seconds per record in an operator just before the sink "
+                         "(backpressure)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -177,8 +199,10 @@ def main() -> None:
     flow.enable_checkpointing(args.interval, args.ckpt, mode=args.mode, retained=args.retained,
                               max_concurrent=args.max_concurrent, timeout=args.timeout,
                               tolerable_failures=args.tolerable,
-                              incremental=args.incremental)
-    build(args.shape, flow, args.records, args.rate, args.out, args.corpus)
+                              incremental=args.incremental, unaligned=args.unaligned,
+                              aligned_timeout=args.aligned_timeout,
+                              buffer_time=args.buffer_time)
+    build(args.shape, flow, args.records, args.rate, args.out, args.corpus, args.slow)
     result = flow.run(restore=args.restore)
     print(json.dumps({
         "restarts": result.restarts,

@@ -102,7 +102,7 @@ def _join_runner(lower: float, upper: float
     spec = next(t for t in g.tasks.values() if t.head.name == "j")
     runner = TaskRunner(spec, 0, OperatorEnv("hand-join", 0, 1, 8, (0, 8), 0), True, 64,
                         lambda *a: None, lambda r: None)
-    first, second = InputChannel(0, None, 0), InputChannel(1, None, 1)
+    first, second = InputChannel(0, None, ("a", 0, 1, 0)), InputChannel(1, None, ("b", 0, 1, 1))
     runner.inputs = [first, second]
     main, side = Collect(), Collect()
     runner.outputs = [main, side] if spec.output_tags[0] is None else [side, main]

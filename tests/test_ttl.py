@@ -3,7 +3,9 @@ up while the operator runs, and dropped at restore; event-time TTL in a running 
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,28 @@ def _handles(store: Any, clock: Clock, cleaners: dict[int, Any], ttl: Any = 10.0
     return mk("value", "v"), mk("list", "l"), mk("map", "m")
 
 
+def isolated(fn: Any, *args: Any) -> Any:
+    """Run ``fn`` in a fresh (spawned) interpreter when it opens RocksDB: RocksDB's
+    background threads do not survive ``fork``, so the pytest process, which later forks
+    the workers of other tests' jobs, must never open a database itself."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result(timeout=240)
+
+
+def _run(fn: Any, tmp_path: Path, backend: str) -> None:
+    if backend == "rocksdb":
+        isolated(fn, tmp_path, backend)
+    else:
+        fn(tmp_path, backend)
+
+
 @pytest.mark.parametrize("backend", ["memory", "rocksdb"])
 def test_expired_entries_are_invisible_and_cleaned_up(tmp_path: Path, backend: str) -> None:
+    _run(_expired_case, tmp_path, backend)
+
+
+def _expired_case(tmp_path: Path, backend: str) -> None:
     store = _store(backend, tmp_path)
     clock = Clock()
     v, lst, m = _handles(store, clock, {})
@@ -122,6 +144,10 @@ def test_update_on_read_extends_the_life(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["memory", "rocksdb"])
 def test_restore_drops_what_expired(tmp_path: Path, backend: str) -> None:
+    _run(_restore_case, tmp_path, backend)
+
+
+def _restore_case(tmp_path: Path, backend: str) -> None:
     store = _store(backend, tmp_path)
     clock = Clock()
     v, lst, _ = _handles(store, clock, {})

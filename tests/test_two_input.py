@@ -64,9 +64,9 @@ def _two_input_runner() -> tuple[TaskRunner, InputChannel, InputChannel, list[An
     snaps: list[Any] = []
     env = OperatorEnv("hand2", 0, 1, 8, (0, 8), 0)
     runner = TaskRunner(spec, 0, env, True, 64,
-                        lambda r, b, blob, asyncs, s, a: snaps.append(b.checkpoint_id),
+                        lambda r, b, blob, asyncs, s, a, *inflight: snaps.append(b.checkpoint_id),
                         lambda r: None)
-    first, second = InputChannel(0, None, 0), InputChannel(1, None, 1)
+    first, second = InputChannel(0, None, ("a", 0, 1, 0)), InputChannel(1, None, ("b", 0, 1, 1))
     runner.inputs = [first, second]
     runner.connect()
     runner.open([], None)

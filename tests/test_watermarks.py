@@ -229,7 +229,7 @@ def _runner(channels: int) -> tuple[TaskRunner, list[InputChannel], list[Any]]:
     snaps: list[Any] = []
     env = OperatorEnv("hand", 0, 1, 8, (0, 8), 0)
     runner = TaskRunner(spec, 0, env, True, 64,
-                        lambda r, b, blob, asyncs, s, a: snaps.append((b.checkpoint_id, blob)),
+                        lambda r, b, blob, *_: snaps.append((b.checkpoint_id, blob)),
                         lambda r: None)
     chans = [InputChannel(i) for i in range(channels)]
     runner.inputs = list(chans)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from onceflow.errors import ConfigurationError
 
 MODES = ("exactly_once", "at_least_once")
+UNALIGNED_BUFFER_TIME = 0.1  # seconds: buffer_time's default with unaligned checkpoints
 
 
 def _number(v: object) -> bool:
@@ -24,6 +25,18 @@ class CheckpointConfig:
     retained: int = 1
     tolerable_failures: int = 0
     incremental: bool = False
+    unaligned: bool = False
+    aligned_timeout: float | None = None
+    buffer_time: float | None = None
+
+    @property
+    def effective_buffer_time(self) -> float | None:
+        """Buffers sized by time: as given; unaligned checkpoints default to 0.1 s (a barrier
+        must not wait for a whole large batch to be processed); 0 turns it off."""
+        if self.buffer_time is not None:
+            return self.buffer_time or None
+        return UNALIGNED_BUFFER_TIME if (self.unaligned or self.aligned_timeout is not None) \
+            else None
 
     def validate(self) -> None:
         def bad(what: str) -> ConfigurationError:
@@ -49,6 +62,20 @@ class CheckpointConfig:
         if not isinstance(self.tolerable_failures, int) or self.tolerable_failures < 0:
             raise bad(f"tolerable_failures must be an integer >= 0, "
                       f"got {self.tolerable_failures!r}")
+        if not isinstance(self.unaligned, bool):
+            raise bad(f"unaligned must be True or False, got {self.unaligned!r}")
+        if self.aligned_timeout is not None and (
+                not _number(self.aligned_timeout) or self.aligned_timeout < 0):
+            raise bad(f"aligned_timeout must be a number of seconds >= 0 (or None), got "
+                      f"{self.aligned_timeout!r}")
+        if self.buffer_time is not None and (
+                not _number(self.buffer_time) or self.buffer_time < 0):
+            raise bad(f"buffer_time must be a number of seconds >= 0 (0 or None: fixed "
+                      f"buffers), got {self.buffer_time!r}")
+        if (self.unaligned or self.aligned_timeout is not None) \
+                and self.mode != "exactly_once":
+            raise bad("unaligned checkpoints (unaligned=True or aligned_timeout=...) are an "
+                      "exactly-once mode; with mode='at_least_once' barriers never wait anyway")
         if self.storage is None or not str(self.storage):
             raise bad("storage must be a directory path for checkpoint files")
 

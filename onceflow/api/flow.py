@@ -72,7 +72,9 @@ class Flow:
                              mode: str = "exactly_once", timeout: float = 600.0,
                              min_pause: float = 0.0, max_concurrent: int = 1,
                              retained: int = 1, tolerable_failures: int = 0,
-                             incremental: bool = False) -> Flow:
+                             incremental: bool = False, unaligned: bool = False,
+                             aligned_timeout: float | None = None,
+                             buffer_time: float | None = None) -> Flow:
         """Checkpoint every ``interval`` seconds into directory ``storage``.
 
         ``mode`` is ``"exactly_once"`` (aligned barriers) or ``"at_least_once"`` (no
@@ -82,11 +84,25 @@ class Flow:
         newest ``retained`` complete checkpoints are kept; more than ``tolerable_failures``
         failed checkpoints in a row fail the job. ``incremental``: each checkpoint writes only
         what changed since the previous one (RocksDB: new SST files; memory: a changelog of
-        changed keys) and references the rest. Settings are checked by ``run()``."""
+        changed keys) and references the rest.
+
+        ``unaligned=True``: exactly-once checkpoints whose barriers overtake the records
+        queued before them (Flink's unaligned checkpoints): a checkpoint takes about as long
+        under backpressure as without, and the overtaken records are stored with it and
+        replayed on restore. ``aligned_timeout=s``: start every checkpoint aligned and switch
+        a channel to unaligned when its barrier has not arrived within ``s`` seconds (quiet
+        jobs keep small checkpoints). Savepoints and the final checkpoint are always aligned.
+        ``buffer_time=s``: size every channel's buffer to hold about ``s`` seconds of its
+        consumer's throughput (at least one batch, at most ``channel_capacity``; a batch that
+        takes longer is taken in parts), so barriers and in-flight data stay small under
+        backpressure (Flink's buffer debloating). Unaligned checkpoints default to 0.1 s;
+        ``buffer_time=0`` turns it off.
+        Settings are checked by ``run()``."""
         self.checkpoint_config = CheckpointConfig(
             interval=interval, storage=os.fspath(storage) if storage is not None else None,
             mode=mode, timeout=timeout, min_pause=min_pause, max_concurrent=max_concurrent,
-            retained=retained, tolerable_failures=tolerable_failures, incremental=incremental)
+            retained=retained, tolerable_failures=tolerable_failures, incremental=incremental,
+            unaligned=unaligned, aligned_timeout=aligned_timeout, buffer_time=buffer_time)
         return self
 
     def set_restart_strategy(self, strategy: RestartStrategy) -> Flow:

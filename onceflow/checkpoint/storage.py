@@ -49,9 +49,15 @@ def state_file_name(task: str, subtask: int) -> str:
     return f"{task}-{subtask}.state"
 
 
-def encode_state(sync_blob: bytes, manifests: dict[str, Any]) -> bytes:
-    """A subtask's state file: the pickled synchronous part and each backend's manifest."""
-    return STATE_MAGIC + pickle.dumps({"sync": sync_blob, "async": manifests}, protocol=5)
+def encode_state(sync_blob: bytes, manifests: dict[str, Any],
+                 inflight: bytes | None = None) -> bytes:
+    """A subtask's state file: the pickled synchronous part, each backend's manifest, and
+    for an unaligned checkpoint the pickled in-flight data (``{channel origin: [pickled
+    item, ...]}``)."""
+    outer: dict[str, Any] = {"sync": sync_blob, "async": manifests}
+    if inflight is not None:
+        outer["inflight"] = inflight
+    return STATE_MAGIC + pickle.dumps(outer, protocol=5)
 
 
 def _checksum(body: dict[str, Any]) -> str:
@@ -84,6 +90,8 @@ class CompletedCheckpoint:
         data = self._read_verified(name)
         outer = pickle.loads(data[len(STATE_MAGIC):])  # checkpoint storage is trusted
         state: dict[str, Any] = pickle.loads(outer["sync"])
+        inflight = outer.get("inflight")
+        state["inflight"] = pickle.loads(inflight) if inflight is not None else {}
         for uid, manifest in outer["async"].items():
             part = dict(state["ops"][uid])
             if "tables" in manifest:  # a backend-neutral export (savepoint of RocksDB)

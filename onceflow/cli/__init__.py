@@ -208,12 +208,13 @@ def _describe_state(kind: str | None, state: Any) -> dict[str, Any]:
         return {}
     if kind == "source":
         return {"splits": [{"split": repr(s), "position": repr(p), "finished": f}
-                           for s, p, f in state]}
+                           for s, p, f, *_ in state]}  # (+ watermark state)
     if kind == "sink" and isinstance(state, dict) and "pending" in state:
         return {"pending_transactions": [{"checkpoint": c, "transaction": repr(t)}
                                          for c, t in state["pending"]]}
     if isinstance(state, dict) and state.get("format") == "memory-keyed-1":
-        return {"keyed_state": {name: len(t) for name, t in state["tables"].items()},
+        return {"keyed_state": {name: len(t) for name, t in state["tables"].items()
+                                if not name.startswith("\x00")},
                 "timers": _timer_count(state)}
     if isinstance(state, dict) and state.get("format") == "memory-changelog-1":
         chain = state["manifest"]["chain"]
@@ -477,4 +478,6 @@ if __name__ == "__main__":
 
 
 def _timer_count(state: dict[str, Any]) -> int:
+    if "timer_count" in state:  # RocksDB: the timers are in RocksDB, the head counts them
+        return int(state["timer_count"])
     return len(state["timers"]) + len(state.get("event_timers", ()))

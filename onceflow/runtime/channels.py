@@ -20,7 +20,7 @@ import struct
 from collections import deque
 from typing import Any
 
-from onceflow.runtime.events import TsBatch
+from onceflow.runtime.events import Barrier, TsBatch
 
 _HDR = struct.Struct("<IIB")
 DATA, EVENT, CREDIT, DATA_MARSHAL, TS_MARSHAL = 0, 1, 2, 3, 4
@@ -28,29 +28,60 @@ _RECV = 1 << 18
 
 
 class InputChannel:
-    __slots__ = ("blocked", "ended", "id", "input_no", "peer", "queue")
+    """The consumer's end of a channel. ``barriers``: how many barriers wait in ``queue``
+    (an unaligned checkpoint lets one overtake the records before it). ``origin``: (upstream
+    task, upstream subtask, upstream parallelism, input number), naming the channel across a
+    restore. ``owed``: batches replayed from a checkpoint's in-flight data into a remote
+    channel, for which the producer must not get a credit back."""
 
-    def __init__(self, channel_id: int, peer: Peer | None = None, input_no: int = 0) -> None:
+    __slots__ = ("barriers", "blocked", "ended", "held", "id", "input_no", "limit", "local_out",
+                 "origin", "owed", "peer", "queue", "queued")
+
+    def __init__(self, channel_id: int, peer: Peer | None = None,
+                 origin: tuple[str, int, int, int] | None = None) -> None:
         self.id = channel_id
-        self.input_no = input_no  # which logical input of its task (two-input operators)
+        # which logical input of its task (two-input operators)
+        self.input_no = origin[3] if origin is not None else 0
         self.queue: deque[Any] = deque()
         self.peer = peer
         self.blocked = False
         self.ended = False
+        self.barriers = 0
+        self.origin = origin
+        self.owed = 0
+        # buffers sized by time (the task's Debloater sets ``limit``): a local producer's
+        # capacity, or for a remote one the credits it holds plus the batches queued here
+        self.limit: int | None = None
+        self.held = 0  # credits the remote producer holds, or frames it sent not read yet
+        self.queued = 0  # batches in ``queue`` that a credit paid for
+        self.local_out: LocalOutput | None = None
 
     def pop(self) -> Any:
         item = self.queue.popleft()
         if self.peer is not None and (type(item) is list or type(item) is TsBatch):
-            self.peer.grant(self.id)
+            if self.owed:
+                self.owed -= 1
+                return item
+            self.queued -= 1
+            if self.limit is None:
+                self.held += 1
+                self.peer.grant(self.id)
+            else:
+                want = self.limit - self.queued - self.held
+                if want > 0:
+                    self.held += want
+                    self.peer.grant(self.id, want)
         return item
 
 
 class LocalOutput:
-    __slots__ = ("capacity", "queue")
+    __slots__ = ("capacity", "queue", "target")
 
     def __init__(self, target: InputChannel, capacity: int) -> None:
+        self.target = target
         self.queue = target.queue
         self.capacity = capacity
+        target.local_out = self
 
     def has_room(self) -> bool:
         return len(self.queue) < self.capacity
@@ -63,6 +94,8 @@ class LocalOutput:
 
     def send_event(self, event: object) -> None:
         self.queue.append(event)
+        if type(event) is Barrier:
+            self.target.barriers += 1
 
 
 class RemoteOutput:
@@ -101,6 +134,45 @@ class RemoteOutput:
 
     def send_event(self, event: object) -> None:
         self.peer.send(EVENT, self.id, pickle.dumps(event, protocol=5))
+
+
+class Debloater:
+    """Buffers sized by time (Flink's buffer debloating): every ``period`` seconds, from the
+    records a task took in since the last look, each input channel's limit becomes about
+    ``buffer_time`` seconds of that throughput (in batches of ``batch_size``, at least one,
+    at most the configured capacity: ``max_batches`` for a remote channel, half of it for
+    a local one), so a barrier queued behind records under backpressure
+    waits about ``buffer_time``, not for a whole fixed-size queue to drain. ``chunk``: when
+    even one batch takes longer than ``buffer_time``, the task takes batches in chunks of
+    about ``buffer_time`` worth of records."""
+
+    def __init__(self, channels: list[InputChannel], buffer_time: float, batch_size: int,
+                 max_batches: int, counter: Any, clock: Any, period: float = 0.2) -> None:
+        self.channels, self.buffer_time, self.batch_size = channels, buffer_time, batch_size
+        self.max_batches, self.counter, self.clock, self.period = \
+            max_batches, counter, clock, period
+        self.last_t = clock()
+        self.last_n = counter()
+        self.limit = max_batches
+        self.chunk = 0  # records a task should take from a batch at once (0: all)
+
+    def tick(self) -> None:
+        now = self.clock()
+        if now - self.last_t < self.period:
+            return
+        n = self.counter()
+        rate = (n - self.last_n) / (now - self.last_t)  # records per second
+        self.last_t, self.last_n = now, n
+        live = [c for c in self.channels if not c.ended] or self.channels
+        per_channel = rate * self.buffer_time / self.batch_size / len(live)
+        self.limit = max(1, min(self.max_batches, int(per_channel + 0.999)))
+        # records processed in about buffer_time; no chunking when a batch takes less
+        self.chunk = max(16, int(rate * self.buffer_time)) \
+            if rate * self.buffer_time < self.batch_size else 0
+        for c in live:
+            c.limit = self.limit
+            if c.local_out is not None:
+                c.local_out.capacity = min(self.limit, self.max_batches // 2 or 1)
 
 
 class PeerClosedError(ConnectionError):
@@ -177,12 +249,18 @@ class Peer:
                 if end - pos - hs < length:
                     break
                 payload = view[pos + hs : pos + hs + length]
+                if kind != EVENT:
+                    ch = self.inputs[channel]
+                    ch.held -= 1
+                    ch.queued += 1
                 if kind == DATA_MARSHAL:
                     item = mloads(payload)
                 elif kind == TS_MARSHAL:
                     item = TsBatch(*mloads(payload))
                 else:
                     item = loads(payload)
+                    if type(item) is Barrier:
+                        self.inputs[channel].barriers += 1
                 payload.release()  # no export may outlive the loop: the buffer is resized
                 self.inputs[channel].queue.append(item)
                 pos += hs + length

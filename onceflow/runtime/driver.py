@@ -374,7 +374,10 @@ class JobDriver:
                               cfg.channel_capacity, storage.dir, attempt_no, restore,
                               ck.interval if ck else None, ck.timeout if ck else None,
                               initial_splits, cfg.state_backend,
-                              bool(ck and ck.incremental))
+                              bool(ck and ck.incremental),
+                              unaligned=bool(ck and ck.unaligned),
+                              aligned_timeout=ck.aligned_timeout if ck else None,
+                              buffer_time=ck.effective_buffer_time if ck else None)
             pid = os.fork()
             if pid == 0:  # the worker process: never returns
                 code = 1

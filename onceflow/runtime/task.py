@@ -8,18 +8,20 @@ blocking: a task whose outputs are full simply does not take input (backpressure
 from __future__ import annotations
 
 import enum
+import math
 import pickle
 import time
 from collections.abc import Callable
+from itertools import compress, islice
 from typing import Any
 
 from onceflow import _faults
 from onceflow.errors import CheckpointError, ConfigurationError, UserFunctionError
 from onceflow.graph.jobgraph import Task
-from onceflow.graph.keygroups import stable_hash, subtask_table
+from onceflow.graph.keygroups import key_group, stable_hash, subtask_table
 from onceflow.graph.logical import Kind, Partitioning
-from onceflow.runtime.barriers import make_handler
-from onceflow.runtime.channels import InputChannel, LocalOutput, RemoteOutput
+from onceflow.runtime.barriers import UnalignedBarrierHandler, make_handler
+from onceflow.runtime.channels import Debloater, InputChannel, LocalOutput, RemoteOutput
 from onceflow.runtime.events import END_OF_INPUT, Barrier, TsBatch, Watermark, WatermarkStatus
 from onceflow.runtime.operators import (
     AssignOp,
@@ -196,15 +198,18 @@ class TaskState(enum.Enum):
     FINISHED = "finished"
 
 
-StateWriter = Callable[["TaskRunner", Barrier, bytes, dict[str, AsyncSnapshot], float, float],
-                       None]
+# (runner, barrier, state blob, async parts, sync seconds, alignment seconds, in-flight blob)
+StateWriter = Callable[["TaskRunner", Barrier, bytes, dict[str, AsyncSnapshot], float, float,
+                        bytes | None], None]
 
 
 class TaskRunner:
     def __init__(self, spec: Task, subtask: int, env: OperatorEnv, exactly_once: bool,
                  batch_size: int, write_state: StateWriter,
                  on_exhausted: Callable[[TaskRunner], None],
-                 before_snapshot: Callable[[], None] = lambda: None) -> None:
+                 before_snapshot: Callable[[], None] = lambda: None, *,
+                 unaligned: bool = False, aligned_timeout: float | None = None,
+                 buffer_time: float | None = None, capacity: int = 4) -> None:
         self.spec = spec
         self.uid = spec.uid
         self.subtask = subtask
@@ -240,12 +245,34 @@ class TaskRunner:
         self._exhausted_reported = False
         self._final_barrier_seen = False
         self.handler: Any = None
+        self._unaligned = exactly_once and (unaligned or aligned_timeout is not None)
+        self._aligned_timeout = aligned_timeout
+        self._buffer_time, self._capacity = buffer_time, capacity
+        self._debloat: Debloater | None = None
+        self._chunk = 0  # with buffer_time: take at most this many records of a batch at once
+        self._uh: UnalignedBarrierHandler | None = None
+        self._collecting: set[int] = set()  # channels whose reads are in-flight data now
+        # unaligned snapshots taken, waiting for their in-flight data: id -> (blob, asyncs,
+        # sync seconds)
+        self._pending: dict[int, tuple[bytes, dict[str, AsyncSnapshot], float]] = {}
         self.stateful_uids: list[str] = []  # operators whose last snapshot held state
 
     # --- set-up --------------------------------------------------------------------------
     def connect(self) -> None:
         self.inputs.sort(key=lambda c: c.id)
-        self.handler = make_handler(self._exactly_once, self.inputs, self._on_aligned)
+        if self._unaligned and self.inputs:
+            self._uh = UnalignedBarrierHandler(self.inputs, self._on_aligned,
+                                               self._on_unaligned_snapshot, self._on_inflight,
+                                               timeout=self._aligned_timeout)
+            self.handler = self._uh
+            self._collecting = self._uh.collecting
+        else:
+            self.handler = make_handler(self._exactly_once, self.inputs, self._on_aligned)
+        if self._buffer_time is not None and self.inputs:
+            head = self.ops[0]
+            self._debloat = Debloater(self.inputs, self._buffer_time, self.batch_size,
+                                      2 * self._capacity, lambda: head.records_in,
+                                      time.perf_counter)
         self.valve = WatermarkValve([c.id for c in self.inputs])
         self.all_outputs = list(self.outputs)
         tags = self.spec.output_tags
@@ -292,6 +319,7 @@ class TaskRunner:
                     rin, rout = st["metrics"][op.uid]
                     op.records_in += rin
                     op.records_out += rout
+        self._replay_inflight(restored)
         if self.source is not None and initial_splits is not None:
             self.source.assign(initial_splits)  # a fresh source: nothing restored for it
         for op in self.ops:
@@ -304,6 +332,76 @@ class TaskRunner:
                 self._advance_watermark(wm, 1)
             if idle:
                 self._broadcast(WatermarkStatus(True))
+
+    def _replay_inflight(self, restored: list[tuple[int, int, dict[str, Any]]]) -> None:
+        """An unaligned checkpoint's in-flight data goes back into the input channels it
+        came from, ahead of anything the upstream sends after the restore.
+
+        Restored at the same parallelism (of this task and of the upstream task), every
+        item of a channel is replayed into the same channel, in order, events included.
+        After a rescale only the records are replayed (watermarks are progress hints that
+        the restored sources send again): into a keyed operator, the records of this
+        subtask's key groups from every old subtask whose range overlaps; into any other
+        operator, the records of old subtask ``j`` go to new subtask ``j % P``."""
+        if not self.inputs or not any(st.get("inflight") for _, _, st in restored):
+            return
+        p, i = self.spec.parallelism, self.subtask
+        by_origin = {c.origin: c for c in self.inputs if c.origin is not None}
+        keyed_head = self.ops[0].keyed
+        key_fn = getattr(self.ops[0], "key_fn", None)
+        key_fns = getattr(self.ops[0], "key_fns", None)  # two-input heads: one per input
+        lo, hi = self.env.kg_range
+        mp = self.env.max_parallelism
+        for j, pj, st in restored:
+            for origin, items in st.get("inflight", {}).items():
+                ch = by_origin.get(origin)
+                _faults.point("restore.inflight", task=self.uid, subtask=i)
+                if ch is not None and j == i and pj == p:
+                    self._replay(ch, [pickle.loads(b) for b in items])  # storage is trusted
+                    continue
+                if key_fns is not None and isinstance(origin, tuple):
+                    key_fn = key_fns[origin[3]]  # None: a non-keyed (or broadcast) input
+                if (not keyed_head or key_fn is None) and j % p != i:
+                    continue
+                target = self._replay_target(origin)
+                if target is None:
+                    continue
+                recs: list[Any] = []
+                tss: list[float] = []
+                for b in items:
+                    it = pickle.loads(b)
+                    if type(it) is list:
+                        recs.extend(it)
+                        tss.extend([math.nan] * len(it))
+                    elif type(it) is TsBatch:
+                        recs.extend(it.records)
+                        tss.extend(it.ts)
+                if keyed_head and key_fn is not None:
+                    keep = [lo <= key_group(key_fn(r), mp) < hi for r in recs]
+                    recs = list(compress(recs, keep))
+                    tss = list(compress(tss, keep))
+                out: list[Any] = []
+                for k in range(0, len(recs), self.batch_size):
+                    rb, tb = recs[k:k + self.batch_size], tss[k:k + self.batch_size]
+                    out.append(list(rb) if any(t != t for t in tb) else TsBatch(rb, tb))
+                self._replay(target, out)
+
+    def _replay_target(self, origin: Any) -> InputChannel | None:
+        if not isinstance(origin, tuple):
+            return None
+        up_uid, up_idx, _, input_no = origin
+        same_input = [c for c in self.inputs if c.origin is not None
+                      and c.origin[0] == up_uid and c.origin[3] == input_no]
+        for c in same_input:
+            if c.origin is not None and c.origin[1] == up_idx:
+                return c
+        return same_input[0] if same_input else None
+
+    @staticmethod
+    def _replay(ch: InputChannel, items: list[Any]) -> None:
+        ch.queue.extend(items)
+        if ch.peer is not None:  # these batches took no credit of the new producer
+            ch.owed += sum(1 for it in items if type(it) is list or type(it) is TsBatch)
 
     # --- processing ----------------------------------------------------------------------
     def outputs_have_room(self) -> bool:
@@ -391,10 +489,16 @@ class TaskRunner:
             return False
         if self.source is not None:
             return self._source_step()
+        if self._debloat is not None:
+            self._debloat.tick()
+            self._chunk = self._debloat.chunk
+        if self._uh is not None and self._overtake():
+            return True
         if not self.outputs_have_room():
-            return False
+            return self._barriers_at_heads()
         inputs = self.inputs
         n = len(inputs)
+        collecting = self._collecting
         for k in range(n):
             ch = inputs[(self._rr + k) % n]
             if ch.queue and not ch.blocked:
@@ -403,6 +507,10 @@ class TaskRunner:
                 if self._two_input:
                     self.ops[0].input_no = ch.input_no  # type: ignore[attr-defined]
                 t = type(item)
+                if self._chunk and (t is list or t is TsBatch):
+                    item = self._split(ch, item)  # before it is recorded as in-flight
+                if collecting and ch.id in collecting and t is not Barrier:
+                    self._uh.record(ch, item)  # type: ignore[union-attr]
                 if t is list:
                     self._push(item, 0)
                 elif t is TsBatch:
@@ -410,6 +518,7 @@ class TaskRunner:
                 elif t is Watermark:
                     self._apply_valve(self.valve.on_watermark(ch.id, item.timestamp))
                 elif t is Barrier:
+                    ch.barriers -= 1
                     self.handler.on_barrier(ch, item)
                 elif t is WatermarkStatus:
                     self._apply_valve(self.valve.on_status(ch.id, item.idle))
@@ -421,6 +530,58 @@ class TaskRunner:
                         self._end_of_input()
                 else:  # future events: forward unchanged
                     self._broadcast(item)
+                return True
+        return False
+
+    def _split(self, ch: InputChannel, item: Any) -> Any:
+        """Take the first ``_chunk`` records of a large batch; the rest stays at the head of
+        its queue (without a credit of its own), so a barrier behind it waits for about
+        ``buffer_time`` of processing, not for the whole batch."""
+        k = self._chunk
+        if len(item.records if type(item) is TsBatch else item) <= k:
+            return item
+        if type(item) is TsBatch:
+            head, rest = TsBatch(item.records[:k], item.ts[:k]), \
+                TsBatch(item.records[k:], item.ts[k:])
+        else:
+            head, rest = item[:k], item[k:]
+        ch.queue.appendleft(rest)
+        if ch.peer is not None:
+            ch.owed += 1
+        return head
+
+    def _overtake(self) -> bool:
+        """Unaligned checkpoints: take a barrier out of its queue ahead of the records
+        before it (they become the checkpoint's in-flight data), even with full outputs."""
+        uh = self._uh
+        assert uh is not None
+        if uh.current is not None and not uh.unaligned:
+            uh.check_timeout()
+        for ch in self.inputs:
+            if not ch.barriers or ch.blocked:
+                continue
+            q = ch.queue
+            k = next((k for k, it in enumerate(q) if type(it) is Barrier), -1)
+            if k < 0:
+                continue
+            item = q[k]
+            if not uh.priority(item):
+                continue
+            overtaken = list(islice(q, 0, k))
+            del q[k]
+            ch.barriers -= 1
+            uh.on_barrier(ch, item, overtaken)
+            return True
+        return False
+
+    def _barriers_at_heads(self) -> bool:
+        """With full outputs no record can be taken, but a barrier at the head of a queue
+        can: handling it only sends events."""
+        for ch in self.inputs:
+            if ch.queue and not ch.blocked and type(ch.queue[0]) is Barrier:
+                item = ch.pop()
+                ch.barriers -= 1
+                self.handler.on_barrier(ch, item)
                 return True
         return False
 
@@ -501,6 +662,30 @@ class TaskRunner:
             self.state = TaskState.INPUT_ENDED
 
     def _on_aligned(self, barrier: Barrier, aligned_s: float) -> None:
+        blob, asyncs, sync_s = self._snapshot(barrier)
+        self._write_state(self, barrier, blob, asyncs, sync_s, aligned_s, None)
+
+    def _on_unaligned_snapshot(self, barrier: Barrier, waited_s: float) -> None:
+        for cid in [c for c in self._pending if c < barrier.checkpoint_id]:
+            for a in self._pending.pop(cid)[1].values():
+                a.discard()  # superseded before its in-flight data was complete
+        self._pending[barrier.checkpoint_id] = self._snapshot(barrier)
+
+    def _on_inflight(self, barrier: Barrier, inflight: dict[int, list[bytes]],
+                     aligned_s: float) -> None:
+        blob, asyncs, sync_s = self._pending.pop(barrier.checkpoint_id)
+        by_origin = {self._origin(cid): items for cid, items in inflight.items() if items}
+        data = pickle.dumps(by_origin, protocol=5) if by_origin else None
+        self._write_state(self, barrier, blob, asyncs, sync_s, aligned_s, data)
+
+    def _origin(self, channel_id: int) -> Any:
+        for c in self.inputs:
+            if c.id == channel_id:
+                return c.origin if c.origin is not None else channel_id
+        return channel_id
+
+    def _snapshot(self, barrier: Barrier) -> tuple[bytes, dict[str, AsyncSnapshot], float]:
+        """Forward the barrier, then take every operator's state (the synchronous phase)."""
         # Completions of earlier checkpoints that already arrived are applied first, so a
         # sink commits transaction n before it pre-commits n+1.
         self._before_snapshot()
@@ -535,7 +720,7 @@ class TaskRunner:
                 f"checkpoint {cid}: the state of operator {bad!r} cannot be serialized "
                 f"({type(e).__name__}: {e}); keep only picklable values in state"
             ) from e
-        self._write_state(self, barrier, blob, asyncs, time.perf_counter() - t0, aligned_s)
+        return blob, asyncs, time.perf_counter() - t0
 
     def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
         for op in self.ops:
@@ -544,6 +729,9 @@ class TaskRunner:
     def checkpoint_aborted(self, checkpoint_id: int) -> None:
         if self.handler is not None:
             self.handler.abort(checkpoint_id)
+        for cid in [c for c in self._pending if c <= checkpoint_id]:
+            for a in self._pending.pop(cid)[1].values():
+                a.discard()
         for op in self.ops:
             op.checkpoint_aborted(checkpoint_id)
 

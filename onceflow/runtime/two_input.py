@@ -247,6 +247,7 @@ class UnkeyedBroadcastProcessOp(Operator):
     two_input = True
     emits_side = True
     keyed = True
+    key_fns = (None, None)  # neither input is keyed (unaligned in-flight data: see task)
 
     def __init__(self, node: Node, func: Any, descriptors: tuple[MapStateDescriptor, ...]
                  ) -> None:

@@ -59,6 +59,9 @@ class WorkerSpec:
     initial_splits: dict[str, list[list[tuple[Any, Any, bool]]]] = field(default_factory=dict)
     state_backend: Any = None
     incremental: bool = False
+    unaligned: bool = False  # unaligned exactly-once checkpoints (or after aligned_timeout)
+    aligned_timeout: float | None = None
+    buffer_time: float | None = None  # channel buffers sized by time
 
 
 class Worker:
@@ -89,7 +92,11 @@ class Worker:
                               self.spec.incremental, self.spec.checkpoint_dir)
             runner = TaskRunner(t, me, env, self.spec.exactly_once, self.spec.batch_size,
                                 self._write_state_async, self._on_exhausted,
-                                self._apply_pending_completions)
+                                self._apply_pending_completions,
+                                unaligned=self.spec.unaligned,
+                                aligned_timeout=self.spec.aligned_timeout,
+                                buffer_time=self.spec.buffer_time,
+                                capacity=self.spec.capacity)
             by_uid[uid] = runner
             self.tasks.append(runner)
             if runner.source is not None:
@@ -98,8 +105,11 @@ class Worker:
         for c in g.channels:
             if c.down_index == me:
                 peer = self.peers[c.up_index] if c.up_index != me else None
-                ch = InputChannel(c.id, peer, c.input_no)
+                ch = InputChannel(c.id, peer, (c.upstream, c.up_index,
+                                               g.tasks[c.upstream].parallelism, c.input_no))
                 inputs[c.id] = ch
+                if peer is not None:
+                    ch.held = 2 * self.spec.capacity  # the producer's initial credits
                 by_uid[c.downstream].inputs.append(ch)
                 if peer is not None:
                     peer.inputs[c.id] = ch
@@ -153,16 +163,16 @@ class Worker:
 
     def _write_state_async(self, runner: TaskRunner, barrier: Barrier, blob: bytes,
                            asyncs: dict[str, AsyncSnapshot], sync_s: float,
-                           aligned_s: float) -> None:
+                           aligned_s: float, inflight: bytes | None = None) -> None:
         self.writer.submit(self._write_state, runner.uid, runner.subtask,
                            runner.spec.parallelism, [op.uid for op in runner.ops],
                            list(runner.stateful_uids), barrier, blob, asyncs, sync_s,
-                           aligned_s, runner.metrics())
+                           aligned_s, runner.metrics(), inflight)
 
     def _write_state(self, task: str, subtask: int, parallelism: int, ops: list[str],
                      stateful: list[str], barrier: Barrier, blob: bytes,
                      asyncs: dict[str, AsyncSnapshot], sync_s: float, aligned_s: float,
-                     metrics: dict[str, tuple[int, int]]) -> None:
+                     metrics: dict[str, tuple[int, int]], inflight: bytes | None) -> None:
         """The asynchronous phase: finish backend snapshots (RocksDB checkpoints, uploads),
         then write this subtask's state file and acknowledge it."""
         t0 = time.perf_counter()
@@ -186,7 +196,9 @@ class Worker:
                 uploaded.update(target.uploaded)
                 new_bytes += target.new_bytes
                 _faults.point("snapshot.upload", checkpoint=cid, task=task, subtask=subtask)
-            data = encode_state(blob, manifests)
+            data = encode_state(blob, manifests, inflight)
+            _faults.point("snapshot.inflight", checkpoint=cid, task=task, subtask=subtask,
+                          inflight=len(inflight or b""))
             half = len(data) // 2
             with open(path, "wb") as f:
                 f.write(data[:half])
@@ -213,6 +225,7 @@ class Worker:
             "sync_ms": sync_s * 1e3, "async_ms": (time.perf_counter() - t0) * 1e3,
             "align_ms": aligned_s * 1e3, "metrics": metrics, "uploaded": uploaded,
             "incremental_size": len(data) + new_bytes,
+            "unaligned": inflight is not None, "inflight_bytes": len(inflight or b""),
         }
         self.send(("ack", cid, task, subtask, info))
 

@@ -6,7 +6,10 @@ group's data is one contiguous key range that can be read, copied or deleted on 
     kg(2) | len(name)(1) | name | len(key)(4) | pickle(key) [| pickle(map key)]
 
 Value and list state store one pickled value per key; map state stores one entry per map key
-(a map is a prefix scan). Timers stay on the heap in memory and travel in the snapshot.
+(a map is a prefix scan). Timers are entries too, under a reserved name per time domain, in
+time order within their key group (``state/rocksdb_timers.py``): they are in the RocksDB
+checkpoint and move with their key groups on a rescale; the snapshot head carries only their
+count per key group.
 
 Writes. The task thread never writes into RocksDB itself: it writes into a dictionary
 (*layer*); when the layer is large, or at a checkpoint barrier, the layer is frozen and a
@@ -53,7 +56,15 @@ from onceflow.state.backend import (
 )
 from onceflow.state.handles import _KeyScope
 from onceflow.state.memory import neutral
-from onceflow.state.timers import TimerQueue
+from onceflow.state.rocksdb_timers import (
+    EVENT_HDR,
+    PROC_HDR,
+    RocksTimers,
+    is_timer_key,
+    split_timer_key,
+    timer_key,
+)
+from onceflow.state.timers import TIMER_TABLES, TimerQueue, timer_lists
 
 log = logging.getLogger("onceflow.state")
 
@@ -113,14 +124,18 @@ def _encode(obj: Any) -> bytes:
 class _Layer:
     """Writes not yet in RocksDB. ``data``: full key -> pickled value, None = deleted.
     ``maps``: map base -> the full keys of its entries in ``data``. ``cleared``: map bases
-    whose older entries are all gone."""
+    whose older entries are all gone. ``timer_adds``: ``kg | timer header`` -> the timers
+    this layer registered (and did not delete again). ``timer_seen``: timers found in older
+    layers or RocksDB while this layer was current (registering them again reads nothing)."""
 
-    __slots__ = ("applied", "cleared", "data", "maps")
+    __slots__ = ("applied", "cleared", "data", "maps", "timer_adds", "timer_seen")
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes | None] = {}
         self.maps: dict[bytes, set[bytes]] = {}
         self.cleared: set[bytes] = set()
+        self.timer_adds: dict[bytes, set[bytes]] = {}
+        self.timer_seen: set[bytes] = set()
         self.applied = False
 
 
@@ -160,6 +175,8 @@ class RocksDBStore(TimerQueue):
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-rocksdb")
         self.db: Any = None
         self._open(self.db_path)
+        self._ptimers = RocksTimers(self, PROC_HDR)
+        self._etimers = RocksTimers(self, EVENT_HDR)
 
     # --- the database --------------------------------------------------------------------
     def _options(self) -> Any:
@@ -273,7 +290,7 @@ class RocksDBStore(TimerQueue):
             self._fail()
         while self.frozen and self.frozen[0].applied:
             self.frozen.pop(0)
-        if len(self.cur.data) >= self.cfg.layer_entries:
+        if len(self.cur.data) + len(self.cur.timer_seen) >= self.cfg.layer_entries:
             layer = self._freeze()
             self.writer.submit(self._apply, layer)
 
@@ -318,6 +335,9 @@ class RocksDBStore(TimerQueue):
                 f"operator {self.operator!r}: state {name!r} is already registered as {have} "
                 f"state, not {kind}")
         nb = name.encode()
+        if name.startswith("\x00"):
+            raise ConfigurationError(f"operator {self.operator!r}: state name {name!r} "
+                                     "starts with NUL, which is reserved")
         if len(nb) > 255:
             raise ConfigurationError(f"operator {self.operator!r}: state name {name!r} is "
                                      "longer than 255 bytes")
@@ -332,10 +352,56 @@ class RocksDBStore(TimerQueue):
     def map_state(self, name: str) -> RocksMapState:
         return RocksMapState(self, self._register(name, "map"))
 
+    # --- timers (in RocksDB) -------------------------------------------------------------
+    def register_timer(self, when: float) -> None:
+        self._ptimers.register(when)
+
+    def delete_timer(self, when: float) -> None:
+        self._ptimers.delete(when)
+
+    def next_timer(self) -> float | None:
+        return self._ptimers.peek()
+
+    def pop_due_timers(self, now: float) -> list[tuple[float, Any]]:
+        return self._ptimers.pop_due(now)
+
+    def register_event_timer(self, when: float) -> None:
+        self._etimers.register(when)
+
+    def delete_event_timer(self, when: float) -> None:
+        self._etimers.delete(when)
+
+    def next_event_timer(self) -> float | None:
+        return self._etimers.peek()
+
+    def pop_due_event_timers(self, watermark: float) -> list[tuple[float, Any]]:
+        return self._etimers.pop_due(watermark)
+
+    def timer_count(self) -> int:
+        return self._ptimers.count() + self._etimers.count()
+
+    def timers_snapshot(self) -> dict[str, list[tuple[float, Any]]]:
+        """Every timer (all layers merged with RocksDB), as the memory store lists them; for
+        tests and tools: a checkpoint does not need it, the timers are in RocksDB."""
+        out: dict[str, list[tuple[float, Any]]] = {"timers": [], "event_timers": []}
+        seen: set[bytes] = set()
+        for layer in [self.cur, *reversed(self.frozen)]:
+            for k, v in layer.data.items():
+                if is_timer_key(k) and k not in seen:
+                    seen.add(k)
+                    if v is not None:
+                        _add_timer(out, k)
+        for k, _ in _iter_raw(self.db):
+            if is_timer_key(k) and k not in seen:
+                _add_timer(out, k)
+        return {name: sorted(ts, key=repr) for name, ts in out.items()}
+
     # --- snapshot ------------------------------------------------------------------------
     def _head(self) -> dict[str, Any]:
+        counts = {"timers": dict(self._ptimers.counts),
+                  "event_timers": dict(self._etimers.counts)}
         return {"max_parallelism": self.max_parallelism, "kinds": dict(self.kinds),
-                **self.timers_snapshot(),
+                "timer_counts": counts, "timer_count": self.timer_count(),
                 "key_types": sorted(self._sample_key_types())}
 
     def _sample_key_types(self) -> set[str]:
@@ -343,6 +409,7 @@ class RocksDBStore(TimerQueue):
         out: set[str] = set()
         for layer in [self.cur, *self.frozen]:
             out.update(_key_type_of(k) for k in itertools.islice(layer.data, 64))
+        out.discard("")
         if self._db_key_types is None:  # read once per store: later keys are in layers
             self._db_key_types = set()
             it = self.db.iter()
@@ -352,6 +419,7 @@ class RocksDBStore(TimerQueue):
                     break
                 self._db_key_types.add(_key_type_of(it.key()))
                 it.next()
+            self._db_key_types.discard("")
         return out | self._db_key_types
 
     def snapshot(self, checkpoint_id: int = 0, savepoint: bool = False) -> AsyncSnapshot:
@@ -377,7 +445,11 @@ class RocksDBStore(TimerQueue):
     def _export(self, layer: _Layer) -> dict[str, Any]:
         """Writer thread: the whole state in the backend-neutral format (savepoints)."""
         self._apply(layer)
-        return {"tables": _read_tables(self.db, None, self.kinds)}
+        tables: dict[Any, Any] = _read_tables(self.db, None, self.kinds)
+        for name, timers in _read_timers(self.db).items():
+            if timers:
+                tables[TIMER_TABLES[name]] = timers
+        return {"tables": tables}
 
     def notify_complete(self, checkpoint_id: int) -> None:
         done = [c for c in self.pending_maps if c <= checkpoint_id]
@@ -398,7 +470,6 @@ class RocksDBStore(TimerQueue):
             self.restored_key_types.update(snap.get("key_types", ()))
             check_restored_kinds(self.operator, self.kinds, snap["kinds"])
             self.kinds.update(snap["kinds"])
-            self.restore_timers(snap, filter_by_range)
         if rocks:
             first, rest = rocks[0], rocks[1:]
             # the first RocksDB snapshot becomes this store's database: files copied in,
@@ -424,6 +495,37 @@ class RocksDBStore(TimerQueue):
         for snap in others:
             nsnap = neutral(snap, self.operator)
             self._insert_neutral(nsnap, lo, hi if filter_by_range else None)
+        self._restore_timer_counts(rocks, filter_by_range)
+        # snapshots written before timers moved into RocksDB list them in the head
+        for snap in rocks:
+            if "timer_counts" not in snap:
+                self.restore_timers(snap, filter_by_range)
+
+    def restore_timers(self, snap: dict[str, Any], filter_by_range: bool) -> None:
+        """Register the timers a snapshot lists (into RocksDB, through the write layer)."""
+        lo, hi = self.kg_range
+        mp = self.max_parallelism
+        scope = self.scope
+        for domain, name in ((self._ptimers, "timers"), (self._etimers, "event_timers")):
+            for when, key in timer_lists(snap, name):
+                if filter_by_range and not lo <= key_group(key, mp) < hi:
+                    continue
+                scope.key = key
+                domain.register(when)
+        scope.key = None
+
+    def _restore_timer_counts(self, rocks: list[dict[str, Any]], filter_by_range: bool
+                              ) -> None:
+        """The timers now in RocksDB: their counts per key group from the heads of RocksDB
+        snapshots (in this subtask's range), plus those ``_insert_neutral`` wrote."""
+        lo, hi = self.kg_range
+        for snap in rocks:
+            for domain, name in ((self._ptimers, "timers"), (self._etimers, "event_timers")):
+                for kg, n in snap.get("timer_counts", {}).get(name, {}).items():
+                    if not filter_by_range or lo <= kg < hi:
+                        domain.counts[kg] = domain.counts.get(kg, 0) + n
+        self._ptimers.reset()
+        self._etimers.reset()
 
     def _download(self, snap: dict[str, Any], dst: str) -> None:
         os.makedirs(dst, exist_ok=True)
@@ -470,6 +572,8 @@ class RocksDBStore(TimerQueue):
         wb = rd.WriteBatch(raw_mode=True)
         n = 0
         for name, table in snap["tables"].items():
+            if name in _RESERVED_TABLES:
+                continue
             kind = snap["kinds"][name]
             hdr = self._register(name, kind)
             for key, value in table.items():
@@ -489,10 +593,18 @@ class RocksDBStore(TimerQueue):
                     self.db.write(wb)
                     wb = rd.WriteBatch(raw_mode=True)
                     n = 0
+        for domain, tname in ((self._ptimers, "timers"), (self._etimers, "event_timers")):
+            for when, key in timer_lists(snap, tname):
+                kg = key_group(key, mp)
+                if hi is not None and not lo <= kg < hi:
+                    continue
+                wb.put(timer_key(kg, domain.hdr, when, key), b"")
+                domain.counts[kg] = domain.counts.get(kg, 0) + 1
         self.db.write(wb)
 
     def size(self) -> int:
-        return sum(1 for _ in _iter_raw(self.db))
+        """Entries of keyed state in RocksDB (timers not counted, as with the memory store)."""
+        return sum(1 for k, _ in _iter_raw(self.db) if not is_timer_key(k))
 
 
 class _RocksSnapshot(AsyncSnapshot):
@@ -670,7 +782,28 @@ def _split(k: bytes) -> tuple[str, bytes, bytes]:
 
 
 def _key_type_of(k: bytes) -> str:
+    """The type name of the key of a stored entry ("" for a timer)."""
+    if is_timer_key(k):
+        return ""
     return type(pickle.loads(_split(k)[1])).__name__
+
+
+_RESERVED_TABLES = frozenset(TIMER_TABLES.values())
+_DOMAIN_NAMES = {PROC_HDR: "timers", EVENT_HDR: "event_timers"}
+
+
+def _add_timer(out: dict[str, list[tuple[float, Any]]], k: bytes) -> None:
+    hdr, when, key = split_timer_key(k)
+    out[_DOMAIN_NAMES[hdr]].append((when, key))
+
+
+def _read_timers(db: Any) -> dict[str, list[tuple[float, Any]]]:
+    """Every timer in a database, per domain (``"timers"``, ``"event_timers"``)."""
+    out: dict[str, list[tuple[float, Any]]] = {"timers": [], "event_timers": []}
+    for k, _ in _iter_raw(db):
+        if is_timer_key(k):
+            _add_timer(out, k)
+    return out
 
 
 def _read_tables(db: Any, kg_range: tuple[int, int] | None,
@@ -678,6 +811,8 @@ def _read_tables(db: Any, kg_range: tuple[int, int] | None,
     tables: dict[str, dict[Any, Any]] = {n: {} for n in kinds}
     for k, v in _iter_raw(db):
         if kg_range is not None and not kg_range[0] <= int.from_bytes(k[:2], "big") < kg_range[1]:
+            continue
+        if is_timer_key(k):
             continue
         name, kb, mk = _split(k)
         t = tables.setdefault(name, {})
@@ -691,7 +826,8 @@ def _read_tables(db: Any, kg_range: tuple[int, int] | None,
 
 def export_neutral(snap: dict[str, Any], operator: str) -> dict[str, Any]:
     """A RocksDB checkpoint of one subtask as backend-neutral state (e.g. to restore a
-    RocksDB checkpoint into the memory backend)."""
+    RocksDB checkpoint into the memory backend), with its timers listed: those in RocksDB
+    and those the head of a snapshot written before timers moved into RocksDB lists."""
     rd = _rocksdict()
     tmp = tempfile.mkdtemp(prefix="onceflow-export-")
     try:
@@ -701,11 +837,14 @@ def export_neutral(snap: dict[str, Any], operator: str) -> dict[str, Any]:
         db = rd.Rdict(tmp, rd.Options(raw_mode=True))
         try:
             tables = _read_tables(db, None, snap["kinds"])
+            timers = _read_timers(db)
         finally:
             db.close()
     finally:
         remove_tree(tmp)
-    return {**snap, "format": NEUTRAL_FORMAT, "tables": tables}
+    for name, listed in timers.items():
+        listed[:0] = snap.get(name, ())
+    return {**snap, "format": NEUTRAL_FORMAT, "tables": tables, **timers}
 
 
 def _safe(s: str) -> str:

@@ -10,6 +10,11 @@ timer removes it from the set and the heap drops it lazily. A store (memory or R
 inherits :class:`TimerQueue`; its snapshot carries both domains (``"timers"`` and
 ``"event_timers"``, lists of ``(time, key)``), and restore keeps only the timers of the keys
 in the subtask's key-group range, so timers move with their keys on a rescale.
+
+The RocksDB store keeps its timers in RocksDB instead (``state/rocksdb_timers.py``); its
+backend-neutral export (a savepoint) lists them in ``tables`` under the reserved names of
+:data:`TIMER_TABLES` (the checkpoint storage keeps only the ``tables`` of an export written
+in the async phase), and restore reads both places.
 """
 
 from __future__ import annotations
@@ -20,6 +25,15 @@ from typing import Any
 
 from onceflow.graph.keygroups import key_group
 from onceflow.state.handles import _KeyScope
+
+# where a backend-neutral snapshot written in the async phase lists its timers (no real
+# state name starts with NUL; the RocksDB store refuses one)
+TIMER_TABLES = {"timers": "\x00timers", "event_timers": "\x00event_timers"}
+
+
+def timer_lists(snap: dict[str, Any], name: str) -> list[tuple[float, Any]]:
+    """The timers of one domain (``"timers"`` or ``"event_timers"``) a snapshot lists."""
+    return [*snap.get(name, ()), *snap.get("tables", {}).get(TIMER_TABLES[name], ())]
 
 
 class _Domain:
@@ -110,7 +124,7 @@ class TimerQueue:
         lo, hi = self.kg_range
         mp = self.max_parallelism
         for domain, name in ((self._proc, "timers"), (self._event, "event_timers")):
-            for when, key in snap.get(name, ()):
+            for when, key in timer_lists(snap, name):
                 if filter_by_range and not lo <= key_group(key, mp) < hi:
                     continue
                 domain.add(when, key)

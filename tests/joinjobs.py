@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=6_000.0, help="records/s per subtask")
     ap.add_argument("--interval", type=float, default=0.3)
     ap.add_argument("--backend", choices=["memory", "rocksdb"], default="memory")
+    ap.add_argument("--unaligned", action="store_true", help="unaligned checkpoints")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -197,7 +198,7 @@ def main() -> None:
     flow = of.Flow(f"join-{args.shape}", parallelism=args.parallelism, batch_size=256,
                    state_backend=backend,
                    restart_strategy=of.restart.fixed_delay(attempts=20, delay=0.1))
-    flow.enable_checkpointing(args.interval, args.ckpt, retained=2)
+    flow.enable_checkpointing(args.interval, args.ckpt, retained=2, unaligned=args.unaligned)
     build(args.shape, flow, args.records, args.rate, args.out)
     result = flow.run()
     print(json.dumps({"restarts": result.restarts,

@@ -132,8 +132,12 @@ def test_interval_join_state_is_removed_once_the_watermark_passes_and_late_goes_
     first.queue.append(TsBatch([("k", 12.0)], [12.0]))  # below the watermark: late
     while runner.step():
         pass
-    assert op.late_records == 1
+    assert op.late_records == 1 and op.late_dropped == 0  # it went to the side output
     assert side.got == [(("k", 12.0), 12.0)]
+    second.queue.append(TsBatch([("k", 11.0)], [11.0]))  # late right: no tag, dropped
+    while runner.step():
+        pass
+    assert (op.late_records, op.late_dropped) == (2, 1)
     assert op.store.size() == 0
     first.queue.append(END_OF_INPUT)
     second.queue.append(END_OF_INPUT)

@@ -56,7 +56,8 @@ class _JoinBase(KeyedTwoInputOp):
 
     def __init__(self, node: Node) -> None:
         super().__init__(node, self)
-        self.late_records = 0
+        self.late_records = 0  # late records (to the side output or dropped)
+        self.late_dropped = 0  # late records without a late-data side output (as windows)
 
     # the operator is its own timer function (ProcessOp calls self.func.on_timer)
     def open(self, rt: OperatorEnv) -> None:
@@ -71,9 +72,9 @@ class _JoinBase(KeyedTwoInputOp):
         return None
 
     def close(self) -> None:
-        if self.late_records:
+        if self.late_dropped:
             log.warning("%s: %d late records joined nothing and were dropped (give the join "
-                        "side_output_late_data(tag) to keep them)", self.name, self.late_records)
+                        "side_output_late_data(tag) to keep them)", self.name, self.late_dropped)
         if self.store is not None:
             self.store.close()
 
@@ -106,7 +107,10 @@ class IntervalJoinOp(_JoinBase):
                 "sources a WatermarkStrategy (flow.source(..., watermarks=...))")
         if t < self.watermark:
             self.late_records += 1
-            self.emit_side(self.late_tags[side], value, t)
+            tag = self.late_tags[side]
+            if tag == LATE_TAG:
+                self.late_dropped += 1
+            self.emit_side(tag, value, t)
             return None
         return t
 

@@ -45,6 +45,7 @@ lint: $(VENV)/.synced
 
 bench: $(VENV)/.synced
 	$(PY) benchmarks/w1.py
+	$(PY) benchmarks/filesink.py
 
 # W3 large-state checkpoints (RocksDB incremental/full, memory changelog/full; ~30 min).
 .PHONY: bench-w3

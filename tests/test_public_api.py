@@ -58,7 +58,7 @@ PUBLIC = {
         "sources",
         "state",
     ],
-    "onceflow.sources": ["Collection", "Range", "Source", "SplitReader", "TextFiles"],
+    "onceflow.sources": ["Collection", "DataGen", "Range", "Source", "SplitReader", "TextFiles"],
     "onceflow.sinks": [
         "Discard",
         "FileSink",

@@ -234,10 +234,10 @@ def test_interval_join_without_timestamps_says_what_to_add(tmp_path: Path) -> No
 
 def _interval_join_checkpoint_sizes(tmp_path: Path, n: int) -> list[int]:
     flow = of.Flow(f"ij-bounded-{n}", parallelism=1)
-    flow.enable_checkpointing(0.1, tmp_path / f"ck-{n}")
+    flow.enable_checkpointing(0.2, tmp_path / f"ck-{n}")
     ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda i: i * 0.01)
-    a = flow.source(of.sources.Range(0, n), name="left", watermarks=ws).map(throttle(20000))
-    b = flow.source(of.sources.Range(0, n), name="right", watermarks=ws).map(throttle(20000))
+    a = flow.source(of.sources.Range(0, n), name="left", watermarks=ws).map(throttle(10000))
+    b = flow.source(of.sources.Range(0, n), name="right", watermarks=ws).map(throttle(10000))
     (a.key_by(lambda i: i % 10).interval_join(b.key_by(lambda i: i % 10)).between(-0.5, 0.5)
       .process(lambda x, y: (x, y), name="join").sink(of.sinks.Discard(), name="out"))
     result = flow.run()
@@ -246,8 +246,8 @@ def _interval_join_checkpoint_sizes(tmp_path: Path, n: int) -> list[int]:
 
 def test_interval_join_state_stays_bounded_over_a_ten_times_longer_run(
         tmp_path: Path) -> None:
-    short = _interval_join_checkpoint_sizes(tmp_path, 5_000)
-    long = _interval_join_checkpoint_sizes(tmp_path, 50_000)
+    short = _interval_join_checkpoint_sizes(tmp_path, 10_000)
+    long = _interval_join_checkpoint_sizes(tmp_path, 100_000)
     assert short and len(long) > 5
     # buffers hold about 1 s of event time per side whatever the run's length
     assert max(long) < 2.5 * max(short), (short, long)

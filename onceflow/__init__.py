@@ -20,7 +20,16 @@ from onceflow.api.functions import (
     TimeDomain,
     TimerService,
 )
+from onceflow.api.joins import JoinContext, ProcessJoinFunction
 from onceflow.api.result import JobResult, OperatorMetrics
+from onceflow.api.two_input import (
+    BroadcastContext,
+    BroadcastProcessFunction,
+    BroadcastState,
+    CoProcessFunction,
+    KeyedBroadcastProcessFunction,
+    MapStateDescriptor,
+)
 from onceflow.api.watermarks import WatermarkGenerator, WatermarkStrategy
 from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 from onceflow.errors import (
@@ -37,16 +46,21 @@ from onceflow.errors import (
     SavepointError,
     UserFunctionError,
 )
+from onceflow.state.ttl import StateTtl
 
 __version__ = "0.1.0"
 
 _logging.install_fallback()  # warnings reach stderr, with their level, until logging is set up
 
 __all__ = [
+    "BroadcastContext",
+    "BroadcastProcessFunction",
+    "BroadcastState",
     "CheckpointConfig",
     "CheckpointError",
     "CheckpointStats",
     "CheckpointStatus",
+    "CoProcessFunction",
     "ConfigurationError",
     "ConnectorError",
     "CorruptCheckpointError",
@@ -57,17 +71,22 @@ __all__ = [
     "JobClient",
     "JobFailedError",
     "JobResult",
+    "JoinContext",
+    "KeyedBroadcastProcessFunction",
     "KeyedProcessFunction",
     "KeyedStream",
+    "MapStateDescriptor",
     "NoCheckpointError",
     "OnceflowError",
     "OperatorMetrics",
     "OutputTag",
     "ProcessContext",
+    "ProcessJoinFunction",
     "RecordFormatError",
     "RestartStrategy",
     "RuntimeContext",
     "SavepointError",
+    "StateTtl",
     "TimeDomain",
     "TimerService",
     "UserFunctionError",

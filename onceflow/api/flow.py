@@ -300,6 +300,40 @@ class DataStream:
 
         return WindowedStream(self._flow, self._node, None, assigner)
 
+    def connect(self, other: Any) -> Any:
+        """Connect with ``other`` for a two-input operator: a DataStream gives
+        :class:`~onceflow.api.two_input.ConnectedStreams` (``.process(CoProcessFunction)``),
+        a broadcast stream (``rules.broadcast(descriptor)``) connects this keyed stream to
+        it (``.process(KeyedBroadcastProcessFunction)``). See onceflow/api/two_input.py."""
+        from onceflow.api.two_input import connect
+
+        return connect(self, other)
+
+    def broadcast(self, *descriptors: Any) -> Any:
+        """This stream as a broadcast stream: each record goes to every subtask of the
+        operator it is connected to, which keeps it in the broadcast state the
+        ``of.MapStateDescriptor`` objects name."""
+        from onceflow.api.two_input import broadcast
+
+        return broadcast(self, descriptors)
+
+    def join(self, other: DataStream) -> Any:
+        """An inner join with ``other``: ``.where(key).equal_to(other_key)`` then
+        ``.apply(fn)`` (a regular join: every match as it arrives, optionally
+        ``.with_ttl(seconds)``) or ``.window(assigner).apply(fn)``. See
+        onceflow/api/joins.py."""
+        from onceflow.api.joins import JoinedStreams
+
+        return JoinedStreams(self, other)
+
+    def co_group(self, other: DataStream) -> Any:
+        """Both streams' records of each key and window together:
+        ``.where(ka).equal_to(kb).window(assigner).apply(fn(lefts, rights))`` (outer joins
+        are written with it). See onceflow/api/joins.py."""
+        from onceflow.api.joins import JoinedStreams
+
+        return JoinedStreams(self, other, cogroup=True)
+
     def rebalance(self) -> _Rebalanced:
         """Spread the records round-robin over the next operator's subtasks."""
         return _Rebalanced(self._flow, self._node)
@@ -357,6 +391,15 @@ class KeyedStream(DataStream):
         from onceflow.api.windowing import WindowedStream
 
         return WindowedStream(self._flow, self._node, self._key, assigner)
+
+    def interval_join(self, other: KeyedStream) -> Any:
+        """Join with keyed stream ``other`` on the key and an event-time interval:
+        ``.between(lower, upper).process(fn)`` joins ``left`` with every ``right`` of the
+        same key with ``left.ts + lower <= right.ts <= left.ts + upper``. See
+        onceflow/api/joins.py."""
+        from onceflow.api.joins import IntervalJoin
+
+        return IntervalJoin(self, other)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
                parallelism: int | None = None, uid: str | None = None) -> DataStream:

@@ -83,6 +83,18 @@ class RebalancePartitioner(Partitioner):
         self._next = (self._next + 1) % len(self.channels)
 
 
+class BroadcastPartitioner(Partitioner):
+    """Every batch to every channel (a broadcast stream: each subtask sees all records)."""
+
+    def emit(self, batch: list[Any]) -> None:
+        for c in self.channels:
+            c.send_batch(batch)
+
+    def emit_ts(self, batch: list[Any], ts: list[float]) -> None:
+        for c in self.channels:
+            c.send_ts_batch(batch, ts)
+
+
 class KeyPartitioner(Partitioner):
     """Key -> key group (stable hash) -> owning subtask. A small cache maps recent keys
     straight to their subtask."""
@@ -214,6 +226,8 @@ class TaskRunner:
         first = 1 if self.source is not None else 0
         self._tails = {i: self.ops[i:] for i in range(len(self.ops) + 1)}
         self._first = first
+        # a two-input head operator is told which logical input each batch came from
+        self._two_input = getattr(self.ops[0], "two_input", False)
         self.timer_ops = [(i, op) for i, op in enumerate(self.ops) if op.has_timers]
         self._assigners = [i for i, op in enumerate(self.ops) if isinstance(op, AssignOp)]
         self.inputs: list[InputChannel] = []
@@ -321,6 +335,7 @@ class TaskRunner:
         by_origin = {c.origin: c for c in self.inputs if c.origin is not None}
         keyed_head = self.ops[0].keyed
         key_fn = getattr(self.ops[0], "key_fn", None)
+        key_fns = getattr(self.ops[0], "key_fns", None)  # two-input heads: one per input
         lo, hi = self.env.kg_range
         mp = self.env.max_parallelism
         for j, pj, st in restored:
@@ -330,7 +345,9 @@ class TaskRunner:
                 if ch is not None and j == i and pj == p:
                     self._replay(ch, [pickle.loads(b) for b in items])  # storage is trusted
                     continue
-                if not keyed_head and j % p != i:
+                if key_fns is not None and isinstance(origin, tuple):
+                    key_fn = key_fns[origin[3]]  # None: a non-keyed (or broadcast) input
+                if (not keyed_head or key_fn is None) and j % p != i:
                     continue
                 target = self._replay_target(origin)
                 if target is None:
@@ -473,6 +490,8 @@ class TaskRunner:
             if ch.queue and not ch.blocked:
                 self._rr = (self._rr + k + 1) % n
                 item = ch.pop()
+                if self._two_input:
+                    self.ops[0].input_no = ch.input_no  # type: ignore[attr-defined]
                 t = type(item)
                 if self._chunk and (t is list or t is TsBatch):
                     item = self._split(ch, item)  # before it is recorded as in-flight
@@ -725,6 +744,8 @@ def make_partitioner(part: Partitioning, channels: list[Output], key_fn: Any,
         return ForwardPartitioner(channels)
     if part is Partitioning.KEY:
         return KeyPartitioner(channels, key_fn, max_parallelism, downstream)
+    if part is Partitioning.BROADCAST:
+        return BroadcastPartitioner(channels)
     return RebalancePartitioner(channels, subtask)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import onceflow as of
+from onceflow.checkpoint.restore import SubtaskRestore
 from onceflow.errors import ConfigurationError
 from onceflow.graph import jobgraph
 from onceflow.runtime.channels import InputChannel
@@ -108,7 +109,7 @@ def _join_runner(lower: float, upper: float
     main, side = Collect(), Collect()
     runner.outputs = [main, side] if spec.output_tags[0] is None else [side, main]
     runner.connect()
-    runner.open([], None)
+    runner.open(SubtaskRestore(runner.uid, runner.subtask), {})
     return runner, first, second, main, side
 
 

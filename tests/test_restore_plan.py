@@ -145,3 +145,18 @@ def test_another_max_parallelism_is_refused_naming_the_old_one() -> None:
     g.max_parallelism = 64
     with pytest.raises(of.IncompatibleStateError, match=r"max_parallelism=128"):
         RestorePlan.build(g, before, "chk-5")
+
+
+def test_two_input_keyed_state_moves_by_key_group_and_broadcast_state_is_replicated() -> None:
+    from onceflow.checkpoint.restore import inherits, is_keyed, is_replicated
+    from onceflow.graph.logical import Edge, Kind, Node, Partitioning
+
+    keyed = Node(0, Kind.TWO_INPUT, "join", "join", 2, None,
+                 [Edge(1, Partitioning.KEY, len), Edge(2, Partitioning.KEY, len)])
+    bcast = Node(0, Kind.TWO_INPUT, "rules", "rules", 2, None,
+                 [Edge(1, Partitioning.REBALANCE), Edge(2, Partitioning.BROADCAST)])
+    assert is_keyed(keyed) and not is_replicated(keyed)
+    assert not is_keyed(bcast) and is_replicated(bcast)
+    # 2 -> 3: every new subtask of a broadcast operator restores old subtask 0 only
+    assert [[j for j in range(2) if inherits(False, j, 2, i, 3, 128, True)]
+            for i in range(3)] == [[0], [0], [0]]

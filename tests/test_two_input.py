@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 import onceflow as of
+from onceflow.checkpoint.restore import SubtaskRestore
 from onceflow.errors import ConfigurationError
 from onceflow.graph import jobgraph
 from onceflow.runtime.channels import InputChannel
@@ -69,7 +70,7 @@ def _two_input_runner() -> tuple[TaskRunner, InputChannel, InputChannel, list[An
     first, second = InputChannel(0, None, ("a", 0, 1, 0)), InputChannel(1, None, ("b", 0, 1, 1))
     runner.inputs = [first, second]
     runner.connect()
-    runner.open([], None)
+    runner.open(SubtaskRestore(runner.uid, runner.subtask), {})
     return runner, first, second, snaps
 
 

@@ -32,15 +32,32 @@ from onceflow.checkpoint.metadata import CheckpointMetadata, OperatorEntry, Stat
 from onceflow.errors import IncompatibleStateError
 from onceflow.graph.jobgraph import JobGraph, Task
 from onceflow.graph.keygroups import key_group_range
+from onceflow.graph.logical import Kind, Node, Partitioning
 
 log = logging.getLogger("onceflow.checkpoint")
 
 Split = tuple[Any, Any, bool]  # (split, position, finished)
 
 
+def is_keyed(node: Node) -> bool:
+    """Whether the operator's state is keyed (restored by key group): keyed kinds, and a
+    two-input operator with a keyed input (connected keyed streams, joins, keyed
+    broadcast)."""
+    return node.kind.keyed or (node.kind is Kind.TWO_INPUT and any(
+        e.partitioning is Partitioning.KEY for e in node.inputs))
+
+
+def is_replicated(node: Node) -> bool:
+    """Whether every subtask holds the same state (broadcast state): a new subtask then
+    restores old subtask 0's, whatever the parallelisms."""
+    return any(e.partitioning is Partitioning.BROADCAST for e in node.inputs)
+
+
 def inherits(keyed: bool, old: int, old_parallelism: int, new: int, new_parallelism: int,
-             max_parallelism: int) -> bool:
+             max_parallelism: int, replicated: bool = False) -> bool:
     """Whether new subtask ``new`` restores the state old subtask ``old`` wrote."""
+    if replicated and not keyed:
+        return old == 0
     if keyed:
         olo, ohi = key_group_range(old, old_parallelism, max_parallelism)
         lo, hi = key_group_range(new, new_parallelism, max_parallelism)
@@ -119,14 +136,15 @@ class RestorePlan:
                 ops: dict[str, OperatorRestore] = {}
                 kg = key_group_range(i, p, mp)
                 for n in t.nodes:
-                    keyed = n.kind.keyed
+                    keyed = is_keyed(n)
+                    replicated = is_replicated(n)
                     entry = known.get(n.uid)
                     if entry is None:
                         ops[n.uid] = OperatorRestore(n.uid, keyed, kg)
                         continue
                     pj = entry.parallelism
                     mine = [f for f in sorted(entry.files, key=lambda f: f.subtask)
-                            if inherits(keyed, f.subtask, pj, i, p, mp)]
+                            if inherits(keyed, f.subtask, pj, i, p, mp, replicated)]
                     files = tuple(f.file for f in mine)
                     # exactly its own key groups: nothing to filter
                     exact = all(key_group_range(f.subtask, pj, mp) == kg for f in mine)

@@ -3,10 +3,12 @@
 This module assembles the public API. ``onceflow.api`` describes flows;
 ``onceflow.runtime`` (private: processes, channels, barriers) and ``onceflow.checkpoint``
 run them. Users import only what is listed in ``__all__`` plus the submodules
-``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart`` and ``onceflow.state``.
+``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart``, ``onceflow.state``,
+``onceflow.windows`` (window assigners and triggers) and ``onceflow.agg`` (aggregates).
 """
 
-from onceflow import restart, sinks, sources, state
+from onceflow import agg, restart, sinks, sources, state, windows
+from onceflow.agg import AggregateFunction
 from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
 from onceflow.api.flow import DataStream, Flow, KeyedStream
@@ -37,6 +39,7 @@ from onceflow.runtime.control import SavepointError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AggregateFunction",
     "CheckpointConfig",
     "CheckpointError",
     "CheckpointStats",
@@ -66,8 +69,10 @@ __all__ = [
     "WatermarkGenerator",
     "WatermarkStrategy",
     "__version__",
+    "agg",
     "restart",
     "sinks",
     "sources",
     "state",
+    "windows",
 ]

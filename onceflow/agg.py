@@ -56,6 +56,15 @@ class AggregateFunction(ABC):
             accumulator = add(v, accumulator)
         return accumulator
 
+    def merge_all(self, accumulators: list[Any]) -> Any:
+        """``merge`` over a non-empty list (sliding windows merge their panes with it)."""
+        it = iter(accumulators)
+        acc = next(it)
+        merge = self.merge
+        for a in it:
+            acc = merge(acc, a)
+        return acc
+
 
 def _value_fn(name: str, value: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
     if value is not None and not callable(value):
@@ -77,6 +86,9 @@ class _Count(AggregateFunction):
 
     def merge(self, a: int, b: int) -> int:
         return a + b
+
+    def merge_all(self, accumulators: list[int]) -> int:
+        return builtins.sum(accumulators)
 
     def get_result(self, accumulator: int) -> int:
         return accumulator
@@ -101,6 +113,9 @@ class _Sum(AggregateFunction):
 
     def merge(self, a: Any, b: Any) -> Any:
         return a + b
+
+    def merge_all(self, accumulators: list[Any]) -> Any:
+        return builtins.sum(accumulators)
 
     def get_result(self, accumulator: Any) -> Any:
         return accumulator
@@ -131,6 +146,10 @@ class _Extreme(AggregateFunction):
         if a is None:
             return b
         return a if b is None else self.pick(a, b)
+
+    def merge_all(self, accumulators: list[Any]) -> Any:
+        some = [a for a in accumulators if a is not None]
+        return self.pick(some) if some else None
 
     def get_result(self, accumulator: Any) -> Any:
         return accumulator
@@ -180,6 +199,9 @@ class _CountDistinct(AggregateFunction):
 
     def merge(self, a: frozenset[Any], b: frozenset[Any]) -> frozenset[Any]:
         return a | b
+
+    def merge_all(self, accumulators: list[frozenset[Any]]) -> frozenset[Any]:
+        return frozenset().union(*accumulators)
 
     def get_result(self, accumulator: frozenset[Any]) -> int:
         return len(accumulator)

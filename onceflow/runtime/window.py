@@ -65,7 +65,14 @@ class _Adapter:
     def merge(self, a: Any, b: Any) -> Any:
         raise NotImplementedError
 
-    def result(self, key: Any, w: Window, acc: Any) -> Any:
+    def merge_all(self, accs: list[Any]) -> Any:
+        acc = accs[0]
+        for a in accs[1:]:
+            acc = self.merge(acc, a)
+        return acc
+
+    def result(self, key: Any, start: float, end: float, acc: Any) -> Any:
+        """The window's value (``_SKIP``: none); a Window is built only for user code."""
         raise NotImplementedError
 
     def _fail(self, what: Any, e: Exception) -> None:
@@ -104,15 +111,22 @@ class _AggregateAdapter(_Adapter):
             self._fail("<merge of two accumulators>", e)
             raise
 
-    def result(self, key: Any, w: Window, acc: Any) -> Any:
+    def merge_all(self, accs: list[Any]) -> Any:
+        try:
+            return self.fn.merge_all(accs)
+        except Exception as e:
+            self._fail("<merge of accumulators>", e)
+            raise
+
+    def result(self, key: Any, start: float, end: float, acc: Any) -> Any:
         try:
             v = self.fn.get_result(acc)
             if self.post is not None:
-                v = self.post(key, w, v)
+                v = self.post(key, Window(start, end), v)
                 return _SKIP if v is None else v
             return v
         except Exception as e:
-            self._fail(f"<window {tuple(w)} of key {key!r}>", e)
+            self._fail(f"<window ({start}, {end}) of key {key!r}>", e)
             raise
 
 
@@ -145,7 +159,7 @@ class _ReduceAdapter(_Adapter):
             self._fail(b, e)
             raise
 
-    def result(self, key: Any, w: Window, acc: Any) -> Any:
+    def result(self, key: Any, start: float, end: float, acc: Any) -> Any:
         return _SKIP if acc is NOTHING else acc
 
 
@@ -161,11 +175,11 @@ class _ProcessAdapter(_Adapter):
     def merge(self, a: Any, b: Any) -> Any:
         return a + b
 
-    def result(self, key: Any, w: Window, acc: Any) -> Any:
+    def result(self, key: Any, start: float, end: float, acc: Any) -> Any:
         try:
-            v = self.fn(key, w, list(acc))
+            v = self.fn(key, Window(start, end), list(acc))
         except Exception as e:
-            self._fail(f"<window {tuple(w)} of key {key!r} with {len(acc)} elements>", e)
+            self._fail(f"<window ({start}, {end}) of key {key!r} with {len(acc)} elements>", e)
             raise
         return _SKIP if v is None else v
 
@@ -559,7 +573,7 @@ class WindowOperator(_KeyedOp):
     # --- firing --------------------------------------------------------------------------
     def _fire(self, k: Any, d: dict[Any, Any], w: Window) -> None:
         acc = d[w]
-        v = self.adapter.result(k, w, acc)
+        v = self.adapter.result(k, w[0], w[1], acc)
         if v is not _SKIP:
             self._out.append((k, w[0], w[1], v))
             self._out_ts.append(math.nextafter(w[1], _NEG_INF))
@@ -607,6 +621,7 @@ class WindowOperator(_KeyedOp):
         cleans = self.time == domain
         fires = self.fire_domain == domain
         iv = self.interval if fires else None
+        seen = set(due)
         for t, k in due:
             d = table.get(k)
             if not d:
@@ -622,7 +637,7 @@ class WindowOperator(_KeyedOp):
                     self._fire(k, d, w)
                     changed = changed or self.purge
                     nxt = t + iv
-                    if nxt < e:
+                    if nxt < e and (nxt, k) not in seen:
                         if domain == EVENT:
                             store.register_event_timer(nxt)
                         else:
@@ -664,5 +679,191 @@ def _first(item: tuple[float, float, Any]) -> float:
     return item[0]
 
 
+class PaneWindowOperator(WindowOperator):
+    """Tumbling and sliding windows with their default trigger (fire at the end, in the
+    windows' own time), the common case, kept per *pane*: the slide-sized slices of time.
+    State per key is ``{pane index: accumulator}`` (table ``"panes"``); a record updates
+    one pane however many windows it is in, and a window's value is the merge of its
+    panes when it fires. Pane ``p`` covers ``[p*slide + offset, (p+1)*slide + offset)``;
+    window ``j`` ends at ``j*slide + offset`` and holds panes ``j-n .. j-1`` (``n =
+    size / slide``; tumbling: ``n = 1``). Timers sit on window ends: a new pane registers
+    the first of its windows not fired yet (and, with lateness, the window end by which
+    all its windows are past lateness, to drop it); a firing registers the next window end
+    while panes remain for it. Times are computed from integer indexes, so every record,
+    timer and firing agrees on the same float."""
+
+    def __init__(self, node: Node, key_fn: Callable[[Any], Any]) -> None:
+        super().__init__(node, key_fn)
+        a = self.assigner
+        assert isinstance(a, _Tumbling | _Sliding)
+        self.slide = a.slide if isinstance(a, _Sliding) else a.size
+        self.size = a.size
+        self.offset = a.offset
+        self.n = round(self.size / self.slide)
+        lat_panes = math.ceil(self.lateness / self.slide) if self.lateness else 0
+        self.clean_after = self.n + lat_panes  # panes after p whose end drops pane p
+        self.panes: _FastTable | _HandleTable | None = None
+
+    def _bind(self) -> None:
+        self.panes = _table(self.store, "panes")
+
+    def _records(self, batch: list[Any], ts: list[float] | None
+                 ) -> tuple[list[Any], list[float] | None]:
+        if self._check_key_type:
+            self._verify_key_type(batch)
+        out: list[Any] = []
+        out_ts: list[float] = []
+        self._out, self._out_ts = out, out_ts
+        event = self.time == EVENT
+        if event:
+            assert ts is not None
+            wm = self.watermark
+        else:
+            ts = [self.clock()] * len(batch)
+            wm = _NEG_INF
+        slide, off, n, lat = self.slide, self.offset, self.n, self.lateness
+        groups = self._group(batch, ts, slide, off)
+        table = self.panes
+        assert table is not None
+        get, put = table.get, table.put
+        store = self.store
+        scope = store.scope
+        reg = store.register_event_timer if event else store.register_timer
+        ad = self.adapter
+        create, add_all = ad.create, ad.add_all
+        clean = self.clean_after
+        for (k, p), recs in groups.items():
+            last_end = (p + n) * slide + off  # the end of the last window holding pane p
+            if last_end + lat <= wm:
+                self._late(recs)
+                continue
+            d = get(k)
+            if d is None:
+                d = {}
+            acc = d.get(p)
+            if acc is None:
+                d[p] = add_all(create(), recs)
+                scope.key = k
+                first = p + 1
+                if first * slide + off <= wm:  # some of its windows already fired
+                    first = math.floor((wm - off) / slide) + 1.0
+                    while first * slide + off <= wm:
+                        first += 1.0
+                if first <= p + n:
+                    reg(first * slide + off)
+                if lat:
+                    reg((p + clean) * slide + off)
+            else:
+                d[p] = add_all(acc, recs)
+            put(k, d)
+            if (p + 1) * slide + off <= wm:  # late records within lateness: fire again
+                j = p + 1
+                while j <= p + n:
+                    e = j * slide + off
+                    if e > wm:
+                        break
+                    if e + lat > wm:
+                        self._emit_window(k, d, j)
+                    j += 1.0
+        store.after_batch()
+        return out, (out_ts if event else None)
+
+    def _emit_window(self, k: Any, d: dict[Any, Any], j: float) -> bool:
+        """Emit window ``j`` of key ``k`` from the panes it holds; False if it has none."""
+        n, slide, off = self.n, self.slide, self.offset
+        lo = j - n
+        ad = self.adapter
+        if n == 1:
+            acc = d.get(lo)
+            if acc is None:
+                return False
+        elif lo <= min(d) and max(d) < j:
+            accs = list(d.values())
+            acc = accs[0] if len(accs) == 1 else ad.merge_all(accs)
+        else:
+            accs = [pacc for p, pacc in d.items() if lo <= p < j]
+            if not accs:
+                return False
+            acc = accs[0] if len(accs) == 1 else ad.merge_all(accs)
+        end = j * slide + off
+        start = lo * slide + off
+        v = ad.result(k, start, end, acc)
+        if v is not _SKIP:
+            self._out.append((k, start, end, v))
+            self._out_ts.append(math.nextafter(end, _NEG_INF))
+        return True
+
+    def on_watermark(self, watermark: float) -> tuple[list[Any], list[float] | None]:
+        store = self.store
+        if self.time == PROCESSING:
+            if watermark == _INF and store.next_timer() is not None:
+                return self.fire_timers(_INF)  # end of input: fire what is open
+            return [], None
+        nt = store.next_event_timer()
+        if nt is None or nt > watermark:
+            return [], None
+        self._firings += 1
+        _faults.point("window.fire", operator=self.name, subtask=self.subtask,
+                      firing=self._firings)
+        return self._pane_timers(store.pop_due_event_timers, watermark, True)
+
+    def fire_timers(self, now: float) -> tuple[list[Any], list[float] | None]:
+        out, _ = self._pane_timers(self.store.pop_due_timers, now, False)
+        return out, None
+
+    def _pane_timers(self, pop: Callable[[float], list[tuple[float, Any]]], upto: float,
+                     event: bool) -> tuple[list[Any], list[float] | None]:
+        out: list[Any] = []
+        out_ts: list[float] = []
+        self._out, self._out_ts = out, out_ts
+        table = self.panes
+        assert table is not None
+        store = self.store
+        scope = store.scope
+        reg = store.register_event_timer if event else store.register_timer
+        slide, off, n = self.slide, self.offset, self.n
+        keep = n + self.lateness / slide  # pane p is dropped at window end j >= p + keep
+        peek = store.next_event_timer if event else store.next_timer
+        while True:
+            # one window end at a time, in time order: a firing registers the key's next
+            # window end, which may be due too and must fire before any later one
+            nt = peek()
+            if nt is None or nt > upto:
+                break
+            for t, k in pop(nt):
+                d = table.get(k)
+                if not d:
+                    continue
+                j = float(round((t - off) / slide))
+                self._emit_window(k, d, j)
+                cut = j - keep
+                if min(d) <= cut:
+                    for p in [p for p in d if p <= cut]:
+                        del d[p]
+                if d:
+                    table.put(k, d)
+                    nxt = (j + 1.0) * slide + off
+                    # panes for window j + 1 (or kept for lateness)
+                    if min(d) <= j:
+                        scope.key = k
+                        reg(nxt)
+                else:
+                    table.drop(k)
+        store.after_batch()
+        if out:
+            _faults.point("window.fired", operator=self.name, subtask=self.subtask,
+                          firing=self._firings)
+        return out, out_ts
+
+
 def make_window_operator(node: Node, key_fn: Callable[[Any], Any]) -> WindowOperator:
+    """The pane operator for tumbling/sliding windows with their default trigger (and a
+    slide that divides the size); the general one for everything else."""
+    spec: WindowSpec = node.fn
+    a, tr = spec.assigner, spec.trigger
+    if isinstance(a, _Tumbling | _Sliding) and tr.domain == a.time and tr.every is None \
+            and tr.interval is None and not tr.purge:
+        n = a.size / a.slide if isinstance(a, _Sliding) else 1.0
+        if n == int(n):
+            return PaneWindowOperator(node, key_fn)
     return WindowOperator(node, key_fn)

@@ -201,8 +201,8 @@ def main_parent(args: argparse.Namespace) -> int:
             "runs": runs[cfg["key"]], "machine": machine,
         }
     base = summaries.get("w1", {}).get("records_per_s")
-    rows = [f"| configuration | records/s median (min{w1.DASH}max) | vs W1 | target | met | peak RSS MB "
-            "(sampled tree) | largest checkpoint |", "|---|---|---|---|---|---|---|"]
+    rows = [f"| configuration | records/s median (min{w1.DASH}max) | vs W1 | target | met "
+            "| peak RSS MB (sampled tree) | largest checkpoint |", "|---|---|---|---|---|---|---|"]
     for key, s in summaries.items():
         rps = s["records_per_s"]
         ratio = rps / base if rps and base else None

@@ -439,7 +439,8 @@ class WindowOperator(_KeyedOp):
         """Timers for window ``w`` that just got records (scope key is ``k``)."""
         store = self.store
         if self.time == EVENT:
-            store.register_event_timer(end + self.lateness)  # cleanup
+            if self.lateness or self.fire_domain != EVENT:
+                store.register_event_timer(end + self.lateness)  # cleanup
         elif self.time == PROCESSING:
             store.register_timer(end)  # fire and clean up
         fd = self.fire_domain
@@ -524,6 +525,16 @@ class WindowOperator(_KeyedOp):
         for k, items in per.items():
             store.scope.key = k
             d = table.get(k)
+            if not d and len(items) == 1:  # the common case: a new session of one record
+                t0, e0, r = items[0]
+                if e0 + lat <= wm:
+                    self._late([r])
+                    continue
+                w = Window(t0, e0)
+                d = {w: ad.add_all(ad.create(), [r])}
+                self._on_element(k, d, w, e0, wm)
+                table.put(k, d)
+                continue
             if d is None:
                 d = {}
             held = MergingWindowSet(d)
@@ -731,6 +742,13 @@ class PaneWindowOperator(WindowOperator):
         reg = store.register_event_timer if event else store.register_timer
         ad = self.adapter
         create, add_all = ad.create, ad.add_all
+        if type(ad) is _AggregateAdapter:  # call the AggregateFunction itself; on an
+            fold = ad.fn.add_all  # error the adapter's add_all names the record
+        else:
+            def fold(recs: list[Any], acc: Any) -> Any:
+                return add_all(acc, recs)
+        live = type(table) is _FastTable  # dicts changed in place; mark them changed
+        dirty = table.dirty if isinstance(table, _FastTable) else None
         clean = self.clean_after
         for (k, p), recs in groups.items():
             last_end = (p + n) * slide + off  # the end of the last window holding pane p
@@ -738,11 +756,20 @@ class PaneWindowOperator(WindowOperator):
                 self._late(recs)
                 continue
             d = get(k)
-            if d is None:
+            fresh = d is None
+            if fresh:
                 d = {}
             acc = d.get(p)
+            try:
+                d[p] = fold(recs, create() if acc is None else acc)
+            except Exception:
+                d[p] = add_all(create() if acc is None else acc, recs)  # raises, naming
+                raise
+            if fresh or not live:
+                put(k, d)
+            elif dirty is not None:
+                dirty.add(k)
             if acc is None:
-                d[p] = add_all(create(), recs)
                 scope.key = k
                 first = p + 1
                 if first * slide + off <= wm:  # some of its windows already fired
@@ -753,9 +780,6 @@ class PaneWindowOperator(WindowOperator):
                     reg(first * slide + off)
                 if lat:
                     reg((p + clean) * slide + off)
-            else:
-                d[p] = add_all(acc, recs)
-            put(k, d)
             if (p + 1) * slide + off <= wm:  # late records within lateness: fire again
                 j = p + 1
                 while j <= p + n:

@@ -13,8 +13,8 @@ job reads the files with per-file watermarks and computes, exactly-once into Fil
 
 Then it checks that every click was counted exactly once (in its minute or among the late
 clicks, in a session or among the late ones; the minute counts against plain Python over
-the clicks the job did not report late) and prints a few lines. With ``--kill`` it SIGKILLs a worker mid-run; the committed results are
-the same.
+the clicks the job did not report late) and prints a few lines. With ``--kill`` it
+SIGKILLs a worker mid-run, and the check still holds.
 """
 
 from __future__ import annotations

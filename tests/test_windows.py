@@ -299,7 +299,7 @@ def test_a_failing_aggregate_names_the_record(tmp_path: Path) -> None:
     assert "total" in str(e.value) and "'x'" in str(e.value)
 
 
-def _pane_op(assigner: Any, lateness: float) -> WindowOperator:
+def _pane_op(assigner: Any, lateness: float, backend: Any = None) -> WindowOperator:
     from onceflow.api.windowing import WindowedStream
     from onceflow.runtime.window import PaneWindowOperator, make_window_operator
 
@@ -308,23 +308,25 @@ def _pane_op(assigner: Any, lateness: float) -> WindowOperator:
     ws = WindowedStream(flow, src._node, lambda r: r[0], assigner).allowed_lateness(lateness)
     op = make_window_operator(ws.aggregate(of.agg.count(), name="w")._node, lambda r: r[0])
     assert isinstance(op, PaneWindowOperator)
-    op.open(OperatorEnv("unit", 0, 1, 128, (0, 128), 0))
+    op.open(OperatorEnv("unit", 0, 1, 128, (0, 128), 0, state_backend=backend))
     return op
 
 
 @pytest.mark.parametrize(("size", "slide", "lateness"), [
     (10.0, 10.0, 0.0), (10.0, 2.5, 0.0), (10.0, 2.5, 4.0), (6.0, 1.0, 7.5), (4.0, 4.0, 3.0)])
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("seed", "backend"), [(1, "memory"), (2, "memory"), (3, "rocksdb")])
 def test_panes_equal_a_brute_force_reference(size: float, slide: float, lateness: float,
-                                             seed: int) -> None:
+                                             seed: int, backend: str) -> None:
     """Random out-of-order records and watermark jumps of several slides: the last result
     of every window equals its count of records that were not late for it, and records
-    late for all their windows are counted."""
+    late for all their windows are counted. (Memory: the one-pass path; RocksDB: the
+    grouped path.)"""
     import random
 
     rng = random.Random(seed)
+    be = of.state.RocksDBBackend() if backend == "rocksdb" else None
     op = _pane_op(of.windows.sliding(size, slide) if slide != size
-                  else of.windows.tumbling(size), lateness)
+                  else of.windows.tumbling(size), lateness, be)
     n = round(size / slide)
     want: dict[tuple[Any, ...], int] = {}
     late = 0
@@ -359,3 +361,4 @@ def test_panes_equal_a_brute_force_reference(size: float, slide: float, lateness
     if lateness == 0:
         assert all(len(vs) == 1 for vs in got.values())
     assert op.late_dropped == late
+    op.close()

@@ -711,6 +711,20 @@ class PaneWindowOperator(WindowOperator):
         self.size = a.size
         self.offset = a.offset
         self.n = round(self.size / self.slide)
+        ad = self.adapter
+        if isinstance(ad, _AggregateAdapter):
+            self._add_one: Callable[[Any, Any], Any] = ad.fn.add
+            self._fused = True
+        elif isinstance(ad, _ReduceAdapter):
+            fn = ad.fn
+
+            def fold(r: Any, acc: Any) -> Any:
+                return r if acc is NOTHING else fn(acc, r)
+
+            self._add_one = fold
+            self._fused = True
+        else:
+            self._fused = False
         lat_panes = math.ceil(self.lateness / self.slide) if self.lateness else 0
         self.clean_after = self.n + lat_panes  # panes after p whose end drops pane p
         self.panes: _FastTable | _HandleTable | None = None
@@ -732,6 +746,8 @@ class PaneWindowOperator(WindowOperator):
         else:
             ts = [self.clock()] * len(batch)
             wm = _NEG_INF
+        if self._fused and type(self.panes) is _FastTable:
+            return self._records_fused(batch, ts, wm, event)
         slide, off, n, lat = self.slide, self.offset, self.n, self.lateness
         groups = self._group(batch, ts, slide, off)
         table = self.panes
@@ -791,6 +807,93 @@ class PaneWindowOperator(WindowOperator):
                     j += 1.0
         store.after_batch()
         return out, (out_ts if event else None)
+
+    def _records_fused(self, batch: list[Any], ts: list[float], wm: float, event: bool
+                       ) -> tuple[list[Any], list[float] | None]:
+        """The memory backend with an aggregate or reduce: one pass over the records,
+        each folded into its pane's accumulator in place (no grouping: with many keys per
+        batch, grouping costs more than it saves)."""
+        table = self.panes
+        assert isinstance(table, _FastTable)
+        tab, dirty = table.t, table.dirty
+        tget = tab.get
+        slide, off, n, lat = self.slide, self.offset, self.n, self.lateness
+        ad = self.adapter
+        create = ad.create
+        add = self._add_one
+        kf = self.key_fn
+        late: list[Any] = []
+        new: list[tuple[Any, float]] = []
+        refire: list[tuple[Any, float]] = []
+        # quick filters, one more pane wide than exact; the exact test decides
+        horizon = (wm - off - lat) / slide - n + 1  # late panes are at most this
+        fired = (wm - off) / slide  # panes with fired windows are at most this
+        r: Any = None
+        try:
+            for r, t in zip(batch, ts, strict=True):
+                k = kf(r)
+                p = (t - off) // slide
+                if p <= horizon and (p + n) * slide + off + lat <= wm:
+                    late.append(r)
+                    continue
+                d = tget(k)
+                if d is None:
+                    d = tab[k] = {}
+                acc = d.get(p)
+                if acc is None:
+                    d[p] = add(r, create())
+                    new.append((k, p))
+                else:
+                    d[p] = add(r, acc)
+                if p <= fired and (p + 1) * slide + off <= wm:
+                    refire.append((k, p))
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, r, e) from e
+        if dirty is not None:
+            dirty.update(k for k, _ in new)
+            dirty.update(kf(r) for r in batch)
+        if late:
+            self._late(late)
+        if new:
+            self._pane_timers_for(new, wm, event)
+        for k, p in dict.fromkeys(refire):
+            self._refire(k, tab[k], p, wm)
+        self.store.after_batch()
+        return self._out, (self._out_ts if event else None)
+
+    def _pane_timers_for(self, new: list[tuple[Any, float]], wm: float, event: bool) -> None:
+        """Timers of new panes: the first of their windows not fired yet, and the
+        cleanup with lateness."""
+        store = self.store
+        scope = store.scope
+        reg = store.register_event_timer if event else store.register_timer
+        slide, off, n, lat, clean = self.slide, self.offset, self.n, self.lateness, \
+            self.clean_after
+        for k, p in new:
+            scope.key = k
+            first = p + 1
+            if first * slide + off <= wm:
+                first = math.floor((wm - off) / slide) + 1.0
+                while first * slide + off <= wm:
+                    first += 1.0
+            if first <= p + n:
+                reg(first * slide + off)
+            if lat:
+                reg((p + clean) * slide + off)
+
+    def _refire(self, k: Any, d: dict[Any, Any], p: float, wm: float) -> None:
+        """Late records within the lateness: fire pane ``p``'s fired windows again."""
+        slide, off, n, lat = self.slide, self.offset, self.n, self.lateness
+        j = p + 1
+        while j <= p + n:
+            e = j * slide + off
+            if e > wm:
+                break
+            if e + lat > wm:
+                self._emit_window(k, d, j)
+            j += 1.0
 
     def _emit_window(self, k: Any, d: dict[Any, Any], j: float) -> bool:
         """Emit window ``j`` of key ``k`` from the panes it holds; False if it has none."""

@@ -895,6 +895,59 @@ class PaneWindowOperator(WindowOperator):
                 self._emit_window(k, d, j)
             j += 1.0
 
+    def _fire_live(self, due: list[tuple[float, Any]], t: float,
+                   reg: Callable[[float], None]) -> None:
+        """The timers of one window end ``t`` (all keys at once) on the memory backend:
+        the window's bounds, cleanup and next end are computed once for all keys, and the
+        dicts are changed in place."""
+        table = self.panes
+        assert isinstance(table, _FastTable)
+        tab, dirty = table.t, table.dirty
+        slide, off, n = self.slide, self.offset, self.n
+        j = float(round((t - off) / slide))
+        lo = j - n
+        start, end = lo * slide + off, j * slide + off
+        ts = math.nextafter(end, _NEG_INF)
+        cut = j - n - self.lateness / slide  # panes at or below are past their lateness
+        nxt = (j + 1.0) * slide + off
+        ad = self.adapter
+        result = ad.result
+        merge_all = ad.merge_all
+        out, out_ts = self._out, self._out_ts
+        scope = self.store.scope
+        for _, k in due:
+            d = tab.get(k)
+            if not d:
+                continue
+            mn = min(d)
+            if n == 1:
+                acc = d.get(lo)
+            elif lo <= mn and max(d) < j:
+                accs = list(d.values())
+                acc = accs[0] if len(accs) == 1 else merge_all(accs)
+            else:
+                accs = [pacc for p, pacc in d.items() if lo <= p < j]
+                acc = None if not accs else accs[0] if len(accs) == 1 else merge_all(accs)
+            if acc is not None:
+                v = result(k, start, end, acc)
+                if v is not _SKIP:
+                    out.append((k, start, end, v))
+                    out_ts.append(ts)
+            if mn <= cut:
+                for p in [p for p in d if p <= cut]:
+                    del d[p]
+                if not d:
+                    del tab[k]
+                    if dirty is not None:
+                        dirty.add(k)
+                    continue
+                mn = min(d)
+            if dirty is not None:
+                dirty.add(k)
+            if mn <= j:  # panes for window j + 1 (or kept for lateness)
+                scope.key = k
+                reg(nxt)
+
     def _emit_window(self, k: Any, d: dict[Any, Any], j: float) -> bool:
         """Emit window ``j`` of key ``k`` from the panes it holds; False if it has none."""
         n, slide, off = self.n, self.slide, self.offset
@@ -951,12 +1004,16 @@ class PaneWindowOperator(WindowOperator):
         slide, off, n = self.slide, self.offset, self.n
         keep = n + self.lateness / slide  # pane p is dropped at window end j >= p + keep
         peek = store.next_event_timer if event else store.next_timer
+        fast = type(table) is _FastTable and type(self.adapter) is not _ProcessAdapter
         while True:
             # one window end at a time, in time order: a firing registers the key's next
             # window end, which may be due too and must fire before any later one
             nt = peek()
             if nt is None or nt > upto:
                 break
+            if fast:
+                self._fire_live(pop(nt), nt, reg)
+                continue
             for t, k in pop(nt):
                 d = table.get(k)
                 if not d:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from onceflow.windows import Window
+Window = tuple[float, float]  # (start, end); plain tuples are what the state holds
 
 
 class MergingWindowSet:
@@ -33,7 +33,7 @@ class MergingWindowSet:
         if not absorbed:
             self.windows.append(w)
             return w, []
-        merged = Window(min(s, *(x[0] for x in absorbed)), max(e, *(x[1] for x in absorbed)))
+        merged = (min(s, *(x[0] for x in absorbed)), max(e, *(x[1] for x in absorbed)))
         gone = set(absorbed)
         self.windows = [x for x in self.windows if x not in gone]
         self.windows.append(merged)

@@ -35,7 +35,8 @@ from onceflow.windows import EVENT, PROCESSING, Window, _Session, _Sliding, _Tum
 
 _INF = math.inf
 _NEG_INF = -math.inf
-_GLOBAL = Window(_NEG_INF, _INF)
+_W = tuple[float, float]  # a window as state holds it: (start, end)
+_GLOBAL = (_NEG_INF, _INF)  # windows are plain (start, end) tuples in state
 
 
 class _Nothing:
@@ -359,7 +360,7 @@ class WindowOperator(_KeyedOp):
             groups = self._group(batch, ts, size, off)
             for (k, idx), recs in groups.items():
                 s = idx * size + off
-                self._add(k, (Window(s, s + size),), recs)
+                self._add(k, ((s, s + size),), recs)
             return
         assert isinstance(a, _Sliding)
         size, slide, off = a.size, a.slide, a.offset
@@ -367,7 +368,7 @@ class WindowOperator(_KeyedOp):
         if n:
             groups = self._group(batch, ts, slide, off)
             for (k, idx), recs in groups.items():
-                ws = tuple(Window(j * slide + off, j * slide + off + size)
+                ws = tuple((j * slide + off, j * slide + off + size)
                            for j in range(int(idx) - n + 1, int(idx) + 1))
                 self._add(k, ws, recs)
             return
@@ -382,7 +383,7 @@ class WindowOperator(_KeyedOp):
         except Exception as e:
             self._key_error(batch, e)
         for (k, first, last), recs in per.items():
-            self._add(k, tuple(Window(j * slide + off, j * slide + off + size)
+            self._add(k, tuple((j * slide + off, j * slide + off + size)
                                for j in range(first, last + 1)), recs)
 
     def _global(self, batch: list[Any], ts: list[float] | None) -> None:
@@ -402,7 +403,7 @@ class WindowOperator(_KeyedOp):
         for k, recs in groups.items():
             self._add(k, (_GLOBAL,), recs)
 
-    def _add(self, k: Any, ws: tuple[Window, ...], recs: list[Any]) -> None:
+    def _add(self, k: Any, ws: tuple[_W, ...], recs: list[Any]) -> None:
         """Add one group of records of key ``k`` to its windows ``ws`` (all time windows
         of the same time, oldest first)."""
         table = self.windows
@@ -435,7 +436,7 @@ class WindowOperator(_KeyedOp):
         else:
             table.drop(k)
 
-    def _on_element(self, k: Any, d: dict[Any, Any], w: Window, end: float, wm: float) -> None:
+    def _on_element(self, k: Any, d: dict[Any, Any], w: _W, end: float, wm: float) -> None:
         """Timers for window ``w`` that just got records (scope key is ``k``)."""
         store = self.store
         if self.time == EVENT:
@@ -468,7 +469,7 @@ class WindowOperator(_KeyedOp):
 
     _ts_hint = _NEG_INF
 
-    def _add_counted(self, k: Any, d: dict[Any, Any], w: Window, recs: list[Any]) -> None:
+    def _add_counted(self, k: Any, d: dict[Any, Any], w: _W, recs: list[Any]) -> None:
         """Add records in slices so a count trigger fires at exactly every n-th record."""
         counts = self.counts
         assert counts is not None and self.every is not None
@@ -530,7 +531,7 @@ class WindowOperator(_KeyedOp):
                 if e0 + lat <= wm:
                     self._late([r])
                     continue
-                w = Window(t0, e0)
+                w = (t0, e0)
                 d = {w: ad.add_all(ad.create(), [r])}
                 self._on_element(k, d, w, e0, wm)
                 table.put(k, d)
@@ -543,14 +544,14 @@ class WindowOperator(_KeyedOp):
             keep: list[tuple[float, float, Any]] = []
             late: list[Any] = []
             for it in items:
-                if it[1] + lat <= wm and not held.intersects(Window(it[0], it[1])):
+                if it[1] + lat <= wm and not held.intersects((it[0], it[1])):
                     late.append(it[2])
                 else:
                     keep.append(it)
             if late:
                 self._late(late)
             for s0, e0, i, j in merge_sorted([(it[0], it[1]) for it in keep]):
-                merged, absorbed = held.add(Window(s0, e0))
+                merged, absorbed = held.add((s0, e0))
                 acc = d.pop(merged, None)
                 for old in absorbed:
                     prev = d.pop(old)
@@ -565,7 +566,7 @@ class WindowOperator(_KeyedOp):
             else:
                 table.drop(k)
 
-    def _drop_timers(self, w: Window) -> None:
+    def _drop_timers(self, w: _W) -> None:
         store = self.store
         if self.time == EVENT:
             store.delete_event_timer(w[1] + self.lateness)
@@ -582,7 +583,7 @@ class WindowOperator(_KeyedOp):
             self.emit_side(tag, r, None)
 
     # --- firing --------------------------------------------------------------------------
-    def _fire(self, k: Any, d: dict[Any, Any], w: Window) -> None:
+    def _fire(self, k: Any, d: dict[Any, Any], w: _W) -> None:
         acc = d[w]
         v = self.adapter.result(k, w[0], w[1], acc)
         if v is not _SKIP:
@@ -669,7 +670,7 @@ class WindowOperator(_KeyedOp):
                           firing=self._firings)
         return out, out_ts
 
-    def _clear_count(self, k: Any, w: Window) -> None:
+    def _clear_count(self, k: Any, w: _W) -> None:
         counts = self.counts
         assert counts is not None
         cd = counts.get(k)

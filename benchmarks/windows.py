@@ -14,8 +14,9 @@ Configurations (parallelism 1, exactly-once checkpoints every 1 s):
   Target: >= 40 % of ``w1``.
 * ``session``: 1.2 M records, key = i % 1,000,000 (1 M keys; 200,000 of them seen twice,
   so their sessions merge), event time = i, ``session(gap = 1.5 M)`` so every session
-  stays open until the end of input (1 M open windows and timers in state), ``aggregate(of.agg.count())``, RocksDB backend with
-  incremental checkpoints. Reports throughput, checkpoint sizes and peak memory.
+  stays open until the end of input (1 M open windows and timers in state),
+  ``aggregate(of.agg.count())``, RocksDB backend with incremental checkpoints. Reports
+  throughput, checkpoint sizes and peak memory.
 
 Every run is a fresh subprocess (w1.py's harness: start-up measured, memory sampled);
 results go to ``benchmarks/results/windows.json`` and ``windows.md``.

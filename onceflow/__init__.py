@@ -3,12 +3,14 @@
 This module assembles the public API. ``onceflow.api`` describes flows;
 ``onceflow.runtime`` (private: processes, channels, barriers) and ``onceflow.checkpoint``
 run them. Users import only what is listed in ``__all__`` plus the submodules
-``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart``, ``onceflow.state`` and
-``onceflow.executors``.
+``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart``, ``onceflow.state``,
+``onceflow.executors``, ``onceflow.windows`` (window assigners and triggers) and
+``onceflow.agg`` (aggregates).
 """
 
-from onceflow import executors, restart, sinks, sources, state
+from onceflow import agg, executors, restart, sinks, sources, state, windows
 from onceflow import logging as _logging
+from onceflow.agg import AggregateFunction
 from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
 from onceflow.api.flow import DataStream, Flow, KeyedStream
@@ -53,6 +55,7 @@ __version__ = "0.1.0"
 _logging.install_fallback()  # warnings reach stderr, with their level, until logging is set up
 
 __all__ = [
+    "AggregateFunction",
     "BroadcastContext",
     "BroadcastProcessFunction",
     "BroadcastState",
@@ -93,9 +96,11 @@ __all__ = [
     "WatermarkGenerator",
     "WatermarkStrategy",
     "__version__",
+    "agg",
     "executors",
     "restart",
     "sinks",
     "sources",
     "state",
+    "windows",
 ]

@@ -14,6 +14,7 @@ import onceflow as of
 
 PUBLIC = {
     "onceflow": [
+        "AggregateFunction",
         "BroadcastContext",
         "BroadcastProcessFunction",
         "BroadcastState",
@@ -54,11 +55,31 @@ PUBLIC = {
         "WatermarkGenerator",
         "WatermarkStrategy",
         "__version__",
+        "agg",
         "executors",
         "restart",
         "sinks",
         "sources",
         "state",
+        "windows",
+    ],
+    "onceflow.agg": ["AggregateFunction", "count", "count_distinct", "max", "mean", "min",
+                     "sum"],
+    "onceflow.windows": [
+        "ContinuousEventTimeTrigger",
+        "ContinuousProcessingTimeTrigger",
+        "CountTrigger",
+        "EventTimeTrigger",
+        "ProcessingTimeTrigger",
+        "PurgingTrigger",
+        "Trigger",
+        "Window",
+        "WindowAssigner",
+        "count",
+        "global_",
+        "session",
+        "sliding",
+        "tumbling",
     ],
     "onceflow.sources": ["Collection", "DataGen", "Range", "Source", "SplitReader", "TextFiles"],
     "onceflow.sinks": [
@@ -122,7 +143,7 @@ def test_every_public_name_resolves(module: str, name: str) -> None:
 
 
 def test_submodules_are_the_same_objects_as_the_attributes() -> None:
-    for sub in ("restart", "sinks", "sources", "state"):
+    for sub in ("agg", "restart", "sinks", "sources", "state", "windows"):
         assert getattr(of, sub) is importlib.import_module(f"onceflow.{sub}")
 
 

@@ -16,7 +16,9 @@ import onceflow
 from onceflow import errors
 
 #: exceptions that are not errors users see: internal signals between two modules
-INTERNAL = {"onceflow.runtime.channels.PeerClosedError"}
+# internal signals that never reach users: caught and wrapped where they are raised
+INTERNAL = {"onceflow.runtime.channels.PeerClosedError",
+            "onceflow.connectors.files._RecordError"}  # -> UserFunctionError naming the sink
 
 
 def _docstring_tree() -> dict[str, str | None]:

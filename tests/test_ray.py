@@ -160,7 +160,7 @@ def _run_in_thread(flow: of.Flow, executor: Any) -> tuple[threading.Thread, dict
 
 
 def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
-    flow, out = _flow(tmp_path, "keyed_count", "kill", rate=1500, attempts=3)
+    flow, out = _flow(tmp_path, "keyed_count", "kill", rate=800, attempts=3)
     t, box = _run_in_thread(flow, of.executors.Ray())
     pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
     _wait_for(lambda: _completed_checkpoints(tmp_path / "ck-kill") >= 1, 60, "a checkpoint")
@@ -244,9 +244,31 @@ def test_module_missing_on_the_nodes_says_how_to_ship_it(cluster: Any,
     assert "only_on_driver" in msg and "runtime_env" in msg and "install" in msg
 
 
+def test_cli_runs_a_job_on_ray(cluster: Any, tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(
+        "import onceflow as of\n"
+        "flow = of.Flow('cli-ray', parallelism=2)\n"
+        "(flow.source(of.sources.Range(0, 5000), name='n')\n"
+        "     .map(lambda i: (i % 3, i), name='pairs').key_by(lambda kv: kv[0])\n"
+        "     .reduce(lambda a, b: (a[0], a[1] + b[1]), name='sum')\n"
+        f"     .sink(of.sinks.FileSink({str(tmp_path / 'out')!r}), name='files'))\n")
+    proc = subprocess.run([sys.executable, "-c", "import sys; from onceflow.cli import main; "
+                           "sys.exit(main())", "run", str(job),
+                           "--ray", cluster.address, "--no-progress"],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = crashjobs.committed(str(tmp_path / "out"))
+    sums: dict[int, int] = {}
+    for i in range(5000):
+        sums[i % 3] = sums.get(i % 3, 0) + i
+    assert {k: max(v for kk, v in got if kk == k) for k in sums} == sums  # the final sums
+    assert sum(got.values()) == 5000
+
+
 def test_removed_node_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
     """Last in the module: it removes a node (and adds a fresh one back after)."""
-    flow, out = _flow(tmp_path, "keyed_count", "node", rate=1500, attempts=3)
+    flow, out = _flow(tmp_path, "keyed_count", "node", rate=800, attempts=3)
     t, box = _run_in_thread(flow, of.executors.Ray(placement="spread"))
     pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
     _wait_for(lambda: _completed_checkpoints(tmp_path / "ck-node") >= 1, 60, "a checkpoint")

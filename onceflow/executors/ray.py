@@ -27,6 +27,7 @@ connection close and leaves its loop (the fence).
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import secrets
 import socket
@@ -41,6 +42,8 @@ from onceflow.executors.base import Executor, Workers
 
 if TYPE_CHECKING:
     from onceflow.runtime.worker import WorkerSpec
+
+log = logging.getLogger("onceflow")
 
 TOKEN_BYTES = 32
 _HELLO = struct.Struct("!i")  # who connects: -1 the driver, else the worker index
@@ -326,17 +329,25 @@ class _Actors(Workers):
         pending = list(self.runs.values())
         while pending and time.monotonic() < deadline:
             _, pending = self.ray.wait(pending, num_returns=len(pending), timeout=1.0)
-        for a in self.actors.values():  # also the actors that never started run()
-            while time.monotonic() < deadline:
+        alive = []
+        for w, a in self.actors.items():  # also the actors that never started run()
+            dead = False
+            while not dead and time.monotonic() < deadline:
                 try:
                     self.ray.get(a.__ray_ready__.remote(), timeout=1.0)
                 except self.ray.exceptions.RayActorError:
-                    break
+                    dead = True
                 except self.ray.exceptions.GetTimeoutError:
                     continue
                 except Exception:
-                    break
+                    dead = True
                 time.sleep(0.05)
+            if not dead:
+                alive.append(w)
+        if alive:  # its node is unreachable: it has lost its control connection already
+            log.warning("Ray has not confirmed the death of worker actor(s) %s within %.0fs; "
+                        "their control connections are closed, so they stop at their next "
+                        "look at them", alive, _STOP_TIMEOUT)
         self.actors.clear()
         self.runs.clear()
         self.pids.clear()

@@ -50,6 +50,7 @@ _HELLO = struct.Struct("!i")  # who connects: -1 the driver, else the worker ind
 _DRIVER = -1
 _WIRE_TIMEOUT = 60.0  # seconds for all connections of an attempt to arrive
 _STOP_TIMEOUT = 30.0  # seconds for Ray to report every killed actor dead
+_START_TRIES = 3  # starts of an attempt's actors when one dies while they are wired
 
 
 class Ray(Executor):
@@ -106,6 +107,21 @@ class Ray(Executor):
     def start(self, specs: Sequence[WorkerSpec]) -> Workers:
         blobs = [_serialise(s) for s in specs]  # refused here, before anything starts
         ray = self._connect()
+        for tries in range(_START_TRIES):
+            try:
+                return self._start(ray, specs, blobs)
+            except (ray.exceptions.RayActorError, OSError) as e:
+                # an actor (or its node) died while the attempt was being wired: the
+                # partial attempt is stopped; start it again on what is alive
+                if tries == _START_TRIES - 1:
+                    raise
+                log.warning("executor Ray: a worker actor died while starting (%s: %s); "
+                            "starting the attempt's workers again", type(e).__name__,
+                            str(e).splitlines()[0] if str(e) else "")
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    def _start(self, ray: Any, specs: Sequence[WorkerSpec], blobs: list[bytes]) -> Workers:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

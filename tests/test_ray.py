@@ -18,7 +18,9 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +208,37 @@ def test_token_is_required_on_every_connection() -> None:
     assert sorted(box["got"]) == [-1, 1]
     for s in [raw, wrong, *good, *box["got"].values(), listener]:
         s.close()
+
+
+def test_a_worker_actor_refuses_a_connection_without_the_token(cluster: Any) -> None:
+    """Against a real worker actor on the cluster: a raw connection to its listener is
+    closed; the driver's connection with the token becomes its control connection (the
+    worker, given a spec it cannot run, reports that failure over it)."""
+    import ray
+    from ray import cloudpickle
+
+    from onceflow.executors.ray import _WorkerActor
+    from onceflow.runtime import messages as m
+
+    token = os.urandom(TOKEN_BYTES)
+    actor = ray.remote(_WorkerActor).options(num_cpus=0).remote()
+    try:
+        blob = cloudpickle.dumps(types.SimpleNamespace(index=0))
+        host, port, _, _ = ray.get(actor.prepare.remote(blob, token, None), timeout=60)
+        assert host == "127.0.0.1"
+        done = actor.run.remote([(host, port)])
+        raw = socket.create_connection((host, port))
+        raw.sendall(b"\0" * (TOKEN_BYTES + 4))  # the driver's role, no token
+        assert _closed_by_peer(raw)
+        ctrl = Connection(_dial((host, port), token, -1).detach())
+        assert ctrl.poll(60)
+        msg = m.recv(ctrl)
+        assert isinstance(msg, m.Failed) and msg.worker == 0
+        assert ray.get(done, timeout=60) == 1
+        raw.close()
+        ctrl.close()
+    finally:
+        ray.kill(actor)
 
 
 def test_unpicklable_capture_fails_at_run_naming_the_operator(cluster: Any) -> None:

@@ -29,6 +29,8 @@ services:
 	scripts/postgres start
 	scripts/kafka start
 	scripts/browser install
+	@command -v unshare >/dev/null && command -v ip >/dev/null && command -v ss >/dev/null \
+		|| (apt-get update -q && apt-get install -y -q util-linux iproute2)
 
 stop-services:
 	-scripts/kafka stop
@@ -38,6 +40,12 @@ test: $(VENV)/.synced services
 	$(PY) -m ruff check onceflow tests benchmarks examples
 	$(PY) -m mypy onceflow
 	$(PY) -m pytest -q --doctest-modules onceflow tests
+	scripts/netns-run $(PY) -m pytest -q -m ray tests/test_ray.py
+
+# The Ray executor's tests alone: a simulated cluster in a loopback-only network namespace.
+.PHONY: test-ray
+test-ray: $(VENV)/.synced
+	scripts/netns-run $(PY) -m pytest -q -m ray tests/test_ray.py
 
 lint: $(VENV)/.synced
 	$(PY) -m ruff check onceflow tests benchmarks examples

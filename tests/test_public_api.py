@@ -93,7 +93,7 @@ PUBLIC = {
         "WriteAheadSink",
         "read_committed",
     ],
-    "onceflow.executors": ["Executor", "Inline", "Local", "Workers", "resolve"],
+    "onceflow.executors": ["Executor", "Inline", "Local", "Ray", "Workers", "resolve"],
     "onceflow.restart": ["RestartStrategy", "exponential_backoff", "fixed_delay", "no_restart"],
     "onceflow.logging": ["ENV_JSON", "JsonFormatter", "configure", "json_active",
                          "json_requested"],

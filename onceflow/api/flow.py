@@ -191,7 +191,8 @@ class Flow:
 
         ``executor``: where the subtasks run: ``"local"`` / ``of.executors.Local()`` (the
         default: forked worker processes) or ``"inline"`` / ``of.executors.Inline()``
-        (threads of this process, for debugging and fast tests)."""
+        (threads of this process, for debugging and fast tests) or
+        ``of.executors.Ray(address)`` (Ray actors on a cluster, ``docs/ray.md``)."""
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
                               metrics_port=metrics_port, progress=progress,
                               fresh=_fresh(restore, fresh), executor=executor)

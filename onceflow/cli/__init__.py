@@ -92,7 +92,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     interrupt.resume_hint = _resume_command(args)
     try:
-        result = flow.run(restore=args.restore, fresh=args.fresh, **opts)
+        executor = None
+        if getattr(args, "ray", None):
+            from onceflow.executors import Ray
+
+            executor = Ray(address=None if args.ray == "local" else args.ray)
+        result = flow.run(restore=args.restore, fresh=args.fresh, executor=executor, **opts)
     except JobFailedError as e:
         from onceflow import logging as oflog
 
@@ -354,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "returning one) in the file (default: flow)")
     r.add_argument("--parallelism", type=int, help="default parallelism of the operators")
     r.add_argument("--checkpoint-dir", help="checkpoint storage directory")
+    r.add_argument("--ray", metavar="ADDRESS",
+                   help="run the workers as Ray actors: 'auto', 'ray://HOST:PORT' or 'local' "
+                        "(a new single-node Ray); see docs/ray.md")
     r.add_argument("--restore", help="'latest' or a checkpoint directory")
     r.add_argument("--fresh", action="store_true",
                    help="start from the beginning even though the checkpoint storage holds "

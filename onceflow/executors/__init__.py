@@ -1,7 +1,8 @@
 """Executors: where a job's subtasks run (see :mod:`onceflow.executors.base`).
 
 ``Local()`` (the default) forks one worker process per subtask index; ``Inline()`` runs
-them as threads of the calling process, for debugging and fast tests::
+them as threads of the calling process, for debugging and fast tests; ``Ray(address)`` runs
+each in a Ray actor on a cluster (``docs/ray.md``)::
 
     flow.run(executor="inline")            # or executor=of.executors.Inline()
 """
@@ -9,8 +10,9 @@ them as threads of the calling process, for debugging and fast tests::
 from onceflow.executors.base import Executor, Workers
 from onceflow.executors.inline import Inline
 from onceflow.executors.local import Local
+from onceflow.executors.ray import Ray
 
-__all__ = ["Executor", "Inline", "Local", "Workers", "resolve"]
+__all__ = ["Executor", "Inline", "Local", "Ray", "Workers", "resolve"]
 
 _BY_NAME = {"local": Local, "inline": Inline}
 

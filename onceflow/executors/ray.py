@@ -1,0 +1,382 @@
+"""``Ray``: every worker of an attempt is a Ray actor, placed by a placement group.
+
+Ray places, starts and supervises the workers; it never carries records. Each attempt:
+
+1. the spec of every worker is serialised with cloudpickle *in the driver*, so a flow that
+   captures something that cannot travel (a lock, an open connection) is refused at
+   ``run()`` with the operator's name;
+2. a placement group with one bundle per worker (``placement="pack"`` or ``"spread"``,
+   ``resources_per_worker`` each) is reserved, and one actor per worker index is started in
+   its bundle. The actor loads its spec (a module the node cannot import is refused here,
+   with how to ship it) and opens a TCP listener on its node's address;
+3. the driver collects the listeners' addresses and hands them to every actor: actor ``j``
+   connects to every actor ``i < j`` (each pair once), and the driver connects to each
+   actor for its control connection. Every connection starts with the job's random token
+   (:data:`TOKEN_BYTES` bytes, checked with ``hmac.compare_digest``) and who is connecting;
+   a connection without it is closed;
+4. the actor runs :func:`onceflow.runtime.worker.worker_main` on those sockets, as a
+   forked worker does.
+
+Failures: an actor that dies (SIGKILL, its node lost) closes its sockets, so the driver
+sees EOF; :meth:`Workers.exit_reason` asks Ray why. ``stop()`` kills every actor of the
+attempt (``ray.kill``) and returns once Ray reports each of them dead, then releases the
+placement group; a worker whose node is only unreachable also sees its control
+connection close and leaves its loop (the fence).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from onceflow.errors import ConfigurationError
+from onceflow.executors.base import Executor, Workers
+
+if TYPE_CHECKING:
+    from onceflow.runtime.worker import WorkerSpec
+
+log = logging.getLogger("onceflow")
+
+TOKEN_BYTES = 32
+_HELLO = struct.Struct("!i")  # who connects: -1 the driver, else the worker index
+_DRIVER = -1
+_WIRE_TIMEOUT = 60.0  # seconds for all connections of an attempt to arrive
+_STOP_TIMEOUT = 30.0  # seconds for Ray to report every killed actor dead
+_START_TRIES = 3  # starts of an attempt's actors when one dies while they are wired
+
+
+class Ray(Executor):
+    """Run each worker in a Ray actor.
+
+    ``address``: ``None`` (a Ray already initialised in this process, else a new local
+    one), ``"auto"`` (the cluster this machine belongs to) or ``"ray://host:10001"``.
+    ``placement``: ``"pack"`` (as few nodes as possible) or ``"spread"`` (across nodes).
+    ``resources_per_worker``: what each worker's bundle reserves (default one CPU).
+    ``runtime_env``: Ray's runtime environment for the actors (e.g. ``{"py_modules":
+    [...]}`` or ``{"working_dir": "."}`` to ship the job's code).
+    ``bind_host``: the address the actors listen on (default: their node's address).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, placement: str = "pack",
+                 resources_per_worker: dict[str, float] | None = None,
+                 runtime_env: dict[str, Any] | None = None,
+                 bind_host: str | None = None, init_kwargs: dict[str, Any] | None = None,
+                 placement_timeout: float = 60.0) -> None:
+        if placement not in ("pack", "spread"):
+            raise ConfigurationError(
+                f"of.executors.Ray(placement={placement!r}): use 'pack' or 'spread'")
+        res = dict(resources_per_worker or {"CPU": 1.0})
+        for k, v in res.items():
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ConfigurationError(
+                    f"of.executors.Ray(resources_per_worker={{{k!r}: {v!r}}}): amounts are "
+                    "numbers >= 0")
+        self.address = address
+        self.placement = placement
+        self.resources_per_worker = res
+        self.runtime_env = runtime_env
+        self.bind_host = bind_host
+        self.init_kwargs = dict(init_kwargs or {})
+        self.placement_timeout = placement_timeout
+
+    def __repr__(self) -> str:
+        return (f"Ray(address={self.address!r}, placement={self.placement!r}, "
+                f"resources_per_worker={self.resources_per_worker!r})")
+
+    def _connect(self) -> Any:
+        try:
+            import ray
+        except ImportError as e:
+            raise ConfigurationError(
+                "of.executors.Ray needs Ray: pip install 'onceflow[ray]'") from e
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False,
+                     log_to_driver=True, **self.init_kwargs)
+        return ray
+
+    def start(self, specs: Sequence[WorkerSpec]) -> Workers:
+        blobs = [_serialise(s) for s in specs]  # refused here, before anything starts
+        ray = self._connect()
+        for tries in range(_START_TRIES):
+            try:
+                return self._start(ray, specs, blobs)
+            except (ray.exceptions.RayActorError, OSError) as e:
+                # an actor (or its node) died while the attempt was being wired: the
+                # partial attempt is stopped; start it again on what is alive
+                if tries == _START_TRIES - 1:
+                    raise
+                log.warning("executor Ray: a worker actor died while starting (%s: %s); "
+                            "starting the attempt's workers again", type(e).__name__,
+                            str(e).splitlines()[0] if str(e) else "")
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    def _start(self, ray: Any, specs: Sequence[WorkerSpec], blobs: list[bytes]) -> Workers:
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        n = len(specs)
+        token = secrets.token_bytes(TOKEN_BYTES)
+        workers = _Actors(ray, token)
+        try:
+            pg = placement_group([dict(self.resources_per_worker) for _ in range(n)],
+                                 strategy=self.placement.upper())
+            workers.pg = pg
+            try:
+                ray.get(pg.ready(), timeout=self.placement_timeout)
+            except ray.exceptions.GetTimeoutError:
+                raise ConfigurationError(
+                    f"of.executors.Ray: the cluster has no room for {n} workers of "
+                    f"{self.resources_per_worker} each ({self.placement}) after "
+                    f"{self.placement_timeout:.0f}s; available: "
+                    f"{ray.available_resources()}") from None
+            actor_cls = ray.remote(_WorkerActor)
+            res = dict(self.resources_per_worker)
+            opts: dict[str, Any] = {"num_cpus": res.pop("CPU", 0), "max_restarts": 0,
+                                    "max_concurrency": 2}
+            if "GPU" in res:
+                opts["num_gpus"] = res.pop("GPU")
+            if "memory" in res:
+                opts["memory"] = res.pop("memory")
+            if res:
+                opts["resources"] = res
+            if self.runtime_env is not None:
+                opts["runtime_env"] = self.runtime_env
+            for w in range(n):
+                strategy = PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=w)
+                workers.actors[w] = actor_cls.options(
+                    scheduling_strategy=strategy, **opts).remote()
+            prepared = [workers.actors[w].prepare.remote(blobs[w], token, self.bind_host)
+                        for w in range(n)]
+            addrs: list[tuple[str, int]] = []
+            for w, ref in enumerate(prepared):
+                try:
+                    host, port, pid, node = ray.get(ref, timeout=_WIRE_TIMEOUT)
+                except ray.exceptions.RayTaskError as e:
+                    raise _load_error(specs[w], e) from None
+                addrs.append((host, port))
+                workers.pids[w] = pid
+                workers.nodes[w] = node
+            workers.addresses = addrs
+            for w in range(n):
+                workers.runs[w] = workers.actors[w].run.remote(addrs)
+            for w in range(n):
+                sock = _dial(addrs[w], token, _DRIVER)
+                workers.conns[Connection(sock.detach())] = w
+        except BaseException:
+            workers.stop()
+            raise
+        return workers
+
+
+def _serialise(spec: WorkerSpec) -> bytes:
+    from ray import cloudpickle
+
+    try:
+        return bytes(cloudpickle.dumps(spec))
+    except Exception as e:
+        for t in spec.graph.tasks.values():
+            for node in t.nodes:
+                try:
+                    cloudpickle.dumps(node.fn)
+                except Exception as e2:
+                    raise ConfigurationError(
+                        f"executor Ray: operator {node.name!r} holds an object that cannot be "
+                        f"sent to a Ray worker ({type(e2).__name__}: {e2}); create "
+                        "connections, locks and clients in open(), not when the flow is "
+                        "defined") from e2
+        raise ConfigurationError(
+            f"executor Ray: the flow cannot be sent to a Ray worker "
+            f"({type(e).__name__}: {e}); create connections, locks and clients in open()"
+        ) from e
+
+
+def _load_error(spec: WorkerSpec, e: Exception) -> ConfigurationError:
+    cause = getattr(e, "cause", None) or e
+    if isinstance(cause, ImportError):
+        return ConfigurationError(
+            f"executor Ray: worker {spec.index} of flow {spec.flow!r} cannot import the "
+            f"job's code on its node ({type(cause).__name__}: {cause}); ship it with "
+            "of.executors.Ray(runtime_env={'working_dir': '.'} or {'py_modules': [...]}) "
+            "(Ray's runtime_env), or install the module on every node")
+    return ConfigurationError(
+        f"executor Ray: worker {spec.index} of flow {spec.flow!r} could not load the job "
+        f"on its node: {type(cause).__name__}: {cause}")
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        buf += chunk
+    return buf
+
+
+def _dial(addr: tuple[str, int], token: bytes, me: int) -> socket.socket:
+    sock = socket.create_connection(addr, timeout=_WIRE_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(token + _HELLO.pack(me))
+    sock.settimeout(None)
+    return sock
+
+
+def accept_authenticated(listener: socket.socket, token: bytes, expected: set[int],
+                         deadline: float) -> dict[int, socket.socket]:
+    """Accept connections until one from each of ``expected`` (worker indexes, -1 for the
+    driver) arrived with ``token``; any other connection is closed."""
+    got: dict[int, socket.socket] = {}
+    while set(got) != expected:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"connections from {sorted(expected - set(got))} did not "
+                               f"arrive within {_WIRE_TIMEOUT:.0f}s")
+        listener.settimeout(left)
+        sock, _ = listener.accept()
+        try:
+            sock.settimeout(min(5.0, max(left, 0.1)))
+            hello = _read_exact(sock, TOKEN_BYTES + _HELLO.size)
+            (who,) = _HELLO.unpack(hello[TOKEN_BYTES:])
+            if not hmac.compare_digest(hello[:TOKEN_BYTES], token) or who not in expected \
+                    or who in got:
+                raise ConnectionError("refused")
+        except (OSError, ConnectionError):
+            sock.close()
+            continue
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        got[who] = sock
+    return got
+
+
+class _WorkerActor:
+    """The body of one worker actor (wrapped with ``ray.remote`` by :class:`Ray`)."""
+
+    def __init__(self) -> None:
+        self.spec: Any = None
+        self.token = b""
+        self.listener: socket.socket | None = None
+
+    def prepare(self, blob: bytes, token: bytes,
+                bind_host: str | None) -> tuple[str, int, int, str]:
+        import ray
+        from ray import cloudpickle
+
+        self.spec = cloudpickle.loads(blob)
+        self.token = token
+        host = bind_host or ray.util.get_node_ip_address()
+        self.listener = socket.create_server((host, 0), backlog=64)
+        port = self.listener.getsockname()[1]
+        return host, port, os.getpid(), ray.get_runtime_context().get_node_id()
+
+    def run(self, addrs: list[tuple[str, int]]) -> int:
+        from onceflow.runtime.worker import worker_main
+
+        assert self.listener is not None
+        me, n = self.spec.index, len(addrs)
+        deadline = time.monotonic() + _WIRE_TIMEOUT
+        peers: dict[int, socket.socket] = {}
+        for i in range(me):  # each pair connects once: the higher index dials
+            peers[i] = _dial(addrs[i], self.token, me)
+        got = accept_authenticated(self.listener, self.token,
+                                   {_DRIVER, *range(me + 1, n)}, deadline)
+        self.listener.close()
+        ctrl = got.pop(_DRIVER)
+        peers.update(got)
+        return worker_main(self.spec, Connection(ctrl.detach()), peers)
+
+
+class _Actors(Workers):
+    def __init__(self, ray: Any, token: bytes) -> None:
+        self.ray = ray
+        self.token = token
+        self.actors: dict[int, Any] = {}
+        self.runs: dict[int, Any] = {}
+        self.pids: dict[int, int] = {}
+        self.nodes: dict[int, str] = {}
+        self.addresses: list[tuple[str, int]] = []
+        self.pg: Any = None
+        self.conns = {}
+
+    @property
+    def ids(self) -> dict[int, int]:
+        return dict(self.pids)
+
+    def exit_reason(self, worker: int) -> str:
+        where = f"(Ray actor, pid {self.pids.get(worker)}, node {self.nodes.get(worker, '?')})"
+        ref = self.runs.get(worker)
+        if ref is None:
+            return f"{where} closed its connection"
+        ready, _ = self.ray.wait([ref], timeout=2.0)
+        if not ready:
+            return f"{where} closed its connection"
+        try:
+            code = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as e:
+            return f"{where} died: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        except Exception as e:
+            return f"{where} failed: {type(e).__name__}: {e}"
+        return f"{where} exited with code {code}"
+
+    def stop(self) -> None:
+        self.close_conns()  # a worker that is only unreachable sees EOF and leaves
+        for a in self.actors.values():
+            try:
+                self.ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+        self._wait_dead()
+
+    def _wait_dead(self) -> None:
+        """Return once Ray reports every actor of the attempt dead (the fence)."""
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        pending = list(self.runs.values())
+        while pending and time.monotonic() < deadline:
+            _, pending = self.ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        alive = []
+        for w, a in self.actors.items():  # also the actors that never started run()
+            dead = False
+            while not dead and time.monotonic() < deadline:
+                try:
+                    self.ray.get(a.__ray_ready__.remote(), timeout=1.0)
+                except self.ray.exceptions.RayActorError:
+                    dead = True
+                except self.ray.exceptions.GetTimeoutError:
+                    continue
+                except Exception:
+                    dead = True
+                time.sleep(0.05)
+            if not dead:
+                alive.append(w)
+        if alive:  # its node is unreachable: it has lost its control connection already
+            log.warning("Ray has not confirmed the death of worker actor(s) %s within %.0fs; "
+                        "their control connections are closed, so they stop at their next "
+                        "look at them", alive, _STOP_TIMEOUT)
+        self.actors.clear()
+        self.runs.clear()
+        self.pids.clear()
+        if self.pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            try:
+                remove_placement_group(self.pg)
+            except Exception:
+                pass
+            self.pg = None
+
+    def join(self) -> None:
+        if self.runs:
+            self.ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=60.0)
+        self.stop()

@@ -1,0 +1,326 @@
+"""The Ray executor on a simulated cluster (a head and two nodes on this machine, one
+cluster for the whole module): the crash-test shapes commit what the fork executor commits;
+a worker actor SIGKILLed mid-job and a node removed mid-job still give the exact output;
+every data connection needs the job's token; a flow that cannot travel is refused at run().
+
+Ray binds to the machine's routable address, so this module runs inside a network
+namespace that has only loopback (``scripts/netns-run``; ``make test`` runs it that way,
+alone: ``scripts/netns-run .venv/bin/python -m pytest -m ray tests/test_ray.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import crashjobs
+import psutil
+import pytest
+
+import onceflow as of
+from onceflow.executors.ray import TOKEN_BYTES, _dial, accept_authenticated
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = ["keyed_count", "union_flatmap", "two_keyed", "text_wordcount", "mixed_parallelism"]
+RECORDS = 6000
+FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 200,
+               "health_check_timeout_ms": 500, "health_check_failure_threshold": 5}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    if os.environ.get("ONCEFLOW_IN_NETNS") != "1":
+        pytest.fail("the Ray tests run in a loopback-only network namespace: "
+                    "scripts/netns-run .venv/bin/python -m pytest -m ray tests/test_ray.py "
+                    "(make test does this)")
+    tmp = tempfile.mkdtemp(prefix="onceflow-ray-")
+    os.makedirs(os.path.join(tmp, "ray"))
+    saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RAY_TMPDIR", "HOME",
+                                            "PYTHONPATH")}
+    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=tmp, HOME=tmp,
+                      PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True,
+                head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                "_system_config": FAST_HEALTH})
+    for _ in range(2):
+        c.add_node(num_cpus=2)
+    c.wait_for_nodes()
+    ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _flow(tmp: Path, shape: str, name: str, rate: float = 1e9,
+          attempts: int = 0) -> tuple[of.Flow, Path]:
+    out = tmp / f"out-{name}"
+    restart = (of.restart.fixed_delay(attempts=attempts, delay=0.0) if attempts
+               else of.restart.no_restart())
+    flow = of.Flow(f"ray-{shape}", parallelism=2, batch_size=64,
+                   state_backend=of.state.MemoryBackend(full_every=3),
+                   restart_strategy=restart)
+    flow.enable_checkpointing(0.1, tmp / f"ck-{name}", retained=2, incremental=True)
+    crashjobs.build(shape, flow, RECORDS, rate, str(out), str(tmp / "corpus"))
+    return flow, out
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "_WorkerActor.run" in cmd:
+            pids.append(p.info["pid"])
+    return pids
+
+
+def _wait_for(cond: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _completed_checkpoints(ck: Path) -> int:
+    return len(list(ck.glob("*/chk-*/_metadata"))) if ck.exists() else 0
+
+
+def test_nothing_listens_beyond_loopback(cluster: Any, tmp_path: Path) -> None:
+    flow, _ = _flow(tmp_path, "keyed_count", "listen", rate=4000)
+    t = threading.Thread(target=flow.run, kwargs={"executor": of.executors.Ray()})
+    t.start()
+    _wait_for(lambda: len(_actor_pids()) == 2, 60, "two worker actors")
+    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True,
+                               check=True).stdout.split("\n")
+    t.join(120)
+    assert not t.is_alive()
+    addrs = [line.split()[3] for line in listening if line.strip()]
+    assert len(addrs) > 5, addrs  # Ray's own servers are in the list
+    local = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+    assert [a for a in addrs if not a.startswith(local)] == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ray_commits_what_fork_commits(cluster: Any, tmp_path: Path, shape: str) -> None:
+    # the fork executor runs in a process of its own (forking this one, which holds a Ray
+    # connection, would share Ray's gRPC state with the children)
+    out = tmp_path / "out-local"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "crashjobs.py"), shape, "--out", str(out),
+         "--ckpt", str(tmp_path / "ck-local"), "--records", str(RECORDS), "--rate", "1e9",
+         "--interval", "0.1", "--batch-size", "64", "--incremental",
+         "--corpus", str(tmp_path / "corpus")],
+        capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    flow, out_ray = _flow(tmp_path, shape, "ray")
+    r_ray = flow.run(executor=of.executors.Ray(placement="spread"))
+    want = crashjobs.expected(shape, RECORDS, str(tmp_path / "corpus"))
+    local, got = crashjobs.committed(str(out)), crashjobs.committed(str(out_ray))
+    assert local == want, crashjobs.diff(local, want)
+    assert got == local, crashjobs.diff(got, local)
+    assert r_ray.records_in("files") == sum(want.values())
+    assert r_ray.restarts == 0
+
+
+def _run_in_thread(flow: of.Flow, executor: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def go() -> None:
+        try:
+            box["result"] = flow.run(executor=executor)
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t, box
+
+
+def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
+    flow, out = _flow(tmp_path, "keyed_count", "kill", rate=800, attempts=3)
+    t, box = _run_in_thread(flow, of.executors.Ray())
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
+    _wait_for(lambda: _completed_checkpoints(tmp_path / "ck-kill") >= 1, 60, "a checkpoint")
+    os.kill(pids[0], signal.SIGKILL)
+    t.join(180)
+    assert not t.is_alive()
+    assert "error" not in box, box.get("error")
+    r = box["result"]
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(out))
+    assert got == want, crashjobs.diff(got, want)
+    assert r.restarts >= 1
+    assert any("Ray actor" in f for f in r.failures), r.failures
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(20)
+    try:
+        return sock.recv(10) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_token_is_required_on_every_connection() -> None:
+    """The handshake every actor runs on its listener (the driver's control connection
+    and every peer's): a connection without the job's token is closed, and the ones with
+    it are still accepted after it."""
+    token = b"t" * TOKEN_BYTES
+    listener = socket.create_server(("127.0.0.1", 0))
+    addr = listener.getsockname()
+    box: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: box.update(
+        got=accept_authenticated(listener, token, {-1, 1}, time.monotonic() + 30)))
+    t.start()
+    raw = socket.create_connection(addr)  # a raw socket without the token
+    raw.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"x" * 40)
+    assert _closed_by_peer(raw)
+    wrong = socket.create_connection(addr)  # right length, wrong token
+    wrong.sendall(b"u" * TOKEN_BYTES + (-1).to_bytes(4, "big", signed=True))
+    assert _closed_by_peer(wrong)
+    good = [_dial(addr, token, -1), _dial(addr, token, 1)]
+    t.join(30)
+    assert sorted(box["got"]) == [-1, 1]
+    for s in [raw, wrong, *good, *box["got"].values(), listener]:
+        s.close()
+
+
+def test_a_worker_actor_refuses_a_connection_without_the_token(cluster: Any) -> None:
+    """Against a real worker actor on the cluster: a raw connection to its listener is
+    closed; the driver's connection with the token becomes its control connection (the
+    worker, given a spec it cannot run, reports that failure over it)."""
+    import ray
+    from ray import cloudpickle
+
+    from onceflow.executors.ray import _WorkerActor
+    from onceflow.runtime import messages as m
+
+    token = os.urandom(TOKEN_BYTES)
+    actor = ray.remote(_WorkerActor).options(num_cpus=0).remote()
+    try:
+        blob = cloudpickle.dumps(types.SimpleNamespace(index=0))
+        host, port, _, _ = ray.get(actor.prepare.remote(blob, token, None), timeout=60)
+        assert host == "127.0.0.1"
+        done = actor.run.remote([(host, port)])
+        raw = socket.create_connection((host, port))
+        raw.sendall(b"\0" * (TOKEN_BYTES + 4))  # the driver's role, no token
+        assert _closed_by_peer(raw)
+        ctrl = Connection(_dial((host, port), token, -1).detach())
+        assert ctrl.poll(60)
+        msg = m.recv(ctrl)
+        assert isinstance(msg, m.Failed) and msg.worker == 0
+        assert ray.get(done, timeout=60) == 1
+        raw.close()
+        ctrl.close()
+    finally:
+        ray.kill(actor)
+
+
+def test_unpicklable_capture_fails_at_run_naming_the_operator(cluster: Any) -> None:
+    lock = threading.Lock()
+
+    def guarded(x: int) -> int:
+        with lock:
+            return x
+
+    flow = of.Flow("ray-lock", parallelism=2)
+    (flow.source(of.sources.Range(0, 100), name="n").map(guarded, name="guarded-map")
+         .sink(of.sinks.Discard(), name="out"))
+    with pytest.raises(of.ConfigurationError) as e:
+        flow.run(executor=of.executors.Ray())
+    assert "'guarded-map'" in str(e.value) and "lock" in str(e.value)
+    assert "open()" in str(e.value)
+
+
+def test_module_missing_on_the_nodes_says_how_to_ship_it(cluster: Any,
+                                                          tmp_path: Path) -> None:
+    (tmp_path / "only_on_driver.py").write_text("def double(x):\n    return 2 * x\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import only_on_driver
+
+        flow = of.Flow("ray-missing", parallelism=1)
+        (flow.source(of.sources.Range(0, 100), name="n")
+             .map(only_on_driver.double, name="double")
+             .sink(of.sinks.Discard(), name="out"))
+        with pytest.raises(of.ConfigurationError) as e:
+            flow.run(executor=of.executors.Ray())
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("only_on_driver", None)
+    msg = str(e.value)
+    assert "only_on_driver" in msg and "runtime_env" in msg and "install" in msg
+
+
+def test_cli_runs_a_job_on_ray(cluster: Any, tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(
+        "import onceflow as of\n"
+        "flow = of.Flow('cli-ray', parallelism=2)\n"
+        "(flow.source(of.sources.Range(0, 5000), name='n')\n"
+        "     .map(lambda i: (i % 3, i), name='pairs').key_by(lambda kv: kv[0])\n"
+        "     .reduce(lambda a, b: (a[0], a[1] + b[1]), name='sum')\n"
+        f"     .sink(of.sinks.FileSink({str(tmp_path / 'out')!r}), name='files'))\n")
+    proc = subprocess.run([sys.executable, "-c", "import sys; from onceflow.cli import main; "
+                           "sys.exit(main())", "run", str(job),
+                           "--ray", cluster.address, "--no-progress"],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = crashjobs.committed(str(tmp_path / "out"))
+    sums: dict[int, int] = {}
+    for i in range(5000):
+        sums[i % 3] = sums.get(i % 3, 0) + i
+    assert {k: max(v for kk, v in got if kk == k) for k in sums} == sums  # the final sums
+    assert sum(got.values()) == 5000
+
+
+def test_removed_node_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
+    """Last in the module: it removes a node (and adds a fresh one back after)."""
+    flow, out = _flow(tmp_path, "keyed_count", "node", rate=800, attempts=3)
+    t, box = _run_in_thread(flow, of.executors.Ray(placement="spread"))
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
+    _wait_for(lambda: _completed_checkpoints(tmp_path / "ck-node") >= 1, 60, "a checkpoint")
+    victim = None
+    for node in cluster.worker_nodes:
+        raylet = node.all_processes["raylet"][0].process.pid
+        kids = {p.pid for p in psutil.Process(raylet).children(recursive=True)}
+        if kids & set(pids):
+            victim = node
+            break
+    assert victim is not None, "no worker actor on a non-head node"
+    cluster.remove_node(victim, allow_graceful=False)
+    try:
+        t.join(180)
+        assert not t.is_alive()
+        assert "error" not in box, box.get("error")
+        want = crashjobs.expected("keyed_count", RECORDS)
+        got = crashjobs.committed(str(out))
+        assert got == want, crashjobs.diff(got, want)
+        assert box["result"].restarts >= 1
+    finally:
+        cluster.add_node(num_cpus=2)

@@ -114,7 +114,7 @@ def prefill_kafka(bootstrap: str, topic: str, config: NexmarkConfig | None = Non
                   partitions: int = 8, create: bool = True) -> int:
     """Write the events as JSON to ``topic`` (event ``n`` to partition ``n % partitions``,
     so each partition holds its events in order); returns how many were written."""
-    from onceflow.connectors.kafka._common import import_kafka
+    from onceflow.connectors.kafka import import_kafka
 
     ck = import_kafka()
     cfg = config or NexmarkConfig()

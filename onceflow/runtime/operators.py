@@ -42,7 +42,7 @@ from onceflow.connectors.two_phase import (
 from onceflow.errors import IncompatibleStateError, OnceflowError, UserFunctionError
 from onceflow.graph.logical import Kind, Node
 from onceflow.runtime.watermarks import SourceWatermarks
-from onceflow.state.backend import owner_name
+from onceflow.state.backend import KeyedStore, StateBackend, owner_name
 from onceflow.state.memory import MemoryBackend
 
 log = logging.getLogger("onceflow.source")
@@ -131,7 +131,7 @@ class OperatorEnv:
                  kg_range: tuple[int, int], attempt: int,
                  checkpoint_interval: float | None = None,
                  checkpoint_timeout: float | None = None,
-                 state_backend: Any = None, incremental: bool = False,
+                 state_backend: StateBackend | None = None, incremental: bool = False,
                  flow_dir: str | None = None) -> None:
         self.flow, self.subtask, self.parallelism = flow, subtask, parallelism
         self.max_parallelism, self.kg_range, self.attempt = max_parallelism, kg_range, attempt
@@ -141,7 +141,7 @@ class OperatorEnv:
         self.flow_dir = flow_dir  # the flow's checkpoint directory (holds shared/)
         self.clock: Callable[[], float] = time.time
 
-    def keyed_store(self, op: Operator) -> Any:
+    def keyed_store(self, op: Operator) -> KeyedStore:
         return self.state_backend.create(
             self.max_parallelism, self.kg_range, operator=op.name,
             owner=owner_name(op.uid, self.subtask), incremental=self.incremental,
@@ -289,12 +289,11 @@ class _KeyedOp(Operator):
     """What reduce and process share: a keyed store from the flow's state backend."""
 
     keyed = True
-    store: Any
+    store: KeyedStore  # made in open(); only its protocol is used
 
     def __init__(self, node: Node, key_fn: Callable[[Any], Any]) -> None:
         super().__init__(node)
         self.key_fn = key_fn
-        self.store = None
         self._check_key_type = False
 
     def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
@@ -328,8 +327,9 @@ class _KeyedOp(Operator):
         self.store.notify_aborted(checkpoint_id)
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        store: KeyedStore | None = getattr(self, "store", None)
+        if store is not None:
+            store.close()
 
 
 class ReduceOp(_KeyedOp):
@@ -346,10 +346,9 @@ class ReduceOp(_KeyedOp):
         self._bind()
 
     def _bind(self) -> None:
-        if self.store.fast_tables:
-            self.table = self.store.tables.setdefault("reduce", {})
-            self.store.kinds["reduce"] = "value"
-            self.dirty = self.store.dirty_set("reduce")
+        fast = self.store.value_table("reduce")
+        if fast is not None:
+            self.table, self.dirty = fast
         else:
             self.handle = self.store.value_state("reduce", _MISSING)
 

@@ -194,10 +194,9 @@ class _FastTable:
     """A value table of the memory backend used directly (a dict per key, changed in
     place; the changed keys are marked for changelog snapshots)."""
 
-    def __init__(self, store: Any, name: str) -> None:
-        self.t: dict[Any, Any] = store.tables.setdefault(name, {})
-        store.kinds.setdefault(name, "value")
-        self.dirty: set[Any] | None = store.dirty_set(name)
+    def __init__(self, table: dict[Any, Any], dirty: set[Any] | None) -> None:
+        self.t = table
+        self.dirty = dirty
         self.get = self.t.get
 
     def put(self, key: Any, value: Any) -> None:
@@ -232,7 +231,8 @@ class _HandleTable:
 
 
 def _table(store: Any, name: str) -> _FastTable | _HandleTable:
-    return _FastTable(store, name) if store.fast_tables else _HandleTable(store, name)
+    fast = store.value_table(name)
+    return _FastTable(*fast) if fast is not None else _HandleTable(store, name)
 
 
 def _no_timestamps(op: str) -> ConfigurationError:
@@ -774,7 +774,7 @@ class PaneWindowOperator(WindowOperator):
                 continue
             d = get(k)
             fresh = d is None
-            if fresh:
+            if d is None:
                 d = {}
             acc = d.get(p)
             try:

@@ -23,9 +23,12 @@ import shutil
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from onceflow._fsutil import fsync_dir
+
+if TYPE_CHECKING:
+    from onceflow.state.handles import _KeyScope
 
 NEUTRAL_FORMAT = "memory-keyed-1"
 SHARED_DIR = "shared"
@@ -119,6 +122,55 @@ class AsyncSnapshot:
 
     def discard(self) -> None:
         """The snapshot will not be written (the task failed or the checkpoint aborted)."""
+
+
+class KeyedStore(Protocol):
+    """What a keyed operator subtask gets from its backend (``StateBackend.create``): state
+    handles scoped to ``scope.key``, timers in both time domains (``state/timers.py``), and
+    the snapshot lifecycle. Both ``state.memory.KeyedStore`` and ``state.rocksdb.RocksDBStore``
+    satisfy it; operators use nothing else."""
+
+    scope: _KeyScope
+    restored_key_types: set[str]
+
+    def value_state(self, name: str, default: Any = None) -> Any: ...
+    def list_state(self, name: str) -> Any: ...
+    def map_state(self, name: str) -> Any: ...
+
+    def value_table(self, name: str) -> tuple[dict[Any, Any], set[Any] | None] | None:
+        """The dict behind value state ``name`` (and its dirty-key set) when the backend
+        keeps one, for a per-record fast path; None: use ``value_state``."""
+
+    def register_timer(self, when: float) -> None: ...
+    def delete_timer(self, when: float) -> None: ...
+    def next_timer(self) -> float | None: ...
+    def pop_due_timers(self, now: float) -> list[tuple[float, Any]]: ...
+    def register_event_timer(self, when: float) -> None: ...
+    def delete_event_timer(self, when: float) -> None: ...
+    def next_event_timer(self) -> float | None: ...
+    def pop_due_event_timers(self, watermark: float) -> list[tuple[float, Any]]: ...
+    def timer_count(self) -> int: ...
+
+    def snapshot(self, checkpoint_id: int = 0, savepoint: bool = False
+                 ) -> dict[str, Any] | AsyncSnapshot:
+        """Synchronous phase: plain picklable state, or an :class:`AsyncSnapshot`."""
+
+    def restore(self, snapshots: list[dict[str, Any]], filter_by_range: bool) -> None: ...
+    def after_batch(self) -> None: ...
+    def notify_complete(self, checkpoint_id: int) -> None: ...
+    def notify_aborted(self, checkpoint_id: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class StateBackend(Protocol):
+    """Light, picklable configuration (``of.state.MemoryBackend()``,
+    ``of.state.RocksDBBackend(...)``): checked by ``validate`` at ``run()``, and a factory
+    of one :class:`KeyedStore` per keyed operator subtask, made in the worker."""
+
+    def validate(self) -> None: ...
+
+    def create(self, max_parallelism: int, kg_range: tuple[int, int], *, operator: str = "",
+               owner: str = "", incremental: bool = False, **options: Any) -> KeyedStore: ...
 
 
 def _write_file(path: str, data: bytes) -> None:

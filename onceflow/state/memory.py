@@ -23,8 +23,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from onceflow.errors import ConfigurationError, IncompatibleStateError, OnceflowError
+from onceflow.errors import ConfigurationError, OnceflowError
 from onceflow.graph.keygroups import key_group
+from onceflow.state import formats
 from onceflow.state.backend import (
     NEUTRAL_FORMAT,
     SHARED_DIR,
@@ -75,7 +76,6 @@ class MemoryBackend:
 class KeyedStore(TimerQueue):
     """All keyed state and timers of one keyed operator subtask."""
 
-    fast_tables = True  # ReduceOp may use ``tables`` directly
 
     def __init__(self, max_parallelism: int, kg_range: tuple[int, int], *, operator: str = "",
                  owner: str = "", changelog_full_every: int | None = None) -> None:
@@ -109,6 +109,12 @@ class KeyedStore(TimerQueue):
 
     def dirty_set(self, name: str) -> set[Any] | None:
         return self.dirty.setdefault(name, set()) if self.dirty is not None else None
+
+    def value_table(self, name: str) -> tuple[dict[Any, Any], set[Any] | None]:
+        """The dict behind value state ``name`` and its changelog's dirty-key set (None
+        without changelog): an operator with one value per key (``reduce``) may read and
+        write it directly, a dict lookup per record instead of a handle call."""
+        return self._table(name, "value"), self.dirty_set(name)
 
     def value_state(self, name: str, default: Any = None) -> ValueState[Any]:
         return ValueState(self._table(name, "value"), self.scope, default, self.dirty_set(name))
@@ -253,30 +259,28 @@ class _ChangelogSnapshot(AsyncSnapshot):
 
 def neutral(snap: dict[str, Any], operator: str) -> dict[str, Any]:
     """Any keyed snapshot format as the backend-neutral one (reads files it lists)."""
-    fmt = snap.get("format")
-    if fmt == NEUTRAL_FORMAT:
-        return snap
-    if fmt == CHANGELOG_FORMAT:
-        base = snap["_base"]
-        tables: dict[str, dict[Any, Any]] = {}
-        for rel, size, crc in snap["manifest"]["chain"]:
-            data = read_verified(base, rel, size, crc, f"state of operator {operator!r}")
-            part = pickle.loads(data)  # checkpoint storage is trusted
-            for name, changes in part.items():
-                t = tables.setdefault(name, {})
-                for k, v in changes.items():
-                    if v is TOMBSTONE:
-                        t.pop(k, None)
-                    else:
-                        t[k] = _unwrap(v)
-        return {**snap, "format": NEUTRAL_FORMAT, "tables": tables}
-    if fmt == "rocksdb-1":
-        from onceflow.state.rocksdb import export_neutral
+    return formats.to_neutral(snap, operator)
 
-        return export_neutral(snap, operator)
-    raise IncompatibleStateError(
-        f"operator {operator!r}: the checkpoint holds keyed state in format {fmt!r}, which "
-        "this version of onceflow cannot read")
+
+def _changelog_to_neutral(snap: dict[str, Any], operator: str) -> dict[str, Any]:
+    """A changelog chain (a full base plus deltas) as one backend-neutral snapshot."""
+    base = snap["_base"]
+    tables: dict[str, dict[Any, Any]] = {}
+    for rel, size, crc in snap["manifest"]["chain"]:
+        data = read_verified(base, rel, size, crc, f"state of operator {operator!r}")
+        part = pickle.loads(data)  # checkpoint storage is trusted
+        for name, changes in part.items():
+            t = tables.setdefault(name, {})
+            for k, v in changes.items():
+                if v is TOMBSTONE:
+                    t.pop(k, None)
+                else:
+                    t[k] = _unwrap(v)
+    return {**snap, "format": NEUTRAL_FORMAT, "tables": tables}
+
+
+formats.register(NEUTRAL_FORMAT, lambda snap, operator: snap)
+formats.register(CHANGELOG_FORMAT, _changelog_to_neutral)
 
 
 def _key_types(tables: dict[str, dict[Any, Any]]) -> list[str]:

@@ -45,6 +45,7 @@ from typing import Any
 from onceflow._optional import require
 from onceflow.errors import ConfigurationError, OnceflowError
 from onceflow.graph.keygroups import key_group
+from onceflow.state import formats
 from onceflow.state.backend import (
     NEUTRAL_FORMAT,
     SHARED_DIR,
@@ -55,7 +56,6 @@ from onceflow.state.backend import (
     remove_tree,
 )
 from onceflow.state.handles import _KeyScope
-from onceflow.state.memory import neutral
 from onceflow.state.rocksdb_timers import (
     EVENT_HDR,
     PROC_HDR,
@@ -140,7 +140,6 @@ class _Layer:
 
 
 class RocksDBStore(TimerQueue):
-    fast_tables = False
 
     def __init__(self, cfg: RocksDBBackend, max_parallelism: int, kg_range: tuple[int, int], *,
                  operator: str, owner: str, incremental: bool, flow_dir: str | None) -> None:
@@ -343,6 +342,10 @@ class RocksDBStore(TimerQueue):
                                      "longer than 255 bytes")
         return bytes([len(nb)]) + nb
 
+    def value_table(self, name: str) -> None:
+        """No dict behind the state: operators use the handles (see KeyedStore)."""
+        return None
+
     def value_state(self, name: str, default: Any = None) -> RocksValueState:
         return RocksValueState(self, self._register(name, "value"), default)
 
@@ -493,7 +496,7 @@ class RocksDBStore(TimerQueue):
                     src.close()
                     remove_tree(tmp)
         for snap in others:
-            nsnap = neutral(snap, self.operator)
+            nsnap = formats.to_neutral(snap, self.operator)
             self._insert_neutral(nsnap, lo, hi if filter_by_range else None)
         self._restore_timer_counts(rocks, filter_by_range)
         # snapshots written before timers moved into RocksDB list them in the head
@@ -870,5 +873,7 @@ def _sweep_stale(root: str) -> None:
             except PermissionError:
                 pass
 
+
+formats.register("rocksdb-1", export_neutral)
 
 __all__ = ["SHARED_DIR", "RocksDBBackend", "RocksDBStore", "export_neutral"]

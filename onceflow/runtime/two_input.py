@@ -238,27 +238,30 @@ class _UnkeyedBroadcastCtx(_UnkeyedCtx, BroadcastContext):
     get_broadcast_state = _BroadcastCtx.get_broadcast_state
 
 
-class UnkeyedBroadcastProcessOp(Operator):
-    """A non-keyed stream (input 0) connected to a broadcast stream (input 1). Keyed for
-    restore purposes only (``keyed = True``): each new subtask then reads at least one
-    old subtask's snapshot, which holds the broadcast state, at any parallelism. Its
-    records stay in their subtask (forward)."""
+class _UnkeyedTwoInputOp(Operator):
+    """What the non-keyed two-input operators share: no keyed state, no timers, records
+    stay in their subtask; ``_handler`` picks the function for the batch's input."""
 
     two_input = True
     emits_side = True
-    keyed = True
-    key_fns = (None, None)  # neither input is keyed (unaligned in-flight data: see task)
 
-    def __init__(self, node: Node, func: Any, descriptors: tuple[MapStateDescriptor, ...]
-                 ) -> None:
+    def __init__(self, node: Node, func: Any) -> None:
         super().__init__(node)
         self.func = func
         self.input_no = 0
-        self.broadcast_state: dict[str, dict[Any, Any]] = {d.name: {} for d in descriptors}
-        self.ctx: _UnkeyedBroadcastCtx | None = None
+        self.ctx: _UnkeyedCtx | None = None
+
+    def _new_ctx(self, rt: OperatorEnv) -> _UnkeyedCtx:
+        return _UnkeyedCtx(rt, self)
+
+    def _handler(self, ctx: Any) -> Handler:
+        raise NotImplementedError
+
+    def _done(self, ctx: Any) -> None:
+        """After each batch (also when it failed)."""
 
     def open(self, rt: OperatorEnv) -> None:
-        self.ctx = _UnkeyedBroadcastCtx(rt, self)
+        self.ctx = self._new_ctx(rt)
         try:
             self.func.open(self.ctx)
         except Exception as e:
@@ -275,9 +278,7 @@ class UnkeyedBroadcastProcessOp(Operator):
              ) -> tuple[list[Any], list[float] | None]:
         ctx = self.ctx
         assert ctx is not None
-        bcast = self.input_no == 1
-        pe = self.func.process_broadcast_element if bcast else self.func.process_element
-        ctx.writable = bcast
+        pe = self._handler(ctx)
         out: list[Any] = []
         out_ts: list[float] = []
         r: Any = None
@@ -296,8 +297,37 @@ class UnkeyedBroadcastProcessOp(Operator):
             raise UserFunctionError(self.name, r, e) from e
         finally:
             ctx._timestamp = None
-            ctx.writable = False
+            self._done(ctx)
         return out, (out_ts if ts is not None else None)
+
+    def close(self) -> None:
+        self.func.close()
+
+
+class UnkeyedBroadcastProcessOp(_UnkeyedTwoInputOp):
+    """A non-keyed stream (input 0) connected to a broadcast stream (input 1). Keyed for
+    restore purposes only (``keyed = True``): each new subtask then reads at least one
+    old subtask's snapshot, which holds the broadcast state, at any parallelism. Its
+    records stay in their subtask (forward)."""
+
+    keyed = True
+    key_fns = (None, None)  # neither input is keyed (unaligned in-flight data: see task)
+
+    def __init__(self, node: Node, func: Any, descriptors: tuple[MapStateDescriptor, ...]
+                 ) -> None:
+        super().__init__(node, func)
+        self.broadcast_state: dict[str, dict[Any, Any]] = {d.name: {} for d in descriptors}
+
+    def _new_ctx(self, rt: OperatorEnv) -> _UnkeyedCtx:
+        return _UnkeyedBroadcastCtx(rt, self)
+
+    def _handler(self, ctx: Any) -> Handler:
+        bcast = self.input_no == 1
+        ctx.writable = bcast
+        return self.func.process_broadcast_element if bcast else self.func.process_element
+
+    def _done(self, ctx: Any) -> None:
+        ctx.writable = False
 
     def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         return {"_broadcast": self.broadcast_state}
@@ -310,64 +340,13 @@ class UnkeyedBroadcastProcessOp(Operator):
                         self.broadcast_state[name] = dict(data)
                 return
 
-    def close(self) -> None:
-        self.func.close()
 
-
-class UnkeyedCoProcessOp(Operator):
+class UnkeyedCoProcessOp(_UnkeyedTwoInputOp):
     """``a.connect(b).process(fn)`` without keys: records stay in their subtask, no keyed
     state, no timers (as in Flink)."""
 
-    two_input = True
-    emits_side = True
-
-    def __init__(self, node: Node, func: CoProcessFunction) -> None:
-        super().__init__(node)
-        self.func = func
-        self.input_no = 0
-        self.ctx: _UnkeyedCtx | None = None
-
-    def open(self, rt: OperatorEnv) -> None:
-        self.ctx = _UnkeyedCtx(rt, self)
-        try:
-            self.func.open(self.ctx)
-        except Exception as e:
-            raise UserFunctionError(self.name, "<open>", e) from e
-
-    def process(self, batch: list[Any]) -> list[Any]:
-        return self._run(batch, None)[0]
-
-    def process_ts(self, batch: list[Any], ts: list[float]
-                   ) -> tuple[list[Any], list[float] | None]:
-        return self._run(batch, ts)
-
-    def _run(self, batch: list[Any], ts: list[float] | None
-             ) -> tuple[list[Any], list[float] | None]:
-        ctx = self.ctx
-        assert ctx is not None
-        pe = self.func.process_element1 if self.input_no == 0 else self.func.process_element2
-        out: list[Any] = []
-        out_ts: list[float] = []
-        r: Any = None
-        try:
-            for j, r in enumerate(batch):
-                t = ts[j] if ts is not None else None
-                ctx._timestamp = t
-                res = pe(r, ctx)
-                if res is not None:
-                    for x in res:
-                        out.append(x)
-                        out_ts.append(t)  # type: ignore[arg-type]
-        except Exception as e:
-            if isinstance(e, OnceflowError):
-                raise
-            raise UserFunctionError(self.name, r, e) from e
-        finally:
-            ctx._timestamp = None
-        return out, (out_ts if ts is not None else None)
-
-    def close(self) -> None:
-        self.func.close()
+    def _handler(self, ctx: Any) -> Handler:
+        return self.func.process_element1 if self.input_no == 0 else self.func.process_element2
 
 
 __all__ = ["BroadcastProcessOp", "CoProcessOp", "KeyedTwoInputOp", "TimeDomain",

@@ -32,6 +32,50 @@ from onceflow.runtime.operators import Operator, OperatorEnv, ProcessOp, _Ctx
 Handler = Callable[[Any, Any], Iterable[Any] | None]
 
 
+class _NoScope:
+    """The key scope of the non-keyed operators: always no key."""
+
+    key: Any = None
+
+
+_NO_SCOPE = _NoScope()
+
+
+def _run_handler(name: str, pe: Handler, ctx: _Ctx, scope: Any, kf: Callable[[Any], Any] | None,
+                 pairs: bool, batch: list[Any], ts: list[float] | None
+                 ) -> tuple[list[Any], list[float] | None]:
+    """The per-record loop of every two-input operator: ``pe(record, ctx)`` for each record
+    of the batch, the key (``kf``, or no key) in ``scope`` and the timestamp in ``ctx``; its
+    results get the record's timestamp, or their own with ``pairs``."""
+    out: list[Any] = []
+    out_ts: list[float] = []
+    ap, tap = out.append, out_ts.append
+    r: Any = None
+    try:
+        for j, r in enumerate(batch):
+            scope.key = kf(r) if kf is not None else None
+            t = ts[j] if ts is not None else None
+            ctx._timestamp = t
+            res = pe(r, ctx)
+            if res is None:
+                continue
+            if pairs:
+                for x, xt in res:
+                    ap(x)
+                    tap(xt)
+            else:
+                for x in res:
+                    ap(x)
+                    tap(t)  # type: ignore[arg-type]
+    except Exception as e:
+        if isinstance(e, OnceflowError):
+            raise
+        raise UserFunctionError(name, r, e) from e
+    finally:
+        ctx._timestamp = None
+    return out, (out_ts if ts is not None else None)
+
+
 class KeyedTwoInputOp(ProcessOp):
     """Two keyed inputs (or one keyed and one broadcast), one keyed store and timers."""
 
@@ -62,38 +106,12 @@ class KeyedTwoInputOp(ProcessOp):
         if self._check_key_type and kf is not None:
             self.key_fn = kf
             self._verify_key_type(batch)
-        store, ctx, pe = self.store, self.ctx, self.handlers[i]
+        store, ctx = self.store, self.ctx
         assert store is not None and ctx is not None
-        scope = store.scope
-        out: list[Any] = []
-        out_ts: list[float] = []
-        ap, tap = out.append, out_ts.append
-        pairs = self.pairs
-        r: Any = None
-        try:
-            for j, r in enumerate(batch):
-                scope.key = kf(r) if kf is not None else None
-                t = ts[j] if ts is not None else None
-                ctx._timestamp = t
-                res = pe(r, ctx)
-                if res is None:
-                    continue
-                if pairs:
-                    for x, xt in res:
-                        ap(x)
-                        tap(xt)
-                else:
-                    for x in res:
-                        ap(x)
-                        tap(t)  # type: ignore[arg-type]
-        except Exception as e:
-            if isinstance(e, OnceflowError):
-                raise
-            raise UserFunctionError(self.name, r, e) from e
-        finally:
-            ctx._timestamp = None
+        res = _run_handler(self.name, self.handlers[i], ctx, store.scope, kf, self.pairs,
+                           batch, ts)
         store.after_batch()
-        return out, (out_ts if ts is not None else None)
+        return res
 
 
 class CoProcessOp(KeyedTwoInputOp):
@@ -279,26 +297,10 @@ class _UnkeyedTwoInputOp(Operator):
         ctx = self.ctx
         assert ctx is not None
         pe = self._handler(ctx)
-        out: list[Any] = []
-        out_ts: list[float] = []
-        r: Any = None
         try:
-            for j, r in enumerate(batch):
-                t = ts[j] if ts is not None else None
-                ctx._timestamp = t
-                res = pe(r, ctx)
-                if res is not None:
-                    for x in res:
-                        out.append(x)
-                        out_ts.append(t)  # type: ignore[arg-type]
-        except Exception as e:
-            if isinstance(e, OnceflowError):
-                raise
-            raise UserFunctionError(self.name, r, e) from e
+            return _run_handler(self.name, pe, ctx, _NO_SCOPE, None, False, batch, ts)
         finally:
-            ctx._timestamp = None
             self._done(ctx)
-        return out, (out_ts if ts is not None else None)
 
     def close(self) -> None:
         self.func.close()

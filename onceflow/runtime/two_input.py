@@ -150,13 +150,8 @@ class BroadcastProcessOp(KeyedTwoInputOp):
         self._pe = func.process_element
         self._pbe = func.process_broadcast_element
 
-    def open(self, rt: OperatorEnv) -> None:
-        self.store = rt.keyed_store(self)
-        self.ctx = _BroadcastCtx(self.store, rt, self)
-        try:
-            self.func.open(self.ctx)
-        except Exception as e:
-            raise UserFunctionError(self.name, "<open>", e) from e
+    def _new_ctx(self, rt: OperatorEnv) -> _Ctx:
+        return _BroadcastCtx(self.store, rt, self)
 
     def _keyed(self, value: Any, ctx: Any) -> Iterable[Any] | None:
         return self._pe(value, ctx)

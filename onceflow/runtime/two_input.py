@@ -76,7 +76,23 @@ def _run_handler(name: str, pe: Handler, ctx: _Ctx, scope: Any, kf: Callable[[An
     return out, (out_ts if ts is not None else None)
 
 
-class KeyedTwoInputOp(ProcessOp):
+class _RunsBothInputs:
+    """``process`` and ``process_ts`` of a two-input operator: both go to ``_run``, which
+    handles the batch of input ``input_no``."""
+
+    def _run(self, batch: list[Any], ts: list[float] | None
+             ) -> tuple[list[Any], list[float] | None]:
+        raise NotImplementedError
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        return self._run(batch, None)[0]
+
+    def process_ts(self, batch: list[Any], ts: list[float]
+                   ) -> tuple[list[Any], list[float] | None]:
+        return self._run(batch, ts)
+
+
+class KeyedTwoInputOp(_RunsBothInputs, ProcessOp):
     """Two keyed inputs (or one keyed and one broadcast), one keyed store and timers."""
 
     two_input = True
@@ -91,13 +107,6 @@ class KeyedTwoInputOp(ProcessOp):
 
     def _unset(self, value: Any, ctx: Any) -> None:
         raise AssertionError("handlers are set by the subclass")
-
-    def process(self, batch: list[Any]) -> list[Any]:
-        return self._run(batch, None)[0]
-
-    def process_ts(self, batch: list[Any], ts: list[float]
-                   ) -> tuple[list[Any], list[float] | None]:
-        return self._run(batch, ts)
 
     def _run(self, batch: list[Any], ts: list[float] | None
              ) -> tuple[list[Any], list[float] | None]:
@@ -251,7 +260,7 @@ class _UnkeyedBroadcastCtx(_UnkeyedCtx, BroadcastContext):
     get_broadcast_state = _BroadcastCtx.get_broadcast_state
 
 
-class _UnkeyedTwoInputOp(Operator):
+class _UnkeyedTwoInputOp(_RunsBothInputs, Operator):
     """What the non-keyed two-input operators share: no keyed state, no timers, records
     stay in their subtask; ``_handler`` picks the function for the batch's input."""
 
@@ -279,13 +288,6 @@ class _UnkeyedTwoInputOp(Operator):
             self.func.open(self.ctx)
         except Exception as e:
             raise UserFunctionError(self.name, "<open>", e) from e
-
-    def process(self, batch: list[Any]) -> list[Any]:
-        return self._run(batch, None)[0]
-
-    def process_ts(self, batch: list[Any], ts: list[float]
-                   ) -> tuple[list[Any], list[float] | None]:
-        return self._run(batch, ts)
 
     def _run(self, batch: list[Any], ts: list[float] | None
              ) -> tuple[list[Any], list[float] | None]:

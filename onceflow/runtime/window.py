@@ -301,13 +301,18 @@ class WindowOperator(_KeyedOp):
                    ) -> tuple[list[Any], list[float] | None]:
         return self._records(batch, ts)
 
-    def _records(self, batch: list[Any], ts: list[float] | None
-                 ) -> tuple[list[Any], list[float] | None]:
+    def _start_batch(self, batch: list[Any]) -> tuple[list[Any], list[float]]:
+        """The key type check after a restore, and the lists the firings append to."""
         if self._check_key_type:
             self._verify_key_type(batch)
         out: list[Any] = []
         out_ts: list[float] = []
         self._out, self._out_ts = out, out_ts
+        return out, out_ts
+
+    def _records(self, batch: list[Any], ts: list[float] | None
+                 ) -> tuple[list[Any], list[float] | None]:
+        out, out_ts = self._start_batch(batch)
         a = self.assigner
         if self.time == PROCESSING:
             now = self.clock()
@@ -735,11 +740,7 @@ class PaneWindowOperator(WindowOperator):
 
     def _records(self, batch: list[Any], ts: list[float] | None
                  ) -> tuple[list[Any], list[float] | None]:
-        if self._check_key_type:
-            self._verify_key_type(batch)
-        out: list[Any] = []
-        out_ts: list[float] = []
-        self._out, self._out_ts = out, out_ts
+        out, out_ts = self._start_batch(batch)
         event = self.time == EVENT
         if event:
             assert ts is not None

@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from w1 import run_child  # noqa: E402
+
 RESULTS = HERE / "results"
 SLEEP = 0.0005  # W6: seconds per record in the slow operator
 MODES: dict[str, dict[str, Any]] = {
@@ -98,7 +100,6 @@ def run_w6(mode: str, seconds: float) -> dict[str, Any]:
 
 
 def run_w1(mode: str, parallelism: int, records: int) -> dict[str, Any]:
-    sys.path.insert(0, str(HERE))
     import w1
 
     out = w1.run_one_onceflow(records, parallelism, True, 1.0,
@@ -116,12 +117,11 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _spawn(cmd: list[str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *cmd],
-                          capture_output=True, text=True, timeout=1800)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": proc.stderr[-2000:], "valid": False, "cmd": cmd}
-    return json.loads(lines[-1])
+    run = run_child([sys.executable, str(Path(__file__).resolve()), "--child", *cmd],
+                    timeout=1800)
+    if run.returncode != 0 or run.rec is None:
+        return {"error": run.err[-2000:], "valid": False, "cmd": cmd}
+    return run.rec
 
 
 def _med(rows: list[dict[str, Any]], key: str) -> Any:

@@ -26,11 +26,8 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +40,7 @@ from w1 import (  # noqa: E402
     _maxrss_mb,
     expected_last_sum_total,
     machine_info,
-    sample_tree_rss,
+    run_child,
     save_results,
     summarize,
 )
@@ -126,23 +123,13 @@ def run_one(n: int, sink: str, interval: float) -> dict[str, Any]:
 def run_subprocess(sink: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", "--sink", sink,
            "--records", str(args.records), "--interval", str(args.interval)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stop = threading.Event()
-    sampled: list[float] = []
-    th = threading.Thread(target=sample_tree_rss, args=(proc.pid, stop, sampled), daemon=True)
-    th.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    stop.set()
-    th.join()
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    if not lines:
-        return {"valid": False, "wall_s": wall,
-                "problems": [f"exit code {proc.returncode}: {err.strip()[-2000:]}"]}
-    rec = json.loads(lines[-1])
-    rec["wall_s"] = wall
-    rec["sampled_tree_rss_mb"] = sampled[0] if sampled else None
+    run = run_child(cmd)
+    rec = run.rec
+    if rec is None:
+        return {"valid": False, "wall_s": run.wall_s,
+                "problems": [f"exit code {run.returncode}: {run.err.strip()[-2000:]}"]}
+    rec["wall_s"] = run.wall_s
+    rec["sampled_tree_rss_mb"] = run.sampled_tree_rss_mb
     return rec
 
 

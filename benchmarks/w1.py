@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -260,29 +260,53 @@ def sample_tree_rss(pid: int, stop: threading.Event, out: list[float]) -> None:
         stop.wait(0.05)
 
 
-def run_subprocess(cfg: dict[str, Any], args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", "--records",
-           str(args.records), "--interval", str(args.interval), *cfg["args"]]
+class ChildRun(NamedTuple):
+    """One benchmark child process: its exit code, its last JSON line (None if it printed
+    none), its stderr, its wall time and the peak RSS of its process tree (MB, or None)."""
+
+    returncode: int
+    rec: dict[str, Any] | None
+    err: str
+    wall_s: float
+    sampled_tree_rss_mb: float | None
+
+
+def run_child(cmd: list[str], timeout: float | None = None) -> ChildRun:
+    """Run ``cmd`` (a benchmark's ``--one`` child) while sampling its tree's memory; a child
+    still running after ``timeout`` seconds is killed (its stderr then says so)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
     sampled: list[float] = []
     th = threading.Thread(target=sample_tree_rss, args=(proc.pid, stop, sampled), daemon=True)
     th.start()
-    out, err = proc.communicate()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        err += f"\nTIMEOUT after {timeout} s"
     wall = time.perf_counter() - t0
     stop.set()
     th.join()
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    if not lines:
-        return {"valid": False, "wall_s": wall,
-                "problems": [f"exit code {proc.returncode}: {err.strip()[-2000:]}"]}
-    rec = json.loads(lines[-1])
-    if proc.returncode != 0:
+    rec = json.loads(lines[-1]) if lines else None
+    return ChildRun(proc.returncode, rec, err, wall, sampled[0] if sampled else None)
+
+
+def run_subprocess(cfg: dict[str, Any], args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", "--records",
+           str(args.records), "--interval", str(args.interval), *cfg["args"]]
+    run = run_child(cmd)
+    rec = run.rec
+    if rec is None:
+        return {"valid": False, "wall_s": run.wall_s,
+                "problems": [f"exit code {run.returncode}: {run.err.strip()[-2000:]}"]}
+    if run.returncode != 0:
         rec["valid"] = False
-        rec.setdefault("problems", []).append(f"exit code {proc.returncode}")
-    rec["wall_s"] = wall
-    rec["sampled_tree_rss_mb"] = sampled[0] if sampled else None
+        rec.setdefault("problems", []).append(f"exit code {run.returncode}")
+    rec["wall_s"] = run.wall_s
+    rec["sampled_tree_rss_mb"] = run.sampled_tree_rss_mb
     return rec
 
 

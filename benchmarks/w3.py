@@ -29,10 +29,8 @@ import pickle
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from array import array
@@ -42,7 +40,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from w1 import machine_info, sample_tree_rss, save_results  # noqa: E402
+from w1 import machine_info, run_child, save_results  # noqa: E402
 
 DASH = "\u2013"
 BUCKET = 0.1  # seconds per throughput bucket
@@ -514,32 +512,17 @@ def run_subprocess(key: str, args: argparse.Namespace) -> dict[str, Any]:
            "--interval", str(args.interval)]
     if args.no_restore:
         cmd.append("--no-restore")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stop = threading.Event()
-    sampled: list[float] = []
-    th = threading.Thread(target=sample_tree_rss, args=(proc.pid, stop, sampled), daemon=True)
-    th.start()
-    try:
-        out, err = proc.communicate(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        err += f"\nTIMEOUT after {args.timeout} s"
-    wall = time.perf_counter() - t0
-    stop.set()
-    th.join()
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    if not lines:
-        return {"key": key, "valid": False, "wall_s": wall,
-                "problems": [f"exit code {proc.returncode}: {err.strip()[-3000:]}"]}
-    rec = json.loads(lines[-1])
-    if proc.returncode != 0:
+    run = run_child(cmd, timeout=args.timeout)
+    rec = run.rec
+    if rec is None:
+        return {"key": key, "valid": False, "wall_s": run.wall_s,
+                "problems": [f"exit code {run.returncode}: {run.err.strip()[-3000:]}"]}
+    if run.returncode != 0:
         rec["valid"] = False
-        rec.setdefault("problems", []).append(f"exit code {proc.returncode}")
-    rec["wall_s"] = wall
-    rec["peak_rss_mb"] = sampled[0] if sampled else None
-    warn = [ln for ln in err.splitlines() if "WARNING" in ln or "ERROR" in ln]
+        rec.setdefault("problems", []).append(f"exit code {run.returncode}")
+    rec["wall_s"] = run.wall_s
+    rec["peak_rss_mb"] = run.sampled_tree_rss_mb
+    warn = [ln for ln in run.err.splitlines() if "WARNING" in ln or "ERROR" in ln]
     rec["log_warnings"] = warn[-20:]
     return rec
 

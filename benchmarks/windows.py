@@ -30,10 +30,8 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -152,23 +150,12 @@ def run_child(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", "--kind", cfg["key"],
            "--records", str(args.session_records if cfg["key"] == "session" else args.records),
            "--interval", str(args.interval)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    import threading
-
-    stop, sampled = threading.Event(), []  # type: ignore[var-annotated]
-    th = threading.Thread(target=w1.sample_tree_rss, args=(proc.pid, stop, sampled),
-                          daemon=True)
-    th.start()
-    out, err = proc.communicate()
-    stop.set()
-    th.join()
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    if not lines:
-        return {"valid": False, "problems": [f"exit {proc.returncode}: {err[-2000:]}"]}
-    rec: dict[str, Any] = json.loads(lines[-1])
-    rec["wall_s"] = time.perf_counter() - t0
-    rec["sampled_tree_rss_mb"] = sampled[0] if sampled else None
+    run = w1.run_child(cmd)
+    rec = run.rec
+    if rec is None:
+        return {"valid": False, "problems": [f"exit {run.returncode}: {run.err[-2000:]}"]}
+    rec["wall_s"] = run.wall_s
+    rec["sampled_tree_rss_mb"] = run.sampled_tree_rss_mb
     return rec
 
 

@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from w1 import machine_info, sample_tree_rss, save_results  # noqa: E402
+from w1 import machine_info, run_child, save_results  # noqa: E402
 
 QUERIES = ["q0", "q1", "q2", "q3"]
 WINDOWED = ["q4", "q5", "q7", "q8", "q11"]
@@ -159,22 +158,13 @@ def run_subprocess(query: str, parallelism: int, backend: str, args: argparse.Na
            str(args.events), "--interval", str(args.interval)]
     if args.kafka_topic:
         cmd += ["--bootstrap", args.bootstrap, "--kafka-topic", args.kafka_topic]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stop = threading.Event()
-    sampled: list[float] = []
-    th = threading.Thread(target=sample_tree_rss, args=(proc.pid, stop, sampled), daemon=True)
-    th.start()
-    out, err = proc.communicate()
-    stop.set()
-    th.join()
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"query": query, "parallelism": parallelism, "backend": backend,
-                "valid": False, "problems": [f"exit {proc.returncode}: {err.strip()[-1500:]}"]}
-    rec: dict[str, Any] = json.loads(lines[-1])
-    rec["wall_s"] = time.perf_counter() - t0
-    rec["peak_rss_mb"] = sampled[0] if sampled else None
+    run = run_child(cmd)
+    rec = run.rec
+    if run.returncode != 0 or rec is None:
+        return {"query": query, "parallelism": parallelism, "backend": backend, "valid": False,
+                "problems": [f"exit {run.returncode}: {run.err.strip()[-1500:]}"]}
+    rec["wall_s"] = run.wall_s
+    rec["peak_rss_mb"] = run.sampled_tree_rss_mb
     return rec
 
 

@@ -43,13 +43,41 @@ class _BarrierHandlerBase:
         return [c for c in self.channels if not c.ended]
 
 
-class AlignedBarrierHandler(_BarrierHandlerBase):
+class _AligningHandlerBase(_BarrierHandlerBase):
+    """What the exactly-once handlers share: the checkpoint in progress (``current``), the
+    channels its barrier arrived on, and how it ends without completing (superseded or
+    aborted: the blocked channels are released)."""
+
     def __init__(self, channels: list[InputChannel], on_aligned: OnAligned) -> None:
         super().__init__(channels, on_aligned)
-        self.state = AlignmentState.IDLE
         self.current: Barrier | None = None
         self.arrived: set[int] = set()
         self.started = 0.0
+
+    def _all_arrived(self) -> bool:
+        return all(c.id in self.arrived for c in self._live())
+
+    def abort(self, checkpoint_id: int) -> None:
+        if self.current is not None and self.current.checkpoint_id <= checkpoint_id:
+            self._cancel()
+        self.latest_done = max(self.latest_done, checkpoint_id)
+
+    def _cancel(self) -> None:
+        assert self.current is not None
+        self.latest_done = max(self.latest_done, self.current.checkpoint_id)
+        self._release()
+
+    def _release(self) -> None:
+        for c in self.channels:
+            c.blocked = False
+        self.current = None
+        self.arrived = set()
+
+
+class AlignedBarrierHandler(_AligningHandlerBase):
+    def __init__(self, channels: list[InputChannel], on_aligned: OnAligned) -> None:
+        super().__init__(channels, on_aligned)
+        self.state = AlignmentState.IDLE  # ALIGNING exactly while ``current`` is set
 
     def on_barrier(self, channel: InputChannel, barrier: Barrier) -> None:
         cid = barrier.checkpoint_id
@@ -76,7 +104,7 @@ class AlignedBarrierHandler(_BarrierHandlerBase):
             self._maybe_done()
 
     def _maybe_done(self) -> None:
-        if any(c.id not in self.arrived for c in self._live()):
+        if not self._all_arrived():
             return
         barrier = self.current
         assert barrier is not None
@@ -85,23 +113,9 @@ class AlignedBarrierHandler(_BarrierHandlerBase):
         self.latest_done = barrier.checkpoint_id
         self.on_aligned(barrier, waited)
 
-    def abort(self, checkpoint_id: int) -> None:
-        if self.state is AlignmentState.ALIGNING and self.current is not None \
-                and self.current.checkpoint_id <= checkpoint_id:
-            self._cancel()
-        self.latest_done = max(self.latest_done, checkpoint_id)
-
-    def _cancel(self) -> None:
-        assert self.current is not None
-        self.latest_done = max(self.latest_done, self.current.checkpoint_id)
-        self._release()
-
     def _release(self) -> None:
-        for c in self.channels:
-            c.blocked = False
+        super()._release()
         self.state = AlignmentState.IDLE
-        self.current = None
-        self.arrived = set()
 
 
 class BarrierTracker(_BarrierHandlerBase):
@@ -146,7 +160,7 @@ def make_handler(exactly_once: bool, channels: list[InputChannel],
     return cls(channels, on_aligned)
 
 
-class UnalignedBarrierHandler(_BarrierHandlerBase):
+class UnalignedBarrierHandler(_AligningHandlerBase):
     """Exactly-once without waiting: barrier ``n`` overtakes the records queued before it.
 
     On the first barrier ``n`` the task snapshots at once (``on_snapshot``) and forwards the
@@ -184,13 +198,10 @@ class UnalignedBarrierHandler(_BarrierHandlerBase):
         self.on_inflight = on_inflight
         self.timeout = timeout
         self.clock = clock
-        self.current: Barrier | None = None
         self.unaligned = False  # the current checkpoint has switched to unaligned
-        self.arrived: set[int] = set()
         self.collecting: set[int] = set()  # channels whose reads are in-flight data
         self.inflight: dict[int, list[bytes]] = {}
         self.inflight_bytes = 0
-        self.started = 0.0
 
     # --- what the task asks ----------------------------------------------------------------
     def _may_overtake(self, barrier: Barrier) -> bool:
@@ -261,11 +272,6 @@ class UnalignedBarrierHandler(_BarrierHandlerBase):
         if self.current is not None:
             self._maybe_done()
 
-    def abort(self, checkpoint_id: int) -> None:
-        if self.current is not None and self.current.checkpoint_id <= checkpoint_id:
-            self._cancel()
-        self.latest_done = max(self.latest_done, checkpoint_id)
-
     # --- inside ------------------------------------------------------------------------------
     def _go_unaligned(self, first: InputChannel | None = None) -> None:
         """Snapshot now; from here on reads before a channel's barrier are in-flight."""
@@ -290,7 +296,7 @@ class UnalignedBarrierHandler(_BarrierHandlerBase):
             self.inflight_bytes += len(data)
 
     def _maybe_done(self) -> None:
-        if any(c.id not in self.arrived for c in self._live()):
+        if not self._all_arrived():
             return
         barrier = self.current
         assert barrier is not None
@@ -303,16 +309,8 @@ class UnalignedBarrierHandler(_BarrierHandlerBase):
         else:
             self.on_aligned(barrier, waited)
 
-    def _cancel(self) -> None:
-        assert self.current is not None
-        self.latest_done = max(self.latest_done, self.current.checkpoint_id)
-        self._release()
-
     def _release(self) -> None:
-        for c in self.channels:
-            c.blocked = False
-        self.current = None
+        super()._release()
         self.unaligned = False
-        self.arrived = set()
         self.collecting.clear()  # the same set object: the task holds a reference to it
         self.inflight = {}

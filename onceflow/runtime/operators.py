@@ -541,9 +541,12 @@ class ProcessOp(_KeyedOp):
         )
         self.ctx: _Ctx | None = None
 
+    def _new_ctx(self, rt: OperatorEnv) -> _Ctx:
+        return _Ctx(self.store, rt, self)
+
     def open(self, rt: OperatorEnv) -> None:
         self.store = rt.keyed_store(self)
-        self.ctx = _Ctx(self.store, rt, self)
+        self.ctx = self._new_ctx(rt)
         try:
             self.func.open(self.ctx)
         except Exception as e:

@@ -32,7 +32,67 @@ from onceflow.runtime.operators import Operator, OperatorEnv, ProcessOp, _Ctx
 Handler = Callable[[Any, Any], Iterable[Any] | None]
 
 
-class KeyedTwoInputOp(ProcessOp):
+class _NoScope:
+    """The key scope of the non-keyed operators: always no key."""
+
+    key: Any = None
+
+
+_NO_SCOPE = _NoScope()
+
+
+def _run_handler(name: str, pe: Handler, ctx: _Ctx, scope: Any, kf: Callable[[Any], Any] | None,
+                 pairs: bool, batch: list[Any], ts: list[float] | None
+                 ) -> tuple[list[Any], list[float] | None]:
+    """The per-record loop of every two-input operator: ``pe(record, ctx)`` for each record
+    of the batch, the key (``kf``, or no key) in ``scope`` and the timestamp in ``ctx``; its
+    results get the record's timestamp, or their own with ``pairs``."""
+    out: list[Any] = []
+    out_ts: list[float] = []
+    ap, tap = out.append, out_ts.append
+    r: Any = None
+    try:
+        for j, r in enumerate(batch):
+            scope.key = kf(r) if kf is not None else None
+            t = ts[j] if ts is not None else None
+            ctx._timestamp = t
+            res = pe(r, ctx)
+            if res is None:
+                continue
+            if pairs:
+                for x, xt in res:
+                    ap(x)
+                    tap(xt)
+            else:
+                for x in res:
+                    ap(x)
+                    tap(t)  # type: ignore[arg-type]
+    except Exception as e:
+        if isinstance(e, OnceflowError):
+            raise
+        raise UserFunctionError(name, r, e) from e
+    finally:
+        ctx._timestamp = None
+    return out, (out_ts if ts is not None else None)
+
+
+class _RunsBothInputs:
+    """``process`` and ``process_ts`` of a two-input operator: both go to ``_run``, which
+    handles the batch of input ``input_no``."""
+
+    def _run(self, batch: list[Any], ts: list[float] | None
+             ) -> tuple[list[Any], list[float] | None]:
+        raise NotImplementedError
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        return self._run(batch, None)[0]
+
+    def process_ts(self, batch: list[Any], ts: list[float]
+                   ) -> tuple[list[Any], list[float] | None]:
+        return self._run(batch, ts)
+
+
+class KeyedTwoInputOp(_RunsBothInputs, ProcessOp):
     """Two keyed inputs (or one keyed and one broadcast), one keyed store and timers."""
 
     two_input = True
@@ -48,13 +108,6 @@ class KeyedTwoInputOp(ProcessOp):
     def _unset(self, value: Any, ctx: Any) -> None:
         raise AssertionError("handlers are set by the subclass")
 
-    def process(self, batch: list[Any]) -> list[Any]:
-        return self._run(batch, None)[0]
-
-    def process_ts(self, batch: list[Any], ts: list[float]
-                   ) -> tuple[list[Any], list[float] | None]:
-        return self._run(batch, ts)
-
     def _run(self, batch: list[Any], ts: list[float] | None
              ) -> tuple[list[Any], list[float] | None]:
         i = self.input_no
@@ -62,38 +115,12 @@ class KeyedTwoInputOp(ProcessOp):
         if self._check_key_type and kf is not None:
             self.key_fn = kf
             self._verify_key_type(batch)
-        store, ctx, pe = self.store, self.ctx, self.handlers[i]
+        store, ctx = self.store, self.ctx
         assert store is not None and ctx is not None
-        scope = store.scope
-        out: list[Any] = []
-        out_ts: list[float] = []
-        ap, tap = out.append, out_ts.append
-        pairs = self.pairs
-        r: Any = None
-        try:
-            for j, r in enumerate(batch):
-                scope.key = kf(r) if kf is not None else None
-                t = ts[j] if ts is not None else None
-                ctx._timestamp = t
-                res = pe(r, ctx)
-                if res is None:
-                    continue
-                if pairs:
-                    for x, xt in res:
-                        ap(x)
-                        tap(xt)
-                else:
-                    for x in res:
-                        ap(x)
-                        tap(t)  # type: ignore[arg-type]
-        except Exception as e:
-            if isinstance(e, OnceflowError):
-                raise
-            raise UserFunctionError(self.name, r, e) from e
-        finally:
-            ctx._timestamp = None
+        res = _run_handler(self.name, self.handlers[i], ctx, store.scope, kf, self.pairs,
+                           batch, ts)
         store.after_batch()
-        return out, (out_ts if ts is not None else None)
+        return res
 
 
 class CoProcessOp(KeyedTwoInputOp):
@@ -132,13 +159,8 @@ class BroadcastProcessOp(KeyedTwoInputOp):
         self._pe = func.process_element
         self._pbe = func.process_broadcast_element
 
-    def open(self, rt: OperatorEnv) -> None:
-        self.store = rt.keyed_store(self)
-        self.ctx = _BroadcastCtx(self.store, rt, self)
-        try:
-            self.func.open(self.ctx)
-        except Exception as e:
-            raise UserFunctionError(self.name, "<open>", e) from e
+    def _new_ctx(self, rt: OperatorEnv) -> _Ctx:
+        return _BroadcastCtx(self.store, rt, self)
 
     def _keyed(self, value: Any, ctx: Any) -> Iterable[Any] | None:
         return self._pe(value, ctx)
@@ -238,66 +260,73 @@ class _UnkeyedBroadcastCtx(_UnkeyedCtx, BroadcastContext):
     get_broadcast_state = _BroadcastCtx.get_broadcast_state
 
 
-class UnkeyedBroadcastProcessOp(Operator):
-    """A non-keyed stream (input 0) connected to a broadcast stream (input 1). Keyed for
-    restore purposes only (``keyed = True``): each new subtask then reads at least one
-    old subtask's snapshot, which holds the broadcast state, at any parallelism. Its
-    records stay in their subtask (forward)."""
+class _UnkeyedTwoInputOp(_RunsBothInputs, Operator):
+    """What the non-keyed two-input operators share: no keyed state, no timers, records
+    stay in their subtask; ``_handler`` picks the function for the batch's input."""
 
     two_input = True
     emits_side = True
-    keyed = True
-    key_fns = (None, None)  # neither input is keyed (unaligned in-flight data: see task)
 
-    def __init__(self, node: Node, func: Any, descriptors: tuple[MapStateDescriptor, ...]
-                 ) -> None:
+    def __init__(self, node: Node, func: Any) -> None:
         super().__init__(node)
         self.func = func
         self.input_no = 0
-        self.broadcast_state: dict[str, dict[Any, Any]] = {d.name: {} for d in descriptors}
-        self.ctx: _UnkeyedBroadcastCtx | None = None
+        self.ctx: _UnkeyedCtx | None = None
+
+    def _new_ctx(self, rt: OperatorEnv) -> _UnkeyedCtx:
+        return _UnkeyedCtx(rt, self)
+
+    def _handler(self, ctx: Any) -> Handler:
+        raise NotImplementedError
+
+    def _done(self, ctx: Any) -> None:
+        """After each batch (also when it failed)."""
 
     def open(self, rt: OperatorEnv) -> None:
-        self.ctx = _UnkeyedBroadcastCtx(rt, self)
+        self.ctx = self._new_ctx(rt)
         try:
             self.func.open(self.ctx)
         except Exception as e:
             raise UserFunctionError(self.name, "<open>", e) from e
 
-    def process(self, batch: list[Any]) -> list[Any]:
-        return self._run(batch, None)[0]
-
-    def process_ts(self, batch: list[Any], ts: list[float]
-                   ) -> tuple[list[Any], list[float] | None]:
-        return self._run(batch, ts)
-
     def _run(self, batch: list[Any], ts: list[float] | None
              ) -> tuple[list[Any], list[float] | None]:
         ctx = self.ctx
         assert ctx is not None
-        bcast = self.input_no == 1
-        pe = self.func.process_broadcast_element if bcast else self.func.process_element
-        ctx.writable = bcast
-        out: list[Any] = []
-        out_ts: list[float] = []
-        r: Any = None
+        pe = self._handler(ctx)
         try:
-            for j, r in enumerate(batch):
-                t = ts[j] if ts is not None else None
-                ctx._timestamp = t
-                res = pe(r, ctx)
-                if res is not None:
-                    for x in res:
-                        out.append(x)
-                        out_ts.append(t)  # type: ignore[arg-type]
-        except Exception as e:
-            if isinstance(e, OnceflowError):
-                raise
-            raise UserFunctionError(self.name, r, e) from e
+            return _run_handler(self.name, pe, ctx, _NO_SCOPE, None, False, batch, ts)
         finally:
-            ctx._timestamp = None
-            ctx.writable = False
-        return out, (out_ts if ts is not None else None)
+            self._done(ctx)
+
+    def close(self) -> None:
+        self.func.close()
+
+
+class UnkeyedBroadcastProcessOp(_UnkeyedTwoInputOp):
+    """A non-keyed stream (input 0) connected to a broadcast stream (input 1). Keyed for
+    restore purposes only (``keyed = True``): each new subtask then reads at least one
+    old subtask's snapshot, which holds the broadcast state, at any parallelism. Its
+    records stay in their subtask (forward)."""
+
+    keyed = True
+    key_fns = (None, None)  # neither input is keyed (unaligned in-flight data: see task)
+
+    def __init__(self, node: Node, func: Any, descriptors: tuple[MapStateDescriptor, ...]
+                 ) -> None:
+        super().__init__(node, func)
+        self.broadcast_state: dict[str, dict[Any, Any]] = {d.name: {} for d in descriptors}
+
+    def _new_ctx(self, rt: OperatorEnv) -> _UnkeyedCtx:
+        return _UnkeyedBroadcastCtx(rt, self)
+
+    def _handler(self, ctx: Any) -> Handler:
+        bcast = self.input_no == 1
+        ctx.writable = bcast
+        return self.func.process_broadcast_element if bcast else self.func.process_element
+
+    def _done(self, ctx: Any) -> None:
+        ctx.writable = False
 
     def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         return {"_broadcast": self.broadcast_state}
@@ -310,64 +339,13 @@ class UnkeyedBroadcastProcessOp(Operator):
                         self.broadcast_state[name] = dict(data)
                 return
 
-    def close(self) -> None:
-        self.func.close()
 
-
-class UnkeyedCoProcessOp(Operator):
+class UnkeyedCoProcessOp(_UnkeyedTwoInputOp):
     """``a.connect(b).process(fn)`` without keys: records stay in their subtask, no keyed
     state, no timers (as in Flink)."""
 
-    two_input = True
-    emits_side = True
-
-    def __init__(self, node: Node, func: CoProcessFunction) -> None:
-        super().__init__(node)
-        self.func = func
-        self.input_no = 0
-        self.ctx: _UnkeyedCtx | None = None
-
-    def open(self, rt: OperatorEnv) -> None:
-        self.ctx = _UnkeyedCtx(rt, self)
-        try:
-            self.func.open(self.ctx)
-        except Exception as e:
-            raise UserFunctionError(self.name, "<open>", e) from e
-
-    def process(self, batch: list[Any]) -> list[Any]:
-        return self._run(batch, None)[0]
-
-    def process_ts(self, batch: list[Any], ts: list[float]
-                   ) -> tuple[list[Any], list[float] | None]:
-        return self._run(batch, ts)
-
-    def _run(self, batch: list[Any], ts: list[float] | None
-             ) -> tuple[list[Any], list[float] | None]:
-        ctx = self.ctx
-        assert ctx is not None
-        pe = self.func.process_element1 if self.input_no == 0 else self.func.process_element2
-        out: list[Any] = []
-        out_ts: list[float] = []
-        r: Any = None
-        try:
-            for j, r in enumerate(batch):
-                t = ts[j] if ts is not None else None
-                ctx._timestamp = t
-                res = pe(r, ctx)
-                if res is not None:
-                    for x in res:
-                        out.append(x)
-                        out_ts.append(t)  # type: ignore[arg-type]
-        except Exception as e:
-            if isinstance(e, OnceflowError):
-                raise
-            raise UserFunctionError(self.name, r, e) from e
-        finally:
-            ctx._timestamp = None
-        return out, (out_ts if ts is not None else None)
-
-    def close(self) -> None:
-        self.func.close()
+    def _handler(self, ctx: Any) -> Handler:
+        return self.func.process_element1 if self.input_no == 0 else self.func.process_element2
 
 
 __all__ = ["BroadcastProcessOp", "CoProcessOp", "KeyedTwoInputOp", "TimeDomain",

@@ -22,7 +22,7 @@ fires the window again at once with the updated result.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from onceflow import _faults
@@ -301,13 +301,18 @@ class WindowOperator(_KeyedOp):
                    ) -> tuple[list[Any], list[float] | None]:
         return self._records(batch, ts)
 
-    def _records(self, batch: list[Any], ts: list[float] | None
-                 ) -> tuple[list[Any], list[float] | None]:
+    def _start_batch(self, batch: list[Any]) -> tuple[list[Any], list[float]]:
+        """The key type check after a restore, and the lists the firings append to."""
         if self._check_key_type:
             self._verify_key_type(batch)
         out: list[Any] = []
         out_ts: list[float] = []
         self._out, self._out_ts = out, out_ts
+        return out, out_ts
+
+    def _records(self, batch: list[Any], ts: list[float] | None
+                 ) -> tuple[list[Any], list[float] | None]:
+        out, out_ts = self._start_batch(batch)
         a = self.assigner
         if self.time == PROCESSING:
             now = self.clock()
@@ -735,11 +740,7 @@ class PaneWindowOperator(WindowOperator):
 
     def _records(self, batch: list[Any], ts: list[float] | None
                  ) -> tuple[list[Any], list[float] | None]:
-        if self._check_key_type:
-            self._verify_key_type(batch)
-        out: list[Any] = []
-        out_ts: list[float] = []
-        self._out, self._out_ts = out, out_ts
+        out, out_ts = self._start_batch(batch)
         event = self.time == EVENT
         if event:
             assert ts is not None
@@ -755,8 +756,6 @@ class PaneWindowOperator(WindowOperator):
         assert table is not None
         get, put = table.get, table.put
         store = self.store
-        scope = store.scope
-        reg = store.register_event_timer if event else store.register_timer
         ad = self.adapter
         create, add_all = ad.create, ad.add_all
         if type(ad) is _AggregateAdapter:  # call the AggregateFunction itself; on an
@@ -766,7 +765,6 @@ class PaneWindowOperator(WindowOperator):
                 return add_all(acc, recs)
         live = type(table) is _FastTable  # dicts changed in place; mark them changed
         dirty = table.dirty if isinstance(table, _FastTable) else None
-        clean = self.clean_after
         for (k, p), recs in groups.items():
             last_end = (p + n) * slide + off  # the end of the last window holding pane p
             if last_end + lat <= wm:
@@ -787,25 +785,9 @@ class PaneWindowOperator(WindowOperator):
             elif dirty is not None:
                 dirty.add(k)
             if acc is None:
-                scope.key = k
-                first = p + 1
-                if first * slide + off <= wm:  # some of its windows already fired
-                    first = math.floor((wm - off) / slide) + 1.0
-                    while first * slide + off <= wm:
-                        first += 1.0
-                if first <= p + n:
-                    reg(first * slide + off)
-                if lat:
-                    reg((p + clean) * slide + off)
+                self._pane_timers_for(((k, p),), wm, event)
             if (p + 1) * slide + off <= wm:  # late records within lateness: fire again
-                j = p + 1
-                while j <= p + n:
-                    e = j * slide + off
-                    if e > wm:
-                        break
-                    if e + lat > wm:
-                        self._emit_window(k, d, j)
-                    j += 1.0
+                self._refire(k, d, p, wm)
         store.after_batch()
         return out, (out_ts if event else None)
 
@@ -864,9 +846,10 @@ class PaneWindowOperator(WindowOperator):
         self.store.after_batch()
         return self._out, (self._out_ts if event else None)
 
-    def _pane_timers_for(self, new: list[tuple[Any, float]], wm: float, event: bool) -> None:
-        """Timers of new panes: the first of their windows not fired yet, and the
-        cleanup with lateness."""
+    def _pane_timers_for(self, new: Iterable[tuple[Any, float]], wm: float, event: bool
+                         ) -> None:
+        """Timers of new panes: the first of their windows not fired yet (some may have
+        fired already), and the cleanup with lateness."""
         store = self.store
         scope = store.scope
         reg = store.register_event_timer if event else store.register_timer

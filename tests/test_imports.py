@@ -10,10 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent / "onceflow"
 
 #: known exceptions, each to be removed by making the name public where it is defined
-KNOWN = {
-    # the watermark duration parser, used by the runtime: rename to to_seconds
-    "onceflow/runtime/operators.py: onceflow.api.watermarks._to_seconds",
-}
+KNOWN: set[str] = set()
 
 
 def _package(path: Path) -> str:

@@ -104,7 +104,7 @@ class BoundedOutOfOrderness(WatermarkGenerator):
             self.max_ts = float(state)
 
 
-def _to_seconds(v: Any) -> float:
+def to_seconds(v: Any) -> float:
     t = type(v)
     if t is float:
         return v
@@ -127,7 +127,7 @@ def timestamps_of(fn: Callable[[Any], Any], records: list[Any]) -> list[float]:
     out = list(map(fn, records))
     for i, v in enumerate(out):
         if type(v) is not float:
-            f = _to_seconds(v)
+            f = to_seconds(v)
             if f != f:  # NaN
                 raise ValueError(f"timestamp of record {records[i]!r} is NaN")
             out[i] = f
@@ -244,4 +244,5 @@ __all__ = [
     "WatermarkGenerator",
     "WatermarkStrategy",
     "timestamps_of",
+    "to_seconds",
 ]

@@ -441,10 +441,10 @@ class _Timers(TimerService):
 
 def _seconds(what: str, t: Any) -> float:
     if isinstance(t, bool) or not isinstance(t, int | float):
-        from onceflow.api.watermarks import _to_seconds
+        from onceflow.api.watermarks import to_seconds
 
         try:
-            return _to_seconds(t)
+            return to_seconds(t)
         except TypeError as e:
             raise TypeError(f"{what}: {e}") from None
     return float(t)

@@ -62,3 +62,10 @@ def test_page_code_blocks_run(page: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, f"{page.name}:\n{proc.stderr[-4000:]}"
+
+
+def test_index_links_every_page() -> None:
+    index = (ROOT / "docs" / "index.md").read_text()
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md"))
+               if p.name != "index.md" and f"]({p.name}" not in index]
+    assert not missing, f"docs/index.md does not link {missing}"

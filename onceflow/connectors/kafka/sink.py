@@ -333,6 +333,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             self._discard_empty(txn)
             return
         assert self._out is not None
+        _faults.point("sink.pre_commit", subtask=self._ctx.subtask if self._ctx else -1)
         self._out.flush(live[0], self.operation_timeout)
         d = self._txn_client().describe(txn.transactional_id)
         if d.error or d.state != "Ongoing":

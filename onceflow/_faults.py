@@ -25,6 +25,7 @@ Named points (context keys in brackets):
   changelog) are uploaded, the subtask's state file is not written yet
 - ``sink.pre_commit`` [subtask]: inside a Kafka or PostgreSQL sink's pre-commit, before
   it flushes / prepares
+- ``sink.commit`` [subtask]: a PostgreSQL sink is about to send ``COMMIT PREPARED``
 - ``sink.after_pre_commit`` [checkpoint, subtask]: a 2PC sink pre-committed, before the ack
 - ``coordinator.before_metadata_rename`` [checkpoint]: driver, all acks in, metadata not yet
   visible

@@ -94,6 +94,12 @@ class RecordFormatError(OnceflowError):
     """A source met input it cannot decode. The message names the file and byte offset."""
 
 
+class OutputLostError(OnceflowError):
+    """A sink found output of a completed checkpoint lost (e.g. a Kafka transaction the
+    broker aborted). Restarting cannot bring it back, so the job fails at once instead of
+    restarting."""
+
+
 class JobFailedError(OnceflowError):
     """The job failed and the restart strategy allows no further attempt.
 

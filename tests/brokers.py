@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -110,10 +111,15 @@ class OwnPostgres:
     """A PostgreSQL server of this test only (``scripts/postgres`` with its own
     ONCEFLOW_PG_DIR and ONCEFLOW_PG_PORT)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
+    def __init__(self) -> None:
+        # A directory of its own under /tmp: the server runs as the postgres user (when the
+        # tests run as root), which cannot enter pytest's 0700 temporary directories.
+        self.base = Path(tempfile.mkdtemp(prefix="onceflow-pgfaults-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "postgres")
+        self.dir = self.base / "data"
         self.port = free_port()
-        self.env = {**os.environ, "ONCEFLOW_PG_DIR": str(directory),
+        self.env = {**os.environ, "ONCEFLOW_PG_DIR": str(self.dir),
                     "ONCEFLOW_PG_PORT": str(self.port)}
         self.dsn = ""
 
@@ -126,10 +132,6 @@ class OwnPostgres:
         return proc.stdout.strip()
 
     def start(self) -> str:
-        if os.geteuid() == 0:  # the server runs as the postgres user: let it own the dir
-            self.dir.mkdir(parents=True, exist_ok=True)
-            shutil.chown(self.dir, "postgres")
-            os.chmod(self.dir.parent, 0o755)
         self.dsn = self._run("start").splitlines()[-1]
         return self.dsn
 
@@ -139,7 +141,25 @@ class OwnPostgres:
 
     def remove(self) -> None:
         self._run("stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def terminate_sessions(self, application_prefix: str) -> list[int]:
+        """``pg_terminate_backend`` every session whose application_name starts with
+        ``application_prefix``; their pids."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            return [r[0] for r in c.execute(
+                "SELECT pid FROM pg_stat_activity WHERE starts_with(application_name, %s) "
+                "AND pid <> pg_backend_pid() AND pg_terminate_backend(pid)",
+                (application_prefix,)).fetchall()]
+
+    def prepared(self) -> list[str]:
+        """Every gid in pg_prepared_xacts (the witness: nothing of a job may stay)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            return [r[0] for r in c.execute("SELECT gid FROM pg_prepared_xacts").fetchall()]
 
 
 def wait_for(pred: Any, timeout: float, what: str) -> None:

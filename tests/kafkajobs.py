@@ -101,7 +101,13 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.2)
     ap.add_argument("--txn-timeout-ms", type=int, default=120_000)
     ap.add_argument("--on-lost", default=None, help="KafkaSink(on_lost_transaction=...)")
+    ap.add_argument("--unchecked-timeout", action="store_true",
+                    help="skip the sink's transaction timeout check (to provoke a timeout)")
     args = ap.parse_args()
+    if args.unchecked_timeout:
+        from onceflow.connectors.kafka.sink import KafkaTransactionalSink
+        KafkaTransactionalSink.validate_checkpointing = (  # type: ignore[method-assign]
+            lambda self, interval, timeout: None)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     flow = of.Flow("kafka-totals", parallelism=args.parallelism, batch_size=64,

@@ -17,10 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("confluent_kafka")
-from brokers import OwnBroker, wait_for  # noqa: E402
-from test_kafka import KJob, read_committed  # noqa: E402
+from brokers import OwnBroker, wait_for
+from test_kafka import KJob, read_committed
 
 N = 3000
 
@@ -89,3 +87,49 @@ def test_broker_unreachable_during_the_commit_protocol(broker: OwnBroker, tmp_pa
     code, _ = job.wait(timeout=300)
     assert code == 0, job.tail()
     _check(job, broker)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("on_lost", ["fail", "continue"])
+def test_transaction_aborted_by_the_broker_is_never_silent(broker: OwnBroker, tmp_path: Path,
+                                                           on_lost: str) -> None:
+    """A worker dies after checkpoint 3 completed, before its sink committed; the job
+    stays away 25 s (the restart delay) while the broker aborts the pre-committed
+    transaction for outliving transaction.timeout.ms (5 s). The recovery commit must not
+    mistake that for "already committed": the job fails naming checkpoint, subtask and
+    transactional id — or, with on_lost_transaction="continue", says so, counts it and
+    finishes with exactly that transaction's records missing and nothing duplicated."""
+    import kafkajobs
+
+    bootstrap = _ensure_up(broker)
+    token = tmp_path / "fault.token"
+    job = KJob(tmp_path, bootstrap, "--rate", "300", "--attempts", "3", "--delay", "25",
+               "--txn-timeout-ms", "5000", "--unchecked-timeout", "--on-lost", on_lost,
+               records=N)
+    job.start(env={"ONCEFLOW_FAULT": "sink.before_commit@min_checkpoint=3,subtask=0",
+                   "ONCEFLOW_FAULT_TOKEN": str(token)})
+    code, _ = job.wait(timeout=300)
+    log_text = job.log.read_text()
+    assert token.exists(), job.tail()
+    lost = [ln for ln in log_text.splitlines() if "cannot be committed" in ln]
+    assert lost, job.tail()
+    head = lost[0]
+    assert "subtask 0" in head and f"{job.prefix}-0-" in head, head
+    assert "checkpoint 3" in head or "checkpoint 4" in head, head
+    assert "outlived transaction.timeout.ms" in head and "LOST" in head, head
+    if on_lost == "fail":
+        assert code != 0, job.tail()
+        assert "KafkaTransactionLostError" in log_text or "is LOST" in log_text
+        assert "restarting cannot bring it back" in log_text, job.tail()
+        return
+    assert code == 0, job.tail()
+    got = read_committed(bootstrap, job.output)
+    ids = [v["id"] for _, _, v in got]
+    assert len(ids) == len(set(ids)), "duplicates after a lost transaction"
+    missing = N - len(ids)
+    # each subtask whose worker did not commit in time lost its transaction
+    n_lost = sum(int(ln.split(" record(s)")[0].rsplit(", ", 1)[-1]) for ln in lost)
+    assert missing == n_lost > 0, (missing, n_lost, lost)
+    assert "lost transactions so far: 1" in head
+    assert not broker.find_hanging()
+    assert kafkajobs.USERS  # the job's module is importable here too (shared helpers)

@@ -561,6 +561,7 @@ class PostgresSink(TwoPhaseCommitSink[PostgresTxn]):
             return
         from psycopg import sql
 
+        _faults.point("sink.pre_commit", subtask=self._ctx.subtask if self._ctx else -1)
         self._conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(txn.gid)))
         self._open_gid = None
         self._prepared.add(txn.gid)
@@ -575,7 +576,9 @@ class PostgresSink(TwoPhaseCommitSink[PostgresTxn]):
         assert ctx is not None
         restored = txn.gid not in self._prepared  # listed by a restored checkpoint
         try:
-            self._admin_conn().execute(
+            admin = self._admin_conn()
+            _faults.point("sink.commit", subtask=ctx.subtask)
+            admin.execute(
                 sql.SQL("COMMIT PREPARED {}").format(sql.Literal(txn.gid)))
         except _psycopg().errors.UndefinedObject:
             # committed before (by an earlier attempt): idempotent

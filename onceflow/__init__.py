@@ -31,6 +31,7 @@ from onceflow.errors import (
     JobFailedError,
     NoCheckpointError,
     OnceflowError,
+    OutputLostError,
     RecordFormatError,
     UserFunctionError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "NoCheckpointError",
     "OnceflowError",
     "OperatorMetrics",
+    "OutputLostError",
     "OutputTag",
     "ProcessContext",
     "RecordFormatError",

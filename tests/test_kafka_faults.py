@@ -97,7 +97,8 @@ def test_transaction_aborted_by_the_broker_is_never_silent(broker: OwnBroker, tm
     stays away 25 s (the restart delay) while the broker aborts the pre-committed
     transaction for outliving transaction.timeout.ms (5 s). The recovery commit must not
     mistake that for "already committed": the job fails naming checkpoint, subtask and
-    transactional id — or, with on_lost_transaction="continue", says so, counts it and
+    transactional id and the input offsets whose output is lost — or, with
+    on_lost_transaction="continue", says so, counts it and
     finishes with exactly that transaction's records missing and nothing duplicated."""
     import kafkajobs
 
@@ -117,6 +118,7 @@ def test_transaction_aborted_by_the_broker_is_never_silent(broker: OwnBroker, tm
     assert "subtask 0" in head and f"{job.prefix}-0-" in head, head
     assert "checkpoint 3" in head or "checkpoint 4" in head, head
     assert "outlived transaction.timeout.ms" in head and "LOST" in head, head
+    assert f"kafka-in: {job.input}[" in head and " offsets " in head, head  # the input
     if on_lost == "fail":
         assert code != 0, job.tail()
         assert "KafkaTransactionLostError" in log_text or "is LOST" in log_text

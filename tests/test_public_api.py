@@ -32,6 +32,7 @@ PUBLIC = {
         "NoCheckpointError",
         "OnceflowError",
         "OperatorMetrics",
+        "OutputLostError",
         "OutputTag",
         "ProcessContext",
         "RecordFormatError",

@@ -38,6 +38,7 @@ from typing import Any
 from onceflow import _faults
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import broker_config, brokers, import_kafka, serializer
+from onceflow.connectors.kafka._lost import lost_input
 from onceflow.connectors.sinks import Sink, SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
 from onceflow.errors import ConfigurationError, OutputLostError
@@ -500,13 +501,13 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         sub = self._ctx.subtask if self._ctx else -1
         uid = self._ctx.uid if self._ctx else "?"
         ckpt = txn.checkpoint if txn.checkpoint >= 0 else "?"
+        inputs = lost_input(self._ctx.flow_dir if self._ctx else None, txn.checkpoint)
         msg = (f"KafkaSink {uid!r} subtask {sub}: the transaction of checkpoint {ckpt} "
                f"(transactional id {txn.transactional_id}, producer id {txn.producer_id}, "
                f"epoch {txn.epoch}, {txn.records} record(s) to topic {self.topic!r}) cannot "
-               f"be committed: {why}. Its output is LOST: the records this sink subtask "
-               f"received from the input between checkpoint {ckpt}'s predecessor and "
-               f"checkpoint {ckpt} (their source offsets are in those two checkpoints) "
-               f"never reach {self.topic!r}. Raise transaction_timeout_ms (and the brokers' "
+               f"be committed: {why}. Its output is LOST: what this sink subtask received "
+               f"from these input offsets never reaches {self.topic!r}: {inputs}. Raise "
+               f"transaction_timeout_ms (and the brokers' "
                f"transaction.max.timeout.ms) above the longest outage to expect; "
                f"lost transactions so far: {self.lost_transactions}.")
         log.error("%s", msg, extra={"event": "kafka_transaction_lost", "uid": uid,

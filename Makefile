@@ -51,6 +51,14 @@ bench: $(VENV)/.synced
 bench-w3: $(VENV)/.synced
 	$(PY) benchmarks/w3.py
 
+# W2 on this machine: the plain Kafka client loop (ceiling), onceflow exactly-once and
+# at-least-once at parallelism 1 and 2, and end-to-end latency at 20,000 records/s
+# (results: benchmarks/results/w2.json + w2.md; W2_RECORDS, W2_ROUNDS to change the size).
+.PHONY: bench-w2
+bench-w2: $(VENV)/.synced
+	scripts/kafka start
+	$(PY) benchmarks/w2.py
+
 # onceflow against PyFlink, Bytewax and Quix Streams on W1 and W2 (not part of make test;
 # installs each peer in benchmarks/compare/.venvs/, needs Java 17 + mvn and the Kafka broker).
 compare: $(VENV)/.synced

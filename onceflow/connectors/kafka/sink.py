@@ -124,6 +124,7 @@ class _Producing:
                  headers: Callable[[Any], Any] | None) -> None:
         self.topic, self.value, self.key, self.key_ser = topic, value, key, key_ser
         self.partition, self.headers = partition, headers
+        self.key_str = False  # key_serializer="str": _produce_simple encodes keys inline
         self.errors: list[str] = []
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
@@ -157,6 +158,23 @@ class _Producing:
         per-record keyword dict. Same calls as :meth:`produce` otherwise."""
         produce, topic, value, cb = producer.produce, self.topic, self.value, self._on_delivery
         key, key_ser = self.key, self.key_ser
+        if key is not None and self.key_str:
+            # key_serializer="str" inline: no serializer call per record
+            for r in records:
+                v = value(r)
+                k = key(r)
+                if k.__class__ is str:
+                    k = k.encode()
+                elif k is not None:
+                    k = str(k).encode("utf-8")
+                while True:
+                    try:
+                        produce(topic, v, k, -1, cb)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            producer.poll(0)
+            return
         for r in records:
             v = value(r)
             k = None if key is None else key_ser(key(r))
@@ -281,6 +299,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
                                serializer(self.key_serializer, "key_serializer"),
                                self.partition, self.headers)
+        self._out.key_str = self.key_serializer == "str"
 
     def _txn_client(self) -> kp.TxnClient:
         if self._client is None:
@@ -664,6 +683,7 @@ class KafkaPlainSink(Sink):
         self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
                                serializer(self.key_serializer, "key_serializer"),
                                self.partition, self.headers)
+        self._out.key_str = self.key_serializer == "str"
 
     def write(self, records: list[Any]) -> None:
         assert self._out is not None

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,16 +81,24 @@ class _Sampler:
         except psutil.Error:
             pass
 
-    def growth(self, warmup: float = 0.3) -> tuple[float, float] | None:
-        """(RSS growth, fd growth) from the sample after the first ``warmup`` of the run
-        to the largest of the last quarter; None for a run too short to tell."""
+    def growth(self, warmup: float = 0.3) -> dict[str, float] | None:
+        """RSS and fd growth from just after warm-up (the median over the run's 30-45 %) to
+        its end (the median over the last quarter): medians, so that the sockets of a
+        worker being replaced at the moment of one sample do not count as a leak, while
+        a steady leak does. None for a run too short to tell."""
         s = self.samples
         if len(s) < 8 or s[-1][0] - s[0][0] < 10:
             return None
         t0, t1 = s[0][0], s[-1][0]
-        warm = next(x for x in s if x[0] >= t0 + warmup * (t1 - t0))
+        warm = [x for x in s if t0 + warmup * (t1 - t0) <= x[0] <= t0 + 0.45 * (t1 - t0)]
         tail = [x for x in s if x[0] >= t1 - 0.25 * (t1 - t0)]
-        return (max(x[1] for x in tail) / warm[1] - 1, max(x[2] for x in tail) / warm[2] - 1)
+        if not warm or not tail:
+            return None
+        rss0, rss1 = statistics.median(x[1] for x in warm), statistics.median(x[1] for x in tail)
+        fd0, fd1 = statistics.median(x[2] for x in warm), statistics.median(x[2] for x in tail)
+        return {"rss_growth": rss1 / rss0 - 1, "fd_growth": fd1 / fd0 - 1,
+                "rss_mb_after_warmup": rss0 / 2**20, "rss_mb_end": rss1 / 2**20,
+                "fds_after_warmup": fd0, "fds_end": fd1}
 
 
 def _chaos(job: JobProcess, rng: random.Random, max_kills: int, sampler: _Sampler,
@@ -223,8 +232,8 @@ def test_chaos_soak_with_the_real_servers(tmp_path: Path) -> None:
                 raise AssertionError(f"{note}: {e}") from None
             g = sampler.growth()
             if g is not None:
-                growth.append({"job": counts["jobs"], "kind": kind, "rss_growth": g[0],
-                               "fd_growth": g[1], "samples": len(sampler.samples)})
+                growth.append({"job": counts["jobs"], "kind": kind, **g,
+                               "samples": len(sampler.samples)})
     finally:
         conn.close()
         pg.remove()

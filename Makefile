@@ -65,7 +65,10 @@ compare: $(VENV)/.synced
 	scripts/kafka start
 	$(PY) benchmarks/compare/run.py
 
-# Long chaos run: random shapes and kills for ONCEFLOW_SOAK_MINUTES (default 10).
+# Long chaos run: random shapes and kills for ONCEFLOW_SOAK_MINUTES (default 10) on the
+# embedded path, and with a Kafka broker and a PostgreSQL server of its own (broker and
+# database restarts too); results in benchmarks/results/soak-servers.json
+# (ONCEFLOW_SOAK_RESULTS).
 soak: $(VENV)/.synced
 	$(PY) -m pytest -q tests -m soak
 

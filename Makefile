@@ -45,6 +45,7 @@ lint: $(VENV)/.synced
 
 bench: $(VENV)/.synced
 	$(PY) benchmarks/w1.py
+	$(PY) benchmarks/filesink.py
 
 # W3 large-state checkpoints (RocksDB incremental/full, memory changelog/full; ~30 min).
 .PHONY: bench-w3
@@ -58,6 +59,13 @@ bench-w3: $(VENV)/.synced
 bench-w2: $(VENV)/.synced
 	scripts/kafka start
 	$(PY) benchmarks/w2.py
+
+# W5 Nexmark (not part of make test): q0-q3 in-process, p1/p2, memory/RocksDB, exactly-once
+# checkpoints every 10 s, 3 interleaved runs; NEXMARK_ARGS="--events 300000 --runs 1" for less,
+# NEXMARK_ARGS="--input kafka" to read pre-filled Kafka topics and write results to Kafka.
+.PHONY: nexmark
+nexmark: $(VENV)/.synced
+	$(PY) benchmarks/nexmark/run.py $(NEXMARK_ARGS)
 
 # onceflow against PyFlink, Bytewax and Quix Streams on W1 and W2 (not part of make test;
 # installs each peer in benchmarks/compare/.venvs/, needs Java 17 + mvn and the Kafka broker).

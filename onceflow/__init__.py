@@ -3,11 +3,14 @@
 This module assembles the public API. ``onceflow.api`` describes flows;
 ``onceflow.runtime`` (private: processes, channels, barriers) and ``onceflow.checkpoint``
 run them. Users import only what is listed in ``__all__`` plus the submodules
-``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart`` and ``onceflow.state``.
+``onceflow.sources``, ``onceflow.sinks``, ``onceflow.restart``, ``onceflow.state``,
+``onceflow.executors``, ``onceflow.windows`` (window assigners and triggers) and
+``onceflow.agg`` (aggregates).
 """
 
+from onceflow import agg, executors, restart, sinks, sources, state, windows
 from onceflow import logging as _logging
-from onceflow import restart, sinks, sources, state
+from onceflow.agg import AggregateFunction
 from onceflow.api.client import JobClient
 from onceflow.api.config import CheckpointConfig, RestartStrategy
 from onceflow.api.flow import DataStream, Flow, KeyedStream
@@ -19,12 +22,22 @@ from onceflow.api.functions import (
     TimeDomain,
     TimerService,
 )
+from onceflow.api.joins import JoinContext, ProcessJoinFunction
 from onceflow.api.result import JobResult, OperatorMetrics
+from onceflow.api.two_input import (
+    BroadcastContext,
+    BroadcastProcessFunction,
+    BroadcastState,
+    CoProcessFunction,
+    KeyedBroadcastProcessFunction,
+    MapStateDescriptor,
+)
 from onceflow.api.watermarks import WatermarkGenerator, WatermarkStrategy
-from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
+from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 from onceflow.errors import (
     CheckpointError,
     ConfigurationError,
+    ConnectorError,
     CorruptCheckpointError,
     ExistingCheckpointError,
     IncompatibleStateError,
@@ -33,20 +46,27 @@ from onceflow.errors import (
     OnceflowError,
     OutputLostError,
     RecordFormatError,
+    SavepointError,
     UserFunctionError,
 )
-from onceflow.runtime.control import SavepointError
+from onceflow.state.ttl import StateTtl
 
 __version__ = "0.1.0"
 
 _logging.install_fallback()  # warnings reach stderr, with their level, until logging is set up
 
 __all__ = [
+    "AggregateFunction",
+    "BroadcastContext",
+    "BroadcastProcessFunction",
+    "BroadcastState",
     "CheckpointConfig",
     "CheckpointError",
     "CheckpointStats",
     "CheckpointStatus",
+    "CoProcessFunction",
     "ConfigurationError",
+    "ConnectorError",
     "CorruptCheckpointError",
     "DataStream",
     "ExistingCheckpointError",
@@ -55,26 +75,34 @@ __all__ = [
     "JobClient",
     "JobFailedError",
     "JobResult",
+    "JoinContext",
+    "KeyedBroadcastProcessFunction",
     "KeyedProcessFunction",
     "KeyedStream",
+    "MapStateDescriptor",
     "NoCheckpointError",
     "OnceflowError",
     "OperatorMetrics",
     "OutputLostError",
     "OutputTag",
     "ProcessContext",
+    "ProcessJoinFunction",
     "RecordFormatError",
     "RestartStrategy",
     "RuntimeContext",
     "SavepointError",
+    "StateTtl",
     "TimeDomain",
     "TimerService",
     "UserFunctionError",
     "WatermarkGenerator",
     "WatermarkStrategy",
     "__version__",
+    "agg",
+    "executors",
     "restart",
     "sinks",
     "sources",
     "state",
+    "windows",
 ]

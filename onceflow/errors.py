@@ -1,24 +1,36 @@
-"""onceflow's exceptions.
+"""onceflow's exceptions, all of them (a test checks this tree against the classes below).
 
 Every error onceflow raises derives from :class:`OnceflowError`; subclasses say *why*::
 
     OnceflowError
-    ├── ConfigurationError      a setting or a flow definition is wrong; change it and rerun
-    ├── CheckpointError         checkpoint storage cannot be used as asked
-    │   ├── ExistingCheckpointError a run without restore found this flow's checkpoints
-    │   ├── NoCheckpointError       an explicit restore path holds no complete checkpoint
-    │   ├── CorruptCheckpointError  a checkpoint's files fail their checksums or are missing
-    │   └── IncompatibleStateError  a checkpoint cannot be restored into this flow
-    ├── UserFunctionError       user code (a map function, a sink, ...) raised; names the
-    │                           operator and the record
-    ├── RecordFormatError       a source met input it cannot decode; names file and offset
-    └── JobFailedError          the job failed and the restart strategy gave up; carries the
-                                last failure's message
+    ├── ConfigurationError          a setting or a flow definition is wrong; change it, rerun
+    ├── CheckpointError             checkpoint storage cannot be used as asked
+    │   ├── ExistingCheckpointError     a run without restore found this flow's checkpoints
+    │   ├── NoCheckpointError           an explicit restore path holds no complete checkpoint
+    │   ├── CorruptCheckpointError      a checkpoint's files fail their checksums or are missing
+    │   ├── IncompatibleStateError      a checkpoint cannot be restored into this flow
+    │   └── CheckpointFailuresExceeded  too many checkpoints failed in a row: the attempt ends
+    ├── SavepointError              a savepoint could not be taken (the message says why)
+    ├── UserFunctionError           user code (a map function, a sink, ...) raised; names the
+    │                               operator and the record
+    ├── RecordFormatError           a source met input it cannot decode; names file and offset
+    ├── ConnectorError              an external system a connector talks to (Kafka,
+    │   │                           PostgreSQL, ...) failed; ``__cause__`` is its own error
+    │   ├── KafkaProtocolError          a Kafka request failed with an error code (``code``)
+    │   └── KafkaTransactionLostError   a transaction a checkpoint covers cannot be committed
+    ├── RemoteError                 the CLI could not reach a running job, or it refused
+    └── JobFailedError              the job failed and the restart strategy gave up; carries
+                                    the last failure's message
 
-Messages say what happened, where, and what to do about it.
+Connectors catch the errors of the libraries they use (librdkafka, psycopg, ...) where they
+call them and raise a :class:`ConnectorError` with the original as ``__cause__``
+(:func:`foreign_errors`). Messages say what happened, where, and what to do about it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class OnceflowError(Exception):
@@ -58,9 +70,19 @@ class CorruptCheckpointError(CheckpointError):
         self.reason = reason
 
 
+class CheckpointFailuresExceeded(CheckpointError):
+    """More consecutive checkpoint failures than ``tolerable_failures`` (or a final
+    checkpoint or stop-with-savepoint failed): the attempt ends and the restart strategy
+    decides what happens next."""
+
+
 class IncompatibleStateError(CheckpointError):
     """A checkpoint cannot be restored into this flow (operators changed, max_parallelism
     changed, ...). The message names the operator and what to change."""
+
+
+class SavepointError(OnceflowError):
+    """A savepoint could not be taken (the message says why)."""
 
 
 class UserFunctionError(OnceflowError):
@@ -99,6 +121,30 @@ class OutputLostError(OnceflowError):
     broker aborted). Restarting cannot bring it back, so the job fails at once instead of
     restarting."""
 
+class ConnectorError(OnceflowError):
+    """An external system a source or sink talks to failed or refused; the message names
+    the connector and what it was doing, ``__cause__`` is the library's own error."""
+
+
+class KafkaProtocolError(ConnectorError):
+    """A Kafka request failed with a Kafka error code (``code``) or the connection broke."""
+
+    def __init__(self, message: str, code: int = -1) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.code))
+
+
+class KafkaTransactionLostError(ConnectorError, OutputLostError):
+    """A transaction that a completed checkpoint covers can no longer be committed (the
+    broker aborted it, usually because ``transaction.timeout.ms`` passed)."""
+
+
+class RemoteError(OnceflowError):
+    """The running job could not be reached, or refused the request."""
+
 
 class JobFailedError(OnceflowError):
     """The job failed and the restart strategy allows no further attempt.
@@ -115,6 +161,20 @@ class JobFailedError(OnceflowError):
         self.failures = failures
         self.cause = cause
         self.user_traceback = user_traceback
+
+
+@contextmanager
+def foreign_errors(what: str, *types: type[BaseException]) -> Iterator[None]:
+    """Inside, an exception of ``types`` (a library's own errors; default: any that is not
+    already an onceflow error) becomes a :class:`ConnectorError` saying ``what`` was being
+    done, with the original as ``__cause__``."""
+    catch = types or (Exception,)
+    try:
+        yield
+    except OnceflowError:
+        raise
+    except catch as e:
+        raise ConnectorError(f"{what}: {type(e).__name__}: {e}") from e
 
 
 def _short_repr(value: object, limit: int = 200) -> str:

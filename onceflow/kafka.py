@@ -9,9 +9,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from onceflow.connectors.kafka import brokers as _brokers
+from onceflow.connectors.kafka import import_kafka as _import_kafka
 from onceflow.connectors.kafka import protocol as _kp
-from onceflow.connectors.kafka._common import brokers as _brokers
-from onceflow.connectors.kafka._common import import_kafka as _import_kafka
 from onceflow.connectors.kafka.sink import (
     DEFAULT_TRANSACTION_TIMEOUT_MS,
     GUARANTEES,

@@ -1,6 +1,6 @@
 """Built-in sinks and the base classes for your own.
 
-* :class:`FileSink` - exactly-once JSON-lines files (two-phase commit)
+* :class:`FileSink` - exactly-once files, JSON lines, CSV or Parquet (two-phase commit)
 * :class:`Print`, :class:`Discard` - development and benchmarks (no guarantee / counting)
 * :class:`Sink` - plain (at-least-once) sinks; :class:`TwoPhaseCommitSink` - transactional,
   exactly-once; :class:`WriteAheadSink` - exactly-once with idempotent writes

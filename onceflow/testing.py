@@ -1,5 +1,34 @@
 """Test helpers that ship with onceflow.
 
+Unit-testing a flow in milliseconds: :class:`ScriptedSource` feeds known records (and can
+raise or stall at a chosen point), :class:`CollectingSink` collects what the flow commits
+(exactly once, like any transactional sink), and :func:`run_inline` runs the flow on the
+inline executor (threads of this process: breakpoints work)::
+
+    >>> import onceflow as of
+    >>> from onceflow.testing import CollectingSink, ScriptedSource, run_inline
+    >>> flow = of.Flow("doubling", parallelism=2)
+    >>> out = CollectingSink()
+    >>> (flow.source(ScriptedSource([1, 2, 3, 4]), name="numbers")
+    ...      .map(lambda x: 2 * x, name="double")
+    ...      .sink(out, name="out"))  # doctest: +ELLIPSIS
+    <...>
+    >>> result = run_inline(flow)
+    >>> sorted(out.records()), result.restarts
+    ([2, 4, 6, 8], 0)
+
+A source that fails once after two records: the job restarts from its last checkpoint (none
+here: from the start) and still commits every record exactly once::
+
+    >>> flow = of.Flow("flaky", restart_strategy=of.restart.fixed_delay(attempts=1, delay=0))
+    >>> out = CollectingSink()
+    >>> flow.source(ScriptedSource(["a", "b", "c"], fail_at=2), name="in").sink(out, name="out")
+    ... # doctest: +ELLIPSIS
+    <...>
+    >>> result = run_inline(flow)
+    >>> out.records(), result.restarts
+    (['a', 'b', 'c'], 1)
+
 :func:`check_sink_exactly_once` is a conformance check any sink can run: it writes a known
 stream through the sink while a worker process is killed with SIGKILL at each hook of the
 two-phase-commit protocol in turn (and at points of the snapshot), then compares what the
@@ -21,7 +50,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +61,14 @@ from typing import Any
 from onceflow import _faults
 from onceflow.api.config import fixed_delay
 from onceflow.api.flow import Flow
-from onceflow.connectors.sources import Range
+from onceflow.api.result import JobResult
+from onceflow.connectors.sinks import SinkContext
+from onceflow.connectors.sources import Range, Source, SplitReader
+from onceflow.connectors.two_phase import TwoPhaseCommitSink
+from onceflow.errors import ConfigurationError
 
-__all__ = ["CaseResult", "ConformanceReport", "DEFAULT_POINTS",  # noqa: RUF022
-           "check_sink_exactly_once", "throttle"]
+__all__ = ["CaseResult", "CollectingSink", "ConformanceReport", "DEFAULT_POINTS",  # noqa: RUF022
+           "ScriptedSource", "check_sink_exactly_once", "run_inline", "throttle"]
 
 #: The worker-side crash points of the protocol, in the order a checkpoint meets them.
 DEFAULT_POINTS = (
@@ -159,6 +194,144 @@ def throttle(rate: float, every: int = 256) -> Callable[[Any], Any]:
         return x
 
     return fn
+
+
+# --- unit-testing flows ---------------------------------------------------------------------
+def run_inline(flow: Flow, restore: str | os.PathLike[str] | None = None) -> JobResult:
+    """Run ``flow`` to its end on the inline executor (every subtask a thread of this
+    process), as ``flow.run(restore, executor="inline")``."""
+    return flow.run(restore, executor="inline")
+
+
+class ScriptedSource(Source):
+    """Emits ``records`` in order from one subtask (other subtasks of the source get
+    nothing), and optionally, at record index ``fail_at``, raises ``error`` once (the next
+    attempt goes past it), or from record index ``stall_at`` on emits nothing more without
+    ending (the job then runs until stopped, e.g. with a savepoint). Positions are record
+    indexes, so restores resume exactly."""
+
+    def __init__(self, records: Sequence[Any], *, fail_at: int | None = None,
+                 error: Exception | None = None, stall_at: int | None = None) -> None:
+        self.records = list(records)
+        self.fail_at, self.stall_at = fail_at, stall_at
+        self.error = error if error is not None else RuntimeError(
+            f"ScriptedSource: scripted failure at record {fail_at}")
+        # "failed once" must survive the attempt (and, on the default executor, the
+        # process) that failed: a file, shared by every copy of this source
+        self._fired = os.path.join(tempfile.gettempdir(),
+                                   f"onceflow-scripted-{uuid.uuid4().hex}.fired")
+
+    def splits(self, parallelism: int) -> list[Any]:
+        return ["script"]
+
+    def initial_position(self, split: Any) -> int:
+        return 0
+
+    def reader(self, split: Any, position: Any) -> SplitReader:
+        return _ScriptReader(self, position)
+
+
+class _ScriptReader(SplitReader):
+    def __init__(self, src: ScriptedSource, pos: int) -> None:
+        self.src, self.pos = src, pos
+
+    def read_batch(self, max_records: int) -> list[Any] | None:
+        src, end = self.src, len(self.src.records)
+        if src.stall_at is not None and self.pos >= src.stall_at:
+            return []
+        if src.fail_at is not None and self.pos == src.fail_at:
+            try:
+                os.close(os.open(src._fired, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                pass  # failed once already
+            else:
+                raise src.error
+        if self.pos >= end:
+            return None
+        stop = min(end, self.pos + max_records)
+        for mark in (src.fail_at, src.stall_at):
+            if mark is not None and self.pos < mark < stop:
+                stop = mark  # end the batch where the script acts
+        out = src.records[self.pos:stop]
+        self.pos = stop
+        return out
+
+    def position(self) -> int:
+        return self.pos
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.staged: dict[str, list[Any]] = {}
+        self.committed: list[Any] = []
+
+
+_COLLECTED: dict[str, _Collected] = {}
+
+
+class CollectingSink(TwoPhaseCommitSink[str]):
+    """Collects what a flow commits, in commit order: :meth:`records`. A two-phase-commit
+    sink like any other (records become visible when their checkpoint completes, and
+    restarts do not duplicate them), kept in this process's memory, so it needs the inline
+    executor (:func:`run_inline`)."""
+
+    def __init__(self) -> None:
+        self.key = uuid.uuid4().hex
+        self._pid = os.getpid()
+        self._ctx: SinkContext | None = None
+        _COLLECTED[self.key] = _Collected()
+
+    def records(self) -> list[Any]:
+        store = _COLLECTED[self.key]
+        with store.lock:
+            return list(store.committed)
+
+    def open(self, ctx: SinkContext) -> None:
+        if os.getpid() != self._pid:
+            raise ConfigurationError(
+                f"CollectingSink (operator {ctx.uid!r}) keeps records in the memory of the "
+                "process that made it: run the flow with executor='inline' "
+                "(onceflow.testing.run_inline)")
+        self._ctx = ctx
+
+    def begin_transaction(self) -> str:
+        ctx = self._ctx
+        assert ctx is not None
+        txn = f"{ctx.subtask}:{ctx.attempt}:{uuid.uuid4().hex[:8]}"
+        store = _COLLECTED[self.key]
+        with store.lock:
+            store.staged[txn] = []
+        return txn
+
+    def write(self, txn: str, records: list[Any]) -> None:
+        store = _COLLECTED[self.key]
+        with store.lock:
+            store.staged[txn].extend(records)
+
+    def pre_commit(self, txn: str) -> None:
+        pass  # already as durable as this sink gets
+
+    def commit(self, txn: str) -> None:
+        store = _COLLECTED[self.key]
+        with store.lock:
+            staged = store.staged.pop(txn, None)
+            if staged is not None:  # None: committed before
+                store.committed.extend(staged)
+
+    def abort(self, txn: str) -> None:
+        store = _COLLECTED[self.key]
+        with store.lock:
+            store.staged.pop(txn, None)
+
+    def abort_lingering(self, ctx: SinkContext, keep: list[str]) -> None:
+        store = _COLLECTED[self.key]
+        with store.lock:
+            for txn in list(store.staged):
+                sub, attempt, _ = txn.split(":")
+                if int(attempt) < ctx.attempt and int(sub) % ctx.parallelism == ctx.subtask \
+                        and txn not in keep:
+                    del store.staged[txn]
 
 
 def _record(i: int) -> dict[str, Any]:

@@ -119,8 +119,96 @@ def build(shape: str, flow: of.Flow, records: int, rate: float, out: str,
              .key_by(lambda kv: kv[0])
              .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count", parallelism=2)
              .sink(sink, name="files", parallelism=1))
+    elif shape in WINDOW_SHAPES:
+        build_window(shape, flow, records, rate, sink)
     else:
         raise SystemExit(f"unknown shape {shape}")
+
+
+# --- window shapes: event time = the record's number (see wt_ts) -------------------------
+WINDOW_SHAPES = ("window_tumbling", "window_session", "window_sliding")
+WT_SIZE, WT_LATENESS, WS_GAP, WL_SIZE, WL_SLIDE = 100.0, 50.0, 50.0, 200.0, 50.0
+
+
+def wt_late(i: int) -> bool:
+    """Records of window_tumbling that are far behind (3000 s) and therefore surely late:
+    the watermark the window has seen is at most two batches (512 records) behind."""
+    return i % 101 == 0 and i > 4000
+
+
+def wt_ts(i: int) -> float:
+    return float(i - 3000) if wt_late(i) else float(i - (i * 7) % 10)
+
+
+def _session_key(i: int) -> int:
+    return (i // 7) % KEYS
+
+
+def build_window(shape: str, flow: of.Flow, records: int, rate: float, sink: Any) -> None:
+    if shape == "window_tumbling":
+        ws = of.WatermarkStrategy.bounded_out_of_orderness(10.0).with_timestamps(wt_ts)
+        late = of.OutputTag("late")
+        res = (flow.source(of.sources.Range(0, records), name="numbers", parallelism=1,
+                           watermarks=ws)
+               .map(throttle(rate), name="throttle", parallelism=1)
+               .key_by(lambda i: i % KEYS)
+               .window(of.windows.tumbling(WT_SIZE)).allowed_lateness(WT_LATENESS)
+               .side_output_late_data(late)
+               .aggregate(of.agg.count(), name="window"))
+        out = res.map(lambda r: ("w", r[0], r[1], r[2], r[3]), name="fmt")
+        lt = res.side_output(late).map(lambda i: ("late", i), name="fmt-late")
+        out.union(lt, name="both").sink(sink, name="files")
+        return
+    ws = of.WatermarkStrategy.bounded_out_of_orderness(5.0).with_timestamps(float)
+    src = (flow.source(of.sources.Range(0, records), name="numbers", watermarks=ws)
+           .map(throttle(rate), name="throttle"))
+    if shape == "window_session":
+        (src.key_by(_session_key)
+            .window(of.windows.session(WS_GAP))
+            .process(lambda k, w, els: (len(els), sum(els)), name="window")
+            .map(lambda r: ("s", r[0], r[1], r[2], r[3][0], r[3][1]), name="fmt")
+            .sink(sink, name="files"))
+    else:
+        (src.key_by(lambda i: i % KEYS)
+            .window(of.windows.sliding(WL_SIZE, WL_SLIDE))
+            .aggregate(of.agg.count(), lambda k, w, c: (c, w.end - w.start), name="window")
+            .map(lambda r: ("l", r[0], r[1], r[2], r[3][0], r[3][1]), name="fmt")
+            .sink(sink, name="files"))
+
+
+def expected_window(shape: str, records: int) -> Counter[tuple[Any, ...]]:
+    out: Counter[tuple[Any, ...]] = Counter()
+    if shape == "window_tumbling":
+        per: Counter[tuple[Any, ...]] = Counter()
+        for i in range(records):
+            if wt_late(i):
+                out[("late", i)] += 1
+            else:
+                s = (wt_ts(i) // WT_SIZE) * WT_SIZE
+                per[(i % KEYS, s, s + WT_SIZE)] += 1
+        out.update(("w", *w, c) for w, c in per.items())
+        return out
+    if shape == "window_sliding":
+        per = Counter()
+        n = int(WL_SIZE // WL_SLIDE)
+        for i in range(records):
+            last = int(i // WL_SLIDE)
+            for j in range(last - n + 1, last + 1):
+                per[(i % KEYS, j * WL_SLIDE, j * WL_SLIDE + WL_SIZE)] += 1
+        out.update(("l", *w, c, WL_SIZE) for w, c in per.items())
+        return out
+    by_key: dict[int, list[int]] = {}
+    for i in range(records):
+        by_key.setdefault(_session_key(i), []).append(i)
+    for k, ts in by_key.items():
+        cur = [ts[0]]
+        for t in ts[1:]:
+            if t > cur[-1] + WS_GAP:
+                out[("s", k, float(cur[0]), cur[-1] + WS_GAP, len(cur), sum(cur))] += 1
+                cur = []
+            cur.append(t)
+        out[("s", k, float(cur[0]), cur[-1] + WS_GAP, len(cur), sum(cur))] += 1
+    return out
 
 
 def _running_counts(keys: list[Any]) -> Counter[tuple[Any, ...]]:
@@ -130,6 +218,8 @@ def _running_counts(keys: list[Any]) -> Counter[tuple[Any, ...]]:
 
 def expected(shape: str, records: int, corpus: str = "") -> Counter[tuple[Any, ...]]:
     """The committed output of a failure-free run, computed without onceflow."""
+    if shape in WINDOW_SHAPES:
+        return expected_window(shape, records)
     if shape in ("keyed_count", "mixed_parallelism"):
         return _running_counts([i % KEYS for i in range(records)])
     if shape == "union_flatmap":

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from onceflow.runtime import barriers
 from onceflow.runtime.barriers import (
     AlignedBarrierHandler,
     BarrierTracker,
@@ -58,17 +59,22 @@ def test_make_handler_picks_the_class_for_the_guarantee() -> None:
     assert type(make_handler(False, chans, Recorder())) is BarrierTracker
 
 
-def test_channel_with_barrier_is_blocked_until_every_channel_delivered_it() -> None:
+def test_channel_with_barrier_is_blocked_until_every_channel_delivered_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [10.0]  # a fake clock: alignment time is measured from the first barrier
+    monkeypatch.setattr(barriers.time, "perf_counter", lambda: now[0])
     h, (a, b, c), rec = make(AlignedBarrierHandler, 3)
     h.on_barrier(a, barrier(1))
+    now[0] = 11.5
     assert (a.blocked, b.blocked, c.blocked) == (True, False, False)
     h.on_barrier(c, barrier(1))
     assert (a.blocked, b.blocked, c.blocked) == (True, False, True)
     assert rec.snapshots == []
+    now[0] = 12.25
     h.on_barrier(b, barrier(1))
     assert not any(ch.blocked for ch in (a, b, c))
     assert [b for b, _ in rec.snapshots] == [barrier(1)]
-    assert rec.waits[0] >= 0.0
+    assert rec.waits == [2.25]  # from the first barrier (10.0) to the last (12.25)
 
 
 def test_on_aligned_is_called_once_per_checkpoint_in_order() -> None:

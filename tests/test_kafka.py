@@ -21,17 +21,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka as ck  # a missing dependency fails the suite, never skips it
+import kafkajobs
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from jobproc import JobProcess, kill_randomly
 
-ck = pytest.importorskip("confluent_kafka")
-import kafkajobs  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
-from jobproc import JobProcess, kill_randomly  # noqa: E402
-
-from onceflow.connectors.kafka import protocol as kp  # noqa: E402
-from onceflow.connectors.kafka._common import broker_config  # noqa: E402
-from onceflow.errors import ConfigurationError  # noqa: E402
-from onceflow.kafka import (  # noqa: E402
+from onceflow.connectors.kafka import protocol as kp
+from onceflow.connectors.kafka._common import broker_config
+from onceflow.errors import ConfigurationError
+from onceflow.kafka import (
     KafkaSink,
     KafkaSource,
     KafkaTxn,

@@ -14,11 +14,17 @@ import onceflow as of
 
 PUBLIC = {
     "onceflow": [
+        "AggregateFunction",
+        "BroadcastContext",
+        "BroadcastProcessFunction",
+        "BroadcastState",
         "CheckpointConfig",
         "CheckpointError",
         "CheckpointStats",
         "CheckpointStatus",
+        "CoProcessFunction",
         "ConfigurationError",
+        "ConnectorError",
         "CorruptCheckpointError",
         "DataStream",
         "ExistingCheckpointError",
@@ -27,30 +33,56 @@ PUBLIC = {
         "JobClient",
         "JobFailedError",
         "JobResult",
+        "JoinContext",
+        "KeyedBroadcastProcessFunction",
         "KeyedProcessFunction",
         "KeyedStream",
+        "MapStateDescriptor",
         "NoCheckpointError",
         "OnceflowError",
         "OperatorMetrics",
         "OutputLostError",
         "OutputTag",
         "ProcessContext",
+        "ProcessJoinFunction",
         "RecordFormatError",
         "RestartStrategy",
         "RuntimeContext",
         "SavepointError",
+        "StateTtl",
         "TimeDomain",
         "TimerService",
         "UserFunctionError",
         "WatermarkGenerator",
         "WatermarkStrategy",
         "__version__",
+        "agg",
+        "executors",
         "restart",
         "sinks",
         "sources",
         "state",
+        "windows",
     ],
-    "onceflow.sources": ["Collection", "Range", "Source", "SplitReader", "TextFiles"],
+    "onceflow.agg": ["AggregateFunction", "count", "count_distinct", "max", "mean", "min",
+                     "sum"],
+    "onceflow.windows": [
+        "ContinuousEventTimeTrigger",
+        "ContinuousProcessingTimeTrigger",
+        "CountTrigger",
+        "EventTimeTrigger",
+        "ProcessingTimeTrigger",
+        "PurgingTrigger",
+        "Trigger",
+        "Window",
+        "WindowAssigner",
+        "count",
+        "global_",
+        "session",
+        "sliding",
+        "tumbling",
+    ],
+    "onceflow.sources": ["Collection", "DataGen", "Range", "Source", "SplitReader", "TextFiles"],
     "onceflow.sinks": [
         "Discard",
         "FileSink",
@@ -62,6 +94,7 @@ PUBLIC = {
         "WriteAheadSink",
         "read_committed",
     ],
+    "onceflow.executors": ["Executor", "Inline", "Local", "Workers", "resolve"],
     "onceflow.restart": ["RestartStrategy", "exponential_backoff", "fixed_delay", "no_restart"],
     "onceflow.logging": ["ENV_JSON", "JsonFormatter", "configure", "json_active",
                          "json_requested"],
@@ -81,8 +114,9 @@ PUBLIC = {
         "check_transaction_timeout",
         "list_lingering",
     ],
-    "onceflow.testing": ["CaseResult", "ConformanceReport", "DEFAULT_POINTS",
-                         "check_sink_exactly_once", "throttle"],
+    "onceflow.testing": ["CaseResult", "CollectingSink", "ConformanceReport",
+                         "DEFAULT_POINTS", "ScriptedSource", "check_sink_exactly_once",
+                         "run_inline", "throttle"],
 }
 
 
@@ -110,7 +144,7 @@ def test_every_public_name_resolves(module: str, name: str) -> None:
 
 
 def test_submodules_are_the_same_objects_as_the_attributes() -> None:
-    for sub in ("restart", "sinks", "sources", "state"):
+    for sub in ("agg", "restart", "sinks", "sources", "state", "windows"):
         assert getattr(of, sub) is importlib.import_module(f"onceflow.{sub}")
 
 
@@ -127,6 +161,7 @@ def test_every_exception_derives_from_the_root() -> None:
         assert err.__doc__, f"{err.__name__} has no docstring"
     for sub in (of.NoCheckpointError, of.CorruptCheckpointError, of.IncompatibleStateError):
         assert issubclass(sub, of.CheckpointError)
+    # every class of onceflow.errors, exported or not: tests/test_errors.py
 
 
 def test_version_matches_the_distribution() -> None:

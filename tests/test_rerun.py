@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import onceflow as of
+from onceflow.checkpoint.metadata import CheckpointMetadata
 from onceflow.checkpoint.storage import CheckpointStorage
 from onceflow.runtime.rerun import describe
 from onceflow.testing import throttle
@@ -104,9 +105,9 @@ def test_a_stop_with_savepoint_counts_and_restore_continues(tmp_path: Path) -> N
 def test_describe_says_when_the_job_had_not_finished(tmp_path: Path) -> None:
     storage = CheckpointStorage(str(tmp_path), "crashed")
     storage.prepare()
-    storage.write_metadata(4, {"flow": "crashed", "checkpoint_id": 4, "kind": "checkpoint",
-                               "final": False, "trigger_time": 1.0e9, "completion_time": 1.0e9,
-                               "max_parallelism": 128, "operators": {}, "files": {}})
+    storage.write_metadata(CheckpointMetadata(
+        flow="crashed", checkpoint_id=4, kind="checkpoint", final=False, trigger_time=1.0e9,
+        completion_time=1.0e9, max_parallelism=128, operators={}, files={}))
     text = describe(4, storage.path(4))
     assert "checkpoint 4" in text and "2001-09-09 01:46:40 UTC" in text
     assert "had not finished" in text

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import onceflow as of
+from onceflow.checkpoint.restore import plan_for_states
 from onceflow.graph import jobgraph
 from onceflow.runtime.barriers import UnalignedBarrierHandler
 from onceflow.runtime.channels import InputChannel
@@ -57,7 +58,7 @@ def _runner(n: int, *, timeout: float | None, clock: Clock,
     runner.connect()
     assert isinstance(runner.handler, UnalignedBarrierHandler)
     runner.handler.wall = clock
-    runner.open(restored or [], None)
+    runner.open(*plan_for_states(spec, 0, 8, restored or []))
     return runner, writes
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import onceflow as of
+from onceflow.checkpoint.restore import SubtaskRestore
 from onceflow.errors import ConfigurationError, UserFunctionError
 from onceflow.graph import jobgraph
 from onceflow.runtime.channels import InputChannel
@@ -234,7 +235,7 @@ def _runner(channels: int) -> tuple[TaskRunner, list[InputChannel], list[Any]]:
     chans = [InputChannel(i) for i in range(channels)]
     runner.inputs = list(chans)
     runner.connect()
-    runner.open([], None)
+    runner.open(SubtaskRestore(runner.uid, runner.subtask), {})
     return runner, chans, snaps
 
 
@@ -327,7 +328,7 @@ def test_process_function_side_output_without_consumer_is_counted() -> None:
     ch = InputChannel(0)
     runner.inputs = [ch]
     runner.connect()
-    runner.open([], None)
+    runner.open(SubtaskRestore(runner.uid, runner.subtask), {})
     ch.queue.append([1, 2, 3])
     runner.step()
     assert runner.ops[0].side_dropped == 3

@@ -39,6 +39,7 @@ from onceflow.state.memory import MemoryBackend
 if TYPE_CHECKING:
     from onceflow.api.client import JobClient
     from onceflow.api.windowing import WindowedStream
+    from onceflow.executors import Executor
     from onceflow.runtime.driver import JobDriver
     from onceflow.state.rocksdb import RocksDBBackend
 
@@ -164,7 +165,8 @@ class Flow:
 
     def run(self, restore: str | os.PathLike[str] | None = None, *, fresh: bool = False,
             dashboard: str | int | None = None, dashboard_token: str | None = None,
-            metrics_port: int | None = None, progress: bool | float = False) -> JobResult:
+            metrics_port: int | None = None, progress: bool | float = False,
+            executor: str | Executor | None = None) -> JobResult:
         """Run the flow; block until its bounded input is processed and committed.
 
         ``restore``: ``"latest"`` resumes from the newest complete checkpoint in this flow's
@@ -185,15 +187,20 @@ class Flow:
         dashboard (127.0.0.1 unless a host is given; any other host needs
         ``dashboard_token``); ``metrics_port`` serves Prometheus metrics on
         127.0.0.1:PORT/metrics; ``progress`` prints live progress to stderr (``True``, or
-        a period in seconds). Port 0 picks a free port (logged on ``onceflow.web``)."""
+        a period in seconds). Port 0 picks a free port (logged on ``onceflow.web``).
+
+        ``executor``: where the subtasks run: ``"local"`` / ``of.executors.Local()`` (the
+        default: forked worker processes) or ``"inline"`` / ``of.executors.Inline()``
+        (threads of this process, for debugging and fast tests)."""
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
                               metrics_port=metrics_port, progress=progress,
-                              fresh=_fresh(restore, fresh))
+                              fresh=_fresh(restore, fresh), executor=executor)
         return driver.run(os.fspath(restore) if restore is not None else None)
 
     def start(self, restore: str | os.PathLike[str] | None = None, *, fresh: bool = False,
               dashboard: str | int | None = None, dashboard_token: str | None = None,
-              metrics_port: int | None = None, progress: bool | float = False) -> JobClient:
+              metrics_port: int | None = None, progress: bool | float = False,
+              executor: str | Executor | None = None) -> JobClient:
         """Start the flow in a background thread of this process and return a
         :class:`~onceflow.JobClient` to take savepoints, stop with a savepoint, or wait for
         the result. Same arguments as :meth:`run`."""
@@ -202,19 +209,21 @@ class Flow:
 
         driver = self._driver(dashboard=dashboard, dashboard_token=dashboard_token,
                               metrics_port=metrics_port, progress=progress,
-                              fresh=_fresh(restore, fresh))
+                              fresh=_fresh(restore, fresh), executor=executor)
         check_before_start(self.name, self.checkpoint_config, restore, fresh)
         return JobClient(driver, os.fspath(restore) if restore is not None else None)
 
     def _driver(self, **observe: Any) -> JobDriver:
+        from onceflow.executors import resolve
         from onceflow.runtime.driver import JobConfig, JobDriver
 
         self.validate()
+        executor = resolve(observe.pop("executor"))
         dashboard = observe.pop("dashboard")
         cfg = JobConfig(self.name, self.parallelism, self.max_parallelism, self.batch_size,
                         self.channel_capacity, self.checkpoint_config, self.restart_strategy,
                         dashboard=None if dashboard is None else str(dashboard),
-                        state_backend=self.state_backend, **observe)
+                        state_backend=self.state_backend, executor=executor, **observe)
         return JobDriver(self._plan, cfg)
 
 
@@ -291,6 +300,40 @@ class DataStream:
 
         return WindowedStream(self._flow, self._node, None, assigner)
 
+    def connect(self, other: Any) -> Any:
+        """Connect with ``other`` for a two-input operator: a DataStream gives
+        :class:`~onceflow.api.two_input.ConnectedStreams` (``.process(CoProcessFunction)``),
+        a broadcast stream (``rules.broadcast(descriptor)``) connects this keyed stream to
+        it (``.process(KeyedBroadcastProcessFunction)``). See onceflow/api/two_input.py."""
+        from onceflow.api.two_input import connect
+
+        return connect(self, other)
+
+    def broadcast(self, *descriptors: Any) -> Any:
+        """This stream as a broadcast stream: each record goes to every subtask of the
+        operator it is connected to, which keeps it in the broadcast state the
+        ``of.MapStateDescriptor`` objects name."""
+        from onceflow.api.two_input import broadcast
+
+        return broadcast(self, descriptors)
+
+    def join(self, other: DataStream) -> Any:
+        """An inner join with ``other``: ``.where(key).equal_to(other_key)`` then
+        ``.apply(fn)`` (a regular join: every match as it arrives, optionally
+        ``.with_ttl(seconds)``) or ``.window(assigner).apply(fn)``. See
+        onceflow/api/joins.py."""
+        from onceflow.api.joins import JoinedStreams
+
+        return JoinedStreams(self, other)
+
+    def co_group(self, other: DataStream) -> Any:
+        """Both streams' records of each key and window together:
+        ``.where(ka).equal_to(kb).window(assigner).apply(fn(lefts, rights))`` (outer joins
+        are written with it). See onceflow/api/joins.py."""
+        from onceflow.api.joins import JoinedStreams
+
+        return JoinedStreams(self, other, cogroup=True)
+
     def rebalance(self) -> _Rebalanced:
         """Spread the records round-robin over the next operator's subtasks."""
         return _Rebalanced(self._flow, self._node)
@@ -348,6 +391,15 @@ class KeyedStream(DataStream):
         from onceflow.api.windowing import WindowedStream
 
         return WindowedStream(self._flow, self._node, self._key, assigner)
+
+    def interval_join(self, other: KeyedStream) -> Any:
+        """Join with keyed stream ``other`` on the key and an event-time interval:
+        ``.between(lower, upper).process(fn)`` joins ``left`` with every ``right`` of the
+        same key with ``left.ts + lower <= right.ts <= left.ts + upper``. See
+        onceflow/api/joins.py."""
+        from onceflow.api.joins import IntervalJoin
+
+        return IntervalJoin(self, other)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None,
                parallelism: int | None = None, uid: str | None = None) -> DataStream:

@@ -92,16 +92,18 @@ class RuntimeContext(ABC):
     def parallelism(self) -> int: ...
 
     @abstractmethod
-    def value_state(self, name: str, default: Any = None) -> Any:
-        """A :class:`~onceflow.state.ValueState` named ``name``."""
+    def value_state(self, name: str, default: Any = None, ttl: Any = None) -> Any:
+        """A :class:`~onceflow.state.ValueState` named ``name``. ``ttl``: seconds (or an
+        ``of.StateTtl``) after which a written value expires (see onceflow/state/ttl.py;
+        processing time by default)."""
 
     @abstractmethod
-    def list_state(self, name: str) -> Any:
-        """A :class:`~onceflow.state.ListState` named ``name``."""
+    def list_state(self, name: str, ttl: Any = None) -> Any:
+        """A :class:`~onceflow.state.ListState` named ``name`` (``ttl``: per element)."""
 
     @abstractmethod
-    def map_state(self, name: str) -> Any:
-        """A :class:`~onceflow.state.MapState` named ``name``."""
+    def map_state(self, name: str, ttl: Any = None) -> Any:
+        """A :class:`~onceflow.state.MapState` named ``name`` (``ttl``: per entry)."""
 
 
 class ProcessContext(RuntimeContext):

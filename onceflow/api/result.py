@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
+from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 
 
 @dataclass
@@ -14,6 +14,16 @@ class OperatorMetrics:
     parallelism: int
     records_in: int = 0
     records_out: int = 0
+    #: the operator's event time at the end (the minimum over its subtasks; None before
+    #: any watermark; ``inf`` once bounded input ended)
+    watermark: float | None = None
+    #: late records a window dropped because no ``side_output_late_data`` tag took them
+    #: (counted in the last attempt)
+    late_dropped: int = 0
+
+
+def _time(t: float) -> str:
+    return "end of input" if t == float("inf") else f"{t:.3f}"
 
 
 @dataclass
@@ -66,8 +76,13 @@ class JobResult:
                  f"{len(done)} checkpoint(s) completed, "
                  f"{len(self.checkpoints) - len(done)} failed"]
         for m in self.operators.values():
+            wm = "" if m.watermark is None else f"  watermark {_time(m.watermark)}"
             lines.append(f"  {m.name:<24} x{m.parallelism}  in {m.records_in:>12,}  "
-                         f"out {m.records_out:>12,}")
+                         f"out {m.records_out:>12,}{wm}")
+        for m in self.operators.values():
+            if m.late_dropped:
+                lines.append(f"  {m.name}: {m.late_dropped:,} late record(s) dropped (give the "
+                             "window side_output_late_data(tag) to keep them)")
         if done:
             durs = sorted((c.duration or 0) * 1e3 for c in done)
             lines.append(

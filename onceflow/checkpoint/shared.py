@@ -19,11 +19,11 @@ no task runs (job start and between restarts).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
-from onceflow.checkpoint.storage import METADATA, CheckpointStorage
+from onceflow.checkpoint.storage import CheckpointStorage, read_metadata
+from onceflow.errors import CorruptCheckpointError
 from onceflow.state.backend import SHARED_DIR
 
 log = logging.getLogger("onceflow.checkpoint")
@@ -43,11 +43,10 @@ class SharedRegistry:
         """Register every complete checkpoint in storage (at job start)."""
         for cid in storage.complete_ids():
             try:
-                with open(os.path.join(storage.path(cid), METADATA), "rb") as f:
-                    body = json.loads(f.read())["body"]
-            except (OSError, ValueError, KeyError):
+                meta = read_metadata(storage.path(cid))
+            except CorruptCheckpointError:
                 continue  # a corrupt one is dealt with (moved aside) by restore
-            self.register(cid, body.get("shared", []))
+            self.register(cid, list(meta.shared))
 
     def register(self, cid: int, files: list[str]) -> None:
         self.by_checkpoint[cid] = list(files)

@@ -6,6 +6,7 @@ Layout under the configured storage directory::
     <storage>/<flow>/chk-<n>/<op>-<subtask>.files/    private files of a backend (full
                                                       RocksDB checkpoints, MANIFEST, ...)
     <storage>/<flow>/chk-<n>/_metadata                JSON, written last, atomically
+                                                      (its format: metadata.py)
     <storage>/<flow>/shared/<op>-<subtask>/...        files incremental checkpoints share
                                                       (reference-counted, see shared.py)
     <storage>/<flow>/savepoint-<n>-<time>/            a savepoint: self-contained, never
@@ -22,7 +23,6 @@ write to (it is trusted like the job's code).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -34,13 +34,15 @@ from typing import Any
 
 from onceflow import _faults
 from onceflow._fsutil import fsync_dir
+from onceflow.checkpoint.metadata import CheckpointMetadata
+from onceflow.checkpoint.metadata import decode as decode_metadata
+from onceflow.checkpoint.metadata import encode as encode_metadata
 from onceflow.errors import ConfigurationError, CorruptCheckpointError, NoCheckpointError
 
 log = logging.getLogger("onceflow.checkpoint")
 
 STATE_MAGIC = b"ONCEFLOW-STATE-2\n"
 METADATA = "_metadata"
-FORMAT = 1
 _CHK = re.compile(r"^chk-(\d+)$")
 _SAVEPOINT = re.compile(r"^savepoint-(\d+)(?:-|\.ref$)")
 
@@ -60,24 +62,20 @@ def encode_state(sync_blob: bytes, manifests: dict[str, Any],
     return STATE_MAGIC + pickle.dumps(outer, protocol=5)
 
 
-def _checksum(body: dict[str, Any]) -> str:
-    return f"{zlib.crc32(json.dumps(body, sort_keys=True).encode()):08x}"
-
-
 @dataclass
 class CompletedCheckpoint:
     id: int
     path: str
-    meta: dict[str, Any]
+    meta: CheckpointMetadata
 
     def _read_verified(self, name: str) -> bytes:
-        info = self.meta["files"][name]
+        info = self.meta.files[name]
         try:
             with open(os.path.join(self.path, name), "rb") as f:
                 data = f.read()
         except OSError as e:
             raise CorruptCheckpointError(self.path, f"state file {name}: {e.strerror}") from e
-        if len(data) != info["size"] or zlib.crc32(data) != info["crc32"] \
+        if len(data) != info.size or zlib.crc32(data) != info.crc32 \
                 or not data.startswith(STATE_MAGIC):
             raise CorruptCheckpointError(
                 self.path, f"state file {name} is truncated or fails its checksum")
@@ -106,9 +104,9 @@ class CompletedCheckpoint:
         """Check that every state file is present and intact, and that every other file
         the checkpoint lists (shared or private backend files) is there with its size; their
         checksums are checked when restore reads them."""
-        for name in self.meta["files"]:
+        for name in self.meta.files:
             self._read_verified(name)
-        for rel, info in self.meta.get("extra_files", {}).items():
+        for rel, info in self.meta.extra_files.items():
             path = os.path.normpath(os.path.join(self.path, rel))
             try:
                 size = os.path.getsize(path)
@@ -123,8 +121,9 @@ class CompletedCheckpoint:
                     f"{info['size']}")
 
 
-def load_checkpoint(path: str) -> CompletedCheckpoint:
-    """Load and verify the checkpoint in directory ``path``."""
+def read_metadata(path: str) -> CheckpointMetadata:
+    """The metadata of the checkpoint or savepoint in directory ``path`` (its state files
+    are not checked: :func:`load_checkpoint` does that)."""
     mpath = os.path.join(path, METADATA)
     try:
         with open(mpath, "rb") as f:
@@ -133,16 +132,13 @@ def load_checkpoint(path: str) -> CompletedCheckpoint:
         raise CorruptCheckpointError(path, "no _metadata file (incomplete checkpoint)") from None
     except OSError as e:
         raise CorruptCheckpointError(path, f"cannot read _metadata: {e.strerror}") from e
-    try:
-        doc = json.loads(raw)
-        body, checksum = doc["body"], doc["checksum"]
-    except (ValueError, KeyError, TypeError):
-        raise CorruptCheckpointError(path, "_metadata is not valid checkpoint metadata") from None
-    if _checksum(body) != checksum:
-        raise CorruptCheckpointError(path, "_metadata fails its checksum")
-    if body.get("format") != FORMAT:
-        raise CorruptCheckpointError(path, f"unknown metadata format {body.get('format')!r}")
-    ckpt = CompletedCheckpoint(int(body["checkpoint_id"]), path, body)
+    return decode_metadata(raw, path)
+
+
+def load_checkpoint(path: str) -> CompletedCheckpoint:
+    """Load and verify the checkpoint in directory ``path``."""
+    meta = read_metadata(path)
+    ckpt = CompletedCheckpoint(meta.checkpoint_id, path, meta)
     ckpt.verify()
     return ckpt
 
@@ -180,16 +176,15 @@ class CheckpointStorage:
     def complete_ids(self) -> list[int]:
         return [i for i in self.ids() if os.path.exists(os.path.join(self.path(i), METADATA))]
 
-    def write_metadata(self, cid: int, body: dict[str, Any], directory: str | None = None) -> str:
-        """Make checkpoint ``cid`` (or the savepoint in ``directory``) complete: the one
-        place where that happens."""
+    def write_metadata(self, meta: CheckpointMetadata, directory: str | None = None) -> str:
+        """Make checkpoint ``meta.checkpoint_id`` (or the savepoint in ``directory``)
+        complete: the one place where that happens."""
+        cid = meta.checkpoint_id
         d = directory or self.path(cid)
         os.makedirs(d, exist_ok=True)
-        body = {"format": FORMAT, **body}
-        doc = {"body": body, "checksum": _checksum(body)}
         tmp = os.path.join(d, METADATA + ".tmp")
         with open(tmp, "wb") as f:
-            f.write(json.dumps(doc, indent=1, sort_keys=True).encode())
+            f.write(encode_metadata(meta))
             f.flush()
             os.fsync(f.fileno())
         _faults.point("coordinator.before_metadata_rename", checkpoint=cid)

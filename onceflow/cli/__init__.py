@@ -172,14 +172,15 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         else:
             try:
                 meta = load_checkpoint(path).meta
-                row["status"] = "complete" + (" (final)" if meta.get("final") else "")
-                row["time"] = meta["completion_time"]
-                row["duration_s"] = meta["completion_time"] - meta["trigger_time"]
-                extra = meta.get("extra_files", {})
-                row["size"] = meta.get("size", sum(f["size"] for f in meta["files"].values()))
-                row["incremental_size"] = meta.get("incremental_size", row["size"])
-                row["files"] = len(meta["files"]) + len(extra)
-                row["shared_files"] = len(meta.get("shared", []))
+                row["status"] = "complete" + (" (final)" if meta.final else "")
+                row["time"] = meta.completion_time
+                row["duration_s"] = meta.duration
+                row["size"] = meta.size
+                row["incremental_size"] = meta.incremental_size
+                row["files"] = len(meta.files) + len(meta.extra_files)
+                row["shared_files"] = len(meta.shared)
+                row["unaligned_subtasks"] = meta.unaligned_subtasks
+                row["inflight_bytes"] = meta.inflight_bytes
             except OnceflowError as e:
                 row["status"] = f"corrupt: {e}"
         rows.append(row)
@@ -191,15 +192,19 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         print(f"no checkpoints in {d}")
         return 0
     print(f"{'id':>6}  {'kind':<10} {'status':<18} {'completed (UTC)':<20} {'duration':>9} "
-          f"{'full size':>14} {'incremental':>14} {'files':>5}")
+          f"{'full size':>14} {'incremental':>14} {'files':>5} {'alignment':<10} "
+          f"{'in-flight':>12}")
     import time as _t
     for r in rows:
         when = _t.strftime("%Y-%m-%d %H:%M:%S", _t.gmtime(r["time"])) if "time" in r else "-"
         dur = f"{r['duration_s'] * 1e3:.0f} ms" if "duration_s" in r else "-"
         size = f"{r['size']:,} B" if "size" in r else "-"
         inc = f"{r['incremental_size']:,} B" if "incremental_size" in r else "-"
+        align = "-" if "unaligned_subtasks" not in r else (
+            f"unaligned {r['unaligned_subtasks']}" if r["unaligned_subtasks"] else "aligned")
+        flying = f"{r['inflight_bytes']:,} B" if "inflight_bytes" in r else "-"
         print(f"{r['id']:>6}  {r['kind']:<10} {r['status']:<18} {when:<20} {dur:>9} "
-              f"{size:>14} {inc:>14} {r.get('files', '-'):>5}")
+              f"{size:>14} {inc:>14} {r.get('files', '-'):>5} {align:<10} {flying:>12}")
     return 0
 
 
@@ -266,29 +271,28 @@ def _key_groups(lo: int, end: int) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(_latest_checkpoint(os.path.abspath(args.path)))
     meta = ckpt.meta
-    mp = meta["max_parallelism"]
-    out: dict[str, Any] = {"checkpoint": ckpt.id, "path": ckpt.path, "flow": meta["flow"],
-                           "final": meta.get("final", False), "max_parallelism": mp,
-                           "operators": []}
+    mp = meta.max_parallelism
+    out: dict[str, Any] = {"checkpoint": ckpt.id, "path": ckpt.path, "flow": meta.flow,
+                           "final": meta.final, "max_parallelism": mp,
+                           "format": meta.format, "kind": meta.kind, "operators": []}
     cache: dict[str, dict[str, Any]] = {}
-    for uid, entry in sorted(meta["operators"].items()):
-        p = entry["parallelism"]
+    for uid, entry in sorted(meta.operators.items()):
+        p = entry.parallelism
         subtasks = []
-        for f in sorted(entry["files"], key=lambda f: f["subtask"]):
-            blob = cache.get(f["file"]) or cache.setdefault(f["file"], ckpt.read_state(f["file"]))
-            sub: dict[str, Any] = {"subtask": f["subtask"], "file": f["file"],
-                                   "file_size": meta["files"][f["file"]]["size"]}
-            if entry.get("kind") in ("reduce", "process"):
-                sub["key_groups"] = list(key_group_range(f["subtask"], p, mp))
-            sub.update(_describe_state(entry.get("kind"), blob["ops"].get(uid)))
+        for f in sorted(entry.files, key=lambda f: f.subtask):
+            blob = cache.get(f.file) or cache.setdefault(f.file, ckpt.read_state(f.file))
+            sub: dict[str, Any] = {"subtask": f.subtask, "file": f.file,
+                                   "file_size": meta.files[f.file].size}
+            if entry.kind in ("reduce", "process"):
+                sub["key_groups"] = list(key_group_range(f.subtask, p, mp))
+            sub.update(_describe_state(entry.kind, blob["ops"].get(uid)))
             subtasks.append(sub)
-        out["operators"].append({"uid": uid, "kind": entry.get("kind"), "parallelism": p,
-                                 "stateful": entry.get("stateful", True),
-                                 "subtasks": subtasks})
+        out["operators"].append({"uid": uid, "kind": entry.kind, "parallelism": p,
+                                 "stateful": entry.stateful, "subtasks": subtasks})
     if args.json:
         print(json.dumps(out, indent=1, default=repr))
         return 0
-    print(f"checkpoint {ckpt.id} of flow {meta['flow']!r} at {ckpt.path}"
+    print(f"checkpoint {ckpt.id} of flow {meta.flow!r} at {ckpt.path}"
           f"{' (final)' if out['final'] else ''}; max_parallelism {mp}")
     for op in out["operators"]:
         print(f"  {op['uid']} ({op['kind']}, parallelism {op['parallelism']}"

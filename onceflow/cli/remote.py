@@ -14,14 +14,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from onceflow.errors import ConfigurationError, OnceflowError
+from onceflow.errors import ConfigurationError, RemoteError
 from onceflow.runtime.observers import JOB_FILE
 
 TOKEN_ENV = "ONCEFLOW_DASHBOARD_TOKEN"
-
-
-class RemoteError(OnceflowError):
-    """The running job could not be reached, or refused the request."""
 
 
 def resolve_target(target: str) -> str:

@@ -71,6 +71,12 @@ def comparable_sinks(flow: Flow) -> list[Node]:
     read back."""
     sinks = [n for n in flow._plan.nodes if n.kind is Kind.SINK]
     files = [n for n in sinks if isinstance(n.fn, FileSink)]
+    csv = [n.name for n in files if n.fn.format == "csv"]
+    if csv:
+        raise ConfigurationError(
+            f"verify cannot compare the CSV output of {', '.join(map(repr, csv))}: a CSV file "
+            "does not say whether its first line is a header; give those sinks "
+            "format='jsonl' (or 'parquet') for the verification")
     other = [n for n in sinks if not isinstance(n.fn, FileSink | Discard)]
     if other:
         names = ", ".join(f"{n.name!r} ({type(n.fn).__name__})" for n in other)
@@ -86,10 +92,19 @@ def comparable_sinks(flow: Flow) -> list[Node]:
 
 
 def read_lines(sink: FileSink) -> Counter[bytes]:
-    """Every committed line of ``sink`` (files named ``<prefix>-*``, hidden ones skipped)."""
+    """Every committed line of ``sink`` (files named ``<prefix>-*``, hidden ones skipped);
+    for Parquet, every committed record as one canonical JSON line."""
     out: Counter[bytes] = Counter()
     d = sink.directory
     if not os.path.isdir(d):
+        return out
+    if sink.format == "parquet":
+        import orjson
+
+        from onceflow.connectors.files import read_committed
+
+        out.update(orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+                   for r in read_committed(d, sink.prefix))
         return out
     for name in sorted(os.listdir(d)):
         if name.startswith(".") or not name.startswith(sink.prefix + "-"):

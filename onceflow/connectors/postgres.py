@@ -58,7 +58,7 @@ from onceflow import _faults
 from onceflow._optional import require
 from onceflow.connectors.sinks import Sink, SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
-from onceflow.errors import ConfigurationError, UserFunctionError
+from onceflow.errors import ConfigurationError, ConnectorError, UserFunctionError, foreign_errors
 
 log = logging.getLogger("onceflow.sink.postgres")
 
@@ -538,15 +538,19 @@ class PostgresSink(TwoPhaseCommitSink[PostgresTxn]):
         if self._open_gid is None:
             self._conn.execute("BEGIN")
             self._open_gid = gid
+        psycopg = _psycopg()
         try:
             w.flush(self._conn)
-        except _psycopg().errors.LockNotAvailable as e:
-            raise RuntimeError(
+        except psycopg.errors.LockNotAvailable as e:
+            raise ConnectorError(
                 f"{self.spec.where()}: waited longer than lock_timeout="
                 f"{self.spec.lock_timeout}s for a row lock. In upsert mode records of one key "
                 "must reach one sink subtask (key_by before the sink, same parallelism); or "
                 "another session or a prepared transaction of another job holds the rows - "
                 f"see pg_locks and pg_prepared_xacts ({e})") from e
+        except psycopg.Error as e:
+            raise ConnectorError(f"{self.spec.where()}: writing rows failed: "
+                                 f"{type(e).__name__}: {e}") from e
 
     def pre_commit(self, txn: PostgresTxn) -> None:
         w = self._writer
@@ -562,7 +566,9 @@ class PostgresSink(TwoPhaseCommitSink[PostgresTxn]):
         from psycopg import sql
 
         _faults.point("sink.pre_commit", subtask=self._ctx.subtask if self._ctx else -1)
-        self._conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(txn.gid)))
+        with foreign_errors(f"{self.spec.where()}: PREPARE TRANSACTION {txn.gid}",
+                            _psycopg().Error):
+            self._conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(txn.gid)))
         self._open_gid = None
         self._prepared.add(txn.gid)
 
@@ -575,15 +581,19 @@ class PostgresSink(TwoPhaseCommitSink[PostgresTxn]):
         ctx = self._ctx
         assert ctx is not None
         restored = txn.gid not in self._prepared  # listed by a restored checkpoint
+        psycopg = _psycopg()
         try:
             admin = self._admin_conn()
             _faults.point("sink.commit", subtask=ctx.subtask)
             admin.execute(
                 sql.SQL("COMMIT PREPARED {}").format(sql.Literal(txn.gid)))
-        except _psycopg().errors.UndefinedObject:
+        except psycopg.errors.UndefinedObject:
             # committed before (by an earlier attempt): idempotent
             if restored:
                 log.info("sink %s[%d]: %s was already committed", ctx.uid, ctx.subtask, txn.gid)
+        except psycopg.Error as e:
+            raise ConnectorError(f"{self.spec.where()}: COMMIT PREPARED {txn.gid} failed: "
+                                 f"{type(e).__name__}: {e}") from e
         else:
             if restored:
                 log.info("sink %s[%d]: committed %s, left prepared by an earlier attempt",

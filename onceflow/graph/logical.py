@@ -18,6 +18,7 @@ class Partitioning(enum.Enum):
     FORWARD = "forward"
     KEY = "key"
     REBALANCE = "rebalance"
+    BROADCAST = "broadcast"  # every record to every subtask (broadcast state)
 
 
 class Kind(enum.Enum):
@@ -32,6 +33,7 @@ class Kind(enum.Enum):
     PROCESS = "process"
     WINDOW = "window"  # keyed window (fn: the window operator's spec)
     WINDOW_ALL = "window_all"  # window over the whole stream (parallelism 1)
+    TWO_INPUT = "two_input"  # connect / joins (fn: a TwoInputSpec that builds the operator)
     SINK = "sink"
 
     @property

@@ -34,12 +34,14 @@ class InputChannel:
     restore. ``owed``: batches replayed from a checkpoint's in-flight data into a remote
     channel, for which the producer must not get a credit back."""
 
-    __slots__ = ("barriers", "blocked", "ended", "held", "id", "limit", "local_out", "origin",
-                 "owed", "peer", "queue", "queued")
+    __slots__ = ("barriers", "blocked", "ended", "held", "id", "input_no", "limit", "local_out",
+                 "origin", "owed", "peer", "queue", "queued")
 
     def __init__(self, channel_id: int, peer: Peer | None = None,
                  origin: tuple[str, int, int, int] | None = None) -> None:
         self.id = channel_id
+        # which logical input of its task (two-input operators)
+        self.input_no = origin[3] if origin is not None else 0
         self.queue: deque[Any] = deque()
         self.peer = peer
         self.blocked = False

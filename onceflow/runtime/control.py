@@ -14,11 +14,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from onceflow.errors import OnceflowError
+from onceflow.errors import SavepointError
 
-
-class SavepointError(OnceflowError):
-    """A savepoint could not be taken (the message says why)."""
+__all__ = ["JobControl", "Request", "SavepointError"]  # SavepointError: its old home
 
 
 @dataclass

@@ -1,28 +1,24 @@
-"""The driver: builds the job graph, starts worker processes, runs the checkpoint
-coordinator, and restarts everything from the latest complete checkpoint when anything
-fails (DESIGN §4).
+"""The driver: builds the job graph, has an executor start the workers of each attempt,
+runs the checkpoint coordinator, and restarts everything from the latest complete checkpoint
+when anything fails (DESIGN §4).
 
-Failure handling is deliberately blunt: on any failure every worker is killed, the latest
-complete checkpoint is chosen, and all tasks restart from it. Sinks recommit what that
-checkpoint lists and abort whatever else earlier attempts left.
+Failure handling is deliberately blunt: on any failure every worker of the attempt is
+stopped, the latest complete checkpoint is chosen, and all tasks restart from it. Sinks
+recommit what that checkpoint lists and abort whatever else earlier attempts left.
 
-Workers are forked from the driver, so user functions (lambdas, closures) need no
-serialization; onceflow therefore needs ``fork`` (tested on Linux).
+Where workers run is the executor's business (``onceflow/executors``): forked processes by
+default, threads of this process with ``executor="inline"``. The driver only talks to them
+through their control connections.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import shutil
-import signal
-import socket
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from typing import Any, cast
 
 from onceflow.api.config import CheckpointConfig, RestartStrategy
@@ -34,6 +30,7 @@ from onceflow.checkpoint.coordinator import (
     CoordinatorSettings,
 )
 from onceflow.checkpoint.permissions import warn_if_open
+from onceflow.checkpoint.restore import RestorePlan, check_compatible
 from onceflow.checkpoint.storage import (
     CheckpointStorage,
     CompletedCheckpoint,
@@ -41,18 +38,20 @@ from onceflow.checkpoint.storage import (
 )
 from onceflow.errors import (
     ConfigurationError,
-    IncompatibleStateError,
+    SavepointError,
 )
+from onceflow.executors import Executor, Local, Workers
 from onceflow.graph.jobgraph import JobGraph, build
 from onceflow.graph.logical import Kind, LogicalPlan
-from onceflow.runtime.control import JobControl, Request, SavepointError
+from onceflow.runtime import messages as m
+from onceflow.runtime.control import JobControl, Request
 from onceflow.runtime.failures import FailureTracker
 from onceflow.runtime.interrupt import GracefulStop
 from onceflow.runtime.observers import Observers
 from onceflow.runtime.observers import validate as validate_observers
 from onceflow.runtime.rerun import check_fresh_start
 from onceflow.runtime.status import JobStatus
-from onceflow.runtime.worker import WorkerSpec, worker_main
+from onceflow.runtime.worker import WorkerSpec
 
 log = logging.getLogger("onceflow")
 
@@ -74,45 +73,64 @@ class JobConfig:
     progress: bool | float = False  # live progress on stderr (a number: its period, s)
     dashboard_token: str | None = None  # required to bind the dashboard beyond loopback
     state_backend: Any = None  # MemoryBackend() when None
+    executor: Executor = field(default_factory=Local)  # where the workers run
     fresh: bool = False  # start from the beginning even over completed checkpoints
 
 
 class _Attempt:
-    """The worker processes of one attempt and the driver's ends of their sockets."""
+    """One attempt as the driver tracks it: its workers and what they reported."""
 
-    def __init__(self) -> None:
-        self.pids: dict[int, int] = {}
-        self.conns: dict[Connection, int] = {}
+    def __init__(self, number: int, restore: CompletedCheckpoint | None) -> None:
+        self.number = number
+        self.restore = restore
+        self.workers: Workers | None = None
         self.running: set[int] = set()
         self.finished: set[int] = set()
         self.metrics: dict[str, tuple[int, int]] = {}
+        self.watermarks: dict[str, float] = {}  # "uid#subtask" -> event time
+        self.dropped: dict[str, int] = {}  # "uid#subtask" -> late records dropped
+        self.alignment: dict[int, dict[str, float]] = {}  # worker -> group -> watermark
+        self.aligned_to: dict[str, float] = {}  # what was last sent to the workers
+        self.processing_started: float | None = None
 
-    def send_all(self, msg: tuple[Any, ...]) -> None:
-        for c in list(self.conns):
-            try:
-                c.send(msg)
-            except OSError:
-                pass  # the worker died; its EOF is noticed by the loop
+    def align(self, worker: int, groups: dict[str, float]) -> None:
+        """Watermark alignment: the job-wide minimum per group goes back to every worker
+        when it changed."""
+        if not groups and worker not in self.alignment:
+            return
+        self.alignment[worker] = groups
+        mins: dict[str, float] = {}
+        for g in self.alignment.values():
+            for k, v in g.items():
+                mins[k] = min(mins.get(k, v), v)
+        if mins != self.aligned_to:
+            self.aligned_to = mins
+            self.send_all(m.AlignWatermarks(mins))
 
-    def kill(self) -> None:
-        for pid in self.pids.values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.reap()
+    def send_all(self, msg: m.ToWorker) -> None:
+        if self.workers is not None:
+            self.workers.send_all(m.encode(msg))
 
-    def reap(self) -> None:
-        """Wait for every worker process to exit and close the driver's sockets."""
-        for pid in self.pids.values():
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        self.pids.clear()
-        for c in self.conns:
-            c.close()
-        self.conns.clear()
+    def stop(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+
+
+@dataclass
+class _Run:
+    """What the driver keeps across the attempts of one run."""
+
+    graph: JobGraph
+    storage: CheckpointStorage
+    coordinator: CheckpointCoordinator
+    initial: CompletedCheckpoint | None  # what the run was asked to restore
+    started: float
+    attempt: _Attempt
+    failures: list[str] = field(default_factory=list)
+    failure_times: list[float] = field(default_factory=list)
+    attempt_starts: list[float] = field(default_factory=list)
+    processing_started: float | None = None
+    final_metrics: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class JobDriver:
@@ -122,6 +140,7 @@ class JobDriver:
         self.status = JobStatus(cfg.flow)  # what the dashboard, metrics and progress read
         self.control = JobControl()  # savepoint requests from other threads
         self.stopped_with_savepoint: str | None = None
+        self._current: _Attempt | None = None  # the attempt the coordinator talks to
         self.failures = FailureTracker(  # repeats at one record, the user's error
             cfg.flow, cfg.restart, [n.name for n in plan.nodes if n.kind in (Kind.SOURCE,
                                                                                Kind.SINK)])
@@ -138,34 +157,6 @@ class JobDriver:
             check = getattr(node.fn, "validate_checkpointing", None)
             if callable(check):
                 check(ck.interval if ck else None, ck.timeout if ck else 600.0)
-
-    def _check_compatible(self, ckpt: CompletedCheckpoint, graph: JobGraph) -> None:
-        mp = ckpt.meta.get("max_parallelism")
-        if mp != graph.max_parallelism:
-            raise IncompatibleStateError(
-                f"checkpoint {ckpt.path} was taken with max_parallelism={mp}, this flow has "
-                f"max_parallelism={graph.max_parallelism}; max_parallelism cannot change once "
-                f"a flow has state: set Flow(..., max_parallelism={mp})"
-            )
-        nodes = graph.node_by_uid()
-        for uid, entry in ckpt.meta["operators"].items():
-            node = nodes.get(uid)
-            if node is None and not entry.get("stateful", True):
-                log.info("checkpoint %s: operator uid %r is no longer in the flow; it held no "
-                         "state, so nothing is lost", ckpt.path, uid)
-                continue
-            if node is None:
-                raise IncompatibleStateError(
-                    f"checkpoint {ckpt.path} holds state of operator uid {uid!r}, which this "
-                    "flow does not have; keep the operator's name (or pass uid=...) so the "
-                    "state finds it again, or start without restore"
-                )
-            kind = entry.get("kind")
-            if kind is not None and kind != node.kind.value:
-                raise IncompatibleStateError(
-                    f"checkpoint {ckpt.path}: operator uid {uid!r} was a {kind} operator and "
-                    f"is now a {node.kind.value}; give the new operator another uid"
-                )
 
     # --- run -----------------------------------------------------------------------------
     def run(self, restore: str | None) -> JobResult:
@@ -210,10 +201,25 @@ class JobDriver:
 
     def _run(self, graph: JobGraph, storage: CheckpointStorage, restore: str | None,
              started: float) -> JobResult:
-        cfg = self.cfg
+        """Attempts until one finishes: each restores the latest complete checkpoint."""
+        initial = self._restore_point(storage, restore, graph)
+        run = _Run(graph, storage, self._coordinator(graph, storage, initial), initial,
+                   started, _Attempt(0, initial))
+        while True:
+            outcome = self._attempt(run)
+            if outcome is None:
+                self._finished(run)
+                return self._result(run)
+            delay, restore_from = self._failed(run, outcome)
+            time.sleep(delay)
+            run.attempt = _Attempt(run.attempt.number + 1, restore_from)
+
+    def _restore_point(self, storage: CheckpointStorage, restore: str | None,
+                       graph: JobGraph) -> CompletedCheckpoint | None:
+        """The checkpoint ``restore`` names (checked against the flow), if any."""
         initial: CompletedCheckpoint | None = None
         if restore == "latest":
-            if cfg.checkpoint is None:
+            if self.cfg.checkpoint is None:
                 raise ConfigurationError(
                     "run(restore='latest') needs checkpoint storage: call "
                     "enable_checkpointing(interval=..., storage=...) first")
@@ -222,15 +228,19 @@ class JobDriver:
                 log.warning("restore='latest': no complete checkpoint in %s; starting from the "
                             "beginning", storage.dir)
         elif restore is not None:
-            initial = resolve_restore_path(restore, cfg.flow)
-        elif cfg.checkpoint is not None:  # no silent second copy of the output
-            check_fresh_start(storage, cfg.flow, cfg.fresh)
+            initial = resolve_restore_path(restore, self.cfg.flow)
+        elif self.cfg.checkpoint is not None:  # no silent second copy of the output
+            check_fresh_start(storage, self.cfg.flow, self.cfg.fresh)
         if initial is not None:
-            self._check_compatible(initial, graph)
+            for note in check_compatible(graph, initial.meta, initial.path):
+                log.info("%s", note)
             log.info("restoring from checkpoint %d at %s", initial.id, initial.path)
         storage.discard_incomplete()
+        return initial
 
-        ck = cfg.checkpoint
+    def _coordinator(self, graph: JobGraph, storage: CheckpointStorage,
+                     initial: CompletedCheckpoint | None) -> CheckpointCoordinator:
+        ck = self.cfg.checkpoint
         settings = CoordinatorSettings(
             interval=ck.interval if ck else None,
             timeout=ck.timeout if ck else 600.0,
@@ -243,101 +253,98 @@ class JobDriver:
         sources = {(t.uid, i) for t in graph.tasks.values() if t.is_source
                    for i in range(t.parallelism)}
         kinds = {n.uid: n.kind.value for t in graph.tasks.values() for n in t.nodes}
-        holder: dict[str, _Attempt] = {}
         coordinator = CheckpointCoordinator(
-            settings, storage, cfg.flow, graph.max_parallelism, expected, sources,
-            lambda msg: holder["a"].send_all(msg), op_kinds=kinds)
+            settings, storage, self.cfg.flow, graph.max_parallelism, expected, sources,
+            self._send_all, op_kinds=kinds)
         if initial is not None:  # ids go on from the restored one (it may be elsewhere)
             coordinator.next_id = max(coordinator.next_id, initial.id + 1)
-        initial_splits = self._initial_splits(graph, initial)
+        return coordinator
 
-        failures: list[str] = []
-        failure_times: list[float] = []
-        attempt_starts: list[float] = []
-        processing_started: float | None = None
-        current = initial
-        attempt_no = 0
-        final_metrics: dict[str, tuple[int, int]] = {}
-        while True:
-            att = _Attempt()
-            holder["a"] = att
-            attempt_starts.append(time.time())
-            try:
-                outcome, ps = self._run_attempt(graph, att, attempt_no, current, storage,
-                                                coordinator, initial_splits)
-            except BaseException:
-                att.kill()
-                raise
-            if processing_started is None:
-                processing_started = ps
-            if outcome is None:
-                coordinator.fail_requests("the job finished before the savepoint was taken")
-                final_metrics = att.metrics
-                self.status.sync_checkpoints(coordinator.history, len(coordinator.pending))
-                self.status.finished(final_metrics)
-                break
-            att.kill()
-            failures.append(outcome)
-            failure_times.append(time.monotonic())
-            coordinator.reset("the job restarts")
-            self.status.sync_checkpoints(coordinator.history, 0)
-            storage.discard_incomplete()
-            stop = self.failures.on_failure(coordinator.history)  # repeats at one record?
-            delay = cfg.restart.next_delay(failure_times, time.monotonic())
-            if delay is None or stop:
-                coordinator.fail_requests(f"the job failed: {outcome}")
-                raise self.failures.job_failed(failures, stop if delay is not None else None)
-            if any(c.status is CheckpointStatus.COMPLETED for c in coordinator.history):
-                current = storage.latest_valid()
-            else:
-                current = initial
-            where = f"checkpoint {current.id}" if current else "the beginning (no checkpoint)"
-            head, frames = self.failures.one_line(outcome)  # the user's frames go last
-            log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)%s",
-                        cfg.flow, head, where, delay, len(failures), frames,
-                        extra={"event": "restart", "flow": cfg.flow, "cause": outcome,
-                               "restart": len(failures), "delay_s": delay,
-                               "checkpoint_id": current.id if current else None})
-            self.status.restarting(outcome, current.id if current else None, delay)
-            initial_splits = self._initial_splits(graph, current)
-            time.sleep(delay)
-            attempt_no += 1
+    def _send_all(self, msg: m.ToWorker) -> None:
+        if self._current is not None:
+            self._current.send_all(msg)
 
-        finished = time.time()
+    def _attempt(self, run: _Run) -> str | None:
+        """Run one attempt to its end: None when the job finished, else why it failed."""
+        att = self._current = run.attempt
+        run.attempt_starts.append(time.time())
+        try:
+            outcome = self._run_attempt(run)
+        except BaseException:
+            att.stop()
+            raise
+        if run.processing_started is None:
+            run.processing_started = att.processing_started
+        if outcome is not None:
+            att.stop()
+        return outcome
+
+    def _finished(self, run: _Run) -> None:
+        coordinator = run.coordinator
+        coordinator.fail_requests("the job finished before the savepoint was taken")
+        run.final_metrics = run.attempt.metrics
+        self.status.sync_checkpoints(coordinator.history, len(coordinator.pending))
+        self.status.finished(run.final_metrics)
+
+    def _failed(self, run: _Run, outcome: str) -> tuple[float, CompletedCheckpoint | None]:
+        """The attempt failed with ``outcome``: the delay before the next one and where it
+        starts from, or JobFailedError when the restart strategy allows no next one."""
+        coordinator = run.coordinator
+        run.failures.append(outcome)
+        run.failure_times.append(time.monotonic())
+        coordinator.reset("the job restarts")
+        self.status.sync_checkpoints(coordinator.history, 0)
+        run.storage.discard_incomplete()
+        stop = self.failures.on_failure(coordinator.history)  # repeats at one record?
+        delay = self.cfg.restart.next_delay(run.failure_times, time.monotonic())
+        if delay is None or stop:
+            coordinator.fail_requests(f"the job failed: {outcome}")
+            raise self.failures.job_failed(run.failures, stop if delay is not None else None)
+        current = self._recovery_point(run)
+        where = f"checkpoint {current.id}" if current else "the beginning (no checkpoint)"
+        head, frames = self.failures.one_line(outcome)  # the user's frames go last
+        log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)%s",
+                    self.cfg.flow, head, where, delay, len(run.failures), frames,
+                    extra={"event": "restart", "flow": self.cfg.flow, "cause": outcome,
+                           "restart": len(run.failures), "delay_s": delay,
+                           "checkpoint_id": current.id if current else None})
+        self.status.restarting(outcome, current.id if current else None, delay)
+        return delay, current
+
+    def _recovery_point(self, run: _Run) -> CompletedCheckpoint | None:
+        """Where the next attempt starts: the newest complete checkpoint or savepoint this
+        run took, else what the run restored."""
+        if any(c.status is CheckpointStatus.COMPLETED for c in run.coordinator.history):
+            return run.storage.latest_valid()
+        return run.initial
+
+    def _result(self, run: _Run) -> JobResult:
+        cfg = self.cfg
         return JobResult(
             flow=cfg.flow,
-            operators=self._operator_metrics(graph, final_metrics),
-            checkpoints=list(coordinator.history),
-            restarts=len(failures),
-            failures=failures,
-            restored_from=initial.path if initial else None,
-            started_at=started,
-            processing_started_at=processing_started or started,
-            finished_at=finished,
-            checkpoint_storage=storage.dir if cfg.checkpoint else None,
-            attempts=attempt_starts,
+            operators=self._operator_metrics(run.graph, run.final_metrics,
+                                             run.attempt.watermarks, run.attempt.dropped),
+            checkpoints=list(run.coordinator.history),
+            restarts=len(run.failures),
+            failures=run.failures,
+            restored_from=run.initial.path if run.initial else None,
+            started_at=run.started,
+            processing_started_at=run.processing_started or run.started,
+            finished_at=time.time(),
+            checkpoint_storage=run.storage.dir if cfg.checkpoint else None,
+            attempts=run.attempt_starts,
             savepoint=self.stopped_with_savepoint,
         )
 
-    def _initial_splits(self, graph: JobGraph, restore: CompletedCheckpoint | None
-                        ) -> dict[str, list[list[tuple[Any, Any, bool]]]]:
-        """Splits and start positions of every source the restore point has no state for
-        (all of them on a fresh start; a source added to the flow since, on a restore)."""
-        out: dict[str, list[list[tuple[Any, Any, bool]]]] = {}
-        known = restore.meta["operators"] if restore is not None else {}
-        for t in graph.tasks.values():
-            if not t.is_source or t.head.uid in known:
-                continue
-            src = t.head.fn
-            splits = src.splits(t.parallelism)
-            per: list[list[tuple[Any, Any, bool]]] = [[] for _ in range(t.parallelism)]
-            for k, s in enumerate(splits):
-                per[k % t.parallelism].append((s, src.initial_position(s), False))
-            out[t.uid] = per
-        return out
+    def _plan(self, graph: JobGraph, restore: CompletedCheckpoint | None) -> RestorePlan:
+        return RestorePlan.build(graph, restore.meta if restore else None,
+                                 restore.path if restore else "")
 
-    def _operator_metrics(self, graph: JobGraph,
-                          raw: dict[str, tuple[int, int]]) -> dict[str, OperatorMetrics]:
+    def _operator_metrics(self, graph: JobGraph, raw: dict[str, tuple[int, int]],
+                          watermarks: dict[str, float] | None = None,
+                          dropped: dict[str, int] | None = None
+                          ) -> dict[str, OperatorMetrics]:
+        watermarks, dropped = watermarks or {}, dropped or {}
         names = [n.name for t in graph.tasks.values() for n in t.nodes]
         out: dict[str, OperatorMetrics] = {}
         for t in graph.tasks.values():
@@ -348,62 +355,34 @@ class JobDriver:
                     rin, rout = raw.get(f"{n.uid}#{i}", (0, 0))
                     m.records_in += rin
                     m.records_out += rout
+                    m.late_dropped += dropped.get(f"{n.uid}#{i}", 0)
+                wms = [watermarks[k] for i in range(t.parallelism)
+                       if (k := f"{n.uid}#{i}") in watermarks]
+                if len(wms) == t.parallelism:
+                    m.watermark = min(wms)
                 out[key] = m
         return out
 
     # --- one attempt ---------------------------------------------------------------------
-    def _run_attempt(self, graph: JobGraph, att: _Attempt, attempt_no: int,
-                     restore: CompletedCheckpoint | None, storage: CheckpointStorage,
-                     coordinator: CheckpointCoordinator,
-                     initial_splits: dict[str, Any]) -> tuple[str | None, float | None]:
-        cfg = self.cfg
-        n = graph.workers
-        exactly_once = cfg.checkpoint is None or cfg.checkpoint.mode == "exactly_once"
-        ctrl = [socket.socketpair() for _ in range(n)]
-        peers: dict[tuple[int, int], socket.socket] = {}
-        for i in range(n):
-            for j in range(i + 1, n):
-                a, b = socket.socketpair()
-                peers[(i, j)], peers[(j, i)] = a, b
-        sys.stdout.flush()
-        sys.stderr.flush()
-        driver_pid = os.getpid()
-        for w in range(n):
-            ck = cfg.checkpoint
-            spec = WorkerSpec(w, cfg.flow, graph, exactly_once, cfg.batch_size,
-                              cfg.channel_capacity, storage.dir, attempt_no, restore,
-                              ck.interval if ck else None, ck.timeout if ck else None,
-                              initial_splits, cfg.state_backend,
-                              bool(ck and ck.incremental),
-                              unaligned=bool(ck and ck.unaligned),
-                              aligned_timeout=ck.aligned_timeout if ck else None,
-                              buffer_time=ck.effective_buffer_time if ck else None)
-            pid = os.fork()
-            if pid == 0:  # the worker process: never returns
-                code = 1
-                try:
-                    _become_worker(driver_pid)
-                    mine = {s.fileno() for (i, _), s in peers.items() if i == w}
-                    mine.add(ctrl[w][1].fileno())
-                    for k, (pa, ch) in enumerate(ctrl):
-                        pa.close()
-                        if k != w:
-                            ch.close()
-                    for s in peers.values():
-                        if s.fileno() not in mine and s.fileno() != -1:
-                            s.close()
-                    my_peers = {j: s for (i, j), s in peers.items() if i == w}
-                    code = worker_main(spec, Connection(ctrl[w][1].detach()), my_peers)
-                finally:
-                    os._exit(code)
-            att.pids[w] = pid
-        self.status.attempt_started(attempt_no, restore.id if restore else None, att.pids)
-        for w, (pa, ch) in enumerate(ctrl):
-            ch.close()
-            att.conns[Connection(pa.detach())] = w
-        for s in peers.values():
-            s.close()
-        return self._supervise(att, n, coordinator)
+    def _worker_specs(self, run: _Run) -> list[WorkerSpec]:
+        cfg, ck, att = self.cfg, self.cfg.checkpoint, run.attempt
+        exactly_once = ck is None or ck.mode == "exactly_once"
+        plan = self._plan(run.graph, att.restore)
+        return [WorkerSpec(w, cfg.flow, run.graph, exactly_once, cfg.batch_size,
+                           cfg.channel_capacity, run.storage.dir, att.number, att.restore,
+                           plan, ck.interval if ck else None, ck.timeout if ck else None,
+                           cfg.state_backend, bool(ck and ck.incremental),
+                           unaligned=bool(ck and ck.unaligned),
+                           aligned_timeout=ck.aligned_timeout if ck else None,
+                           buffer_time=ck.effective_buffer_time if ck else None)
+                for w in range(run.graph.workers)]
+
+    def _run_attempt(self, run: _Run) -> str | None:
+        att = run.attempt
+        att.workers = self.cfg.executor.start(self._worker_specs(run))
+        self.status.attempt_started(att.number, att.restore.id if att.restore else None,
+                                    att.workers.ids)
+        return self._supervise(att, run.graph.workers, run.coordinator)
 
     def _request(self, req: Request, coordinator: CheckpointCoordinator) -> None:
         """A request from another thread (job client, dashboard), in the driver loop."""
@@ -431,11 +410,12 @@ class JobDriver:
         coordinator.trigger_savepoint(req.args.get("directory"), stop, done)
 
     def _supervise(self, att: _Attempt, n: int,
-                   coordinator: CheckpointCoordinator) -> tuple[str | None, float | None]:
-        processing_started: float | None = None
+                   coordinator: CheckpointCoordinator) -> str | None:
+        workers = att.workers
+        assert workers is not None
         self.failures.new_attempt()
         while True:
-            ready = cast(list[Any], wait([*att.conns, self.control.fileno()],
+            ready = cast(list[Any], wait([*workers.conns, self.control.fileno()],
                                          coordinator.next_deadline()))
             try:
                 for c in ready:
@@ -443,75 +423,54 @@ class JobDriver:
                         for req in self.control.take():
                             self._request(req, coordinator)
                         continue
-                    w = att.conns[c]
+                    w = workers.conns[c]
                     try:
-                        msg: Any = c.recv()
+                        msg = m.recv(c)
                     except (EOFError, OSError):
-                        del att.conns[c]
+                        del workers.conns[c]
                         if w in att.finished:
                             continue
-                        return f"worker {w} (pid {att.pids[w]}) {_exit_status(att.pids[w])}", \
-                            processing_started
-                    kind = msg[0]
-                    if kind == "metrics":
-                        self.status.on_metrics(msg[2])
-                    elif kind == "ack":
-                        coordinator.on_ack(msg[1], msg[2], msg[3], msg[4])
-                    elif kind == "running":
-                        att.running.add(msg[1])
-                        if len(att.running) == n:
-                            processing_started = time.time()
-                            coordinator.start()
-                            restored = self.status.attempt_running()
-                            if restored is not None:
-                                log.info("job %r running: restored checkpoint %d in %.2fs",
-                                         self.cfg.flow, restored[1], restored[0],
-                                         extra={"event": "restored", "flow": self.cfg.flow,
-                                                "checkpoint_id": restored[1],
-                                                "duration_s": restored[0]})
-                    elif kind == "exhausted":
-                        coordinator.on_exhausted(msg[1], msg[2])
-                    elif kind == "decline":
-                        coordinator.on_decline(msg[1], msg[2], msg[3], msg[4])
-                    elif kind == "failed":
-                        log.debug("worker %d failure detail:\n%s", msg[1], msg[3])
-                        return self.failures.received(msg[1], msg[2], msg[4]), \
-                            processing_started
-                    elif kind == "finished":
-                        att.finished.add(msg[1])
-                        att.metrics.update(msg[2])
+                        return f"worker {w} {workers.exit_reason(w)}"
+                    match msg:
+                        case m.Metrics(worker, operators, watermarks, dropped, alignment):
+                            self.status.on_metrics(operators, watermarks, dropped)
+                            att.watermarks.update(watermarks)
+                            att.dropped.update(dropped)
+                            att.align(worker, alignment)
+                        case m.Ack(cid, task, subtask, state):
+                            coordinator.on_ack(cid, task, subtask, state)
+                        case m.Running(worker):
+                            att.running.add(worker)
+                            if len(att.running) == n:
+                                att.processing_started = time.time()
+                                coordinator.start()
+                                self._log_restored()
+                        case m.Exhausted(task, subtask):
+                            coordinator.on_exhausted(task, subtask)
+                        case m.Decline(cid, task, subtask, reason):
+                            coordinator.on_decline(cid, task, subtask, reason)
+                        case m.Failed(worker, message, detail, report):
+                            log.debug("worker %d failure detail:\n%s", worker, detail)
+                            return self.failures.received(worker, message, report)
+                        case m.Finished(worker, operators, watermarks, dropped):
+                            att.finished.add(worker)
+                            att.metrics.update(operators)
+                            att.watermarks.update(watermarks)
+                            att.dropped.update(dropped)
+                        case _:
+                            raise TypeError(f"unexpected message from worker {w}: {msg!r}")
                 coordinator.tick()
                 self.status.sync_checkpoints(coordinator.history, len(coordinator.pending))
             except CheckpointFailuresExceeded as e:
-                return str(e), processing_started
+                return str(e)
             if len(att.finished) == n:
-                att.reap()
-                return None, processing_started
+                workers.join()
+                return None
 
-
-def _become_worker(driver_pid: int) -> None:
-    """In the forked child: die with the driver, leave Ctrl-C to the driver."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the control socket's EOF still ends the worker
-    if os.getppid() != driver_pid:
-        os._exit(3)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _exit_status(pid: int) -> str:
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline:
-        try:
-            wpid, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return "died"
-        if wpid:
-            if os.WIFSIGNALED(status):
-                return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-            return f"exited with code {os.WEXITSTATUS(status)}"
-        time.sleep(0.01)
-    return "closed its connection"
+    def _log_restored(self) -> None:
+        restored = self.status.attempt_running()
+        if restored is not None:
+            log.info("job %r running: restored checkpoint %d in %.2fs",
+                     self.cfg.flow, restored[1], restored[0],
+                     extra={"event": "restored", "flow": self.cfg.flow,
+                            "checkpoint_id": restored[1], "duration_s": restored[0]})

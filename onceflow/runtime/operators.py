@@ -459,6 +459,7 @@ class _Ctx(ProcessContext, RuntimeContext):
         self._timers = _Timers(store, env.clock, op)
         self._timestamp: float | None = None
         self._domain: TimeDomain | None = None
+        self._ttl_cleaners: dict[int, Any] = {}  # state time-to-live: see state/ttl.py
 
     @property
     def timestamp(self) -> float | None:
@@ -489,14 +490,33 @@ class _Ctx(ProcessContext, RuntimeContext):
     def parallelism(self) -> int:
         return self._env.parallelism
 
-    def value_state(self, name: str, default: Any = None) -> Any:
+    def value_state(self, name: str, default: Any = None, ttl: Any = None) -> Any:
+        if ttl is not None:
+            return self._ttl_state("value", name, default, ttl)
         return self._store.value_state(name, default)
 
-    def list_state(self, name: str) -> Any:
+    def list_state(self, name: str, ttl: Any = None) -> Any:
+        if ttl is not None:
+            return self._ttl_state("list", name, None, ttl)
         return self._store.list_state(name)
 
-    def map_state(self, name: str) -> Any:
+    def map_state(self, name: str, ttl: Any = None) -> Any:
+        if ttl is not None:
+            return self._ttl_state("map", name, None, ttl)
         return self._store.map_state(name)
+
+    def _ttl_state(self, kind: str, name: str, default: Any, ttl: Any) -> Any:
+        from onceflow.state.ttl import ttl_state
+
+        op = self._op
+
+        def event_time() -> float:
+            t = self._timestamp
+            return op.watermark if t is None or t < op.watermark else t
+
+        return ttl_state(self._store, kind, name, default, ttl, self._env.clock,
+                         lambda: op.watermark, event_time, self._ttl_cleaners,
+                         f"operator {op.name!r}")
 
 
 class _FunctionAsProcess(KeyedProcessFunction):
@@ -872,4 +892,6 @@ def make_operator(node: Node, key_fn: Callable[[Any], Any] | None) -> Operator:
         return ProcessOp(node, key_fn)
     if k is Kind.SINK:
         return SinkOp(node)
+    if k is Kind.TWO_INPUT:
+        return node.fn.build(node)
     raise AssertionError(k)

@@ -39,11 +39,11 @@ def describe(cid: int, path: str) -> str:
         meta = load_checkpoint(path).meta
     except OnceflowError as e:
         return f"checkpoint {cid} at {path} (its files do not verify: {e})"
-    kind = meta.get("kind", "checkpoint")
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(meta["completion_time"]))
-    if meta.get("final") and kind == "savepoint":
+    kind = meta.kind
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(meta.completion_time))
+    if meta.final and meta.is_savepoint:
         state = "the job was stopped with this savepoint"
-    elif meta.get("final"):
+    elif meta.final:
         state = "the job had finished: all its input was processed and committed"
     else:
         state = "the job had not finished (it was stopped, or it crashed)"

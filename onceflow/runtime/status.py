@@ -16,13 +16,14 @@ previous samples are dropped and rates restart from zero.
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
+from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 from onceflow.graph.jobgraph import JobGraph
 
 
@@ -57,6 +58,8 @@ class _Sample:
     out_rate: float = 0.0
     busy_per_s: float = 0.0  # ms per second
     backpressured_per_s: float = 0.0
+    watermark: float | None = None  # event time (seconds), None before any watermark
+    late_dropped: int = 0
 
 
 @dataclass
@@ -172,11 +175,22 @@ class JobStatus:
             if self._state not in (JobState.FINISHED, JobState.FAILED):
                 self._move(JobState.FAILED)
 
-    def on_metrics(self, report: dict[str, tuple[int, int, float, float]]) -> None:
+    def on_metrics(self, report: dict[str, tuple[int, int, float, float]],
+                   watermarks: dict[str, float] | None = None,
+                   dropped: dict[str, int] | None = None) -> None:
         """One worker's periodic report: ``{"uid#subtask": (in, out, busy_ms, bp_ms)}``,
-        cumulative since the worker started (record counts include restored ones)."""
+        cumulative since the worker started (record counts include restored ones); the
+        operators' watermarks and late records dropped, by the same keys."""
         now = self._clock()
         with self._lock:
+            for key, wm in (watermarks or {}).items():
+                s = self._sample(key)
+                if s is not None:
+                    s.watermark = wm
+            for key, n in (dropped or {}).items():
+                s = self._sample(key)
+                if s is not None:
+                    s.late_dropped = n
             for key, (rin, rout, busy, bp) in report.items():
                 s = self._sample(key)
                 if s is None:
@@ -245,11 +259,17 @@ class JobStatus:
             now = time.time()
             operators = []
             for op in self._ops.values():
-                subs = [{"subtask": i, "records_in": s.records_in, "records_out": s.records_out,
+                subs: list[dict[str, Any]] = [
+                    {"subtask": i, "records_in": s.records_in, "records_out": s.records_out,
                          "records_in_per_s": s.in_rate, "records_out_per_s": s.out_rate,
                          "busy_ms": s.busy_ms, "backpressured_ms": s.backpressured_ms,
                          "busy_ms_per_s": s.busy_per_s,
-                         "backpressured_ms_per_s": s.backpressured_per_s}
+                         "backpressured_ms_per_s": s.backpressured_per_s,
+                         "watermark": _json_time(s.watermark),
+                         "watermark_lag_s": (None if s.watermark is None
+                                             or s.watermark == math.inf
+                                             else max(0.0, now - s.watermark)),
+                         "late_dropped": s.late_dropped}
                         for i, s in sorted(op.subtasks.items())]
                 operators.append({
                     "uid": op.uid, "name": op.name, "kind": op.kind, "task": op.task,
@@ -261,6 +281,11 @@ class JobStatus:
                     "busy_ms_per_s": max((s["busy_ms_per_s"] for s in subs), default=0.0),
                     "backpressured_ms_per_s": max((s["backpressured_ms_per_s"] for s in subs),
                                                   default=0.0),
+                    # the operator's event time: the minimum over its subtasks ("end" once
+                    # bounded input ended), None until every subtask has a watermark
+                    "watermark": _json_time(_min_watermark(
+                        [s.watermark for s in op.subtasks.values()], op.parallelism)),
+                    "late_dropped": sum(s["late_dropped"] for s in subs),
                     "subtasks": subs,
                 })
             completed = [c for c in self._checkpoints
@@ -298,6 +323,16 @@ class JobStatus:
 _HISTORY_KEPT = 500  # checkpoint rows kept for readers (the counts cover all of them)
 
 
+def _min_watermark(wms: list[float | None], parallelism: int) -> float | None:
+    known = [w for w in wms if w is not None]
+    return min(known) if len(known) == parallelism else None
+
+
+def _json_time(t: float | None) -> float | str | None:
+    """An event time for JSON: ``"end"`` for +infinity (bounded input ended)."""
+    return "end" if t == math.inf else t
+
+
 def _checkpoint_row(c: CheckpointStats) -> dict[str, Any]:
     return {
         "id": c.id,
@@ -309,6 +344,9 @@ def _checkpoint_row(c: CheckpointStats) -> dict[str, Any]:
         "sync_ms": c.max_sync_ms,
         "async_ms": c.max_async_ms,
         "alignment_ms": c.max_alignment_ms,
+        "unaligned": c.unaligned,
+        "unaligned_subtasks": sum(1 for s in c.subtasks if s.unaligned),
+        "inflight_bytes": c.inflight_bytes,
         "size": c.size,
         "incremental_size": c.incremental_size,
         "subtasks": len(c.subtasks),

@@ -16,6 +16,7 @@ from itertools import compress, islice
 from typing import Any
 
 from onceflow import _faults
+from onceflow.checkpoint.restore import SubtaskRestore
 from onceflow.errors import CheckpointError, ConfigurationError, UserFunctionError
 from onceflow.graph.jobgraph import Task
 from onceflow.graph.keygroups import key_group, stable_hash, subtask_table
@@ -80,6 +81,18 @@ class RebalancePartitioner(Partitioner):
     def emit_ts(self, batch: list[Any], ts: list[float]) -> None:
         self.channels[self._next].send_ts_batch(batch, ts)
         self._next = (self._next + 1) % len(self.channels)
+
+
+class BroadcastPartitioner(Partitioner):
+    """Every batch to every channel (a broadcast stream: each subtask sees all records)."""
+
+    def emit(self, batch: list[Any]) -> None:
+        for c in self.channels:
+            c.send_batch(batch)
+
+    def emit_ts(self, batch: list[Any], ts: list[float]) -> None:
+        for c in self.channels:
+            c.send_ts_batch(batch, ts)
 
 
 class KeyPartitioner(Partitioner):
@@ -213,6 +226,8 @@ class TaskRunner:
         first = 1 if self.source is not None else 0
         self._tails = {i: self.ops[i:] for i in range(len(self.ops) + 1)}
         self._first = first
+        # a two-input head operator is told which logical input each batch came from
+        self._two_input = getattr(self.ops[0], "two_input", False)
         self.timer_ops = [(i, op) for i, op in enumerate(self.ops) if op.has_timers]
         self._assigners = [i for i, op in enumerate(self.ops) if isinstance(op, AssignOp)]
         self.inputs: list[InputChannel] = []
@@ -274,40 +289,25 @@ class TaskRunner:
         last.side_wanted = frozenset(self.side_outputs)
         self._side_ops = [op for op in self.ops if op.emits_side]
 
-    def open(self, restored: list[tuple[int, int, dict[str, Any]]],
-             initial_splits: list[tuple[Any, Any, bool]] | None) -> None:
-        """``restored``: (old subtask, old parallelism, state) of every old subtask whose
-        state this subtask needs. ``initial_splits``: the splits of a source that starts
-        fresh (None when its positions come from the restored state)."""
-        p, i = self.spec.parallelism, self.subtask
-        lo, hi = self.env.kg_range
-        mp = self.env.max_parallelism
+    def open(self, plan: SubtaskRestore, states: dict[str, dict[str, Any]]) -> None:
+        """Open every operator and restore it as ``plan`` (``checkpoint/restore.py``) says:
+        ``states`` holds every state file the plan names, read by the worker."""
         for op in self.ops:
             op.open(self.env)
-            # only the files of the old task that held this operator: chaining may differ
-            # between the runs (another parallelism splits or joins chains)
-            mine = [(j, pj, st) for j, pj, st in restored if op.uid in st["ops"]]
-            if op.keyed:
-                from onceflow.graph.keygroups import key_group_range
-
-                states = []
-                exact = True
-                for j, pj, st in mine:
-                    olo, ohi = key_group_range(j, pj, mp)
-                    if olo < hi and lo < ohi:
-                        states.append(st["ops"][op.uid])
-                        exact = exact and (olo, ohi) == (lo, hi)
-                op.restore(states, filter_keys=not exact)
-            else:
-                op.restore([st["ops"][op.uid] for j, _, st in mine if j % p == i], False)
-            for j, _, st in mine:
-                if j % p == i and op.uid in st.get("metrics", {}):
-                    rin, rout = st["metrics"][op.uid]
-                    op.records_in += rin
-                    op.records_out += rout
-        self._replay_inflight(restored)
-        if self.source is not None and initial_splits is not None:
-            self.source.assign(initial_splits)  # a fresh source: nothing restored for it
+            r = plan.operators.get(op.uid)
+            if r is None:
+                op.restore([], False)
+                continue
+            op.restore([states[f]["ops"][op.uid] for f in r.files], r.filter_keys)
+            for f in r.metrics_files:
+                counted = states[f].get("metrics", {}).get(op.uid)
+                if counted is not None:
+                    op.records_in += counted[0]
+                    op.records_out += counted[1]
+        # an unaligned checkpoint's in-flight data, from the same files
+        self._replay_inflight([(j, pj, states[f]) for f, j, pj in plan.inherited()])
+        if self.source is not None and plan.initial_splits is not None:
+            self.source.assign(plan.initial_splits)  # a fresh source: nothing restored for it
         for op in self.ops:
             if isinstance(op, SinkOp):
                 op.start()
@@ -335,6 +335,7 @@ class TaskRunner:
         by_origin = {c.origin: c for c in self.inputs if c.origin is not None}
         keyed_head = self.ops[0].keyed
         key_fn = getattr(self.ops[0], "key_fn", None)
+        key_fns = getattr(self.ops[0], "key_fns", None)  # two-input heads: one per input
         lo, hi = self.env.kg_range
         mp = self.env.max_parallelism
         for j, pj, st in restored:
@@ -344,7 +345,9 @@ class TaskRunner:
                 if ch is not None and j == i and pj == p:
                     self._replay(ch, [pickle.loads(b) for b in items])  # storage is trusted
                     continue
-                if not keyed_head and j % p != i:
+                if key_fns is not None and isinstance(origin, tuple):
+                    key_fn = key_fns[origin[3]]  # None: a non-keyed (or broadcast) input
+                if (not keyed_head or key_fn is None) and j % p != i:
                     continue
                 target = self._replay_target(origin)
                 if target is None:
@@ -487,6 +490,8 @@ class TaskRunner:
             if ch.queue and not ch.blocked:
                 self._rr = (self._rr + k + 1) % n
                 item = ch.pop()
+                if self._two_input:
+                    self.ops[0].input_no = ch.input_no  # type: ignore[attr-defined]
                 t = type(item)
                 if self._chunk and (t is list or t is TsBatch):
                     item = self._split(ch, item)  # before it is recorded as in-flight
@@ -739,6 +744,8 @@ def make_partitioner(part: Partitioning, channels: list[Output], key_fn: Any,
         return ForwardPartitioner(channels)
     if part is Partitioning.KEY:
         return KeyPartitioner(channels, key_fn, max_parallelism, downstream)
+    if part is Partitioning.BROADCAST:
+        return BroadcastPartitioner(channels)
     return RebalancePartitioner(channels, subtask)
 
 

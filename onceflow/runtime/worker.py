@@ -1,9 +1,16 @@
-"""A worker process: runs subtask ``i`` of every task, in one thread, in a loop.
+"""A worker: runs subtask ``i`` of every task, in one thread, in a loop.
+
+An executor (``onceflow/executors``) starts it by calling :func:`worker_main`: in a forked
+process of its own (``Local``) or in a thread of the driver's process (``Inline``). The
+worker only knows its control connection to the driver and its sockets to the other
+workers.
 
 The loop alternates between (1) one step of every task, (2) flushing and reading the peer
-sockets, (3) control messages from the driver, and sleeps in ``select`` only when no task
-could make progress. A second thread writes checkpoint state files (the asynchronous phase)
-and acknowledges them to the driver.
+sockets, (3) control messages from the driver (``runtime/messages.py``), and sleeps in
+``select`` only when no task could make progress. A second thread writes checkpoint state
+files (the asynchronous phase) and acknowledges them to the driver. On start, the worker
+executes its part of the restore plan (``checkpoint/restore.py``): it reads the state
+files the plan names and hands them to ``TaskRunner.open``.
 
 The worker exits by itself when the driver goes away: its control socket reports EOF and,
 for a driver killed with SIGKILL, the kernel sends SIGKILL (``PR_SET_PDEATHSIG``).
@@ -12,6 +19,7 @@ for a driver killed with SIGKILL, the kernel sends SIGKILL (``PR_SET_PDEATHSIG``
 from __future__ import annotations
 
 import gc
+import math
 import os
 import select
 import threading
@@ -20,16 +28,18 @@ import traceback
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from socket import socket
 from typing import Any
 
 from onceflow import _faults, _usertrace
+from onceflow.checkpoint.restore import RestorePlan
 from onceflow.checkpoint.storage import CompletedCheckpoint, encode_state, state_file_name
 from onceflow.errors import OnceflowError
 from onceflow.graph.jobgraph import JobGraph
 from onceflow.graph.keygroups import key_group_range
+from onceflow.runtime import messages as m
 from onceflow.runtime.channels import (
     InputChannel,
     LocalOutput,
@@ -53,12 +63,13 @@ class WorkerSpec:
     capacity: int
     checkpoint_dir: str  # chk-<n> directories are created below it
     attempt: int
-    restore: CompletedCheckpoint | None
+    restore: CompletedCheckpoint | None  # the restore point: the plan's files are in it
+    plan: RestorePlan  # what every subtask starts from (checkpoint/restore.py)
     checkpoint_interval: float | None = None
     checkpoint_timeout: float | None = None
-    initial_splits: dict[str, list[list[tuple[Any, Any, bool]]]] = field(default_factory=dict)
     state_backend: Any = None
     incremental: bool = False
+    own_process: bool = True  # False: a thread of a process that runs other code too
     unaligned: bool = False  # unaligned exactly-once checkpoints (or after aligned_timeout)
     aligned_timeout: float | None = None
     buffer_time: float | None = None  # channel buffers sized by time
@@ -74,7 +85,7 @@ class Worker:
         self.sources: list[TaskRunner] = []
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onceflow-ckpt")
         self.done = False
-        self._deferred: deque[tuple[Any, ...]] = deque()  # control messages read early
+        self._deferred: deque[m.ToWorker] = deque()  # control messages read early
         self._wire()
 
     # --- set-up --------------------------------------------------------------------------
@@ -133,33 +144,26 @@ class Worker:
                     part, chans, key_fn, g.max_parallelism, me, g.tasks[down].head.name))
             runner.connect()
 
-    def _restore_inputs(self, runner: TaskRunner) -> list[tuple[int, int, dict[str, Any]]]:
+    def _read_states(self, files: list[str]) -> dict[str, dict[str, Any]]:
+        """The state files a task's restore plan names (from the restore point)."""
         ckpt = self.spec.restore
-        if ckpt is None:
-            return []
-        mp = self.spec.graph.max_parallelism
-        p, i = runner.spec.parallelism, runner.subtask
-        lo, hi = key_group_range(i, p, mp)
-        wanted: dict[str, tuple[int, int]] = {}
-        for op in runner.ops:
-            entry = ckpt.meta["operators"].get(op.uid)
-            if entry is None:
-                continue
-            pj = entry["parallelism"]
-            for f in entry["files"]:
-                j = f["subtask"]
-                olo, ohi = key_group_range(j, pj, mp)
-                if (op.keyed and olo < hi and lo < ohi) or (not op.keyed and j % p == i):
-                    wanted[f["file"]] = (j, pj)
-        return [(j, pj, ckpt.read_state(name)) for name, (j, pj) in sorted(wanted.items())]
+        if not files:
+            return {}
+        assert ckpt is not None, "a restore plan names files but there is no checkpoint"
+        return {name: ckpt.read_state(name) for name in files}
 
     # --- messages ------------------------------------------------------------------------
-    def send(self, msg: tuple[Any, ...]) -> None:
+    def send(self, msg: m.ToDriver) -> None:
         with self._send_lock:
-            self.ctrl.send(msg)
+            m.send(self.ctrl, msg)
+
+    def _recv(self) -> m.ToWorker:
+        msg = m.recv(self.ctrl)
+        assert isinstance(msg, m.Trigger | m.Complete | m.Abort | m.Stop), msg
+        return msg
 
     def _on_exhausted(self, runner: TaskRunner) -> None:
-        self.send(("exhausted", runner.uid, runner.subtask))
+        self.send(m.Exhausted(runner.uid, runner.subtask))
 
     def _write_state_async(self, runner: TaskRunner, barrier: Barrier, blob: bytes,
                            asyncs: dict[str, AsyncSnapshot], sync_s: float,
@@ -187,15 +191,18 @@ class Worker:
         path = os.path.join(directory, name)
         uploaded: dict[str, dict[str, Any]] = {}
         new_bytes = 0
+        in_backend: str | None = None  # the operator whose backend snapshot runs
         try:
             os.makedirs(directory, exist_ok=True)
             manifests: dict[str, Any] = {}
             for uid, part in asyncs.items():
+                in_backend = uid
                 target = SnapshotTarget(cid, directory, shared_root, owner_name(uid, subtask))
                 manifests[uid] = part.run(target)
                 uploaded.update(target.uploaded)
                 new_bytes += target.new_bytes
                 _faults.point("snapshot.upload", checkpoint=cid, task=task, subtask=subtask)
+            in_backend = None
             data = encode_state(blob, manifests, inflight)
             _faults.point("snapshot.inflight", checkpoint=cid, task=task, subtask=subtask,
                           inflight=len(inflight or b""))
@@ -214,46 +221,51 @@ class Worker:
                        f"failed: {e.strerror or e}")
             elif isinstance(e, OnceflowError):
                 why = str(e)
+            elif in_backend is not None:
+                why = (f"snapshot of operator {in_backend!r} in its state backend "
+                       f"({type(self.spec.state_backend).__name__}) failed: "
+                       f"{type(e).__name__}: {e}")
             else:
                 why = (f"snapshot of task {task!r} subtask {subtask} failed: "
                        f"{type(e).__name__}: {e}")
-            self.send(("decline", cid, task, subtask, why))
+            self.send(m.Decline(cid, task, subtask, why))
             return
-        info = {
-            "file": name, "size": len(data), "crc32": zlib.crc32(data),
-            "parallelism": parallelism, "ops": ops, "stateful": stateful,
-            "sync_ms": sync_s * 1e3, "async_ms": (time.perf_counter() - t0) * 1e3,
-            "align_ms": aligned_s * 1e3, "metrics": metrics, "uploaded": uploaded,
-            "incremental_size": len(data) + new_bytes,
-            "unaligned": inflight is not None, "inflight_bytes": len(inflight or b""),
-        }
-        self.send(("ack", cid, task, subtask, info))
+        state = m.SubtaskState(
+            file=name, size=len(data), crc32=zlib.crc32(data), parallelism=parallelism,
+            ops=tuple(ops), stateful=tuple(stateful), sync_ms=sync_s * 1e3,
+            async_ms=(time.perf_counter() - t0) * 1e3, align_ms=aligned_s * 1e3,
+            metrics=metrics, uploaded=uploaded, incremental_size=len(data) + new_bytes,
+            unaligned=inflight is not None, inflight_bytes=len(inflight or b""))
+        self.send(m.Ack(cid, task, subtask, state))
 
-    def _handle(self, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "trigger":
-            _, cid, ts, final, savepoint = msg
-            b = Barrier(cid, ts, final, savepoint)
-            for t in self.sources:
-                t.trigger(b)
-        elif kind == "complete":
-            _, cid, final = msg
-            for t in self.tasks:
-                t.checkpoint_complete(cid, final)
-            if final:
-                self._finish()
-        elif kind == "abort":
-            for t in self.tasks:
-                t.checkpoint_aborted(msg[1])
-        elif kind == "stop":
-            self.done = True
+    def _handle(self, msg: m.ToWorker) -> None:
+        match msg:
+            case m.Trigger(cid, ts, final, savepoint):
+                b = Barrier(cid, ts, final, savepoint)
+                for t in self.sources:
+                    t.trigger(b)
+            case m.Complete(cid, final):
+                for t in self.tasks:
+                    t.checkpoint_complete(cid, final)
+                if final:
+                    self._finish()
+            case m.Abort(cid):
+                for t in self.tasks:
+                    t.checkpoint_aborted(cid)
+            case m.Stop():
+                self.done = True
+            case m.AlignWatermarks(groups):
+                for t in self.sources:
+                    wms = t.source.watermarks if t.source is not None else None
+                    if wms is not None and wms.strategy.alignment_group in groups:
+                        wms.group_min = groups[wms.strategy.alignment_group]
 
     def _apply_pending_completions(self) -> None:
         """Before a snapshot: apply completions/aborts already waiting on the control
         socket; anything else read here waits its turn in ``_deferred``."""
         while self.ctrl.poll():
-            msg = self.ctrl.recv()
-            if msg[0] in ("complete", "abort") and not (msg[0] == "complete" and msg[2]):
+            msg = self._recv()
+            if isinstance(msg, m.Abort) or (isinstance(msg, m.Complete) and not msg.final):
                 self._handle(msg)
             else:
                 self._deferred.append(msg)
@@ -265,23 +277,36 @@ class Worker:
         metrics: dict[str, tuple[int, int]] = {}
         for t in self.tasks:
             metrics.update({f"{uid}#{t.subtask}": m for uid, m in t.metrics().items()})
-        self.send(("finished", self.spec.index, metrics))
+        wms, dropped = self._event_time_report()
+        self.send(m.Finished(self.spec.index, metrics, wms, dropped))
         self.done = True
+
+    def release(self) -> None:
+        """Without a process exit to do it: wait for state writes in flight, and release
+        what the tasks hold (state stores, open files) after the loop ended."""
+        self.writer.shutdown(wait=True)
+        for t in self.tasks:
+            if t.state is not TaskState.FINISHED:
+                try:
+                    t.close()
+                except Exception:
+                    pass  # the attempt is over; it may have failed in this very task
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         for t in self.tasks:
-            splits = self.spec.initial_splits.get(t.uid)
-            t.open(self._restore_inputs(t), splits[t.subtask] if splits else None)
-        self.send(("running", self.spec.index))
+            plan = self.spec.plan.subtask(t.uid, t.subtask)
+            t.open(plan, self._read_states(plan.files))
+        self.send(m.Running(self.spec.index))
         tasks, peers = self.tasks, list(self.peers.values())
         timer_tasks = [t for t in tasks if t.timer_ops]
         ctrl = self.ctrl
         # Everything built so far lives as long as the worker: keep the collector off it,
         # and collect young objects less often (batches make many short-lived tuples).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 20)
+        if self.spec.own_process:
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, 20, 20)
         rounds = 0
         # Load accounting for the metrics report: a clock read per round and per task step
         # that moved a batch (never per record). A task whose outputs were full in a round
@@ -335,7 +360,7 @@ class Worker:
                 progressed = True
             if not progressed or rounds % 4 == 0 or t0 - last > 0.005:
                 while ctrl.poll():
-                    self._handle(ctrl.recv())
+                    self._handle(self._recv())
                     progressed = True
                     if self.done:
                         break
@@ -351,7 +376,34 @@ class Worker:
             b, p = busy[k] * 1e3, backpressured[k] * 1e3
             for op in t.ops:
                 report[f"{op.uid}#{t.subtask}"] = (op.records_in, op.records_out, b, p)
-        self.send(("metrics", self.spec.index, report))
+        wms, dropped = self._event_time_report()
+        self.send(m.Metrics(self.spec.index, report, wms, dropped, self._alignment_report()))
+
+    def _event_time_report(self) -> tuple[dict[str, float], dict[str, int]]:
+        wms: dict[str, float] = {}
+        dropped: dict[str, int] = {}
+        for t in self.tasks:
+            for op in t.ops:
+                key = f"{op.uid}#{t.subtask}"
+                if op.watermark > -math.inf:
+                    wms[key] = op.watermark
+                n = getattr(op, "late_dropped", 0)
+                if n:
+                    dropped[key] = n
+        return wms, dropped
+
+    def _alignment_report(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for t in self.sources:
+            src = t.source
+            wms = src.watermarks if src is not None else None
+            if wms is None or wms.strategy.alignment_group is None or wms.idle:
+                continue
+            g = wms.strategy.alignment_group
+            w = wms.emitted
+            if w > -math.inf:
+                out[g] = min(out.get(g, w), w)
+        return out
 
     def _wait(self, tasks: list[TaskRunner], peers: list[Peer],
               timer_tasks: list[TaskRunner]) -> None:
@@ -376,17 +428,20 @@ def _held_back(t: TaskRunner) -> bool:
 
 
 def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket]) -> int:
-    """Entry point in the forked child. Returns the exit code (the caller calls _exit)."""
+    """A worker's entry point (an executor calls it in the worker's process or thread).
+    Returns the exit code."""
+    worker: Worker | None = None
     try:
+        worker = Worker(spec, ctrl, peer_socks)
         profile_dir = os.environ.get("ONCEFLOW_PROFILE_DIR")
         if profile_dir:  # opt-in: cProfile each worker, for "where does the time go"
             import cProfile
 
             prof = cProfile.Profile()
-            prof.runcall(Worker(spec, ctrl, peer_socks).run)
+            prof.runcall(worker.run)
             prof.dump_stats(os.path.join(profile_dir, f"worker-{spec.index}-{os.getpid()}.prof"))
         else:
-            Worker(spec, ctrl, peer_socks).run()
+            worker.run()
         return 0
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return 3  # the driver went away: nothing to report to
@@ -398,9 +453,10 @@ def worker_main(spec: WorkerSpec, ctrl: Connection, peer_socks: dict[int, socket
             msg = f"{type(e).__name__}: {e}"
             detail = traceback.format_exc()
         try:
-            ctrl.send(("failed", spec.index, msg, detail, _usertrace.safe_report(e)))
+            m.send(ctrl, m.Failed(spec.index, msg, detail, _usertrace.safe_report(e)))
         except Exception:
             pass
         return 1
-
-
+    finally:
+        if worker is not None and not spec.own_process:
+            worker.release()

@@ -10,6 +10,7 @@ list, with Flink's names beside them, is in docs/operations.md#metrics.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -52,6 +53,20 @@ METRICS: dict[str, tuple[str, str]] = {
     "onceflow_operator_backpressured_time_ms_per_second": (
         "gauge", "Backpressured milliseconds per second over the last report interval "
         "(Flink's backPressuredTimeMsPerSecond)."),
+    "onceflow_operator_watermark_seconds": (
+        "gauge", "The subtask's current watermark (event time, seconds; +Inf once bounded "
+        "input ended), like Flink's currentInputWatermark."),
+    "onceflow_operator_watermark_lag_seconds": (
+        "gauge", "Wall-clock time now minus the subtask's watermark (for event times that "
+        "are Unix times)."),
+    "onceflow_operator_late_records_dropped_total": (
+        "counter", "Late records a window dropped because no late-data side output took "
+        "them (Flink's numLateRecordsDropped)."),
+    "onceflow_job_last_checkpoint_inflight_bytes": (
+        "gauge", "In-flight data the last completed checkpoint persisted (unaligned "
+        "checkpoints)."),
+    "onceflow_job_last_checkpoint_unaligned_subtasks": (
+        "gauge", "Subtasks whose snapshot was unaligned in the last completed checkpoint."),
     "onceflow_job_checkpoints_completed_total": (
         "counter", "Completed checkpoints (Flink's numberOfCompletedCheckpoints)."),
     "onceflow_job_checkpoints_failed_total": (
@@ -108,6 +123,8 @@ _LAST_CHECKPOINT_VALUES = [
     ("onceflow_job_last_checkpoint_alignment_seconds", "alignment_ms", 1e3),
     ("onceflow_job_last_checkpoint_sync_seconds", "sync_ms", 1e3),
     ("onceflow_job_last_checkpoint_async_seconds", "async_ms", 1e3),
+    ("onceflow_job_last_checkpoint_inflight_bytes", "inflight_bytes", 1),
+    ("onceflow_job_last_checkpoint_unaligned_subtasks", "unaligned_subtasks", 1),
 ]
 
 class StatusCollector(Collector):
@@ -138,6 +155,15 @@ class StatusCollector(Collector):
                     lab = [flow, op["uid"], op["name"], str(s["subtask"])]
                     for name, field, div in _OPERATOR_VALUES:
                         fams[name].add_metric(lab, s[field] if div == 1 else s[field] / div)
+                    wm = s.get("watermark")
+                    if wm is not None:
+                        fams["onceflow_operator_watermark_seconds"].add_metric(
+                            lab, math.inf if wm == "end" else wm)
+                    if s.get("watermark_lag_s") is not None:
+                        fams["onceflow_operator_watermark_lag_seconds"].add_metric(
+                            lab, s["watermark_lag_s"])
+                    fams["onceflow_operator_late_records_dropped_total"].add_metric(
+                        lab, s.get("late_dropped", 0))
             ck = snap["checkpoints"]
             job = [flow]
             fams["onceflow_job_checkpoints_completed_total"].add_metric(job, ck["completed"])

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from onceflow.errors import KafkaProtocolError
+
 _T = TypeVar("_T")
 
 API_VERSIONS, FIND_COORDINATOR, END_TXN, DESCRIBE_TXNS, LIST_TXNS = 18, 10, 26, 65, 66
@@ -73,14 +75,6 @@ RETRIABLE = {REQUEST_TIMED_OUT, COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AV
 
 def error_name(code: int) -> str:
     return ERROR_NAMES.get(code, f"error {code}")
-
-
-class KafkaProtocolError(Exception):
-    """A request failed with a Kafka error code (``code``) or the connection broke."""
-
-    def __init__(self, message: str, code: int = -1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # --- encoding ----------------------------------------------------------------------------

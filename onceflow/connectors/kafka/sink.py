@@ -41,7 +41,12 @@ from onceflow.connectors.kafka._common import broker_config, brokers, import_kaf
 from onceflow.connectors.kafka._lost import lost_input
 from onceflow.connectors.sinks import Sink, SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
-from onceflow.errors import ConfigurationError, OutputLostError
+from onceflow.errors import (
+    ConfigurationError,
+    ConnectorError,
+    KafkaTransactionLostError,
+    foreign_errors,
+)
 
 log = logging.getLogger("onceflow.kafka")
 
@@ -57,11 +62,6 @@ ON_LOST = ("fail", "continue")
 #: successful record costs no Python callback (failures are still collected, and
 #: ``flush`` still waits for every record).
 PRODUCER_DEFAULTS: dict[str, Any] = {"linger.ms": 5, "delivery.report.only.error": True}
-
-
-class KafkaTransactionLostError(OutputLostError):
-    """A transaction that a completed checkpoint covers can no longer be committed (the
-    broker aborted it, usually because ``transaction.timeout.ms`` passed)."""
 
 
 @dataclass
@@ -189,11 +189,11 @@ class _Producing:
     def flush(self, producer: Any, timeout: float) -> None:
         left = producer.flush(timeout)
         if left:
-            raise RuntimeError(f"Kafka producer: {left} record(s) not delivered within "
+            raise ConnectorError(f"Kafka producer: {left} record(s) not delivered within "
                                f"{timeout:g} s")
         if self.errors:
             errs, self.errors = self.errors, []
-            raise RuntimeError(f"Kafka producer: {len(errs)} delivery error(s), e.g. {errs[0]}")
+            raise ConnectorError(f"Kafka producer: {len(errs)} delivery error(s), e.g. {errs[0]}")
 
 
 class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
@@ -314,8 +314,10 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         conf = {**PRODUCER_DEFAULTS, **self.producer_config,
                 "bootstrap.servers": self.bootstrap_servers, "transactional.id": tid,
                 "transaction.timeout.ms": self.transaction_timeout_ms}
-        p = ck.Producer(conf)
-        p.init_transactions(self.operation_timeout)
+        with foreign_errors(f"KafkaSink({self.topic}): starting the transactional producer "
+                            f"{tid}", ck.KafkaException):
+            p = ck.Producer(conf)
+            p.init_transactions(self.operation_timeout)
         return p
 
     def begin_transaction(self) -> KafkaTxn:
@@ -360,7 +362,9 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         if live is None:
             producer = self._take_warm(txn) or self._started_producer(txn.transactional_id)
             live = self._live[txn.transactional_id] = (producer, txn)
-        self._out.produce(live[0], records)
+        with foreign_errors(f"KafkaSink({self.topic}): producing to {txn.transactional_id}",
+                            import_kafka().KafkaException):
+            self._out.produce(live[0], records)
         txn.records += len(records)
 
     def pre_commit(self, txn: KafkaTxn) -> None:
@@ -374,7 +378,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self._out.flush(live[0], self.operation_timeout)
         d = self._txn_client().describe(txn.transactional_id)
         if d.error or d.state != "Ongoing":
-            raise RuntimeError(
+            raise ConnectorError(
                 f"KafkaSink: transaction {txn.transactional_id} is {d.state or '?'} "
                 f"({kp.error_name(d.error)}) at pre-commit, expected Ongoing")
         txn.producer_id, txn.epoch, txn.start_ms = d.producer_id, d.producer_epoch, d.start_ms
@@ -509,7 +513,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 self._lost(txn, "the coordinator does not know the id "
                            "(INVALID_PRODUCER_ID_MAPPING: transactional id expired?)")
                 return
-            raise RuntimeError(f"KafkaSink: EndTxn(commit) for {tid} failed: "
+            raise ConnectorError(f"KafkaSink: EndTxn(commit) for {tid} failed: "
                                f"{kp.error_name(err)}")
 
     def _lost(self, txn: KafkaTxn, why: str) -> None:

@@ -95,7 +95,10 @@ function drawGraph(job) {
       g2.appendChild(svg("text", { class: "op-name", x: 0, y: 12 }, `${o.name} (${o.kind})`));
       g2.appendChild(svg("text", { class: "op-stat", x: 0, y: 26 },
         `in ${rate(o.records_in_per_s)}/s · out ${rate(o.records_out_per_s)}/s · total ` +
-        num(o.kind === "sink" ? o.records_in : o.records_out)));
+        num(o.kind === "sink" ? o.records_in : o.records_out) +
+        (o.watermark === null || o.watermark === undefined ? "" :
+          ` · watermark ${o.watermark === "end" ? "end" : Number(o.watermark).toFixed(1)}`) +
+        (o.late_dropped ? ` · ${num(o.late_dropped)} late dropped` : "")));
       const bw = 110;
       const busy = Math.min(1, o.busy_ms_per_s / 1000), bp = Math.min(1, o.backpressured_ms_per_s / 1000);
       g2.appendChild(svg("rect", { class: "bar-bg", x: 0, y: 33, width: bw, height: 8 }));
@@ -165,7 +168,8 @@ function fillCheckpoints(history) {
     const cells = [h.id, h.kind || "checkpoint", h.status + (h.final ? " (final)" : ""),
       clock(h.trigger_time), ms(h.duration_ms), ms(h.sync_ms), ms(h.async_ms), ms(h.alignment_ms),
       h.status === "completed" ? bytes(h.size) : "–",
-      h.status === "completed" ? bytes(h.incremental_size) : "–"];
+      h.status === "completed" ? bytes(h.incremental_size) : "–",
+      h.status === "completed" ? (h.unaligned ? `unaligned (${h.unaligned_subtasks}), ${bytes(h.inflight_bytes)} in flight` : "aligned") : "–"];
     for (const v of cells) tr.appendChild(el("td", {}, String(v)));
     tr.appendChild(el("td", { class: "note" }, h.failure || ""));
     body.appendChild(tr);

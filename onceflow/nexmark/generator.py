@@ -1,0 +1,252 @@
+"""The Nexmark event generator, written from the public description of the benchmark
+(an online auction: people register, open auctions, and bid).
+
+Every event is a pure function of ``(seed, event number)``: the generator can start at
+any event number and produce exactly what a run from the beginning would, which is what
+makes :class:`~onceflow.nexmark.NexmarkSource` replayable (its position is the next event
+number). The shape follows the specification:
+
+* **Proportions**: of every 50 consecutive events 1 is a person, 3 are auctions and 46 are
+  bids (the standard 1 : 3 : 46).
+* **Ids**: people and auctions are numbered from 1000 in the order they are created, so
+  the ids known at event ``n`` follow from ``n`` alone.
+* **Skew**: a bid is for a *hot* auction (the most recent multiple of 100) with
+  probability ``1 - 1/hot_auction_ratio`` (default 1/2), else for a random one of the
+  ``in_flight_auctions`` newest (a few ids ahead allowed, as in the original); the bidder
+  is a hot bidder (the most recent multiple of 100, plus one) with probability
+  ``1 - 1/hot_bidder_ratio`` (3/4), else one of the ``active_people`` newest; an
+  auction's seller is a hot seller with probability ``1 - 1/hot_seller_ratio`` (3/4).
+* **Event time**: event ``n`` happens at ``base_time + n / rate`` seconds, whatever the
+  speed at which events are read; with ``out_of_orderness`` each event's timestamp is up
+  to that many seconds earlier (so a ``bounded_out_of_orderness`` watermark of that
+  bound keeps them on time), and a ``late_fraction`` of events are a further
+  ``late_by`` seconds earlier (late against that watermark).
+* **Prices** are log-uniform between 1 and 1,000,000 cents-ish units (``10 ** (6 r) * 100``
+  rounded), categories 10..14, states of the US from a short list, cities likewise.
+
+Events are plain dictionaries (JSON-ready); ``"kind"`` is ``"person"``, ``"auction"`` or
+``"bid"``, and ``"date_time"`` is the event time in seconds.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from onceflow.errors import ConfigurationError
+
+PERSON_PROPORTION, AUCTION_PROPORTION, BID_PROPORTION = 1, 3, 46
+TOTAL_PROPORTION = PERSON_PROPORTION + AUCTION_PROPORTION + BID_PROPORTION  # 50
+FIRST_PERSON_ID = 1000
+FIRST_AUCTION_ID = 1000
+FIRST_CATEGORY_ID = 10
+NUM_CATEGORIES = 5
+HOT_ID_STEP = 100  # hot auctions / sellers / bidders are the latest multiple of this
+PERSON_ID_LEAD = 10  # a random person or auction may be this many ids ahead
+AUCTION_ID_LEAD = 10
+
+US_STATES = ("AZ", "CA", "ID", "OR", "WA", "WY")
+US_CITIES = ("Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend",
+             "Redmond", "Seattle", "Kent", "Cheyenne")
+FIRST_NAMES = ("Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah",
+               "Deiter", "Walter")
+LAST_NAMES = ("Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones",
+              "Noris")
+CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
+
+BLOCK = 1024  # events per block of random bytes
+_BYTES = 16  # random bytes per event
+
+
+def _block(seed: int, blk: int) -> bytes:
+    """The random bytes of events ``blk * BLOCK ..``: 16 per event, from a Mersenne
+    Twister seeded by (seed, block) (the same on every platform and Python 3.9+)."""
+    return random.Random(f"nexmark:{seed}:{blk}").randbytes(BLOCK * _BYTES)
+
+
+@dataclass(frozen=True)
+class NexmarkConfig:
+    """The generator's settings (W5 in the benchmark notes uses the defaults with
+    ``events=5_000_000``)."""
+
+    events: int = 1_000_000  # events in total (a bounded source)
+    seed: int = 0
+    rate: float = 10_000.0  # events per second of event time
+    base_time: float = 0.0  # event time of event 0, seconds
+    active_people: int = 1000
+    in_flight_auctions: int = 100
+    hot_auction_ratio: int = 2
+    hot_seller_ratio: int = 4
+    hot_bidder_ratio: int = 4
+    out_of_orderness: float = 0.0  # seconds a timestamp may be earlier than its event's
+    late_fraction: float = 0.0  # share of events made late beyond that bound
+    late_by: float = 1.0  # seconds beyond the bound a late event is earlier
+
+    def validate(self) -> None:
+        def bad(what: str, v: Any) -> ConfigurationError:
+            return ConfigurationError(f"Nexmark: {what}, got {v!r}")
+
+        if not isinstance(self.events, int) or self.events < 0:
+            raise bad("events must be an integer >= 0", self.events)
+        if not isinstance(self.seed, int):
+            raise bad("seed must be an integer", self.seed)
+        if not isinstance(self.rate, int | float) or not self.rate > 0:
+            raise bad("rate must be > 0 events per second of event time", self.rate)
+        for name in ("active_people", "in_flight_auctions", "hot_auction_ratio",
+                     "hot_seller_ratio", "hot_bidder_ratio"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise bad(f"{name} must be an integer >= 1", v)
+        if not isinstance(self.out_of_orderness, int | float) or self.out_of_orderness < 0:
+            raise bad("out_of_orderness must be >= 0 seconds", self.out_of_orderness)
+        if not isinstance(self.late_fraction, int | float) or not 0 <= self.late_fraction <= 1:
+            raise bad("late_fraction must be between 0 and 1", self.late_fraction)
+        if not isinstance(self.late_by, int | float) or not self.late_by > 0:
+            raise bad("late_by must be > 0 seconds", self.late_by)
+
+
+def kind_of(n: int) -> str:
+    off = n % TOTAL_PROPORTION
+    if off < PERSON_PROPORTION:
+        return "person"
+    if off < PERSON_PROPORTION + AUCTION_PROPORTION:
+        return "auction"
+    return "bid"
+
+
+def last_person(n: int) -> int:
+    """Base-0 id of the newest person at event ``n`` (0 before the first)."""
+    epoch, off = divmod(n, TOTAL_PROPORTION)
+    return epoch * PERSON_PROPORTION + min(off, PERSON_PROPORTION - 1)
+
+
+def last_auction(n: int) -> int:
+    """Base-0 id of the newest auction at event ``n``."""
+    epoch, off = divmod(n, TOTAL_PROPORTION)
+    off = max(0, min(off - PERSON_PROPORTION, AUCTION_PROPORTION - 1))
+    return epoch * AUCTION_PROPORTION + off
+
+
+class Generator:
+    """Events by number: ``event(n)`` for any ``n``; ``events(start, stop, step)``.
+
+    The random choices of event ``n`` are the 16 bytes at ``n % BLOCK`` of its block's
+    random bytes (:func:`_block`), so no state carries from one event to the next and any
+    event can be made without the ones before it."""
+
+    def __init__(self, config: NexmarkConfig) -> None:
+        config.validate()
+        self.c = config
+        # event time one auction stays open, on average (so about in_flight_auctions are)
+        self._auction_span = (config.in_flight_auctions * TOTAL_PROPORTION /
+                              AUCTION_PROPORTION) / config.rate
+        self._urls = [[f"https://www.nexmark.com/{ch.lower()}/item.htm?query={q}"
+                       for q in range(64)] for ch in CHANNELS]
+        self._cache: tuple[int, bytes] = (-1, b"")
+
+    def nominal_time(self, n: int) -> float:
+        return self.c.base_time + n / self.c.rate
+
+    def event(self, n: int) -> dict[str, Any]:
+        return self.events(n, n + 1)[0]
+
+    def events(self, start: int, stop: int, step: int = 1) -> list[dict[str, Any]]:
+        """Events ``start, start + step, ... < stop``. A bid's bytes: 0 hot-auction draw,
+        1-2 auction, 3 hot-bidder draw, 4-5 bidder, 6 channel and URL, 8-10 price, 11-12
+        timestamp jitter, 13-14 lateness draw."""
+        c = self.c
+        seed, rate, base = c.seed, c.rate, c.base_time
+        disorder, late_p, late_by = c.out_of_orderness, c.late_fraction, c.late_by
+        har, hbr = c.hot_auction_ratio, c.hot_bidder_ratio
+        active, inflight = c.active_people, c.in_flight_auctions
+        urls = self._urls
+        cur, buf = self._cache
+        out: list[dict[str, Any]] = []
+        ap = out.append
+        for n in range(start, stop, step):
+            blk, i = divmod(n, BLOCK)
+            if blk != cur:
+                cur, buf = blk, _block(seed, blk)
+            o = i * _BYTES
+            ts = base + n / rate
+            if disorder:
+                ts -= (buf[o + 11] << 8 | buf[o + 12]) * (1.0 / 65536) * disorder
+            if late_p and (buf[o + 13] << 8 | buf[o + 14]) * (1.0 / 65536) < late_p:
+                ts = base + n / rate - disorder - late_by
+            epoch, off = divmod(n, TOTAL_PROPORTION)
+            if off >= PERSON_PROPORTION + AUCTION_PROPORTION:  # a bid
+                newest_a = epoch * AUCTION_PROPORTION + AUCTION_PROPORTION - 1
+                if buf[o] % har:
+                    auction = (newest_a // HOT_ID_STEP) * HOT_ID_STEP
+                else:
+                    oldest = newest_a - inflight if newest_a > inflight else 0
+                    auction = oldest + (buf[o + 1] << 8 | buf[o + 2]) % (
+                        newest_a - oldest + 1 + AUCTION_ID_LEAD)
+                people = epoch * PERSON_PROPORTION + PERSON_PROPORTION  # newest + 1
+                if buf[o + 3] % hbr:
+                    bidder = ((people - 1) // HOT_ID_STEP) * HOT_ID_STEP + 1
+                else:
+                    act = people if people < active else active
+                    bidder = people - act + (buf[o + 4] << 8 | buf[o + 5]) % (
+                        act + PERSON_ID_LEAD)
+                cb = buf[o + 6]
+                ch = cb & 3
+                u = (buf[o + 8] << 16 | buf[o + 9] << 8 | buf[o + 10]) * (6.0 / 16777216)
+                ap({"kind": "bid", "auction": auction + FIRST_AUCTION_ID,
+                    "bidder": bidder + FIRST_PERSON_ID,
+                    "price": round(10.0 ** u * 100.0),
+                    "channel": CHANNELS[ch], "url": urls[ch][cb >> 2],
+                    "date_time": ts, "extra": ""})
+            elif off >= PERSON_PROPORTION:
+                ap(self._auction(n, buf, o, ts))
+            else:
+                ap(self._person(n, buf, o, ts))
+        self._cache = (cur, buf)
+        return out
+
+    # --- people and auctions (8 % of the events) ------------------------------------------
+    def _random_person(self, n: int, r: int) -> int:
+        people = last_person(n) + 1
+        active = min(people, self.c.active_people)
+        return people - active + r % (active + PERSON_ID_LEAD)
+
+    @staticmethod
+    def _price(b: bytes, o: int) -> int:
+        return round(10.0 ** ((b[o] << 16 | b[o + 1] << 8 | b[o + 2]) * (6.0 / 16777216))
+                     * 100.0)
+
+    def _person(self, n: int, b: bytes, o: int, ts: float) -> dict[str, Any]:
+        """Bytes: 0 first name, 1 last name, 2-9 credit card, 10 city, 15 state (11-14 are
+        the timestamp's, as for every kind)."""
+        pid = last_person(n) + FIRST_PERSON_ID
+        first = FIRST_NAMES[b[o] % len(FIRST_NAMES)]
+        name = f"{first} {LAST_NAMES[b[o + 1] % len(LAST_NAMES)]}"
+        card = " ".join(f"{(b[o + k] << 8 | b[o + k + 1]) % 10000:04d}" for k in (2, 4, 6, 8))
+        return {
+            "kind": "person", "id": pid, "name": name,
+            "email_address": f"{first.lower()}{pid}@example.com", "credit_card": card,
+            "city": US_CITIES[b[o + 10] % len(US_CITIES)],
+            "state": US_STATES[b[o + 15] % len(US_STATES)],
+            "date_time": ts, "extra": "",
+        }
+
+    def _auction(self, n: int, b: bytes, o: int, ts: float) -> dict[str, Any]:
+        """Bytes: 0 hot-seller draw, 1-2 seller, 3-5 initial bid, 6-8 reserve above it,
+        9-10 item and length, 15 category and description."""
+        c = self.c
+        aid = last_auction(n) + FIRST_AUCTION_ID
+        if b[o] % c.hot_seller_ratio:
+            seller = (last_person(n) // HOT_ID_STEP) * HOT_ID_STEP
+        else:
+            seller = self._random_person(n, b[o + 1] << 8 | b[o + 2])
+        initial = self._price(b, o + 3)
+        length = (b[o + 9] << 8 | b[o + 10]) * (1.0 / 65536)
+        return {
+            "kind": "auction", "id": aid, "item_name": f"item-{b[o + 10] << 8 | b[o + 9]}",
+            "description": f"description-{b[o + 15] >> 3}", "initial_bid": initial,
+            "reserve": initial + self._price(b, o + 6), "date_time": ts,
+            "expires": ts + 0.001 + length * 2.0 * self._auction_span,
+            "seller": seller + FIRST_PERSON_ID,
+            "category": FIRST_CATEGORY_ID + b[o + 15] % NUM_CATEGORIES, "extra": "",
+        }

@@ -1,0 +1,146 @@
+"""The Nexmark generator as a replayable, checkpointable source, and a Kafka pre-fill.
+
+:class:`NexmarkSource` cuts the event numbers into ``partitions`` splits (split ``p``
+holds the events ``n`` with ``n % partitions == p``, in order); a split's position is
+its next event number, so a restored source regenerates exactly the events after the
+checkpoint. Give the stream a watermark strategy on the events' ``date_time``
+(:func:`watermarks`) for event time.
+
+``idle_partition=True`` adds one split that produces no event for ``idle_seconds`` of
+wall-clock time and then ends: with ``with_idleness`` in the watermark strategy the
+other splits' watermarks go on meanwhile (a test of idleness handling).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from onceflow.api.watermarks import WatermarkStrategy
+from onceflow.connectors.sources import Source, SplitReader
+from onceflow.errors import ConfigurationError
+from onceflow.nexmark.generator import Generator, NexmarkConfig
+
+
+@dataclass(frozen=True)
+class NexmarkSplit:
+    index: int  # -1: the idle split
+    count: int  # how many event splits there are
+
+
+class _Reader(SplitReader):
+    def __init__(self, gen: Generator, split: NexmarkSplit, pos: int, events: int) -> None:
+        self.gen, self.split, self.pos, self.events = gen, split, pos, events
+
+    def read_batch(self, max_records: int) -> list[Any] | None:
+        if self.pos >= self.events:
+            return None
+        step = self.split.count
+        stop = min(self.events, self.pos + max_records * step)
+        out = self.gen.events(self.pos, stop, step)
+        self.pos += len(out) * step
+        return out
+
+    def position(self) -> int:
+        return self.pos
+
+
+class _IdleReader(SplitReader):
+    def __init__(self, seconds: float) -> None:
+        self.until = time.monotonic() + seconds
+
+    def read_batch(self, max_records: int) -> list[Any] | None:
+        return [] if time.monotonic() < self.until else None
+
+    def position(self) -> int:
+        return 0
+
+
+class NexmarkSource(Source):
+    """Nexmark events (see :mod:`onceflow.nexmark.generator`), bounded at
+    ``config.events``. ``partitions``: number of splits (default: the source's
+    parallelism)."""
+
+    def __init__(self, config: NexmarkConfig | None = None, *, partitions: int | None = None,
+                 idle_partition: bool = False, idle_seconds: float = 5.0,
+                 **settings: Any) -> None:
+        base = config or NexmarkConfig()
+        self.config = replace(base, **settings) if settings else base
+        self.partitions = partitions
+        self.idle_partition = idle_partition
+        self.idle_seconds = idle_seconds
+
+    def validate(self) -> None:
+        self.config.validate()
+        if self.partitions is not None and (not isinstance(self.partitions, int)
+                                            or self.partitions < 1):
+            raise ConfigurationError(
+                f"NexmarkSource: partitions must be an integer >= 1, got {self.partitions!r}")
+
+    def splits(self, parallelism: int) -> list[Any]:
+        n = self.partitions or parallelism
+        out: list[Any] = [NexmarkSplit(p, n) for p in range(n)]
+        if self.idle_partition:
+            out.append(NexmarkSplit(-1, n))
+        return out
+
+    def initial_position(self, split: NexmarkSplit) -> int:
+        return max(split.index, 0)
+
+    def reader(self, split: NexmarkSplit, position: int) -> SplitReader:
+        if split.index < 0:
+            return _IdleReader(self.idle_seconds)
+        return _Reader(Generator(self.config), split, position, self.config.events)
+
+
+def watermarks(config: NexmarkConfig | None = None,
+               idleness: float | None = None) -> WatermarkStrategy:
+    """Event time from ``date_time``, bounded by the configuration's out-of-orderness."""
+    bound = (config or NexmarkConfig()).out_of_orderness
+    ws = (WatermarkStrategy.bounded_out_of_orderness(bound) if bound > 0
+          else WatermarkStrategy.monotonous_timestamps())
+    ws = ws.with_timestamps(_date_time)
+    return ws.with_idleness(idleness) if idleness is not None else ws
+
+
+def _date_time(e: dict[str, Any]) -> float:
+    return e["date_time"]
+
+
+def prefill_kafka(bootstrap: str, topic: str, config: NexmarkConfig | None = None, *,
+                  partitions: int = 8, create: bool = True) -> int:
+    """Write the events as JSON to ``topic`` (event ``n`` to partition ``n % partitions``,
+    so each partition holds its events in order); returns how many were written."""
+    from onceflow.connectors.kafka._common import import_kafka
+
+    ck = import_kafka()
+    cfg = config or NexmarkConfig()
+    if create:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+            try:
+                f.result(30)
+            except ck.KafkaException as e:
+                if "TOPIC_ALREADY_EXISTS" not in str(e):
+                    raise
+    p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                     "enable.idempotence": True, "queue.buffering.max.messages": 500000})
+    gen = Generator(cfg)
+    for n in range(cfg.events):
+        value = orjson.dumps(gen.event(n))
+        while True:
+            try:
+                p.produce(topic, value, partition=n % partitions)
+                break
+            except BufferError:
+                p.poll(0.1)
+        if n % 10000 == 0:
+            p.poll(0)
+    if p.flush(120) != 0:
+        raise ConfigurationError(f"prefill_kafka: not every event reached {topic} at {bootstrap}")
+    return cfg.events

@@ -1,0 +1,125 @@
+"""The Nexmark generator: deterministic from its seed, replayable from any event number,
+the standard proportions and skew, event time independent of reading speed, disorder,
+late events and an idle split; and its source replays exactly after a real SIGKILL."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from pathlib import Path
+
+import joinjobs
+import pytest
+from jobproc import JobProcess, kill_randomly
+
+import onceflow as of
+from onceflow.errors import ConfigurationError
+from onceflow.nexmark import Generator, NexmarkConfig, NexmarkSource, kind_of, watermarks
+
+JOB = str(Path(__file__).with_name("joinjobs.py"))
+
+
+def test_same_seed_same_events_any_start_and_another_seed_differs() -> None:
+    a = Generator(NexmarkConfig(seed=3)).events(0, 5000)
+    assert a == Generator(NexmarkConfig(seed=3)).events(0, 5000)
+    g = Generator(NexmarkConfig(seed=3))
+    assert [g.event(n) for n in (0, 17, 4999)] == [a[0], a[17], a[4999]]
+    assert g.events(1234, 5000, 7) == a[1234:5000:7]  # a split starting anywhere
+    b = Generator(NexmarkConfig(seed=4)).events(0, 5000)
+    assert sum(x != y for x, y in zip(a, b, strict=True)) > 4000
+
+
+def test_proportions_ids_and_skew() -> None:
+    ev = Generator(NexmarkConfig(seed=0)).events(0, 100_000)
+    kinds = Counter(e["kind"] for e in ev)
+    assert kinds == {"person": 2000, "auction": 6000, "bid": 92000}  # 1 : 3 : 46
+    assert [kind_of(n) for n in range(50)].count("auction") == 3
+    people = [e["id"] for e in ev if e["kind"] == "person"]
+    auctions = [e for e in ev if e["kind"] == "auction"]
+    assert people == list(range(1000, 3000))
+    assert [a["id"] for a in auctions] == list(range(1000, 7000))
+    bids = [e for e in ev if e["kind"] == "bid"]
+    hot_auction = sum(b["auction"] % 100 == 0 for b in bids) / len(bids)
+    hot_bidder = sum(b["bidder"] % 100 == 1 for b in bids) / len(bids)
+    hot_seller = sum(a["seller"] % 100 == 0 for a in auctions) / len(auctions)
+    assert 0.47 < hot_auction < 0.55  # 1 - 1/2 plus the random ones that hit a multiple
+    assert 0.72 < hot_bidder < 0.78  # 1 - 1/4
+    assert 0.72 < hot_seller < 0.80
+    # bids go to auctions that exist or are about to (in flight, a few ids ahead)
+    for n, e in enumerate(ev):
+        if e["kind"] == "bid":
+            newest = (n // 50) * 3 + 2 + 1000
+            assert newest - 100 - 1 <= e["auction"] <= newest + 10
+    assert {a["category"] for a in auctions} == {10, 11, 12, 13, 14}
+    assert {e["state"] for e in ev if e["kind"] == "person"} <= {"AZ", "CA", "ID", "OR",
+                                                                  "WA", "WY"}
+    prices = sorted(b["price"] for b in bids)
+    assert prices[0] >= 100 and prices[-1] <= 100_000_000
+    assert prices[len(prices) // 2] < 200_000  # log-uniform: the median is far below the mean
+
+
+def test_event_time_rate_disorder_and_late_events() -> None:
+    ev = Generator(NexmarkConfig(seed=1, rate=1000.0, base_time=50.0)).events(0, 3000)
+    assert [e["date_time"] for e in ev] == [50.0 + n / 1000.0 for n in range(3000)]
+    cfg = NexmarkConfig(seed=1, rate=1000.0, out_of_orderness=2.0, late_fraction=0.01,
+                        late_by=1.5)
+    ev = Generator(cfg).events(0, 50_000)
+    late = 0
+    for n, e in enumerate(ev):
+        nominal = n / 1000.0
+        if e["date_time"] < nominal - 2.0:
+            late += 1
+            assert e["date_time"] == pytest.approx(nominal - 3.5)
+        else:
+            assert nominal - 2.0 <= e["date_time"] <= nominal
+    assert 350 < late < 650  # 1 %
+    ooo = sum(a["date_time"] > b["date_time"] for a, b in itertools.pairwise(ev))
+    assert ooo > 10_000  # really out of order
+
+
+def test_source_replays_from_any_position_and_an_idle_split_ends(tmp_path: Path) -> None:
+    src = NexmarkSource(NexmarkConfig(events=1000, seed=5), partitions=3,
+                        idle_partition=True, idle_seconds=0.3)
+    splits = src.splits(2)
+    assert len(splits) == 4
+    rd = src.reader(splits[1], src.initial_position(splits[1]))
+    first = rd.read_batch(100)
+    pos = rd.position()
+    rest = rd.read_batch(1000)
+    again = src.reader(splits[1], pos).read_batch(1000)
+    assert again == rest
+    gen = Generator(NexmarkConfig(events=1000, seed=5))
+    assert (first or []) + (rest or []) == gen.events(1, 1000, 3)
+    idle = src.reader(splits[3], 0)
+    assert idle.read_batch(10) == []
+    flow = of.Flow("nexmark-idle", parallelism=2)
+    (flow.source(src, watermarks=watermarks(idleness=0.1)).map(lambda e: e["kind"])
+         .sink(of.sinks.FileSink(tmp_path / "o")))
+    flow.run()
+    assert Counter(of.sinks.read_committed(tmp_path / "o")) == \
+        {"person": 20, "auction": 60, "bid": 920}
+    with pytest.raises(ConfigurationError, match="late_fraction"):
+        NexmarkConfig(late_fraction=2).validate()
+
+
+class NexmarkJob(JobProcess):
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.out, self.ckpt = tmp / "out", tmp / "ckpt"
+
+    def command(self) -> list[str]:
+        return [JOB, "nexmark", "--out", str(self.out), "--ckpt", str(self.ckpt),
+                "--records", "30000", "--rate", "5000"]
+
+
+def test_nexmark_source_replays_exactly_after_sigkill(tmp_path: Path) -> None:
+    job = NexmarkJob(tmp_path)
+    job.start()
+    delivered = kill_randomly(job, random.Random("nexmark"), kills=2)
+    code, result = job.wait(timeout=180)
+    assert code == 0, job.tail(3000)
+    assert result is not None and delivered >= 1 and result["restarts"] >= 1
+    got = joinjobs.committed(str(job.out))
+    want = joinjobs.expected("nexmark", 30000)
+    assert got == want, f"{sum(got.values())} committed vs {sum(want.values())}"

@@ -1,0 +1,365 @@
+"""Windows: the issue's program as written, every window kind and function, triggers,
+late firings and late data, and bad input named at build time or at the record."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import onceflow as of
+from onceflow.graph.logical import Kind, Node
+from onceflow.runtime.operators import OperatorEnv
+from onceflow.runtime.window import WindowOperator
+
+WS0 = of.WatermarkStrategy.bounded_out_of_orderness(0.0)
+
+
+def _run(build: Any, tmp: Path, events: list[Any], *, parallelism: int = 1,
+         batch_size: int = 1, ts: Any = None, strategy: Any = None) -> dict[str, list[Any]]:
+    """Run ``build(stream) -> {name: stream}`` over ``events`` (one split, one record per
+    batch unless told, so watermarks are deterministic) and return what each sink got."""
+    flow = of.Flow("w", parallelism=parallelism, batch_size=batch_size)
+    ws = (strategy or WS0).with_timestamps(ts or (lambda e: e[1]))
+    src = flow.source(of.sources.Collection(events), watermarks=ws, parallelism=1)
+    outs = build(src)
+    for name, stream in outs.items():
+        stream.sink(of.sinks.FileSink(str(tmp / name)), name=name)
+    flow.run()
+    return {n: [tuple(r) if isinstance(r, list) else r
+                for r in of.sinks.read_committed(str(tmp / n))] for n in outs}
+
+
+def test_the_issue_program_runs_as_written(tmp_path: Path) -> None:
+    events = [{"user": f"u{i % 3}", "ts": float(i)} for i in range(0, 300)]
+    events.insert(200, {"user": "u1", "ts": 3.0})  # 197 s behind: past lateness, late
+    os.chdir(tmp_path)
+    import onceflow as of
+
+    flow = of.Flow("clicks", parallelism=2)
+    flow.enable_checkpointing(interval=1.0, storage="ckpt")
+    ws = (of.WatermarkStrategy.bounded_out_of_orderness(5.0)
+            .with_timestamps(lambda e: e["ts"])
+            .with_idleness(10.0))
+    clicks = flow.source(of.sources.Collection(events), watermarks=ws)
+    late = of.OutputTag("late")
+    per_user = (clicks.key_by(lambda e: e["user"])
+                      .window(of.windows.tumbling(60.0))      # also sliding(size, slide),
+                      .allowed_lateness(30.0)                 # session(gap), global_() with
+                      .side_output_late_data(late)            # a trigger, count(n)
+                      .aggregate(of.agg.count()))             # also reduce(fn), process(fn),
+    per_user.sink(of.sinks.FileSink("counts"))           # aggregate(AggregateFunction)
+    per_user.side_output(late).sink(of.sinks.FileSink("late"))
+    flow.run()
+    counts: dict[tuple[Any, ...], int] = {}
+    for k, s, e, c in of.sinks.read_committed("counts"):
+        counts[(k, s, e)] = max(counts.get((k, s, e), 0), c)
+    late_recs = list(of.sinks.read_committed("late"))
+    want = {(f"u{u}", s, s + 60.0): 20 for u in range(3) for s in (0.0, 60.0, 120.0, 180.0,
+                                                                   240.0)}
+    if late_recs:  # the whole collection may be one batch: then nothing is late yet
+        assert late_recs == [{"user": "u1", "ts": 3.0}]
+    else:
+        want[("u1", 0.0, 60.0)] += 1
+    assert counts == want
+
+
+def test_tumbling_reduce_and_window_all(tmp_path: Path) -> None:
+    events = [("a" if i % 2 else "b", float(i)) for i in range(20)]
+    got = _run(lambda s: {
+        "keyed": s.key_by(lambda e: e[0]).window(of.windows.tumbling(5.0))
+                  .reduce(lambda x, y: (x[0], x[1] + y[1])),
+        "all": s.window_all(of.windows.tumbling(10.0)).aggregate(of.agg.sum(lambda e: e[1])),
+    }, tmp_path, events)
+    want = {}
+    for k in "ab":
+        for s in (0.0, 5.0, 10.0, 15.0):
+            vals = [t for kk, t in events if kk == k and s <= t < s + 5]
+            want[(k, s, s + 5.0)] = [k, sum(vals)]
+    assert {(k, s, e): list(v) for k, s, e, v in got["keyed"]} == want
+    assert sorted(got["all"]) == [(None, 0.0, 10.0, 45.0), (None, 10.0, 20.0, 145.0)]
+
+
+def test_sliding_process_and_aggregate_with_process(tmp_path: Path) -> None:
+    events = [("k", float(i)) for i in range(12)]
+    got = _run(lambda s: {
+        "p": s.key_by(lambda e: e[0]).window(of.windows.sliding(4.0, 2.0))
+              .process(lambda key, w, els: (key, w.start, w.end, [t for _, t in els])),
+        "ap": s.key_by(lambda e: e[0]).window(of.windows.sliding(4.0, 2.0))
+               .aggregate(of.agg.max(lambda e: e[1]), process=lambda k, w, m: m - w.start),
+    }, tmp_path, events)
+    p = sorted((s, e, tuple(v[3])) for _, s, e, v in got["p"])
+    assert p == [(s, s + 4.0, tuple(float(t) for t in range(12) if s <= t < s + 4))
+                 for s in (-2.0, 0.0, 2.0, 4.0, 6.0, 8.0, 10.0)]
+    assert sorted((s, v) for _, s, _, v in got["ap"]) == \
+        [(-2.0, 3.0), (0.0, 3.0), (2.0, 3.0), (4.0, 3.0), (6.0, 3.0), (8.0, 3.0), (10.0, 1.0)]
+
+
+def test_results_carry_a_timestamp_just_below_the_window_end(tmp_path: Path) -> None:
+    """A second tumbling window of the same size puts each result into the same window."""
+    events = [("k", float(i)) for i in range(20)]
+    got = _run(lambda s: {
+        "two": s.key_by(lambda e: e[0]).window(of.windows.tumbling(10.0))
+                .aggregate(of.agg.count())
+                .window_all(of.windows.tumbling(10.0))
+                .process(lambda k, w, els: [tuple(e[1:3]) for e in els]),
+    }, tmp_path, events)
+    assert sorted(got["two"]) == [(None, 0.0, 10.0, [[0.0, 10.0]]),
+                                  (None, 10.0, 20.0, [[10.0, 20.0]])]
+
+
+def test_late_firing_updates_the_result_and_later_records_go_to_the_side_output(
+        tmp_path: Path) -> None:
+    events = [("a", 1.0), ("a", 2.0), ("a", 12.0), ("a", 5.0), ("a", 30.0), ("a", 6.0)]
+    late = of.OutputTag("late")
+
+    def build(s: Any) -> dict[str, Any]:
+        w = (s.key_by(lambda e: e[0]).window(of.windows.tumbling(10.0))
+              .allowed_lateness(5.0).side_output_late_data(late).aggregate(of.agg.count()))
+        return {"w": w, "late": w.side_output(late)}
+
+    got = _run(build, tmp_path, events)
+    assert got["w"] == [("a", 0.0, 10.0, 2), ("a", 0.0, 10.0, 3), ("a", 10.0, 20.0, 1),
+                        ("a", 30.0, 40.0, 1)]
+    assert got["late"] == [("a", 6.0)]
+
+
+def test_sessions_merge_with_static_and_dynamic_gaps(tmp_path: Path) -> None:
+    events = [("a", 0.0), ("a", 2.0), ("b", 2.5), ("a", 9.0), ("a", 5.0), ("b", 20.0)]
+    got = _run(lambda s: {
+        "static": s.key_by(lambda e: e[0]).window(of.windows.session(3.0))
+                   .aggregate(of.agg.count()),
+        "dynamic": s.key_by(lambda e: e[0])
+                    .window(of.windows.session(lambda e: 10.0 if e[0] == "b" else 1.0))
+                    .aggregate(of.agg.count()),
+    }, tmp_path, events, strategy=of.WatermarkStrategy.bounded_out_of_orderness(10.0))
+    # a: 0, 2, 5 chain (each within 3 s of the last: [0, 8)); 9 starts a new session
+    assert sorted(got["static"]) == [("a", 0.0, 8.0, 3), ("a", 9.0, 12.0, 1), ("b", 2.5, 5.5, 1),
+                                     ("b", 20.0, 23.0, 1)]
+    assert sorted(got["dynamic"]) == [("a", 0.0, 1.0, 1), ("a", 2.0, 3.0, 1),
+                                      ("a", 5.0, 6.0, 1), ("a", 9.0, 10.0, 1),
+                                      ("b", 2.5, 12.5, 1), ("b", 20.0, 30.0, 1)]
+
+
+def test_count_windows_global_with_triggers_and_purging(tmp_path: Path) -> None:
+    events = [("a" if i % 3 else "b", float(i)) for i in range(14)]
+    got = _run(lambda s: {
+        "count": s.key_by(lambda e: e[0]).window(of.windows.count(3))
+                  .aggregate(of.agg.sum(lambda e: e[1])),
+        "global": s.key_by(lambda e: e[0]).window(of.windows.global_())
+                   .trigger(of.windows.CountTrigger(4)).aggregate(of.agg.count()),
+        "purging": s.key_by(lambda e: e[0]).window(of.windows.tumbling(100.0))
+                    .trigger(of.windows.PurgingTrigger(of.windows.CountTrigger(4)))
+                    .aggregate(of.agg.count()),
+    }, tmp_path, events)
+    # FileSink writes the global window's bounds (-inf, inf) as JSON null
+    a = [t for k, t in events if k == "a"]
+    b = [t for k, t in events if k == "b"]
+    want = [("a", None, None, sum(a[i:i + 3])) for i in range(0, len(a) - 2, 3)] + \
+        [("b", None, None, sum(b[i:i + 3])) for i in range(0, len(b) - 2, 3)]
+    assert sorted(got["count"]) == sorted(want)
+    # not purged: the count keeps growing
+    assert sorted(got["global"]) == [("a", None, None, 4), ("a", None, None, 8),
+                                     ("b", None, None, 4)]
+    assert sorted(got["purging"]) == [("a", 0.0, 100.0, 4), ("a", 0.0, 100.0, 4),
+                                      ("b", 0.0, 100.0, 4)]
+
+
+def test_continuous_event_time_trigger_fires_early_and_at_the_end(tmp_path: Path) -> None:
+    events = [("k", float(i)) for i in range(50)]
+    got = _run(lambda s: {
+        "c": s.key_by(lambda e: e[0]).window(of.windows.tumbling(50.0))
+              .trigger(of.windows.ContinuousEventTimeTrigger(10.0))
+              .aggregate(of.agg.count()),
+    }, tmp_path, events)
+    counts = [v for _, _, _, v in got["c"]]
+    assert counts == sorted(counts) and counts[-1] == 50
+    assert len(counts) >= 5, counts  # early firings at 10, 20, 30, 40, then the end
+
+
+def test_processing_time_windows_fire_by_the_end_of_input(tmp_path: Path) -> None:
+    flow = of.Flow("pt", parallelism=2)
+    (flow.source(of.sources.Range(0, 5000))
+         .key_by(lambda i: i % 4)
+         .window(of.windows.tumbling(0.05, time="processing"))
+         .aggregate(of.agg.count())
+         .sink(of.sinks.FileSink(str(tmp_path / "o")), name="o"))
+    flow.run()
+    got = list(of.sinks.read_committed(str(tmp_path / "o")))
+    assert sum(r[3] for r in got) == 5000
+    assert {r[0] for r in got} == {0, 1, 2, 3}
+    assert all(r[2] - r[1] == pytest.approx(0.05, abs=1e-6) for r in got)
+
+
+def test_builtin_aggregates() -> None:
+    vals = [3, 1, 4, 1, 5, 9, 2, 6]
+    for agg, want in [(of.agg.count(), 8), (of.agg.sum(), 31), (of.agg.min(), 1),
+                      (of.agg.max(), 9), (of.agg.mean(), 31 / 8),
+                      (of.agg.count_distinct(), 7)]:
+        acc = agg.add_all(vals[:3], agg.create_accumulator())
+        other = agg.create_accumulator()
+        for v in vals[3:]:
+            other = agg.add(v, other)
+        assert agg.get_result(agg.merge(acc, other)) == want, agg
+    assert of.agg.sum(lambda r: r["v"]).add_all([{"v": 2}, {"v": 3}], 0) == 5
+
+
+# --- late records counted, bad input ------------------------------------------------------
+def _op(assigner: Any, **kw: Any) -> WindowOperator:
+    from onceflow.api.windowing import WindowedStream
+
+    flow = of.Flow("unit")
+    src = flow.source(of.sources.Range(0, 1),
+                      watermarks=WS0.with_timestamps(float))
+    ws = WindowedStream(flow, src._node, lambda r: r[0], assigner)
+    if "lateness" in kw:
+        ws.allowed_lateness(kw["lateness"])
+    if "late" in kw:
+        ws.side_output_late_data(of.OutputTag(kw["late"]))
+    node: Node = ws.aggregate(of.agg.count(), name="win")._node
+    assert node.kind is Kind.WINDOW
+    op = WindowOperator(node, lambda r: r[0])
+    op.open(OperatorEnv("unit", 0, 1, 128, (0, 128), 0))
+    return op
+
+
+def test_late_records_without_a_consumed_tag_are_counted_not_lost() -> None:
+    op = _op(of.windows.tumbling(10.0), late="late")  # a tag, but nobody reads it
+    op.watermark = 100.0
+    op.process_ts([("a", 1), ("a", 2), ("a", 100)], [1.0, 2.0, 100.0])
+    assert op.late_dropped == 2
+    op.side_wanted = frozenset({"late"})
+    op.process_ts([("b", 3)], [3.0])
+    assert op.late_dropped == 2 and op.side["late"][0] == [("b", 3)]
+
+
+@pytest.mark.parametrize(("assigner", "setting"), [
+    (lambda: of.windows.tumbling(0), "size must be a number of seconds > 0, got 0"),
+    (lambda: of.windows.tumbling(-5.0), "size must be"),
+    (lambda: of.windows.sliding(10.0, 20.0), "slide must be <= size"),
+    (lambda: of.windows.sliding(10.0, 0), "slide must be a number of seconds > 0"),
+    (lambda: of.windows.session(0.0), "gap must be a number of seconds > 0"),
+    (lambda: of.windows.count(0), "n must be an integer >= 1"),
+    (lambda: of.windows.global_(), "never fire by themselves"),
+])
+def test_bad_window_settings_name_the_operator_and_setting(assigner: Any, setting: str) -> None:
+    flow = of.Flow("bad")
+    src = flow.source(of.sources.Range(0, 10), watermarks=WS0.with_timestamps(float))
+    with pytest.raises(of.ConfigurationError, match="window operator 'counts'") as e:
+        src.key_by(lambda i: i % 2).window(assigner()).aggregate(of.agg.count(), name="counts")
+    assert setting in str(e.value)
+
+
+def test_negative_lateness_is_refused() -> None:
+    flow = of.Flow("bad")
+    src = flow.source(of.sources.Range(0, 10), watermarks=WS0.with_timestamps(float))
+    with pytest.raises(of.ConfigurationError, match=r"'w'.*allowed_lateness\(-1.0\)"):
+        src.key_by(lambda i: i).window(of.windows.tumbling(5.0)).allowed_lateness(-1.0) \
+            .reduce(lambda a, b: a, name="w")
+
+
+def test_event_time_window_without_timestamps_says_what_to_add() -> None:
+    flow = of.Flow("bad")
+    src = flow.source(of.sources.Range(0, 10))
+    with pytest.raises(of.ConfigurationError) as e:
+        src.key_by(lambda i: i).window(of.windows.tumbling(5.0)).aggregate(
+            of.agg.count(), name="per-key")
+    msg = str(e.value)
+    assert "'per-key'" in msg and "watermarks=" in msg and \
+        "assign_timestamps_and_watermarks" in msg
+
+
+def test_a_bad_dynamic_gap_names_the_record(tmp_path: Path) -> None:
+    flow = of.Flow("bad", restart_strategy=of.restart.no_restart())
+    (flow.source(of.sources.Collection([("a", 1.0, 2.0), ("b", 2.0, -1.0)]),
+                 watermarks=WS0.with_timestamps(lambda e: e[1]))
+         .key_by(lambda e: e[0])
+         .window(of.windows.session(lambda e: e[2]))
+         .aggregate(of.agg.count(), name="sessions")
+         .sink(of.sinks.Discard()))
+    with pytest.raises(of.JobFailedError) as e:
+        flow.run()
+    msg = str(e.value)
+    assert "sessions" in msg and "-1.0" in msg and "('b', 2.0, -1.0)" in msg
+
+
+def test_a_failing_aggregate_names_the_record(tmp_path: Path) -> None:
+    flow = of.Flow("bad", restart_strategy=of.restart.no_restart())
+    (flow.source(of.sources.Collection([1.0, 2.0, "x", 4.0]),
+                 watermarks=WS0.with_timestamps(lambda e: 1.0))
+         .key_by(lambda e: 0)
+         .window(of.windows.tumbling(10.0))
+         .aggregate(of.agg.sum(), name="total")
+         .sink(of.sinks.Discard()))
+    with pytest.raises(of.JobFailedError) as e:
+        flow.run()
+    assert "total" in str(e.value) and "'x'" in str(e.value)
+
+
+def _pane_op(assigner: Any, lateness: float, backend: Any = None) -> WindowOperator:
+    from onceflow.api.windowing import WindowedStream
+    from onceflow.runtime.window import PaneWindowOperator, make_window_operator
+
+    flow = of.Flow("unit")
+    src = flow.source(of.sources.Range(0, 1), watermarks=WS0.with_timestamps(float))
+    ws = WindowedStream(flow, src._node, lambda r: r[0], assigner).allowed_lateness(lateness)
+    op = make_window_operator(ws.aggregate(of.agg.count(), name="w")._node, lambda r: r[0])
+    assert isinstance(op, PaneWindowOperator)
+    op.open(OperatorEnv("unit", 0, 1, 128, (0, 128), 0, state_backend=backend))
+    return op
+
+
+@pytest.mark.parametrize(("size", "slide", "lateness"), [
+    (10.0, 10.0, 0.0), (10.0, 2.5, 0.0), (10.0, 2.5, 4.0), (6.0, 1.0, 7.5), (4.0, 4.0, 3.0)])
+@pytest.mark.parametrize(("seed", "fused"), [(1, True), (2, True), (3, False)])
+def test_panes_equal_a_brute_force_reference(size: float, slide: float, lateness: float,
+                                             seed: int, fused: bool) -> None:
+    """Random out-of-order records and watermark jumps of several slides: the last result
+    of every window equals its count of records that were not late for it, and records
+    late for all their windows are counted. (Both record paths: one pass, and grouped as
+    for RocksDB and process functions. No RocksDB store here: this process forks the
+    workers of other tests, and must not hold RocksDB threads when it does.)"""
+    import random
+
+    rng = random.Random(seed)
+    op = _pane_op(of.windows.sliding(size, slide) if slide != size
+                  else of.windows.tumbling(size), lateness)
+    op._fused = fused
+    n = round(size / slide)
+    want: dict[tuple[Any, ...], int] = {}
+    late = 0
+    got: dict[tuple[Any, ...], list[int]] = {}
+    wm = -math.inf
+    t0 = 0.0
+    for _ in range(60):
+        batch = []
+        for _ in range(rng.randrange(0, 6)):
+            t = round(t0 - rng.uniform(0, 3 * size), 2)
+            batch.append((rng.choice("abc"), t))
+        for k, t in batch:
+            last = math.floor(t / slide)
+            ends = [j * slide + size for j in range(last - n + 1, last + 1)]
+            live = [e for e in ends if e + lateness > wm]
+            if not live:
+                late += 1
+            for e in live:
+                want[(k, e - size, e)] = want.get((k, e - size, e), 0) + 1
+        out, _ = op.process_ts(batch, [t for _, t in batch])
+        t0 += rng.uniform(0, 3 * slide)
+        wm = max(wm, t0 - rng.uniform(0, size))
+        op.watermark = wm
+        out += op.on_watermark(wm)[0]
+        for k, s, e, v in out:
+            got.setdefault((k, s, e), []).append(v)
+    op.watermark = math.inf
+    for k, s, e, v in op.on_watermark(math.inf)[0]:
+        got.setdefault((k, s, e), []).append(v)
+    assert {w: vs[-1] for w, vs in got.items()} == want
+    assert all(vs == sorted(vs) for vs in got.values())
+    if lateness == 0:
+        assert all(len(vs) == 1 for vs in got.values())
+    assert op.late_dropped == late
+    op.close()

@@ -15,9 +15,13 @@ def _positions(ckpt: Any) -> dict[str, dict[tuple[str, int], int]]:
     """{source uid: {(topic, partition): next offset}} of every operator whose state is a
     split reader's positions ``[(split, {(topic, partition): offset}, finished), ...]``."""
     out: dict[str, dict[tuple[str, int], int]] = {}
-    for uid, entry in ckpt.meta["operators"].items():
-        for f in entry["files"]:
-            st = ckpt.read_state(f["file"])["ops"].get(uid)
+    meta = ckpt.meta
+    operators = meta["operators"] if isinstance(meta, dict) else meta.operators
+    for uid, entry in operators.items():
+        files = entry["files"] if isinstance(entry, dict) else entry.files
+        for f in files:
+            name = f["file"] if isinstance(f, dict) else f.file
+            st = ckpt.read_state(name)["ops"].get(uid)
             if not isinstance(st, list):
                 continue
             for item in st:

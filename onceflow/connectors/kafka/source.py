@@ -150,9 +150,24 @@ class KafkaSource(Source):
         if not tps:
             return {}
         req = {ck.TopicPartition(t, p): spec for t, p in tps}
-        futs = admin.list_offsets(req, isolation_level=ck.IsolationLevel.READ_COMMITTED,
-                                  request_timeout=self.timeout)
-        return {(tp.topic, tp.partition): f.result().offset for tp, f in futs.items()}
+        # A broker that just restarted answers for a while with retriable errors (e.g.
+        # UNKNOWN_LEADER_EPOCH while partition leadership is re-established): retry those
+        # for up to a minute instead of failing the job.
+        deadline = time.monotonic() + 60.0
+        while True:
+            futs = admin.list_offsets(req, isolation_level=ck.IsolationLevel.READ_COMMITTED,
+                                      request_timeout=self.timeout)
+            try:
+                return {(tp.topic, tp.partition): f.result().offset for tp, f in futs.items()}
+            except ck.KafkaException as e:
+                err = e.args[0] if e.args else None
+                transient = err is not None and (err.retriable() or err.code() in (
+                    ck.KafkaError.UNKNOWN_LEADER_EPOCH, ck.KafkaError.LEADER_NOT_AVAILABLE,
+                    ck.KafkaError.NOT_LEADER_FOR_PARTITION, ck.KafkaError._TRANSPORT,
+                    ck.KafkaError._TIMED_OUT, ck.KafkaError._ALL_BROKERS_DOWN))
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def validate(self) -> None:
         ck = import_kafka()

@@ -60,6 +60,14 @@ bench: $(VENV)/.synced
 bench-w3: $(VENV)/.synced
 	$(PY) benchmarks/w3.py
 
+# W2 on this machine: the plain Kafka client loop (ceiling), onceflow exactly-once and
+# at-least-once at parallelism 1 and 2, and end-to-end latency at 20,000 records/s
+# (results: benchmarks/results/w2.json + w2.md; W2_RECORDS, W2_ROUNDS to change the size).
+.PHONY: bench-w2
+bench-w2: $(VENV)/.synced
+	scripts/kafka start
+	$(PY) benchmarks/w2.py
+
 # W5 Nexmark (not part of make test): q0-q3 in-process, p1/p2, memory/RocksDB, exactly-once
 # checkpoints every 10 s, 3 interleaved runs; NEXMARK_ARGS="--events 300000 --runs 1" for less,
 # NEXMARK_ARGS="--input kafka" to read pre-filled Kafka topics and write results to Kafka.
@@ -73,7 +81,10 @@ compare: $(VENV)/.synced
 	scripts/kafka start
 	$(PY) benchmarks/compare/run.py
 
-# Long chaos run: random shapes and kills for ONCEFLOW_SOAK_MINUTES (default 10).
+# Long chaos run: random shapes and kills for ONCEFLOW_SOAK_MINUTES (default 10) on the
+# embedded path, and with a Kafka broker and a PostgreSQL server of its own (broker and
+# database restarts too); results in benchmarks/results/soak-servers.json
+# (ONCEFLOW_SOAK_RESULTS).
 soak: $(VENV)/.synced
 	$(PY) -m pytest -q tests -m soak
 

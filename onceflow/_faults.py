@@ -7,6 +7,11 @@ the point with matching context creates the token file (atomically, O_EXCL) and 
 itself with SIGKILL, so a fault fires exactly once per token even across restarts. Without
 ``ONCEFLOW_FAULT`` every call is a cheap no-op.
 
+With ``ONCEFLOW_FAULT_ACTION=pause`` the process does not kill itself: it writes the token
+file and waits (up to ``ONCEFLOW_FAULT_PAUSE`` seconds, default 300) until a file named
+like the token plus ``.go`` exists, then carries on. Tests use it to break something else
+(kill the Kafka broker, terminate a database connection) at exactly that moment.
+
 Named points (context keys in brackets):
 - ``source.after_batch`` [task, subtask, records]: a source emitted a batch, ``records`` in all
 - ``snapshot.sync`` [checkpoint, task, subtask]: inside a task's synchronous snapshot phase
@@ -18,6 +23,9 @@ Named points (context keys in brackets):
 - ``restore.inflight`` [task, subtask]: a restored task is replaying in-flight data
 - ``snapshot.upload`` [checkpoint, task, subtask]: a backend's files (RocksDB SST files,
   changelog) are uploaded, the subtask's state file is not written yet
+- ``sink.pre_commit`` [subtask]: inside a Kafka or PostgreSQL sink's pre-commit, before
+  it flushes / prepares
+- ``sink.commit`` [subtask]: a PostgreSQL sink is about to send ``COMMIT PREPARED``
 - ``sink.after_pre_commit`` [checkpoint, subtask]: a 2PC sink pre-committed, before the ack
 - ``coordinator.before_metadata_rename`` [checkpoint]: driver, all acks in, metadata not yet
   visible
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 _SPEC = os.environ.get("ONCEFLOW_FAULT", "")
 _TOKEN = os.environ.get("ONCEFLOW_FAULT_TOKEN", "")
@@ -80,4 +89,9 @@ def point(name: str, **ctx: object) -> None:
         os.write(fd, f"{name} pid={os.getpid()} {ctx}\n".encode())
         os.fsync(fd)
         os.close(fd)
+    if os.environ.get("ONCEFLOW_FAULT_ACTION") == "pause":
+        deadline = time.monotonic() + float(os.environ.get("ONCEFLOW_FAULT_PAUSE", "300"))
+        while not os.path.exists(_TOKEN + ".go") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return
     os.kill(os.getpid(), signal.SIGKILL)

@@ -116,6 +116,11 @@ class RecordFormatError(OnceflowError):
     """A source met input it cannot decode. The message names the file and byte offset."""
 
 
+class OutputLostError(OnceflowError):
+    """A sink found output of a completed checkpoint lost (e.g. a Kafka transaction the
+    broker aborted). Restarting cannot bring it back, so the job fails at once instead of
+    restarting."""
+
 class ConnectorError(OnceflowError):
     """An external system a source or sink talks to failed or refused; the message names
     the connector and what it was doing, ``__cause__`` is the library's own error."""
@@ -132,7 +137,7 @@ class KafkaProtocolError(ConnectorError):
         return (type(self), (str(self), self.code))
 
 
-class KafkaTransactionLostError(ConnectorError):
+class KafkaTransactionLostError(ConnectorError, OutputLostError):
     """A transaction that a completed checkpoint covers can no longer be committed (the
     broker aborted it, usually because ``transaction.timeout.ms`` passed)."""
 

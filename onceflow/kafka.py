@@ -49,7 +49,8 @@ def KafkaSink(bootstrap_servers: str, topic: str, *,
               headers: Callable[[Any], Any] | None = None,
               transaction_timeout_ms: int = DEFAULT_TRANSACTION_TIMEOUT_MS,
               producer_config: dict[str, Any] | None = None,
-              operation_timeout: float = 60.0) -> KafkaTransactionalSink | KafkaPlainSink:
+              operation_timeout: float = 60.0,
+              on_lost_transaction: str = "fail") -> KafkaTransactionalSink | KafkaPlainSink:
     """A sink writing each record to ``topic``.
 
     ``guarantee``: ``"exactly_once"`` (Kafka transactions committed on checkpoint
@@ -63,7 +64,12 @@ def KafkaSink(bootstrap_servers: str, topic: str, *,
     ``{prefix}-{subtask}-{slot}``; must be unique per job and stable across restarts.
     ``transaction_timeout_ms`` must be at most the brokers' ``transaction.max.timeout.ms``
     (checked at start) and well above checkpoint interval + checkpoint timeout + restart
-    time."""
+    time.
+    ``on_lost_transaction``: what happens when a transaction that a completed checkpoint
+    covers turns out aborted by the broker (it outlived ``transaction_timeout_ms``, e.g.
+    during a long outage) so that its output is lost: ``"fail"`` (default) fails the job
+    with :class:`KafkaTransactionLostError`; ``"continue"`` logs the same error (event
+    ``kafka_transaction_lost``), counts it and carries on."""
     if guarantee not in GUARANTEES:
         raise ConfigurationError(f"KafkaSink: guarantee={guarantee!r}; use one of {GUARANTEES}")
     if guarantee == "exactly_once":
@@ -71,7 +77,8 @@ def KafkaSink(bootstrap_servers: str, topic: str, *,
             bootstrap_servers, topic, transactional_id_prefix=transactional_id_prefix, key=key,
             partition=partition, serializer=serializer, key_serializer=key_serializer,
             headers=headers, transaction_timeout_ms=transaction_timeout_ms,
-            producer_config=producer_config, operation_timeout=operation_timeout)
+            producer_config=producer_config, operation_timeout=operation_timeout,
+            on_lost_transaction=on_lost_transaction)
     return KafkaPlainSink(bootstrap_servers, topic, guarantee=guarantee, key=key,
                           partition=partition, serializer=serializer,
                           key_serializer=key_serializer, headers=headers,

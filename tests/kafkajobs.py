@@ -30,7 +30,7 @@ def make_input(i: int) -> dict[str, Any]:
 
 
 def build(flow: of.Flow, bootstrap: str, inp: str, out: str, rate: float,
-          prefix: str | None) -> None:
+          prefix: str | None, txn_timeout_ms: int = 120_000, **sink_kw: Any) -> None:
     (flow.source(KafkaSource(bootstrap, [inp], deserializer="json", value_only=True,
                              stop_at="end"), name="kafka-in")
          .map(throttle(rate, every=64), name="throttle")
@@ -41,7 +41,7 @@ def build(flow: of.Flow, bootstrap: str, inp: str, out: str, rate: float,
                                "id": b["id"], "amount": b["amount"]}, name="total")
          .sink(KafkaSink(bootstrap, out, key=lambda r: r["user"], key_serializer="str",
                          serializer="json", transactional_id_prefix=prefix,
-                         transaction_timeout_ms=120_000),
+                         transaction_timeout_ms=txn_timeout_ms, **sink_kw),
                name="kafka-out"))
 
 
@@ -97,13 +97,26 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="records/s per subtask")
     ap.add_argument("--prefix", default=None)
     ap.add_argument("--restore", default=None)
+    ap.add_argument("--attempts", type=int, default=20)
+    ap.add_argument("--delay", type=float, default=0.2)
+    ap.add_argument("--txn-timeout-ms", type=int, default=120_000)
+    ap.add_argument("--on-lost", default=None, help="KafkaSink(on_lost_transaction=...)")
+    ap.add_argument("--unchecked-timeout", action="store_true",
+                    help="skip the sink's transaction timeout check (to provoke a timeout)")
     args = ap.parse_args()
+    if args.unchecked_timeout:
+        from onceflow.connectors.kafka.sink import KafkaTransactionalSink
+        KafkaTransactionalSink.validate_checkpointing = (  # type: ignore[method-assign]
+            lambda self, interval, timeout: None)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     flow = of.Flow("kafka-totals", parallelism=args.parallelism, batch_size=64,
-                   restart_strategy=of.restart.fixed_delay(attempts=20, delay=0.2))
+                   restart_strategy=of.restart.fixed_delay(attempts=args.attempts,
+                                                           delay=args.delay))
     flow.enable_checkpointing(args.interval, args.ckpt, retained=2, timeout=30)
-    build(flow, args.bootstrap, args.input, args.output, args.rate, args.prefix)
+    sink_kw = {"on_lost_transaction": args.on_lost} if args.on_lost else {}
+    build(flow, args.bootstrap, args.input, args.output, args.rate, args.prefix,
+          args.txn_timeout_ms, **sink_kw)
     result = flow.run(restore=args.restore)
     print(json.dumps({"restarts": result.restarts, "failures": result.failures,
                       "checkpoints": len(result.completed_checkpoints),

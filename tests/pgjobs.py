@@ -108,11 +108,14 @@ def main() -> None:
     ap.add_argument("--parallelism", type=int, default=2)
     ap.add_argument("--interval", type=float, default=0.3)
     ap.add_argument("--restore", default=None)
+    ap.add_argument("--attempts", type=int, default=30)
+    ap.add_argument("--delay", type=float, default=0.2)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     flow = of.Flow(args.flow, parallelism=args.parallelism, batch_size=256,
-                   restart_strategy=of.restart.fixed_delay(attempts=30, delay=0.2))
+                   restart_strategy=of.restart.fixed_delay(attempts=args.attempts,
+                                                           delay=args.delay))
     flow.enable_checkpointing(args.interval, args.ckpt, retained=2)
     build(flow, args.dsn, args.totals, args.events, args.records, args.rate)
     result = flow.run(restore=args.restore)

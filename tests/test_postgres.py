@@ -181,20 +181,8 @@ def test_worker_killed_at_named_point(make_job: Any, tmp_path: Path, point: str,
     job.check_exact()
 
 
-def test_postgres_killed_mid_job(make_job: Any) -> None:
-    """A crash of the server (immediate stop: WAL recovery on start, prepared transactions
-    survive) fails the tasks; the restart strategy restarts them once it is back."""
-    job = make_job("--rate", "8000")
-    job.start()
-    time.sleep(1.5)
-    assert job.proc is not None and job.proc.poll() is None, job.tail()
-    _pg("kill")
-    time.sleep(1.0)
-    _pg("start")
-    result = _finish_ok(job)
-    assert result["restarts"] >= 1, "losing the server went unnoticed"
-    job.reconnect()  # the test's session died with the server
-    job.check_exact()
+# The server crashed mid-job: tests/test_postgres_faults.py, on a server of its own (this
+# module's server is shared with other test runs, which a crash would break).
 
 
 _assert_gone = assert_no_orphans

@@ -41,6 +41,7 @@ PUBLIC = {
         "NoCheckpointError",
         "OnceflowError",
         "OperatorMetrics",
+        "OutputLostError",
         "OutputTag",
         "ProcessContext",
         "ProcessJoinFunction",

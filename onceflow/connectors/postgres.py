@@ -565,6 +565,7 @@ class PostgresSink(TwoPhaseCommitSink[PostgresTxn]):
             return
         from psycopg import sql
 
+        _faults.point("sink.pre_commit", subtask=self._ctx.subtask if self._ctx else -1)
         with foreign_errors(f"{self.spec.where()}: PREPARE TRANSACTION {txn.gid}",
                             _psycopg().Error):
             self._conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(txn.gid)))
@@ -582,7 +583,9 @@ class PostgresSink(TwoPhaseCommitSink[PostgresTxn]):
         restored = txn.gid not in self._prepared  # listed by a restored checkpoint
         psycopg = _psycopg()
         try:
-            self._admin_conn().execute(
+            admin = self._admin_conn()
+            _faults.point("sink.commit", subtask=ctx.subtask)
+            admin.execute(
                 sql.SQL("COMMIT PREPARED {}").format(sql.Literal(txn.gid)))
         except psycopg.errors.UndefinedObject:
             # committed before (by an earlier attempt): idempotent

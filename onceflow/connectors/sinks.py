@@ -28,6 +28,7 @@ class SinkContext:
     attempt: int  # 0 for the first run, +1 per restart
     checkpoint_interval: float | None = None  # None: checkpointing off (final one only)
     checkpoint_timeout: float | None = None
+    flow_dir: str | None = None  # the flow's checkpoint directory (chk-<n>/), if any
 
 
 class Sink(ABC):

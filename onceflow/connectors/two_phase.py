@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 
 from onceflow import _faults
 from onceflow.connectors.sinks import SinkContext
+from onceflow.errors import OutputLostError
 
 log = logging.getLogger("onceflow.sink")
 Txn = TypeVar("Txn")
@@ -173,6 +174,8 @@ class TransactionLifecycle:
                 self.sink.commit(t.handle)
                 t.move(TxnStatus.COMMITTED)
                 return
+            except OutputLostError:
+                raise  # lost for good: retrying cannot help (and must not count it twice)
             except Exception as e:
                 if delay is None:
                     raise

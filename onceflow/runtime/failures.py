@@ -17,15 +17,25 @@ raises, with the user's exception rebuilt as ``.cause`` where that is possible.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Iterable
 
 from onceflow._usertrace import FailureReport
 from onceflow.api.config import RestartStrategy
 from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
-from onceflow.errors import JobFailedError
+from onceflow.errors import JobFailedError, OutputLostError
 
 log = logging.getLogger("onceflow")
+
+
+def _is_output_lost(type_name: str) -> bool:
+    module, _, name = type_name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except Exception:
+        return False
+    return isinstance(cls, type) and issubclass(cls, OutputLostError)
 
 
 class FailureTracker:
@@ -57,6 +67,9 @@ class FailureTracker:
         Returns why the job must stop now, or None to leave it to the restart strategy."""
         completed = sum(1 for c in history if c.status is CheckpointStatus.COMPLETED)
         last = self.last
+        if last is not None and _is_output_lost(last.type_name):
+            return "a sink's output of a completed checkpoint is lost; restarting cannot " \
+                   "bring it back"
         counts = last is not None and (last.bad_input or (
             last.operator is not None and last.operator not in self.connectors))
         key = last.fingerprint if last is not None and counts else None

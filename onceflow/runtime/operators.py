@@ -674,7 +674,7 @@ class SinkOp(Operator):
 
     def open(self, rt: OperatorEnv) -> None:
         ctx = SinkContext(rt.flow, self.uid, rt.subtask, rt.parallelism, rt.attempt,
-                          rt.checkpoint_interval, rt.checkpoint_timeout)
+                          rt.checkpoint_interval, rt.checkpoint_timeout, rt.flow_dir)
         s = self.sink
         if isinstance(s, TwoPhaseCommitSink):
             self.lifecycle = TransactionLifecycle(s, ctx)

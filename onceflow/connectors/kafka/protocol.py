@@ -303,7 +303,7 @@ class Connection:
             tid = r.string() or ""
             state = r.string() or ""
             timeout_ms = r.i32()
-            r.i64()  # start time
+            start_ms = r.i64()
             pid, epoch = r.i64(), r.i16()
             parts: list[tuple[str, int]] = []
             for _ in range(r.array_len()):
@@ -311,7 +311,7 @@ class Connection:
                 parts.extend((topic, r.i32()) for _ in range(r.array_len()))
                 r.tags()
             r.tags()
-            out.append(TxnDescription(tid, err, state, pid, epoch, timeout_ms, parts))
+            out.append(TxnDescription(tid, err, state, pid, epoch, timeout_ms, parts, start_ms))
         return out[0]
 
     def list_transactions(self) -> list[tuple[str, int, str]]:
@@ -348,6 +348,9 @@ class TxnDescription:
     producer_epoch: int
     timeout_ms: int
     partitions: list[tuple[str, int]] = field(default_factory=list)
+    #: the coordinator's start time of the current/last transaction (ms since the epoch;
+    #: -1 when none); kept when the coordinator aborts it for outliving its timeout
+    start_ms: int = -1
 
 
 def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:

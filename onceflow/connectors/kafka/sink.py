@@ -38,6 +38,7 @@ from typing import Any
 from onceflow import _faults
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import broker_config, brokers, import_kafka, serializer
+from onceflow.connectors.kafka._lost import lost_input
 from onceflow.connectors.sinks import Sink, SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
 from onceflow.errors import (
@@ -53,6 +54,9 @@ DEFAULT_TRANSACTION_TIMEOUT_MS = 900_000  # = Kafka's default transaction.max.ti
 #: Seconds allowed for noticing a failure and restarting, on top of interval + timeout.
 RESTART_ALLOWANCE_S = 60.0
 GUARANTEES = ("none", "at_least_once", "exactly_once")
+#: What a sink does when a transaction a completed checkpoint covers was aborted by the
+#: broker (its output is lost): fail the job (default), or log, count and carry on.
+ON_LOST = ("fail", "continue")
 #: Producer settings onceflow chooses; ``producer_config`` overrides each of them.
 #: ``delivery.report.only.error``: librdkafka reports only failed deliveries, so a
 #: successful record costs no Python callback (failures are still collected, and
@@ -72,6 +76,11 @@ class KafkaTxn:
     producer_id: int = -1
     epoch: int = -1
     records: int = 0
+    #: the coordinator's start time of the transaction (ms), recorded at pre-commit: tells
+    #: a transaction the broker aborted for outliving its timeout from a committed one
+    start_ms: int = -1
+    #: the checkpoint whose barrier pre-committed it (-1: not pre-committed yet)
+    checkpoint: int = -1
 
 
 def default_prefix(flow: str, uid: str) -> str:
@@ -115,6 +124,7 @@ class _Producing:
                  headers: Callable[[Any], Any] | None) -> None:
         self.topic, self.value, self.key, self.key_ser = topic, value, key, key_ser
         self.partition, self.headers = partition, headers
+        self.key_str = False  # key_serializer="str": _produce_simple encodes keys inline
         self.errors: list[str] = []
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
@@ -148,6 +158,23 @@ class _Producing:
         per-record keyword dict. Same calls as :meth:`produce` otherwise."""
         produce, topic, value, cb = producer.produce, self.topic, self.value, self._on_delivery
         key, key_ser = self.key, self.key_ser
+        if key is not None and self.key_str:
+            # key_serializer="str" inline: no serializer call per record
+            for r in records:
+                v = value(r)
+                k = key(r)
+                if k.__class__ is str:
+                    k = k.encode()
+                elif k is not None:
+                    k = str(k).encode("utf-8")
+                while True:
+                    try:
+                        produce(topic, v, k, -1, cb)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            producer.poll(0)
+            return
         for r in records:
             v = value(r)
             k = None if key is None else key_ser(key(r))
@@ -181,7 +208,12 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                  headers: Callable[[Any], Any] | None = None,
                  transaction_timeout_ms: int = DEFAULT_TRANSACTION_TIMEOUT_MS,
                  producer_config: dict[str, Any] | None = None,
-                 operation_timeout: float = 60.0) -> None:
+                 operation_timeout: float = 60.0,
+                 on_lost_transaction: str = "fail") -> None:
+        if on_lost_transaction not in ON_LOST:
+            raise ConfigurationError(
+                f"KafkaSink: on_lost_transaction={on_lost_transaction!r}; use one of {ON_LOST}")
+        self.on_lost_transaction = on_lost_transaction
         if transactional_id_prefix is not None and not re.fullmatch(
                 r"[A-Za-z0-9._-]+", transactional_id_prefix):
             raise ConfigurationError(
@@ -225,6 +257,10 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self._warm: dict[str, Future[Any]] = {}  # transactional id -> producer being made
         self._pool: ThreadPoolExecutor | None = None
         self._last_had_records = True
+        self._pre_committed: KafkaTxn | None = None
+        #: transactions of completed checkpoints found aborted by the broker, since the job
+        #: first started (kept in the sink's state across restarts)
+        self.lost_transactions = 0
 
     def __getstate__(self) -> dict[str, Any]:
         st = self.__dict__.copy()
@@ -263,6 +299,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
                                serializer(self.key_serializer, "key_serializer"),
                                self.partition, self.headers)
+        self._out.key_str = self.key_serializer == "str"
 
     def _txn_client(self) -> kp.TxnClient:
         if self._client is None:
@@ -337,13 +374,15 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             self._discard_empty(txn)
             return
         assert self._out is not None
+        _faults.point("sink.pre_commit", subtask=self._ctx.subtask if self._ctx else -1)
         self._out.flush(live[0], self.operation_timeout)
         d = self._txn_client().describe(txn.transactional_id)
         if d.error or d.state != "Ongoing":
             raise ConnectorError(
                 f"KafkaSink: transaction {txn.transactional_id} is {d.state or '?'} "
                 f"({kp.error_name(d.error)}) at pre-commit, expected Ongoing")
-        txn.producer_id, txn.epoch = d.producer_id, d.producer_epoch
+        txn.producer_id, txn.epoch, txn.start_ms = d.producer_id, d.producer_epoch, d.start_ms
+        self._pre_committed = txn
 
     def commit(self, txn: KafkaTxn) -> None:
         if txn.producer_id < 0:  # empty: nothing to make visible
@@ -421,11 +460,12 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         * ``CONCURRENT_TRANSACTIONS``, ``COORDINATOR_LOAD_IN_PROGRESS``,
           ``COORDINATOR_NOT_AVAILABLE``, ``NOT_COORDINATOR``, ``REQUEST_TIMED_OUT``, broken
           connection: retry (finding the coordinator again) until ``operation_timeout``.
-        * ``PRODUCER_FENCED`` / ``INVALID_PRODUCER_EPOCH``: the id was initialised again
-          since (newer epoch). The sink initialises an id only after the transaction on it
-          was committed, so this means *already committed*. (The other way to a newer
-          epoch is the broker aborting on ``transaction.timeout.ms``, which the timeout
-          checks exclude; the state is logged to help diagnose.)
+        * ``PRODUCER_FENCED`` / ``INVALID_PRODUCER_EPOCH``: a newer epoch. Either the id was
+          initialised again since — the sink initialises an id only after the transaction
+          on it was committed, so *already committed* — or the broker aborted this very
+          transaction for outliving ``transaction.timeout.ms`` (it bumps the epoch by one
+          and keeps the transaction's start time, which the handle recorded at
+          pre-commit): *lost*, see :meth:`_lost`.
         * ``INVALID_TXN_STATE`` (same epoch, but Empty/PrepareAbort/CompleteAbort): the
           transaction was aborted — lost: :class:`KafkaTransactionLostError`.
         * ``INVALID_PRODUCER_ID_MAPPING``: the coordinator does not know the id (expired
@@ -453,24 +493,53 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 continue
             if err in (kp.PRODUCER_FENCED, kp.INVALID_PRODUCER_EPOCH):
                 d = client.describe(tid)
+                if _aborted_on_timeout(txn, d):
+                    self._lost(txn, f"the broker aborted it (now {d.state} at epoch "
+                               f"{d.producer_epoch}, same transaction start) because it "
+                               f"outlived transaction.timeout.ms "
+                               f"({self.transaction_timeout_ms} ms)")
+                    return
                 log.info("kafka sink: recovery commit of %s (pid %d, epoch %d): id since "
                          "re-initialised (now %s, epoch %d): already committed", tid, pid,
                          epoch, d.state, d.producer_epoch)
                 return
             if err == kp.INVALID_TXN_STATE:
                 d = client.describe(tid)
-                raise KafkaTransactionLostError(
-                    f"KafkaSink: transaction {tid} (producer id {pid}, epoch {epoch}) of a "
-                    f"completed checkpoint cannot be committed: the broker says it is "
-                    f"{d.state}. It was aborted, most likely because transaction.timeout.ms "
-                    f"({self.transaction_timeout_ms} ms) passed before recovery; raise "
-                    f"transaction_timeout_ms. Its records are lost.")
+                self._lost(txn, f"the broker says it is {d.state}: it was aborted, most "
+                           f"likely because transaction.timeout.ms "
+                           f"({self.transaction_timeout_ms} ms) passed before recovery")
+                return
             if err == kp.INVALID_PRODUCER_ID_MAPPING:
-                raise KafkaTransactionLostError(
-                    f"KafkaSink: transaction {tid} of a completed checkpoint is unknown to "
-                    f"the coordinator (INVALID_PRODUCER_ID_MAPPING: transactional id expired?)")
+                self._lost(txn, "the coordinator does not know the id "
+                           "(INVALID_PRODUCER_ID_MAPPING: transactional id expired?)")
+                return
             raise ConnectorError(f"KafkaSink: EndTxn(commit) for {tid} failed: "
                                f"{kp.error_name(err)}")
+
+    def _lost(self, txn: KafkaTxn, why: str) -> None:
+        """A transaction of a completed checkpoint cannot be committed any more: its output
+        is lost. Never silent: raise :class:`KafkaTransactionLostError`, or (with
+        ``on_lost_transaction="continue"``) log it as an error, count it and carry on."""
+        self.lost_transactions += 1
+        sub = self._ctx.subtask if self._ctx else -1
+        uid = self._ctx.uid if self._ctx else "?"
+        ckpt = txn.checkpoint if txn.checkpoint >= 0 else "?"
+        inputs = lost_input(self._ctx.flow_dir if self._ctx else None, txn.checkpoint)
+        msg = (f"KafkaSink {uid!r} subtask {sub}: the transaction of checkpoint {ckpt} "
+               f"(transactional id {txn.transactional_id}, producer id {txn.producer_id}, "
+               f"epoch {txn.epoch}, {txn.records} record(s) to topic {self.topic!r}) cannot "
+               f"be committed: {why}. Its output is LOST: what this sink subtask received "
+               f"from these input offsets never reaches {self.topic!r}: {inputs}. Raise "
+               f"transaction_timeout_ms (and the brokers' "
+               f"transaction.max.timeout.ms) above the longest outage to expect; "
+               f"lost transactions so far: {self.lost_transactions}.")
+        log.error("%s", msg, extra={"event": "kafka_transaction_lost", "uid": uid,
+                                    "subtask": sub, "checkpoint": txn.checkpoint,
+                                    "transactional_id": txn.transactional_id,
+                                    "records": txn.records,
+                                    "lost_transactions": self.lost_transactions})
+        if self.on_lost_transaction == "fail":
+            raise KafkaTransactionLostError(msg)
 
     def abort(self, txn: KafkaTxn) -> None:
         self._discard_empty(txn)
@@ -526,8 +595,12 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                      "transactions aborted", ctx.uid, ctx.subtask, len(ids))
 
     def snapshot_state(self, checkpoint_id: int) -> Any:
+        # called right after the barrier's pre_commit, before the handles are stored
+        if self._pre_committed is not None:
+            self._pre_committed.checkpoint = checkpoint_id
+            self._pre_committed = None
         return {"prefix": self._prefix, "parallelism": self._parallelism_seen,
-                "slots": self._slots_seen}
+                "slots": self._slots_seen, "lost": self.lost_transactions}
 
     def restore_state(self, states: list[Any]) -> None:
         for st in states:
@@ -536,6 +609,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                     self._old_prefixes.add(st["prefix"])
                 self._parallelism_seen = max(self._parallelism_seen, st.get("parallelism", 0))
                 self._slots_seen = max(self._slots_seen, st.get("slots", 0))
+                self.lost_transactions = max(self.lost_transactions, st.get("lost", 0))
 
     def close(self) -> None:
         # Pending (pre-committed) transactions must survive for a recovery commit.
@@ -552,6 +626,16 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _aborted_on_timeout(txn: KafkaTxn, now: kp.TxnDescription) -> bool:
+    """Whether the coordinator's view ``now`` of ``txn``'s id shows ``txn`` itself aborted
+    for outliving its timeout: the coordinator then bumps the epoch by one and keeps the
+    transaction's start time. After a commit, the id is only ever initialised again (a
+    newer epoch and, once it sends, a different start time), which is not this."""
+    return (txn.start_ms >= 0 and now.producer_id == txn.producer_id
+            and now.producer_epoch == txn.epoch + 1 and now.start_ms == txn.start_ms
+            and now.state in ("PrepareAbort", "CompleteAbort"))
 
 
 def _close_producer(p: Any) -> None:
@@ -603,6 +687,7 @@ class KafkaPlainSink(Sink):
         self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
                                serializer(self.key_serializer, "key_serializer"),
                                self.partition, self.headers)
+        self._out.key_str = self.key_serializer == "str"
 
     def write(self, records: list[Any]) -> None:
         assert self._out is not None

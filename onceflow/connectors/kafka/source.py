@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
+
 from onceflow.connectors.kafka._common import deserializer, import_kafka
 from onceflow.connectors.sources import Source, SplitReader
 from onceflow.errors import ConfigurationError
@@ -148,9 +150,24 @@ class KafkaSource(Source):
         if not tps:
             return {}
         req = {ck.TopicPartition(t, p): spec for t, p in tps}
-        futs = admin.list_offsets(req, isolation_level=ck.IsolationLevel.READ_COMMITTED,
-                                  request_timeout=self.timeout)
-        return {(tp.topic, tp.partition): f.result().offset for tp, f in futs.items()}
+        # A broker that just restarted answers for a while with retriable errors (e.g.
+        # UNKNOWN_LEADER_EPOCH while partition leadership is re-established): retry those
+        # for up to a minute instead of failing the job.
+        deadline = time.monotonic() + 60.0
+        while True:
+            futs = admin.list_offsets(req, isolation_level=ck.IsolationLevel.READ_COMMITTED,
+                                      request_timeout=self.timeout)
+            try:
+                return {(tp.topic, tp.partition): f.result().offset for tp, f in futs.items()}
+            except ck.KafkaException as e:
+                err = e.args[0] if e.args else None
+                transient = err is not None and (err.retriable() or err.code() in (
+                    ck.KafkaError.UNKNOWN_LEADER_EPOCH, ck.KafkaError.LEADER_NOT_AVAILABLE,
+                    ck.KafkaError.NOT_LEADER_FOR_PARTITION, ck.KafkaError._TRANSPORT,
+                    ck.KafkaError._TIMED_OUT, ck.KafkaError._ALL_BROKERS_DOWN))
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def validate(self) -> None:
         ck = import_kafka()
@@ -216,6 +233,8 @@ class KafkaSplitReader(SplitReader):
         self.src, self.split = src, split
         self.pos = position
         self.value = deserializer(src.deserializer, "deserializer")
+        # the common case, JSON values: orjson.loads inline, without a wrapper call per record
+        self._json = src.deserializer == "json"
         self.key = deserializer(src.key_deserializer, "key_deserializer")
         conf = {"bootstrap.servers": src.bootstrap_servers,
                 "group.id": src.group_id or "onceflow-unused",
@@ -277,6 +296,7 @@ class KafkaSplitReader(SplitReader):
         end = self.end
         pos, done = self.pos, self.done
         value_of, value_only = self.value, self.src.value_only
+        fast_json, loads = self._json, orjson.loads
         # Messages of one partition come in runs: per run, look up once whether the
         # partition is finished and where it ends.
         cur_t: str | None = None
@@ -315,7 +335,11 @@ class KafkaSplitReader(SplitReader):
             pos[tp] = off + 1
             part_append(tp)
             if value_only:
-                append(value_of(m.value()))
+                if fast_json:
+                    v = m.value()
+                    append(None if v is None else loads(v))
+                else:
+                    append(value_of(m.value()))
             else:
                 ts_type, ts = m.timestamp()
                 append(KafkaRecord(t, p, off, self.key(m.key()), value_of(m.value()),

@@ -1,0 +1,336 @@
+"""W2 on this machine (``make bench-w2``): Kafka → parse → key by user → running total →
+Kafka, against the plain client loop that is its ceiling (/work/shared/bench/WORKLOADS.md).
+
+Throughput, interleaved rounds over one pre-filled input topic (4 partitions, N JSON
+records of ~100 bytes); each figure is N / (time a read_committed reader has seen all N
+results - process start):
+
+* ``plain``: one process, the same client library, no framework: consume (all partitions,
+  read_committed), parse with orjson, sum per user in a dict, produce with an idempotent
+  producer, flush;
+* onceflow exactly-once and at-least-once, parallelism 1 and 2, checkpoints every 1 s.
+
+Latency: input appended at a fixed rate (20,000 records/s) while the job runs, checkpoints
+every 1 s; per record, the time from its append to the input topic until a read_committed
+reader sees its result (p50, p99), exactly-once against at-least-once.
+
+Results: benchmarks/results/w2.json and w2.md (the table in benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "compare")]
+RESULTS = HERE / "results"
+CKPT_INTERVAL = 1.0
+
+
+# --- the programs measured (run as subprocesses: --role ...) ------------------------------
+def role_plain(a: argparse.Namespace) -> None:
+    import orjson
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"w2-plain-{uuid.uuid4()}",
+                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    md = c.list_topics(a.input, timeout=30).topics[a.input]
+    c.assign([TopicPartition(a.input, p, -2) for p in md.partitions])
+    p = Producer({"bootstrap.servers": a.bootstrap, "enable.idempotence": True,
+                  "linger.ms": 5, "delivery.report.only.error": True})
+    totals: dict[str, int] = {}
+    eof: set[int] = set()
+    seen = 0
+    dumps, loads = orjson.dumps, orjson.loads
+    while len(eof) < len(md.partitions):
+        for m in c.consume(10000, 0.5):
+            if m.error():
+                if m.error().code() == -191:  # _PARTITION_EOF
+                    eof.add(m.partition())
+                continue
+            r = loads(m.value())
+            u = r["user"]
+            t = totals[u] = totals.get(u, 0) + r["amount"]
+            out = dumps({"user": u, "total": t, "id": r["id"]})
+            while True:
+                try:
+                    p.produce(a.output, out, u.encode())
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            seen += 1
+        p.poll(0)
+    assert p.flush(60) == 0
+    c.close()
+    print("RESULT " + json.dumps({"consumed": seen}), flush=True)
+
+
+def role_job(a: argparse.Namespace) -> None:
+    import onceflow as of
+    from onceflow.kafka import KafkaSink, KafkaSource
+
+    flow = of.Flow(f"w2-{uuid.uuid4().hex[:6]}", parallelism=a.parallelism)
+    flow.enable_checkpointing(CKPT_INTERVAL, os.path.join(a.workdir, "ckpt"))
+    (flow.source(KafkaSource(a.bootstrap, [a.input], deserializer="json", value_only=True,
+                             stop_at=None if a.unbounded else "end"), name="kafka-in")
+         .map(lambda r: {"user": r["user"], "total": r["amount"], "id": r["id"]}, name="parse")
+         .key_by(lambda r: r["user"])
+         .reduce(lambda acc, r: {"user": r["user"], "total": acc["total"] + r["total"],
+                                 "id": r["id"]}, name="total")
+         .sink(KafkaSink(a.bootstrap, a.output, guarantee=a.guarantee,
+                         key=lambda r: r["user"], key_serializer="str", serializer="json"),
+               name="kafka-out"))
+    result = flow.run()
+    print("RESULT " + json.dumps({"checkpoints": len(result.completed_checkpoints),
+                                  "processing_s_engine": result.processing_seconds}),
+          flush=True)
+
+
+# --- the harness ---------------------------------------------------------------------------
+def _cmd(role: str, bootstrap: str, inp: str, out: str, workdir: str, *more: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--role", role, "--bootstrap",
+            bootstrap, "--input", inp, "--output", out, "--workdir", workdir, *more]
+
+
+def throughput_run(cmp: Any, name: str, role_args: list[str], bootstrap: str, in_topic: str,
+                   n: int, timeout: float) -> dict[str, Any]:
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix=f"w2-{name}-")
+    out_topic = f"w2-out-{name}-{uuid.uuid4().hex[:8]}"
+    try:
+        cmp.create_topic(bootstrap, out_topic)
+        w = cmp.OutputWatcher(bootstrap, out_topic, n, timeout)
+        w.start()
+        rec = cmp.run_proc(_cmd(role_args[0], bootstrap, in_topic, out_topic, tmp,
+                                *role_args[1:]), timeout, until=w)
+        w.thread.join(timeout=30)
+        problems = w.check()
+        if w.t_done is None:
+            problems.append(f"never saw {n} results (saw {len(w.ids)}); rc {rec['returncode']}")
+        rps = n / (w.t_done - rec["t_start"]) if w.t_done is not None else None
+        return {"config": name, "records": n, "records_per_s": rps, "wall_s": rec["wall_s"],
+                "tree_peak_rss_mb": rec["tree_peak_rss_mb"], "valid": not problems,
+                "problems": problems, "checkpoints": rec.get("checkpoints")}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class RateProducer:
+    """Appends W2 records at ``rate``/s; remembers each id's append time (delivery)."""
+
+    def __init__(self, cmp: Any, bootstrap: str, topic: str, rate: float,
+                 seconds: float) -> None:
+        self.cmp = cmp
+        self.bootstrap, self.topic, self.rate, self.seconds = bootstrap, topic, rate, seconds
+        self.appended: dict[int, float] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.sent = 0
+
+    def _run(self) -> None:
+        from confluent_kafka import Producer
+        value = self.cmp.w2_value
+        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 1,
+                      "enable.idempotence": True})
+
+        def done(err: Any, msg: Any) -> None:
+            if err is None:
+                self.appended[int(msg.key())] = time.time()
+
+        t0 = time.time()
+        i = 0
+        while time.time() - t0 < self.seconds:
+            due = int((time.time() - t0) * self.rate)
+            while i < due:
+                p.produce(self.topic, value(i), str(i).encode(), on_delivery=done)
+                i += 1
+            p.poll(0.002)
+        self.sent = i
+        p.flush(60)
+
+
+def latency_run(cmp: Any, guarantee: str, bootstrap: str, rate: float, seconds: float,
+                warmup: float) -> dict[str, Any]:
+    import shutil
+    import tempfile
+
+    from confluent_kafka import Consumer
+    tmp = tempfile.mkdtemp(prefix=f"w2-lat-{guarantee}-")
+    run = uuid.uuid4().hex[:8]
+    in_topic, out_topic = f"w2-lat-in-{run}", f"w2-lat-out-{run}"
+    cmp.create_topic(bootstrap, in_topic)
+    cmp.create_topic(bootstrap, out_topic)
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"w2-lat-{uuid.uuid4()}",
+                      "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                      "enable.auto.commit": False})
+        c.subscribe([out_topic])
+        while not stop.is_set():
+            for m in c.consume(10000, 0.05):
+                if not m.error():
+                    seen.setdefault(json.loads(m.value())["id"], time.time())
+        c.close()
+
+    wt = threading.Thread(target=watch, daemon=True)
+    wt.start()
+    proc = subprocess.Popen(_cmd("job", bootstrap, in_topic, out_topic, tmp, "--guarantee",
+                                 guarantee, "--unbounded"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        time.sleep(4.0)  # the job is up (its source polls the empty topic)
+        prod = RateProducer(cmp, bootstrap, in_topic, rate, seconds)
+        prod.thread.start()
+        prod.thread.join()
+        deadline = time.time() + 20
+        while time.time() < deadline and len(seen) < prod.sent:
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        stop.set()
+        wt.join(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    t_first = min(prod.appended.values()) if prod.appended else 0.0
+    lat = sorted(seen[i] - t for i, t in prod.appended.items()
+                 if i in seen and t - t_first >= warmup)
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else []
+    return {"guarantee": guarantee, "rate": rate, "seconds": seconds, "sent": prod.sent,
+            "seen": len(seen), "measured": len(lat),
+            "p50_s": q[49] if q else None, "p99_s": q[98] if q else None,
+            "max_s": lat[-1] if lat else None}
+
+
+def render(res: dict[str, Any]) -> str:
+    lines = [f"# W2 on this machine ({res['date']})", "",
+             f"{res['records']:,} records, {res['rounds']} interleaved rounds, median; "
+             "records/s from process start until a read_committed reader has every result; "
+             f"checkpoints every {CKPT_INTERVAL:g} s. Command: `make bench-w2`.", "",
+             "| configuration | records/s (median) | runs | x plain loop | valid |",
+             "|---|---:|---|---:|---|"]
+    plain = res["summary"].get("plain", {}).get("median")
+    for name, s in res["summary"].items():
+        ratio = f"{s['median'] / plain:.2f}" if plain and s["median"] else "-"
+        runs = ", ".join(f"{r:,.0f}" for r in s["runs"])
+        lines.append(f"| {name} | {s['median']:,.0f} | {runs} | {ratio} | {s['valid']} |")
+    lines += ["", f"Latency at {res['latency_rate']:,.0f} records/s for "
+              f"{res['latency_seconds']:g} s (first {res['latency_warmup']:g} s not counted):",
+              "", "| guarantee | p50 s | p99 s | max s | results seen / appended |",
+              "|---|---:|---:|---:|---|"]
+    for r in res["latency"]:
+        f = (lambda x: f"{x:.3f}" if x is not None else "-")
+        lines.append(f"| {r['guarantee']} | {f(r['p50_s'])} | {f(r['p99_s'])} | "
+                     f"{f(r['max_s'])} | {r['seen']:,} / {r['sent']:,} |")
+    lines += ["", "Targets (issue 17):", ""]
+    for t in res["targets"]:
+        lines.append(f"- {t['name']}: {t['value']} → {'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines) + "\n"
+
+
+def targets(summary: dict[str, Any], latency: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def med(k: str) -> float:
+        return float(summary.get(k, {}).get("median") or 0.0)
+
+    out = []
+    plain, eo1, alo1, eo2 = med("plain"), med("eo-p1"), med("alo-p1"), med("eo-p2")
+    if plain:
+        out.append({"name": "exactly-once p1 ≥ 90 % of the plain loop",
+                    "value": f"{eo1 / plain:.0%}", "met": eo1 >= 0.9 * plain})
+    if alo1:
+        out.append({"name": "exactly-once at most 5 % slower than at-least-once (p1)",
+                    "value": f"{1 - eo1 / alo1:+.1%} slower", "met": eo1 >= 0.95 * alo1})
+    if eo1:
+        out.append({"name": "exactly-once p2 not slower than p1",
+                    "value": f"{eo2 / eo1:.2f}x", "met": eo2 >= eo1})
+    for r in latency:
+        if r["guarantee"] == "exactly_once" and r["p99_s"] is not None:
+            out.append({"name": f"exactly-once p99 latency ≤ {CKPT_INTERVAL + 0.5:g} s",
+                        "value": f"{r['p99_s']:.3f} s",
+                        "met": r["p99_s"] <= CKPT_INTERVAL + 0.5})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--role", choices=["plain", "job"])
+    ap.add_argument("--bootstrap")
+    ap.add_argument("--input")
+    ap.add_argument("--output")
+    ap.add_argument("--workdir")
+    ap.add_argument("--guarantee", default="exactly_once")
+    ap.add_argument("--parallelism", type=int, default=1)
+    ap.add_argument("--unbounded", action="store_true")
+    ap.add_argument("--records", type=int, default=int(os.environ.get("W2_RECORDS", "300000")))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("W2_ROUNDS", "2")))
+    ap.add_argument("--latency-rate", type=float, default=20_000)
+    ap.add_argument("--latency-seconds", type=float, default=15)
+    ap.add_argument("--latency-warmup", type=float, default=3)
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--out", default=str(RESULTS / "w2.json"))
+    a = ap.parse_args()
+    if a.role == "plain":
+        role_plain(a)
+        return 0
+    if a.role == "job":
+        role_job(a)
+        return 0
+    import run as cmp  # benchmarks/compare/run.py: topic, prefill, watcher, process runner
+    bootstrap = cmp.kafka_bootstrap()
+    in_topic = f"w2-in-{uuid.uuid4().hex[:8]}"
+    print(f"[w2] prefilling {in_topic} with {a.records:,} records ...", flush=True)
+    cmp.prefill(bootstrap, in_topic, a.records)
+    configs = {"plain": ["plain"],
+               "eo-p1": ["job", "--guarantee", "exactly_once", "--parallelism", "1"],
+               "alo-p1": ["job", "--guarantee", "at_least_once", "--parallelism", "1"],
+               "eo-p2": ["job", "--guarantee", "exactly_once", "--parallelism", "2"],
+               "alo-p2": ["job", "--guarantee", "at_least_once", "--parallelism", "2"]}
+    runs: list[dict[str, Any]] = []
+    for rnd in range(a.rounds):
+        for name, args in configs.items():
+            r = throughput_run(cmp, name, args, bootstrap, in_topic, a.records, a.timeout)
+            r["round"] = rnd
+            runs.append(r)
+            print(f"[w2] round {rnd} {name}: {r['records_per_s'] or 0:,.0f} records/s "
+                  f"valid={r['valid']} {r['problems'][:2]}", flush=True)
+    summary: dict[str, Any] = {}
+    for name in configs:
+        vals = [r["records_per_s"] for r in runs if r["config"] == name and r["records_per_s"]]
+        summary[name] = {"median": statistics.median(vals) if vals else 0.0, "runs": vals,
+                         "valid": all(r["valid"] for r in runs if r["config"] == name)}
+    latency = []
+    for g in ("exactly_once", "at_least_once"):
+        lr = latency_run(cmp, g, bootstrap, a.latency_rate, a.latency_seconds,
+                         a.latency_warmup)
+        latency.append(lr)
+        print(f"[w2] latency {g}: {lr}", flush=True)
+    res = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+           "records": a.records, "rounds": a.rounds, "input_topic": in_topic,
+           "runs": runs, "summary": summary, "latency": latency,
+           "latency_rate": a.latency_rate, "latency_seconds": a.latency_seconds,
+           "latency_warmup": a.latency_warmup, "targets": targets(summary, latency),
+           "cpus": os.cpu_count()}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    out.with_suffix(".md").write_text(render(res))
+    print(render(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

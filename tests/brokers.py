@@ -1,0 +1,170 @@
+"""Private servers for fault tests: a Kafka broker and a PostgreSQL server of a test's own,
+in a temporary directory on free ports, which the test may SIGKILL and restart without
+touching the shared ones (127.0.0.1:39092, 127.0.0.1:55432) that other tests use.
+
+Also the independent witnesses: Kafka's own Java console consumer (read_committed) and
+``kafka-transactions.sh find-hanging`` (through ``scripts/kafka``), and PostgreSQL's
+``pg_prepared_xacts``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA = str(ROOT / "scripts" / "kafka")
+POSTGRES = str(ROOT / "scripts" / "postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OwnBroker:
+    """A single-node Kafka broker of this test only (``scripts/kafka`` with its own
+    ONCEFLOW_KAFKA_DIR and ports, small heap)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port, self.controller_port = free_port(), free_port()
+        while self.controller_port == self.port:
+            self.controller_port = free_port()
+        self.env = {**os.environ, "ONCEFLOW_KAFKA_DIR": str(directory),
+                    "ONCEFLOW_KAFKA_PORT": str(self.port),
+                    "ONCEFLOW_KAFKA_CONTROLLER_PORT": str(self.controller_port),
+                    "ONCEFLOW_KAFKA_HEAP": os.environ.get("ONCEFLOW_TEST_KAFKA_HEAP",
+                                                          "-Xms96m -Xmx256m"),
+                    "ONCEFLOW_KAFKA_START_TIMEOUT": "120"}
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def _run(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([KAFKA, *args], capture_output=True, text=True, env=self.env,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"scripts/kafka {' '.join(args)} failed ({proc.returncode}):"
+                                 f"\n{proc.stderr[-3000:]}")
+        return proc
+
+    def start(self) -> str:
+        self._run("start")
+        return self.bootstrap
+
+    def kill(self) -> None:
+        """SIGKILL, like a crash."""
+        self._run("kill")
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- the independent witness -------------------------------------------------------
+    def console_consumer(self, topic: str, expect: int, timeout_ms: int = 15_000) -> list[Any]:
+        """The values Kafka's own console consumer (read_committed) sees in ``topic``."""
+        proc = subprocess.run(
+            [KAFKA, "console-consumer", "--bootstrap-server", self.bootstrap, "--topic", topic,
+             "--from-beginning", "--isolation-level", "read_committed",
+             "--timeout-ms", str(timeout_ms), "--max-messages", str(expect + 1000)],
+            capture_output=True, text=True, env=self.env, timeout=timeout_ms / 1000 + 120)
+        # the consumer exits 0 after --timeout-ms without a message (Kafka 4 logs an error
+        # "Error processing message, terminating consumer process: TimeoutException")
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        return [json.loads(ln) for ln in lines]
+
+    def find_hanging(self) -> list[str]:
+        """Rows ``kafka-transactions.sh find-hanging`` prints: transactions open on a
+        partition longer than 0 minutes whose coordinator does not know them as ongoing —
+        or open at all (``--max-transaction-timeout 0``)."""
+        proc = self._run("transactions", "--bootstrap-server", self.bootstrap, "find-hanging",
+                         "--broker-id", "1", "--max-transaction-timeout", "0", timeout=120)
+        rows = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        assert rows and rows[0].startswith("Topic"), proc.stdout + proc.stderr
+        return rows[1:]
+
+    def assert_witness(self, topic: str, n: int, key: str = "id") -> None:
+        """Kafka's own tools agree: each id 0..n-1 once in ``topic``, nothing hanging."""
+        got = self.console_consumer(topic, n)
+        counts = Counter(v[key] for v in got)
+        dups = sorted(i for i, c in counts.items() if c > 1)
+        missing = sorted(set(range(n)) - set(counts))
+        assert len(got) == n and not dups and not missing, (
+            f"console consumer (read_committed): {len(got)} records, expected {n}; "
+            f"duplicated {dups[:10]}, missing {missing[:10]}")
+        hanging = self.find_hanging()
+        assert not hanging, f"kafka-transactions find-hanging: {hanging}"
+
+
+class OwnPostgres:
+    """A PostgreSQL server of this test only (``scripts/postgres`` with its own
+    ONCEFLOW_PG_DIR and ONCEFLOW_PG_PORT)."""
+
+    def __init__(self) -> None:
+        # A directory of its own under /tmp: the server runs as the postgres user (when the
+        # tests run as root), which cannot enter pytest's 0700 temporary directories.
+        self.base = Path(tempfile.mkdtemp(prefix="onceflow-pgfaults-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "postgres")
+        self.dir = self.base / "data"
+        self.port = free_port()
+        self.env = {**os.environ, "ONCEFLOW_PG_DIR": str(self.dir),
+                    "ONCEFLOW_PG_PORT": str(self.port)}
+        self.dsn = ""
+
+    def _run(self, *args: str, timeout: float = 240) -> str:
+        proc = subprocess.run([POSTGRES, *args], capture_output=True, text=True, env=self.env,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"scripts/postgres {' '.join(args)} failed "
+                                 f"({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc.stdout.strip()
+
+    def start(self) -> str:
+        self.dsn = self._run("start").splitlines()[-1]
+        return self.dsn
+
+    def kill(self) -> None:
+        """``pg_ctl stop -m immediate``: a crash; recovery runs on the next start."""
+        self._run("kill")
+
+    def remove(self) -> None:
+        self._run("stop")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def terminate_sessions(self, application_prefix: str) -> list[int]:
+        """``pg_terminate_backend`` every session whose application_name starts with
+        ``application_prefix``; their pids."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            return [r[0] for r in c.execute(
+                "SELECT pid FROM pg_stat_activity WHERE starts_with(application_name, %s) "
+                "AND pid <> pg_backend_pid() AND pg_terminate_backend(pid)",
+                (application_prefix,)).fetchall()]
+
+    def prepared(self) -> list[str]:
+        """Every gid in pg_prepared_xacts (the witness: nothing of a job may stay)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            return [r[0] for r in c.execute("SELECT gid FROM pg_prepared_xacts").fetchall()]
+
+
+def wait_for(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)

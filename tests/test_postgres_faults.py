@@ -1,0 +1,82 @@
+"""Faults of the PostgreSQL server itself, on a server of this module's own
+(tests/brokers.py): crashed (``pg_ctl stop -m immediate``) mid-job and restarted, and the
+sink's session terminated (``pg_terminate_backend``) during PREPARE TRANSACTION and during
+COMMIT PREPARED.
+
+The job is tests/pgjobs.py (Range → events (insert) and per-key totals (upsert), both
+exactly-once through PREPARE TRANSACTION). After each test the tables equal a failure-free
+run's (pgjobs.check), and the witness, ``pg_prepared_xacts``, holds nothing at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from brokers import OwnPostgres, wait_for
+from test_postgres import PgJob
+
+RECORDS = 20_000
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[OwnPostgres]:
+    s = OwnPostgres()
+    s.start()
+    yield s
+    s.remove()
+
+
+@pytest.fixture
+def conn(server: OwnPostgres) -> Iterator[psycopg.Connection[Any]]:
+    server.start()  # idempotent: a test that failed mid-crash leaves it down
+    c = psycopg.connect(server.dsn, autocommit=True)
+    yield c
+    c.close()
+
+
+def _finish(job: PgJob, server: OwnPostgres) -> dict[str, Any]:
+    code, result = job.wait(timeout=300)
+    assert code == 0, job.tail()
+    assert result is not None
+    job.reconnect()  # the test's session may have died with the server
+    job.check_exact()
+    assert server.prepared() == [], "pg_prepared_xacts is not empty after the job"
+    return result
+
+
+@pytest.mark.timeout(300)
+def test_server_crashed_mid_job_and_restarted(server: OwnPostgres, tmp_path: Path,
+                                              conn: psycopg.Connection[Any]) -> None:
+    job = PgJob(tmp_path, server.dsn, conn, "--rate", "3000", records=RECORDS)
+    job.start()
+    time.sleep(2.0)
+    assert job.proc is not None and job.proc.poll() is None, job.tail()
+    server.kill()
+    time.sleep(2.0)
+    server.start()
+    result = _finish(job, server)
+    assert result["restarts"] >= 1, "losing the server went unnoticed"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["sink.pre_commit@subtask=0", "sink.commit@subtask=1"])
+def test_session_terminated_during_prepare_and_commit_prepared(
+        server: OwnPostgres, tmp_path: Path, conn: psycopg.Connection[Any], fault: str) -> None:
+    """The sink pauses just before PREPARE TRANSACTION / COMMIT PREPARED; meanwhile every
+    session of the job is terminated; then the sink sends it on a dead session."""
+    token = tmp_path / "fault.token"
+    job = PgJob(tmp_path, server.dsn, conn, "--rate", "3000", records=RECORDS)
+    job.start(env={"ONCEFLOW_FAULT": fault, "ONCEFLOW_FAULT_TOKEN": str(token),
+                   "ONCEFLOW_FAULT_ACTION": "pause"})
+    wait_for(lambda: token.exists() or job.proc.poll() is not None, 120, f"fault {fault}")
+    assert token.exists(), job.tail()
+    killed = server.terminate_sessions("onceflow:")
+    assert killed, "no session of the job to terminate"
+    Path(f"{token}.go").touch()
+    result = _finish(job, server)
+    assert result["restarts"] >= 1, f"terminated sessions {killed} went unnoticed"

@@ -18,6 +18,9 @@ Every error onceflow raises derives from :class:`OnceflowError`; subclasses say 
     │   │                           PostgreSQL, ...) failed; ``__cause__`` is its own error
     │   ├── KafkaProtocolError          a Kafka request failed with an error code (``code``)
     │   └── KafkaTransactionLostError   a transaction a checkpoint covers cannot be committed
+    │                                   (also an OutputLostError)
+    ├── OutputLostError             output a completed checkpoint covers is lost: the job
+    │                               fails at once, restarting cannot bring it back
     ├── RemoteError                 the CLI could not reach a running job, or it refused
     └── JobFailedError              the job failed and the restart strategy gave up; carries
                                     the last failure's message

@@ -706,7 +706,13 @@ class SinkOp(Operator):
         return []
 
     def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
-        return self.lifecycle.snapshot(checkpoint_id)
+        try:
+            return self.lifecycle.snapshot(checkpoint_id)  # pre-commit
+        except OnceflowError:
+            raise
+        except Exception as e:  # e.g. a record the file format could not hold, found late
+            raise UserFunctionError(self.name, f"<pre-commit of checkpoint {checkpoint_id}>",
+                                    e) from e
 
     def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
         self.lifecycle.checkpoint_complete(checkpoint_id)

@@ -95,9 +95,17 @@ def test_a_second_sigint_stops_at_once_and_names_the_latest_checkpoint(tmp_path:
     proc = _start(_onceflow("run", str(job), "--no-progress"), tmp_path)
     _wait_for_checkpoint(proc, tmp_path)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.01)
+    # Python runs a signal handler once for signals that arrive before it got to run:
+    # wait until the first one was handled (it says so) before sending the second
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "with a savepoint" in line:
+            break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(seen) + rest
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "at once; the latest checkpoint is" in err

@@ -44,7 +44,7 @@ import orjson
 FLOW_NAME = "wordcount"
 N_FILES = 16
 VOCABULARY = 3000
-DEFAULT_WORDS = 2_500_000
+DEFAULT_WORDS = 5_000_000
 CHECKPOINT_INTERVAL = 1.0
 CORPUS_SEED = 20240601
 
@@ -303,7 +303,7 @@ def main() -> int:
         child = subprocess.Popen(cmd)
         started = time.time()
         say(f"{_clock(t0)} job started in child process {child.pid}")
-        kill_after = random.uniform(3.0, 4.5)  # seconds after the start; varies run to run
+        kill_after = random.uniform(1.0, 2.0)  # seconds after the start; varies run to run
         killed: list[int] = []
         while child.poll() is None:
             time.sleep(0.05)
@@ -311,7 +311,7 @@ def main() -> int:
                 continue
             chk = latest_checkpoint(ckpt)
             workers = children_of(child.pid)
-            if chk < 2 or not workers:
+            if chk < 1 or not workers:
                 continue
             victim = random.choice(workers)
             try:

@@ -710,7 +710,7 @@ class SinkOp(Operator):
             return self.lifecycle.snapshot(checkpoint_id)  # pre-commit
         except OnceflowError:
             raise
-        except Exception as e:  # e.g. a record the file format could not hold, found late
+        except (TypeError, ValueError) as e:  # a record the format could not hold, found late
             raise UserFunctionError(self.name, f"<pre-commit of checkpoint {checkpoint_id}>",
                                     e) from e
 

@@ -33,9 +33,11 @@ from onceflow.api.two_input import (
     MapStateDescriptor,
 )
 from onceflow.api.watermarks import WatermarkGenerator, WatermarkStrategy
+from onceflow.checkpoint.s3 import S3Storage
 from onceflow.checkpoint.stats import CheckpointStats, CheckpointStatus
 from onceflow.errors import (
     CheckpointError,
+    CheckpointStorageError,
     ConfigurationError,
     ConnectorError,
     CorruptCheckpointError,
@@ -64,6 +66,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointStats",
     "CheckpointStatus",
+    "CheckpointStorageError",
     "CoProcessFunction",
     "ConfigurationError",
     "ConnectorError",
@@ -90,6 +93,7 @@ __all__ = [
     "RecordFormatError",
     "RestartStrategy",
     "RuntimeContext",
+    "S3Storage",
     "SavepointError",
     "StateTtl",
     "TimeDomain",

@@ -73,6 +73,12 @@ class CorruptCheckpointError(CheckpointError):
         self.reason = reason
 
 
+class CheckpointStorageError(CheckpointError, OSError):
+    """Checkpoint storage (an S3-compatible object store) refused or failed a request; the
+    message names the URL and what was being done (never a secret). It is an ``OSError``
+    too, so a failed upload fails that checkpoint like a failed write to a directory."""
+
+
 class CheckpointFailuresExceeded(CheckpointError):
     """More consecutive checkpoint failures than ``tolerable_failures`` (or a final
     checkpoint or stop-with-savepoint failed): the attempt ends and the restart strategy

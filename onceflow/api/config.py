@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from onceflow.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from onceflow.checkpoint.s3 import S3Storage
 
 MODES = ("exactly_once", "at_least_once")
 UNALIGNED_BUFFER_TIME = 0.1  # seconds: buffer_time's default with unaligned checkpoints
@@ -17,7 +21,7 @@ def _number(v: object) -> bool:
 @dataclass(frozen=True)
 class CheckpointConfig:
     interval: float
-    storage: str | None
+    storage: str | S3Storage | None
     mode: str = "exactly_once"
     timeout: float = 600.0
     min_pause: float = 0.0
@@ -78,6 +82,10 @@ class CheckpointConfig:
                       "exactly-once mode; with mode='at_least_once' barriers never wait anyway")
         if self.storage is None or not str(self.storage):
             raise bad("storage must be a directory path for checkpoint files")
+        if isinstance(self.storage, str) and self.storage.startswith("s3://"):
+            from onceflow.checkpoint.s3 import S3Storage
+
+            S3Storage(self.storage)  # a malformed URL is named here
 
 
 @dataclass(frozen=True)

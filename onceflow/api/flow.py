@@ -29,6 +29,7 @@ from onceflow.api.config import CheckpointConfig, RestartStrategy, exponential_b
 from onceflow.api.functions import KeyedProcessFunction, OutputTag
 from onceflow.api.result import JobResult
 from onceflow.api.watermarks import WatermarkStrategy
+from onceflow.checkpoint.s3 import S3Storage
 from onceflow.connectors.sinks import Sink
 from onceflow.connectors.sources import Source
 from onceflow.connectors.two_phase import TwoPhaseCommitSink, WriteAheadSink
@@ -69,14 +70,17 @@ class Flow:
         self._plan = LogicalPlan()
 
     # --- configuration -------------------------------------------------------------------
-    def enable_checkpointing(self, interval: float, storage: str | os.PathLike[str], *,
+    def enable_checkpointing(self, interval: float,
+                             storage: str | os.PathLike[str] | S3Storage, *,
                              mode: str = "exactly_once", timeout: float = 600.0,
                              min_pause: float = 0.0, max_concurrent: int = 1,
                              retained: int = 1, tolerable_failures: int = 0,
                              incremental: bool = False, unaligned: bool = False,
                              aligned_timeout: float | None = None,
                              buffer_time: float | None = None) -> Flow:
-        """Checkpoint every ``interval`` seconds into directory ``storage``.
+        """Checkpoint every ``interval`` seconds into directory ``storage`` (or into an
+        S3-compatible object store: ``"s3://bucket/prefix"`` or an :class:`onceflow.S3Storage`;
+        see docs/storage.md).
 
         ``mode`` is ``"exactly_once"`` (aligned barriers) or ``"at_least_once"`` (no
         alignment: lower latency, replays may duplicate state updates). A checkpoint not
@@ -100,7 +104,9 @@ class Flow:
         ``buffer_time=0`` turns it off.
         Settings are checked by ``run()``."""
         self.checkpoint_config = CheckpointConfig(
-            interval=interval, storage=os.fspath(storage) if storage is not None else None,
+            interval=interval,
+            storage=storage if storage is None or isinstance(storage, S3Storage | str)
+            else os.fspath(storage),
             mode=mode, timeout=timeout, min_pause=min_pause, max_concurrent=max_concurrent,
             retained=retained, tolerable_failures=tolerable_failures, incremental=incremental,
             unaligned=unaligned, aligned_timeout=aligned_timeout, buffer_time=buffer_time)

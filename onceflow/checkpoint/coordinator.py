@@ -118,7 +118,7 @@ class CheckpointCoordinator:
         self._running = False
         self._last_trigger = 0.0
         self._last_complete = float("-inf")
-        self.registry = SharedRegistry(storage.dir)
+        self.registry = SharedRegistry(storage.dir, storage)
         self.registry.load(storage)
         self.registry.sweep()  # no task runs yet
         self.retention = Retention(settings.retained, storage, self.registry)
@@ -270,7 +270,7 @@ class CheckpointCoordinator:
         self.send_all(m.Complete(p.id, p.final))
         if p.final:
             self.final_completed = True
-        p.kind.answer(directory, None)
+        p.kind.answer(self.storage.public_path(directory), None)
         if p.kind.subsumable:
             for older in [q for q in self.pending.values() if q.id < p.id and q.kind.subsumable]:
                 self._abort(older, f"subsumed by checkpoint {p.id}", count=False)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -120,7 +119,7 @@ class Savepoint(CheckpointKind):
                         "not consider it", cid, storage.dir, e.strerror)
 
     def discard(self, storage: CheckpointStorage, cid: int) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        storage.discard_path(self.path)
 
     def log_completed(self, st: CheckpointStats, flow: str) -> None:
         log.info("savepoint %d complete%s: %s, %.1f ms, %s", st.id,

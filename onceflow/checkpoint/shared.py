@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 
-from onceflow.checkpoint.storage import CheckpointStorage, read_metadata
+from onceflow.checkpoint.storage import CheckpointStorage
 from onceflow.errors import CorruptCheckpointError
 from onceflow.state.backend import SHARED_DIR
 
@@ -30,8 +30,9 @@ log = logging.getLogger("onceflow.checkpoint")
 
 
 class SharedRegistry:
-    def __init__(self, flow_dir: str) -> None:
+    def __init__(self, flow_dir: str, storage: CheckpointStorage | None = None) -> None:
         self.flow_dir = flow_dir
+        self.storage = storage  # deletes files (in a directory, or objects of a store)
         self.root = os.path.join(flow_dir, SHARED_DIR)
         self.root_rel = SHARED_DIR + "/"
         self.refs: dict[str, set[int]] = {}  # file (rel. to flow dir) -> checkpoint ids
@@ -43,7 +44,7 @@ class SharedRegistry:
         """Register every complete checkpoint in storage (at job start)."""
         for cid in storage.complete_ids():
             try:
-                meta = read_metadata(storage.path(cid))
+                meta = storage.metadata(storage.path(cid))
             except CorruptCheckpointError:
                 continue  # a corrupt one is dealt with (moved aside) by restore
             self.register(cid, list(meta.shared))
@@ -79,35 +80,32 @@ class SharedRegistry:
     def sweep(self) -> None:
         """Delete every shared file no retained checkpoint references (no task may run)."""
         self.collect(set())
-        try:
-            owners = os.listdir(self.root)
-        except FileNotFoundError:
-            return
+        if self.storage is not None:
+            files = self.storage.shared_files()
+        else:
+            files = CheckpointStorage.shared_files(_AtDir(self.flow_dir))
         removed = 0
-        for owner in owners:
-            d = os.path.join(self.root, owner)
-            try:
-                names = os.listdir(d)
-            except NotADirectoryError:
-                continue
-            for n in names:
-                rel = f"{SHARED_DIR}/{owner}/{n}"
-                if rel not in self.refs:
-                    self._delete(rel)
-                    removed += 1
-            try:
-                os.rmdir(d)  # only if empty
-            except OSError:
-                pass
+        for rel in files:
+            if rel not in self.refs:
+                self._delete(rel)
+                removed += 1
         if removed:
             log.info("removed %d shared checkpoint file(s) no retained checkpoint references "
                      "(left by aborted checkpoints or killed uploads)", removed)
 
     def _delete(self, rel: str) -> None:
         try:
-            os.unlink(os.path.join(self.flow_dir, rel))
-            self.deleted += 1
-        except FileNotFoundError:
-            pass
+            if self.storage is not None:
+                gone = self.storage.delete_file(rel)
+            else:
+                gone = CheckpointStorage.delete_file(_AtDir(self.flow_dir), rel)
+            self.deleted += gone
         except OSError as e:
             log.warning("could not delete shared checkpoint file %s: %s", rel, e.strerror)
+
+
+class _AtDir(CheckpointStorage):
+    """A directory storage whose flow directory is ``flow_dir`` itself."""
+
+    def __init__(self, flow_dir: str) -> None:
+        self.root = self.dir = flow_dir

@@ -38,6 +38,7 @@ from onceflow.checkpoint.metadata import CheckpointMetadata
 from onceflow.checkpoint.metadata import decode as decode_metadata
 from onceflow.checkpoint.metadata import encode as encode_metadata
 from onceflow.errors import ConfigurationError, CorruptCheckpointError, NoCheckpointError
+from onceflow.state.backend import SHARED_DIR
 
 log = logging.getLogger("onceflow.checkpoint")
 
@@ -67,6 +68,14 @@ class CompletedCheckpoint:
     id: int
     path: str
     meta: CheckpointMetadata
+    remote: Any = None  # an object store the files are fetched from (checkpoint/s3.py)
+
+    @property
+    def location(self) -> str:
+        """Where the checkpoint is, for people: its directory, or its ``s3://`` URL."""
+        if self.remote is not None and (k := self.remote.key(self.path)) is not None:
+            return str(self.remote.url(k))
+        return self.path
 
     def _read_verified(self, name: str) -> bytes:
         info = self.meta.files[name]
@@ -144,11 +153,29 @@ def load_checkpoint(path: str) -> CompletedCheckpoint:
 
 
 class CheckpointStorage:
-    """The checkpoints of one flow: ``<root>/<flow>/chk-<n>``."""
+    """The checkpoints of one flow: ``<root>/<flow>/chk-<n>``.
+
+    This is the storage interface, implemented here for a directory (local, or a shared
+    mount such as NFS). ``checkpoint/s3.py`` implements it for an S3-compatible object
+    store: there ``dir`` is a local staging directory with the same layout, files written
+    into it are uploaded (``remote`` tells the workers where to), and the methods below
+    that touch storage (listing, metadata, discard, shared files, fetching a checkpoint
+    for a restore) talk to the store instead."""
+
+    remote: Any = None  # where workers upload what they write below ``dir`` (None: nowhere)
 
     def __init__(self, root: str, flow: str) -> None:
         self.root = os.path.abspath(root)
-        self.dir = os.path.join(self.root, re.sub(r"[^A-Za-z0-9_.-]+", "_", flow))
+        self.dir = os.path.join(self.root, flow_dir_name(flow))
+
+    @property
+    def url(self) -> str:
+        """Where this flow's checkpoints are, for messages (a directory, or ``s3://...``)."""
+        return self.dir
+
+    def public_path(self, path: str) -> str:
+        """How a checkpoint or savepoint directory below ``dir`` is named to users."""
+        return path
 
     def prepare(self) -> None:
         try:
@@ -166,15 +193,30 @@ class CheckpointStorage:
     def path(self, cid: int) -> str:
         return os.path.join(self.dir, f"chk-{cid}")
 
-    def ids(self) -> list[int]:
+    def _names(self) -> list[str]:
+        """The names of the entries in the flow's directory."""
         try:
-            names = os.listdir(self.dir)
+            return os.listdir(self.dir)
         except FileNotFoundError:
             return []
-        return sorted(int(m.group(1)) for n in names if (m := _CHK.match(n)))
+
+    def ids(self) -> list[int]:
+        return sorted(int(m.group(1)) for n in self._names() if (m := _CHK.match(n)))
+
+    def has_metadata(self, path: str) -> bool:
+        """Whether the checkpoint or savepoint in directory ``path`` is complete."""
+        return os.path.exists(os.path.join(path, METADATA))
 
     def complete_ids(self) -> list[int]:
-        return [i for i in self.ids() if os.path.exists(os.path.join(self.path(i), METADATA))]
+        return [i for i in self.ids() if self.has_metadata(self.path(i))]
+
+    def load(self, path: str) -> CompletedCheckpoint:
+        """Load and verify the checkpoint or savepoint in directory ``path``."""
+        return load_checkpoint(path)
+
+    def metadata(self, path: str) -> CheckpointMetadata:
+        """The metadata of the checkpoint or savepoint in ``path`` (files not checked)."""
+        return read_metadata(path)
 
     def write_metadata(self, meta: CheckpointMetadata, directory: str | None = None) -> str:
         """Make checkpoint ``meta.checkpoint_id`` (or the savepoint in ``directory``)
@@ -196,11 +238,7 @@ class CheckpointStorage:
         """(id, path) of the savepoints this flow took: folders ``savepoint-<id>-*`` here,
         and ``savepoint-<id>.ref`` files pointing to savepoints written elsewhere."""
         out: list[tuple[int, str]] = []
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return out
-        for n in names:
+        for n in self._names():
             m = _SAVEPOINT.match(n)
             if m is None:
                 continue
@@ -235,48 +273,103 @@ class CheckpointStorage:
         for cid in sorted({*self.complete_ids(), *savepoints}, reverse=True):
             if cid in savepoints:
                 path = savepoints[cid]
-                if not os.path.exists(os.path.join(path, METADATA)):
+                if not self.has_metadata(path):
                     continue  # moved or deleted by its owner, or never completed
                 try:
-                    return load_checkpoint(path)
+                    return self.load(path)
                 except CorruptCheckpointError as e:  # a savepoint is never moved aside
                     log.warning("%s; skipping this savepoint", e)
                     continue
             try:
-                return load_checkpoint(self.path(cid))
+                return self.load(self.path(cid))
             except CorruptCheckpointError as e:
-                aside = os.path.join(self.dir, f"corrupt-chk-{cid}")
-                try:
-                    os.rename(self.path(cid), aside)
-                    moved = f"moved it to {aside} for inspection"
-                except OSError:
-                    moved = "left it in place"
+                moved = self._move_aside(cid)
                 log.warning("%s; %s and falling back to the previous checkpoint", e, moved)
         return None
 
+    def _move_aside(self, cid: int) -> str:
+        """Move corrupt checkpoint ``cid`` out of the way; says what happened."""
+        aside = os.path.join(self.dir, f"corrupt-chk-{cid}")
+        try:
+            os.rename(self.path(cid), aside)
+            return f"moved it to {aside} for inspection"
+        except OSError:
+            return "left it in place"
+
     def discard(self, cid: int) -> None:
-        shutil.rmtree(self.path(cid), ignore_errors=True)
+        self.discard_path(self.path(cid))
+
+    def discard_path(self, path: str) -> None:
+        """Delete the checkpoint or savepoint in directory ``path`` with all its files."""
+        shutil.rmtree(path, ignore_errors=True)
 
     def discard_incomplete(self) -> None:
         """Remove checkpoint directories that never got metadata (only when no task runs)."""
         for cid in self.ids():
-            if not os.path.exists(os.path.join(self.path(cid), METADATA)):
+            if not self.has_metadata(self.path(cid)):
                 self.discard(cid)
+
+    def shared_files(self) -> list[str]:
+        """Every file under the flow's ``shared/`` folder, relative to the flow's directory
+        (``shared/<owner>/<name>``)."""
+        root = os.path.join(self.dir, SHARED_DIR)
+        out: list[str] = []
+        try:
+            owners = os.listdir(root)
+        except FileNotFoundError:
+            return out
+        for owner in owners:
+            try:
+                names = os.listdir(os.path.join(root, owner))
+            except NotADirectoryError:
+                continue
+            out += [f"{SHARED_DIR}/{owner}/{n}" for n in names]
+            try:
+                os.rmdir(os.path.join(root, owner))  # only if empty
+            except OSError:
+                pass
+        return out
+
+    def delete_file(self, rel: str) -> bool:
+        """Delete one file (relative to the flow's directory); False if it was not there.
+        Raises OSError when it cannot be deleted."""
+        try:
+            os.unlink(os.path.join(self.dir, rel))
+            return True
+        except FileNotFoundError:
+            return False
 
     def next_id(self) -> int:
         """Above every checkpoint and savepoint id in this flow's directory."""
         ids = self.ids()
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            names = []
-        ids += [int(m.group(1)) for n in names if (m := _SAVEPOINT.match(n))]
+        ids += [int(m.group(1)) for n in self._names() if (m := _SAVEPOINT.match(n))]
         return (max(ids) + 1) if ids else 1
 
 
-def resolve_restore_path(path: str, flow: str) -> CompletedCheckpoint:
+def flow_dir_name(flow: str) -> str:
+    """The folder (or key prefix) of a flow's checkpoints below the storage root."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", flow)
+
+
+def open_storage(storage: Any, flow: str) -> CheckpointStorage:
+    """The storage ``enable_checkpointing(storage=...)`` names: a directory, an
+    ``s3://bucket/prefix`` URL, or an :class:`onceflow.S3Storage`."""
+    from onceflow.checkpoint import s3
+
+    if s3.is_s3(storage):
+        return s3.S3CheckpointStorage(s3.location(storage), flow)
+    return CheckpointStorage(os.fspath(storage), flow)
+
+
+def resolve_restore_path(path: str, flow: str,
+                         storage: CheckpointStorage | None = None) -> CompletedCheckpoint:
     """An explicit restore path: a checkpoint directory, a flow's checkpoint directory, or
-    the storage root the flow was configured with."""
+    the storage root the flow was configured with; or the same as an ``s3://`` URL (with
+    the job's S3 settings when ``storage`` is on the same store)."""
+    from onceflow.checkpoint import s3
+
+    if s3.is_s3(path):
+        return s3.resolve_restore_url(path, flow, storage)
     p = os.path.abspath(path)
     if not os.path.isdir(p):
         raise NoCheckpointError(f"restore path {p} does not exist or is not a directory")

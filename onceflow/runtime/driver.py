@@ -34,6 +34,7 @@ from onceflow.checkpoint.restore import RestorePlan, check_compatible
 from onceflow.checkpoint.storage import (
     CheckpointStorage,
     CompletedCheckpoint,
+    open_storage,
     resolve_restore_path,
 )
 from onceflow.errors import (
@@ -177,7 +178,7 @@ class JobDriver:
         tmpdir: str | None = None
         if ck is not None:
             assert ck.storage is not None
-            storage = CheckpointStorage(ck.storage, cfg.flow)
+            storage = open_storage(ck.storage, cfg.flow)
         else:
             tmpdir = tempfile.mkdtemp(prefix="onceflow-final-")
             storage = CheckpointStorage(tmpdir, cfg.flow)
@@ -226,15 +227,15 @@ class JobDriver:
             initial = storage.latest_valid()
             if initial is None:
                 log.warning("restore='latest': no complete checkpoint in %s; starting from the "
-                            "beginning", storage.dir)
+                            "beginning", storage.url)
         elif restore is not None:
-            initial = resolve_restore_path(restore, self.cfg.flow)
+            initial = resolve_restore_path(restore, self.cfg.flow, storage)
         elif self.cfg.checkpoint is not None:  # no silent second copy of the output
             check_fresh_start(storage, self.cfg.flow, self.cfg.fresh)
         if initial is not None:
             for note in check_compatible(graph, initial.meta, initial.path):
                 log.info("%s", note)
-            log.info("restoring from checkpoint %d at %s", initial.id, initial.path)
+            log.info("restoring from checkpoint %d at %s", initial.id, initial.location)
         storage.discard_incomplete()
         return initial
 
@@ -327,11 +328,11 @@ class JobDriver:
             checkpoints=list(run.coordinator.history),
             restarts=len(run.failures),
             failures=run.failures,
-            restored_from=run.initial.path if run.initial else None,
+            restored_from=run.initial.location if run.initial else None,
             started_at=run.started,
             processing_started_at=run.processing_started or run.started,
             finished_at=time.time(),
-            checkpoint_storage=run.storage.dir if cfg.checkpoint else None,
+            checkpoint_storage=run.storage.url if cfg.checkpoint else None,
             attempts=run.attempt_starts,
             savepoint=self.stopped_with_savepoint,
         )
@@ -374,7 +375,8 @@ class JobDriver:
                            cfg.state_backend, bool(ck and ck.incremental),
                            unaligned=bool(ck and ck.unaligned),
                            aligned_timeout=ck.aligned_timeout if ck else None,
-                           buffer_time=ck.effective_buffer_time if ck else None)
+                           buffer_time=ck.effective_buffer_time if ck else None,
+                           checkpoint_remote=run.storage.remote)
                 for w in range(run.graph.workers)]
 
     def _run_attempt(self, run: _Run) -> str | None:

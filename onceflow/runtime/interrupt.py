@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from onceflow.checkpoint.storage import CheckpointStorage
+from onceflow.checkpoint.storage import open_storage
 from onceflow.runtime.control import Request
 from onceflow.runtime.rerun import newest_completed
 
@@ -94,7 +94,7 @@ class GracefulStop:
             _say(f"{name}: stopping job {flow!r} at once; checkpointing is off, so there is "
                  "nothing to resume from (uncommitted output is discarded)")
         else:
-            newest = newest_completed(CheckpointStorage(ck.storage, flow))
+            newest = newest_completed(open_storage(ck.storage, flow))
             where = (f"the latest checkpoint is {newest[0]} at {newest[1]}" if newest
                      else "no checkpoint completed yet: a restore starts from the beginning")
             _say(f"{name}: stopping job {flow!r} at once; {where}; resume with: "

@@ -10,11 +10,10 @@ explicit ``fresh=True`` (``onceflow run --fresh``).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 
-from onceflow.checkpoint.storage import METADATA, CheckpointStorage, load_checkpoint
+from onceflow.checkpoint.storage import CheckpointStorage, load_checkpoint, open_storage
 from onceflow.errors import ExistingCheckpointError, OnceflowError
 
 if TYPE_CHECKING:
@@ -26,17 +25,19 @@ log = logging.getLogger("onceflow")
 def newest_completed(storage: CheckpointStorage) -> tuple[int, str] | None:
     """(id, path) of the newest checkpoint or savepoint of this flow that has metadata
     (without verifying or moving anything)."""
-    found = [(cid, storage.path(cid)) for cid in storage.complete_ids()]
-    found += [(cid, p) for cid, p in storage.savepoints()
-              if os.path.exists(os.path.join(p, METADATA))]
+    found = [(cid, storage.public_path(storage.path(cid))) for cid in storage.complete_ids()]
+    found += [(cid, storage.public_path(p)) for cid, p in storage.savepoints()
+              if storage.has_metadata(p)]
     return max(found) if found else None
 
 
-def describe(cid: int, path: str) -> str:
+def describe(cid: int, path: str, storage: CheckpointStorage | None = None) -> str:
     """``checkpoint 7 at <path>, completed 2026-12-01 10:00:00 UTC; the job had finished:
     ...`` (or had not, or was stopped with this savepoint)."""
     try:
-        meta = load_checkpoint(path).meta
+        meta = (storage.metadata(storage.path(cid)) if storage is not None
+                and path == storage.public_path(storage.path(cid))
+                else load_checkpoint(path).meta)
     except OnceflowError as e:
         return f"checkpoint {cid} at {path} (its files do not verify: {e})"
     kind = meta.kind
@@ -56,14 +57,14 @@ def check_fresh_start(storage: CheckpointStorage, flow: str, fresh: bool) -> Non
     newest = newest_completed(storage)
     if newest is None:
         return
-    what = describe(*newest)
+    what = describe(*newest, storage)
     if fresh:
         log.warning("flow %r starts over (fresh=True) although its checkpoint storage holds "
                     "%s: the whole output is written again", flow, what,
                     extra={"event": "fresh_start", "flow": flow, "checkpoint_id": newest[0]})
         return
     raise ExistingCheckpointError(
-        f"flow {flow!r} was run before: its checkpoint storage {storage.dir} holds {what}. "
+        f"flow {flow!r} was run before: its checkpoint storage {storage.url} holds {what}. "
         "Starting from the beginning would write its output a second time. Choose: "
         "restore=\"latest\" (onceflow run --restore latest) continues the job from there, "
         "or fresh=True (onceflow run --fresh) starts over, writing the whole output again.",
@@ -74,4 +75,4 @@ def check_before_start(flow: str, checkpoint: CheckpointConfig | None, restore: 
                        fresh: bool) -> None:
     """``Flow.start()`` refuses at once, in the caller's thread (not only in ``result()``)."""
     if restore is None and not fresh and checkpoint is not None and checkpoint.storage:
-        check_fresh_start(CheckpointStorage(checkpoint.storage, flow), flow, fresh)
+        check_fresh_start(open_storage(checkpoint.storage, flow), flow, fresh)

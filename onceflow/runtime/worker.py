@@ -73,6 +73,7 @@ class WorkerSpec:
     unaligned: bool = False  # unaligned exactly-once checkpoints (or after aligned_timeout)
     aligned_timeout: float | None = None
     buffer_time: float | None = None  # channel buffers sized by time
+    checkpoint_remote: Any = None  # an object store to upload to (checkpoint/s3.py Remote)
 
 
 class Worker:
@@ -150,6 +151,8 @@ class Worker:
         if not files:
             return {}
         assert ckpt is not None, "a restore plan names files but there is no checkpoint"
+        if ckpt.remote is not None:  # onto this machine's disk first
+            ckpt.remote.fetch_for(ckpt, files)
         return {name: ckpt.read_state(name) for name in files}
 
     # --- messages ------------------------------------------------------------------------
@@ -191,6 +194,7 @@ class Worker:
         path = os.path.join(directory, name)
         uploaded: dict[str, dict[str, Any]] = {}
         new_bytes = 0
+        written: list[str] = []  # new files, for an object store to upload
         in_backend: str | None = None  # the operator whose backend snapshot runs
         try:
             os.makedirs(directory, exist_ok=True)
@@ -201,6 +205,7 @@ class Worker:
                 manifests[uid] = part.run(target)
                 uploaded.update(target.uploaded)
                 new_bytes += target.new_bytes
+                written += [os.path.join(directory, r) for r in target.new_files]
                 _faults.point("snapshot.upload", checkpoint=cid, task=task, subtask=subtask)
             in_backend = None
             data = encode_state(blob, manifests, inflight)
@@ -213,6 +218,10 @@ class Worker:
                 f.write(data[half:])
                 f.flush()
                 os.fsync(f.fileno())
+            if self.spec.checkpoint_remote is not None:
+                self.spec.checkpoint_remote.upload(
+                    [os.path.normpath(p) for p in written] + [path],
+                    {"checkpoint": cid, "task": task, "subtask": subtask})
         except Exception as e:  # the checkpoint fails, loudly, with the reason
             for part in asyncs.values():
                 part.discard()

@@ -55,11 +55,13 @@ class SnapshotTarget:
     owner: str  # "<operator uid>-<subtask>": names files so they never collide
     uploaded: dict[str, dict[str, Any]] = field(default_factory=dict)  # rel path -> size/crc
     new_bytes: int = 0  # bytes written by this snapshot (its incremental size)
+    new_files: list[str] = field(default_factory=list)  # rel paths this snapshot wrote
 
     def _record(self, rel: str, size: int, crc: int, new: bool) -> None:
         self.uploaded[rel] = {"size": size, "crc32": crc}
         if new:
             self.new_bytes += size
+            self.new_files.append(rel)
 
     def write_shared(self, data: bytes, suffix: str, name: str | None = None) -> str:
         """Write ``data`` as a new shared file; returns its path relative to the checkpoint."""

@@ -1,0 +1,81 @@
+"""The real S3-compatible object store of the tests (SeaweedFS, ``scripts/s3``).
+
+``s3_url`` (a pytest fixture; import it into a test module) returns a fresh
+``s3://onceflow-test/<unique prefix>`` with the ``AWS_*`` variables set for this process
+and its children, so any test can put checkpoints on the store:
+``flow.enable_checkpointing(0.5, s3_url)``. A missing or broken server fails the test
+(never a skip): ``ensure_server`` starts it with ``scripts/s3 start`` (idempotent).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = str(ROOT / "scripts" / "s3")
+BUCKET = "onceflow-test"
+ENV = {
+    "AWS_ENDPOINT_URL_S3": os.environ.get("ONCEFLOW_S3_ENDPOINT", "http://127.0.0.1:38333"),
+    "AWS_ACCESS_KEY_ID": os.environ.get("ONCEFLOW_S3_ACCESS_KEY", "onceflow-test"),
+    "AWS_SECRET_ACCESS_KEY": os.environ.get("ONCEFLOW_S3_SECRET_KEY", "onceflow-test-secret"),
+    "AWS_REGION": "us-east-1",
+}
+_started = False
+
+
+def ensure_server() -> str:
+    """Start SeaweedFS unless it runs (``scripts/s3 start``); its endpoint."""
+    global _started
+    if not _started:
+        proc = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"scripts/s3 start failed:\n{proc.stderr[-3000:]}"
+        assert proc.stdout.strip().splitlines()[-1] == ENV["AWS_ENDPOINT_URL_S3"]
+        _started = True
+        c = client()
+        try:
+            c.head_bucket(Bucket=BUCKET)
+        except Exception:
+            c.create_bucket(Bucket=BUCKET)
+    return ENV["AWS_ENDPOINT_URL_S3"]
+
+
+def client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3", endpoint_url=ENV["AWS_ENDPOINT_URL_S3"],
+        aws_access_key_id=ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=ENV["AWS_SECRET_ACCESS_KEY"], region_name=ENV["AWS_REGION"],
+        config=Config(s3={"addressing_style": "path"},
+                      request_checksum_calculation="when_required",
+                      response_checksum_validation="when_required"))
+
+
+def keys(url: str) -> dict[str, int]:
+    """Every object below ``url`` (``s3://bucket/prefix``): key relative to it -> size."""
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    out: dict[str, int] = {}
+    for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                   Prefix=prefix):
+        for o in page.get("Contents", ()):
+            out[o["Key"][len(prefix):]] = int(o["Size"])
+    return out
+
+
+@pytest.fixture
+def s3_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh ``s3://onceflow-test/<prefix>`` on the running store, env set."""
+    ensure_server()
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    yield f"s3://{BUCKET}/t-{uuid.uuid4().hex[:12]}"

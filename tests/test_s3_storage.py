@@ -1,0 +1,207 @@
+"""Checkpoint storage on a real S3-compatible object store (SeaweedFS from ``scripts/s3``):
+atomic completion, conditional create of ``_metadata``, listing, fallback from a corrupt
+newest checkpoint, shared objects and their deletion, self-contained savepoints, restore
+from an ``s3://`` URL, and clear errors for a missing bucket, refused credentials and an
+unreachable endpoint. Never a mock: a missing server fails these tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import s3store
+import statejobs
+
+import onceflow as of
+from onceflow.checkpoint.metadata import CheckpointMetadata
+from onceflow.checkpoint.s3 import S3CheckpointStorage, S3Storage
+from onceflow.checkpoint.shared import SharedRegistry
+from onceflow.checkpoint.storage import open_storage
+
+s3_url = s3store.s3_url  # the fixture: a fresh s3:// prefix, env set
+
+
+def _meta(cid: int, flow: str = "f") -> CheckpointMetadata:
+    return CheckpointMetadata(flow=flow, checkpoint_id=cid, kind="checkpoint", final=False,
+                              trigger_time=time.time(), completion_time=time.time(),
+                              max_parallelism=128, operators={}, files={})
+
+
+def _storage(url: str, flow: str = "f") -> S3CheckpointStorage:
+    st = open_storage(url, flow)
+    assert isinstance(st, S3CheckpointStorage)
+    st.prepare()
+    return st
+
+
+def test_every_listener_of_the_store_is_on_loopback_only() -> None:
+    s3store.ensure_server()
+    pid = Path("/tmp/onceflow-s3/weed.pid").read_text().strip()
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    mine = [line.split()[3] for line in out.splitlines() if f"pid={pid}," in line]
+    assert len(mine) >= 5, f"weed (pid {pid}) listens on too few ports: {mine}\n{out}"
+    wide = [a for a in mine if not a.startswith("127.0.0.1:")]
+    assert not wide, f"SeaweedFS listens beyond 127.0.0.1: {wide}"
+
+
+def test_a_checkpoint_exists_only_once_its_metadata_object_does(s3_url: str) -> None:
+    st = _storage(s3_url)
+    remote = st.remote
+    remote.put_bytes(f"{st.prefix}/chk-1/a-0.state", b"x")
+    assert st.ids() == [1] and st.complete_ids() == []
+    assert st.latest_valid() is None
+    st.write_metadata(_meta(1))
+    assert st.complete_ids() == [1]
+    assert st.next_id() == 2
+    # a second coordinator (a zombie) cannot replace it: conditional create
+    with pytest.raises(of.CheckpointStorageError, match="already exists") as err:
+        st.write_metadata(_meta(1))
+    assert isinstance(err.value, OSError)  # fails the checkpoint like a failed write
+    assert st.metadata(st.path(1)).checkpoint_id == 1
+    # an incomplete one is discarded (no task runs), the complete one stays
+    remote.put_bytes(f"{st.prefix}/chk-2/a-0.state", b"y")
+    assert st.ids() == [1, 2]
+    st.discard_incomplete()
+    assert st.ids() == [1]
+    assert set(s3store.keys(st.url)) == {"chk-1/a-0.state", "chk-1/_metadata"}
+
+
+def test_restore_latest_from_s3_and_fallback_from_a_corrupt_newest(
+        s3_url: str, tmp_path: Path) -> None:
+    flow = statejobs.build(str(tmp_path / "out"), s3_url, backend_name="memory",
+                           parallelism=2, records=8000, rate=4000, interval=0.1, retained=3)
+    result = flow.run()
+    assert result.checkpoint_storage == f"{s3_url}/statejob"
+    st = _storage(s3_url, "statejob")
+    done = st.complete_ids()
+    assert len(done) == 3, done
+    assert not os.listdir(st.dir), "files stayed in the local staging directory"
+    # the newest (the final checkpoint) gets a truncated state file
+    newest = done[-1]
+    name = sorted(k for k in s3store.keys(st.url) if k.startswith(f"chk-{newest}/")
+                  and k.endswith(".state"))[0]
+    st.remote.put_bytes(f"{st.prefix}/{name}", b"ONCEFLOW-STATE-2\ntruncated")
+    found = st.latest_valid()
+    assert found is not None and found.id == done[-2]
+    assert found.location == f"{s3_url}/statejob/chk-{done[-2]}"
+    listed = s3store.keys(st.url)
+    assert any(k.startswith(f"corrupt-chk-{newest}/") for k in listed)
+    assert not any(k.startswith(f"chk-{newest}/") for k in listed)
+    assert st.complete_ids() == done[:-1]
+
+
+def test_shared_objects_are_reference_counted_and_deleted(s3_url: str) -> None:
+    st = _storage(s3_url)
+    for name in ("a", "b", "c", "stray"):
+        st.remote.put_bytes(f"{st.prefix}/shared/op-0/{name}", name.encode())
+    reg = SharedRegistry(st.dir, st)
+    reg.register(1, ["shared/op-0/a", "shared/op-0/b"])
+    reg.register(2, ["shared/op-0/b", "shared/op-0/c"])
+    reg.sweep()  # nothing runs: the unreferenced one goes
+    assert sorted(s3store.keys(st.url)) == ["shared/op-0/a", "shared/op-0/b", "shared/op-0/c"]
+    reg.release(1, in_flight={3})  # checkpoint 3 was in flight: "a" waits for it
+    reg.collect(in_flight={3})
+    assert "shared/op-0/a" in s3store.keys(st.url)
+    reg.collect(in_flight=set())
+    assert sorted(s3store.keys(st.url)) == ["shared/op-0/b", "shared/op-0/c"]
+    assert reg.deleted == 2
+
+
+def test_incremental_rocksdb_shares_objects_and_keeps_only_referenced_ones(
+        s3_url: str, tmp_path: Path) -> None:
+    flow = statejobs.build(str(tmp_path / "out"), s3_url, backend_name="rocksdb",
+                           parallelism=2, records=6000, rate=6000, interval=0.15,
+                           incremental=True, retained=2)
+    result = flow.run()
+    assert len(result.completed_checkpoints) >= 4
+    st = _storage(s3_url, "statejob")
+    done = st.complete_ids()
+    assert len(done) == 2
+    referenced: set[str] = set()
+    for cid in done:
+        referenced |= set(st.metadata(st.path(cid)).shared)
+    stored = {k for k in s3store.keys(st.url) if k.startswith("shared/")}
+    assert referenced, "incremental RocksDB checkpoints referenced no shared objects"
+    assert stored == referenced
+    # the newest reuses objects an earlier checkpoint uploaded (incremental)
+    first, second = (set(st.metadata(st.path(c)).shared) for c in done)
+    assert first & second
+    # and a restore from it (downloads to local disk) continues exactly
+    out2 = tmp_path / "out"
+    again = statejobs.build(str(out2), s3_url, backend_name="rocksdb", parallelism=1,
+                            records=6000, rate=1e9, incremental=True)
+    res = again.run(restore="latest")
+    assert res.restored_from == f"{s3_url}/statejob/chk-{done[-1]}"
+    assert statejobs.committed(str(out2)) == statejobs.expected(6000)
+
+
+def test_savepoint_is_self_contained_and_restores_from_its_url(
+        s3_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    flow = statejobs.build(str(out), s3_url, backend_name="rocksdb", parallelism=2,
+                           records=40_000, rate=4000, interval=0.2, incremental=True)
+    client = flow.start()
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*.jsonl")):
+        assert time.monotonic() < deadline and not client.done()
+        time.sleep(0.05)
+    path = client.stop_with_savepoint(timeout=120)
+    result = client.result(timeout=120)
+    assert path.startswith(f"{s3_url}/statejob/savepoint-"), path
+    assert result.records_out("numbers") < 40_000
+    sp = path[len(s3_url) + len("/statejob/"):]
+    st = _storage(s3_url, "statejob")
+    meta = st.metadata(os.path.join(st.dir, sp))
+    assert meta.is_savepoint and meta.shared == ()
+    objects = s3store.keys(path)
+    for rel in [*meta.files, *meta.extra_files]:
+        assert rel in objects, f"savepoint file {rel} is not below the savepoint's prefix"
+    again = statejobs.build(str(out), s3_url, backend_name="memory", parallelism=3,
+                            records=40_000, rate=1e9)
+    res = again.run(restore=path)
+    assert res.restored_from == path
+    assert statejobs.committed(str(out)) == statejobs.expected(40_000)
+
+
+def test_a_missing_bucket_is_named_at_run(s3_url: str, tmp_path: Path) -> None:
+    url = "s3://no-such-bucket-onceflow/x"
+    flow = statejobs.build(str(tmp_path / "out"), url, backend_name="memory",
+                           parallelism=1, records=10, rate=1e9)
+    with pytest.raises(of.ConfigurationError, match="no-such-bucket-onceflow") as err:
+        flow.run()
+    assert "does not exist" in str(err.value)
+
+
+def test_refused_credentials_are_named_without_the_secret(
+        s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value-123")
+    flow = statejobs.build(str(tmp_path / "out"), s3_url, backend_name="memory",
+                           parallelism=1, records=10, rate=1e9)
+    with pytest.raises(of.ConfigurationError, match="refused the credentials") as err:
+        flow.run()
+    assert s3_url in str(err.value)
+    assert "wrong-secret-value-123" not in str(err.value)
+
+
+def test_an_unreachable_endpoint_is_named(tmp_path: Path) -> None:
+    storage = S3Storage("s3://b/p", endpoint="http://127.0.0.1:9", access_key_id="k",
+                        secret_access_key="s3cr3t-value")
+    assert "s3cr3t" not in repr(storage)
+    flow = statejobs.build(str(tmp_path / "out"), "unused", backend_name="memory",
+                           parallelism=1, records=10, rate=1e9)
+    assert flow.checkpoint_config is not None
+    flow.enable_checkpointing(0.5, storage)
+    with pytest.raises(of.ConfigurationError, match=r"cannot reach the S3 endpoint "
+                       r"http://127\.0\.0\.1:9") as err:
+        flow.run()
+    assert "s3cr3t" not in str(err.value)
+
+
+def test_a_malformed_url_is_refused_when_checked() -> None:
+    with pytest.raises(of.ConfigurationError, match="names no bucket"):
+        cfg = of.Flow("f").enable_checkpointing(1.0, "s3://").checkpoint_config
+        assert cfg is not None
+        cfg.validate()

@@ -28,6 +28,7 @@ demo: $(VENV)/.synced
 services:
 	scripts/postgres start
 	scripts/kafka start
+	scripts/s3 start
 	scripts/browser install
 	@command -v unshare >/dev/null && command -v ip >/dev/null && command -v ss >/dev/null \
 		|| (apt-get update -q && apt-get install -y -q util-linux iproute2)
@@ -35,6 +36,7 @@ services:
 stop-services:
 	-scripts/kafka stop
 	-scripts/postgres stop
+	-scripts/s3 stop
 
 test: $(VENV)/.synced services
 	$(PY) -m ruff check onceflow tests benchmarks examples

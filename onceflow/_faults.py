@@ -23,6 +23,8 @@ Named points (context keys in brackets):
 - ``restore.inflight`` [task, subtask]: a restored task is replaying in-flight data
 - ``snapshot.upload`` [checkpoint, task, subtask]: a backend's files (RocksDB SST files,
   changelog) are uploaded, the subtask's state file is not written yet
+- ``snapshot.s3_upload`` [checkpoint, task, subtask]: with S3 checkpoint storage, half of a
+  subtask's files are uploaded to the object store, the rest (and its state file) not yet
 - ``sink.pre_commit`` [subtask]: inside a Kafka or PostgreSQL sink's pre-commit, before
   it flushes / prepares
 - ``sink.commit`` [subtask]: a PostgreSQL sink is about to send ``COMMIT PREPARED``

@@ -75,10 +75,12 @@ def test_restore_latest_from_s3_and_fallback_from_a_corrupt_newest(
                            parallelism=2, records=8000, rate=4000, interval=0.1, retained=3)
     result = flow.run()
     assert result.checkpoint_storage == f"{s3_url}/statejob"
+    staging = open_storage(s3_url, "statejob").dir
+    left = [os.path.join(d, f) for d, _, fs in os.walk(staging) for f in fs]
+    assert not left, f"files stayed in the local staging directory: {left[:5]}"
     st = _storage(s3_url, "statejob")
     done = st.complete_ids()
     assert len(done) == 3, done
-    assert not os.listdir(st.dir), "files stayed in the local staging directory"
     # the newest (the final checkpoint) gets a truncated state file
     newest = done[-1]
     name = sorted(k for k in s3store.keys(st.url) if k.startswith(f"chk-{newest}/")

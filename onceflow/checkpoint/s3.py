@@ -453,6 +453,10 @@ class S3CheckpointStorage(CheckpointStorage):
         k = self._key(path)
         return self.remote.url(k) if k is not None else path
 
+    def local_path(self, public: str) -> str:
+        head = f"{SCHEME}{self.loc.bucket}/"
+        return self.remote.path(public[len(head):]) if public.startswith(head) else public
+
     def prepare(self) -> None:
         """Check the store at ``run()``: the bucket exists, the credentials work, a write
         and a delete succeed; and start with an empty local staging directory."""

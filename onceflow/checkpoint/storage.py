@@ -177,6 +177,10 @@ class CheckpointStorage:
         """How a checkpoint or savepoint directory below ``dir`` is named to users."""
         return path
 
+    def local_path(self, public: str) -> str:
+        """The directory a :meth:`public_path` stands for (the inverse)."""
+        return public
+
     def prepare(self) -> None:
         try:
             os.makedirs(self.dir, exist_ok=True)

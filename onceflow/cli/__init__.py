@@ -156,9 +156,17 @@ def _checkpoint_dirs(root: str) -> tuple[str, list[str]]:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    if not os.path.isdir(args.dir):
+    from onceflow.checkpoint import s3
+
+    storage: CheckpointStorage | None = None
+    if s3.is_s3(args.dir):  # a flow's prefix on an object store: s3://bucket/prefix/<flow>
+        loc = s3.location(args.dir.rstrip("/"))
+        storage = s3.S3CheckpointStorage(loc, "", key_prefix=loc.prefix)
+        d, names = storage.dir, storage._names()
+    elif not os.path.isdir(args.dir):
         raise ConfigurationError(f"{args.dir} is not a directory")
-    d, names = _checkpoint_dirs(args.dir)
+    else:
+        d, names = _checkpoint_dirs(args.dir)
     rows: list[dict[str, Any]] = []
     for n in names:
         if not n.startswith(_ENTRIES):
@@ -169,14 +177,16 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         except (IndexError, ValueError):
             continue
         row: dict[str, Any] = {"id": cid, "kind": "savepoint" if n.startswith("savepoint-")
-                               else "checkpoint", "path": path}
+                               else "checkpoint",
+                               "path": storage.public_path(path) if storage else path}
         if n.startswith("corrupt-"):
             row["status"] = "corrupt (moved aside)"
-        elif not os.path.exists(os.path.join(path, METADATA)):
+        elif not (storage.has_metadata(path) if storage
+                  else os.path.exists(os.path.join(path, METADATA))):
             row["status"] = "incomplete"
         else:
             try:
-                meta = load_checkpoint(path).meta
+                meta = (storage.load(path) if storage else load_checkpoint(path)).meta
                 row["status"] = "complete" + (" (final)" if meta.final else "")
                 row["time"] = meta.completion_time
                 row["duration_s"] = meta.duration
@@ -274,10 +284,15 @@ def _key_groups(lo: int, end: int) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    ckpt = load_checkpoint(_latest_checkpoint(os.path.abspath(args.path)))
+    from onceflow.checkpoint import s3
+
+    if s3.is_s3(args.path):  # a checkpoint, or a flow's newest, on an object store
+        ckpt = s3.resolve_restore_url(args.path, "", None)
+    else:
+        ckpt = load_checkpoint(_latest_checkpoint(os.path.abspath(args.path)))
     meta = ckpt.meta
     mp = meta.max_parallelism
-    out: dict[str, Any] = {"checkpoint": ckpt.id, "path": ckpt.path, "flow": meta.flow,
+    out: dict[str, Any] = {"checkpoint": ckpt.id, "path": ckpt.location, "flow": meta.flow,
                            "final": meta.final, "max_parallelism": mp,
                            "format": meta.format, "kind": meta.kind, "operators": []}
     cache: dict[str, dict[str, Any]] = {}
@@ -297,7 +312,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=1, default=repr))
         return 0
-    print(f"checkpoint {ckpt.id} of flow {meta.flow!r} at {ckpt.path}"
+    print(f"checkpoint {ckpt.id} of flow {meta.flow!r} at {ckpt.location}"
           f"{' (final)' if out['final'] else ''}; max_parallelism {mp}")
     for op in out["operators"]:
         print(f"  {op['uid']} ({op['kind']}, parallelism {op['parallelism']}"
@@ -412,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=cmd_savepoint)
     c = sub.add_parser("checkpoints", help="list the checkpoints in a storage directory",
                        description="Every checkpoint in DIR (a storage directory or one "
-                       "flow's folder in it): id, status, time, duration, size, files.")
+                       "flow's folder in it, or a flow's prefix on an object store: "
+                       "s3://bucket/prefix/<flow>): id, status, time, duration, size, files.")
     c.add_argument("dir")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=cmd_checkpoints)
@@ -421,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "ranges, source positions and sink pending transactions.")
     i.add_argument("path", help="a checkpoint or savepoint directory (.../chk-<n>), or a "
                    "flow's checkpoint folder (or a storage root holding one flow): its "
-                   "newest complete checkpoint")
+                   "newest complete checkpoint; or the same as an s3:// URL")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_inspect)
     k = sub.add_parser("kafka", help="Kafka helpers",

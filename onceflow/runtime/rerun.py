@@ -35,9 +35,8 @@ def describe(cid: int, path: str, storage: CheckpointStorage | None = None) -> s
     """``checkpoint 7 at <path>, completed 2026-12-01 10:00:00 UTC; the job had finished:
     ...`` (or had not, or was stopped with this savepoint)."""
     try:
-        meta = (storage.metadata(storage.path(cid)) if storage is not None
-                and path == storage.public_path(storage.path(cid))
-                else load_checkpoint(path).meta)
+        meta = (storage.load(storage.local_path(path)) if storage is not None
+                else load_checkpoint(path)).meta
     except OnceflowError as e:
         return f"checkpoint {cid} at {path} (its files do not verify: {e})"
     kind = meta.kind

@@ -152,8 +152,11 @@ _clients_lock = threading.Lock()
 def _client(loc: S3Storage) -> Any:
     """A boto3 S3 client for ``loc``, one per process and settings (clients are thread
     safe; a forked child makes its own, never its parent's connections)."""
+    env = tuple(os.environ.get(v) for v in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+        "AWS_DEFAULT_REGION", "AWS_PROFILE"))
     key = (os.getpid(), loc.endpoint_url, loc.region, loc.access_key_id,
-           loc.secret_access_key, loc.session_token)
+           loc.secret_access_key, loc.session_token, env)
     with _clients_lock:
         c = _clients.get(key)
         if c is None:
@@ -313,6 +316,16 @@ class Remote:
                     f"checkpoint storage {self.loc.where()}: deleting {self.url(first['Key'])} "
                     f"failed: {first.get('Code')} {first.get('Message', '')}")
 
+    def any_below(self, prefix: str) -> bool:
+        """Whether any object's key starts with ``prefix`` (a store may list an emptied
+        "folder" as a common prefix for a while)."""
+        try:
+            page = self.client.list_objects_v2(Bucket=self.loc.bucket, Prefix=prefix,
+                                               MaxKeys=1)
+        except Exception as e:
+            raise _fail(e, self.loc, f"listing {self.url(prefix)}") from e
+        return bool(page.get("Contents"))
+
     def delete_prefix(self, prefix: str) -> None:
         self.delete(k for k, _ in list(self.list_keys(prefix.rstrip("/") + "/")))
 
@@ -336,7 +349,11 @@ class Remote:
         def one(item: tuple[str, str]) -> None:
             p, k = item
             try:
-                self.client.upload_file(p, self.loc.bucket, k, Config=tc)
+                if os.path.getsize(p) < _MULTIPART:  # one PUT
+                    with open(p, "rb") as f:
+                        self.client.put_object(Bucket=self.loc.bucket, Key=k, Body=f)
+                else:  # parts, invisible until the upload completes
+                    self.client.upload_file(p, self.loc.bucket, k, Config=tc)
             except Exception as e:
                 raise _fail(e, self.loc, f"uploading {self.url(k)}") from e
 
@@ -486,7 +503,9 @@ class S3CheckpointStorage(CheckpointStorage):
 
     def _names(self) -> list[str]:
         out = []
-        for k, _ in self.remote.list_keys(self.prefix + "/", "/"):
+        for k, size in self.remote.list_keys(self.prefix + "/", "/"):
+            if size == -1 and not self.remote.any_below(k):
+                continue  # an emptied folder, not yet forgotten by the store
             out.append(k[len(self.prefix) + 1:].rstrip("/"))
         return out
 

@@ -6,6 +6,7 @@ unreachable endpoint. Never a mock: a missing server fails these tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -16,6 +17,7 @@ import s3store
 import statejobs
 
 import onceflow as of
+from onceflow import cli
 from onceflow.checkpoint.metadata import CheckpointMetadata
 from onceflow.checkpoint.s3 import S3CheckpointStorage, S3Storage
 from onceflow.checkpoint.shared import SharedRegistry
@@ -70,7 +72,7 @@ def test_a_checkpoint_exists_only_once_its_metadata_object_does(s3_url: str) -> 
 
 
 def test_restore_latest_from_s3_and_fallback_from_a_corrupt_newest(
-        s3_url: str, tmp_path: Path) -> None:
+        s3_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     flow = statejobs.build(str(tmp_path / "out"), s3_url, backend_name="memory",
                            parallelism=2, records=8000, rate=4000, interval=0.1, retained=3)
     result = flow.run()
@@ -93,6 +95,14 @@ def test_restore_latest_from_s3_and_fallback_from_a_corrupt_newest(
     assert any(k.startswith(f"corrupt-chk-{newest}/") for k in listed)
     assert not any(k.startswith(f"chk-{newest}/") for k in listed)
     assert st.complete_ids() == done[:-1]
+    # the command line lists and inspects checkpoints on the store too
+    assert cli.main(["checkpoints", f"{s3_url}/statejob", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    status = {r["id"]: r["status"] for r in rows}
+    assert status[done[-2]].startswith("complete") and "corrupt" in status[newest]
+    assert cli.main(["inspect", f"{s3_url}/statejob/chk-{done[-2]}", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["checkpoint"] == done[-2] and info["path"] == found.location
 
 
 def test_shared_objects_are_reference_counted_and_deleted(s3_url: str) -> None:

@@ -9,6 +9,7 @@ and its children, so any test can put checkpoints on the store:
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import uuid
@@ -30,11 +31,25 @@ ENV = {
 _started = False
 
 
+def data_dir() -> str:
+    """The server's directory. Inside ``scripts/netns-run`` (the Ray tests' loopback-only
+    network namespace) the machine's server cannot be reached: such a process starts a
+    server of its own in the namespace, with its own directory, removed at exit."""
+    if os.environ.get("ONCEFLOW_IN_NETNS") == "1":
+        return f"/tmp/onceflow-s3-netns-{os.getpid()}"
+    return os.environ.get("ONCEFLOW_S3_DIR", "/tmp/onceflow-s3")
+
+
 def ensure_server() -> str:
     """Start SeaweedFS unless it runs (``scripts/s3 start``); its endpoint."""
     global _started
     if not _started:
-        proc = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, timeout=900)
+        env = {**os.environ, "ONCEFLOW_S3_DIR": data_dir()}
+        if os.environ.get("ONCEFLOW_IN_NETNS") == "1":
+            atexit.register(subprocess.run, [SCRIPT, "reset"], env=env,
+                            capture_output=True, timeout=60)
+        proc = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, timeout=900,
+                              env=env)
         assert proc.returncode == 0, f"scripts/s3 start failed:\n{proc.stderr[-3000:]}"
         assert proc.stdout.strip().splitlines()[-1] == ENV["AWS_ENDPOINT_URL_S3"]
         _started = True

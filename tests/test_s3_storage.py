@@ -41,7 +41,7 @@ def _storage(url: str, flow: str = "f") -> S3CheckpointStorage:
 
 def test_every_listener_of_the_store_is_on_loopback_only() -> None:
     s3store.ensure_server()
-    pid = Path("/tmp/onceflow-s3/weed.pid").read_text().strip()
+    pid = Path(s3store.data_dir(), "weed.pid").read_text().strip()
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     mine = [line.split()[3] for line in out.splitlines() if f"pid={pid}," in line]
     assert len(mine) >= 5, f"weed (pid {pid}) listens on too few ports: {mine}\n{out}"

@@ -217,3 +217,53 @@ def test_a_malformed_url_is_refused_when_checked() -> None:
         cfg = of.Flow("f").enable_checkpointing(1.0, "s3://").checkpoint_config
         assert cfg is not None
         cfg.validate()
+
+
+_HALF_PUT = r"""
+import hashlib, os, signal, socket, sys
+from urllib.parse import urlsplit
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+endpoint, bucket, key, how = sys.argv[1:5]
+body = os.urandom(4 << 20)
+req = AWSRequest(method="PUT", url=f"{endpoint}/{bucket}/{key}", data=body,
+                 headers={"Content-Length": str(len(body)),
+                          "x-amz-content-sha256": hashlib.sha256(body).hexdigest()})
+S3SigV4Auth(Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]),
+            "s3", "us-east-1").add_auth(req)
+u = urlsplit(endpoint)
+s = socket.create_connection((u.hostname, u.port))
+head = f"PUT /{bucket}/{key} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items() if k.lower() != "host")
+if how == "whole":  # the same request, completed: the object appears
+    s.sendall(head.encode() + b"\r\n" + body)
+    print(s.recv(100).split(b"\r\n")[0].decode())
+    sys.exit(0)
+s.sendall(head.encode() + b"\r\n" + body[: len(body) // 2])
+os.kill(os.getpid(), signal.SIGKILL)  # killed in the middle of the upload
+"""
+
+
+def test_an_object_whose_upload_was_killed_is_never_visible(s3_url: str) -> None:
+    import sys
+
+    st = _storage(s3_url)
+    key = f"{st.prefix}/chk-1/half.state"
+
+    def put(how: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _HALF_PUT,
+                               s3store.ENV["AWS_ENDPOINT_URL_S3"], s3store.BUCKET, key, how],
+                              env={**os.environ, **s3store.ENV}, capture_output=True,
+                              text=True, timeout=60)
+
+    proc = put("half")
+    assert proc.returncode == -9, proc.stderr
+    time.sleep(0.5)
+    assert not st.remote.exists(key)
+    assert "chk-1/half.state" not in s3store.keys(st.url)
+    # the same request sent whole makes the object (the probe is not vacuous)
+    proc = put("whole")
+    assert proc.returncode == 0 and proc.stdout.strip() == "HTTP/1.1 200 OK", proc
+    assert st.remote.exists(key)

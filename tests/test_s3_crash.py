@@ -16,6 +16,8 @@ import pytest
 import s3store
 from test_exactly_once import SEED, Job, _assert_no_orphans, _kill_randomly
 
+from onceflow.checkpoint.storage import open_storage
+
 s3_url = s3store.s3_url  # the fixture: a fresh s3:// prefix, env set
 
 
@@ -66,7 +68,13 @@ def test_worker_killed_in_the_middle_of_an_upload_leaves_storage_restorable(
     assert code == 0, job.tail()
     assert result is not None and result["restarts"] == 1
     job.check_exact()
-    assert "chk-3/_metadata" not in s3store.keys(job.flow_url)
+    listed = s3store.keys(job.flow_url)
+    assert "chk-3/_metadata" not in listed
+    # what the killed upload left was swept: every shared object is one a retained
+    # checkpoint references, and every one they reference is there
+    st = open_storage(job.url, "crash-two_keyed")
+    referenced = {f for cid in st.complete_ids() for f in st.metadata(st.path(cid)).shared}
+    assert referenced and referenced == {k for k in listed if k.startswith("shared/")}
 
 
 def test_driver_killed_before_metadata_then_restored_from_s3(

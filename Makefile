@@ -23,7 +23,8 @@ demo: $(VENV)/.synced
 	$(PY) examples/demo_wordcount.py
 
 # The real servers the tests use: PostgreSQL (Debian package, installed when missing) and
-# Apache Kafka (KRaft, jars from Maven Central), both on 127.0.0.1 only; and headless
+# Apache Kafka (KRaft, jars from Maven Central), both on 127.0.0.1 only; SeaweedFS (an
+# S3-compatible object store, built once from its Go module, 127.0.0.1 only); and headless
 # Chromium + chromedriver (Debian packages, installed when missing) for the dashboard test.
 services:
 	scripts/postgres start

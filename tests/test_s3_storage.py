@@ -267,3 +267,24 @@ def test_an_object_whose_upload_was_killed_is_never_visible(s3_url: str) -> None
     proc = put("whole")
     assert proc.returncode == 0 and proc.stdout.strip() == "HTTP/1.1 200 OK", proc
     assert st.remote.exists(key)
+
+
+def test_explicit_s3storage_settings_need_no_environment(
+        s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    storage = of.S3Storage(s3_url, endpoint=s3store.ENV["AWS_ENDPOINT_URL_S3"],
+                           access_key_id=s3store.ENV["AWS_ACCESS_KEY_ID"],
+                           secret_access_key=s3store.ENV["AWS_SECRET_ACCESS_KEY"],
+                           staging_dir=str(tmp_path / "staging"))
+    flow = statejobs.build(str(tmp_path / "out"), "unused", backend_name="rocksdb",
+                           parallelism=2, records=1500, rate=3000, incremental=True)
+    assert flow.checkpoint_config is not None
+    flow.enable_checkpointing(0.1, storage, incremental=True)
+    result = flow.run()
+    assert len(result.completed_checkpoints) >= 2
+    assert result.checkpoint_storage == f"{s3_url}/statejob"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3store.ENV["AWS_ENDPOINT_URL_S3"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3store.ENV["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3store.ENV["AWS_SECRET_ACCESS_KEY"])
+    assert any(k.endswith("/_metadata") for k in s3store.keys(f"{s3_url}/statejob"))

@@ -227,13 +227,11 @@ def _staging_root(loc: S3Storage) -> str:
 class Remote:
     """One bucket of a store and its local staging directory: picklable, so the driver
     hands it to the workers (``WorkerSpec.checkpoint_remote``, ``CompletedCheckpoint.remote``).
-    ``key(path)`` is the object of a local file: the file's path below ``local``."""
+    ``key(path)`` is the object of a local file: the file's path below ``local``, which the
+    driver chose, so that it is the same path in every process, on every machine."""
 
     loc: S3Storage
-
-    @property
-    def local(self) -> str:
-        return _staging_root(self.loc)
+    local: str
 
     @property
     def client(self) -> Any:
@@ -452,7 +450,7 @@ class S3CheckpointStorage(CheckpointStorage):
 
     def __init__(self, loc: S3Storage, flow: str, key_prefix: str | None = None) -> None:
         self.loc = loc
-        self.remote = Remote(loc)
+        self.remote = Remote(loc, _staging_root(loc))
         self.prefix = key_prefix if key_prefix is not None else _join(loc.prefix,
                                                                        flow_dir_name(flow))
         self.root = self.remote.local
@@ -663,7 +661,7 @@ def resolve_restore_url(url: str, flow: str,
     loc = S3Storage(url.rstrip("/"))
     if isinstance(storage, S3CheckpointStorage) and storage.loc.bucket == loc.bucket:
         loc = replace(storage.loc, url=loc.url)
-    remote = Remote(loc)
+    remote = Remote(loc, _staging_root(loc))
     k = loc.prefix
     if remote.exists(f"{k}/{METADATA}"):
         return _load(remote, k)

@@ -22,8 +22,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "scripts" / "s3")
 BUCKET = "onceflow-test"
+# Inside scripts/netns-run the machine's server is unreachable: a process there runs its
+# own, on other ports (SeaweedFS names unix sockets in /tmp by port, shared by namespaces).
+IN_NETNS = os.environ.get("ONCEFLOW_IN_NETNS") == "1"
+PORTS = ({"ONCEFLOW_S3_PORT": "38533", "ONCEFLOW_S3_BASE_PORT": "38600"} if IN_NETNS
+         else {k: os.environ[k] for k in ("ONCEFLOW_S3_PORT", "ONCEFLOW_S3_BASE_PORT")
+               if k in os.environ})
 ENV = {
-    "AWS_ENDPOINT_URL_S3": os.environ.get("ONCEFLOW_S3_ENDPOINT", "http://127.0.0.1:38333"),
+    "AWS_ENDPOINT_URL_S3": os.environ.get(
+        "ONCEFLOW_S3_ENDPOINT",
+        f"http://127.0.0.1:{PORTS.get('ONCEFLOW_S3_PORT', '38333')}"),
     "AWS_ACCESS_KEY_ID": os.environ.get("ONCEFLOW_S3_ACCESS_KEY", "onceflow-test"),
     "AWS_SECRET_ACCESS_KEY": os.environ.get("ONCEFLOW_S3_SECRET_KEY", "onceflow-test-secret"),
     "AWS_REGION": "us-east-1",
@@ -34,8 +42,9 @@ _started = False
 def data_dir() -> str:
     """The server's directory. Inside ``scripts/netns-run`` (the Ray tests' loopback-only
     network namespace) the machine's server cannot be reached: such a process starts a
-    server of its own in the namespace, with its own directory, removed at exit."""
-    if os.environ.get("ONCEFLOW_IN_NETNS") == "1":
+    server of its own in the namespace, with its own directory and ports, removed at
+    exit."""
+    if IN_NETNS:
         return f"/tmp/onceflow-s3-netns-{os.getpid()}"
     return os.environ.get("ONCEFLOW_S3_DIR", "/tmp/onceflow-s3")
 
@@ -44,8 +53,8 @@ def ensure_server() -> str:
     """Start SeaweedFS unless it runs (``scripts/s3 start``); its endpoint."""
     global _started
     if not _started:
-        env = {**os.environ, "ONCEFLOW_S3_DIR": data_dir()}
-        if os.environ.get("ONCEFLOW_IN_NETNS") == "1":
+        env = {**os.environ, **PORTS, "ONCEFLOW_S3_DIR": data_dir()}
+        if IN_NETNS:
             atexit.register(subprocess.run, [SCRIPT, "reset"], env=env,
                             capture_output=True, timeout=60)
         proc = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, timeout=900,

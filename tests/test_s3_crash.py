@@ -59,7 +59,7 @@ def test_worker_killed_in_the_middle_of_an_upload_leaves_storage_restorable(
         s3_url: str, tmp_path: Path) -> None:
     token = tmp_path / "fault-fired"
     job = S3Job(tmp_path, s3_url, "two_keyed", "--backend", "rocksdb", "--incremental",
-                "--rate", "10000", records=40_000,
+                "--rate", "10000", records=30_000,
                 env={"ONCEFLOW_FAULT": "snapshot.s3_upload@checkpoint=3,subtask=1",
                      "ONCEFLOW_FAULT_TOKEN": str(token)})
     job.start()
@@ -80,7 +80,7 @@ def test_worker_killed_in_the_middle_of_an_upload_leaves_storage_restorable(
 def test_driver_killed_before_metadata_then_restored_from_s3(
         s3_url: str, tmp_path: Path) -> None:
     token = tmp_path / "fault-fired"
-    job = S3Job(tmp_path, s3_url, "keyed_count", "--rate", "15000", records=40_000)
+    job = S3Job(tmp_path, s3_url, "keyed_count", "--rate", "15000", records=30_000)
     proc = job.start(env={"ONCEFLOW_FAULT": "coordinator.before_metadata_rename@checkpoint=3",
                           "ONCEFLOW_FAULT_TOKEN": str(token)})
     pids: list[int] = []
@@ -103,7 +103,7 @@ def test_restore_from_an_s3_checkpoint_url_at_another_parallelism(
         s3_url: str, tmp_path: Path) -> None:
     rng = random.Random(f"{SEED}-s3-rescale")
     job = S3Job(tmp_path, s3_url, "two_keyed", "--parallelism", "2", "--rate", "6000",
-                "--backend", "rocksdb", "--incremental", records=40_000)
+                "--backend", "rocksdb", "--incremental", records=24_000)
     proc = job.start()
     deadline = time.monotonic() + 60
     while not any(k.endswith("/_metadata") for k in s3store.keys(job.flow_url)):

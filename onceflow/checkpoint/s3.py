@@ -145,18 +145,29 @@ def _join(*parts: str) -> str:
 
 
 # --- the client --------------------------------------------------------------------------
+_sessions: dict[tuple[Any, ...], Any] = {}
 _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
 
 
+def _after_fork() -> None:
+    global _clients_lock
+    _clients_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def _client(loc: S3Storage) -> Any:
     """A boto3 S3 client for ``loc``, one per process and settings (clients are thread
-    safe; a forked child makes its own, never its parent's connections)."""
+    safe; a forked child makes its own, never its parent's connections, from the parent's
+    session, whose loaded service model it reuses)."""
     env = tuple(os.environ.get(v) for v in (
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
         "AWS_DEFAULT_REGION", "AWS_PROFILE"))
-    key = (os.getpid(), loc.endpoint_url, loc.region, loc.access_key_id,
-           loc.secret_access_key, loc.session_token, env)
+    settings = (loc.endpoint_url, loc.region, loc.access_key_id, loc.secret_access_key,
+                loc.session_token, env)
+    key = (os.getpid(), *settings)
     with _clients_lock:
         c = _clients.get(key)
         if c is None:
@@ -173,12 +184,14 @@ def _client(loc: S3Storage) -> Any:
                 max_pool_connections=2 * _THREADS,
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required")
-            session = boto3.session.Session(
-                aws_access_key_id=loc.access_key_id,
-                aws_secret_access_key=loc.secret_access_key,
-                aws_session_token=loc.session_token,
-                region_name=loc.region or os.environ.get("AWS_REGION")
-                or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+            session = _sessions.get(settings)
+            if session is None:
+                session = _sessions[settings] = boto3.session.Session(
+                    aws_access_key_id=loc.access_key_id,
+                    aws_secret_access_key=loc.secret_access_key,
+                    aws_session_token=loc.session_token,
+                    region_name=loc.region or os.environ.get("AWS_REGION")
+                    or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
             c = _clients[key] = session.client("s3", endpoint_url=loc.endpoint_url,
                                                config=config)
         return c

@@ -42,8 +42,8 @@ def _storage(url: str, flow: str = "f") -> S3CheckpointStorage:
 def test_every_listener_of_the_store_is_on_loopback_only() -> None:
     s3store.ensure_server()
     pid = Path(s3store.data_dir(), "weed.pid").read_text().strip()
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    mine = [line.split()[3] for line in out.splitlines() if f"pid={pid}," in line]
+    out = subprocess.run(["ss", "-ltunpH"], capture_output=True, text=True, check=True).stdout
+    mine = [line.split()[4] for line in out.splitlines() if f"pid={pid}," in line]
     assert len(mine) >= 5, f"weed (pid {pid}) listens on too few ports: {mine}\n{out}"
     wide = [a for a in mine if not a.startswith("127.0.0.1:")]
     assert not wide, f"SeaweedFS listens beyond 127.0.0.1: {wide}"

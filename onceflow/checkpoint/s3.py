@@ -624,6 +624,10 @@ class S3CheckpointStorage(CheckpointStorage):
 
 
 def _load(remote: Remote, k: str) -> CompletedCheckpoint:
+    """The checkpoint or savepoint at key prefix ``k``: its metadata and state files
+    downloaded into staging (where ``load_checkpoint`` would find them) and verified, and
+    every other object it lists present with its recorded size (one listing per folder;
+    the workers download those they restore, ``Remote.fetch_for``)."""
     url = remote.url(k)
     raw = remote.get_bytes(f"{k}/{METADATA}")
     if raw is None:
@@ -645,8 +649,7 @@ def _load(remote: Remote, k: str) -> CompletedCheckpoint:
         key = remote.key(os.path.normpath(os.path.join(path, rel)))
         if key is not None:
             sizes[key] = -2
-    listed = {d for d in {key.rsplit("/", 1)[0] for key in sizes}}
-    for d in listed:
+    for d in {key.rsplit("/", 1)[0] for key in sizes}:
         for key, size in remote.list_keys(d + "/"):
             if key in sizes:
                 sizes[key] = size

@@ -10,6 +10,7 @@ alone: ``scripts/netns-run .venv/bin/python -m pytest -m ray tests/test_ray.py``
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ["keyed_count", "union_flatmap", "two_keyed", "text_wordcount", "mixed_parallelism"]
 RECORDS = 6000
+NODE: dict[str, Any] = {"num_cpus": 2, "resources": {"slot": 1}}  # every node: one "slot"
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 200,
                "health_check_timeout_ms": 500, "health_check_failure_threshold": 5}
 
@@ -56,10 +58,10 @@ def cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                "_system_config": FAST_HEALTH})
+                head_node_args={"num_cpus": 1, "resources": {"slot": 1},
+                                "include_dashboard": False, "_system_config": FAST_HEALTH})
     for _ in range(2):
-        c.add_node(num_cpus=2)
+        c.add_node(**NODE)
     c.wait_for_nodes()
     ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
     try:
@@ -299,6 +301,128 @@ def test_cli_runs_a_job_on_ray(cluster: Any, tmp_path: Path) -> None:
     assert sum(got.values()) == 5000
 
 
+def _latest_checkpoint(ck: Path) -> int:
+    """The id of the newest complete checkpoint under ``ck`` (-1: none)."""
+    ids = [int(p.parent.name.split("-")[1]) for p in ck.glob("*/chk-*/_metadata")] \
+        if ck.exists() else []
+    return max(ids, default=-1)
+
+
+def _driver(cluster: Any, tmp: Path, parallelism: int, restore: str | None = None,
+            rate: float = 500.0) -> subprocess.Popen[str]:
+    """A driver process running ``keyed_count`` on the cluster (``tests/crashjobs.py``);
+    every driver of one test shares the output and checkpoint directories."""
+    args = [sys.executable, str(ROOT / "tests" / "crashjobs.py"), "keyed_count",
+            "--out", str(tmp / "out"), "--ckpt", str(tmp / "ck"), "--records", str(RECORDS),
+            "--rate", str(rate), "--interval", "0.1", "--batch-size", "64", "--incremental",
+            "--parallelism", str(parallelism), "--ray", cluster.address]
+    if restore is not None:
+        args += ["--restore", restore]
+    log = open(tmp / f"driver-{time.monotonic_ns()}.log", "w")
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
+
+
+def _finish(proc: subprocess.Popen[str], tmp: Path) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=180)
+    logs = "\n".join(p.read_text()[-3000:] for p in sorted(tmp.glob("driver-*.log")))
+    assert proc.returncode == 0, logs
+    lines = [line for line in out.splitlines() if line.startswith('{"restarts"')]
+    assert lines, out[-3000:]  # Ray may print to stdout too
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _kill_driver_after_checkpoint(proc: subprocess.Popen[str], tmp: Path, after: int,
+                                  workers: int) -> set[int]:
+    """SIGKILL the driver once its ``workers`` actors run and a checkpoint newer than
+    ``after`` completed; the pids of its actors."""
+    pids = _wait_for(lambda: (p if len(p := set(_actor_pids())) == workers else None), 90,
+                     f"{workers} worker actors")
+    _wait_for(lambda: _latest_checkpoint(tmp / "ck") > after or proc.poll() is not None, 90,
+              f"a checkpoint after {after}")
+    assert proc.poll() is None, "the job finished before the driver was killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    return pids
+
+
+def test_killed_driver_resumed_with_restore_latest_and_zombie_never_commits(
+        cluster: Any, tmp_path: Path) -> None:
+    """The driver process is SIGKILLed mid-job. Just before, the node of one of its actors
+    was frozen (SIGSTOP of the node's raylet and its processes: a node cut off), so Ray
+    cannot end that actor: it is a zombie of the dead driver. A new driver resumes with
+    restore="latest" on the other nodes; once it completed a checkpoint the zombie's node
+    is thawed and the zombie runs on: it must never commit (no driver is left to tell it a
+    checkpoint completed, and its token opens none of the new actors' listeners). The
+    committed output equals the failure-free run exactly, and the zombie ends."""
+    first = _driver(cluster, tmp_path, 2)
+    pids = _wait_for(lambda: (p if len(p := set(_actor_pids())) == 2 else None), 90,
+                     "two worker actors")
+    _wait_for(lambda: _latest_checkpoint(tmp_path / "ck") >= 0 or first.poll() is not None,
+              90, "a checkpoint")
+    assert first.poll() is None, "the job finished before the driver was killed"
+    raylets = {n.all_processes["raylet"][0].process.pid: n for n in cluster.worker_nodes}
+    zombie = next((p for p in pids if _raylet_of(p) in raylets), None)
+    assert zombie is not None, "no worker actor on a non-head node"
+    node = raylets[_raylet_of(zombie)]
+    raylet = psutil.Process(_raylet_of(zombie))
+    frozen = [raylet, *raylet.children(recursive=True)]
+    for p in frozen:
+        p.suspend()
+    try:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(30)
+        killed_at = _latest_checkpoint(tmp_path / "ck")
+        second = _driver(cluster, tmp_path, 2, restore="latest")
+        _wait_for(lambda: _latest_checkpoint(tmp_path / "ck") > killed_at
+                  or second.poll() is not None, 90, "a checkpoint of the new driver")
+        assert psutil.Process(zombie).status() == psutil.STATUS_STOPPED
+    finally:
+        for p in frozen:
+            try:
+                p.resume()
+            except psutil.NoSuchProcess:
+                pass
+    try:
+        result = _finish(second, tmp_path)
+        want = crashjobs.expected("keyed_count", RECORDS)
+        got = crashjobs.committed(str(tmp_path / "out"))
+        assert got == want, crashjobs.diff(got, want)
+        assert result["restored_from"] is not None and result["sink_in"] == RECORDS
+        _wait_for(lambda: not psutil.pid_exists(zombie)
+                  or psutil.Process(zombie).status() == psutil.STATUS_ZOMBIE, 60,
+                  "the zombie actor to end")
+    finally:
+        cluster.remove_node(node, allow_graceful=False)
+        cluster.add_node(**NODE)
+
+
+def test_rescale_from_three_nodes_to_one_and_back(cluster: Any, tmp_path: Path) -> None:
+    """A checkpoint taken at parallelism 3 with a worker on each of the three nodes; the
+    job resumed from it at parallelism 1 (one node) until a new checkpoint, then at 3
+    again to the end (each driver SIGKILLed mid-job): the committed output is exact."""
+    first = _driver(cluster, tmp_path, 3, rate=400)
+    pids = _kill_driver_after_checkpoint(first, tmp_path, -1, 3)
+    assert len({_raylet_of(p) for p in pids}) == 3, "the three workers share a node"
+    second = _driver(cluster, tmp_path, 1, restore="latest", rate=400)
+    _kill_driver_after_checkpoint(second, tmp_path, _latest_checkpoint(tmp_path / "ck"), 1)
+    third = _driver(cluster, tmp_path, 3, restore="latest", rate=400)
+    result = _finish(third, tmp_path)
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(tmp_path / "out"))
+    assert got == want, crashjobs.diff(got, want)
+    assert result["sink_in"] == RECORDS
+
+
+def _raylet_of(pid: int) -> int:
+    """The pid of the raylet (simulated node) that started process ``pid``."""
+    p: psutil.Process | None = psutil.Process(pid)
+    while p is not None and "raylet" not in p.name():
+        p = p.parent()
+    assert p is not None, f"process {pid} is not under a raylet"
+    return p.pid
+
+
 def test_removed_node_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
     """Last in the module: it removes a node (and adds a fresh one back after)."""
     flow, out = _flow(tmp_path, "keyed_count", "node", rate=800, attempts=3)
@@ -323,4 +447,52 @@ def test_removed_node_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
         assert got == want, crashjobs.diff(got, want)
         assert box["result"].restarts >= 1
     finally:
-        cluster.add_node(num_cpus=2)
+        cluster.add_node(**NODE)
+
+
+def test_no_room_without_the_option_names_what_is_missing(cluster: Any) -> None:
+    flow = of.Flow("ray-no-room", parallelism=4)
+    (flow.source(of.sources.Range(0, 100), name="n").map(lambda x: x, name="same")
+         .sink(of.sinks.Discard(), name="out"))
+    with pytest.raises(of.ConfigurationError) as e:
+        flow.run(executor=of.executors.Ray(resources_per_worker={"CPU": 0.5, "slot": 1},
+                                           placement_timeout=1.0))
+    msg = str(e.value)
+    assert "no room for 4 workers" in msg and "'slot': 1" in msg
+    assert "hold 3 such worker(s)" in msg and "allow_lower_parallelism=True" in msg
+
+
+def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: Path) -> None:
+    """Three nodes with one slot each, a worker on each; a node is removed mid-job, so the
+    next attempt's three workers fit nowhere: with allow_lower_parallelism the job goes on
+    at parallelism 2 from the latest checkpoint (a rescale by key group), says so, and
+    commits exactly the failure-free output."""
+    out = tmp_path / "out"
+    flow = of.Flow("ray-lower", parallelism=3, batch_size=64,
+                   state_backend=of.state.MemoryBackend(full_every=3),
+                   restart_strategy=of.restart.fixed_delay(attempts=3, delay=0.0))
+    flow.enable_checkpointing(0.1, tmp_path / "ck", retained=2, incremental=True)
+    crashjobs.build("keyed_count", flow, RECORDS, 400, str(out), "")
+    executor = of.executors.Ray(placement="spread", resources_per_worker={"CPU": 1, "slot": 1},
+                                placement_timeout=2.0, allow_lower_parallelism=True)
+    t, box = _run_in_thread(flow, executor)
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 3 else None), 60, "actors")
+    _wait_for(lambda: _completed_checkpoints(tmp_path / "ck") >= 1, 60, "a checkpoint")
+    raylets = {_raylet_of(p) for p in pids}
+    assert len(raylets) == 3, "the three workers share a node"
+    victim = next(n for n in cluster.worker_nodes
+                  if n.all_processes["raylet"][0].process.pid in raylets)
+    cluster.remove_node(victim, allow_graceful=False)
+    try:
+        t.join(180)
+        assert not t.is_alive()
+        assert "error" not in box, box.get("error")
+        r = box["result"]
+        want = crashjobs.expected("keyed_count", RECORDS)
+        got = crashjobs.committed(str(out))
+        assert got == want, crashjobs.diff(got, want)
+        assert r.restarts >= 1
+        assert r.rescales and r.rescales[0].startswith("parallelism 3 -> 2: "), r.rescales
+        assert r.operators["count"].parallelism == 2
+    finally:
+        cluster.add_node(**NODE)

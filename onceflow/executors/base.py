@@ -71,6 +71,18 @@ class Workers(abc.ABC):
         self.conns.clear()
 
 
+class FewerSlots(Exception):
+    """Raised by :meth:`Executor.start` when the executor can hold only ``workers`` workers
+    (fewer than asked) and the user allowed a lower parallelism: the driver builds the job
+    graph again with at most ``workers`` subtasks per task and starts the attempt again
+    from the same checkpoint (a rescale by key group)."""
+
+    def __init__(self, workers: int, reason: str) -> None:
+        super().__init__(reason)
+        self.workers = workers
+        self.reason = reason
+
+
 class Executor(abc.ABC):
     """Where subtasks run (see the module docstring for the lifecycle)."""
 

@@ -35,10 +35,10 @@ import struct
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from onceflow.errors import ConfigurationError
-from onceflow.executors.base import Executor, Workers
+from onceflow.executors.base import Executor, FewerSlots, Workers
 
 if TYPE_CHECKING:
     from onceflow.runtime.worker import WorkerSpec
@@ -50,6 +50,7 @@ _HELLO = struct.Struct("!i")  # who connects: -1 the driver, else the worker ind
 _DRIVER = -1
 _WIRE_TIMEOUT = 60.0  # seconds for all connections of an attempt to arrive
 _STOP_TIMEOUT = 30.0  # seconds for Ray to report every killed actor dead
+_PLACE_CHECK = 0.5  # seconds between looks at the cluster while a placement group waits
 _START_TRIES = 3  # starts of an attempt's actors when one dies while they are wired
 
 
@@ -63,6 +64,10 @@ class Ray(Executor):
     ``runtime_env``: Ray's runtime environment for the actors (e.g. ``{"py_modules":
     [...]}`` or ``{"working_dir": "."}`` to ship the job's code).
     ``bind_host``: the address the actors listen on (default: their node's address).
+    ``placement_timeout``: seconds to wait for the placement group of an attempt.
+    ``allow_lower_parallelism``: when the cluster cannot hold the job's workers within
+    ``placement_timeout`` (a node was lost), run with as many as its alive nodes hold,
+    rescaled by key group from the same checkpoint, instead of failing.
     """
 
     name = "ray"
@@ -71,7 +76,8 @@ class Ray(Executor):
                  resources_per_worker: dict[str, float] | None = None,
                  runtime_env: dict[str, Any] | None = None,
                  bind_host: str | None = None, init_kwargs: dict[str, Any] | None = None,
-                 placement_timeout: float = 60.0) -> None:
+                 placement_timeout: float = 60.0,
+                 allow_lower_parallelism: bool = False) -> None:
         if placement not in ("pack", "spread"):
             raise ConfigurationError(
                 f"of.executors.Ray(placement={placement!r}): use 'pack' or 'spread'")
@@ -88,10 +94,13 @@ class Ray(Executor):
         self.bind_host = bind_host
         self.init_kwargs = dict(init_kwargs or {})
         self.placement_timeout = placement_timeout
+        self.allow_lower_parallelism = allow_lower_parallelism
 
     def __repr__(self) -> str:
         return (f"Ray(address={self.address!r}, placement={self.placement!r}, "
-                f"resources_per_worker={self.resources_per_worker!r})")
+                f"resources_per_worker={self.resources_per_worker!r}"
+                + (", allow_lower_parallelism=True" if self.allow_lower_parallelism else "")
+                + ")")
 
     def _connect(self) -> Any:
         try:
@@ -122,24 +131,15 @@ class Ray(Executor):
         raise AssertionError("unreachable")
 
     def _start(self, ray: Any, specs: Sequence[WorkerSpec], blobs: list[bytes]) -> Workers:
-        from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         n = len(specs)
+        t0 = time.monotonic()
         token = secrets.token_bytes(TOKEN_BYTES)
         workers = _Actors(ray, token)
         try:
-            pg = placement_group([dict(self.resources_per_worker) for _ in range(n)],
-                                 strategy=self.placement.upper())
-            workers.pg = pg
-            try:
-                ray.get(pg.ready(), timeout=self.placement_timeout)
-            except ray.exceptions.GetTimeoutError:
-                raise ConfigurationError(
-                    f"of.executors.Ray: the cluster has no room for {n} workers of "
-                    f"{self.resources_per_worker} each ({self.placement}) after "
-                    f"{self.placement_timeout:.0f}s; available: "
-                    f"{ray.available_resources()}") from None
+            pg = self._place(ray, n, workers)
+            placed = time.monotonic()
             actor_cls = ray.remote(_WorkerActor)
             res = dict(self.resources_per_worker)
             opts: dict[str, Any] = {"num_cpus": res.pop("CPU", 0), "max_restarts": 0,
@@ -169,6 +169,7 @@ class Ray(Executor):
                 workers.pids[w] = pid
                 workers.nodes[w] = node
             workers.addresses = addrs
+            prepared_at = time.monotonic()
             for w in range(n):
                 workers.runs[w] = workers.actors[w].run.remote(addrs)
             for w in range(n):
@@ -177,7 +178,72 @@ class Ray(Executor):
         except BaseException:
             workers.stop()
             raise
+        now = time.monotonic()
+        log.info("executor Ray: %d worker actor(s) started in %.2fs (placement group %.2fs, "
+                 "actors up with the job loaded %.2fs, connections %.2fs)", n, now - t0,
+                 placed - t0, prepared_at - placed, now - prepared_at)
         return workers
+
+    def _place(self, ray: Any, n: int, workers: _Actors) -> Any:
+        """A ready placement group of ``n`` bundles. A node that dies (or is cut off and
+        then declared dead) while the group is being placed can hold its reservation up
+        for long, so the group is created again whenever a node died since it was."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        deadline = time.monotonic() + self.placement_timeout
+        while True:
+            alive = _alive_nodes(ray)
+            workers.pg = pg = placement_group(
+                [dict(self.resources_per_worker) for _ in range(n)],
+                strategy=self.placement.upper())
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    ray.get(pg.ready(), timeout=max(0.01, min(_PLACE_CHECK, left)))
+                    return pg
+                except ray.exceptions.GetTimeoutError:
+                    pass
+                if time.monotonic() >= deadline:
+                    self._no_room(ray, n)
+                if alive - _alive_nodes(ray):
+                    log.info("executor Ray: a node died while the placement group of %d "
+                             "workers was placed; placing it again", n)
+                    remove_placement_group(pg)
+                    workers.pg = None
+                    break
+
+    def _no_room(self, ray: Any, n: int) -> NoReturn:
+        """The placement group of ``n`` bundles was not ready in time: a lower parallelism
+        (:class:`FewerSlots`) when allowed and the alive nodes hold at least one worker,
+        else an error naming what is missing."""
+        fit = _bundles_that_fit(ray, self.resources_per_worker)
+        res, wait = self.resources_per_worker, self.placement_timeout
+        if self.allow_lower_parallelism and 1 <= fit < n:
+            raise FewerSlots(fit, f"the cluster's alive nodes hold {fit} worker(s) of {res} "
+                                  f"each, not {n} (no room for {n} after {wait:g}s)")
+        hint = ("" if self.allow_lower_parallelism or fit < 1 or fit >= n else
+                f"; pass of.executors.Ray(allow_lower_parallelism=True) to run with {fit}")
+        raise ConfigurationError(
+            f"of.executors.Ray: the cluster has no room for {n} workers of {res} each "
+            f"({self.placement}) after {wait:g}s: its alive nodes hold {fit} such "
+            f"worker(s) in all{hint}; available now: {ray.available_resources()}")
+
+
+def _alive_nodes(ray: Any) -> set[str]:
+    return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+
+
+def _bundles_that_fit(ray: Any, need: dict[str, float]) -> int:
+    """How many bundles of ``need`` the alive nodes of the cluster hold in all (by their
+    total resources: what other jobs use is not subtracted)."""
+    total = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources") or {}
+        counts = [int(have.get(k, 0.0) // v) for k, v in need.items() if v > 0]
+        total += min(counts, default=1 << 20)
+    return total
 
 
 def _serialise(spec: WorkerSpec) -> bytes:

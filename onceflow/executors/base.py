@@ -18,7 +18,9 @@ executor. One attempt of a job goes through these steps, always in this order:
    ``workers.join()`` is the same for an attempt whose workers all finished by themselves.
 
 An executor holds configuration only (it is part of what users pass to ``Flow.run``);
-what it starts lives in the :class:`Workers` it returns.
+what it starts lives in the :class:`Workers` it returns, except what it prepares for the
+next attempt while a failed one is stopped (the Ray executor's early actors), which
+``executor.close()`` releases when the run ends.
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def start(self, specs: Sequence[WorkerSpec]) -> Workers:
         """Start one worker per spec (``specs[i].index == i``)."""
+
+    def close(self) -> None:
+        """The run ended: release what the executor prepared for a next attempt (the Ray
+        executor starts the next attempt's actors while a failed one is stopped)."""
+        return None
 
 
 @dataclass

@@ -95,6 +95,9 @@ class Ray(Executor):
         self.init_kwargs = dict(init_kwargs or {})
         self.placement_timeout = placement_timeout
         self.allow_lower_parallelism = allow_lower_parallelism
+        # the next attempt's placement group and actors, started when one fails (_prewarm)
+        self._standby: tuple[Any, list[Any]] | None = None
+        self._standby_n = 0
 
     def __repr__(self) -> str:
         return (f"Ray(address={self.address!r}, placement={self.placement!r}, "
@@ -131,32 +134,22 @@ class Ray(Executor):
         raise AssertionError("unreachable")
 
     def _start(self, ray: Any, specs: Sequence[WorkerSpec], blobs: list[bytes]) -> Workers:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         n = len(specs)
         t0 = time.monotonic()
         token = secrets.token_bytes(TOKEN_BYTES)
         workers = _Actors(ray, token)
         try:
-            pg = self._place(ray, n, workers)
+            standby = self._take_standby(n)
+            if standby is not None:  # started while the previous attempt was fenced
+                workers.pg, actors = standby
+                workers.actors = dict(enumerate(actors))
+            if not self._place(ray, n, workers):
+                for a in workers.actors.values():  # placed again: in the old group
+                    ray.kill(a, no_restart=True)
+                workers.actors = {}
             placed = time.monotonic()
-            actor_cls = ray.remote(_WorkerActor)
-            res = dict(self.resources_per_worker)
-            opts: dict[str, Any] = {"num_cpus": res.pop("CPU", 0), "max_restarts": 0,
-                                    "max_concurrency": 2}
-            if "GPU" in res:
-                opts["num_gpus"] = res.pop("GPU")
-            if "memory" in res:
-                opts["memory"] = res.pop("memory")
-            if res:
-                opts["resources"] = res
-            if self.runtime_env is not None:
-                opts["runtime_env"] = self.runtime_env
-            for w in range(n):
-                strategy = PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=w)
-                workers.actors[w] = actor_cls.options(
-                    scheduling_strategy=strategy, **opts).remote()
+            if not workers.actors:
+                workers.actors = dict(enumerate(self._new_actors(ray, n, workers.pg)))
             prepared = [workers.actors[w].prepare.remote(blobs[w], token, self.bind_host)
                         for w in range(n)]
             addrs: list[tuple[str, int]] = []
@@ -180,27 +173,93 @@ class Ray(Executor):
             raise
         now = time.monotonic()
         log.info("executor Ray: %d worker actor(s) started in %.2fs (placement group %.2fs, "
-                 "actors up with the job loaded %.2fs, connections %.2fs)", n, now - t0,
-                 placed - t0, prepared_at - placed, now - prepared_at)
+                 "actors up with the job loaded %.2fs, connections %.2fs)%s", n, now - t0,
+                 placed - t0, prepared_at - placed, now - prepared_at,
+                 " (actors started during the previous attempt's stop)" if standby else "")
+        workers.prewarm = lambda: self._prewarm(ray, n)
         return workers
 
-    def _place(self, ray: Any, n: int, workers: _Actors) -> Any:
-        """A ready placement group of ``n`` bundles. A node that dies (or is cut off and
-        then declared dead) while the group is being placed can hold its reservation up
-        for long, so the group is created again whenever a node died since it was."""
-        from ray.util.placement_group import placement_group, remove_placement_group
+    # --- actors for the next attempt, started while the failed one is fenced ------------
+    def _new_actors(self, ray: Any, n: int, pg: Any) -> list[Any]:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        actor_cls = ray.remote(_WorkerActor)
+        res = dict(self.resources_per_worker)
+        opts: dict[str, Any] = {"num_cpus": res.pop("CPU", 0), "max_restarts": 0,
+                                "max_concurrency": 2}
+        if "GPU" in res:
+            opts["num_gpus"] = res.pop("GPU")
+        if "memory" in res:
+            opts["memory"] = res.pop("memory")
+        if res:
+            opts["resources"] = res
+        if self.runtime_env is not None:
+            opts["runtime_env"] = self.runtime_env
+        return [actor_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=w), **opts).remote()
+                for w in range(n)]
+
+    def _prewarm(self, ray: Any, n: int) -> None:
+        """An attempt of ``n`` workers failed and is being stopped: reserve the next
+        attempt's placement group and start its actor processes now (Ray imports and
+        onceflow's imports take seconds), so they come up while the old actors are
+        confirmed dead. They run nothing before :meth:`start` hands them a job."""
+        self.close()
+        pg = self._group(ray, n)
+        self._standby = (pg, self._new_actors(ray, n, pg))
+        self._standby_n = n
+
+    def _take_standby(self, n: int) -> tuple[Any, list[Any]] | None:
+        standby, self._standby = self._standby, None
+        if standby is not None and self._standby_n != n:  # another parallelism: not these
+            self._standby = standby
+            self.close()
+            return None
+        return standby
+
+    def close(self) -> None:
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        pg, actors = standby
+        for a in actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+        try:
+            remove_placement_group(pg)
+        except Exception:
+            pass
+
+    def _group(self, ray: Any, n: int) -> Any:
+        from ray.util.placement_group import placement_group
+
+        return placement_group([dict(self.resources_per_worker) for _ in range(n)],
+                               strategy=self.placement.upper())
+
+    def _place(self, ray: Any, n: int, workers: _Actors) -> bool:
+        """Wait until ``workers.pg`` (created here if None) is ready: True, or False when
+        it had to be created again. A node that dies (or is cut off and then declared
+        dead) while the group is being placed can hold its reservation up for long, so
+        the group is created again whenever a node died since the wait began."""
+        from ray.util.placement_group import remove_placement_group
 
         deadline = time.monotonic() + self.placement_timeout
+        same = True
         while True:
             alive = _alive_nodes(ray)
-            workers.pg = pg = placement_group(
-                [dict(self.resources_per_worker) for _ in range(n)],
-                strategy=self.placement.upper())
+            if workers.pg is None:
+                workers.pg = self._group(ray, n)
+            pg = workers.pg
             while True:
                 left = deadline - time.monotonic()
                 try:
                     ray.get(pg.ready(), timeout=max(0.01, min(_PLACE_CHECK, left)))
-                    return pg
+                    return same
                 except ray.exceptions.GetTimeoutError:
                     pass
                 if time.monotonic() >= deadline:
@@ -210,6 +269,7 @@ class Ray(Executor):
                              "workers was placed; placing it again", n)
                     remove_placement_group(pg)
                     workers.pg = None
+                    same = False
                     break
 
     def _no_room(self, ray: Any, n: int) -> NoReturn:
@@ -331,6 +391,8 @@ class _WorkerActor:
     """The body of one worker actor (wrapped with ``ray.remote`` by :class:`Ray`)."""
 
     def __init__(self) -> None:
+        import onceflow.runtime.worker  # noqa: F401  (now: an actor started early is ready)
+
         self.spec: Any = None
         self.token = b""
         self.listener: socket.socket | None = None
@@ -375,6 +437,7 @@ class _Actors(Workers):
         self.addresses: list[tuple[str, int]] = []
         self.pg: Any = None
         self.conns = {}
+        self.prewarm: Any = None  # set once the attempt started: starts the next one's actors
 
     @property
     def ids(self) -> dict[int, int]:
@@ -397,12 +460,22 @@ class _Actors(Workers):
         return f"{where} exited with code {code}"
 
     def stop(self) -> None:
+        self._end(prewarm=True)
+
+    def _end(self, prewarm: bool) -> None:
         self.close_conns()  # a worker that is only unreachable sees EOF and leaves
         for a in self.actors.values():
             try:
                 self.ray.kill(a, no_restart=True)
             except Exception:
                 pass
+        start_next, self.prewarm = self.prewarm, None
+        if prewarm and start_next is not None and self.actors:  # the attempt failed
+            try:
+                start_next()
+            except Exception as e:  # the next start() starts them the usual way
+                log.info("executor Ray: could not start the next attempt's actors early: "
+                         "%s: %s", type(e).__name__, e)
         self._wait_dead()
 
     def _wait_dead(self) -> None:
@@ -445,4 +518,4 @@ class _Actors(Workers):
     def join(self) -> None:
         if self.runs:
             self.ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=60.0)
-        self.stop()
+        self._end(prewarm=False)

@@ -195,6 +195,7 @@ class JobDriver:
             self.status.failed(str(e) or type(e).__name__)
             raise
         finally:
+            cfg.executor.close()
             if observers is not None:
                 observers.close()
             if tmpdir is not None:

@@ -119,12 +119,16 @@ def test_nothing_listens_beyond_loopback(cluster: Any, tmp_path: Path) -> None:
     _wait_for(lambda: len(_actor_pids()) == 2, 60, "two worker actors")
     listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True,
                                check=True).stdout.split("\n")
+    unix = _wait_for(lambda: "@onceflow-" in (out := subprocess.run(
+        ["ss", "-Hxa"], capture_output=True, text=True, check=True).stdout) and out, 30,
+        "the two actors' Unix socket")  # same host: the peers connect over a Unix socket
     t.join(120)
     assert not t.is_alive()
     addrs = [line.split()[3] for line in listening if line.strip()]
     assert len(addrs) > 5, addrs  # Ray's own servers are in the list
     local = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
     assert [a for a in addrs if not a.startswith(local)] == []
+    assert "ESTAB" in unix or "estab" in unix.lower(), unix
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -213,9 +217,10 @@ def test_token_is_required_on_every_connection() -> None:
 
 
 def test_a_worker_actor_refuses_a_connection_without_the_token(cluster: Any) -> None:
-    """Against a real worker actor on the cluster: a raw connection to its listener is
-    closed; the driver's connection with the token becomes its control connection (the
-    worker, given a spec it cannot run, reports that failure over it)."""
+    """Against a real worker actor on the cluster: a raw connection to its TCP listener,
+    and one to its Unix socket for same-host peers, is closed; the driver's connection
+    with the token becomes its control connection (the worker, given a spec it cannot
+    run, reports that failure over it)."""
     import ray
     from ray import cloudpickle
 
@@ -226,12 +231,19 @@ def test_a_worker_actor_refuses_a_connection_without_the_token(cluster: Any) -> 
     actor = ray.remote(_WorkerActor).options(num_cpus=0).remote()
     try:
         blob = cloudpickle.dumps(types.SimpleNamespace(index=0))
-        host, port, _, _ = ray.get(actor.prepare.remote(blob, token, None), timeout=60)
+        host, port, _, _, local = ray.get(actor.prepare.remote(blob, token, None),
+                                          timeout=60)
         assert host == "127.0.0.1"
-        done = actor.run.remote([(host, port)])
+        assert local is not None and local.startswith("\0onceflow-")  # same-host peers
+        done = actor.run.remote([(host, port)], [local])
         raw = socket.create_connection((host, port))
         raw.sendall(b"\0" * (TOKEN_BYTES + 4))  # the driver's role, no token
         assert _closed_by_peer(raw)
+        raw_local = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw_local.connect(local)  # the Unix socket checks the token the same way
+        raw_local.sendall(b"\0" * (TOKEN_BYTES + 4))
+        assert _closed_by_peer(raw_local)
+        raw_local.close()
         ctrl = Connection(_dial((host, port), token, -1).detach())
         assert ctrl.poll(60)
         msg = m.recv(ctrl)

@@ -508,3 +508,39 @@ def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: P
         assert r.operators["count"].parallelism == 2
     finally:
         cluster.add_node(**NODE)
+
+
+def test_a_node_cut_off_is_noticed_through_ray(cluster: Any, tmp_path: Path) -> None:
+    """A node that is cut off (its raylet and processes frozen with SIGSTOP) closes no
+    connection; Ray's health checks declare it dead, the executor sees its actor dead and
+    fails the attempt at once (not after the checkpoint timeout, 10 minutes here), and the
+    job restarts on the other nodes with the exact output."""
+    flow, out = _flow(tmp_path, "keyed_count", "cut", rate=800, attempts=3)
+    t, box = _run_in_thread(flow, of.executors.Ray(placement="spread"))
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
+    _wait_for(lambda: _completed_checkpoints(tmp_path / "ck-cut") >= 1, 60, "a checkpoint")
+    raylets = {n.all_processes["raylet"][0].process.pid: n for n in cluster.worker_nodes}
+    victim = next((p for p in pids if _raylet_of(p) in raylets), None)
+    assert victim is not None, "no worker actor on a non-head node"
+    raylet = psutil.Process(_raylet_of(victim))
+    node = raylets[raylet.pid]
+    frozen = [raylet, *raylet.children(recursive=True)]
+    for p in frozen:
+        p.suspend()
+    try:
+        t.join(120)
+        assert not t.is_alive(), "the cut-off node was not noticed"
+    finally:
+        for p in frozen:
+            try:
+                p.resume()
+            except psutil.NoSuchProcess:
+                pass
+        cluster.remove_node(node, allow_graceful=False)
+        cluster.add_node(**NODE)
+    assert "error" not in box, box.get("error")
+    r = box["result"]
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(out))
+    assert got == want, crashjobs.diff(got, want)
+    assert r.restarts >= 1 and any("died" in f for f in r.failures), r.failures

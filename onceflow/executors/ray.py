@@ -34,6 +34,7 @@ import select
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -182,6 +183,7 @@ class Ray(Executor):
                  placed - t0, prepared_at - placed, now - prepared_at,
                  " (actors started during the previous attempt's stop)" if standby else "")
         workers.prewarm = lambda: self._prewarm(ray, n)
+        workers.watch()
         return workers
 
     # --- actors for the next attempt, started while the failed one is fenced ------------
@@ -492,6 +494,52 @@ class _Actors(Workers):
         self.pg: Any = None
         self.conns = {}
         self.prewarm: Any = None  # set once the attempt started: starts the next one's actors
+        self._watching = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def watch(self) -> None:
+        """Watch the actors through Ray as well as through their connections: a node that
+        is cut off (powered off, unplugged) closes no connection, but Ray's health checks
+        declare its actors dead; the driver then sees that worker's control connection
+        end (its end is shut down here) and the attempt fails as for a killed actor."""
+        self._watching.set()
+        self._watcher = threading.Thread(target=self._watch, name="onceflow-ray-watch",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        by_ref = {ref.hex(): w for w, ref in self.runs.items()}
+        pending = list(self.runs.values())
+        while pending and self._watching.is_set():
+            try:
+                ready, pending = self.ray.wait(pending, num_returns=1, timeout=0.5)
+            except Exception:
+                return  # Ray is shutting down: the connections tell the rest
+            for ref in ready:
+                w = by_ref[ref.hex()]
+                try:
+                    self.ray.get(ref, timeout=0)
+                    continue  # run() returned: the worker finished or failed by itself
+                except Exception as e:
+                    if not isinstance(e, self.ray.exceptions.RayActorError):
+                        continue
+                if self._watching.is_set():
+                    self._cut(w)
+
+    def _cut(self, worker: int) -> None:
+        for c, w in list(self.conns.items()):
+            if w != worker:
+                continue
+            try:
+                s = socket.socket(fileno=os.dup(c.fileno()))
+            except OSError:
+                return  # closed by the driver meanwhile
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # the driver's recv sees EOF now
+            except OSError:
+                pass
+            finally:
+                s.close()
 
     @property
     def ids(self) -> dict[int, int]:
@@ -517,6 +565,7 @@ class _Actors(Workers):
         self._end(prewarm=True)
 
     def _end(self, prewarm: bool) -> None:
+        self._watching.clear()
         self.close_conns()  # a worker that is only unreachable sees EOF and leaves
         for a in self.actors.values():
             try:

@@ -385,7 +385,7 @@ def test_killed_driver_resumed_with_restore_latest_and_zombie_never_commits(
         os.kill(first.pid, signal.SIGKILL)
         first.wait(30)
         killed_at = _latest_checkpoint(tmp_path / "ck")
-        second = _driver(cluster, tmp_path, 2, restore="latest")
+        second = _driver(cluster, tmp_path, 2, restore="latest", rate=2000)
         _wait_for(lambda: _latest_checkpoint(tmp_path / "ck") > killed_at
                   or second.poll() is not None, 90, "a checkpoint of the new driver")
         assert psutil.Process(zombie).status() == psutil.STATUS_STOPPED
@@ -418,7 +418,7 @@ def test_rescale_from_three_nodes_to_one_and_back(cluster: Any, tmp_path: Path) 
     assert len({_raylet_of(p) for p in pids}) == 3, "the three workers share a node"
     second = _driver(cluster, tmp_path, 1, restore="latest", rate=400)
     _kill_driver_after_checkpoint(second, tmp_path, _latest_checkpoint(tmp_path / "ck"), 1)
-    third = _driver(cluster, tmp_path, 3, restore="latest", rate=400)
+    third = _driver(cluster, tmp_path, 3, restore="latest", rate=5000)  # on to the end
     result = _finish(third, tmp_path)
     want = crashjobs.expected("keyed_count", RECORDS)
     got = crashjobs.committed(str(tmp_path / "out"))
@@ -435,8 +435,10 @@ def _raylet_of(pid: int) -> int:
     return p.pid
 
 
+@pytest.mark.soak
 def test_removed_node_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
-    """Last in the module: it removes a node (and adds a fresh one back after)."""
+    """It removes a node (and adds a fresh one back after). In the soak run only: the
+    normal run removes a node in test_lost_node_lowers_the_parallelism_when_allowed."""
     flow, out = _flow(tmp_path, "keyed_count", "node", rate=800, attempts=3)
     t, box = _run_in_thread(flow, of.executors.Ray(placement="spread"))
     pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
@@ -510,6 +512,7 @@ def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: P
         cluster.add_node(**NODE)
 
 
+@pytest.mark.soak
 def test_a_node_cut_off_is_noticed_through_ray(cluster: Any, tmp_path: Path) -> None:
     """A node that is cut off (its raylet and processes frozen with SIGSTOP) closes no
     connection; Ray's health checks declare it dead, the executor sees its actor dead and

@@ -313,19 +313,29 @@ def test_cli_runs_a_job_on_ray(cluster: Any, tmp_path: Path) -> None:
     assert sum(got.values()) == 5000
 
 
-def _latest_checkpoint(ck: Path) -> int:
-    """The id of the newest complete checkpoint under ``ck`` (-1: none)."""
-    ids = [int(p.parent.name.split("-")[1]) for p in ck.glob("*/chk-*/_metadata")] \
-        if ck.exists() else []
-    return max(ids, default=-1)
+@pytest.fixture
+def checkpoint_storage(tmp_path: Path) -> str:
+    """Where the driver-kill, rescale and lower-parallelism tests keep their checkpoints:
+    a local directory (every simulated node sees it); shared object storage goes here."""
+    return str(tmp_path / "ck")
 
 
-def _driver(cluster: Any, tmp: Path, parallelism: int, restore: str | None = None,
-            rate: float = 500.0) -> subprocess.Popen[str]:
+KEYED = "crash-keyed_count"  # the flow tests/crashjobs.py runs for keyed_count
+
+
+def _latest_checkpoint(storage: str, flow: str = KEYED) -> int:
+    """The id of the newest complete checkpoint of ``flow`` in ``storage`` (-1: none)."""
+    from onceflow.checkpoint.storage import CheckpointStorage
+
+    return max(CheckpointStorage(storage, flow).complete_ids(), default=-1)
+
+
+def _driver(cluster: Any, tmp: Path, storage: str, parallelism: int,
+            restore: str | None = None, rate: float = 500.0) -> subprocess.Popen[str]:
     """A driver process running ``keyed_count`` on the cluster (``tests/crashjobs.py``);
     every driver of one test shares the output and checkpoint directories."""
     args = [sys.executable, str(ROOT / "tests" / "crashjobs.py"), "keyed_count",
-            "--out", str(tmp / "out"), "--ckpt", str(tmp / "ck"), "--records", str(RECORDS),
+            "--out", str(tmp / "out"), "--ckpt", storage, "--records", str(RECORDS),
             "--rate", str(rate), "--interval", "0.1", "--batch-size", "64", "--incremental",
             "--parallelism", str(parallelism), "--ray", cluster.address]
     if restore is not None:
@@ -344,13 +354,13 @@ def _finish(proc: subprocess.Popen[str], tmp: Path) -> dict[str, Any]:
     return result
 
 
-def _kill_driver_after_checkpoint(proc: subprocess.Popen[str], tmp: Path, after: int,
+def _kill_driver_after_checkpoint(proc: subprocess.Popen[str], storage: str, after: int,
                                   workers: int) -> set[int]:
     """SIGKILL the driver once its ``workers`` actors run and a checkpoint newer than
     ``after`` completed; the pids of its actors."""
     pids = _wait_for(lambda: (p if len(p := set(_actor_pids())) == workers else None), 90,
                      f"{workers} worker actors")
-    _wait_for(lambda: _latest_checkpoint(tmp / "ck") > after or proc.poll() is not None, 90,
+    _wait_for(lambda: _latest_checkpoint(storage) > after or proc.poll() is not None, 90,
               f"a checkpoint after {after}")
     assert proc.poll() is None, "the job finished before the driver was killed"
     os.kill(proc.pid, signal.SIGKILL)
@@ -359,7 +369,7 @@ def _kill_driver_after_checkpoint(proc: subprocess.Popen[str], tmp: Path, after:
 
 
 def test_killed_driver_resumed_with_restore_latest_and_zombie_never_commits(
-        cluster: Any, tmp_path: Path) -> None:
+        cluster: Any, tmp_path: Path, checkpoint_storage: str) -> None:
     """The driver process is SIGKILLed mid-job. Just before, the node of one of its actors
     was frozen (SIGSTOP of the node's raylet and its processes: a node cut off), so Ray
     cannot end that actor: it is a zombie of the dead driver. A new driver resumes with
@@ -367,10 +377,10 @@ def test_killed_driver_resumed_with_restore_latest_and_zombie_never_commits(
     is thawed and the zombie runs on: it must never commit (no driver is left to tell it a
     checkpoint completed, and its token opens none of the new actors' listeners). The
     committed output equals the failure-free run exactly, and the zombie ends."""
-    first = _driver(cluster, tmp_path, 2)
+    first = _driver(cluster, tmp_path, checkpoint_storage, 2)
     pids = _wait_for(lambda: (p if len(p := set(_actor_pids())) == 2 else None), 90,
                      "two worker actors")
-    _wait_for(lambda: _latest_checkpoint(tmp_path / "ck") >= 0 or first.poll() is not None,
+    _wait_for(lambda: _latest_checkpoint(checkpoint_storage) >= 0 or first.poll() is not None,
               90, "a checkpoint")
     assert first.poll() is None, "the job finished before the driver was killed"
     raylets = {n.all_processes["raylet"][0].process.pid: n for n in cluster.worker_nodes}
@@ -384,9 +394,9 @@ def test_killed_driver_resumed_with_restore_latest_and_zombie_never_commits(
     try:
         os.kill(first.pid, signal.SIGKILL)
         first.wait(30)
-        killed_at = _latest_checkpoint(tmp_path / "ck")
-        second = _driver(cluster, tmp_path, 2, restore="latest", rate=2000)
-        _wait_for(lambda: _latest_checkpoint(tmp_path / "ck") > killed_at
+        killed_at = _latest_checkpoint(checkpoint_storage)
+        second = _driver(cluster, tmp_path, checkpoint_storage, 2, restore="latest", rate=2000)
+        _wait_for(lambda: _latest_checkpoint(checkpoint_storage) > killed_at
                   or second.poll() is not None, 90, "a checkpoint of the new driver")
         assert psutil.Process(zombie).status() == psutil.STATUS_STOPPED
     finally:
@@ -409,16 +419,18 @@ def test_killed_driver_resumed_with_restore_latest_and_zombie_never_commits(
         cluster.add_node(**NODE)
 
 
-def test_rescale_from_three_nodes_to_one_and_back(cluster: Any, tmp_path: Path) -> None:
+def test_rescale_from_three_nodes_to_one_and_back(cluster: Any, tmp_path: Path,
+                                                   checkpoint_storage: str) -> None:
     """A checkpoint taken at parallelism 3 with a worker on each of the three nodes; the
     job resumed from it at parallelism 1 (one node) until a new checkpoint, then at 3
     again to the end (each driver SIGKILLed mid-job): the committed output is exact."""
-    first = _driver(cluster, tmp_path, 3, rate=400)
-    pids = _kill_driver_after_checkpoint(first, tmp_path, -1, 3)
+    first = _driver(cluster, tmp_path, checkpoint_storage, 3, rate=400)
+    pids = _kill_driver_after_checkpoint(first, checkpoint_storage, -1, 3)
     assert len({_raylet_of(p) for p in pids}) == 3, "the three workers share a node"
-    second = _driver(cluster, tmp_path, 1, restore="latest", rate=400)
-    _kill_driver_after_checkpoint(second, tmp_path, _latest_checkpoint(tmp_path / "ck"), 1)
-    third = _driver(cluster, tmp_path, 3, restore="latest", rate=5000)  # on to the end
+    ck = checkpoint_storage
+    second = _driver(cluster, tmp_path, ck, 1, restore="latest", rate=400)
+    _kill_driver_after_checkpoint(second, ck, _latest_checkpoint(ck), 1)
+    third = _driver(cluster, tmp_path, ck, 3, restore="latest", rate=5000)  # on to the end
     result = _finish(third, tmp_path)
     want = crashjobs.expected("keyed_count", RECORDS)
     got = crashjobs.committed(str(tmp_path / "out"))
@@ -476,7 +488,8 @@ def test_no_room_without_the_option_names_what_is_missing(cluster: Any) -> None:
     assert "hold 3 such worker(s)" in msg and "allow_lower_parallelism=True" in msg
 
 
-def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: Path) -> None:
+def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: Path,
+                                                       checkpoint_storage: str) -> None:
     """Three nodes with one slot each, a worker on each; a node is removed mid-job, so the
     next attempt's three workers fit nowhere: with allow_lower_parallelism the job goes on
     at parallelism 2 from the latest checkpoint (a rescale by key group), says so, and
@@ -485,13 +498,14 @@ def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: P
     flow = of.Flow("ray-lower", parallelism=3, batch_size=64,
                    state_backend=of.state.MemoryBackend(full_every=3),
                    restart_strategy=of.restart.fixed_delay(attempts=3, delay=0.0))
-    flow.enable_checkpointing(0.1, tmp_path / "ck", retained=2, incremental=True)
+    flow.enable_checkpointing(0.1, checkpoint_storage, retained=2, incremental=True)
     crashjobs.build("keyed_count", flow, RECORDS, 400, str(out), "")
     executor = of.executors.Ray(placement="spread", resources_per_worker={"CPU": 1, "slot": 1},
                                 placement_timeout=2.0, allow_lower_parallelism=True)
     t, box = _run_in_thread(flow, executor)
     pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 3 else None), 60, "actors")
-    _wait_for(lambda: _completed_checkpoints(tmp_path / "ck") >= 1, 60, "a checkpoint")
+    _wait_for(lambda: _latest_checkpoint(checkpoint_storage, "ray-lower") >= 0, 60,
+              "a checkpoint")
     raylets = {_raylet_of(p) for p in pids}
     assert len(raylets) == 3, "the three workers share a node"
     victim = next(n for n in cluster.worker_nodes

@@ -43,12 +43,12 @@ test: $(VENV)/.synced services
 	$(PY) -m ruff check onceflow tests benchmarks examples
 	$(PY) -m mypy onceflow
 	$(PY) -m pytest -q --doctest-modules onceflow tests
-	scripts/netns-run $(PY) -m pytest -q -m ray tests/test_ray.py
+	scripts/netns-run $(PY) -m pytest -q -m "ray and not soak" tests/test_ray.py
 
 # The Ray executor's tests alone: a simulated cluster in a loopback-only network namespace.
 .PHONY: test-ray
 test-ray: $(VENV)/.synced
-	scripts/netns-run $(PY) -m pytest -q -m ray tests/test_ray.py
+	scripts/netns-run $(PY) -m pytest -q -m "ray and not soak" tests/test_ray.py
 
 lint: $(VENV)/.synced
 	$(PY) -m ruff check onceflow tests benchmarks examples
@@ -90,6 +90,7 @@ compare: $(VENV)/.synced
 # (ONCEFLOW_SOAK_RESULTS).
 soak: $(VENV)/.synced
 	$(PY) -m pytest -q tests -m soak
+	scripts/netns-run $(PY) -m pytest -q -m "ray and soak" tests/test_ray.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS)

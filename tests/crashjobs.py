@@ -3,6 +3,7 @@
 Run as a script so a test can SIGKILL the driver or its workers:
 
     python tests/crashjobs.py SHAPE --out DIR --ckpt DIR [--parallelism P] [--restore latest]
+                              [--ray ADDRESS]
 
 prints one JSON line with the job's result. ``expected(shape, records)`` computes, without
 onceflow, the multiset of records a failure-free run commits. Every shape emits running
@@ -278,6 +279,8 @@ def main() -> None:
     ap.add_argument("--slow", type=float, default=0.0,
                     help="seconds per record in an operator just before the sink "
                          "(backpressure)")
+    ap.add_argument("--ray", default=None,
+                    help="run on the Ray cluster at this address (placement spread)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -293,7 +296,13 @@ def main() -> None:
                               aligned_timeout=args.aligned_timeout,
                               buffer_time=args.buffer_time)
     build(args.shape, flow, args.records, args.rate, args.out, args.corpus, args.slow)
-    result = flow.run(restore=args.restore)
+    executor: Any = None
+    if args.ray:
+        import ray
+
+        ray.init(address=args.ray, include_dashboard=False, log_to_driver=False)
+        executor = of.executors.Ray(placement="spread")
+    result = flow.run(restore=args.restore, executor=executor)
     print(json.dumps({
         "restarts": result.restarts,
         "failures": result.failures,

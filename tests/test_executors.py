@@ -106,3 +106,59 @@ def test_inline_names_the_operator_whose_object_cannot_be_copied() -> None:
     flow.source(of.sources.Range(0, 1), name="n").sink(LockedSink(), name="locked-sink")
     with pytest.raises(of.ConfigurationError, match="locked-sink"):
         flow.run(executor="inline")
+
+
+class _TwoSlotsAfterAFailure(of.executors.Local):
+    """Local, except that after the first attempt it holds only two workers and says so
+    the way the Ray executor does when a node is lost (FewerSlots)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.first: Any = None
+
+    def start(self, specs: Any) -> Any:
+        from onceflow.executors.base import FewerSlots
+
+        self.starts.append(len(specs))
+        if len(self.starts) > 1 and len(specs) > 2:
+            raise FewerSlots(2, "two slots are left")
+        workers = super().start(specs)
+        if self.first is None:
+            self.first = workers
+        return workers
+
+
+def test_fewer_slots_lower_the_parallelism_from_the_checkpoint(tmp_path: Path) -> None:
+    """The driver's side of allow_lower_parallelism: a worker is SIGKILLed after a
+    checkpoint; the next start can hold two workers, not three: the job goes on at
+    parallelism 2 from the checkpoint (a rescale by key group), exactly once, and says
+    so in JobResult.rescales."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    flow = of.Flow("exec-fewer", parallelism=3, batch_size=64,
+                   state_backend=of.state.MemoryBackend(full_every=3),
+                   restart_strategy=of.restart.fixed_delay(attempts=2, delay=0.0))
+    flow.enable_checkpointing(0.05, tmp_path / "ck", retained=2, incremental=True)
+    crashjobs.build("keyed_count", flow, RECORDS, 1500, str(out), "")
+    executor = _TwoSlotsAfterAFailure()
+
+    def kill_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+                executor.first is not None and list((tmp_path / "ck").glob("*/chk-*/_metadata"))):
+            time.sleep(0.02)
+        os.kill(executor.first.ids[1], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_a_checkpoint)
+    killer.start()
+    r = flow.run(executor=executor)
+    killer.join()
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(out))
+    assert got == want, crashjobs.diff(got, want)
+    assert executor.starts == [3, 3, 2]
+    assert r.restarts == 1 and r.rescales == ["parallelism 3 -> 2: two slots are left"]
+    assert r.operators["count"].parallelism == 2

@@ -10,6 +10,7 @@ alone: ``scripts/netns-run .venv/bin/python -m pytest -m ray tests/test_ray.py``
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ["keyed_count", "union_flatmap", "two_keyed", "text_wordcount", "mixed_parallelism"]
 RECORDS = 6000
+NODE: dict[str, Any] = {"num_cpus": 2, "resources": {"slot": 1}}  # every node: one "slot"
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 200,
                "health_check_timeout_ms": 500, "health_check_failure_threshold": 5}
 
@@ -56,10 +58,10 @@ def cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                "_system_config": FAST_HEALTH})
+                head_node_args={"num_cpus": 1, "resources": {"slot": 1},
+                                "include_dashboard": False, "_system_config": FAST_HEALTH})
     for _ in range(2):
-        c.add_node(num_cpus=2)
+        c.add_node(**NODE)
     c.wait_for_nodes()
     ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
     try:
@@ -117,12 +119,16 @@ def test_nothing_listens_beyond_loopback(cluster: Any, tmp_path: Path) -> None:
     _wait_for(lambda: len(_actor_pids()) == 2, 60, "two worker actors")
     listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True,
                                check=True).stdout.split("\n")
+    unix = _wait_for(lambda: "@onceflow-" in (out := subprocess.run(
+        ["ss", "-Hxa"], capture_output=True, text=True, check=True).stdout) and out, 30,
+        "the two actors' Unix socket")  # same host: the peers connect over a Unix socket
     t.join(120)
     assert not t.is_alive()
     addrs = [line.split()[3] for line in listening if line.strip()]
     assert len(addrs) > 5, addrs  # Ray's own servers are in the list
     local = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
     assert [a for a in addrs if not a.startswith(local)] == []
+    assert "ESTAB" in unix or "estab" in unix.lower(), unix
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -211,9 +217,10 @@ def test_token_is_required_on_every_connection() -> None:
 
 
 def test_a_worker_actor_refuses_a_connection_without_the_token(cluster: Any) -> None:
-    """Against a real worker actor on the cluster: a raw connection to its listener is
-    closed; the driver's connection with the token becomes its control connection (the
-    worker, given a spec it cannot run, reports that failure over it)."""
+    """Against a real worker actor on the cluster: a raw connection to its TCP listener,
+    and one to its Unix socket for same-host peers, is closed; the driver's connection
+    with the token becomes its control connection (the worker, given a spec it cannot
+    run, reports that failure over it)."""
     import ray
     from ray import cloudpickle
 
@@ -224,12 +231,19 @@ def test_a_worker_actor_refuses_a_connection_without_the_token(cluster: Any) -> 
     actor = ray.remote(_WorkerActor).options(num_cpus=0).remote()
     try:
         blob = cloudpickle.dumps(types.SimpleNamespace(index=0))
-        host, port, _, _ = ray.get(actor.prepare.remote(blob, token, None), timeout=60)
+        host, port, _, _, local = ray.get(actor.prepare.remote(blob, token, None),
+                                          timeout=60)
         assert host == "127.0.0.1"
-        done = actor.run.remote([(host, port)])
+        assert local is not None and local.startswith("\0onceflow-")  # same-host peers
+        done = actor.run.remote([(host, port)], [local])
         raw = socket.create_connection((host, port))
         raw.sendall(b"\0" * (TOKEN_BYTES + 4))  # the driver's role, no token
         assert _closed_by_peer(raw)
+        raw_local = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw_local.connect(local)  # the Unix socket checks the token the same way
+        raw_local.sendall(b"\0" * (TOKEN_BYTES + 4))
+        assert _closed_by_peer(raw_local)
+        raw_local.close()
         ctrl = Connection(_dial((host, port), token, -1).detach())
         assert ctrl.poll(60)
         msg = m.recv(ctrl)
@@ -299,8 +313,144 @@ def test_cli_runs_a_job_on_ray(cluster: Any, tmp_path: Path) -> None:
     assert sum(got.values()) == 5000
 
 
+@pytest.fixture
+def checkpoint_storage(tmp_path: Path) -> str:
+    """Where the driver-kill, rescale and lower-parallelism tests keep their checkpoints:
+    a local directory (every simulated node sees it); shared object storage goes here."""
+    return str(tmp_path / "ck")
+
+
+KEYED = "crash-keyed_count"  # the flow tests/crashjobs.py runs for keyed_count
+
+
+def _latest_checkpoint(storage: str, flow: str = KEYED) -> int:
+    """The id of the newest complete checkpoint of ``flow`` in ``storage`` (-1: none)."""
+    from onceflow.checkpoint.storage import CheckpointStorage
+
+    return max(CheckpointStorage(storage, flow).complete_ids(), default=-1)
+
+
+def _driver(cluster: Any, tmp: Path, storage: str, parallelism: int,
+            restore: str | None = None, rate: float = 500.0) -> subprocess.Popen[str]:
+    """A driver process running ``keyed_count`` on the cluster (``tests/crashjobs.py``);
+    every driver of one test shares the output and checkpoint directories."""
+    args = [sys.executable, str(ROOT / "tests" / "crashjobs.py"), "keyed_count",
+            "--out", str(tmp / "out"), "--ckpt", storage, "--records", str(RECORDS),
+            "--rate", str(rate), "--interval", "0.1", "--batch-size", "64", "--incremental",
+            "--parallelism", str(parallelism), "--ray", cluster.address]
+    if restore is not None:
+        args += ["--restore", restore]
+    log = open(tmp / f"driver-{time.monotonic_ns()}.log", "w")
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
+
+
+def _finish(proc: subprocess.Popen[str], tmp: Path) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=180)
+    logs = "\n".join(p.read_text()[-3000:] for p in sorted(tmp.glob("driver-*.log")))
+    assert proc.returncode == 0, logs
+    lines = [line for line in out.splitlines() if line.startswith('{"restarts"')]
+    assert lines, out[-3000:]  # Ray may print to stdout too
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _kill_driver_after_checkpoint(proc: subprocess.Popen[str], storage: str, after: int,
+                                  workers: int) -> set[int]:
+    """SIGKILL the driver once its ``workers`` actors run and a checkpoint newer than
+    ``after`` completed; the pids of its actors."""
+    pids = _wait_for(lambda: (p if len(p := set(_actor_pids())) == workers else None), 90,
+                     f"{workers} worker actors")
+    _wait_for(lambda: _latest_checkpoint(storage) > after or proc.poll() is not None, 90,
+              f"a checkpoint after {after}")
+    assert proc.poll() is None, "the job finished before the driver was killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    return pids
+
+
+def test_killed_driver_resumed_with_restore_latest_and_zombie_never_commits(
+        cluster: Any, tmp_path: Path, checkpoint_storage: str) -> None:
+    """The driver process is SIGKILLed mid-job. Just before, the node of one of its actors
+    was frozen (SIGSTOP of the node's raylet and its processes: a node cut off), so Ray
+    cannot end that actor: it is a zombie of the dead driver. A new driver resumes with
+    restore="latest" on the other nodes; once it completed a checkpoint the zombie's node
+    is thawed and the zombie runs on: it must never commit (no driver is left to tell it a
+    checkpoint completed, and its token opens none of the new actors' listeners). The
+    committed output equals the failure-free run exactly, and the zombie ends."""
+    first = _driver(cluster, tmp_path, checkpoint_storage, 2)
+    pids = _wait_for(lambda: (p if len(p := set(_actor_pids())) == 2 else None), 90,
+                     "two worker actors")
+    _wait_for(lambda: _latest_checkpoint(checkpoint_storage) >= 0 or first.poll() is not None,
+              90, "a checkpoint")
+    assert first.poll() is None, "the job finished before the driver was killed"
+    raylets = {n.all_processes["raylet"][0].process.pid: n for n in cluster.worker_nodes}
+    zombie = next((p for p in pids if _raylet_of(p) in raylets), None)
+    assert zombie is not None, "no worker actor on a non-head node"
+    node = raylets[_raylet_of(zombie)]
+    raylet = psutil.Process(_raylet_of(zombie))
+    frozen = [raylet, *raylet.children(recursive=True)]
+    for p in frozen:
+        p.suspend()
+    try:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(30)
+        killed_at = _latest_checkpoint(checkpoint_storage)
+        second = _driver(cluster, tmp_path, checkpoint_storage, 2, restore="latest", rate=2000)
+        _wait_for(lambda: _latest_checkpoint(checkpoint_storage) > killed_at
+                  or second.poll() is not None, 90, "a checkpoint of the new driver")
+        assert psutil.Process(zombie).status() == psutil.STATUS_STOPPED
+    finally:
+        for p in frozen:
+            try:
+                p.resume()
+            except psutil.NoSuchProcess:
+                pass
+    try:
+        result = _finish(second, tmp_path)
+        want = crashjobs.expected("keyed_count", RECORDS)
+        got = crashjobs.committed(str(tmp_path / "out"))
+        assert got == want, crashjobs.diff(got, want)
+        assert result["restored_from"] is not None and result["sink_in"] == RECORDS
+        _wait_for(lambda: not psutil.pid_exists(zombie)
+                  or psutil.Process(zombie).status() == psutil.STATUS_ZOMBIE, 60,
+                  "the zombie actor to end")
+    finally:
+        cluster.remove_node(node, allow_graceful=False)
+        cluster.add_node(**NODE)
+
+
+def test_rescale_from_three_nodes_to_one_and_back(cluster: Any, tmp_path: Path,
+                                                   checkpoint_storage: str) -> None:
+    """A checkpoint taken at parallelism 3 with a worker on each of the three nodes; the
+    job resumed from it at parallelism 1 (one node) until a new checkpoint, then at 3
+    again to the end (each driver SIGKILLed mid-job): the committed output is exact."""
+    first = _driver(cluster, tmp_path, checkpoint_storage, 3, rate=400)
+    pids = _kill_driver_after_checkpoint(first, checkpoint_storage, -1, 3)
+    assert len({_raylet_of(p) for p in pids}) == 3, "the three workers share a node"
+    ck = checkpoint_storage
+    second = _driver(cluster, tmp_path, ck, 1, restore="latest", rate=400)
+    _kill_driver_after_checkpoint(second, ck, _latest_checkpoint(ck), 1)
+    third = _driver(cluster, tmp_path, ck, 3, restore="latest", rate=5000)  # on to the end
+    result = _finish(third, tmp_path)
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(tmp_path / "out"))
+    assert got == want, crashjobs.diff(got, want)
+    assert result["sink_in"] == RECORDS
+
+
+def _raylet_of(pid: int) -> int:
+    """The pid of the raylet (simulated node) that started process ``pid``."""
+    p: psutil.Process | None = psutil.Process(pid)
+    while p is not None and "raylet" not in p.name():
+        p = p.parent()
+    assert p is not None, f"process {pid} is not under a raylet"
+    return p.pid
+
+
+@pytest.mark.soak
 def test_removed_node_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
-    """Last in the module: it removes a node (and adds a fresh one back after)."""
+    """It removes a node (and adds a fresh one back after). In the soak run only: the
+    normal run removes a node in test_lost_node_lowers_the_parallelism_when_allowed."""
     flow, out = _flow(tmp_path, "keyed_count", "node", rate=800, attempts=3)
     t, box = _run_in_thread(flow, of.executors.Ray(placement="spread"))
     pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
@@ -323,4 +473,91 @@ def test_removed_node_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
         assert got == want, crashjobs.diff(got, want)
         assert box["result"].restarts >= 1
     finally:
-        cluster.add_node(num_cpus=2)
+        cluster.add_node(**NODE)
+
+
+def test_no_room_without_the_option_names_what_is_missing(cluster: Any) -> None:
+    flow = of.Flow("ray-no-room", parallelism=4)
+    (flow.source(of.sources.Range(0, 100), name="n").map(lambda x: x, name="same")
+         .sink(of.sinks.Discard(), name="out"))
+    with pytest.raises(of.ConfigurationError) as e:
+        flow.run(executor=of.executors.Ray(resources_per_worker={"CPU": 0.5, "slot": 1},
+                                           placement_timeout=1.0))
+    msg = str(e.value)
+    assert "no room for 4 workers" in msg and "'slot': 1" in msg
+    assert "hold 3 such worker(s)" in msg and "allow_lower_parallelism=True" in msg
+
+
+def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: Path,
+                                                       checkpoint_storage: str) -> None:
+    """Three nodes with one slot each, a worker on each; a node is removed mid-job, so the
+    next attempt's three workers fit nowhere: with allow_lower_parallelism the job goes on
+    at parallelism 2 from the latest checkpoint (a rescale by key group), says so, and
+    commits exactly the failure-free output."""
+    out = tmp_path / "out"
+    flow = of.Flow("ray-lower", parallelism=3, batch_size=64,
+                   state_backend=of.state.MemoryBackend(full_every=3),
+                   restart_strategy=of.restart.fixed_delay(attempts=3, delay=0.0))
+    flow.enable_checkpointing(0.1, checkpoint_storage, retained=2, incremental=True)
+    crashjobs.build("keyed_count", flow, RECORDS, 400, str(out), "")
+    executor = of.executors.Ray(placement="spread", resources_per_worker={"CPU": 1, "slot": 1},
+                                placement_timeout=2.0, allow_lower_parallelism=True)
+    t, box = _run_in_thread(flow, executor)
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 3 else None), 60, "actors")
+    _wait_for(lambda: _latest_checkpoint(checkpoint_storage, "ray-lower") >= 0, 60,
+              "a checkpoint")
+    raylets = {_raylet_of(p) for p in pids}
+    assert len(raylets) == 3, "the three workers share a node"
+    victim = next(n for n in cluster.worker_nodes
+                  if n.all_processes["raylet"][0].process.pid in raylets)
+    cluster.remove_node(victim, allow_graceful=False)
+    try:
+        t.join(180)
+        assert not t.is_alive()
+        assert "error" not in box, box.get("error")
+        r = box["result"]
+        want = crashjobs.expected("keyed_count", RECORDS)
+        got = crashjobs.committed(str(out))
+        assert got == want, crashjobs.diff(got, want)
+        assert r.restarts >= 1
+        assert r.rescales and r.rescales[0].startswith("parallelism 3 -> 2: "), r.rescales
+        assert r.operators["count"].parallelism == 2
+    finally:
+        cluster.add_node(**NODE)
+
+
+@pytest.mark.soak
+def test_a_node_cut_off_is_noticed_through_ray(cluster: Any, tmp_path: Path) -> None:
+    """A node that is cut off (its raylet and processes frozen with SIGSTOP) closes no
+    connection; Ray's health checks declare it dead, the executor sees its actor dead and
+    fails the attempt at once (not after the checkpoint timeout, 10 minutes here), and the
+    job restarts on the other nodes with the exact output."""
+    flow, out = _flow(tmp_path, "keyed_count", "cut", rate=800, attempts=3)
+    t, box = _run_in_thread(flow, of.executors.Ray(placement="spread"))
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
+    _wait_for(lambda: _completed_checkpoints(tmp_path / "ck-cut") >= 1, 60, "a checkpoint")
+    raylets = {n.all_processes["raylet"][0].process.pid: n for n in cluster.worker_nodes}
+    victim = next((p for p in pids if _raylet_of(p) in raylets), None)
+    assert victim is not None, "no worker actor on a non-head node"
+    raylet = psutil.Process(_raylet_of(victim))
+    node = raylets[raylet.pid]
+    frozen = [raylet, *raylet.children(recursive=True)]
+    for p in frozen:
+        p.suspend()
+    try:
+        t.join(120)
+        assert not t.is_alive(), "the cut-off node was not noticed"
+    finally:
+        for p in frozen:
+            try:
+                p.resume()
+            except psutil.NoSuchProcess:
+                pass
+        cluster.remove_node(node, allow_graceful=False)
+        cluster.add_node(**NODE)
+    assert "error" not in box, box.get("error")
+    r = box["result"]
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(out))
+    assert got == want, crashjobs.diff(got, want)
+    assert r.restarts >= 1 and any("died" in f for f in r.failures), r.failures

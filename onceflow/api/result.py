@@ -45,6 +45,9 @@ class JobResult:
     checkpoint_storage: str | None = None
     attempts: list[float] = field(default_factory=list)
     savepoint: str | None = None  # the path, when the job ended with stop-with-savepoint
+    # each time the executor could hold fewer workers and the user allowed a lower
+    # parallelism (of.executors.Ray(allow_lower_parallelism=True)): "parallelism 3 -> 2: why"
+    rescales: list[str] = field(default_factory=list)
 
     @property
     def duration(self) -> float:

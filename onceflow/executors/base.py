@@ -18,7 +18,9 @@ executor. One attempt of a job goes through these steps, always in this order:
    ``workers.join()`` is the same for an attempt whose workers all finished by themselves.
 
 An executor holds configuration only (it is part of what users pass to ``Flow.run``);
-what it starts lives in the :class:`Workers` it returns.
+what it starts lives in the :class:`Workers` it returns, except what it prepares for the
+next attempt while a failed one is stopped (the Ray executor's early actors), which
+``executor.close()`` releases when the run ends.
 """
 
 from __future__ import annotations
@@ -71,6 +73,18 @@ class Workers(abc.ABC):
         self.conns.clear()
 
 
+class FewerSlots(Exception):
+    """Raised by :meth:`Executor.start` when the executor can hold only ``workers`` workers
+    (fewer than asked) and the user allowed a lower parallelism: the driver builds the job
+    graph again with at most ``workers`` subtasks per task and starts the attempt again
+    from the same checkpoint (a rescale by key group)."""
+
+    def __init__(self, workers: int, reason: str) -> None:
+        super().__init__(reason)
+        self.workers = workers
+        self.reason = reason
+
+
 class Executor(abc.ABC):
     """Where subtasks run (see the module docstring for the lifecycle)."""
 
@@ -79,6 +93,11 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def start(self, specs: Sequence[WorkerSpec]) -> Workers:
         """Start one worker per spec (``specs[i].index == i``)."""
+
+    def close(self) -> None:
+        """The run ended: release what the executor prepared for a next attempt (the Ray
+        executor starts the next attempt's actors while a failed one is stopped)."""
+        return None
 
 
 @dataclass

@@ -30,15 +30,18 @@ import hmac
 import logging
 import os
 import secrets
+import select
 import socket
 import struct
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from onceflow.errors import ConfigurationError
-from onceflow.executors.base import Executor, Workers
+from onceflow.executors.base import Executor, FewerSlots, Workers
 
 if TYPE_CHECKING:
     from onceflow.runtime.worker import WorkerSpec
@@ -48,8 +51,10 @@ log = logging.getLogger("onceflow")
 TOKEN_BYTES = 32
 _HELLO = struct.Struct("!i")  # who connects: -1 the driver, else the worker index
 _DRIVER = -1
+_AF_UNIX: socket.AddressFamily = getattr(socket, "AF_UNIX", socket.AF_INET)
 _WIRE_TIMEOUT = 60.0  # seconds for all connections of an attempt to arrive
 _STOP_TIMEOUT = 30.0  # seconds for Ray to report every killed actor dead
+_PLACE_CHECK = 0.5  # seconds between looks at the cluster while a placement group waits
 _START_TRIES = 3  # starts of an attempt's actors when one dies while they are wired
 
 
@@ -63,6 +68,10 @@ class Ray(Executor):
     ``runtime_env``: Ray's runtime environment for the actors (e.g. ``{"py_modules":
     [...]}`` or ``{"working_dir": "."}`` to ship the job's code).
     ``bind_host``: the address the actors listen on (default: their node's address).
+    ``placement_timeout``: seconds to wait for the placement group of an attempt.
+    ``allow_lower_parallelism``: when the cluster cannot hold the job's workers within
+    ``placement_timeout`` (a node was lost), run with as many as its alive nodes hold,
+    rescaled by key group from the same checkpoint, instead of failing.
     """
 
     name = "ray"
@@ -71,7 +80,8 @@ class Ray(Executor):
                  resources_per_worker: dict[str, float] | None = None,
                  runtime_env: dict[str, Any] | None = None,
                  bind_host: str | None = None, init_kwargs: dict[str, Any] | None = None,
-                 placement_timeout: float = 60.0) -> None:
+                 placement_timeout: float = 60.0,
+                 allow_lower_parallelism: bool = False) -> None:
         if placement not in ("pack", "spread"):
             raise ConfigurationError(
                 f"of.executors.Ray(placement={placement!r}): use 'pack' or 'spread'")
@@ -88,10 +98,16 @@ class Ray(Executor):
         self.bind_host = bind_host
         self.init_kwargs = dict(init_kwargs or {})
         self.placement_timeout = placement_timeout
+        self.allow_lower_parallelism = allow_lower_parallelism
+        # the next attempt's placement group and actors, started when one fails (_prewarm)
+        self._standby: tuple[Any, list[Any]] | None = None
+        self._standby_n = 0
 
     def __repr__(self) -> str:
         return (f"Ray(address={self.address!r}, placement={self.placement!r}, "
-                f"resources_per_worker={self.resources_per_worker!r})")
+                f"resources_per_worker={self.resources_per_worker!r}"
+                + (", allow_lower_parallelism=True" if self.allow_lower_parallelism else "")
+                + ")")
 
     def _connect(self) -> Any:
         try:
@@ -122,62 +138,179 @@ class Ray(Executor):
         raise AssertionError("unreachable")
 
     def _start(self, ray: Any, specs: Sequence[WorkerSpec], blobs: list[bytes]) -> Workers:
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         n = len(specs)
+        t0 = time.monotonic()
         token = secrets.token_bytes(TOKEN_BYTES)
         workers = _Actors(ray, token)
         try:
-            pg = placement_group([dict(self.resources_per_worker) for _ in range(n)],
-                                 strategy=self.placement.upper())
-            workers.pg = pg
-            try:
-                ray.get(pg.ready(), timeout=self.placement_timeout)
-            except ray.exceptions.GetTimeoutError:
-                raise ConfigurationError(
-                    f"of.executors.Ray: the cluster has no room for {n} workers of "
-                    f"{self.resources_per_worker} each ({self.placement}) after "
-                    f"{self.placement_timeout:.0f}s; available: "
-                    f"{ray.available_resources()}") from None
-            actor_cls = ray.remote(_WorkerActor)
-            res = dict(self.resources_per_worker)
-            opts: dict[str, Any] = {"num_cpus": res.pop("CPU", 0), "max_restarts": 0,
-                                    "max_concurrency": 2}
-            if "GPU" in res:
-                opts["num_gpus"] = res.pop("GPU")
-            if "memory" in res:
-                opts["memory"] = res.pop("memory")
-            if res:
-                opts["resources"] = res
-            if self.runtime_env is not None:
-                opts["runtime_env"] = self.runtime_env
-            for w in range(n):
-                strategy = PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=w)
-                workers.actors[w] = actor_cls.options(
-                    scheduling_strategy=strategy, **opts).remote()
+            standby = self._take_standby(n)
+            if standby is not None:  # started while the previous attempt was fenced
+                workers.pg, actors = standby
+                workers.actors = dict(enumerate(actors))
+            if not self._place(ray, n, workers):
+                for a in workers.actors.values():  # placed again: in the old group
+                    ray.kill(a, no_restart=True)
+                workers.actors = {}
+            placed = time.monotonic()
+            if not workers.actors:
+                workers.actors = dict(enumerate(self._new_actors(ray, n, workers.pg)))
             prepared = [workers.actors[w].prepare.remote(blobs[w], token, self.bind_host)
                         for w in range(n)]
             addrs: list[tuple[str, int]] = []
+            local_names: list[str | None] = []
             for w, ref in enumerate(prepared):
                 try:
-                    host, port, pid, node = ray.get(ref, timeout=_WIRE_TIMEOUT)
+                    host, port, pid, node, local = ray.get(ref, timeout=_WIRE_TIMEOUT)
                 except ray.exceptions.RayTaskError as e:
                     raise _load_error(specs[w], e) from None
                 addrs.append((host, port))
+                local_names.append(local)
                 workers.pids[w] = pid
                 workers.nodes[w] = node
             workers.addresses = addrs
+            prepared_at = time.monotonic()
             for w in range(n):
-                workers.runs[w] = workers.actors[w].run.remote(addrs)
+                workers.runs[w] = workers.actors[w].run.remote(addrs, local_names)
             for w in range(n):
                 sock = _dial(addrs[w], token, _DRIVER)
                 workers.conns[Connection(sock.detach())] = w
         except BaseException:
             workers.stop()
             raise
+        now = time.monotonic()
+        log.info("executor Ray: %d worker actor(s) started in %.2fs (placement group %.2fs, "
+                 "actors up with the job loaded %.2fs, connections %.2fs)%s", n, now - t0,
+                 placed - t0, prepared_at - placed, now - prepared_at,
+                 " (actors started during the previous attempt's stop)" if standby else "")
+        workers.prewarm = lambda: self._prewarm(ray, n)
+        workers.watch()
         return workers
+
+    # --- actors for the next attempt, started while the failed one is fenced ------------
+    def _new_actors(self, ray: Any, n: int, pg: Any) -> list[Any]:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        actor_cls = ray.remote(_WorkerActor)
+        res = dict(self.resources_per_worker)
+        opts: dict[str, Any] = {"num_cpus": res.pop("CPU", 0), "max_restarts": 0,
+                                "max_concurrency": 2}
+        if "GPU" in res:
+            opts["num_gpus"] = res.pop("GPU")
+        if "memory" in res:
+            opts["memory"] = res.pop("memory")
+        if res:
+            opts["resources"] = res
+        if self.runtime_env is not None:
+            opts["runtime_env"] = self.runtime_env
+        return [actor_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=w), **opts).remote()
+                for w in range(n)]
+
+    def _prewarm(self, ray: Any, n: int) -> None:
+        """An attempt of ``n`` workers failed and is being stopped: reserve the next
+        attempt's placement group and start its actor processes now (Ray imports and
+        onceflow's imports take seconds), so they come up while the old actors are
+        confirmed dead. They run nothing before :meth:`start` hands them a job."""
+        self.close()
+        pg = self._group(ray, n)
+        self._standby = (pg, self._new_actors(ray, n, pg))
+        self._standby_n = n
+
+    def _take_standby(self, n: int) -> tuple[Any, list[Any]] | None:
+        standby, self._standby = self._standby, None
+        if standby is not None and self._standby_n != n:  # another parallelism: not these
+            self._standby = standby
+            self.close()
+            return None
+        return standby
+
+    def close(self) -> None:
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        pg, actors = standby
+        for a in actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+        try:
+            remove_placement_group(pg)
+        except Exception:
+            pass
+
+    def _group(self, ray: Any, n: int) -> Any:
+        from ray.util.placement_group import placement_group
+
+        return placement_group([dict(self.resources_per_worker) for _ in range(n)],
+                               strategy=self.placement.upper())
+
+    def _place(self, ray: Any, n: int, workers: _Actors) -> bool:
+        """Wait until ``workers.pg`` (created here if None) is ready: True, or False when
+        it had to be created again. A node that dies (or is cut off and then declared
+        dead) while the group is being placed can hold its reservation up for long, so
+        the group is created again whenever a node died since the wait began."""
+        from ray.util.placement_group import remove_placement_group
+
+        deadline = time.monotonic() + self.placement_timeout
+        same = True
+        while True:
+            alive = _alive_nodes(ray)
+            if workers.pg is None:
+                workers.pg = self._group(ray, n)
+            pg = workers.pg
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    ray.get(pg.ready(), timeout=max(0.01, min(_PLACE_CHECK, left)))
+                    return same
+                except ray.exceptions.GetTimeoutError:
+                    pass
+                if time.monotonic() >= deadline:
+                    self._no_room(ray, n)
+                if alive - _alive_nodes(ray):
+                    log.info("executor Ray: a node died while the placement group of %d "
+                             "workers was placed; placing it again", n)
+                    remove_placement_group(pg)
+                    workers.pg = None
+                    same = False
+                    break
+
+    def _no_room(self, ray: Any, n: int) -> NoReturn:
+        """The placement group of ``n`` bundles was not ready in time: a lower parallelism
+        (:class:`FewerSlots`) when allowed and the alive nodes hold at least one worker,
+        else an error naming what is missing."""
+        fit = _bundles_that_fit(ray, self.resources_per_worker)
+        res, wait = self.resources_per_worker, self.placement_timeout
+        if self.allow_lower_parallelism and 1 <= fit < n:
+            raise FewerSlots(fit, f"the cluster's alive nodes hold {fit} worker(s) of {res} "
+                                  f"each, not {n} (no room for {n} after {wait:g}s)")
+        hint = ("" if self.allow_lower_parallelism or fit < 1 or fit >= n else
+                f"; pass of.executors.Ray(allow_lower_parallelism=True) to run with {fit}")
+        raise ConfigurationError(
+            f"of.executors.Ray: the cluster has no room for {n} workers of {res} each "
+            f"({self.placement}) after {wait:g}s: its alive nodes hold {fit} such "
+            f"worker(s) in all{hint}; available now: {ray.available_resources()}")
+
+
+def _alive_nodes(ray: Any) -> set[str]:
+    return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+
+
+def _bundles_that_fit(ray: Any, need: dict[str, float]) -> int:
+    """How many bundles of ``need`` the alive nodes of the cluster hold in all (by their
+    total resources: what other jobs use is not subtracted)."""
+    total = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources") or {}
+        counts = [int(have.get(k, 0.0) // v) for k, v in need.items() if v > 0]
+        total += min(counts, default=1 << 20)
+    return total
 
 
 def _serialise(spec: WorkerSpec) -> bytes:
@@ -233,18 +366,23 @@ def _dial(addr: tuple[str, int], token: bytes, me: int) -> socket.socket:
     return sock
 
 
-def accept_authenticated(listener: socket.socket, token: bytes, expected: set[int],
-                         deadline: float) -> dict[int, socket.socket]:
-    """Accept connections until one from each of ``expected`` (worker indexes, -1 for the
-    driver) arrived with ``token``; any other connection is closed."""
+def accept_authenticated(listener: socket.socket | Sequence[socket.socket], token: bytes,
+                         expected: set[int], deadline: float) -> dict[int, socket.socket]:
+    """Accept connections (on any of the listeners) until one from each of ``expected``
+    (worker indexes, -1 for the driver) arrived with ``token``; any other connection is
+    closed."""
+    listeners = [listener] if isinstance(listener, socket.socket) else list(listener)
     got: dict[int, socket.socket] = {}
     while set(got) != expected:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"connections from {sorted(expected - set(got))} did not "
                                f"arrive within {_WIRE_TIMEOUT:.0f}s")
-        listener.settimeout(left)
-        sock, _ = listener.accept()
+        ready, _, _ = select.select(listeners, [], [], left)
+        if not ready:
+            continue
+        ready[0].settimeout(max(left, 0.1))
+        sock, _ = ready[0].accept()
         try:
             sock.settimeout(min(5.0, max(left, 0.1)))
             hello = _read_exact(sock, TOKEN_BYTES + _HELLO.size)
@@ -256,43 +394,89 @@ def accept_authenticated(listener: socket.socket, token: bytes, expected: set[in
             sock.close()
             continue
         sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family != _AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         got[who] = sock
     return got
+
+
+def _local_listener() -> tuple[socket.socket | None, str | None]:
+    """A Unix socket in Linux's abstract namespace (no file; scoped to the network
+    namespace) for the peers on the same host: faster than TCP over loopback. None
+    elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None, None
+    name = f"\0onceflow-{secrets.token_hex(12)}"
+    sock = socket.socket(_AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(name)
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        return None, None
+    return sock, name
+
+
+def _dial_peer(addr: tuple[str, int], local: str | None, my_host: str, token: bytes,
+               me: int) -> socket.socket:
+    """To a peer on this host (the same address) over its Unix socket, else over TCP (also
+    when the Unix socket cannot be reached, e.g. another network namespace)."""
+    if local is not None and addr[0] == my_host:
+        sock = socket.socket(_AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(_WIRE_TIMEOUT)
+            sock.connect(local)
+            sock.sendall(token + _HELLO.pack(me))
+            sock.settimeout(None)
+            return sock
+        except OSError:
+            sock.close()
+    return _dial(addr, token, me)
 
 
 class _WorkerActor:
     """The body of one worker actor (wrapped with ``ray.remote`` by :class:`Ray`)."""
 
     def __init__(self) -> None:
+        import onceflow.runtime.worker  # noqa: F401  (now: an actor started early is ready)
+
         self.spec: Any = None
         self.token = b""
         self.listener: socket.socket | None = None
+        self.local: socket.socket | None = None  # the Unix socket for same-host peers
+        self.host = ""
 
     def prepare(self, blob: bytes, token: bytes,
-                bind_host: str | None) -> tuple[str, int, int, str]:
+                bind_host: str | None) -> tuple[str, int, int, str, str | None]:
         import ray
         from ray import cloudpickle
 
         self.spec = cloudpickle.loads(blob)
         self.token = token
-        host = bind_host or ray.util.get_node_ip_address()
+        self.host = host = bind_host or ray.util.get_node_ip_address()
         self.listener = socket.create_server((host, 0), backlog=64)
         port = self.listener.getsockname()[1]
-        return host, port, os.getpid(), ray.get_runtime_context().get_node_id()
+        self.local, local = _local_listener()
+        return host, port, os.getpid(), ray.get_runtime_context().get_node_id(), local
 
-    def run(self, addrs: list[tuple[str, int]]) -> int:
+    def run(self, addrs: list[tuple[str, int]],
+            locals_: Sequence[str | None] | None = None) -> int:
         from onceflow.runtime.worker import worker_main
 
         assert self.listener is not None
         me, n = self.spec.index, len(addrs)
+        names = list(locals_) if locals_ is not None else [None] * n
         deadline = time.monotonic() + _WIRE_TIMEOUT
         peers: dict[int, socket.socket] = {}
         for i in range(me):  # each pair connects once: the higher index dials
-            peers[i] = _dial(addrs[i], self.token, me)
-        got = accept_authenticated(self.listener, self.token,
-                                   {_DRIVER, *range(me + 1, n)}, deadline)
-        self.listener.close()
+            peers[i] = _dial_peer(addrs[i], names[i], self.host, self.token, me)
+        listeners = [self.listener] + ([self.local] if self.local is not None else [])
+        try:
+            got = accept_authenticated(listeners, self.token,
+                                       {_DRIVER, *range(me + 1, n)}, deadline)
+        finally:
+            for s in listeners:
+                s.close()
         ctrl = got.pop(_DRIVER)
         peers.update(got)
         return worker_main(self.spec, Connection(ctrl.detach()), peers)
@@ -309,6 +493,53 @@ class _Actors(Workers):
         self.addresses: list[tuple[str, int]] = []
         self.pg: Any = None
         self.conns = {}
+        self.prewarm: Any = None  # set once the attempt started: starts the next one's actors
+        self._watching = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def watch(self) -> None:
+        """Watch the actors through Ray as well as through their connections: a node that
+        is cut off (powered off, unplugged) closes no connection, but Ray's health checks
+        declare its actors dead; the driver then sees that worker's control connection
+        end (its end is shut down here) and the attempt fails as for a killed actor."""
+        self._watching.set()
+        self._watcher = threading.Thread(target=self._watch, name="onceflow-ray-watch",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        by_ref = {ref.hex(): w for w, ref in self.runs.items()}
+        pending = list(self.runs.values())
+        while pending and self._watching.is_set():
+            try:
+                ready, pending = self.ray.wait(pending, num_returns=1, timeout=0.5)
+            except Exception:
+                return  # Ray is shutting down: the connections tell the rest
+            for ref in ready:
+                w = by_ref[ref.hex()]
+                try:
+                    self.ray.get(ref, timeout=0)
+                    continue  # run() returned: the worker finished or failed by itself
+                except Exception as e:
+                    if not isinstance(e, self.ray.exceptions.RayActorError):
+                        continue
+                if self._watching.is_set():
+                    self._cut(w)
+
+    def _cut(self, worker: int) -> None:
+        for c, w in list(self.conns.items()):
+            if w != worker:
+                continue
+            try:
+                s = socket.socket(fileno=os.dup(c.fileno()))
+            except OSError:
+                return  # closed by the driver meanwhile
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # the driver's recv sees EOF now
+            except OSError:
+                pass
+            finally:
+                s.close()
 
     @property
     def ids(self) -> dict[int, int]:
@@ -331,12 +562,23 @@ class _Actors(Workers):
         return f"{where} exited with code {code}"
 
     def stop(self) -> None:
+        self._end(prewarm=True)
+
+    def _end(self, prewarm: bool) -> None:
+        self._watching.clear()
         self.close_conns()  # a worker that is only unreachable sees EOF and leaves
         for a in self.actors.values():
             try:
                 self.ray.kill(a, no_restart=True)
             except Exception:
                 pass
+        start_next, self.prewarm = self.prewarm, None
+        if prewarm and start_next is not None and self.actors:  # the attempt failed
+            try:
+                start_next()
+            except Exception as e:  # the next start() starts them the usual way
+                log.info("executor Ray: could not start the next attempt's actors early: "
+                         "%s: %s", type(e).__name__, e)
         self._wait_dead()
 
     def _wait_dead(self) -> None:
@@ -379,4 +621,4 @@ class _Actors(Workers):
     def join(self) -> None:
         if self.runs:
             self.ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=60.0)
-        self.stop()
+        self._end(prewarm=False)

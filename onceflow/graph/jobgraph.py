@@ -96,10 +96,15 @@ def assign_uids(plan: LogicalPlan) -> None:
         node.uid = uid
 
 
-def build(plan: LogicalPlan, default_parallelism: int, max_parallelism: int) -> JobGraph:
+def build(plan: LogicalPlan, default_parallelism: int, max_parallelism: int,
+          cap: int | None = None) -> JobGraph:
+    """``cap``: no task runs with more subtasks than this (an executor that can hold
+    only ``cap`` workers, e.g. a Ray cluster that lost a node)."""
     assign_uids(plan)
     par = {n.id: default_parallelism if n.parallelism is None else n.parallelism
            for n in plan.nodes}
+    if cap is not None:
+        par = {k: min(v, cap) if isinstance(v, int) else v for k, v in par.items()}
     for n in plan.nodes:
         p = par[n.id]
         if not isinstance(p, int) or p < 1:

@@ -42,6 +42,7 @@ from onceflow.errors import (
     SavepointError,
 )
 from onceflow.executors import Executor, Local, Workers
+from onceflow.executors.base import FewerSlots
 from onceflow.graph.jobgraph import JobGraph, build
 from onceflow.graph.logical import Kind, LogicalPlan
 from onceflow.runtime import messages as m
@@ -132,6 +133,7 @@ class _Run:
     attempt_starts: list[float] = field(default_factory=list)
     processing_started: float | None = None
     final_metrics: dict[str, tuple[int, int]] = field(default_factory=dict)
+    rescales: list[str] = field(default_factory=list)  # lower parallelism, and why
 
 
 class JobDriver:
@@ -194,6 +196,7 @@ class JobDriver:
             self.status.failed(str(e) or type(e).__name__)
             raise
         finally:
+            cfg.executor.close()
             if observers is not None:
                 observers.close()
             if tmpdir is not None:
@@ -250,10 +253,7 @@ class JobDriver:
             retained=ck.retained if ck else 1,
             tolerable_failures=ck.tolerable_failures if ck else 0,
         )
-        expected = {(t.uid, i) for t in graph.tasks.values() for i in range(t.parallelism)}
-        sources = {(t.uid, i) for t in graph.tasks.values() if t.is_source
-                   for i in range(t.parallelism)}
-        kinds = {n.uid: n.kind.value for t in graph.tasks.values() for n in t.nodes}
+        expected, sources, kinds = _subtasks(graph)
         coordinator = CheckpointCoordinator(
             settings, storage, self.cfg.flow, graph.max_parallelism, expected, sources,
             self._send_all, op_kinds=kinds)
@@ -335,6 +335,7 @@ class JobDriver:
             checkpoint_storage=run.storage.url if cfg.checkpoint else None,
             attempts=run.attempt_starts,
             savepoint=self.stopped_with_savepoint,
+            rescales=list(run.rescales),
         )
 
     def _plan(self, graph: JobGraph, restore: CompletedCheckpoint | None) -> RestorePlan:
@@ -381,10 +382,42 @@ class JobDriver:
 
     def _run_attempt(self, run: _Run) -> str | None:
         att = run.attempt
-        att.workers = self.cfg.executor.start(self._worker_specs(run))
+        while att.workers is None:
+            try:
+                att.workers = self.cfg.executor.start(self._worker_specs(run))
+            except FewerSlots as e:  # the user allowed it (e.g. Ray after a node loss)
+                self._lower_parallelism(run, e)
         self.status.attempt_started(att.number, att.restore.id if att.restore else None,
                                     att.workers.ids)
         return self._supervise(att, run.graph.workers, run.coordinator)
+
+    def _lower_parallelism(self, run: _Run, e: FewerSlots) -> None:
+        """The executor holds only ``e.workers`` workers: rebuild the job graph with at
+        most that many subtasks per task; the attempt starts from the same checkpoint,
+        which the restore plan redistributes by key group (a rescale)."""
+        before = run.graph.workers
+        if not 1 <= e.workers < before:
+            raise ConfigurationError(
+                f"executor {self.cfg.executor!r}: asked for a parallelism of {e.workers}, "
+                f"which is not lower than {before}: {e.reason}")
+        graph = build(self.plan, min(self.cfg.parallelism, e.workers),
+                      self.cfg.max_parallelism, cap=e.workers)
+        restore = run.attempt.restore
+        if restore is not None:
+            for note in check_compatible(graph, restore.meta, restore.path):
+                log.info("%s", note)
+        run.graph = graph
+        c = run.coordinator
+        c.expected, c.sources, c.op_kinds = _subtasks(graph)
+        self.status.set_graph(graph)
+        note = f"parallelism {before} -> {graph.workers}: {e.reason}"
+        run.rescales.append(note)
+        where = f"checkpoint {restore.id}" if restore else "the beginning"
+        log.warning("job %r: %s; running with parallelism %d from %s (a rescale by key "
+                    "group)", self.cfg.flow, note, graph.workers, where,
+                    extra={"event": "rescale", "flow": self.cfg.flow, "from": before,
+                           "to": graph.workers, "reason": e.reason,
+                           "checkpoint_id": restore.id if restore else None})
 
     def _request(self, req: Request, coordinator: CheckpointCoordinator) -> None:
         """A request from another thread (job client, dashboard), in the driver loop."""
@@ -476,3 +509,14 @@ class JobDriver:
                      self.cfg.flow, restored[1], restored[0],
                      extra={"event": "restored", "flow": self.cfg.flow,
                             "checkpoint_id": restored[1], "duration_s": restored[0]})
+
+
+def _subtasks(graph: JobGraph) -> tuple[set[tuple[str, int]], set[tuple[str, int]],
+                                        dict[str, str]]:
+    """What the checkpoint coordinator expects of ``graph``: every (task, subtask), the
+    source subtasks, and each operator's kind."""
+    expected = {(t.uid, i) for t in graph.tasks.values() for i in range(t.parallelism)}
+    sources = {(t.uid, i) for t in graph.tasks.values() if t.is_source
+               for i in range(t.parallelism)}
+    kinds = {n.uid: n.kind.value for t in graph.tasks.values() for n in t.nodes}
+    return expected, sources, kinds

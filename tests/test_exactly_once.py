@@ -180,6 +180,9 @@ def test_restore_latest_without_checkpoint_starts_from_beginning(tmp_path: Path)
 def test_failure_is_noticed_within_about_a_second(tmp_path: Path) -> None:
     job = Job(tmp_path, "keyed_count", "--rate", "8000")
     job.start()
+    deadline = time.monotonic() + 60
+    while not job.workers() and time.monotonic() < deadline:  # slow start under load
+        time.sleep(0.05)
     time.sleep(1.0)
     victim = job.workers()[0]
     killed_at = time.time()

@@ -81,7 +81,10 @@ def test_driver_killed_then_restored_from_unaligned_checkpoints(tmp_path: Path,
     rng = random.Random(f"{SEED}-ua-driver-{parallelism}")
     job = Job(tmp_path, "two_keyed", "--unaligned", *SLOW, records=16_000)
     proc = job.start()
-    time.sleep(rng.uniform(1.5, 2.5))
+    deadline = time.monotonic() + 120  # a checkpoint to restore from, however slow the start
+    while not any(job.ckpt.rglob("_metadata")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.2, 1.0))
     pids = [w.pid for w in job.workers()]
     proc.send_signal(signal.SIGKILL)
     proc.wait()

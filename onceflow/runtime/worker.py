@@ -278,7 +278,7 @@ class Worker:
         for t in self.tasks:
             metrics.update({f"{uid}#{t.subtask}": m for uid, m in t.metrics().items()})
         wms, dropped = self._event_time_report()
-        self.send(m.Finished(self.spec.index, metrics, wms, dropped))
+        self.send(m.Finished(self.spec.index, metrics, wms, dropped, lost=self._lost_report()))
         self.done = True
 
     def release(self) -> None:
@@ -377,7 +377,18 @@ class Worker:
             for op in t.ops:
                 report[f"{op.uid}#{t.subtask}"] = (op.records_in, op.records_out, b, p)
         wms, dropped = self._event_time_report()
-        self.send(m.Metrics(self.spec.index, report, wms, dropped, self._alignment_report()))
+        self.send(m.Metrics(self.spec.index, report, wms, dropped, self._alignment_report(),
+                            lost=self._lost_report()))
+
+    def _lost_report(self) -> dict[str, int]:
+        """``{"uid#subtask": lost transactions}`` of the sinks that lost any."""
+        out: dict[str, int] = {}
+        for t in self.tasks:
+            for op in t.ops:
+                n = getattr(op, "lost_transactions", 0)
+                if n:
+                    out[f"{op.uid}#{t.subtask}"] = n
+        return out
 
     def _event_time_report(self) -> tuple[dict[str, float], dict[str, int]]:
         wms: dict[str, float] = {}

@@ -2,9 +2,9 @@
 reaches the user: from the sink in the worker process, through the driver, into
 ``JobResult``, the live status and the Prometheus metric
 ``onceflow_operator_lost_transactions_total``. The Kafka case itself (a transaction the
-broker aborted) is tests/test_kafka_faults.py::test_transaction_aborted_by_the_broker_is_never_silent,
-which asserts the JobResult count; here a sink of the test's own reports losses, so that
-the path is checked in a few seconds without a broker."""
+broker aborted) is test_transaction_aborted_by_the_broker_is_never_silent in
+tests/test_kafka_faults.py, which asserts the JobResult count; here a sink of the test's
+own reports losses, so that the path is checked in a few seconds without a broker."""
 
 from __future__ import annotations
 

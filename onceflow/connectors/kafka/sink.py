@@ -573,7 +573,13 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         return sorted(ids)
 
     def abort_lingering(self, ctx: SinkContext, keep: list[KafkaTxn]) -> None:
-        ids = self.lingering_ids(ctx)
+        # The first transaction's id (slot 0): initialising it aborts what lingers on it
+        # too, so its producer is started now, in the background, while the others are
+        # looked up (ListTransactions) and aborted, rather than after them: the first
+        # records then find it ready. Safe here: the restored transactions are committed.
+        first = self._tid(ctx.subtask, 0)
+        self._warm_up(0)
+        ids = [tid for tid in self.lingering_ids(ctx) if tid != first]
         # ids in ``keep`` were committed just before (EndTxn): initialising them is safe now
         errors: list[BaseException] = []
 

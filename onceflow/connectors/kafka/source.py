@@ -148,10 +148,11 @@ class KafkaSource(Source):
         return AdminClient({"bootstrap.servers": self.bootstrap_servers})
 
     def _prepared(self) -> tuple[Any, list[tuple[str, int]]]:
-        """An admin client and the partition list for the driver's start-up calls
-        (``validate``, ``splits``, ``initial_position`` of each split, in a row): made once
-        and shared for a few seconds, instead of one client and one metadata request per
-        call. Never shared across a fork (a librdkafka client does not survive one)."""
+        """An admin client and the partition list for the driver's start-up calls on a
+        fresh start (``splits``, then ``initial_position`` of each split, in a row): made
+        once and shared for a few seconds, instead of one client and one metadata request
+        per call; the last split's ``initial_position`` lets go of them. Never shared
+        across a fork (a librdkafka client does not survive one)."""
         prep = self.__dict__.get("_prep")
         if prep is not None and prep[0] == os.getpid() and \
                 time.monotonic() - prep[1] < _PREP_TTL_S:
@@ -197,7 +198,7 @@ class KafkaSource(Source):
     def validate(self) -> None:
         ck = import_kafka()
         try:
-            _, tps = self._prepared()
+            tps = self.partitions(self._admin())
         except ck.KafkaException as e:
             raise ConfigurationError(
                 f"KafkaSource: cannot reach Kafka at {self.bootstrap_servers}: {e}") from e

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from onceflow.connectors.kafka._common import deserializer, import_kafka
+from onceflow.connectors.kafka._common import deserializer, import_kafka, shared_admin
 from onceflow.connectors.sources import Source, SplitReader
 from onceflow.errors import ConfigurationError
 from onceflow.graph.keygroups import stable_hash
@@ -142,10 +142,7 @@ class KafkaSource(Source):
         return sorted(out)
 
     def _admin(self) -> Any:
-        import_kafka()
-        from confluent_kafka.admin import AdminClient
-
-        return AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        return shared_admin(self.bootstrap_servers)
 
     def _prepared(self) -> tuple[Any, list[tuple[str, int]]]:
         """An admin client and the partition list for the driver's start-up calls on a

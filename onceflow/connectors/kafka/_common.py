@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import Callable
@@ -47,7 +46,9 @@ def serializer(spec: str | Callable[[Any], Any] | None, what: str) -> Callable[[
     if spec == "str":
         return lambda v: None if v is None else str(v).encode("utf-8")
     if spec == "json":
-        return functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
+        # positional arguments: half the cost of a functools.partial with a keyword
+        dumps, opt = orjson.dumps, orjson.OPT_NON_STR_KEYS
+        return lambda v: dumps(v, None, opt)
     raise ConfigurationError(
         f"KafkaSink: {what}={spec!r}; use 'bytes', 'str', 'json' or a function value -> bytes")
 

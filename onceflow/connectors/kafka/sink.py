@@ -35,6 +35,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from onceflow import _faults
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import broker_config, brokers, import_kafka, serializer
@@ -125,6 +127,7 @@ class _Producing:
         self.topic, self.value, self.key, self.key_ser = topic, value, key, key_ser
         self.partition, self.headers = partition, headers
         self.key_str = False  # key_serializer="str": _produce_simple encodes keys inline
+        self.value_json = False  # serializer="json": _produce_simple calls orjson inline
         self.errors: list[str] = []
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
@@ -159,9 +162,11 @@ class _Producing:
         produce, topic, value, cb = producer.produce, self.topic, self.value, self._on_delivery
         key, key_ser = self.key, self.key_ser
         if key is not None and self.key_str:
-            # key_serializer="str" inline: no serializer call per record
+            # key_serializer="str" inline: no serializer call per record (nor for
+            # serializer="json": orjson.dumps straight)
+            dumps, opt, js = orjson.dumps, orjson.OPT_NON_STR_KEYS, self.value_json
             for r in records:
-                v = value(r)
+                v = dumps(r, None, opt) if js else value(r)
                 k = key(r)
                 if k.__class__ is str:
                     k = k.encode()
@@ -303,6 +308,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                                serializer(self.key_serializer, "key_serializer"),
                                self.partition, self.headers)
         self._out.key_str = self.key_serializer == "str"
+        self._out.value_json = self.serializer == "json"
 
     def _txn_client(self) -> kp.TxnClient:
         if self._client is None:
@@ -727,6 +733,7 @@ class KafkaPlainSink(Sink):
                                serializer(self.key_serializer, "key_serializer"),
                                self.partition, self.headers)
         self._out.key_str = self.key_serializer == "str"
+        self._out.value_json = self.serializer == "json"
 
     def write(self, records: list[Any]) -> None:
         assert self._out is not None

@@ -120,7 +120,8 @@ def main() -> None:
     result = flow.run(restore=args.restore)
     print(json.dumps({"restarts": result.restarts, "failures": result.failures,
                       "checkpoints": len(result.completed_checkpoints),
-                      "restored_from": result.restored_from}), flush=True)
+                      "restored_from": result.restored_from,
+                      "lost_transactions": result.lost_transactions}), flush=True)
 
 
 if __name__ == "__main__":

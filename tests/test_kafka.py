@@ -337,6 +337,45 @@ def test_source_reads_keys_timestamps_headers_and_new_partitions(bootstrap: str)
         r.close()
 
 
+def test_bounded_source_stops_at_the_end_inside_a_fetched_run(bootstrap: str) -> None:
+    """stop_at="end": records appended after the job started are in the same fetch as the
+    last ones before it; the reader must stop exactly at the end offset (transaction
+    markers in between), report the partition of each value, and finish."""
+    run = uuid.uuid4().hex[:8]
+    topic = _topic(AdminClient({"bootstrap.servers": bootstrap}), f"end-{run}", 2)
+    tp = ck.Producer({"bootstrap.servers": bootstrap, "transactional.id": f"end-{run}"})
+    tp.init_transactions(30)
+    for part, n in ((0, 5), (1, 3)):
+        for i in range(n):
+            tp.begin_transaction()
+            tp.produce(topic, json.dumps({"p": part, "i": i}).encode(), partition=part)
+            tp.commit_transaction(30)  # each record followed by a commit marker
+    src = KafkaSource(bootstrap, [topic], deserializer="json", value_only=True, stop_at="end")
+    (split,) = src.splits(1)
+    ends = dict(((t, p), o) for t, p, o in split.end or ())
+    assert ends == {(topic, 0): 10, (topic, 1): 6}  # records and markers
+    p = ck.Producer({"bootstrap.servers": bootstrap})
+    for i in range(5, 50):  # after the end: never read
+        p.produce(topic, json.dumps({"p": i % 2, "i": i}).encode(), partition=i % 2)
+    assert p.flush(30) == 0
+    rd = src.reader(split, src.initial_position(split))
+    got: list[Any] = []
+    parts: list[Any] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        batch = rd.read_batch(1000)
+        if batch is None:
+            break
+        got.extend(batch)
+        parts.extend(rd.batch_partitions() or [])
+    rd.close()
+    assert batch is None, f"the bounded reader did not finish; read {got}"
+    assert sorted((r["p"], r["i"]) for r in got) == [(0, i) for i in range(5)] + [
+        (1, i) for i in range(3)]
+    assert parts == [(topic, r["p"]) for r in got]
+    assert rd.position() == {(topic, 0): 10, (topic, 1): 6}
+
+
 # --- end to end under crashes ----------------------------------------------------------
 def _kill_randomly(job: KJob, rng: random.Random, kills: int) -> int:
     return kill_randomly(job, rng, kills, pause=(2.0, 3.5))  # Kafka jobs start slower
@@ -486,7 +525,7 @@ def test_start_positions_and_at_least_once_sink(bootstrap: str) -> None:
         (split,) = src.splits(1)
         return src.initial_position(split)[(topic, 0)]
 
-    assert pos("earliest") == -2  # the beginning, resolved by the consumer
+    assert pos("earliest") == 0  # the log start offset, resolved when the job starts fresh
     assert pos("latest") == 4
     assert pos(("timestamp", first_ts)) == 3
     assert pos(("timestamp", int(time.time() * 1000) + 60_000)) == 4

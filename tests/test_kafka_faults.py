@@ -12,6 +12,7 @@ nothing.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_transaction_aborted_by_the_broker_is_never_silent(broker: OwnBroker, tm
                records=N)
     job.start(env={"ONCEFLOW_FAULT": "sink.before_commit@min_checkpoint=3,subtask=0",
                    "ONCEFLOW_FAULT_TOKEN": str(token)})
-    code, _ = job.wait(timeout=300)
+    code, res = job.wait(timeout=300)
     log_text = job.log.read_text()
     assert token.exists(), job.tail()
     lost = [ln for ln in log_text.splitlines() if "cannot be committed" in ln]
@@ -135,5 +136,12 @@ def test_transaction_aborted_by_the_broker_is_never_silent(broker: OwnBroker, tm
     n_lost = sum(int(ln.split(" record(s)")[0].rsplit(", ", 1)[-1]) for ln in lost)
     assert missing == n_lost > 0, (missing, n_lost, lost)
     assert "lost transactions so far: 1" in head
+    # ... and counted: JobResult (the same count feeds onceflow_operator_lost_transactions_total)
+    txns = set()
+    for ln in lost:
+        found = re.search(r"checkpoint (\d+) \(transactional id (\S+),", ln)
+        assert found, ln
+        txns.add(found.groups())
+    assert res is not None and res["lost_transactions"] == len(txns) > 0, (res, txns)
     assert not broker.find_hanging()
     assert kafkajobs.USERS  # the job's module is importable here too (shared helpers)

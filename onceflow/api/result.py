@@ -20,6 +20,10 @@ class OperatorMetrics:
     #: late records a window dropped because no ``side_output_late_data`` tag took them
     #: (counted in the last attempt)
     late_dropped: int = 0
+    #: a sink's transactions of completed checkpoints found lost (aborted by the broker:
+    #: their output never committed) and carried on past, since the job first started
+    #: (KafkaSink with ``on_lost_transaction="continue"``)
+    lost_transactions: int = 0
 
 
 def _time(t: float) -> str:
@@ -67,6 +71,12 @@ class JobResult:
         return [c for c in self.checkpoints if c.status is CheckpointStatus.COMPLETED
                 and c.kind == "savepoint"]
 
+    @property
+    def lost_transactions(self) -> int:
+        """Sink transactions whose output was lost, summed over the sinks (see
+        :attr:`OperatorMetrics.lost_transactions`); 0 unless a sink was told to carry on."""
+        return sum(m.lost_transactions for m in self.operators.values())
+
     def records_in(self, name: str) -> int:
         return self.operators[name].records_in
 
@@ -86,6 +96,9 @@ class JobResult:
             if m.late_dropped:
                 lines.append(f"  {m.name}: {m.late_dropped:,} late record(s) dropped (give the "
                              "window side_output_late_data(tag) to keep them)")
+            if m.lost_transactions:
+                lines.append(f"  {m.name}: {m.lost_transactions:,} transaction(s) LOST: their "
+                             "output never committed (see the error logged for each)")
         if done:
             durs = sorted((c.duration or 0) * 1e3 for c in done)
             lines.append(

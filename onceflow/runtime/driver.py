@@ -91,6 +91,7 @@ class _Attempt:
         self.metrics: dict[str, tuple[int, int]] = {}
         self.watermarks: dict[str, float] = {}  # "uid#subtask" -> event time
         self.dropped: dict[str, int] = {}  # "uid#subtask" -> late records dropped
+        self.lost: dict[str, int] = {}  # "uid#subtask" -> sink transactions lost
         self.alignment: dict[int, dict[str, float]] = {}  # worker -> group -> watermark
         self.aligned_to: dict[str, float] = {}  # what was last sent to the workers
         self.processing_started: float | None = None
@@ -324,7 +325,8 @@ class JobDriver:
         return JobResult(
             flow=cfg.flow,
             operators=self._operator_metrics(run.graph, run.final_metrics,
-                                             run.attempt.watermarks, run.attempt.dropped),
+                                             run.attempt.watermarks, run.attempt.dropped,
+                                             run.attempt.lost),
             checkpoints=list(run.coordinator.history),
             restarts=len(run.failures),
             failures=run.failures,
@@ -344,9 +346,10 @@ class JobDriver:
 
     def _operator_metrics(self, graph: JobGraph, raw: dict[str, tuple[int, int]],
                           watermarks: dict[str, float] | None = None,
-                          dropped: dict[str, int] | None = None
+                          dropped: dict[str, int] | None = None,
+                          lost: dict[str, int] | None = None
                           ) -> dict[str, OperatorMetrics]:
-        watermarks, dropped = watermarks or {}, dropped or {}
+        watermarks, dropped, lost = watermarks or {}, dropped or {}, lost or {}
         names = [n.name for t in graph.tasks.values() for n in t.nodes]
         out: dict[str, OperatorMetrics] = {}
         for t in graph.tasks.values():
@@ -358,6 +361,7 @@ class JobDriver:
                     m.records_in += rin
                     m.records_out += rout
                     m.late_dropped += dropped.get(f"{n.uid}#{i}", 0)
+                    m.lost_transactions += lost.get(f"{n.uid}#{i}", 0)
                 wms = [watermarks[k] for i in range(t.parallelism)
                        if (k := f"{n.uid}#{i}") in watermarks]
                 if len(wms) == t.parallelism:
@@ -472,6 +476,8 @@ class JobDriver:
                             att.watermarks.update(watermarks)
                             att.dropped.update(dropped)
                             att.align(worker, alignment)
+                            att.lost.update(msg.lost)
+                            self.status.on_lost(msg.lost)
                         case m.Ack(cid, task, subtask, state):
                             coordinator.on_ack(cid, task, subtask, state)
                         case m.Running(worker):
@@ -492,6 +498,8 @@ class JobDriver:
                             att.metrics.update(operators)
                             att.watermarks.update(watermarks)
                             att.dropped.update(dropped)
+                            att.lost.update(msg.lost)
+                            self.status.on_lost(msg.lost)
                         case _:
                             raise TypeError(f"unexpected message from worker {w}: {msg!r}")
                 coordinator.tick()

@@ -147,6 +147,8 @@ class Metrics:
     watermarks: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     alignment: dict[str, float] = field(default_factory=dict)
+    #: ``{"uid#subtask": transactions lost}`` of sinks that lost any (since the job started)
+    lost: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,7 @@ class Finished:
     operators: dict[str, tuple[int, int]]
     watermarks: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)  # as in :class:`Metrics`
 
 
 @dataclass(frozen=True, slots=True)

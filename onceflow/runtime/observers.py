@@ -49,9 +49,9 @@ def validate(opts: ObserverOptions) -> None:
 
 def validate_options(*, dashboard: str | None, dashboard_token: str | None,
                      metrics_port: int | None, progress: bool | float) -> None:
-    from onceflow.web.server import check_binding, parse_address
-
     if dashboard is not None:
+        from onceflow.web.server import check_binding, parse_address  # only when needed
+
         host, _ = parse_address(dashboard)
         check_binding(host, dashboard_token)
     elif dashboard_token is not None:

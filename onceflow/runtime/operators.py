@@ -717,6 +717,13 @@ class SinkOp(Operator):
     def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
         self.lifecycle.checkpoint_complete(checkpoint_id)
 
+    @property
+    def lost_transactions(self) -> int:
+        """Transactions of completed checkpoints the sink found lost (its output never
+        committed) and carried on past, since the job first started (a Kafka sink with
+        ``on_lost_transaction="continue"``); 0 for sinks that cannot lose any."""
+        return int(getattr(self.sink, "lost_transactions", 0) or 0)
+
     def end_of_input(self) -> list[Any]:
         fin = getattr(self.sink, "finish", None)
         if isinstance(self.sink, Sink) and fin is not None:

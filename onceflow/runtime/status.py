@@ -60,6 +60,7 @@ class _Sample:
     backpressured_per_s: float = 0.0
     watermark: float | None = None  # event time (seconds), None before any watermark
     late_dropped: int = 0
+    lost_transactions: int = 0  # a sink's transactions found lost (since the job started)
 
 
 @dataclass
@@ -253,6 +254,16 @@ class JobStatus:
         with self._lock:
             return dict(self._pids)
 
+    def on_lost(self, lost: dict[str, int]) -> None:
+        """Sinks' lost transactions: ``{"uid#subtask": count since the job started}``."""
+        if not lost:
+            return
+        with self._lock:
+            for key, n in lost.items():
+                s = self._sample(key)
+                if s is not None:
+                    s.lost_transactions = n
+
     def snapshot(self) -> dict[str, Any]:
         """Everything, as plain JSON-ready data (see docs/operations.md#dashboard)."""
         with self._lock:
@@ -269,7 +280,8 @@ class JobStatus:
                          "watermark_lag_s": (None if s.watermark is None
                                              or s.watermark == math.inf
                                              else max(0.0, now - s.watermark)),
-                         "late_dropped": s.late_dropped}
+                         "late_dropped": s.late_dropped,
+                         "lost_transactions": s.lost_transactions}
                         for i, s in sorted(op.subtasks.items())]
                 operators.append({
                     "uid": op.uid, "name": op.name, "kind": op.kind, "task": op.task,
@@ -286,6 +298,7 @@ class JobStatus:
                     "watermark": _json_time(_min_watermark(
                         [s.watermark for s in op.subtasks.values()], op.parallelism)),
                     "late_dropped": sum(s["late_dropped"] for s in subs),
+                    "lost_transactions": sum(s["lost_transactions"] for s in subs),
                     "subtasks": subs,
                 })
             completed = [c for c in self._checkpoints

@@ -62,6 +62,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "onceflow_operator_late_records_dropped_total": (
         "counter", "Late records a window dropped because no late-data side output took "
         "them (Flink's numLateRecordsDropped)."),
+    "onceflow_operator_lost_transactions_total": (
+        "counter", "Transactions of completed checkpoints a sink found aborted by the broker "
+        "(their output is lost) and carried on past, since the job first started (KafkaSink "
+        "on_lost_transaction='continue'; each is also logged as an error)."),
     "onceflow_job_last_checkpoint_inflight_bytes": (
         "gauge", "In-flight data the last completed checkpoint persisted (unaligned "
         "checkpoints)."),
@@ -164,6 +168,8 @@ class StatusCollector(Collector):
                             lab, s["watermark_lag_s"])
                     fams["onceflow_operator_late_records_dropped_total"].add_metric(
                         lab, s.get("late_dropped", 0))
+                    fams["onceflow_operator_lost_transactions_total"].add_metric(
+                        lab, s.get("lost_transactions", 0))
             ck = snap["checkpoints"]
             job = [flow]
             fams["onceflow_job_checkpoints_completed_total"].add_metric(job, ck["completed"])

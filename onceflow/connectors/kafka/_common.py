@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import functools
+import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -45,17 +46,51 @@ def serializer(spec: str | Callable[[Any], Any] | None, what: str) -> Callable[[
     if spec == "str":
         return lambda v: None if v is None else str(v).encode("utf-8")
     if spec == "json":
-        return functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
+        # positional arguments: half the cost of a functools.partial with a keyword
+        dumps, opt = orjson.dumps, orjson.OPT_NON_STR_KEYS
+        return lambda v: dumps(v, None, opt)
     raise ConfigurationError(
         f"KafkaSink: {what}={spec!r}; use 'bytes', 'str', 'json' or a function value -> bytes")
+
+
+#: seconds a shared admin client lives (it serves one job's start-up calls)
+SHARED_ADMIN_TTL_S = 10.0
+_shared: dict[tuple[int, str], Any] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_admin(bootstrap: str) -> Any:
+    """An AdminClient for ``bootstrap`` shared by the connectors' start-up calls in this
+    process (validation, splits, start offsets, broker lists): one client and one
+    connection instead of one per call. Dropped :data:`SHARED_ADMIN_TTL_S` after it was
+    made, so no idle client outlives the start-up. Per process: a forked child makes its
+    own (and never touches its copy of the parent's, which has no threads)."""
+    import_kafka()
+    from confluent_kafka.admin import AdminClient
+
+    key = (os.getpid(), bootstrap)
+    with _shared_lock:
+        admin = _shared.get(key)
+        if admin is None:
+            admin = _shared[key] = AdminClient({"bootstrap.servers": bootstrap})
+            t = threading.Timer(SHARED_ADMIN_TTL_S, _drop_shared, args=(key, admin))
+            t.daemon = True
+            t.start()
+    return admin
+
+
+def _drop_shared(key: tuple[int, str], admin: Any) -> None:
+    with _shared_lock:
+        if _shared.get(key) is admin:
+            del _shared[key]
 
 
 def broker_config(bootstrap: str, name: str, timeout: float = 10.0) -> str | None:
     """One broker config value (of the first broker in the metadata)."""
     ck = import_kafka()
-    from confluent_kafka.admin import AdminClient, ConfigResource
+    from confluent_kafka.admin import ConfigResource
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = shared_admin(bootstrap)
     try:
         md = admin.list_topics(timeout=timeout)
     except ck.KafkaException as e:
@@ -70,8 +105,5 @@ def broker_config(bootstrap: str, name: str, timeout: float = 10.0) -> str | Non
 
 def brokers(bootstrap: str, timeout: float = 10.0) -> list[tuple[str, int]]:
     """(host, port) of every broker in the cluster metadata."""
-    import_kafka()
-    from confluent_kafka.admin import AdminClient
-
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+    md = shared_admin(bootstrap).list_topics(timeout=timeout)
     return [(str(b.host), int(b.port)) for b in md.brokers.values()]

@@ -35,6 +35,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from onceflow import _faults
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import broker_config, brokers, import_kafka, serializer
@@ -125,6 +127,7 @@ class _Producing:
         self.topic, self.value, self.key, self.key_ser = topic, value, key, key_ser
         self.partition, self.headers = partition, headers
         self.key_str = False  # key_serializer="str": _produce_simple encodes keys inline
+        self.value_json = False  # serializer="json": _produce_simple calls orjson inline
         self.errors: list[str] = []
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
@@ -159,9 +162,11 @@ class _Producing:
         produce, topic, value, cb = producer.produce, self.topic, self.value, self._on_delivery
         key, key_ser = self.key, self.key_ser
         if key is not None and self.key_str:
-            # key_serializer="str" inline: no serializer call per record
+            # key_serializer="str" inline: no serializer call per record (nor for
+            # serializer="json": orjson.dumps straight)
+            dumps, opt, js = orjson.dumps, orjson.OPT_NON_STR_KEYS, self.value_json
             for r in records:
-                v = value(r)
+                v = dumps(r, None, opt) if js else value(r)
                 k = key(r)
                 if k.__class__ is str:
                     k = k.encode()
@@ -258,19 +263,22 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self._pool: ThreadPoolExecutor | None = None
         self._last_had_records = True
         self._pre_committed: KafkaTxn | None = None
+        #: abort_lingering running in the background: (thread, its errors)
+        self._lingering: tuple[threading.Thread, list[BaseException]] | None = None
         #: transactions of completed checkpoints found aborted by the broker, since the job
         #: first started (kept in the sink's state across restarts)
         self.lost_transactions = 0
 
     def __getstate__(self) -> dict[str, Any]:
         st = self.__dict__.copy()
-        for k in ("_live", "_client", "_out", "_warm", "_pool"):
+        for k in ("_live", "_client", "_out", "_warm", "_pool", "_lingering"):
             st.pop(k, None)
         return st
 
     def __setstate__(self, st: dict[str, Any]) -> None:
         self.__dict__.update(st)
         self._live, self._client, self._out, self._warm, self._pool = {}, None, None, {}, None
+        self._lingering = None
 
     # --- validation ----------------------------------------------------------------------
     def validate(self) -> None:
@@ -300,6 +308,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                                serializer(self.key_serializer, "key_serializer"),
                                self.partition, self.headers)
         self._out.key_str = self.key_serializer == "str"
+        self._out.value_json = self.serializer == "json"
 
     def _txn_client(self) -> kp.TxnClient:
         if self._client is None:
@@ -360,6 +369,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         assert self._out is not None
         live = self._live.get(txn.transactional_id)
         if live is None:
+            self._lingering_done()
             producer = self._take_warm(txn) or self._started_producer(txn.transactional_id)
             live = self._live[txn.transactional_id] = (producer, txn)
         with foreign_errors(f"KafkaSink({self.topic}): producing to {txn.transactional_id}",
@@ -368,6 +378,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         txn.records += len(records)
 
     def pre_commit(self, txn: KafkaTxn) -> None:
+        self._lingering_done()
         self._last_had_records = txn.records > 0
         live = self._live.get(txn.transactional_id)
         if live is None or txn.records == 0:
@@ -542,6 +553,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             raise KafkaTransactionLostError(msg)
 
     def abort(self, txn: KafkaTxn) -> None:
+        self._lingering_done()
         self._discard_empty(txn)
         live = self._live.pop(txn.transactional_id, None)
         if live is not None and live[1] is txn:
@@ -573,7 +585,40 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         return sorted(ids)
 
     def abort_lingering(self, ctx: SinkContext, keep: list[KafkaTxn]) -> None:
-        ids = self.lingering_ids(ctx)
+        """Abort what crashed attempts left open, in the background: the source starts
+        reading meanwhile. Joined (its errors raised) before this sink produces its first
+        record, at the first pre-commit and at an abort (:meth:`_lingering_done`); the ids
+        it initialises are never used by this attempt before then (slot 0 is started by
+        itself, the other slots only after the first commit)."""
+        # The first transaction's id (slot 0): initialising it aborts what lingers on it
+        # too, so its producer is started now, in parallel, rather than after the others
+        # are looked up (ListTransactions) and aborted: the first records find it ready.
+        # Safe here: the restored transactions are committed (ids in ``keep``).
+        first = self._tid(ctx.subtask, 0)
+        self._warm_up(0)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._abort_lingering(ctx, first)
+            except BaseException as e:
+                errors.append(e)
+
+        th = threading.Thread(target=run, daemon=True, name="onceflow-kafka-lingering")
+        th.start()
+        self._lingering = (th, errors)
+
+    def _lingering_done(self) -> None:
+        if self._lingering is None:
+            return
+        th, errors = self._lingering
+        th.join()
+        self._lingering = None
+        if errors:
+            raise errors[0]
+
+    def _abort_lingering(self, ctx: SinkContext, first: str) -> None:
+        ids = [tid for tid in self.lingering_ids(ctx) if tid != first]
         # ids in ``keep`` were committed just before (EndTxn): initialising them is safe now
         errors: list[BaseException] = []
 
@@ -688,6 +733,7 @@ class KafkaPlainSink(Sink):
                                serializer(self.key_serializer, "key_serializer"),
                                self.partition, self.headers)
         self._out.key_str = self.key_serializer == "str"
+        self._out.value_json = self.serializer == "json"
 
     def write(self, records: list[Any]) -> None:
         assert self._out is not None

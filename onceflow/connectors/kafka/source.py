@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -24,12 +25,14 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from onceflow.connectors.kafka._common import deserializer, import_kafka
+from onceflow.connectors.kafka._common import deserializer, import_kafka, shared_admin
 from onceflow.connectors.sources import Source, SplitReader
 from onceflow.errors import ConfigurationError
 from onceflow.graph.keygroups import stable_hash
 
 OFFSET_BEGINNING = -2
+#: seconds the driver's start-up calls share one admin client and partition list
+_PREP_TTL_S = 10.0
 
 
 class KafkaRecord(NamedTuple):
@@ -139,10 +142,30 @@ class KafkaSource(Source):
         return sorted(out)
 
     def _admin(self) -> Any:
-        import_kafka()
-        from confluent_kafka.admin import AdminClient
+        return shared_admin(self.bootstrap_servers)
 
-        return AdminClient({"bootstrap.servers": self.bootstrap_servers})
+    def _prepared(self) -> tuple[Any, list[tuple[str, int]]]:
+        """An admin client and the partition list for the driver's start-up calls on a
+        fresh start (``splits``, then ``initial_position`` of each split, in a row): made
+        once and shared for a few seconds, instead of one client and one metadata request
+        per call; the last split's ``initial_position`` lets go of them. Never shared
+        across a fork (a librdkafka client does not survive one)."""
+        prep = self.__dict__.get("_prep")
+        if prep is not None and prep[0] == os.getpid() and \
+                time.monotonic() - prep[1] < _PREP_TTL_S:
+            return prep[2], prep[3]
+        admin = self._admin()
+        tps = self.partitions(admin)
+        self._prep = (os.getpid(), time.monotonic(), admin, tps)
+        return admin, tps
+
+    def _forget_prepared(self) -> None:
+        self.__dict__.pop("_prep", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        st = self.__dict__.copy()
+        st.pop("_prep", None)  # a live admin client: not picklable, not for another process
+        return st
 
     def _offsets(self, admin: Any, tps: list[tuple[str, int]], spec: Any) -> dict[tuple[str, int],
                                                                                    int]:
@@ -186,8 +209,8 @@ class KafkaSource(Source):
         if self.stop_at == "end":
             from confluent_kafka.admin import OffsetSpec
 
-            admin = self._admin()
-            offs = self._offsets(admin, self.partitions(admin), OffsetSpec.latest())
+            admin, tps = self._prepared()
+            offs = self._offsets(admin, tps, OffsetSpec.latest())
             end = tuple(sorted((t, p, o) for (t, p), o in offs.items()))
         out = []
         for i in range(parallelism):
@@ -201,10 +224,16 @@ class KafkaSource(Source):
         from confluent_kafka.admin import OffsetSpec
 
         ck = import_kafka()
-        admin = self._admin()
-        tps = _owner_filter(split, self.partitions(admin))
+        admin, all_tps = self._prepared()
+        if split.index == split.count - 1:
+            self._forget_prepared()  # the driver asks for the splits in order: the last one
+        tps = _owner_filter(split, all_tps)
         if self.start == "earliest":
-            return {tp: OFFSET_BEGINNING for tp in tps}
+            # The log start offsets now, not the logical OFFSET_BEGINNING: a consumer
+            # assigned a logical offset resolves it itself, which costs librdkafka about
+            # 0.5 s before the first fetch. (Records deleted by retention before they are
+            # read: auto.offset.reset=earliest moves on to the new log start.)
+            return self._offsets(admin, tps, OffsetSpec.earliest())
         if self.start == "latest":
             return self._offsets(admin, tps, OffsetSpec.latest())
         if isinstance(self.start, tuple):
@@ -247,7 +276,7 @@ class KafkaSplitReader(SplitReader):
             self.end = {(t, p): o for t, p, o in split.end}
         self.assigned: set[tuple[str, int]] = set()
         self.done: set[tuple[str, int]] = set()
-        self._parts: list[tuple[str, int]] = []
+        self._runs: list[tuple[tuple[str, int], int]] = []  # of the last batch
         self._last_discovery = 0.0
         self._discover()
 
@@ -288,17 +317,102 @@ class KafkaSplitReader(SplitReader):
                 self.src.discovery_interval:
             self._discover()
         msgs = self.consumer.consume(num_messages=max_records, timeout=0.02)
+        if self.src.value_only:
+            return self._values(msgs)
+        return self._records(msgs)
+
+    def _on_error(self, m: Any, err: Any) -> None:
+        etp = (m.topic(), m.partition())
+        if err.code() == self.ck.KafkaError._PARTITION_EOF:
+            # the fetch position skipped control records (transaction markers)
+            pos = self.pos
+            if m.offset() is not None and m.offset() > pos.get(etp, -1):
+                pos[etp] = m.offset()
+            end = self.end
+            if end is not None and etp in end and etp not in self.done \
+                    and pos[etp] >= end[etp]:
+                self._finished(etp)
+            return
+        raise self.ck.KafkaException(err)
+
+    def _values(self, msgs: list[Any]) -> list[Any]:
+        """``value_only``: the values. Messages come in runs of one partition; per message
+        only its error, partition and value are read, and the position, the partition list
+        and the end of a bounded partition are dealt with once per run (:meth:`_end_run`)."""
         out: list[Any] = []
         append = out.append
-        parts: list[tuple[str, int]] = []  # the partition of each record (for watermarks)
-        self._parts = parts
-        part_append = parts.append
+        runs: list[tuple[tuple[str, int], int]] = []  # (partition, records) of the batch
+        self._runs = runs
+        value_of = None if self._json else self.value
+        loads = orjson.loads
+        one_topic = not isinstance(self.src.topics, str | re.Pattern) and \
+            len(self.src.topics) == 1
+        cur_t: str | None = None
+        cur_p = -1
+        first = 0  # index in ``msgs`` of the current run's first message
+        start = 0  # index in ``out`` of its first value
+        skip = True
+        last: Any = None
+        for i, m in enumerate(msgs):
+            if m.error() is None and m.partition() == cur_p and (one_topic
+                                                                  or m.topic() == cur_t):
+                if skip:
+                    continue
+            else:
+                if not skip:
+                    self._end_run(cur_t, cur_p, last, msgs, first, start, out, runs)
+                    skip = True
+                err = m.error()
+                if err is not None:
+                    cur_t = None  # the next message starts a new run
+                    cur_p = -1
+                    self._on_error(m, err)
+                    continue
+                cur_t, cur_p = m.topic(), m.partition()
+                skip = (cur_t, cur_p) in self.done
+                if skip:
+                    continue
+                first, start = i, len(out)
+            last = m
+            v = m.value()
+            if value_of is None:
+                append(None if v is None else loads(v))
+            else:
+                append(value_of(v))
+        if not skip:
+            self._end_run(cur_t, cur_p, last, msgs, first, start, out, runs)
+        return out
+
+    def _end_run(self, t: Any, p: int, last: Any, msgs: list[Any], first: int, start: int,
+                 out: list[Any], runs: list[tuple[tuple[str, int], int]]) -> None:
+        """The run of partition (t, p) ended with message ``last``: move its position on;
+        in bounded mode drop what lies at or past the partition's end and finish it."""
+        tp = (t, p)
+        off = last.offset()
+        lim = None if self.end is None else self.end[tp]
+        if lim is not None and off + 1 >= lim:
+            if off >= lim:  # rare: cut the run at the end offset
+                k = first
+                while msgs[k].offset() < lim:
+                    k += 1
+                del out[start + k - first:]
+            if len(out) > start:
+                runs.append((tp, len(out) - start))
+            self.pos[tp] = lim
+            self._finished(tp)
+            return
+        self.pos[tp] = off + 1
+        runs.append((tp, len(out) - start))
+
+    def _records(self, msgs: list[Any]) -> list[Any]:
+        """:class:`KafkaRecord`\\ s (key, timestamp and headers too)."""
+        out: list[Any] = []
+        append = out.append
+        runs: list[tuple[tuple[str, int], int]] = []
+        self._runs = runs
         end = self.end
         pos, done = self.pos, self.done
-        value_of, value_only = self.value, self.src.value_only
-        fast_json, loads = self._json, orjson.loads
-        # Messages of one partition come in runs: per run, look up once whether the
-        # partition is finished and where it ends.
+        value_of, key_of = self.value, self.key
         cur_t: str | None = None
         cur_p = -1
         tp: tuple[str, int] = ("", -1)
@@ -307,17 +421,9 @@ class KafkaSplitReader(SplitReader):
         for m in msgs:
             err = m.error()
             if err is not None:
-                etp = (m.topic(), m.partition())
                 cur_t = None  # the next message starts a new run
-                if err.code() == self.ck.KafkaError._PARTITION_EOF:
-                    # the fetch position skipped control records (transaction markers)
-                    if m.offset() is not None and m.offset() > pos.get(etp, -1):
-                        pos[etp] = m.offset()
-                    if end is not None and etp in end and etp not in done \
-                            and pos[etp] >= end[etp]:
-                        self._finished(etp)
-                    continue
-                raise self.ck.KafkaException(err)
+                self._on_error(m, err)
+                continue
             t, p = m.topic(), m.partition()
             if p != cur_p or t != cur_t:
                 cur_t, cur_p = t, p
@@ -333,17 +439,13 @@ class KafkaSplitReader(SplitReader):
                 skip = True
                 continue
             pos[tp] = off + 1
-            part_append(tp)
-            if value_only:
-                if fast_json:
-                    v = m.value()
-                    append(None if v is None else loads(v))
-                else:
-                    append(value_of(m.value()))
+            if runs and runs[-1][0] == tp:
+                runs[-1] = (tp, runs[-1][1] + 1)
             else:
-                ts_type, ts = m.timestamp()
-                append(KafkaRecord(t, p, off, self.key(m.key()), value_of(m.value()),
-                                   ts if ts_type else None, m.headers()))
+                runs.append((tp, 1))
+            ts_type, ts = m.timestamp()
+            append(KafkaRecord(t, p, off, key_of(m.key()), value_of(m.value()),
+                               ts if ts_type else None, m.headers()))
             if lim is not None and off + 1 >= lim:
                 self._finished(tp)
                 skip = True
@@ -356,7 +458,10 @@ class KafkaSplitReader(SplitReader):
         return [tp for tp in self.assigned if tp not in self.done]
 
     def batch_partitions(self) -> list[Any] | None:
-        return self._parts
+        parts: list[Any] = []
+        for tp, n in self._runs:
+            parts.extend([tp] * n)
+        return parts
 
     def notify_checkpoint_complete(self, checkpoint_id: int, position: Any) -> None:
         """Write the offsets a completed checkpoint covers to the consumer group, for

@@ -2,6 +2,8 @@
 cluster for the whole module): the crash-test shapes commit what the fork executor commits;
 a worker actor SIGKILLed mid-job and a node removed mid-job still give the exact output;
 every data connection needs the job's token; a flow that cannot travel is refused at run().
+The tests that kill workers, drivers and nodes keep their checkpoints on a real S3 store
+(SeaweedFS, started inside the namespace by tests/s3store.py).
 
 Ray binds to the machine's routable address, so this module runs inside a network
 namespace that has only loopback (``scripts/netns-run``; ``make test`` runs it that way,
@@ -20,6 +22,7 @@ import tempfile
 import threading
 import time
 import types
+import uuid
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -28,6 +31,7 @@ from typing import Any
 import crashjobs
 import psutil
 import pytest
+import s3store
 
 import onceflow as of
 from onceflow.executors.ray import TOKEN_BYTES, _dial, accept_authenticated
@@ -48,12 +52,16 @@ def cluster() -> Iterator[Any]:
         pytest.fail("the Ray tests run in a loopback-only network namespace: "
                     "scripts/netns-run .venv/bin/python -m pytest -m ray tests/test_ray.py "
                     "(make test does this)")
+    s3store.ensure_server()  # before HOME moves: the server's binary is cached under it
     tmp = tempfile.mkdtemp(prefix="onceflow-ray-")
     os.makedirs(os.path.join(tmp, "ray"))
     saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RAY_TMPDIR", "HOME",
-                                            "PYTHONPATH")}
+                                            "PYTHONPATH", *s3store.ENV)}
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=tmp, HOME=tmp,
                       PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    # the store's endpoint and credentials reach the actors the way they would on a real
+    # cluster: in the environment the nodes were started with
+    os.environ.update(s3store.ENV)
     import ray
     from ray.cluster_utils import Cluster
 
@@ -77,14 +85,15 @@ def cluster() -> Iterator[Any]:
 
 
 def _flow(tmp: Path, shape: str, name: str, rate: float = 1e9,
-          attempts: int = 0) -> tuple[of.Flow, Path]:
+          attempts: int = 0, storage: str | None = None) -> tuple[of.Flow, Path]:
     out = tmp / f"out-{name}"
     restart = (of.restart.fixed_delay(attempts=attempts, delay=0.0) if attempts
                else of.restart.no_restart())
     flow = of.Flow(f"ray-{shape}", parallelism=2, batch_size=64,
                    state_backend=of.state.MemoryBackend(full_every=3),
                    restart_strategy=restart)
-    flow.enable_checkpointing(0.1, tmp / f"ck-{name}", retained=2, incremental=True)
+    flow.enable_checkpointing(0.1, storage or tmp / f"ck-{name}", retained=2,
+                              incremental=True)
     crashjobs.build(shape, flow, RECORDS, rate, str(out), str(tmp / "corpus"))
     return flow, out
 
@@ -167,11 +176,14 @@ def _run_in_thread(flow: of.Flow, executor: Any) -> tuple[threading.Thread, dict
     return t, box
 
 
-def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
-    flow, out = _flow(tmp_path, "keyed_count", "kill", rate=800, attempts=3)
+def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path,
+                                            checkpoint_storage: str) -> None:
+    flow, out = _flow(tmp_path, "keyed_count", "kill", rate=800, attempts=3,
+                      storage=checkpoint_storage)
     t, box = _run_in_thread(flow, of.executors.Ray())
     pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
-    _wait_for(lambda: _completed_checkpoints(tmp_path / "ck-kill") >= 1, 60, "a checkpoint")
+    _wait_for(lambda: _latest_checkpoint(checkpoint_storage, "ray-keyed_count") >= 0, 60,
+              "a checkpoint")
     os.kill(pids[0], signal.SIGKILL)
     t.join(180)
     assert not t.is_alive()
@@ -182,6 +194,9 @@ def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path) -> Non
     assert got == want, crashjobs.diff(got, want)
     assert r.restarts >= 1
     assert any("Ray actor" in f for f in r.failures), r.failures
+    on_store = s3store.keys(checkpoint_storage)
+    assert any(k.endswith("/_metadata") for k in on_store), sorted(on_store)[:20]
+    assert not (tmp_path / "ck-kill").exists()
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -314,10 +329,11 @@ def test_cli_runs_a_job_on_ray(cluster: Any, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def checkpoint_storage(tmp_path: Path) -> str:
-    """Where the driver-kill, rescale and lower-parallelism tests keep their checkpoints:
-    a local directory (every simulated node sees it); shared object storage goes here."""
-    return str(tmp_path / "ck")
+def checkpoint_storage() -> str:
+    """Where the actor-kill, driver-kill, rescale and lower-parallelism tests keep their
+    checkpoints: a fresh prefix on the S3 store (the endpoint and credentials are in the
+    environment the cluster's nodes started with)."""
+    return f"s3://{s3store.BUCKET}/ray-{uuid.uuid4().hex[:12]}"
 
 
 KEYED = "crash-keyed_count"  # the flow tests/crashjobs.py runs for keyed_count
@@ -325,9 +341,9 @@ KEYED = "crash-keyed_count"  # the flow tests/crashjobs.py runs for keyed_count
 
 def _latest_checkpoint(storage: str, flow: str = KEYED) -> int:
     """The id of the newest complete checkpoint of ``flow`` in ``storage`` (-1: none)."""
-    from onceflow.checkpoint.storage import CheckpointStorage
+    from onceflow.checkpoint.storage import open_storage
 
-    return max(CheckpointStorage(storage, flow).complete_ids(), default=-1)
+    return max(open_storage(storage, flow).complete_ids(), default=-1)
 
 
 def _driver(cluster: Any, tmp: Path, storage: str, parallelism: int,

@@ -138,7 +138,9 @@ def _chaos(job: JobProcess, rng: random.Random, max_kills: int, sampler: _Sample
             pids.update(w.pid for w in job.workers())
         if job.proc.poll() is not None:
             break
-        if outage is not None and rng.random() < 0.15:
+        # an outage only once the job runs (its workers exist): a job started while its
+        # server is down fails at start-up on purpose, with a ConfigurationError
+        if outage is not None and job.workers() and rng.random() < 0.15:
             outage()
             outage = None
             counts["outages"] += 1

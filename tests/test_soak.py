@@ -101,8 +101,32 @@ class _Sampler:
                 "fds_after_warmup": fd0, "fds_end": fd1}
 
 
+def _lost_and_duplicated(kind: str, job: Any) -> tuple[int, int, int]:
+    """(expected, lost, duplicated) effects of a finished job, counted from what its sink
+    committed: for the embedded jobs, committed output records against a failure-free
+    run's; for Kafka, input ids in the read_committed output; for PostgreSQL, input ids in
+    the events table."""
+    if kind == "embedded":
+        import crashjobs
+        got = crashjobs.committed(str(job.out))
+        want = crashjobs.expected(job.shape, job.records, str(job.corpus))
+        return (sum(want.values()), sum((want - got).values()), sum((got - want).values()))
+    if kind == "kafka":
+        from test_kafka import read_committed
+        seen: dict[int, int] = {}
+        for _, _, v in read_committed(job.bootstrap, job.output):
+            seen[v["id"]] = seen.get(v["id"], 0) + 1
+        lost = sum(1 for i in range(job.records) if i not in seen)
+        return job.records, lost, sum(c - 1 for c in seen.values())
+    rows = job.conn.execute(f"SELECT id, count(*) FROM {job.events} GROUP BY id").fetchall()
+    ids = {i: c for i, c in rows}
+    lost = sum(1 for i in range(job.records) if i not in ids)
+    return job.records, lost, sum(c - 1 for c in ids.values())
+
+
 def _chaos(job: JobProcess, rng: random.Random, max_kills: int, sampler: _Sampler,
-           outage: Callable[[], None] | None, counts: dict[str, int], pids: set[int]) -> None:
+           outage: Callable[[], None] | None, counts: dict[str, int],
+           procs: set[psutil.Process]) -> None:
     """While the job runs: every 1-4 s SIGKILL a random worker (at most ``max_kills``, then
     only watch), sample the driver, and now and then (at most once) run ``outage`` (a
     broker / database restart)."""
@@ -112,10 +136,12 @@ def _chaos(job: JobProcess, rng: random.Random, max_kills: int, sampler: _Sample
         for _ in range(8):
             time.sleep(rng.uniform(1.0, 4.0) / 8)
             sampler.sample(job.proc.pid)
-            pids.update(w.pid for w in job.workers())
+            procs.update(job.workers())
         if job.proc.poll() is not None:
             break
-        if outage is not None and rng.random() < 0.15:
+        # an outage only once the job runs (its workers exist): a job started while its
+        # server is down fails at start-up on purpose, with a ConfigurationError
+        if outage is not None and job.workers() and rng.random() < 0.15:
             outage()
             outage = None
             counts["outages"] += 1
@@ -155,9 +181,24 @@ def test_chaos_soak_with_the_real_servers(tmp_path: Path) -> None:
     counts = {"worker_kills": 0, "driver_kills": 0, "outages": 0, "jobs": 0}
     per_kind: dict[str, int] = {"embedded": 0, "kafka": 0, "postgres": 0}
     growth: list[dict[str, Any]] = []
-    pids: set[int] = set()
+    # processes, not pids: on a busy machine a pid seen an hour ago may be another's now
+    # (psutil.Process compares and is_running()s by pid and start time)
+    procs: set[psutil.Process] = set()
+
+    def alive() -> list[int]:
+        out = []
+        for p in procs:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
     started = time.monotonic()
     deadline = started + MINUTES * 60
+    tally = {"effects_expected": 0, "lost": 0, "duplicated": 0}
+    failure: str | None = None
     broker.start()
     pg.start()
     import psycopg
@@ -203,17 +244,20 @@ def test_chaos_soak_with_the_real_servers(tmp_path: Path) -> None:
             if rng.random() < 0.4:  # a driver kill, then restore latest
                 proc = job.start("--restore", "latest")
                 time.sleep(rng.uniform(1.0, 4.0))
-                pids.update(w.pid for w in job.workers())
+                procs.update(job.workers())
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                _assert_no_orphans([p for p in pids if psutil.pid_exists(p)], within=10)
+                deadline_orphans = time.monotonic() + 10
+                while alive() and time.monotonic() < deadline_orphans:
+                    time.sleep(0.05)
+                assert not alive(), f"workers {alive()} outlived their driver"
                 counts["driver_kills"] += 1
             job.start("--restore", "latest")
             sampler = _Sampler()
-            pids.add(job.proc.pid)
+            procs.add(psutil.Process(job.proc.pid))
             # the embedded jobs allow 20 restarts (crashjobs.py); one driver kill may
             # have used some
-            _chaos(job, rng, rng.randint(2, 12), sampler, outage, counts, pids)
+            _chaos(job, rng, rng.randint(2, 12), sampler, outage, counts, procs)
             code, _ = job.wait(timeout=600)
             assert code == 0, f"{note}: {job.tail(3000)}"
             if kind == "postgres":
@@ -222,6 +266,10 @@ def test_chaos_soak_with_the_real_servers(tmp_path: Path) -> None:
                 conn = job.conn
             elif kind == "kafka":
                 broker.start()
+            want, lost, dup = _lost_and_duplicated(kind, job)
+            tally["effects_expected"] += want
+            tally["lost"] += lost
+            tally["duplicated"] += dup
             try:
                 job.check_exact()
                 if kind == "kafka":
@@ -229,34 +277,42 @@ def test_chaos_soak_with_the_real_servers(tmp_path: Path) -> None:
                 if kind == "postgres":
                     assert pg.prepared() == [], "pg_prepared_xacts not empty"
             except AssertionError as e:
-                raise AssertionError(f"{note}: {e}") from None
+                failure = f"{note}: {e}"
+                raise AssertionError(failure) from None
             g = sampler.growth()
             if g is not None:
                 growth.append({"job": counts["jobs"], "kind": kind, **g,
                                "samples": len(sampler.samples)})
+    except BaseException as e:
+        failure = failure or f"{type(e).__name__}: {e}"
+        raise
     finally:
         conn.close()
         pg.remove()
         broker.remove()
+        if failure is not None:  # the results file says so too
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps({"seed": seed, "minutes": MINUTES, **counts,
+                                           **tally, "failed": failure[:4000]}, indent=1))
     leftovers = [str(p) for p in jobs_tmp.rglob("*") if p.is_file()]
-    alive = [p for p in pids if psutil.pid_exists(p)
-             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    left = alive()
     worst_rss = max((g["rss_growth"] for g in growth), default=None)
     worst_fd = max((g["fd_growth"] for g in growth), default=None)
     result = {"seed": seed, "minutes": MINUTES,
               "elapsed_s": round(time.monotonic() - started, 1), **counts,
               "kills_survived": counts["worker_kills"] + counts["driver_kills"],
-              "jobs_by_kind": per_kind, "lost": 0, "duplicated": 0,  # every check passed
+              "jobs_by_kind": per_kind, **tally,
               "driver_growth": growth, "worst_rss_growth": worst_rss,
               "worst_fd_growth": worst_fd, "leftover_tmp_files": leftovers,
-              "leftover_processes": alive}
+              "leftover_processes": left}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
-    print(f"\nsoak: {counts['jobs']} jobs {per_kind}, survived {counts['worker_kills']} "
+    print(f"\nsoak: {counts['jobs']} jobs {per_kind}, {tally}, survived {counts['worker_kills']} "
           f"worker kills, {counts['driver_kills']} driver kills, {counts['outages']} "
           f"broker/database restarts; worst driver growth after warm-up: RSS {worst_rss}, "
           f"fds {worst_fd}; results in {RESULTS}")
+    assert tally["lost"] == 0 and tally["duplicated"] == 0, tally
     assert not leftovers, f"temporary files left: {leftovers[:10]}"
-    assert not alive, f"processes left: {alive}"
+    assert not left, f"processes left: {left}"
     assert worst_rss is None or worst_rss <= 0.10, growth
     assert worst_fd is None or worst_fd <= 0.10, growth

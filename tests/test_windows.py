@@ -363,3 +363,40 @@ def test_panes_equal_a_brute_force_reference(size: float, slide: float, lateness
         assert all(len(vs) == 1 for vs in got.values())
     assert op.late_dropped == late
     op.close()
+
+
+# --- late records keep their event timestamps downstream ----------------------------------
+class _Stamp(of.KeyedProcessFunction):
+    """Emits (record, the event timestamp the runtime gives it) for each late record."""
+
+    def process_element(self, value: Any, ctx: Any) -> Any:
+        return [(list(value), ctx.timestamp)]
+
+
+@pytest.mark.parametrize(("assigner", "backend"), [
+    (lambda: of.windows.tumbling(10.0), "memory"),  # the pane operator's one-pass path
+    (lambda: of.windows.tumbling(10.0), "rocksdb"),  # the pane operator's grouped path
+    (lambda: of.windows.sliding(10.0, 4.0), "memory"),  # the general operator's windows
+    (lambda: of.windows.session(1.5), "memory"),  # merging windows (one record each)
+])
+def test_late_records_keep_their_timestamps_on_the_late_output(
+        tmp_path: Path, assigner: Any, backend: str) -> None:
+    # on time up to 200; then records 150+ seconds behind, two per (key, slice), some
+    # sharing a timestamp: late for every window (lateness 5), in batches of 16
+    events = [("a" if i % 2 else "b", float(i)) for i in range(200)]
+    behind = [("a", 3.0), ("a", 3.0), ("b", 4.5), ("a", 7.25), ("b", 4.0), ("a", 41.0)]
+    events += [*behind, ("a", 300.0)]
+    late = of.OutputTag("late")
+    be = of.state.RocksDBBackend() if backend == "rocksdb" else of.state.MemoryBackend()
+    flow = of.Flow("late-ts", parallelism=1, batch_size=16, state_backend=be)
+    src = flow.source(of.sources.Collection(events), parallelism=1,
+                      watermarks=WS0.with_timestamps(lambda e: e[1]))
+    w = (src.key_by(lambda e: e[0]).window(assigner()).allowed_lateness(5.0)
+            .side_output_late_data(late).aggregate(of.agg.count(), name="win"))
+    w.sink(of.sinks.FileSink(str(tmp_path / "w")), name="w")
+    (w.side_output(late).key_by(lambda e: e[0]).process(_Stamp(), name="stamp")
+      .sink(of.sinks.FileSink(str(tmp_path / "late")), name="late"))
+    result = flow.run()
+    got = sorted((tuple(r), t) for r, t in of.sinks.read_committed(str(tmp_path / "late")))
+    assert got == sorted((e, e[1]) for e in behind)
+    assert result.operators["win"].late_dropped == 0

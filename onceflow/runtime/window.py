@@ -344,6 +344,7 @@ class WindowOperator(_KeyedOp):
                ) -> dict[tuple[Any, float], list[Any]]:
         """Records by (key, index of their slice of ``width`` seconds)."""
         kf = self.key_fn
+        self._late_from(batch, ts, lambda r, t: (kf(r), (t - offset) // width))
         groups: dict[tuple[Any, float], list[Any]] = {}
         get = groups.get
         try:
@@ -365,7 +366,7 @@ class WindowOperator(_KeyedOp):
             groups = self._group(batch, ts, size, off)
             for (k, idx), recs in groups.items():
                 s = idx * size + off
-                self._add(k, ((s, s + size),), recs)
+                self._add(k, ((s, s + size),), recs, (k, idx))
             return
         assert isinstance(a, _Sliding)
         size, slide, off = a.size, a.slide, a.offset
@@ -375,11 +376,13 @@ class WindowOperator(_KeyedOp):
             for (k, idx), recs in groups.items():
                 ws = tuple((j * slide + off, j * slide + off + size)
                            for j in range(int(idx) - n + 1, int(idx) + 1))
-                self._add(k, ws, recs)
+                self._add(k, ws, recs, (k, idx))
             return
         # slide does not divide size: a record's windows depend on where in its slide it is
         kf = self.key_fn
         per: dict[tuple[Any, int, int], list[Any]] = {}
+        self._late_from(batch, ts, lambda r, t: (kf(r), int((t - off - size) // slide) + 1,
+                                                 int((t - off) // slide)))
         try:
             for r, t in zip(batch, ts, strict=True):
                 last = int((t - off) // slide)
@@ -389,7 +392,7 @@ class WindowOperator(_KeyedOp):
             self._key_error(batch, e)
         for (k, first, last), recs in per.items():
             self._add(k, tuple((j * slide + off, j * slide + off + size)
-                               for j in range(first, last + 1)), recs)
+                               for j in range(first, last + 1)), recs, (k, first, last))
 
     def _global(self, batch: list[Any], ts: list[float] | None) -> None:
         kf = self.key_fn
@@ -408,9 +411,9 @@ class WindowOperator(_KeyedOp):
         for k, recs in groups.items():
             self._add(k, (_GLOBAL,), recs)
 
-    def _add(self, k: Any, ws: tuple[_W, ...], recs: list[Any]) -> None:
+    def _add(self, k: Any, ws: tuple[_W, ...], recs: list[Any], group: Any = None) -> None:
         """Add one group of records of key ``k`` to its windows ``ws`` (all time windows
-        of the same time, oldest first)."""
+        of the same time, oldest first); ``group``: the group's key in ``_late_from``."""
         table = self.windows
         assert table is not None
         store = self.store
@@ -434,7 +437,7 @@ class WindowOperator(_KeyedOp):
                 d[w] = ad.add_all(ad.create() if acc is None else acc, recs)
             self._on_element(k, d, w, end, wm)
         if not added:
-            self._late(recs)
+            self._late(recs, group=group)
             return
         if d:
             table.put(k, d)
@@ -534,7 +537,7 @@ class WindowOperator(_KeyedOp):
             if not d and len(items) == 1:  # the common case: a new session of one record
                 t0, e0, r = items[0]
                 if e0 + lat <= wm:
-                    self._late([r])
+                    self._late([r], [t0])
                     continue
                 w = (t0, e0)
                 d = {w: ad.add_all(ad.create(), [r])}
@@ -548,13 +551,15 @@ class WindowOperator(_KeyedOp):
                 items.sort(key=_first)
             keep: list[tuple[float, float, Any]] = []
             late: list[Any] = []
+            late_ts: list[float] = []
             for it in items:
                 if it[1] + lat <= wm and not held.intersects((it[0], it[1])):
                     late.append(it[2])
+                    late_ts.append(it[0])
                 else:
                     keep.append(it)
             if late:
-                self._late(late)
+                self._late(late, late_ts)
             for s0, e0, i, j in merge_sorted([(it[0], it[1]) for it in keep]):
                 merged, absorbed = held.add((s0, e0))
                 acc = d.pop(merged, None)
@@ -579,13 +584,45 @@ class WindowOperator(_KeyedOp):
         else:
             store.delete_timer(w[1])
 
-    def _late(self, recs: list[Any]) -> None:
+    def _late(self, recs: list[Any], ts: list[float] | None = None, group: Any = None
+              ) -> None:
+        """Late records: to the late-data side output with their event timestamps (``ts``,
+        or found by their ``group`` key, see ``_late_from``), or counted in
+        ``late_dropped`` (checkpointed with the task's counters, so exact after a restore)."""
         tag = self.late_tag
         if tag is None or tag not in self.side_wanted:
             self.late_dropped += len(recs)
             return
-        for r in recs:
-            self.emit_side(tag, r, None)
+        if ts is None:
+            ts = self._late_ts(group)
+        for r, t in zip(recs, ts, strict=True):
+            self.emit_side(tag, r, t)
+
+    _late_src: tuple[list[Any], list[float], Callable[[Any, float], Any]] | None = None
+    _late_index: dict[Any, list[float]] | None = None
+
+    def _late_from(self, batch: list[Any], ts: list[float],
+                   group_of: Callable[[Any, float], Any]) -> None:
+        """The batch being grouped by ``group_of(record, ts)``: the timestamps of a late
+        group are found from it only when one is late (grouping keeps records only)."""
+        self._late_src = (batch, ts, group_of)
+        self._late_index = None
+
+    def _late_ts(self, group: Any) -> list[float]:
+        idx = self._late_index
+        if idx is None:
+            assert self._late_src is not None
+            batch, ts, group_of = self._late_src
+            idx = {}
+            for r, t in zip(batch, ts, strict=True):
+                g = group_of(r, t)
+                lst = idx.get(g)
+                if lst is None:
+                    idx[g] = [t]
+                else:
+                    lst.append(t)
+            self._late_index = idx
+        return idx[group]
 
     # --- firing --------------------------------------------------------------------------
     def _fire(self, k: Any, d: dict[Any, Any], w: _W) -> None:
@@ -768,7 +805,7 @@ class PaneWindowOperator(WindowOperator):
         for (k, p), recs in groups.items():
             last_end = (p + n) * slide + off  # the end of the last window holding pane p
             if last_end + lat <= wm:
-                self._late(recs)
+                self._late(recs, group=(k, p))
                 continue
             d = get(k)
             fresh = d is None
@@ -806,6 +843,7 @@ class PaneWindowOperator(WindowOperator):
         add = self._add_one
         kf = self.key_fn
         late: list[Any] = []
+        late_ts: list[float] = []
         new: list[tuple[Any, float]] = []
         refire: list[tuple[Any, float]] = []
         # quick filters, one more pane wide than exact; the exact test decides
@@ -818,6 +856,7 @@ class PaneWindowOperator(WindowOperator):
                 p = (t - off) // slide
                 if p <= horizon and (p + n) * slide + off + lat <= wm:
                     late.append(r)
+                    late_ts.append(t)
                     continue
                 d = tget(k)
                 if d is None:
@@ -838,7 +877,7 @@ class PaneWindowOperator(WindowOperator):
             dirty.update(k for k, _ in new)
             dirty.update(kf(r) for r in batch)
         if late:
-            self._late(late)
+            self._late(late, late_ts)
         if new:
             self._pane_timers_for(new, wm, event)
         for k, p in dict.fromkeys(refire):

@@ -32,6 +32,7 @@ from onceflow.errors import ConfigurationError, OnceflowError, UserFunctionError
 from onceflow.graph.logical import Node
 from onceflow.runtime.operators import OperatorEnv, _KeyedOp
 from onceflow.runtime.sessions import MergingWindowSet, merge_sorted
+from onceflow.state.timers import TimerQueue
 from onceflow.windows import EVENT, PROCESSING, Window, _Session, _Sliding, _Tumbling
 
 _INF = math.inf
@@ -1348,18 +1349,26 @@ class EventPaneWindowOperator(PaneWindowOperator):
     def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         if not self._fast:
             return super().snapshot(checkpoint_id, savepoint)
-        self._materialize()
+        store = self.store
+        if isinstance(store, TimerQueue):  # the memory store: list the timers directly
+            store.extra_event_timers = self._materialize(listed=True)
+            try:
+                return super().snapshot(checkpoint_id, savepoint)
+            finally:
+                store.extra_event_timers = None
+        self._materialize(listed=False)
         try:
             return super().snapshot(checkpoint_id, savepoint)
         finally:  # the timers were for the snapshot only (listed in its sync phase)
-            self.store.pop_due_event_timers(_INF)
+            store.pop_due_event_timers(_INF)
 
     _snap_keys: set[Any] | frozenset[Any] = frozenset()
 
-    def _materialize(self) -> None:
+    def _materialize(self, listed: bool) -> list[tuple[float, Any]]:
         """Write the panes into the state table as ``PaneWindowOperator`` keeps them, with
         its timers: per key, the first window not fired yet, and with lateness each pane's
-        cleanup. The copy is dropped at the next batch or watermark."""
+        cleanup (``listed``: returned as a list, else registered in the store). The copy
+        is dropped at the next batch or watermark."""
         table = self.panes
         assert isinstance(table, _FastTable)
         tab, dirty = table.t, table.dirty
@@ -1377,7 +1386,11 @@ class EventPaneWindowOperator(PaneWindowOperator):
             self._snap_keys = set(tab)
         store = self.store
         scope = store.scope
-        reg = store.register_event_timer
+        listing: list[tuple[float, Any]] = []
+        reg: Callable[[float], None] = store.register_event_timer
+        if listed:
+            def reg(t: float) -> None:  # listed instead of registered
+                listing.append((t, k))
         slide, off, lat, clean = self.slide, self.offset, self.lateness, self.clean_after
         base = self.fired_j + 1.0
         resume = self.resume
@@ -1397,6 +1410,7 @@ class EventPaneWindowOperator(PaneWindowOperator):
                 for p in d:
                     reg((p + clean) * slide + off)
         self._mirror = True
+        return listing
 
     def _drop_mirror(self) -> None:
         table = self.panes

@@ -44,7 +44,8 @@ def _stop_mid_run(flow: of.Flow, restore: str | None, out: Path, sp: Path) -> st
 @pytest.mark.parametrize(("shape", "backend"), [("window_session", "memory"),
                                                 ("window_tumbling", "rocksdb"),
                                                 ("window_sliding", "memory"),
-                                                ("window_sliding", "rocksdb"),
+                                                pytest.param("window_sliding", "rocksdb",
+                                                             marks=pytest.mark.soak),
                                                 pytest.param("window_tumbling", "memory",
                                                              marks=pytest.mark.soak)])
 def test_rescale_2_3_1_through_savepoints(tmp_path: Path, shape: str, backend: str) -> None:

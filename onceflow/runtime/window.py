@@ -1394,6 +1394,14 @@ class EventPaneWindowOperator(PaneWindowOperator):
         slide, off, lat, clean = self.slide, self.offset, self.lateness, self.clean_after
         base = self.fired_j + 1.0
         resume = self.resume
+        if listed and not resume and not lat:  # the same as the loop below, in bulk
+            if base > _NEG_INF:
+                bt = base * slide + off
+                listing = [(bt, k) for k in tab]
+            listing += [((p0 + 1.0) * slide + off, k) for k, d in tab.items()
+                        if (p0 := next(iter(d))) + 1.0 > base]
+            self._mirror = True
+            return listing
         for k, d in tab.items():  # d's panes in time order
             scope.key = k
             b = base  # the key's first window not fired yet

@@ -154,6 +154,9 @@ def run_child(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     rec = run.rec
     if rec is None:
         return {"valid": False, "problems": [f"exit {run.returncode}: {run.err[-2000:]}"]}
+    if run.returncode != 0:
+        rec["valid"] = False
+        rec.setdefault("problems", []).append(f"exit code {run.returncode}")
     rec["wall_s"] = run.wall_s
     rec["sampled_tree_rss_mb"] = run.sampled_tree_rss_mb
     return rec
@@ -189,22 +192,40 @@ def main_parent(args: argparse.Namespace) -> int:
             "runs": runs[cfg["key"]], "machine": machine,
         }
     base = summaries.get("w1", {}).get("records_per_s")
-    rows = [f"| configuration | records/s median (min{w1.DASH}max) | vs W1 | target | met "
-            "| peak RSS MB (sampled tree) | largest checkpoint |", "|---|---|---|---|---|---|---|"]
+    base_runs = [x.get("records_per_s") if x.get("valid") else None
+                 for x in runs.get("w1", [])]
+    rows = [f"| configuration | records/s median (min{w1.DASH}max) | vs W1 | per run vs W1 "
+            "| target | met | peak RSS MB (sampled tree) | largest checkpoint "
+            "| max checkpoint sync ms |", "|---|---|---|---|---|---|---|---|---|"]
     for key, s in summaries.items():
         rps = s["records_per_s"]
         ratio = rps / base if rps and base else None
         tgt = TARGETS.get(key)
         s["ratio_vs_w1"] = ratio
         met = "-" if tgt is None or ratio is None else ("yes" if ratio >= tgt else "NO")
+        # run i against W1's run i of the same round (interleaved: the same load)
+        pair = [f"{100 * x['records_per_s'] / b:.0f} %"
+                for x, b in zip(runs[key], base_runs, strict=False)
+                if key != "w1" and b and x.get("valid")]
+        s["ratios_per_run"] = pair
         ck = s["checkpoint_max_bytes"]
+        syncs = [x.get("checkpoint_max_sync_ms") for x in runs[key] if x.get("valid")]
+        sync = max((v for v in syncs if v is not None), default=None)
         rows.append(
             f"| {s['configuration']} | {w1._fmt_int(rps)} ({w1._fmt_int(s['records_per_s_min'])}"
             f"{w1.DASH}{w1._fmt_int(s['records_per_s_max'])}) | "
             f"{'-' if ratio is None or key == 'w1' else f'{100 * ratio:.0f} %'} | "
+            f"{', '.join(pair) or '-'} | "
             f"{'-' if tgt is None else f'>= {100 * tgt:.0f} %'} | {met} | "
             f"{w1._fmt(s['sampled_tree_rss_mb'], 0)} | "
-            f"{'-' if not ck else f'{ck / 1e6:.1f} MB'} |")
+            f"{'-' if not ck else f'{ck / 1e6:.1f} MB'} | "
+            f"{'-' if sync is None else f'{sync:,.0f}'} |")
+    ses = summaries.get("session")
+    if ses and ses["runs"] and ses["runs"][0].get("checkpoint_sizes_bytes"):
+        sizes = [x for x in ses["runs"][0]["checkpoint_sizes_bytes"] if x] or [0]
+        rows.append(f"\nSession job, run 1: {len(sizes)} periodic checkpoints (incremental), "
+                    f"sizes {min(sizes) / 1e6:.1f}{w1.DASH}{max(sizes) / 1e6:.1f} MB "
+                    f"(median {statistics.median(sizes) / 1e6:.1f} MB).")
     table = "\n".join(rows)
     md = (f"# Window benchmarks\n\nN = {args.records:,} (session: {args.session_records:,}), "
           f"{args.runs} interleaved run(s), parallelism 1, exactly-once checkpoints every "

@@ -74,8 +74,11 @@ class _SlowSink(of.sinks.FileSink):
 
 
 def build(shape: str, flow: of.Flow, records: int, rate: float, out: str,
-          corpus: str, slow: float = 0.0) -> None:
-    sink = of.sinks.FileSink(out) if slow <= 0 else _SlowSink(out, slow)
+          corpus: str, slow: float = 0.0, sink: Any = None, drop_late: bool = False) -> None:
+    """``sink``: another sink than the FileSink at ``out`` (the Kafka window tests);
+    ``drop_late``: window_tumbling without a late-data output (late records counted)."""
+    if sink is None:
+        sink = of.sinks.FileSink(out) if slow <= 0 else _SlowSink(out, slow)
     if shape == "keyed_count":
         (flow.source(of.sources.Range(0, records), name="numbers")
              .map(throttle(rate), name="throttle")
@@ -121,7 +124,7 @@ def build(shape: str, flow: of.Flow, records: int, rate: float, out: str,
              .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count", parallelism=2)
              .sink(sink, name="files", parallelism=1))
     elif shape in WINDOW_SHAPES:
-        build_window(shape, flow, records, rate, sink)
+        build_window(shape, flow, records, rate, sink, drop_late)
     else:
         raise SystemExit(f"unknown shape {shape}")
 
@@ -145,17 +148,22 @@ def _session_key(i: int) -> int:
     return (i // 7) % KEYS
 
 
-def build_window(shape: str, flow: of.Flow, records: int, rate: float, sink: Any) -> None:
+def build_window(shape: str, flow: of.Flow, records: int, rate: float, sink: Any,
+                 drop_late: bool = False) -> None:
     if shape == "window_tumbling":
         ws = of.WatermarkStrategy.bounded_out_of_orderness(10.0).with_timestamps(wt_ts)
         late = of.OutputTag("late")
-        res = (flow.source(of.sources.Range(0, records), name="numbers", parallelism=1,
+        win = (flow.source(of.sources.Range(0, records), name="numbers", parallelism=1,
                            watermarks=ws)
                .map(throttle(rate), name="throttle", parallelism=1)
                .key_by(lambda i: i % KEYS)
-               .window(of.windows.tumbling(WT_SIZE)).allowed_lateness(WT_LATENESS)
-               .side_output_late_data(late)
-               .aggregate(of.agg.count(), name="window"))
+               .window(of.windows.tumbling(WT_SIZE)).allowed_lateness(WT_LATENESS))
+        if drop_late:  # late records are only counted (late_dropped)
+            (win.aggregate(of.agg.count(), name="window")
+                .map(lambda r: ("w", r[0], r[1], r[2], r[3]), name="fmt")
+                .sink(sink, name="files"))
+            return
+        res = win.side_output_late_data(late).aggregate(of.agg.count(), name="window")
         out = res.map(lambda r: ("w", r[0], r[1], r[2], r[3]), name="fmt")
         lt = res.side_output(late).map(lambda i: ("late", i), name="fmt-late")
         out.union(lt, name="both").sink(sink, name="files")
@@ -177,13 +185,20 @@ def build_window(shape: str, flow: of.Flow, records: int, rate: float, sink: Any
             .sink(sink, name="files"))
 
 
-def expected_window(shape: str, records: int) -> Counter[tuple[Any, ...]]:
+def late_count(records: int) -> int:
+    """How many records of window_tumbling are late."""
+    return sum(1 for i in range(records) if wt_late(i))
+
+
+def expected_window(shape: str, records: int, drop_late: bool = False
+                    ) -> Counter[tuple[Any, ...]]:
     out: Counter[tuple[Any, ...]] = Counter()
     if shape == "window_tumbling":
         per: Counter[tuple[Any, ...]] = Counter()
         for i in range(records):
             if wt_late(i):
-                out[("late", i)] += 1
+                if not drop_late:
+                    out[("late", i)] += 1
             else:
                 s = (wt_ts(i) // WT_SIZE) * WT_SIZE
                 per[(i % KEYS, s, s + WT_SIZE)] += 1
@@ -276,6 +291,12 @@ def main() -> None:
     ap.add_argument("--unaligned", action="store_true")
     ap.add_argument("--aligned-timeout", type=float, default=None)
     ap.add_argument("--buffer-time", type=float, default=None)
+    ap.add_argument("--kafka", default=None, metavar="BOOTSTRAP",
+                    help="write into Kafka (exactly-once KafkaSink) instead of files")
+    ap.add_argument("--topic", default="", help="with --kafka: the output topic")
+    ap.add_argument("--prefix", default=None, help="with --kafka: transactional id prefix")
+    ap.add_argument("--drop-late", action="store_true",
+                    help="window_tumbling without a late-data output")
     ap.add_argument("--slow", type=float, default=0.0,
                     help="seconds per record in an operator just before the sink "
                          "(backpressure)")
@@ -295,7 +316,14 @@ def main() -> None:
                               incremental=args.incremental, unaligned=args.unaligned,
                               aligned_timeout=args.aligned_timeout,
                               buffer_time=args.buffer_time)
-    build(args.shape, flow, args.records, args.rate, args.out, args.corpus, args.slow)
+    sink = None
+    if args.kafka:
+        from onceflow.kafka import KafkaSink
+
+        sink = KafkaSink(args.kafka, args.topic, serializer="json",
+                         transactional_id_prefix=args.prefix)
+    build(args.shape, flow, args.records, args.rate, args.out, args.corpus, args.slow, sink,
+          args.drop_late)
     executor: Any = None
     if args.ray:
         import ray
@@ -310,6 +338,7 @@ def main() -> None:
         "checkpoints": len(result.completed_checkpoints),
         "restored_from": result.restored_from,
         "sink_in": result.operators["files"].records_in,
+        "late_dropped": sum(m.late_dropped for m in result.operators.values()),
     }), flush=True)
 
 

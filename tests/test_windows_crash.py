@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import crashjobs
 import pytest
 from jobproc import assert_no_orphans, kill_randomly
 from test_exactly_once import Job
@@ -95,3 +96,22 @@ def test_driver_killed_while_a_window_fires_then_restored(tmp_path: Path) -> Non
     code, _ = job.wait()
     assert code == 0, job.tail(3000)
     job.check_exact()
+
+
+def test_late_dropped_count_is_exact_after_worker_kills(tmp_path: Path) -> None:
+    """Without a late-data output, the count of dropped late records is part of each
+    checkpoint (with the task's record counters): after SIGKILLed workers and restores
+    from checkpoints, JobResult's late_dropped equals the failure-free run's exactly."""
+    rng = random.Random(f"{SEED}-late-dropped")
+    job = Job(tmp_path, "window_tumbling", "--drop-late", "--rate", "6000", records=RECORDS)
+    job.start()
+    delivered = kill_randomly(job, rng, kills=2)
+    code, result = job.wait()
+    assert code == 0, job.tail(3000)
+    assert result is not None and delivered >= 1 and result["restarts"] >= 1, result
+    want_late = crashjobs.late_count(RECORDS)
+    assert want_late > 200
+    assert result["late_dropped"] == want_late, result
+    got = crashjobs.committed(str(job.out))
+    want = crashjobs.expected_window("window_tumbling", RECORDS, drop_late=True)
+    assert got == want, crashjobs.diff(got, want)

@@ -42,7 +42,12 @@ def _stop_mid_run(flow: of.Flow, restore: str | None, out: Path, sp: Path) -> st
 
 
 @pytest.mark.parametrize(("shape", "backend"), [("window_session", "memory"),
-                                                ("window_tumbling", "rocksdb")])
+                                                ("window_tumbling", "rocksdb"),
+                                                ("window_sliding", "memory"),
+                                                pytest.param("window_sliding", "rocksdb",
+                                                             marks=pytest.mark.soak),
+                                                pytest.param("window_tumbling", "memory",
+                                                             marks=pytest.mark.soak)])
 def test_rescale_2_3_1_through_savepoints(tmp_path: Path, shape: str, backend: str) -> None:
     out, sp = tmp_path / "out", tmp_path / "sp"
     s1 = _stop_mid_run(_flow(shape, 2, tmp_path, backend), None, out, sp)

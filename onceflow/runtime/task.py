@@ -304,6 +304,9 @@ class TaskRunner:
                 if counted is not None:
                     op.records_in += counted[0]
                     op.records_out += counted[1]
+                dropped = states[f].get("late_dropped", {}).get(op.uid)
+                if dropped:  # a metric, like the counts: summed, each file counted once
+                    op.late_dropped += dropped  # type: ignore[attr-defined]
         # an unaligned checkpoint's in-flight data, from the same files
         self._replay_inflight([(j, pj, states[f]) for f, j, pj in plan.inherited()])
         if self.source is not None and plan.initial_splits is not None:
@@ -693,6 +696,9 @@ class TaskRunner:
         state = {
             "ops": ops_state,
             "metrics": {op.uid: (op.records_in, op.records_out) for op in self.ops},
+            # late records dropped (windows, interval joins): exact across restores too
+            "late_dropped": {op.uid: n for op in self.ops
+                             if (n := getattr(op, "late_dropped", 0))},
         }
         self.stateful_uids = [uid for uid, st in state["ops"].items() if st is not None]
         try:

@@ -22,6 +22,7 @@ fires the window again at once with the updated result.
 from __future__ import annotations
 
 import math
+from collections import _count_elements  # type: ignore[attr-defined]
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,6 +32,7 @@ from onceflow.errors import ConfigurationError, OnceflowError, UserFunctionError
 from onceflow.graph.logical import Node
 from onceflow.runtime.operators import OperatorEnv, _KeyedOp
 from onceflow.runtime.sessions import MergingWindowSet, merge_sorted
+from onceflow.state.timers import TimerQueue
 from onceflow.windows import EVENT, PROCESSING, Window, _Session, _Sliding, _Tumbling
 
 _INF = math.inf
@@ -344,6 +346,7 @@ class WindowOperator(_KeyedOp):
                ) -> dict[tuple[Any, float], list[Any]]:
         """Records by (key, index of their slice of ``width`` seconds)."""
         kf = self.key_fn
+        self._late_from(batch, ts, lambda r, t: (kf(r), (t - offset) // width))
         groups: dict[tuple[Any, float], list[Any]] = {}
         get = groups.get
         try:
@@ -365,7 +368,7 @@ class WindowOperator(_KeyedOp):
             groups = self._group(batch, ts, size, off)
             for (k, idx), recs in groups.items():
                 s = idx * size + off
-                self._add(k, ((s, s + size),), recs)
+                self._add(k, ((s, s + size),), recs, (k, idx))
             return
         assert isinstance(a, _Sliding)
         size, slide, off = a.size, a.slide, a.offset
@@ -375,11 +378,13 @@ class WindowOperator(_KeyedOp):
             for (k, idx), recs in groups.items():
                 ws = tuple((j * slide + off, j * slide + off + size)
                            for j in range(int(idx) - n + 1, int(idx) + 1))
-                self._add(k, ws, recs)
+                self._add(k, ws, recs, (k, idx))
             return
         # slide does not divide size: a record's windows depend on where in its slide it is
         kf = self.key_fn
         per: dict[tuple[Any, int, int], list[Any]] = {}
+        self._late_from(batch, ts, lambda r, t: (kf(r), int((t - off - size) // slide) + 1,
+                                                 int((t - off) // slide)))
         try:
             for r, t in zip(batch, ts, strict=True):
                 last = int((t - off) // slide)
@@ -389,7 +394,7 @@ class WindowOperator(_KeyedOp):
             self._key_error(batch, e)
         for (k, first, last), recs in per.items():
             self._add(k, tuple((j * slide + off, j * slide + off + size)
-                               for j in range(first, last + 1)), recs)
+                               for j in range(first, last + 1)), recs, (k, first, last))
 
     def _global(self, batch: list[Any], ts: list[float] | None) -> None:
         kf = self.key_fn
@@ -408,9 +413,9 @@ class WindowOperator(_KeyedOp):
         for k, recs in groups.items():
             self._add(k, (_GLOBAL,), recs)
 
-    def _add(self, k: Any, ws: tuple[_W, ...], recs: list[Any]) -> None:
+    def _add(self, k: Any, ws: tuple[_W, ...], recs: list[Any], group: Any = None) -> None:
         """Add one group of records of key ``k`` to its windows ``ws`` (all time windows
-        of the same time, oldest first)."""
+        of the same time, oldest first); ``group``: the group's key in ``_late_from``."""
         table = self.windows
         assert table is not None
         store = self.store
@@ -434,7 +439,7 @@ class WindowOperator(_KeyedOp):
                 d[w] = ad.add_all(ad.create() if acc is None else acc, recs)
             self._on_element(k, d, w, end, wm)
         if not added:
-            self._late(recs)
+            self._late(recs, group=group)
             return
         if d:
             table.put(k, d)
@@ -534,7 +539,7 @@ class WindowOperator(_KeyedOp):
             if not d and len(items) == 1:  # the common case: a new session of one record
                 t0, e0, r = items[0]
                 if e0 + lat <= wm:
-                    self._late([r])
+                    self._late([r], [t0])
                     continue
                 w = (t0, e0)
                 d = {w: ad.add_all(ad.create(), [r])}
@@ -548,13 +553,15 @@ class WindowOperator(_KeyedOp):
                 items.sort(key=_first)
             keep: list[tuple[float, float, Any]] = []
             late: list[Any] = []
+            late_ts: list[float] = []
             for it in items:
                 if it[1] + lat <= wm and not held.intersects((it[0], it[1])):
                     late.append(it[2])
+                    late_ts.append(it[0])
                 else:
                     keep.append(it)
             if late:
-                self._late(late)
+                self._late(late, late_ts)
             for s0, e0, i, j in merge_sorted([(it[0], it[1]) for it in keep]):
                 merged, absorbed = held.add((s0, e0))
                 acc = d.pop(merged, None)
@@ -579,13 +586,45 @@ class WindowOperator(_KeyedOp):
         else:
             store.delete_timer(w[1])
 
-    def _late(self, recs: list[Any]) -> None:
+    def _late(self, recs: list[Any], ts: list[float] | None = None, group: Any = None
+              ) -> None:
+        """Late records: to the late-data side output with their event timestamps (``ts``,
+        or found by their ``group`` key, see ``_late_from``), or counted in
+        ``late_dropped`` (checkpointed with the task's counters, so exact after a restore)."""
         tag = self.late_tag
         if tag is None or tag not in self.side_wanted:
             self.late_dropped += len(recs)
             return
-        for r in recs:
-            self.emit_side(tag, r, None)
+        if ts is None:
+            ts = self._late_ts(group)
+        for r, t in zip(recs, ts, strict=True):
+            self.emit_side(tag, r, t)
+
+    _late_src: tuple[list[Any], list[float], Callable[[Any, float], Any]] | None = None
+    _late_index: dict[Any, list[float]] | None = None
+
+    def _late_from(self, batch: list[Any], ts: list[float],
+                   group_of: Callable[[Any, float], Any]) -> None:
+        """The batch being grouped by ``group_of(record, ts)``: the timestamps of a late
+        group are found from it only when one is late (grouping keeps records only)."""
+        self._late_src = (batch, ts, group_of)
+        self._late_index = None
+
+    def _late_ts(self, group: Any) -> list[float]:
+        idx = self._late_index
+        if idx is None:
+            assert self._late_src is not None
+            batch, ts, group_of = self._late_src
+            idx = {}
+            for r, t in zip(batch, ts, strict=True):
+                g = group_of(r, t)
+                lst = idx.get(g)
+                if lst is None:
+                    idx[g] = [t]
+                else:
+                    lst.append(t)
+            self._late_index = idx
+        return idx[group]
 
     # --- firing --------------------------------------------------------------------------
     def _fire(self, k: Any, d: dict[Any, Any], w: _W) -> None:
@@ -768,7 +807,7 @@ class PaneWindowOperator(WindowOperator):
         for (k, p), recs in groups.items():
             last_end = (p + n) * slide + off  # the end of the last window holding pane p
             if last_end + lat <= wm:
-                self._late(recs)
+                self._late(recs, group=(k, p))
                 continue
             d = get(k)
             fresh = d is None
@@ -806,6 +845,7 @@ class PaneWindowOperator(WindowOperator):
         add = self._add_one
         kf = self.key_fn
         late: list[Any] = []
+        late_ts: list[float] = []
         new: list[tuple[Any, float]] = []
         refire: list[tuple[Any, float]] = []
         # quick filters, one more pane wide than exact; the exact test decides
@@ -818,6 +858,7 @@ class PaneWindowOperator(WindowOperator):
                 p = (t - off) // slide
                 if p <= horizon and (p + n) * slide + off + lat <= wm:
                     late.append(r)
+                    late_ts.append(t)
                     continue
                 d = tget(k)
                 if d is None:
@@ -838,7 +879,7 @@ class PaneWindowOperator(WindowOperator):
             dirty.update(k for k, _ in new)
             dirty.update(kf(r) for r in batch)
         if late:
-            self._late(late)
+            self._late(late, late_ts)
         if new:
             self._pane_timers_for(new, wm, event)
         for k, p in dict.fromkeys(refire):
@@ -1033,5 +1074,399 @@ def make_window_operator(node: Node, key_fn: Callable[[Any], Any]) -> WindowOper
             and tr.interval is None and not tr.purge:
         n = a.size / a.slide if isinstance(a, _Sliding) else 1.0
         if n == int(n):
-            return PaneWindowOperator(node, key_fn)
+            return EventPaneWindowOperator(node, key_fn)  # PaneWindowOperator if not event
+            # time with an aggregate or reduce on the memory backend
     return WindowOperator(node, key_fn)
+
+
+_MISSING = object()
+
+
+class EventPaneWindowOperator(PaneWindowOperator):
+    """Event-time tumbling and sliding windows with an aggregate or reduce on the memory
+    backend (the common case, made fast): state is kept *per pane*, ``{pane index: {key:
+    accumulator}}``, so a watermark fires one window for all keys in one pass over the
+    dicts of its panes, with no timer per key. A count keeps a running window count per key
+    (the next pane added, the expired one subtracted: exact, counts are integers); other
+    functions merge a window's panes in time order, key by key.
+
+    Checkpoints hold what ``PaneWindowOperator`` holds (per key ``{pane: accumulator}`` and
+    an event timer per key at its next window end, plus the lateness cleanup timers), built
+    in the snapshot; so a checkpoint restores into either operator and any backend. On a
+    restore, a key's smallest restored timer says which of its windows fired already
+    (those below it): windows below it are skipped for that key until the firing passes
+    it. Any other backend, or processing time, uses ``PaneWindowOperator`` unchanged."""
+
+    def __init__(self, node: Node, key_fn: Callable[[Any], Any]) -> None:
+        super().__init__(node, key_fn)
+        self.bp: dict[float, dict[Any, Any]] = {}
+        self.fired_j = _NEG_INF  # windows up to this index fired (for all keys)
+        self.resume: dict[Any, float] = {}  # restored keys: their first unfired window
+        self._resume_max = _NEG_INF
+        self._win: dict[Any, int] | None = None  # count: window counts, panes ready for
+        self._win_next = _NEG_INF  # window _win_next (its last pane not added yet)
+        ad = self.adapter
+        fn = getattr(ad, "fn", None)
+        from onceflow.agg import _Count, _Sum
+
+        self._count = isinstance(ad, _AggregateAdapter) and type(fn) is _Count
+        self._plain = isinstance(ad, _AggregateAdapter) and ad.post is None and \
+            type(fn) in (_Count, _Sum)  # the accumulator is the result
+        self._fast = False
+        self._mirror = False  # the state table holds the last snapshot's copy
+
+    def _bind(self) -> None:
+        super()._bind()
+        self._fast = self.time == EVENT and self._fused and type(self.panes) is _FastTable
+
+    # --- records -------------------------------------------------------------------------
+    def _records(self, batch: list[Any], ts: list[float] | None
+                 ) -> tuple[list[Any], list[float] | None]:
+        if not self._fast:
+            return super()._records(batch, ts)
+        assert ts is not None
+        out, out_ts = self._start_batch(batch)
+        if self._mirror:
+            self._drop_mirror()
+        wm = self.watermark
+        slide, off, n, lat = self.slide, self.offset, self.n, self.lateness
+        kf = self.key_fn
+        bp = self.bp
+        if self._count and batch:
+            p = (min(ts) - off) // slide
+            if (p + 1) * slide + off > wm and (max(ts) - off) // slide == p:
+                pd = bp.get(p)  # one pane, on time, not fired: count at C speed
+                if pd is None:
+                    pd = bp[p] = {}
+                try:
+                    _count_elements(pd, map(kf, batch))
+                except Exception as e:
+                    self._key_error(batch, e)
+                return out, out_ts
+        create, add = self.adapter.create, self._add_one
+        count = self._count
+        horizon = (wm - off - lat) / slide - n + 1  # late panes are at most this
+        fired = (wm - off) / slide  # panes with fired windows are at most this
+        late: list[Any] = []
+        late_ts: list[float] = []
+        refire: list[tuple[Any, float]] = []
+        cur_p: float | None = None
+        pd = {}
+        r: Any = None
+        try:
+            for r, t in zip(batch, ts, strict=True):
+                k = kf(r)
+                p = (t - off) // slide
+                if p <= horizon and (p + n) * slide + off + lat <= wm:
+                    late.append(r)
+                    late_ts.append(t)
+                    continue
+                if p != cur_p:
+                    cur_p = p
+                    got = bp.get(p)
+                    if got is None:
+                        got = bp[p] = {}
+                    pd = got
+                if count:
+                    pd[k] = pd.get(k, 0) + 1
+                else:
+                    acc = pd.get(k, _MISSING)
+                    pd[k] = add(r, create() if acc is _MISSING else acc)
+                if p <= fired and (p + 1) * slide + off <= wm:
+                    refire.append((k, p))
+        except Exception as e:
+            if isinstance(e, OnceflowError):
+                raise
+            raise UserFunctionError(self.name, r, e) from e
+        if late:
+            self._late(late, late_ts)
+        if refire:
+            self._win = None  # a fired window changed: rebuild the running counts
+            again: dict[tuple[Any, float], None] = {}
+            for k, p in dict.fromkeys(refire):
+                self._refire_windows(k, p, wm, again)
+            for k, j in again:  # each changed window once, with all of the batch
+                self._emit_key_window(k, j)
+        return out, out_ts
+
+    def _key_acc(self, k: Any, lo: float, j: float) -> Any:
+        """Key ``k``'s accumulator of panes ``lo .. j-1`` (merged in time order), or
+        ``_MISSING``."""
+        bp, merge = self.bp, self.adapter.merge
+        acc: Any = _MISSING
+        q = lo
+        while q < j:
+            pd = bp.get(q)
+            if pd is not None:
+                a = pd.get(k, _MISSING)
+                if a is not _MISSING:
+                    acc = a if acc is _MISSING else merge(acc, a)
+            q += 1.0
+        return acc
+
+    def _refire_windows(self, k: Any, p: float, wm: float,
+                        again: dict[tuple[Any, float], None]) -> None:
+        """Late records within the lateness in pane ``p``: its windows that fired and are
+        not past their lateness fire again (collected in ``again``)."""
+        slide, off, n, lat = self.slide, self.offset, self.n, self.lateness
+        j = p + 1
+        while j <= p + n:
+            e = j * slide + off
+            if e > wm:
+                break
+            if e + lat > wm:
+                again[(k, j)] = None
+            j += 1.0
+
+    def _emit_key_window(self, k: Any, j: float) -> None:
+        acc = self._key_acc(k, j - self.n, j)
+        if acc is _MISSING:
+            return
+        slide, off = self.slide, self.offset
+        start, end = (j - self.n) * slide + off, j * slide + off
+        v = self.adapter.result(k, start, end, acc)
+        if v is not _SKIP:
+            self._out.append((k, start, end, v))
+            self._out_ts.append(math.nextafter(end, _NEG_INF))
+
+    # --- firing --------------------------------------------------------------------------
+    def on_watermark(self, watermark: float) -> tuple[list[Any], list[float] | None]:
+        if not self._fast:
+            return super().on_watermark(watermark)
+        if self._mirror:
+            self._drop_mirror()
+        if watermark == _NEG_INF:
+            return [], None
+        bp = self.bp
+        slide, off, n = self.slide, self.offset, self.n
+        top = math.floor((watermark - off) / slide) if watermark < _INF else _INF
+        if top < _INF:
+            while top * slide + off > watermark:  # the last window end <= watermark
+                top -= 1
+            while (top + 1) * slide + off <= watermark:
+                top += 1
+        if not bp:
+            if top > self.fired_j:
+                self.fired_j = float(top)
+            return [], None
+        ps = sorted(bp)
+        j = max(self.fired_j + 1.0, ps[0] + 1.0)
+        last = min(top, ps[-1] + n)
+        out: list[Any] = []
+        out_ts: list[float] = []
+        self._out, self._out_ts = out, out_ts
+        if j <= last:
+            self._firings += 1
+            _faults.point("window.fire", operator=self.name, subtask=self.subtask,
+                          firing=self._firings)
+            i = 0  # ps[i]: the first pane >= j - n
+            while j <= last:
+                while i < len(ps) and ps[i] < j - n:
+                    i += 1
+                if i == len(ps):
+                    break
+                if ps[i] >= j:  # no pane in window j: jump to the next pane's first window
+                    j = ps[i] + 1.0
+                    continue
+                self._fire_window(j)
+                j += 1.0
+        if top > self.fired_j:
+            self.fired_j = float(top)
+        self._clean(watermark)
+        if out:
+            _faults.point("window.fired", operator=self.name, subtask=self.subtask,
+                          firing=self._firings)
+        return out, out_ts
+
+    def _fire_window(self, j: float) -> None:
+        """Fire window ``j`` (panes ``j-n .. j-1``) for every key that has records in it."""
+        bp, n, slide, off = self.bp, self.n, self.slide, self.offset
+        lo = j - n
+        start, end = lo * slide + off, j * slide + off
+        vals: dict[Any, Any]
+        if self._count:
+            w = self._win
+            if w is None or self._win_next != j:  # (re)build from the window's panes
+                w = {}
+                q = lo
+                while q < j - 1:
+                    pd = bp.get(q)
+                    if pd:
+                        _add_counts(w, pd)
+                    q += 1.0
+            pd = bp.get(j - 1)
+            if pd:
+                _add_counts(w, pd)
+            self._win = vals = w
+        else:
+            pds = []
+            q = lo
+            while q < j:
+                pd = bp.get(q)
+                if pd:
+                    pds.append(pd)
+                q += 1.0
+            if len(pds) == 1:
+                vals = pds[0]
+            else:
+                vals = dict(pds[0])
+                merge = self.adapter.merge
+                get = vals.get
+                for pd in pds[1:]:
+                    for k, a in pd.items():
+                        prev = get(k, _MISSING)
+                        vals[k] = a if prev is _MISSING else merge(prev, a)
+        resume = self.resume
+        if resume and j >= self._resume_max:
+            resume.clear()
+        if resume:
+            vals = {k: v for k, v in vals.items() if resume.get(k, _NEG_INF) <= j}
+        if self._plain:
+            emitted = [(k, start, end, v) for k, v in vals.items()]
+        else:
+            result = self.adapter.result
+            emitted = []
+            for k, acc in vals.items():
+                v = result(k, start, end, acc)
+                if v is not _SKIP:
+                    emitted.append((k, start, end, v))
+        self._out.extend(emitted)
+        self._out_ts.extend([math.nextafter(end, _NEG_INF)] * len(emitted))
+        if self._count:  # the oldest pane leaves: the counts are ready for window j + 1
+            w = self._win
+            assert w is not None
+            old = bp.get(lo)
+            if old:
+                for k, a in old.items():
+                    c = w[k] - a
+                    if c:
+                        w[k] = c
+                    else:
+                        del w[k]
+            self._win_next = j + 1.0
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
+        if not self._fast:
+            return super().snapshot(checkpoint_id, savepoint)
+        store = self.store
+        if isinstance(store, TimerQueue):  # the memory store: list the timers directly
+            store.extra_event_timers = self._materialize(listed=True)
+            try:
+                return super().snapshot(checkpoint_id, savepoint)
+            finally:
+                store.extra_event_timers = None
+        self._materialize(listed=False)
+        try:
+            return super().snapshot(checkpoint_id, savepoint)
+        finally:  # the timers were for the snapshot only (listed in its sync phase)
+            store.pop_due_event_timers(_INF)
+
+    _snap_keys: set[Any] | frozenset[Any] = frozenset()
+
+    def _materialize(self, listed: bool) -> list[tuple[float, Any]]:
+        """Write the panes into the state table as ``PaneWindowOperator`` keeps them, with
+        its timers: per key, the first window not fired yet, and with lateness each pane's
+        cleanup (``listed``: returned as a list, else registered in the store). The copy
+        is dropped at the next batch or watermark."""
+        table = self.panes
+        assert isinstance(table, _FastTable)
+        tab, dirty = table.t, table.dirty
+        tab.clear()
+        for p in sorted(self.bp):
+            for k, acc in self.bp[p].items():
+                d = tab.get(k)
+                if d is None:
+                    tab[k] = {p: acc}
+                else:
+                    d[p] = acc
+        if dirty is not None:  # changelog: every key written now or in the last snapshot
+            dirty.update(self._snap_keys)
+            dirty.update(tab)
+            self._snap_keys = set(tab)
+        store = self.store
+        scope = store.scope
+        listing: list[tuple[float, Any]] = []
+        reg: Callable[[float], None] = store.register_event_timer
+        if listed:
+            def reg(t: float) -> None:  # listed instead of registered
+                listing.append((t, k))
+        slide, off, lat, clean = self.slide, self.offset, self.lateness, self.clean_after
+        base = self.fired_j + 1.0
+        resume = self.resume
+        if listed and not resume and not lat:  # the same as the loop below, in bulk
+            if base > _NEG_INF:
+                bt = base * slide + off
+                listing = [(bt, k) for k in tab]
+            listing += [((p0 + 1.0) * slide + off, k) for k, d in tab.items()
+                        if (p0 := next(iter(d))) + 1.0 > base]
+            self._mirror = True
+            return listing
+        for k, d in tab.items():  # d's panes in time order
+            scope.key = k
+            b = base  # the key's first window not fired yet
+            if resume:
+                u = resume.get(k)
+                if u is not None and u > b:
+                    b = u
+            if b > _NEG_INF:
+                reg(b * slide + off)  # also marks where the firing was (see restore)
+            first = next(iter(d)) + 1.0
+            if first > b:
+                reg(first * slide + off)
+            if lat:
+                for p in d:
+                    reg((p + clean) * slide + off)
+        self._mirror = True
+        return listing
+
+    def _drop_mirror(self) -> None:
+        table = self.panes
+        assert isinstance(table, _FastTable)
+        table.t.clear()
+        self._mirror = False
+
+    def restore(self, states: list[Any], filter_keys: bool) -> None:
+        super().restore(states, filter_keys)
+        if not self._fast:
+            return
+        table = self.panes
+        assert isinstance(table, _FastTable)
+        tab = table.t
+        slide, off, n = self.slide, self.offset, self.n
+        first: dict[Any, float] = {}
+        for t, k in self.store.pop_due_event_timers(_INF):
+            j = float(round((t - off) / slide))
+            if j < first.get(k, _INF):
+                first[k] = j
+        bp: dict[float, dict[Any, Any]] = {}
+        resume: dict[Any, float] = {}
+        for k, d in tab.items():
+            for p, acc in d.items():
+                pd = bp.get(p)
+                if pd is None:
+                    pd = bp[p] = {}
+                pd[k] = acc
+            # windows below the key's first timer fired before (this operator's snapshots
+            # have one at the first window not fired, as PaneWindowOperator's chain of
+            # timers); no timer: all of them
+            resume[k] = first.get(k, max(d) + n + 1.0)
+        self.bp, self.resume = bp, resume
+        self._resume_max = max(resume.values(), default=_NEG_INF)
+        self.fired_j = _NEG_INF
+        self._win = None
+        if table.dirty is not None:
+            self._snap_keys = set(tab)
+        tab.clear()  # the panes are in bp now
+
+    def _clean(self, wm: float) -> None:
+        """Drop the panes all of whose windows are past their lateness."""
+        slide, off, n, lat = self.slide, self.offset, self.n, self.lateness
+        for p in [p for p in self.bp if (p + n) * slide + off + lat <= wm]:
+            del self.bp[p]
+
+
+def _add_counts(w: dict[Any, int], pd: dict[Any, int]) -> None:
+    get = w.get
+    for k, c in pd.items():
+        w[k] = get(k, 0) + c

@@ -115,8 +115,15 @@ class TimerQueue:
         return len(self._proc.members) + len(self._event.members)
 
     # --- snapshot / restore --------------------------------------------------------------
+    # event timers an operator keeps itself (the event-time pane windows: no timer per key
+    # while running), listed in the next snapshot as if registered here
+    extra_event_timers: list[tuple[float, Any]] | None = None
+
     def timers_snapshot(self) -> dict[str, list[tuple[float, Any]]]:
-        return {"timers": self._proc.listing(), "event_timers": self._event.listing()}
+        event = self._event.listing()
+        if self.extra_event_timers:
+            event.extend(self.extra_event_timers)
+        return {"timers": self._proc.listing(), "event_timers": event}
 
     def restore_timers(self, snap: dict[str, Any], filter_by_range: bool) -> None:
         """Register the timers of a snapshot; after a rescale only those of this subtask's

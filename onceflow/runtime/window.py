@@ -1102,6 +1102,7 @@ class EventPaneWindowOperator(PaneWindowOperator):
         self.bp: dict[float, dict[Any, Any]] = {}
         self.fired_j = _NEG_INF  # windows up to this index fired (for all keys)
         self.resume: dict[Any, float] = {}  # restored keys: their first unfired window
+        self.restored_panes: dict[Any, list[float]] = {}  # ... and their restored panes
         self._resume_max = _NEG_INF
         self._win: dict[Any, int] | None = None  # count: window counts, panes ready for
         self._win_next = _NEG_INF  # window _win_next (its last pane not added yet)
@@ -1319,8 +1320,11 @@ class EventPaneWindowOperator(PaneWindowOperator):
         resume = self.resume
         if resume and j >= self._resume_max:
             resume.clear()
-        if resume:
-            vals = {k: v for k, v in vals.items() if resume.get(k, _NEG_INF) <= j}
+            self.restored_panes.clear()
+        if resume:  # skip a key only where this window fired before the restore for it
+            rp = self.restored_panes
+            vals = {k: v for k, v in vals.items() if resume.get(k, _NEG_INF) <= j
+                    or not any(lo <= q < j for q in rp.get(k, ()))}
         if self._plain:
             emitted = [(k, start, end, v) for k, v in vals.items()]
         else:
@@ -1441,17 +1445,21 @@ class EventPaneWindowOperator(PaneWindowOperator):
                 first[k] = j
         bp: dict[float, dict[Any, Any]] = {}
         resume: dict[Any, float] = {}
+        restored: dict[Any, list[float]] = {}
         for k, d in tab.items():
             for p, acc in d.items():
                 pd = bp.get(p)
                 if pd is None:
                     pd = bp[p] = {}
                 pd[k] = acc
-            # windows below the key's first timer fired before (this operator's snapshots
-            # have one at the first window not fired, as PaneWindowOperator's chain of
-            # timers); no timer: all of them
+            # the windows below the key's first timer that hold one of its restored panes
+            # fired before (this operator's snapshots have a timer at the first window not
+            # fired, as PaneWindowOperator's chain of timers has); no timer: all of them.
+            # Windows below it without a restored pane of the key had no records of it:
+            # one that arrives now (out of order, not late) must still fire there.
             resume[k] = first.get(k, max(d) + n + 1.0)
-        self.bp, self.resume = bp, resume
+            restored[k] = list(d)
+        self.bp, self.resume, self.restored_panes = bp, resume, restored
         self._resume_max = max(resume.values(), default=_NEG_INF)
         self.fired_j = _NEG_INF
         self._win = None

@@ -94,7 +94,7 @@ def _maxrss_mb(who: int) -> float:
 
 
 def run_one(query: str, parallelism: int, backend: str, events: int, interval: float,
-            kafka: tuple[str, str] | None = None) -> dict:
+            kafka: tuple[str, str] | None = None, output_topic: str | None = None) -> dict:
     from queries import build
 
     import onceflow as of
@@ -115,9 +115,10 @@ def run_one(query: str, parallelism: int, backend: str, events: int, interval: f
 
             from onceflow.kafka import KafkaSink
 
-            out = f"{kafka[1]}-{query}-p{parallelism}-{backend}-{os.getpid()}"
-            admin = AdminClient({"bootstrap.servers": kafka[0]})
-            admin.create_topics([NewTopic(out, 2, 1)])[out].result(timeout=30)
+            out = output_topic or f"{kafka[1]}-{query}-p{parallelism}-{backend}-{os.getpid()}"
+            if output_topic is None:
+                admin = AdminClient({"bootstrap.servers": kafka[0]})
+                admin.create_topics([NewTopic(out, 2, 1)])[out].result(timeout=30)
             sink = KafkaSink(kafka[0], out, serializer="json")
         build(flow, query, NexmarkConfig(events=events), sink, kafka=kafka)
         result = flow.run()
@@ -182,6 +183,9 @@ def _prefill(args: argparse.Namespace) -> None:
     r = subprocess.run([str(root / "scripts" / "kafka"), "start"], capture_output=True,
                        text=True, check=True)
     args.bootstrap = r.stdout.strip().splitlines()[-1].strip()
+    if args.topic:  # reuse a topic a previous invocation filled with the same events
+        args.kafka_topic = args.topic
+        return
     args.kafka_topic = f"nexmark-w5-{args.events}-{os.getpid()}"
     t0 = time.perf_counter()
     prefill_kafka(args.bootstrap, args.kafka_topic, NexmarkConfig(events=args.events),
@@ -279,7 +283,10 @@ def main() -> int:
                     help="events from the generator in-process, or pre-filled Kafka topics")
     ap.add_argument("--stem", default=None, help="results file name under results/ "
                     "(default nexmark, nexmark-kafka with --input kafka)")
+    ap.add_argument("--topic", default=None, help="--input kafka: read this topic, already "
+                    "filled by an earlier invocation with the same --events (no pre-fill)")
     ap.add_argument("--bootstrap", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--output-topic", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--kafka-topic", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--one", action="store_true", help="one run in this process (JSON line)")
@@ -290,7 +297,7 @@ def main() -> int:
     if args.one:
         kafka = (args.bootstrap, args.kafka_topic) if args.kafka_topic else None
         print(json.dumps(run_one(args.query, args.parallelism, args.backend, args.events,
-                                 args.interval, kafka)), flush=True)
+                                 args.interval, kafka, args.output_topic)), flush=True)
         return 0
     args.stem = args.stem or ("nexmark" if args.input == "generator" else "nexmark-kafka")
     return main_parent(args)

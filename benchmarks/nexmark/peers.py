@@ -120,6 +120,7 @@ def count_committed(bootstrap: str, topic: str, timeout: float = 120) -> int:
                     eof.add(m.partition())
                     continue
                 raise ck.KafkaException(m.error())
+            eof.discard(m.partition())
             n += 1
     c.close()
     return n

@@ -322,8 +322,9 @@ Notes:
 - **Where q5's time goes** (onceflow, in-process, cProfile of the worker:
   nexmark-q5-profile.txt): the generator 33 %, the sliding window's record path (5 panes
   per bid, a timer per new pane) 23 %, firing the windows on watermarks 24 %, the
-  timestamp function 6 %, the filter 4 %, the rest about 10 %. Over Kafka the generator's
-  share goes to JSON parsing in the source and JSON + transactional produce in the sink.
+  timestamp function 6 %, the filter 4 %, the rest about 10 %. Over Kafka the generator
+  is replaced by the source's JSON parsing and the sink's JSON and transactional produce
+  (not profiled).
 - **Noise**: this 2-core machine was shared with other helpers' test suites, a full
   `make test` and a soak run during these measurements (load average 15-19): wall-clock
   events/s are depressed several-fold and noisy for every system; events/s per core (CPU

@@ -319,6 +319,14 @@ Notes:
 - **onceflow**: `benchmarks/nexmark/run.py --one ... --input kafka` at parallelism 1 (the
   same program as `make nexmark NEXMARK_ARGS="--input kafka"`), KafkaSource → query →
   KafkaSink(exactly_once, a transactional id prefix per run).
+- **The invalid runs of the 2026-12-01 invocation** (listed below; medians are over the
+  valid runs, so q0 onceflow (memory) and q5 Flink SQL have 2): q0 onceflow (memory) run 1
+  ran while another onceflow job of the same flow name (`make nexmark --input kafka`)
+  wrote to Kafka with the same default transactional id prefix: the two fenced each
+  other, and the run exited 0 with 36,094 of its 184,000 rows committed (reported as a
+  KafkaSink bug: a fenced job must fail, not finish); run.py now gives every run its own
+  prefix. q5 Flink SQL run 1 failed planning (Flink 2.2's window Top-N accepts only
+  ROW_NUMBER); its SQL was rewritten (peer_flink.py) before run 2.
 - **Where q5's time goes** (onceflow, in-process, cProfile of the worker:
   nexmark-q5-profile.txt): the generator 33 %, the sliding window's record path (5 panes
   per bid, a timer per new pane) 23 %, firing the windows on watermarks 24 %, the

@@ -225,7 +225,9 @@ def summarize(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace,
                      "events_per_s_median": _med(rs, "events_per_s"),
                      "events_per_cpu_s_median": _med(rs, "events_per_cpu_s"),
                      "events_per_s_incl_startup_median": _med(rs, "events_per_s_incl_startup"),
-                     "peak_rss_mb_median": _med(rs, "peak_rss_mb"), "runs": rs})
+                     "peak_rss_mb_median": _med(rs, "peak_rss_mb"),
+                     "checkpoint_size_bytes_median": _med(rs, "checkpoint_size_bytes"),
+                     "runs": rs})
     ratios = []
     pairs = [("onceflow-memory", "flink-hashmap"), ("onceflow-rocksdb", "flink-rocksdb"),
              ("onceflow-memory", "bytewax")]
@@ -316,6 +318,10 @@ Notes:
   not per Kafka partition, so its EventClock waits for the input's whole event-time span
   (see peer_bytewax.py; with a 2 s or 10 s wait it dropped on-time events as late). One
   worker.
+- **Checkpoint size** (onceflow only: the largest completed checkpoint of the run, bytes;
+  Flink's and Bytewax's are not measured). Most runs here end within 10 s, before the
+  first periodic checkpoint, so this is mostly the final checkpoint's: the state left after
+  every window closed (RocksDB's includes its SST files).
 - **onceflow**: `benchmarks/nexmark/run.py --one ... --input kafka` at parallelism 1 (the
   same program as `make nexmark NEXMARK_ARGS="--input kafka"`), KafkaSource → query →
   KafkaSink(exactly_once, a transactional id prefix per run).
@@ -355,8 +361,8 @@ def render(res: dict[str, Any]) -> str:
         f"{res['runs']}.",
         "",
         "| query | system | rows (reference) | events/s | events/s per core | "
-        "events/s incl. start-up | peak memory MB | valid runs |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        "events/s incl. start-up | peak memory MB | checkpoint size B | valid runs |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in res["rows"]:
         lines.append(
@@ -364,7 +370,8 @@ def render(res: dict[str, Any]) -> str:
             f"({_f(r['reference'])}) | {_f(r['events_per_s_median'])} | "
             f"{_f(r['events_per_cpu_s_median'])} | "
             f"{_f(r['events_per_s_incl_startup_median'])} | "
-            f"{_f(r['peak_rss_mb_median'], 1)} | {r['valid_runs']}/{r['total_runs']} |")
+            f"{_f(r['peak_rss_mb_median'], 1)} | {_f(r.get('checkpoint_size_bytes_median'))} | "
+            f"{r['valid_runs']}/{r['total_runs']} |")
     lines += ["", "Ratios onceflow / peer (medians; truncated to two decimals):", "",
               "| query | onceflow | peer | events/s | events/s per core |",
               "|---|---|---|---:|---:|"]
@@ -431,6 +438,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.render_only:
         res = json.loads((RESULTS / f"{args.stem}.json").read_text())
+        for r in res["rows"]:  # figures added to the summary after a run was saved
+            r.setdefault("checkpoint_size_bytes_median", _med(r["runs"], "checkpoint_size_bytes"))
         (RESULTS / f"{args.stem}.md").write_text(render(res))
         plot(res, RESULTS / f"{args.stem}.png")
         return 0

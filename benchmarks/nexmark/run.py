@@ -228,8 +228,10 @@ def main_parent(args: argparse.Namespace) -> int:
     if args.input == "kafka":
         _prefill(args)
     queries = args.queries.split(",") if args.queries else available_queries()
+    configs = ([(int(c.split("-")[0][1:]), c.split("-")[1]) for c in args.configs.split(",")]
+               if args.configs else CONFIGS)
     runs: dict[tuple[str, int, str], list[dict]] = {(q, p, b): [] for q in queries
-                                                    for p, b in CONFIGS}
+                                                    for p, b in configs}
     for i in range(args.runs):
         for key in runs:
             rec = run_subprocess(*key, args)
@@ -310,6 +312,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--interval", type=float, default=10.0, help="checkpoint interval, s")
     ap.add_argument("--queries", default=None, help="comma-separated (default: all there)")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated, e.g. p1-memory,p2-rocksdb (default: all four)")
     ap.add_argument("--input", choices=["generator", "kafka"], default="generator",
                     help="events from the generator in-process, or pre-filled Kafka topics")
     ap.add_argument("--stem", default=None, help="results file name under results/ "

@@ -78,6 +78,12 @@ bench-w2: $(VENV)/.synced
 nexmark: $(VENV)/.synced
 	$(PY) benchmarks/nexmark/run.py $(NEXMARK_ARGS)
 
+# Nexmark over Kafka against the peers (Flink SQL via PyFlink, Bytewax), same topic, 3
+# interleaved runs (benchmarks/results/nexmark-peers.*; builds compare's peer venvs).
+.PHONY: nexmark-peers
+nexmark-peers: $(VENV)/.synced
+	$(PY) benchmarks/nexmark/peers.py $(NEXMARK_PEERS_ARGS)
+
 # onceflow against PyFlink, Bytewax and Quix Streams on W1 and W2 (not part of make test;
 # installs each peer in benchmarks/compare/.venvs/, needs Java 17 + mvn and the Kafka broker).
 compare: $(VENV)/.synced

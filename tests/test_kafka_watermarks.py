@@ -9,15 +9,13 @@ then fire while the unbounded job runs, with exact counts.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import confluent_kafka as ck  # a missing client must fail the suite, not skip it
-import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_util import new_topic
 
 import onceflow as of
 from onceflow.kafka import KafkaSource
@@ -25,27 +23,8 @@ from onceflow.kafka import KafkaSource
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def bootstrap() -> str:
-    proc = subprocess.run([str(ROOT / "scripts" / "kafka"), "start"], capture_output=True,
-                          text=True, timeout=180)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.fail(f"scripts/kafka start failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc.stdout.strip().splitlines()[-1]
-
-
 def _topic(bootstrap: str, partitions: int) -> str:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    name = f"wm-{uuid.uuid4().hex[:8]}"
-    admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                  replication_factor=1)])[name].result(timeout=30)
-    deadline = time.monotonic() + 30
-    while True:
-        t = admin.list_topics(topic=name, timeout=30).topics.get(name)
-        if t is not None and t.error is None and len(t.partitions) == partitions:
-            return name
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    return new_topic(bootstrap, partitions, "wm")
 
 
 def _events() -> list[tuple[int, dict[str, Any]]]:

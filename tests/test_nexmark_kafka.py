@@ -1,29 +1,34 @@
-"""prefill_kafka against the real broker (``scripts/kafka``): the topic holds exactly the
-generator's events as JSON, event ``n`` in partition ``n % partitions``, in order."""
+"""Nexmark and the real Kafka broker (``scripts/kafka``): prefill_kafka writes exactly the
+generator's events as JSON (event ``n`` in partition ``n % partitions``, in order); queries
+read them from Kafka and write their results to Kafka exactly-once; and q5, q7 and q8 into
+Kafka stay exact while their workers and their driver are SIGKILLed, at random moments and
+at named points of the checkpoint and commit protocol (tests/nexmarkkafkajob.py; the
+driver is then restarted with ``restore="latest"``): a read_committed reader sees exactly
+DuckDB's rows over the same events, each once. More rounds: ``-m soak``."""
 
 from __future__ import annotations
 
-import subprocess
+import os
+import random
+import signal
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka as ck  # a missing client must fail the suite, not skip it
+import joinjobs
 import orjson
 import pytest
+from jobproc import JobProcess, assert_no_orphans, kill_randomly
+from kafka_util import new_topic
 
+from onceflow.kafka import list_lingering
 from onceflow.nexmark import Generator, NexmarkConfig, prefill_kafka
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def bootstrap() -> str:
-    proc = subprocess.run([str(ROOT / "scripts" / "kafka"), "start"], capture_output=True,
-                          text=True, timeout=180)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.fail(f"scripts/kafka start failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc.stdout.strip().splitlines()[-1]
+SEED = int(os.environ.get("ONCEFLOW_TEST_SEED", "20261201"))
 
 
 def test_prefill_writes_the_generators_events_per_partition_in_order(bootstrap: str) -> None:
@@ -96,8 +101,7 @@ def test_a_query_from_kafka_into_kafka_exactly_once_equals_duckdb(
     config = NexmarkConfig(events=30_000, seed=21, out_of_orderness=1.0)
     events, results = f"nexmark-in-{run}", f"nexmark-{query}-{run}"
     prefill_kafka(bootstrap, events, config, partitions=8)
-    admin = ck.admin.AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([ck.admin.NewTopic(results, 2, 1)])[results].result(timeout=30)
+    new_topic_named(bootstrap, results, 2)
     flow = of.Flow(f"nexmark-kafka-{query}-{run}", parallelism=2)
     flow.enable_checkpointing(0.3, tmp_path / "ck")
     sink = KafkaSink(bootstrap, results, serializer="json")
@@ -108,3 +112,129 @@ def test_a_query_from_kafka_into_kafka_exactly_once_equals_duckdb(
     assert sum(want.values()) > 20
     assert got == want
     assert result.records_in("results") == sum(want.values())
+
+
+def new_topic_named(bootstrap: str, name: str, partitions: int) -> None:
+    admin = ck.admin.AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([ck.admin.NewTopic(name, partitions, 1)])[name].result(timeout=30)
+
+
+# --- q5, q7, q8 into Kafka under SIGKILL ------------------------------------------------------
+RECORDS = 20_000  # 20 s of event time (joinjobs.nexmark_query_config): q7/q8 2 windows
+
+
+class NexmarkKafkaJob(JobProcess):
+    """tests/nexmarkkafkajob.py: one query into a fresh topic, the driver a subprocess."""
+
+    def __init__(self, tmp: Path, bootstrap: str, query: str, *extra: str,
+                 kafka_input: bool = False) -> None:
+        super().__init__(tmp)
+        self.bootstrap, self.query = bootstrap, query
+        self.output = new_topic(bootstrap, 2, f"nx-{query}")
+        self.prefix = f"nx-{uuid.uuid4().hex[:8]}"
+        self.extra = list(extra)
+        if kafka_input:
+            self.input = new_topic(bootstrap, 8, "nx-in")
+            prefill_kafka(bootstrap, self.input, joinjobs.nexmark_query_config(RECORDS),
+                          partitions=8, create=False)
+            self.extra += ["--input", self.input]
+
+    def command(self) -> list[str]:
+        return [str(ROOT / "tests" / "nexmarkkafkajob.py"), self.query, "--bootstrap",
+                self.bootstrap, "--output", self.output, "--prefix", self.prefix, "--ckpt",
+                str(self.tmp / "ckpt"), "--records", str(RECORDS), "--rate", "6000",
+                *self.extra]
+
+    def kill_driver(self) -> None:
+        """SIGKILL the driver; its workers must exit by themselves."""
+        assert self.proc is not None
+        workers = [w.pid for w in self.workers()]
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        assert_no_orphans(workers, within=10)
+
+    def check(self) -> None:
+        got = Counter(tuple(r) for r in _read_committed(self.bootstrap, self.output))  # type: ignore[arg-type]
+        want = joinjobs.expected(f"nexmark-{self.query}", RECORDS)
+        assert sum(want.values()) >= 2
+        extra, missing = list((got - want).items())[:3], list((want - got).items())[:3]
+        assert got == want, (f"{sum(got.values())} committed vs {sum(want.values())}: "
+                             f"{extra=} {missing=}\n{self.tail(3000)}")
+        open_txns = [t for t in list_lingering(self.bootstrap, self.prefix)
+                     if t[2] not in ("Empty", "CompleteCommit", "CompleteAbort")]
+        assert not open_txns, f"transactions of the sink left open: {open_txns}"
+
+
+def _await(path: Path, job: NexmarkKafkaJob, timeout: float = 90) -> None:
+    assert job.proc is not None
+    deadline = time.monotonic() + timeout
+    while not path.exists() and job.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), f"fault never fired\n{job.tail(3000)}"
+
+
+def _finish(job: NexmarkKafkaJob, rng: random.Random, worker_kills: int = 1
+            ) -> dict[str, Any]:
+    """Restart the killed job from its latest checkpoint, kill a worker of the restored run
+    at random moments, and wait for it to finish."""
+    time.sleep(0.3)
+    job.start("--restore", "latest")
+    kill_randomly(job, rng, kills=worker_kills, pause=(0.5, 1.5))
+    code, result = job.wait(timeout=240)
+    assert code == 0, job.tail(3000)
+    assert result is not None
+    return result
+
+
+# (query, backend, events from Kafka, the named fault, which process it kills)
+CRASHES = [
+    ("q5", "memory", False, "sink.mid_commit@min_checkpoint=2", "worker"),
+    ("q7", "rocksdb", True, "coordinator.after_metadata_rename@checkpoint=3", "driver"),
+    ("q8", "memory", False, "sink.before_commit@min_checkpoint=2", "worker"),
+]
+
+
+def _crash_round(tmp: Path, bootstrap: str, query: str, backend: str, kafka_input: bool,
+                 fault: str, rng: random.Random) -> None:
+    """A named fault kills a worker (the job restarts itself) or the driver; then the
+    driver is SIGKILLed at a random moment (if the fault did not already kill it), the job
+    is restarted from its latest checkpoint and a worker of that run is killed at random."""
+    token = tmp / "fault-fired"
+    job = NexmarkKafkaJob(tmp, bootstrap, query, "--backend", backend,
+                          kafka_input=kafka_input)
+    job.start(env={"ONCEFLOW_FAULT": fault, "ONCEFLOW_FAULT_TOKEN": str(token)})
+    _await(token, job)
+    assert job.proc is not None
+    if job.proc.poll() is None:  # a worker died: the driver restarts it; now kill the driver
+        time.sleep(rng.uniform(0.3, 1.2))
+        if job.proc.poll() is None:
+            job.kill_driver()
+    else:
+        assert job.proc.returncode == -signal.SIGKILL, job.tail(3000)
+    result = _finish(job, rng)
+    assert result["restored_from"] or result["checkpoints"] >= 1
+    job.check()
+
+
+@pytest.mark.parametrize(("query", "backend", "kafka_input", "fault", "kills"), CRASHES)
+def test_query_into_kafka_stays_exact_when_workers_and_driver_are_killed(
+        tmp_path: Path, bootstrap: str, query: str, backend: str, kafka_input: bool,
+        fault: str, kills: str) -> None:
+    _crash_round(tmp_path, bootstrap, query, backend, kafka_input, fault,
+                 random.Random(f"{SEED}-{query}"))
+
+
+SOAK_POINTS = ["sink.after_pre_commit@min_checkpoint=2", "sink.mid_commit@min_checkpoint=3",
+               "sink.before_commit@min_checkpoint=4", "snapshot.sync@min_checkpoint=2",
+               "coordinator.before_metadata_rename@checkpoint=3",
+               "coordinator.after_metadata_rename@checkpoint=4"]
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("query", ["q5", "q7", "q8"])
+@pytest.mark.parametrize("point", SOAK_POINTS)
+def test_soak_query_into_kafka_at_every_named_point(tmp_path: Path, bootstrap: str,
+                                                    query: str, point: str) -> None:
+    rng = random.Random(f"{SEED}-{query}-{point}")
+    _crash_round(tmp_path, bootstrap, query, rng.choice(["memory", "rocksdb"]),
+                 rng.random() < 0.5, point, rng)

@@ -18,8 +18,8 @@ q1 also equal the number of bids, 46 of every 50 events).
 writing results to Kafka in transactions (exactly-once); results in nexmark-kafka.json/.md.
 
 Results: benchmarks/results/nexmark.json and nexmark.md. q4, q5, q7, q8 and q11 run when
-the window operator is present. Not measured here (not done): the peers (Flink SQL,
-Bytewax, Quix).
+the window operator is present. The peers (Flink SQL, Bytewax) on the same Kafka events:
+peers.py (``make nexmark-peers``).
 """
 
 from __future__ import annotations
@@ -93,8 +93,34 @@ def _maxrss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
+def count_committed(bootstrap: str, topic: str, timeout: float = 120) -> int:
+    """Records a read_committed consumer sees in ``topic``, up to the end of each partition
+    (the job has finished: nothing is pending)."""
+    import uuid
+
+    import confluent_kafka as ck
+
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}",
+                     "isolation.level": "read_committed", "enable.auto.commit": False,
+                     "enable.partition.eof": True})
+    md = c.list_topics(topic, timeout=30).topics[topic]
+    c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in md.partitions])
+    n, eof, deadline = 0, set(), time.monotonic() + timeout
+    while len(eof) < len(md.partitions) and time.monotonic() < deadline:
+        for m in c.consume(10000, timeout=0.5):
+            if m.error():
+                if m.error().code() == ck.KafkaError._PARTITION_EOF:
+                    eof.add(m.partition())
+                    continue
+                raise ck.KafkaException(m.error())
+            eof.discard(m.partition())
+            n += 1
+    c.close()
+    return n
+
+
 def run_one(query: str, parallelism: int, backend: str, events: int, interval: float,
-            kafka: tuple[str, str] | None = None) -> dict:
+            kafka: tuple[str, str] | None = None, output_topic: str | None = None) -> dict:
     from queries import build
 
     import onceflow as of
@@ -115,10 +141,14 @@ def run_one(query: str, parallelism: int, backend: str, events: int, interval: f
 
             from onceflow.kafka import KafkaSink
 
-            out = f"{kafka[1]}-{query}-p{parallelism}-{backend}-{os.getpid()}"
-            admin = AdminClient({"bootstrap.servers": kafka[0]})
-            admin.create_topics([NewTopic(out, 2, 1)])[out].result(timeout=30)
-            sink = KafkaSink(kafka[0], out, serializer="json")
+            out = output_topic or f"{kafka[1]}-{query}-p{parallelism}-{backend}-{os.getpid()}"
+            if output_topic is None:
+                admin = AdminClient({"bootstrap.servers": kafka[0]})
+                admin.create_topics([NewTopic(out, 2, 1)])[out].result(timeout=30)
+            # transactional ids unique per run: runs of the same query (this benchmark's,
+            # peers.py's) share the flow name, and so the default prefix; jobs sharing
+            # transactional ids fence each other's transactions
+            sink = KafkaSink(kafka[0], out, serializer="json", transactional_id_prefix=out)
         build(flow, query, NexmarkConfig(events=events), sink, kafka=kafka)
         result = flow.run()
         ru_self = resource.getrusage(resource.RUSAGE_SELF)
@@ -127,8 +157,8 @@ def run_one(query: str, parallelism: int, backend: str, events: int, interval: f
         problems = []
         if kafka is None:
             counted = sum(json.loads(f.read_text())["n"] for f in Path(sink_dir).glob("sink-*"))
-        else:  # the transactional sink's exactly-once record count
-            counted = result.records_in("results")
+        else:  # what a read_committed consumer sees in the output topic
+            counted = count_committed(kafka[0], out)
         if counted != result.records_in("results"):
             problems.append(f"sink counted {counted}, job says {result.records_in('results')}")
         bids = events // 50 * 46 + max(0, events % 50 - 4)
@@ -182,6 +212,9 @@ def _prefill(args: argparse.Namespace) -> None:
     r = subprocess.run([str(root / "scripts" / "kafka"), "start"], capture_output=True,
                        text=True, check=True)
     args.bootstrap = r.stdout.strip().splitlines()[-1].strip()
+    if args.topic:  # reuse a topic a previous invocation filled with the same events
+        args.kafka_topic = args.topic
+        return
     args.kafka_topic = f"nexmark-w5-{args.events}-{os.getpid()}"
     t0 = time.perf_counter()
     prefill_kafka(args.bootstrap, args.kafka_topic, NexmarkConfig(events=args.events),
@@ -195,8 +228,10 @@ def main_parent(args: argparse.Namespace) -> int:
     if args.input == "kafka":
         _prefill(args)
     queries = args.queries.split(",") if args.queries else available_queries()
+    configs = ([(int(c.split("-")[0][1:]), c.split("-")[1]) for c in args.configs.split(",")]
+               if args.configs else CONFIGS)
     runs: dict[tuple[str, int, str], list[dict]] = {(q, p, b): [] for q in queries
-                                                    for p, b in CONFIGS}
+                                                    for p, b in configs}
     for i in range(args.runs):
         for key in runs:
             rec = run_subprocess(*key, args)
@@ -263,8 +298,10 @@ def render(summaries: dict[str, Any], machine: dict, args: argparse.Namespace) -
             f"{_f(s['peak_rss_mb_median'], 1)} | {_f(s['checkpoint_size_bytes_median'])} | "
             f"{s['valid_runs']}/{s['total_runs']} |")
     missing = [q for q in QUERIES + WINDOWED if q not in {s["query"] for s in summaries.values()}]
-    lines += ["", "Not measured: the peers (Flink SQL, Bytewax, Quix)"
-              + (f"; queries {', '.join(missing)}" if missing else "") + ".", ""]
+    lines += ["", "The peers (Flink SQL, Bytewax) on the same Kafka events: "
+              "benchmarks/nexmark/peers.py, nexmark-peers.md"
+              + (f". Not measured here: queries {', '.join(missing)}" if missing else "") + ".",
+              ""]
     return "\n".join(lines)
 
 
@@ -275,11 +312,16 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--interval", type=float, default=10.0, help="checkpoint interval, s")
     ap.add_argument("--queries", default=None, help="comma-separated (default: all there)")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated, e.g. p1-memory,p2-rocksdb (default: all four)")
     ap.add_argument("--input", choices=["generator", "kafka"], default="generator",
                     help="events from the generator in-process, or pre-filled Kafka topics")
     ap.add_argument("--stem", default=None, help="results file name under results/ "
                     "(default nexmark, nexmark-kafka with --input kafka)")
+    ap.add_argument("--topic", default=None, help="--input kafka: read this topic, already "
+                    "filled by an earlier invocation with the same --events (no pre-fill)")
     ap.add_argument("--bootstrap", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--output-topic", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--kafka-topic", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--one", action="store_true", help="one run in this process (JSON line)")
@@ -290,7 +332,7 @@ def main() -> int:
     if args.one:
         kafka = (args.bootstrap, args.kafka_topic) if args.kafka_topic else None
         print(json.dumps(run_one(args.query, args.parallelism, args.backend, args.events,
-                                 args.interval, kafka)), flush=True)
+                                 args.interval, kafka, args.output_topic)), flush=True)
         return 0
     args.stem = args.stem or ("nexmark" if args.input == "generator" else "nexmark-kafka")
     return main_parent(args)

@@ -143,6 +143,9 @@ class Generator:
                               AUCTION_PROPORTION) / config.rate
         self._urls = [[f"https://www.nexmark.com/{ch.lower()}/item.htm?query={q}"
                        for q in range(64)] for ch in CHANNELS]
+        # channel and URL of a bid by its byte: channel = byte & 3, query = byte >> 2
+        self._chan = [CHANNELS[cb & 3] for cb in range(256)]
+        self._url = [self._urls[cb & 3][cb >> 2] for cb in range(256)]
         self._cache: tuple[int, bytes] = (-1, b"")
 
     def nominal_time(self, n: int) -> float:
@@ -152,9 +155,71 @@ class Generator:
         return self.events(n, n + 1)[0]
 
     def events(self, start: int, stop: int, step: int = 1) -> list[dict[str, Any]]:
-        """Events ``start, start + step, ... < stop``. A bid's bytes: 0 hot-auction draw,
-        1-2 auction, 3 hot-bidder draw, 4-5 bidder, 6 channel and URL, 8-10 price, 11-12
-        timestamp jitter, 13-14 lateness draw."""
+        """Events ``start, start + step, ... < stop`` (equal to :meth:`events_reference`).
+
+        Faster: the ids a bid can draw from are the same for the 50 events of an epoch, so
+        they are worked out once per epoch; channel and URL come from one table indexed by
+        their byte; a block's bytes are fetched once per 1,024 events."""
+        if step < 1:
+            return self.events_reference(start, stop, step)
+        c = self.c
+        seed, rate, base = c.seed, c.rate, c.base_time
+        disorder, late_p, late_by = c.out_of_orderness, c.late_fraction, c.late_by
+        har, hbr = c.hot_auction_ratio, c.hot_bidder_ratio
+        active, inflight = c.active_people, c.in_flight_auctions
+        chan, url = self._chan, self._url
+        cur, buf = self._cache
+        out: list[dict[str, Any]] = []
+        ap = out.append
+        first_bid = PERSON_PROPORTION + AUCTION_PROPORTION
+        n = start
+        while n < stop:
+            epoch = n // TOTAL_PROPORTION
+            e0 = epoch * TOTAL_PROPORTION
+            end = min(stop, e0 + TOTAL_PROPORTION)  # this epoch's events
+            bids_from, auctions_from = e0 + first_bid, e0 + PERSON_PROPORTION
+            # what a bid of this epoch may draw: ids are +FIRST_*_ID already
+            newest_a = epoch * AUCTION_PROPORTION + AUCTION_PROPORTION - 1
+            hot_a = (newest_a // HOT_ID_STEP) * HOT_ID_STEP + FIRST_AUCTION_ID
+            oldest = newest_a - inflight if newest_a > inflight else 0
+            a_lo, a_mod = oldest + FIRST_AUCTION_ID, newest_a - oldest + 1 + AUCTION_ID_LEAD
+            people = epoch * PERSON_PROPORTION + PERSON_PROPORTION
+            hot_b = ((people - 1) // HOT_ID_STEP) * HOT_ID_STEP + 1 + FIRST_PERSON_ID
+            act = people if people < active else active
+            b_lo, b_mod = people - act + FIRST_PERSON_ID, act + PERSON_ID_LEAD
+            for m in range(n, end, step):
+                blk = m // BLOCK
+                if blk != cur:
+                    cur, buf = blk, _block(seed, blk)
+                o = (m - blk * BLOCK) * _BYTES
+                ts = base + m / rate
+                if disorder:
+                    ts -= (buf[o + 11] << 8 | buf[o + 12]) * (1.0 / 65536) * disorder
+                if late_p and (buf[o + 13] << 8 | buf[o + 14]) * (1.0 / 65536) < late_p:
+                    ts = base + m / rate - disorder - late_by
+                if m >= bids_from:
+                    cb = buf[o + 6]
+                    ap({"kind": "bid",
+                        "auction": a_lo + (buf[o + 1] << 8 | buf[o + 2]) % a_mod
+                        if not buf[o] % har else hot_a,
+                        "bidder": b_lo + (buf[o + 4] << 8 | buf[o + 5]) % b_mod
+                        if not buf[o + 3] % hbr else hot_b,
+                        "price": round(10.0 ** ((buf[o + 8] << 16 | buf[o + 9] << 8
+                                                 | buf[o + 10]) * (6.0 / 16777216)) * 100.0),
+                        "channel": chan[cb], "url": url[cb], "date_time": ts, "extra": ""})
+                elif m >= auctions_from:
+                    ap(self._auction(m, buf, o, ts))
+                else:
+                    ap(self._person(m, buf, o, ts))
+            n += -((n - end) // step) * step  # the first event number >= end
+        self._cache = (cur, buf)
+        return out
+
+    def events_reference(self, start: int, stop: int, step: int = 1) -> list[dict[str, Any]]:
+        """The same as :meth:`events`, one event at a time in the plainest form: the
+        definition the faster :meth:`events` must equal (the tests compare them). A bid's
+        bytes: 0 hot-auction draw, 1-2 auction, 3 hot-bidder draw, 4-5 bidder, 6 channel
+        and URL, 8-10 price, 11-12 timestamp jitter, 13-14 lateness draw."""
         c = self.c
         seed, rate, base = c.seed, c.rate, c.base_time
         disorder, late_p, late_by = c.out_of_orderness, c.late_fraction, c.late_by

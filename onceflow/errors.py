@@ -9,7 +9,8 @@ Every error onceflow raises derives from :class:`OnceflowError`; subclasses say 
     │   ├── NoCheckpointError           an explicit restore path holds no complete checkpoint
     │   ├── CorruptCheckpointError      a checkpoint's files fail their checksums or are missing
     │   ├── IncompatibleStateError      a checkpoint cannot be restored into this flow
-    │   └── CheckpointFailuresExceeded  too many checkpoints failed in a row: the attempt ends
+    │   ├── CheckpointFailuresExceeded  too many checkpoints failed in a row: the attempt ends
+    │   └── CheckpointStorageError      checkpoint storage (an S3 store, ...) failed a request
     ├── SavepointError              a savepoint could not be taken (the message says why)
     ├── UserFunctionError           user code (a map function, a sink, ...) raised; names the
     │                               operator and the record

@@ -18,7 +18,8 @@ from onceflow import errors
 #: exceptions that are not errors users see: internal signals between two modules
 # internal signals that never reach users: caught and wrapped where they are raised
 INTERNAL = {"onceflow.runtime.channels.PeerClosedError",
-            "onceflow.connectors.files._RecordError"}  # -> UserFunctionError naming the sink
+            "onceflow.connectors.files._RecordError",  # -> UserFunctionError naming the sink
+            "onceflow.executors.base.FewerSlots"}  # executor -> driver: lower the parallelism
 
 
 def _docstring_tree() -> dict[str, str | None]:

@@ -66,6 +66,22 @@ def test_all_inputs_idle_makes_the_task_idle_and_activity_wakes_it() -> None:
     assert v.on_status(0, False).idle is False
 
 
+def test_when_the_last_active_input_turns_idle_the_task_advances_to_the_highest() -> None:
+    """A slow input (8) and two fast ones (118.5) all run dry: whichever turns idle last,
+    the task ends at the highest watermark before it goes idle, so windows fire (this once
+    depended on the order the inputs turned idle in); the slow input waking up with old
+    records is not aligned until it catches up."""
+    for order in ([0, 1, 2], [1, 2, 0], [2, 0, 1]):
+        v = WatermarkValve([0, 1, 2])
+        for ch, wm in ((0, 8.0), (1, 118.5), (2, 118.5)):
+            v.on_watermark(ch, wm)
+        assert v.watermark == 8.0
+        outs = [v.on_status(ch, True) for ch in order]
+        assert outs[-1].idle is True and v.watermark == 118.5, order
+        assert v.on_status(0, False).idle is False
+        assert v.on_watermark(0, 9.0).watermark is None and v.watermark == 118.5
+
+
 def test_ended_inputs_count_as_infinity() -> None:
     v = WatermarkValve([0, 1])
     v.on_watermark(0, 3.0)

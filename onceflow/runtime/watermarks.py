@@ -7,7 +7,8 @@ ended. The task's watermark is the minimum over the channels that are active (no
 not ended) and *aligned*; it only ever rises. A channel that comes back from idleness with
 a watermark below the task's is not aligned: it is left out until its own watermark catches
 up, so the task's watermark never goes backwards. When every live channel is idle the task
-reports itself idle downstream. An ended channel counts as +infinity.
+first advances to the highest watermark of any channel, then reports itself idle downstream.
+An ended channel counts as +infinity.
 
 :class:`SourceWatermarks` does the same one level up, inside a source subtask: one
 :class:`~onceflow.api.watermarks.WatermarkGenerator` per split, idleness per split (no
@@ -96,6 +97,12 @@ class WatermarkValve:
             status = idle
         if not live:
             new = POS_INF
+        elif status is True:
+            # the last active channel just turned idle: advance to the highest watermark
+            # of any channel before going idle (as Flink's valve does), so that windows
+            # the idle inputs no longer hold back fire (an input that wakes up later with
+            # records below it is not aligned until it catches up)
+            new = max(c.watermark for c in live)
         else:
             aligned = [c.watermark for c in active if c.aligned]
             if not aligned:

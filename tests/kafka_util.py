@@ -29,7 +29,11 @@ def new_topic(bootstrap: str, partitions: int, prefix: str = "t") -> str:
     """A fresh topic ``<prefix>-<random>`` with ``partitions`` partitions, once the broker
     reports all of them."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return create_topic(admin, f"{prefix}-{uuid.uuid4().hex[:8]}", partitions)
+
+
+def create_topic(admin: AdminClient, name: str, partitions: int) -> str:
+    """Create topic ``name``; return it once the broker reports all its partitions."""
     admin.create_topics([NewTopic(name, num_partitions=partitions,
                                   replication_factor=1)])[name].result(timeout=30)
     deadline = time.monotonic() + 30

@@ -24,8 +24,9 @@ from typing import Any
 import confluent_kafka as ck  # a missing dependency fails the suite, never skips it
 import kafkajobs
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from jobproc import JobProcess, kill_randomly
+from kafka_util import create_topic
 
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import broker_config
@@ -46,25 +47,8 @@ N = 3000
 PARTITIONS = 4
 
 
-@pytest.fixture(scope="module")
-def bootstrap() -> str:
-    proc = subprocess.run([str(ROOT / "scripts" / "kafka"), "start"], capture_output=True,
-                          text=True, timeout=180)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.fail(f"scripts/kafka start failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc.stdout.strip().splitlines()[-1]
-
-
 def _topic(admin: AdminClient, name: str, partitions: int = PARTITIONS) -> str:
-    admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                  replication_factor=1)])[name].result(timeout=30)
-    deadline = time.monotonic() + 30
-    while True:
-        t = admin.list_topics(topic=name, timeout=30).topics.get(name)
-        if t is not None and t.error is None and len(t.partitions) == partitions:
-            return name
-        assert time.monotonic() < deadline, f"topic {name} not ready"
-        time.sleep(0.1)
+    return create_topic(admin, name, partitions)  # (the bootstrap fixture: conftest.py)
 
 
 def _fill(bootstrap: str, topic: str, n: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,6 @@ from onceflow.kafka import list_lingering
 ROOT = Path(__file__).resolve().parent.parent
 SEED = int(os.environ.get("ONCEFLOW_TEST_SEED", "20261127"))
 RECORDS = 12_000
-
-
-@pytest.fixture(scope="module")
-def bootstrap() -> str:
-    proc = subprocess.run([str(ROOT / "scripts" / "kafka"), "start"], capture_output=True,
-                          text=True, timeout=180)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.fail(f"scripts/kafka start failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc.stdout.strip().splitlines()[-1]
 
 
 class KafkaWindowJob(Job):

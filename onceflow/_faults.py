@@ -13,6 +13,8 @@ like the token plus ``.go`` exists, then carries on. Tests use it to break somet
 (kill the Kafka broker, terminate a database connection) at exactly that moment.
 
 Named points (context keys in brackets):
+- ``worker.started`` [worker]: a worker opened its tasks (connectors, restored state) and
+  is about to tell the driver it runs
 - ``source.after_batch`` [task, subtask, records]: a source emitted a batch, ``records`` in all
 - ``snapshot.sync`` [checkpoint, task, subtask]: inside a task's synchronous snapshot phase
 - ``snapshot.async`` [checkpoint, task, subtask]: halfway through writing a state file

@@ -193,3 +193,22 @@ def test_failure_is_noticed_within_about_a_second(tmp_path: Path) -> None:
     # restart delay of the job is 0.1 s; detection itself must be well under a second
     assert restart_at - killed_at < 1.0, restart_at - killed_at
     job.check_exact()
+
+
+def test_a_worker_stuck_while_starting_fails_the_attempt_after_the_startup_timeout(
+        tmp_path: Path) -> None:
+    """A worker hangs before it reports running (as one did in the soak, deadlocked in a
+    Kafka client's destruction): after the start-up timeout the driver fails the attempt
+    naming the worker, restarts, and the output is exact."""
+    token = tmp_path / "fault.token"
+    job = Job(tmp_path, "keyed_count", "--rate", "8000")
+    job.start(env={"ONCEFLOW_FAULT": "worker.started@worker=1",
+                   "ONCEFLOW_FAULT_TOKEN": str(token), "ONCEFLOW_FAULT_ACTION": "pause",
+                   "ONCEFLOW_FAULT_PAUSE": "600", "ONCEFLOW_STARTUP_TIMEOUT": "3"})
+    code, result = job.wait()
+    assert code == 0, job.tail(3000)
+    assert token.exists()
+    assert result is not None and result["restarts"] >= 1, result
+    assert any("worker(s) [1] did not start running within 3s" in f
+               for f in result["failures"]), result["failures"]
+    job.check_exact()

@@ -182,8 +182,8 @@ class CheckpointCoordinator:
 
     def next_deadline(self) -> float:
         """Seconds until ``tick`` may have something to do."""
-        if self.s.interval is None:
-            return 0.2
+        if self.s.interval is None or not self._running:  # (before start: nothing to do;
+            return 0.2  # a deadline from the last attempt would make the driver spin)
         return max(0.0, min(0.2, self._last_trigger + self.s.interval - self.clock()))
 
     @property

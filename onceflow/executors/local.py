@@ -10,6 +10,7 @@ socket everywhere), and leaves Ctrl-C to the driver.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -48,6 +49,10 @@ class Local(Executor):
                 w = spec.index
                 pid = os.fork()
                 if pid == 0:  # the worker process: never returns
+                    # never collect what the parent left: a copy of its garbage (a Kafka
+                    # client among it) destroyed here, where the client's threads do not
+                    # exist, can abort or hang the worker
+                    gc.freeze()
                     code = 1
                     try:
                         _become_worker(driver_pid)

@@ -14,6 +14,7 @@ through their control connections.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -77,6 +78,12 @@ class JobConfig:
     state_backend: Any = None  # MemoryBackend() when None
     executor: Executor = field(default_factory=Local)  # where the workers run
     fresh: bool = False  # start from the beginning even over completed checkpoints
+
+
+#: seconds an attempt's workers may take from their start until all of them run (open
+#: their connectors, restore their state); a worker stuck longer (a hung library call)
+#: fails the attempt, and the restart strategy decides what happens next
+STARTUP_TIMEOUT_S = float(os.environ.get("ONCEFLOW_STARTUP_TIMEOUT", "300"))
 
 
 class _Attempt:
@@ -453,7 +460,13 @@ class JobDriver:
         workers = att.workers
         assert workers is not None
         self.failures.new_attempt()
+        started = time.monotonic()
         while True:
+            if len(att.running) < n and time.monotonic() - started > STARTUP_TIMEOUT_S:
+                missing = sorted(set(range(n)) - att.running)
+                return (f"worker(s) {missing} did not start running within "
+                        f"{STARTUP_TIMEOUT_S:g}s (stuck opening a connector or restoring "
+                        f"state?)")
             ready = cast(list[Any], wait([*workers.conns, self.control.fileno()],
                                          coordinator.next_deadline()))
             try:

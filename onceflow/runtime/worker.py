@@ -306,6 +306,7 @@ class Worker:
         for t in self.tasks:
             plan = self.spec.plan.subtask(t.uid, t.subtask)
             t.open(plan, self._read_states(plan.files))
+        _faults.point("worker.started", worker=self.spec.index)
         self.send(m.Running(self.spec.index))
         tasks, peers = self.tasks, list(self.peers.values())
         timer_tasks = [t for t in tasks if t.timer_ops]

@@ -515,7 +515,9 @@ def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: P
                    state_backend=of.state.MemoryBackend(full_every=3),
                    restart_strategy=of.restart.fixed_delay(attempts=3, delay=0.0))
     flow.enable_checkpointing(0.1, checkpoint_storage, retained=2, incremental=True)
-    crashjobs.build("keyed_count", flow, RECORDS, 400, str(out), "")
+    # 24 s of input at least: the node must go while the job runs, however slowly the
+    # first checkpoint reaches the store under load
+    crashjobs.build("keyed_count", flow, RECORDS, 250, str(out), "")
     executor = of.executors.Ray(placement="spread", resources_per_worker={"CPU": 1, "slot": 1},
                                 placement_timeout=2.0, allow_lower_parallelism=True)
     t, box = _run_in_thread(flow, executor)
@@ -526,6 +528,7 @@ def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: P
     assert len(raylets) == 3, "the three workers share a node"
     victim = next(n for n in cluster.worker_nodes
                   if n.all_processes["raylet"][0].process.pid in raylets)
+    assert t.is_alive(), "the job ended before the node could be removed; make it longer"
     cluster.remove_node(victim, allow_graceful=False)
     try:
         t.join(180)

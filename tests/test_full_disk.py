@@ -56,7 +56,8 @@ def test_full_checkpoint_disk_fails_clearly_and_commits_nothing(tiny_disk: Path,
     assert len(committed) == covered
 
 
-@pytest.mark.parametrize("tiny_disk", ["6m"], indirect=True)  # room for a few checkpoints
+# room for a few checkpoints, even under load
+@pytest.mark.parametrize("tiny_disk", ["12m"], indirect=True)
 def test_full_rocksdb_disk_fails_the_job_naming_rocksdb_and_the_directory(
         tiny_disk: Path, tmp_path: Path) -> None:
     """RocksDB's working directory fills up mid-run: the job fails with a message naming

@@ -54,7 +54,9 @@ def test_server_crashed_mid_job_and_restarted(server: OwnPostgres, tmp_path: Pat
                                               conn: psycopg.Connection[Any]) -> None:
     job = PgJob(tmp_path, server.dsn, conn, "--rate", "3000", records=RECORDS)
     job.start()
-    time.sleep(2.0)
+    # the sink must be at work (a checkpoint committed), however slow the start under load
+    wait_for(lambda: any((tmp_path / "ckpt").rglob("_metadata"))
+             or job.proc.poll() is not None, 120, "a first checkpoint")
     assert job.proc is not None and job.proc.poll() is None, job.tail()
     server.kill()
     time.sleep(2.0)

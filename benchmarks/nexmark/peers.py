@@ -104,26 +104,10 @@ def create_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 
 def count_committed(bootstrap: str, topic: str, timeout: float = 120) -> int:
-    """Records a read_committed consumer sees in ``topic``: up to its end offsets."""
-    import confluent_kafka as ck
+    """Records a read_committed consumer sees in ``topic`` (run.py's count)."""
+    from run import count_committed as count
 
-    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}",
-                     "isolation.level": "read_committed", "enable.auto.commit": False,
-                     "enable.partition.eof": True})
-    md = c.list_topics(topic, timeout=30).topics[topic]
-    c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in md.partitions])
-    n, eof, deadline = 0, set(), time.monotonic() + timeout
-    while len(eof) < len(md.partitions) and time.monotonic() < deadline:
-        for m in c.consume(10000, timeout=0.5):
-            if m.error():
-                if m.error().code() == ck.KafkaError._PARTITION_EOF:
-                    eof.add(m.partition())
-                    continue
-                raise ck.KafkaException(m.error())
-            eof.discard(m.partition())
-            n += 1
-    c.close()
-    return n
+    return int(count(bootstrap, topic, timeout))
 
 
 # --- running one -----------------------------------------------------------------------------

@@ -87,3 +87,23 @@ def assert_no_orphans(pids: list[int], within: float = 3.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"workers {alive} outlived their driver")
+
+
+def kill_driver_at_fault(job: JobProcess, point: str, token: Path, timeout: float = 60,
+                         action: str | None = None) -> None:
+    """Start ``job`` with the worker fault ``point`` armed and SIGKILL its driver as soon
+    as the fault fires (its token file appears); its workers must then exit by themselves.
+    With ``action="pause"`` the worker stops at the point instead of dying, so the driver's
+    death is what interrupts it."""
+    env = {"ONCEFLOW_FAULT": point, "ONCEFLOW_FAULT_TOKEN": str(token)}
+    if action is not None:
+        env["ONCEFLOW_FAULT_ACTION"] = action
+    proc = job.start(env=env)
+    deadline = time.monotonic() + timeout
+    while not token.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert token.exists(), f"fault {point} never fired\n{job.tail(2000)}"
+    pids = [w.pid for w in job.workers()]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert_no_orphans(pids)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import crashjobs
 import pytest
-from jobproc import assert_no_orphans, kill_randomly
+from jobproc import assert_no_orphans, kill_driver_at_fault, kill_randomly
 from test_exactly_once import Job
 
 SEED = int(os.environ.get("ONCEFLOW_TEST_SEED", "20261127"))
@@ -79,19 +79,8 @@ def test_driver_killed_at_random_moments_then_restored(tmp_path: Path) -> None:
 
 def test_driver_killed_while_a_window_fires_then_restored(tmp_path: Path) -> None:
     """The driver dies (the workers with it) in the middle of a firing."""
-    token = tmp_path / "fault-fired"
     job = Job(tmp_path, "window_sliding", "--rate", "8000", records=RECORDS)
-    # the point is in a worker: kill the driver as soon as the token shows the firing
-    proc = job.start(env={"ONCEFLOW_FAULT": "window.fired@firing=30,subtask=0",
-                          "ONCEFLOW_FAULT_TOKEN": str(token)})
-    deadline = time.monotonic() + 60
-    while not token.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert token.exists(), job.tail(2000)
-    pids = [w.pid for w in job.workers()]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert_no_orphans(pids)
+    kill_driver_at_fault(job, "window.fired@firing=30,subtask=0", tmp_path / "fault-fired")
     job.start("--restore", "latest")
     code, _ = job.wait()
     assert code == 0, job.tail(3000)

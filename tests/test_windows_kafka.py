@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import confluent_kafka  # noqa: F401 - a missing dependency fails the suite, nev
 import crashjobs
 import pytest
 from confluent_kafka.admin import AdminClient
-from jobproc import assert_no_orphans, kill_randomly
+from jobproc import kill_driver_at_fault, kill_randomly
 from test_exactly_once import Job
 from test_kafka import _topic, read_committed
 
@@ -87,20 +85,10 @@ def test_driver_killed_while_a_window_fires_then_restored_into_kafka(
     """The driver dies (its workers with it) in the middle of a firing of a session window
     on RocksDB; a new driver resumes with restore="latest" and commits the rest: the
     read_committed output is the failure-free run's, once."""
-    token = tmp_path / "fault-fired"
     job = KafkaWindowJob(tmp_path, bootstrap, "window_session", "--rate", "5000",
                          "--backend", "rocksdb")
-    proc = job.start(env={"ONCEFLOW_FAULT": "window.fired@firing=20,subtask=0",
-                          "ONCEFLOW_FAULT_TOKEN": str(token),
-                          "ONCEFLOW_FAULT_ACTION": "pause"})
-    deadline = time.monotonic() + 90
-    while not token.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert token.exists(), job.tail(2000)
-    pids = [w.pid for w in job.workers()]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert_no_orphans(pids)
+    kill_driver_at_fault(job, "window.fired@firing=20,subtask=0", tmp_path / "fault-fired",
+                         timeout=90, action="pause")
     job.start("--restore", "latest")
     result = _finish(job)
     assert result["restored_from"], "nothing was restored"

@@ -302,6 +302,8 @@ def main() -> None:
                          "(backpressure)")
     ap.add_argument("--ray", default=None,
                     help="run on the Ray cluster at this address (placement spread)")
+    ap.add_argument("--restart-delay", type=float, default=0.1,
+                    help="seconds between restarts (20 attempts)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -309,7 +311,8 @@ def main() -> None:
                else of.state.MemoryBackend(full_every=3))
     flow = of.Flow(f"crash-{args.shape}", parallelism=args.parallelism,
                    batch_size=args.batch_size, state_backend=backend,
-                   restart_strategy=of.restart.fixed_delay(attempts=20, delay=0.1))
+                   restart_strategy=of.restart.fixed_delay(attempts=20,
+                                                               delay=args.restart_delay))
     flow.enable_checkpointing(args.interval, args.ckpt, mode=args.mode, retained=args.retained,
                               max_concurrent=args.max_concurrent, timeout=args.timeout,
                               tolerable_failures=args.tolerable,

@@ -39,6 +39,7 @@ from onceflow.checkpoint.storage import (
     resolve_restore_path,
 )
 from onceflow.errors import (
+    CheckpointStorageError,
     ConfigurationError,
     SavepointError,
 )
@@ -299,17 +300,28 @@ class JobDriver:
         """The attempt failed with ``outcome``: the delay before the next one and where it
         starts from, or JobFailedError when the restart strategy allows no next one."""
         coordinator = run.coordinator
-        run.failures.append(outcome)
-        run.failure_times.append(time.monotonic())
-        coordinator.reset("the job restarts")
-        self.status.sync_checkpoints(coordinator.history, 0)
-        run.storage.discard_incomplete()
-        stop = self.failures.on_failure(coordinator.history)  # repeats at one record?
-        delay = self.cfg.restart.next_delay(run.failure_times, time.monotonic())
-        if delay is None or stop:
-            coordinator.fail_requests(f"the job failed: {outcome}")
-            raise self.failures.job_failed(run.failures, stop if delay is not None else None)
-        current = self._recovery_point(run)
+        repeats_checked = False
+        while True:
+            run.failures.append(outcome)
+            run.failure_times.append(time.monotonic())
+            current, broken = self._prepare_restart(run)
+            stop = None
+            if not repeats_checked:  # repeats at one record? (once per failed attempt)
+                stop, repeats_checked = self.failures.on_failure(coordinator.history), True
+            delay = self.cfg.restart.next_delay(run.failure_times, time.monotonic())
+            if delay is None or stop:
+                coordinator.fail_requests(f"the job failed: {outcome}")
+                raise self.failures.job_failed(run.failures,
+                                               stop if delay is not None else None)
+            if broken is None:
+                break
+            # a restart that cannot read the storage is one more failed attempt: the
+            # restart strategy decides how long to wait for it, and nothing falls back to
+            # an older checkpoint or to the beginning (that would duplicate output)
+            outcome = f"restarting needs the checkpoint storage, which failed: {broken}"
+            log.warning("job %r: %s; retrying in %.1fs", self.cfg.flow, outcome, delay,
+                        extra={"event": "restart_storage_failed", "flow": self.cfg.flow})
+            time.sleep(delay)
         where = f"checkpoint {current.id}" if current else "the beginning (no checkpoint)"
         head, frames = self.failures.one_line(outcome)  # the user's frames go last
         log.warning("job %r failed: %s; restarting from %s in %.1fs (restart %d)%s",
@@ -319,6 +331,18 @@ class JobDriver:
                            "checkpoint_id": current.id if current else None})
         self.status.restarting(outcome, current.id if current else None, delay)
         return delay, current
+
+    def _prepare_restart(self, run: _Run
+                         ) -> tuple[CompletedCheckpoint | None, CheckpointStorageError | None]:
+        """Abort what was pending and find where the next attempt starts; the storage
+        error instead when the storage cannot be read (the job cannot restart yet)."""
+        try:
+            run.coordinator.reset("the job restarts")
+            self.status.sync_checkpoints(run.coordinator.history, 0)
+            run.storage.discard_incomplete()
+            return self._recovery_point(run), None
+        except CheckpointStorageError as e:
+            return None, e
 
     def _recovery_point(self, run: _Run) -> CompletedCheckpoint | None:
         """Where the next attempt starts: the newest complete checkpoint or savepoint this

@@ -1,7 +1,7 @@
 """Faults of the Kafka broker itself, on a broker of this module's own (tests/brokers.py):
 SIGKILLed mid-job and restarted after 5 s and after 30 s, unreachable during a pre-commit
 and during a commit, and a transaction the broker aborts because it outlived
-``transaction.timeout.ms``.
+``transaction.timeout.ms``; and the broker frozen (SIGSTOP) for 20 s and thawed.
 
 The job is tests/kafkajobs.py (Kafka → keyed running total → Kafka, exactly-once). After
 each test a read_committed consumer must see each input's effect exactly once
@@ -147,3 +147,36 @@ def test_transaction_aborted_by_the_broker_is_never_silent(broker: OwnBroker, tm
     assert res is not None and res["lost_transactions"] == len(txns) > 0, (res, txns)
     assert not broker.find_hanging()
     assert kafkajobs.USERS  # the job's module is importable here too (shared helpers)
+
+
+def _broker_pid(broker: OwnBroker) -> int:
+    return int((broker.dir / "kafka.pid").read_text().strip())
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("frozen", [pytest.param(8.0, marks=pytest.mark.soak), 20.0])
+def test_broker_frozen_mid_job_then_thawed(broker: OwnBroker, tmp_path: Path,
+                                           frozen: float) -> None:
+    """The broker stops answering without going away (SIGSTOP: a long GC pause, a VM
+    frozen by its host): connections stay open and requests just time out, unlike a crash
+    where they are refused. After SIGCONT the job must carry on by itself to exact output."""
+    import os
+    import signal
+
+    bootstrap = _ensure_up(broker)
+    job = KJob(tmp_path, bootstrap, "--rate", "200", "--attempts", "200", "--delay", "0.5",
+               records=N)
+    job.start()
+    wait_for(lambda: _committed(job) > 0 or job.proc.poll() is not None, 90,
+             "the first committed output")
+    assert job.proc is not None and job.proc.poll() is None, job.tail()
+    pid = _broker_pid(broker)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(frozen)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    code, result = job.wait(timeout=300)
+    assert code == 0, job.tail()
+    assert result is not None
+    _check(job, broker)

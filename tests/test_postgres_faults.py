@@ -1,7 +1,7 @@
 """Faults of the PostgreSQL server itself, on a server of this module's own
 (tests/brokers.py): crashed (``pg_ctl stop -m immediate``) mid-job and restarted, and the
 sink's session terminated (``pg_terminate_backend``) during PREPARE TRANSACTION and during
-COMMIT PREPARED.
+COMMIT PREPARED; and every server process frozen (SIGSTOP) for 15 s, then thawed.
 
 The job is tests/pgjobs.py (Range → events (insert) and per-key totals (upsert), both
 exactly-once through PREPARE TRANSACTION). After each test the tables equal a failure-free
@@ -82,3 +82,33 @@ def test_session_terminated_during_prepare_and_commit_prepared(
     Path(f"{token}.go").touch()
     result = _finish(job, server)
     assert result["restarts"] >= 1, f"terminated sessions {killed} went unnoticed"
+
+
+@pytest.mark.timeout(300)
+def test_server_frozen_mid_job_then_thawed(server: OwnPostgres, tmp_path: Path,
+                                           conn: psycopg.Connection[Any]) -> None:
+    """Every process of the server stopped (SIGSTOP) for 15 s: sessions stay open and
+    statements hang instead of failing, as with a frozen VM. After SIGCONT the job must
+    finish by itself with exact tables and no prepared transaction left."""
+    import os
+    import signal
+
+    import psutil
+
+    job = PgJob(tmp_path, server.dsn, conn, "--rate", "3000", records=RECORDS)
+    job.start()
+    wait_for(lambda: any((tmp_path / "ckpt").rglob("_metadata"))
+             or job.proc.poll() is not None, 120, "a first checkpoint")
+    assert job.proc is not None and job.proc.poll() is None, job.tail()
+    pid = int((server.dir / "postmaster.pid").read_text().split()[0])
+    frozen = [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    for p in frozen:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        time.sleep(15.0)
+        still_running = job.proc.poll() is None  # the freeze caught the job at work
+    finally:
+        for p in frozen:
+            os.kill(p, signal.SIGCONT)
+    assert still_running, job.tail()
+    _finish(job, server)

@@ -99,10 +99,12 @@ def _flow(tmp: Path, shape: str, name: str, rate: float = 1e9,
 
 
 def _actor_pids() -> list[int]:
+    """The pids of the running onceflow workers: the processes the nodes' hosts forked
+    (or worker actors, for GPU workers)."""
     pids = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "_WorkerActor.run" in cmd:
+        if "onceflow-worker" in cmd or "_WorkerActor.run" in cmd:
             pids.append(p.info["pid"])
     return pids
 
@@ -184,7 +186,12 @@ def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path,
     pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
     _wait_for(lambda: _latest_checkpoint(checkpoint_storage, "ray-keyed_count") >= 0, 60,
               "a checkpoint")
+    hosts = {psutil.Process(p).ppid() for p in pids}  # the nodes' long-lived host actors
     os.kill(pids[0], signal.SIGKILL)
+    # the restart forks the new attempt's workers from the same hosts (warm: no new Ray
+    # worker process)
+    again = _wait_for(lambda: (p if len(p := set(_actor_pids()) - set(pids)) == 2 else None)
+                      or not t.is_alive(), 60, "the next attempt's workers")
     t.join(180)
     assert not t.is_alive()
     assert "error" not in box, box.get("error")
@@ -193,10 +200,38 @@ def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path,
     got = crashjobs.committed(str(out))
     assert got == want, crashjobs.diff(got, want)
     assert r.restarts >= 1
-    assert any("Ray actor" in f for f in r.failures), r.failures
+    assert any("Ray actor" in f and "SIGKILL" in f for f in r.failures), r.failures
+    assert again is not True, "the job ended before its next attempt's workers were seen"
+    assert {psutil.Process(p).ppid() for p in again if psutil.pid_exists(p)} <= hosts
     on_store = s3store.keys(checkpoint_storage)
     assert any(k.endswith("/_metadata") for k in on_store), sorted(on_store)[:20]
     assert not (tmp_path / "ck-kill").exists()
+
+
+def test_killed_host_takes_its_workers_with_it(cluster: Any, tmp_path: Path) -> None:
+    """SIGKILL of a node's host actor (the Ray actor that forks the workers of its node):
+    the worker processes it forked die with it at once (parent-death signal), the attempt
+    fails, the next one gets a new host there, and the output is exact."""
+    flow, out = _flow(tmp_path, "keyed_count", "host", rate=800, attempts=3)
+    t, box = _run_in_thread(flow, of.executors.Ray())
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "workers")
+    _wait_for(lambda: _completed_checkpoints(tmp_path / "ck-host") >= 1, 60, "a checkpoint")
+    host = psutil.Process(pids[0]).ppid()
+    orphans = [p for p in pids if psutil.Process(p).ppid() == host]
+    assert "_WorkerHost" in " ".join(psutil.Process(host).cmdline())
+    os.kill(host, signal.SIGKILL)
+    _wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status()
+                              != psutil.STATUS_ZOMBIE for p in orphans), 10,
+              "the host's workers to die with it")
+    t.join(180)
+    assert not t.is_alive()
+    assert "error" not in box, box.get("error")
+    r = box["result"]
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(out))
+    assert got == want, crashjobs.diff(got, want)
+    assert r.restarts >= 1
+    assert any("died with its host" in f for f in r.failures), r.failures
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:

@@ -207,7 +207,7 @@ class Ray(Executor):
         workers.keep_pg = lambda pg: setattr(self, "_kept", (n, pg))
         try:
             alive = _alive_nodes(ray)
-            self._forget_hosts(alive)
+            self._ensure_hosts(ray, alive)  # all at once: the spares start with the first
             kept, self._kept = self._kept, None
             if kept is not None:
                 if kept[0] == n and set(_bundle_nodes(kept[1]).values()) <= alive:
@@ -253,7 +253,6 @@ class Ray(Executor):
         except BaseException:
             workers.stop()
             raise
-        self._ensure_hosts(ray, _alive_nodes(ray))  # spares, for where the next attempt goes
         now = time.monotonic()
         log.info("executor Ray: %d worker process(es) started in %.2fs (placement group "
                  "%.2fs, forked by the nodes' hosts with the job loaded %.2fs, connections "

@@ -305,6 +305,52 @@ def test_a_worker_actor_refuses_a_connection_without_the_token(cluster: Any) -> 
         ray.kill(actor)
 
 
+def test_a_forked_worker_refuses_a_connection_without_the_token(cluster: Any) -> None:
+    """The same against a worker process forked by a node's host actor (how workers run):
+    raw connections to its TCP listener and to its Unix socket are closed, the driver's
+    connection with the token becomes its control connection; and ending an attempt
+    (``kill``) returns once the host has reaped that attempt's processes."""
+    import ray
+    from ray import cloudpickle
+
+    from onceflow.executors.ray import _WorkerHost
+    from onceflow.runtime import messages as m
+
+    token = os.urandom(TOKEN_BYTES)
+    host = ray.remote(_WorkerHost).options(num_cpus=0, max_concurrency=8).remote()
+    try:
+        blob = cloudpickle.dumps(types.SimpleNamespace(index=0))
+        addr, port, pid, _, local = ray.get(
+            host.fork_worker.remote("a1", 0, blob, token, None), timeout=60)
+        assert addr == "127.0.0.1" and local is not None and local.startswith("\0onceflow-")
+        assert "onceflow-worker" in " ".join(psutil.Process(pid).cmdline())
+        done = host.run_worker.remote("a1", 0, [(addr, port)], [local])
+        raw = socket.create_connection((addr, port))
+        raw.sendall(b"\0" * (TOKEN_BYTES + 4))
+        assert _closed_by_peer(raw)
+        raw_local = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw_local.connect(local)
+        raw_local.sendall(b"\0" * (TOKEN_BYTES + 4))
+        assert _closed_by_peer(raw_local)
+        raw_local.close()
+        ctrl = Connection(_dial((addr, port), token, -1).detach())
+        assert ctrl.poll(60)
+        msg = m.recv(ctrl)
+        assert isinstance(msg, m.Failed) and msg.worker == 0
+        status = ray.get(done, timeout=60)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+        raw.close()
+        ctrl.close()
+        # a second attempt's process, killed before it was wired
+        _, _, pid2, _, _ = ray.get(host.fork_worker.remote("a2", 0, blob, token, None),
+                                   timeout=60)
+        assert psutil.pid_exists(pid2)
+        assert ray.get(host.kill.remote("a2"), timeout=60) == 1
+        assert not psutil.pid_exists(pid2)  # killed and reaped
+    finally:
+        ray.kill(host)
+
+
 def test_unpicklable_capture_fails_at_run_naming_the_operator(cluster: Any) -> None:
     lock = threading.Lock()
 

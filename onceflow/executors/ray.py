@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 import select
+import signal
 import socket
 import struct
 import sys
@@ -872,6 +873,10 @@ class _WorkerHost:
             self.children[(key, index)] = child
         reply = _read_reply(child)
         if reply[0] != "ok":
+            try:
+                os.kill(child.pid, signal.SIGKILL)  # it may hang rather than exit
+            except ProcessLookupError:
+                pass
             self._reap(child)
             with self.lock:
                 self.children.pop((key, index), None)
@@ -898,8 +903,6 @@ class _WorkerHost:
 
     def kill(self, key: str) -> int:
         """SIGKILL every worker process of attempt ``key``; return once all are reaped."""
-        import signal
-
         with self.lock:
             mine = [(k, c) for k, c in self.children.items() if k[0] == key]
         for _, c in mine:
@@ -1084,8 +1087,6 @@ class _Hosted(_Watched):
                 f"{self.nodes.get(worker, '?')})")
 
     def exit_reason(self, worker: int) -> str:
-        import signal
-
         where = self._where(worker)
         ref = self.runs.get(worker)
         if ref is None:

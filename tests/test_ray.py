@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,6 +40,9 @@ from onceflow.executors.ray import TOKEN_BYTES, _dial, accept_authenticated
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parent.parent
+# where scripts/kafka keeps its jars: read before the cluster fixture moves HOME
+KAFKA_CACHE = os.environ.get("ONCEFLOW_CACHE") or str(Path.home() / ".cache" / "onceflow")
+SEED = int(os.environ.get("ONCEFLOW_TEST_SEED", "20261201"))
 SHAPES = ["keyed_count", "union_flatmap", "two_keyed", "text_wordcount", "mixed_parallelism"]
 RECORDS = 6000
 NODE: dict[str, Any] = {"num_cpus": 2, "resources": {"slot": 1}}  # every node: one "slot"
@@ -661,3 +665,116 @@ def test_a_node_cut_off_is_noticed_through_ray(cluster: Any, tmp_path: Path) -> 
     got = crashjobs.committed(str(out))
     assert got == want, crashjobs.diff(got, want)
     assert r.restarts >= 1 and any("died" in f for f in r.failures), r.failures
+
+
+# --- a Kafka job (keyed exchange, transactional Kafka sink) under random kills ----------
+@pytest.fixture(scope="module")
+def kafka_in_namespace() -> Iterator[str]:
+    """A Kafka broker of this module's own, inside its network namespace (the machine's
+    shared broker is on the other loopback, out of reach here): its own data directory,
+    stopped at the end of the module."""
+    data = tempfile.mkdtemp(prefix="onceflow-ray-kafka-")
+    env = {**os.environ, "ONCEFLOW_KAFKA_DIR": data, "ONCEFLOW_KAFKA_PORT": "39292",
+           "ONCEFLOW_KAFKA_CONTROLLER_PORT": "39293", "ONCEFLOW_CACHE": KAFKA_CACHE}
+    kafka = str(ROOT / "scripts" / "kafka")
+    proc = subprocess.run([kafka, "start"], capture_output=True, text=True, timeout=180,
+                          env=env)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        pytest.fail(f"scripts/kafka start (in the namespace) failed ({proc.returncode}):\n"
+                    f"{proc.stderr[-3000:]}")
+    try:
+        yield proc.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([kafka, "stop"], capture_output=True, text=True, timeout=60, env=env)
+
+
+def _read_committed(bootstrap: str, topic: str, timeout: float = 60.0
+                    ) -> list[tuple[int, int, Any]]:
+    """What a read_committed consumer sees in ``topic``: [(partition, offset, value)],
+    once it has reached the end of every partition and nothing more came for a second."""
+    import confluent_kafka as ck
+
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+                     "isolation.level": "read_committed", "enable.auto.commit": False,
+                     "enable.partition.eof": True})
+    parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+    c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in parts])
+    out: list[tuple[int, int, Any]] = []
+    at_end: set[int] = set()
+    deadline, quiet = time.monotonic() + timeout, None
+    try:
+        while time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is None:
+                if len(at_end) == len(parts):
+                    quiet = quiet or time.monotonic() + 1.0
+                    if time.monotonic() > quiet:
+                        return out
+                continue
+            if msg.error():
+                if msg.error().code() == ck.KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    continue
+                raise ck.KafkaException(msg.error())
+            at_end.discard(msg.partition())
+            quiet = None
+            out.append((msg.partition(), msg.offset(), json.loads(msg.value())))
+    finally:
+        c.close()
+    raise AssertionError(f"{topic}: the end of every partition not reached in {timeout}s")
+
+
+def _kafka_totals_with_kills(bootstrap: str, storage: str, records: int, kills: int,
+                             rng: random.Random) -> None:
+    """tests/kafkajobs.py's job (Kafka -> keyed running total -> transactional Kafka sink)
+    at parallelism 2 on the cluster, checkpoints on the S3 store; ``kills`` times a random
+    worker process is SIGKILLed at a random moment: what a read_committed reader sees is
+    every input's effect exactly once, in order per key."""
+    import confluent_kafka as ck
+    import kafka_util
+    import kafkajobs
+
+    inp = kafka_util.new_topic(bootstrap, 4, "ray-in")
+    out = kafka_util.new_topic(bootstrap, 4, "ray-out")
+    producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i in range(records):
+        producer.produce(inp, json.dumps(kafkajobs.make_input(i)).encode(), partition=i % 4)
+    assert producer.flush(30) == 0
+    flow = of.Flow("ray-kafka-totals", parallelism=2, batch_size=64,
+                   restart_strategy=of.restart.fixed_delay(attempts=kills + 5, delay=0.2))
+    flow.enable_checkpointing(0.3, storage, retained=2, timeout=30)
+    kafkajobs.build(flow, bootstrap, inp, out, 150, None)
+    t, box = _run_in_thread(flow, of.executors.Ray(placement="spread"))
+    killed: set[int] = set()
+    for _ in range(kills):
+        pids = _wait_for(lambda gone=frozenset(killed): (  # not the earlier attempts'
+            p if len(p := set(_actor_pids()) - gone) == 2 else None) or not t.is_alive(),
+            60, "the attempt's two workers")
+        if pids is True:
+            break
+        time.sleep(rng.uniform(0.5, 2.5))
+        if not t.is_alive():
+            break
+        victim = rng.choice(sorted(pids))
+        os.kill(victim, signal.SIGKILL)
+        killed.update(pids)
+    t.join(180)
+    assert not t.is_alive()
+    assert "error" not in box, box.get("error")
+    assert killed and box["result"].restarts >= 1, "no worker was killed while the job ran"
+    got = _read_committed(bootstrap, out)
+    problems = kafkajobs.check_output(got, records)
+    assert problems == [], problems[:10]
+
+
+def test_kafka_totals_with_random_kills_are_exact(
+        cluster: Any, kafka_in_namespace: str, checkpoint_storage: str) -> None:
+    _kafka_totals_with_kills(kafka_in_namespace, checkpoint_storage, 1500, 2,
+                             random.Random(f"{SEED}-ray-kafka"))
+
+
+@pytest.mark.soak
+def test_kafka_totals_with_many_random_kills_are_exact(
+        cluster: Any, kafka_in_namespace: str, checkpoint_storage: str) -> None:
+    _kafka_totals_with_kills(kafka_in_namespace, checkpoint_storage, 6000, 8,
+                             random.Random(f"{SEED}-ray-kafka-soak"))

@@ -168,6 +168,25 @@ def test_ray_commits_what_fork_commits(cluster: Any, tmp_path: Path, shape: str)
     assert r_ray.restarts == 0
 
 
+def test_actor_per_worker_as_for_gpu_workers_commits_the_same(cluster: Any,
+                                                               tmp_path: Path) -> None:
+    """Workers that reserve a GPU run as one actor per bundle (Ray assigns GPUs to actors,
+    not to processes a host forks); the cluster has no GPU, so that way is chosen here by
+    hand: the same exact output, and the workers are actors, not forked processes."""
+    flow, out = _flow(tmp_path, "keyed_count", "actors", rate=3000)
+    executor = of.executors.Ray(placement="spread")
+    executor._forks = False
+    t, box = _run_in_thread(flow, executor)
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "workers")
+    titles = [" ".join(psutil.Process(p).cmdline()) for p in pids]
+    t.join(120)
+    assert not t.is_alive() and "error" not in box, box.get("error")
+    assert all("_WorkerActor.run" in c for c in titles), titles
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(out))
+    assert got == want, crashjobs.diff(got, want)
+
+
 def _run_in_thread(flow: of.Flow, executor: Any) -> tuple[threading.Thread, dict[str, Any]]:
     box: dict[str, Any] = {}
 

@@ -1,27 +1,36 @@
-"""``Ray``: every worker of an attempt is a Ray actor, placed by a placement group.
+"""``Ray``: every worker of an attempt runs on a Ray node, placed by a placement group.
 
-Ray places, starts and supervises the workers; it never carries records. Each attempt:
+Ray places, starts and supervises; it never carries records. Every node that can hold a
+worker runs one long-lived *host* actor (:class:`_WorkerHost`, no resources of its own)
+that has onceflow imported and forks a fresh process for each worker of each attempt on its
+node, so a restart costs forks, not new Ray worker processes (seconds of imports). Each
+attempt:
 
 1. the spec of every worker is serialised with cloudpickle *in the driver*, so a flow that
    captures something that cannot travel (a lock, an open connection) is refused at
    ``run()`` with the operator's name;
 2. a placement group with one bundle per worker (``placement="pack"`` or ``"spread"``,
-   ``resources_per_worker`` each) is reserved, and one actor per worker index is started in
-   its bundle. The actor loads its spec (a module the node cannot import is refused here,
-   with how to ship it) and opens a TCP listener on its node's address;
-3. the driver collects the listeners' addresses and hands them to every actor: actor ``j``
-   connects to every actor ``i < j`` (each pair once), and the driver connects to each
-   actor for its control connection. Every connection starts with the job's random token
-   (:data:`TOKEN_BYTES` bytes, checked with ``hmac.compare_digest``) and who is connecting;
-   a connection without it is closed;
-4. the actor runs :func:`onceflow.runtime.worker.worker_main` on those sockets, as a
-   forked worker does.
+   ``resources_per_worker`` each) reserves the resources (the failed attempt's group again
+   when all its nodes are alive), and the host of each bundle's node forks that worker. The
+   process loads its spec (a module the node cannot import is refused here, with how to
+   ship it) and opens a TCP listener on its node's address (and a Unix socket for peers on
+   the same host);
+3. the driver collects the listeners' addresses and hands them to every worker: worker
+   ``j`` connects to every worker ``i < j`` (each pair once), and the driver connects to
+   each for its control connection. Every connection starts with the attempt's random
+   token (:data:`TOKEN_BYTES` bytes, checked with ``hmac.compare_digest``) and who is
+   connecting; a connection without it is closed;
+4. the process runs :func:`onceflow.runtime.worker.worker_main` on those sockets, as a
+   forked worker of the fork executor does. It never calls into Ray, and dies with its
+   host (``PR_SET_PDEATHSIG``).
 
-Failures: an actor that dies (SIGKILL, its node lost) closes its sockets, so the driver
-sees EOF; :meth:`Workers.exit_reason` asks Ray why. ``stop()`` kills every actor of the
-attempt (``ray.kill``) and returns once Ray reports each of them dead, then releases the
-placement group; a worker whose node is only unreachable also sees its control
-connection close and leaves its loop (the fence).
+Failures: a worker process or host that dies (SIGKILL, its node lost) closes its sockets,
+so the driver sees EOF; :meth:`Workers.exit_reason` says why (the host's wait status, or
+Ray's reason for the host's death). ``stop()`` has every host SIGKILL the attempt's
+processes and returns once each host reaped them, or Ray reports the host dead; a worker
+whose node is only unreachable also sees its control connection close and leaves its loop
+(the fence). Workers that reserve a GPU run as one actor per bundle instead
+(:class:`_WorkerActor`, started for each attempt): Ray assigns GPUs to actors.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ _HOST_CONCURRENCY = 128  # calls a host serves at once (one waits on each of its
 
 
 class Ray(Executor):
-    """Run each worker in a Ray actor.
+    """Run each worker on a Ray cluster (a process forked by its node's host actor).
 
     ``address``: ``None`` (a Ray already initialised in this process, else a new local
     one), ``"auto"`` (the cluster this machine belongs to) or ``"ray://host:10001"``.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,6 +40,9 @@ from onceflow.executors.ray import TOKEN_BYTES, _dial, accept_authenticated
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parent.parent
+# where scripts/kafka keeps its jars: read before the cluster fixture moves HOME
+KAFKA_CACHE = os.environ.get("ONCEFLOW_CACHE") or str(Path.home() / ".cache" / "onceflow")
+SEED = int(os.environ.get("ONCEFLOW_TEST_SEED", "20261201"))
 SHAPES = ["keyed_count", "union_flatmap", "two_keyed", "text_wordcount", "mixed_parallelism"]
 RECORDS = 6000
 NODE: dict[str, Any] = {"num_cpus": 2, "resources": {"slot": 1}}  # every node: one "slot"
@@ -99,10 +103,12 @@ def _flow(tmp: Path, shape: str, name: str, rate: float = 1e9,
 
 
 def _actor_pids() -> list[int]:
+    """The pids of the running onceflow workers: the processes the nodes' hosts forked
+    (or worker actors, for GPU workers)."""
     pids = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "_WorkerActor.run" in cmd:
+        if "onceflow-worker" in cmd or "_WorkerActor.run" in cmd:
             pids.append(p.info["pid"])
     return pids
 
@@ -162,6 +168,25 @@ def test_ray_commits_what_fork_commits(cluster: Any, tmp_path: Path, shape: str)
     assert r_ray.restarts == 0
 
 
+def test_actor_per_worker_as_for_gpu_workers_commits_the_same(cluster: Any,
+                                                               tmp_path: Path) -> None:
+    """Workers that reserve a GPU run as one actor per bundle (Ray assigns GPUs to actors,
+    not to processes a host forks); the cluster has no GPU, so that way is chosen here by
+    hand: the same exact output, and the workers are actors, not forked processes."""
+    flow, out = _flow(tmp_path, "keyed_count", "actors", rate=3000)
+    executor = of.executors.Ray(placement="spread")
+    executor._forks = False
+    t, box = _run_in_thread(flow, executor)
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "workers")
+    titles = [" ".join(psutil.Process(p).cmdline()) for p in pids]
+    t.join(120)
+    assert not t.is_alive() and "error" not in box, box.get("error")
+    assert all("_WorkerActor.run" in c for c in titles), titles
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(out))
+    assert got == want, crashjobs.diff(got, want)
+
+
 def _run_in_thread(flow: of.Flow, executor: Any) -> tuple[threading.Thread, dict[str, Any]]:
     box: dict[str, Any] = {}
 
@@ -184,7 +209,12 @@ def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path,
     pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "actors")
     _wait_for(lambda: _latest_checkpoint(checkpoint_storage, "ray-keyed_count") >= 0, 60,
               "a checkpoint")
+    hosts = {psutil.Process(p).ppid() for p in pids}  # the nodes' long-lived host actors
     os.kill(pids[0], signal.SIGKILL)
+    # the restart forks the new attempt's workers from the same hosts (warm: no new Ray
+    # worker process)
+    again = _wait_for(lambda: (p if len(p := set(_actor_pids()) - set(pids)) == 2 else None)
+                      or not t.is_alive(), 60, "the next attempt's workers")
     t.join(180)
     assert not t.is_alive()
     assert "error" not in box, box.get("error")
@@ -193,10 +223,38 @@ def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path,
     got = crashjobs.committed(str(out))
     assert got == want, crashjobs.diff(got, want)
     assert r.restarts >= 1
-    assert any("Ray actor" in f for f in r.failures), r.failures
+    assert any("Ray actor" in f and "SIGKILL" in f for f in r.failures), r.failures
+    assert again is not True, "the job ended before its next attempt's workers were seen"
+    assert {psutil.Process(p).ppid() for p in again if psutil.pid_exists(p)} <= hosts
     on_store = s3store.keys(checkpoint_storage)
     assert any(k.endswith("/_metadata") for k in on_store), sorted(on_store)[:20]
     assert not (tmp_path / "ck-kill").exists()
+
+
+def test_killed_host_takes_its_workers_with_it(cluster: Any, tmp_path: Path) -> None:
+    """SIGKILL of a node's host actor (the Ray actor that forks the workers of its node):
+    the worker processes it forked die with it at once (parent-death signal), the attempt
+    fails, the next one gets a new host there, and the output is exact."""
+    flow, out = _flow(tmp_path, "keyed_count", "host", rate=800, attempts=3)
+    t, box = _run_in_thread(flow, of.executors.Ray())
+    pids = _wait_for(lambda: (p if len(p := _actor_pids()) == 2 else None), 60, "workers")
+    _wait_for(lambda: _completed_checkpoints(tmp_path / "ck-host") >= 1, 60, "a checkpoint")
+    host = psutil.Process(pids[0]).ppid()
+    orphans = [p for p in pids if psutil.Process(p).ppid() == host]
+    assert "_WorkerHost" in " ".join(psutil.Process(host).cmdline())
+    os.kill(host, signal.SIGKILL)
+    _wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status()
+                              != psutil.STATUS_ZOMBIE for p in orphans), 10,
+              "the host's workers to die with it")
+    t.join(180)
+    assert not t.is_alive()
+    assert "error" not in box, box.get("error")
+    r = box["result"]
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(out))
+    assert got == want, crashjobs.diff(got, want)
+    assert r.restarts >= 1
+    assert any("died with its host" in f for f in r.failures), r.failures
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -268,6 +326,52 @@ def test_a_worker_actor_refuses_a_connection_without_the_token(cluster: Any) -> 
         ctrl.close()
     finally:
         ray.kill(actor)
+
+
+def test_a_forked_worker_refuses_a_connection_without_the_token(cluster: Any) -> None:
+    """The same against a worker process forked by a node's host actor (how workers run):
+    raw connections to its TCP listener and to its Unix socket are closed, the driver's
+    connection with the token becomes its control connection; and ending an attempt
+    (``kill``) returns once the host has reaped that attempt's processes."""
+    import ray
+    from ray import cloudpickle
+
+    from onceflow.executors.ray import _WorkerHost
+    from onceflow.runtime import messages as m
+
+    token = os.urandom(TOKEN_BYTES)
+    host = ray.remote(_WorkerHost).options(num_cpus=0, max_concurrency=8).remote()
+    try:
+        blob = cloudpickle.dumps(types.SimpleNamespace(index=0))
+        addr, port, pid, _, local = ray.get(
+            host.fork_worker.remote("a1", 0, blob, token, None), timeout=60)
+        assert addr == "127.0.0.1" and local is not None and local.startswith("\0onceflow-")
+        assert "onceflow-worker" in " ".join(psutil.Process(pid).cmdline())
+        done = host.run_worker.remote("a1", 0, [(addr, port)], [local])
+        raw = socket.create_connection((addr, port))
+        raw.sendall(b"\0" * (TOKEN_BYTES + 4))
+        assert _closed_by_peer(raw)
+        raw_local = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw_local.connect(local)
+        raw_local.sendall(b"\0" * (TOKEN_BYTES + 4))
+        assert _closed_by_peer(raw_local)
+        raw_local.close()
+        ctrl = Connection(_dial((addr, port), token, -1).detach())
+        assert ctrl.poll(60)
+        msg = m.recv(ctrl)
+        assert isinstance(msg, m.Failed) and msg.worker == 0
+        status = ray.get(done, timeout=60)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+        raw.close()
+        ctrl.close()
+        # a second attempt's process, killed before it was wired
+        _, _, pid2, _, _ = ray.get(host.fork_worker.remote("a2", 0, blob, token, None),
+                                   timeout=60)
+        assert psutil.pid_exists(pid2)
+        assert ray.get(host.kill.remote("a2"), timeout=60) == 1
+        assert not psutil.pid_exists(pid2)  # killed and reaped
+    finally:
+        ray.kill(host)
 
 
 def test_unpicklable_capture_fails_at_run_naming_the_operator(cluster: Any) -> None:
@@ -580,3 +684,116 @@ def test_a_node_cut_off_is_noticed_through_ray(cluster: Any, tmp_path: Path) -> 
     got = crashjobs.committed(str(out))
     assert got == want, crashjobs.diff(got, want)
     assert r.restarts >= 1 and any("died" in f for f in r.failures), r.failures
+
+
+# --- a Kafka job (keyed exchange, transactional Kafka sink) under random kills ----------
+@pytest.fixture(scope="module")
+def kafka_in_namespace() -> Iterator[str]:
+    """A Kafka broker of this module's own, inside its network namespace (the machine's
+    shared broker is on the other loopback, out of reach here): its own data directory,
+    stopped at the end of the module."""
+    data = tempfile.mkdtemp(prefix="onceflow-ray-kafka-")
+    env = {**os.environ, "ONCEFLOW_KAFKA_DIR": data, "ONCEFLOW_KAFKA_PORT": "39292",
+           "ONCEFLOW_KAFKA_CONTROLLER_PORT": "39293", "ONCEFLOW_CACHE": KAFKA_CACHE}
+    kafka = str(ROOT / "scripts" / "kafka")
+    proc = subprocess.run([kafka, "start"], capture_output=True, text=True, timeout=180,
+                          env=env)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        pytest.fail(f"scripts/kafka start (in the namespace) failed ({proc.returncode}):\n"
+                    f"{proc.stderr[-3000:]}")
+    try:
+        yield proc.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([kafka, "stop"], capture_output=True, text=True, timeout=60, env=env)
+
+
+def _read_committed(bootstrap: str, topic: str, timeout: float = 60.0
+                    ) -> list[tuple[int, int, Any]]:
+    """What a read_committed consumer sees in ``topic``: [(partition, offset, value)],
+    once it has reached the end of every partition and nothing more came for a second."""
+    import confluent_kafka as ck
+
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+                     "isolation.level": "read_committed", "enable.auto.commit": False,
+                     "enable.partition.eof": True})
+    parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+    c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in parts])
+    out: list[tuple[int, int, Any]] = []
+    at_end: set[int] = set()
+    deadline, quiet = time.monotonic() + timeout, None
+    try:
+        while time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is None:
+                if len(at_end) == len(parts):
+                    quiet = quiet or time.monotonic() + 1.0
+                    if time.monotonic() > quiet:
+                        return out
+                continue
+            if msg.error():
+                if msg.error().code() == ck.KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    continue
+                raise ck.KafkaException(msg.error())
+            at_end.discard(msg.partition())
+            quiet = None
+            out.append((msg.partition(), msg.offset(), json.loads(msg.value())))
+    finally:
+        c.close()
+    raise AssertionError(f"{topic}: the end of every partition not reached in {timeout}s")
+
+
+def _kafka_totals_with_kills(bootstrap: str, storage: str, records: int, kills: int,
+                             rng: random.Random) -> None:
+    """tests/kafkajobs.py's job (Kafka -> keyed running total -> transactional Kafka sink)
+    at parallelism 2 on the cluster, checkpoints on the S3 store; ``kills`` times a random
+    worker process is SIGKILLed at a random moment: what a read_committed reader sees is
+    every input's effect exactly once, in order per key."""
+    import confluent_kafka as ck
+    import kafka_util
+    import kafkajobs
+
+    inp = kafka_util.new_topic(bootstrap, 4, "ray-in")
+    out = kafka_util.new_topic(bootstrap, 4, "ray-out")
+    producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i in range(records):
+        producer.produce(inp, json.dumps(kafkajobs.make_input(i)).encode(), partition=i % 4)
+    assert producer.flush(30) == 0
+    flow = of.Flow("ray-kafka-totals", parallelism=2, batch_size=64,
+                   restart_strategy=of.restart.fixed_delay(attempts=kills + 5, delay=0.2))
+    flow.enable_checkpointing(0.3, storage, retained=2, timeout=30)
+    kafkajobs.build(flow, bootstrap, inp, out, 150, None)
+    t, box = _run_in_thread(flow, of.executors.Ray(placement="spread"))
+    killed: set[int] = set()
+    for _ in range(kills):
+        pids = _wait_for(lambda gone=frozenset(killed): (  # not the earlier attempts'
+            p if len(p := set(_actor_pids()) - gone) == 2 else None) or not t.is_alive(),
+            60, "the attempt's two workers")
+        if pids is True:
+            break
+        time.sleep(rng.uniform(0.5, 2.5))
+        if not t.is_alive():
+            break
+        victim = rng.choice(sorted(pids))
+        os.kill(victim, signal.SIGKILL)
+        killed.update(pids)
+    t.join(180)
+    assert not t.is_alive()
+    assert "error" not in box, box.get("error")
+    assert killed and box["result"].restarts >= 1, "no worker was killed while the job ran"
+    got = _read_committed(bootstrap, out)
+    problems = kafkajobs.check_output(got, records)
+    assert problems == [], problems[:10]
+
+
+def test_kafka_totals_with_random_kills_are_exact(
+        cluster: Any, kafka_in_namespace: str, checkpoint_storage: str) -> None:
+    _kafka_totals_with_kills(kafka_in_namespace, checkpoint_storage, 1500, 2,
+                             random.Random(f"{SEED}-ray-kafka"))
+
+
+@pytest.mark.soak
+def test_kafka_totals_with_many_random_kills_are_exact(
+        cluster: Any, kafka_in_namespace: str, checkpoint_storage: str) -> None:
+    _kafka_totals_with_kills(kafka_in_namespace, checkpoint_storage, 6000, 8,
+                             random.Random(f"{SEED}-ray-kafka-soak"))

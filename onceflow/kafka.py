@@ -109,8 +109,10 @@ def abort_lingering(bootstrap_servers: str, prefix: str, *, timeout: float = 60.
     def init(tid: str) -> None:
         try:
             p = ck.Producer({"bootstrap.servers": bootstrap_servers, "transactional.id": tid})
-            p.init_transactions(timeout)
-            p.close()
+            try:
+                p.init_transactions(timeout)
+            finally:
+                p.close()  # here, never by the garbage collector freeing a traceback
         except BaseException as e:
             errors.append(e)
 

@@ -326,7 +326,11 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         with foreign_errors(f"KafkaSink({self.topic}): starting the transactional producer "
                             f"{tid}", ck.KafkaException):
             p = ck.Producer(conf)
-            p.init_transactions(self.operation_timeout)
+            try:
+                p.init_transactions(self.operation_timeout)
+            except BaseException:
+                _close_producer(p)  # never left to the traceback (and the garbage collector)
+                raise
         return p
 
     def begin_transaction(self) -> KafkaTxn:
@@ -358,7 +362,11 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def _started_producer(self, tid: str) -> Any:
         producer = self._producer(tid)  # fresh epoch for this transaction
-        producer.begin_transaction()
+        try:
+            producer.begin_transaction()
+        except BaseException:
+            _close_producer(producer)
+            raise
         return producer
 
     def _take_warm(self, txn: KafkaTxn) -> Any:
@@ -663,7 +671,10 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         # the producers of pending transactions are only dereferenced.
         self._live.clear()
         for fut in self._warm.values():
-            fut.cancel()
+            # one being made now is closed (its transaction is empty) by the pool thread
+            # as soon as it is ready, not dropped with the future later by whoever frees it
+            if not fut.cancel():
+                fut.add_done_callback(_close_made)
         self._warm.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -681,6 +692,12 @@ def _aborted_on_timeout(txn: KafkaTxn, now: kp.TxnDescription) -> bool:
     return (txn.start_ms >= 0 and now.producer_id == txn.producer_id
             and now.producer_epoch == txn.epoch + 1 and now.start_ms == txn.start_ms
             and now.state in ("PrepareAbort", "CompleteAbort"))
+
+
+def _close_made(fut: Future[Any]) -> None:
+    """Close the producer a warm-up future made (nothing was sent on it)."""
+    if not fut.cancelled() and fut.exception() is None:
+        _close_producer(fut.result())
 
 
 def _close_producer(p: Any) -> None:

@@ -2,9 +2,13 @@
 
 Exactly-once (DESIGN §5), per sink subtask:
 
-* **ids**: a small pool of ``transactional.id``\\ s ``{prefix}-{subtask}-{slot}``. A new
-  transaction takes the lowest slot that no pending (pre-committed, not yet committed)
-  transaction uses. Every transaction gets a **fresh producer** (``init_transactions``), so
+* **ids**: a small pool of ``transactional.id``\\ s ``{prefix}-{subtask}-{slot}`` (default
+  prefix: flow, sink uid and a hash of the checkpoint location; a restore keeps the stored
+  one). A new transaction takes the lowest slot that no pending (pre-committed, not yet
+  committed) transaction uses and that is not *held*: a committed slot is held until a
+  checkpoint taken after its commit completes (until then a restore may list it), so
+  this sink never initialises an id that a checkpoint to restore lists as pending.
+  Every transaction gets a **fresh producer** (``init_transactions``), so
   every transaction has its own (producer id, epoch): a recorded pair names exactly one
   transaction, never a later one on the same id.
 * **begin**: choose the slot; the producer is created on the first record (a checkpoint
@@ -22,11 +26,17 @@ Exactly-once (DESIGN §5), per sink subtask:
 * **abort lingering**: ``init_transactions`` on a short-lived producer for every id of this
   sink (found with ``ListTransactions`` and from the state) of old subtasks ``j`` with
   ``j % parallelism == subtask``: aborts whatever crashed attempts left open, fences zombies.
+  The restored transactions' ids are left alone (committed just before; held).
+* **fenced by another producer** (another job with the same prefix): at begin, produce or
+  pre-commit a :class:`ConnectorError` naming the id; at commit the transaction of a
+  completed checkpoint was aborted by it: lost (:meth:`KafkaTransactionalSink._lost`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -85,9 +95,33 @@ class KafkaTxn:
     checkpoint: int = -1
 
 
-def default_prefix(flow: str, uid: str) -> str:
+def default_prefix(flow: str, uid: str, flow_dir: str | None = None) -> str:
+    """``onceflow-{flow}-{uid}-{10 hex digits of the checkpoint location}``: two jobs (two
+    copies of one flow, too) share it only if they share their checkpoint directory. A
+    fresh start computes it; the sink stores it in its checkpointed state and a restore
+    reuses the stored one (see :meth:`KafkaTransactionalSink.restore_state`)."""
     raw = f"onceflow-{flow}-{uid}"
+    if flow_dir:
+        raw += "-" + hashlib.sha256(os.path.abspath(flow_dir).encode()).hexdigest()[:10]
     return re.sub(r"[^A-Za-z0-9._-]", "_", raw)
+
+
+#: librdkafka's and the broker's ways of saying another producer took over the id
+_FENCED_CODES = (-144, 90, 47)  # _FENCED, PRODUCER_FENCED, INVALID_PRODUCER_EPOCH
+
+
+def _fenced(e: BaseException | None) -> bool:
+    """Whether ``e`` (or what caused it: confluent-kafka turns a fatal error met inside a
+    callback into a SystemError caused by it) says the producer was fenced."""
+    for _ in range(8):
+        if e is None:
+            return False
+        err = e.args[0] if e.args else None
+        code = getattr(err, "code", None)
+        if callable(code) and code() in _FENCED_CODES:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def check_transaction_timeout(timeout_ms: int, broker_max_ms: int | None, *,
@@ -129,9 +163,12 @@ class _Producing:
         self.key_str = False  # key_serializer="str": _produce_simple encodes keys inline
         self.value_json = False  # serializer="json": _produce_simple calls orjson inline
         self.errors: list[str] = []
+        self.fenced = False  # a delivery failed because another producer took the id over
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
+            if err.code() in _FENCED_CODES:
+                self.fenced = True
             self.errors.append(str(err))
 
     def produce(self, producer: Any, records: list[Any]) -> None:
@@ -254,6 +291,15 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self._prefix = ""
         self._live: dict[str, tuple[Any, KafkaTxn]] = {}  # transactional id -> producer, txn
         self._busy: set[int] = set()
+        #: slots whose last transaction is committed but may still be listed as pending
+        #: by a checkpoint one could restore: slot -> the latest checkpoint that may list
+        #: it. Not initialised again (not used) until a later checkpoint completes, so a
+        #: recovery commit that finds its id fenced knows another producer did it.
+        self._held: dict[int, int] = {}
+        self._last_snapshot = -1
+        self._first_snapshot = -1  # of this attempt: restored handles are older
+        #: the restored state was written by a sink that holds slots (see ``_held``)
+        self._strict_recovery = False
         self._slots_seen = 0
         self._parallelism_seen = 0
         self._old_prefixes: set[str] = set()  # prefixes in restored state (if it changed)
@@ -302,7 +348,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
     def open(self, ctx: SinkContext) -> None:
         import_kafka()
         self._ctx = ctx
-        self._prefix = self.transactional_id_prefix or default_prefix(ctx.flow, ctx.uid)
+        self._prefix = self.transactional_id_prefix or default_prefix(ctx.flow, ctx.uid,
+                                                                      ctx.flow_dir)
         self._parallelism_seen = max(self._parallelism_seen, ctx.parallelism)
         self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
                                serializer(self.key_serializer, "key_serializer"),
@@ -317,6 +364,23 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def _tid(self, subtask: int, slot: int) -> str:
         return f"{self._prefix}-{subtask}-{slot}"
+
+    def _taken_over(self, tid: str) -> str:
+        """What being fenced on ``tid`` means, for the errors that report it."""
+        given = ("the transactional_id_prefix given" if self.transactional_id_prefix
+                 else "the default transactional_id_prefix (a restore keeps the one of its "
+                      "checkpoint)")
+        return (f"another producer initialised transactional id {tid} and fenced this one "
+                f"(ProducerFenced): another job, or a second copy of this flow, uses "
+                f"{given} {self._prefix!r} — or this attempt of the job was replaced by a "
+                f"newer one. Two running jobs must never share a prefix: give each "
+                f"KafkaSink its own transactional_id_prefix, or leave it unset and give each "
+                f"job its own checkpoint storage")
+
+    def _fenced_error(self, tid: str, doing: str) -> ConnectorError:
+        return ConnectorError(f"KafkaSink({self.topic}): {doing} {tid}: "
+                              f"{self._taken_over(tid)}. (Nothing of a completed checkpoint "
+                              f"is lost: this transaction was not pre-committed yet.)")
 
     def _producer(self, tid: str) -> Any:
         ck = import_kafka()
@@ -333,11 +397,20 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 raise
         return p
 
+    def _free_slot(self) -> int:
+        slot = 0
+        while slot in self._busy or slot in self._held:
+            slot += 1
+        return slot
+
+    def _unhold(self, completed: int) -> None:
+        """Checkpoint ``completed`` is complete: slots held for older ones are free."""
+        for slot in [s for s, upto in self._held.items() if upto < completed]:
+            del self._held[slot]
+
     def begin_transaction(self) -> KafkaTxn:
         assert self._ctx is not None
-        slot = 0
-        while slot in self._busy:
-            slot += 1
+        slot = self._free_slot()
         self._busy.add(slot)
         self._slots_seen = max(self._slots_seen, slot + 1)
         txn = KafkaTxn(self._tid(self._ctx.subtask, slot), slot)
@@ -364,8 +437,10 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         producer = self._producer(tid)  # fresh epoch for this transaction
         try:
             producer.begin_transaction()
-        except BaseException:
+        except BaseException as e:
             _close_producer(producer)
+            if _fenced(e):
+                raise self._fenced_error(tid, "beginning a transaction on") from e
             raise
         return producer
 
@@ -380,9 +455,15 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             self._lingering_done()
             producer = self._take_warm(txn) or self._started_producer(txn.transactional_id)
             live = self._live[txn.transactional_id] = (producer, txn)
-        with foreign_errors(f"KafkaSink({self.topic}): producing to {txn.transactional_id}",
-                            import_kafka().KafkaException):
-            self._out.produce(live[0], records)
+        ck = import_kafka()
+        try:
+            with foreign_errors(f"KafkaSink({self.topic}): producing to "
+                                f"{txn.transactional_id}", ck.KafkaException):
+                self._out.produce(live[0], records)
+        except (ConnectorError, SystemError) as e:
+            if _fenced(e) or self._out.fenced:
+                raise self._fenced_error(txn.transactional_id, "producing to") from e
+            raise
         txn.records += len(records)
 
     def pre_commit(self, txn: KafkaTxn) -> None:
@@ -391,38 +472,73 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         live = self._live.get(txn.transactional_id)
         if live is None or txn.records == 0:
             self._discard_empty(txn)
+            self._pre_committed = txn  # (for its checkpoint id: see commit)
             return
         assert self._out is not None
         _faults.point("sink.pre_commit", subtask=self._ctx.subtask if self._ctx else -1)
-        self._out.flush(live[0], self.operation_timeout)
+        ck = import_kafka()
+        try:
+            self._out.flush(live[0], self.operation_timeout)
+        except (ck.KafkaException, ConnectorError, SystemError) as e:
+            if _fenced(e) or self._out.fenced:
+                raise self._fenced_error(txn.transactional_id, "pre-committing") from e
+            raise
         d = self._txn_client().describe(txn.transactional_id)
         if d.error or d.state != "Ongoing":
+            why = ""
+            if d.state in ("PrepareAbort", "CompleteAbort", "Empty"):
+                other = self._taken_over(txn.transactional_id)
+                why = (f": the broker aborted it (it outlived transaction.timeout.ms, "
+                       f"{self.transaction_timeout_ms} ms?), or {other}. Nothing of a "
+                       f"completed checkpoint is lost: this transaction was not "
+                       f"pre-committed yet")
             raise ConnectorError(
                 f"KafkaSink: transaction {txn.transactional_id} is {d.state or '?'} "
-                f"({kp.error_name(d.error)}) at pre-commit, expected Ongoing")
+                f"({kp.error_name(d.error)}) at pre-commit, expected Ongoing{why}")
         txn.producer_id, txn.epoch, txn.start_ms = d.producer_id, d.producer_epoch, d.start_ms
         self._pre_committed = txn
 
     def commit(self, txn: KafkaTxn) -> None:
         if txn.producer_id < 0:  # empty: nothing to make visible
+            if 0 <= self._first_snapshot <= txn.checkpoint:  # this attempt's own
+                self._unhold(txn.checkpoint)
             self._release(txn)
             return
         live = self._live.get(txn.transactional_id)
         if live is not None and live[1] is txn:
-            self._commit_live(live[0], txn)
+            try:
+                self._commit_live(live[0], txn)
+            except import_kafka().KafkaException as e:
+                if not _fenced(e):
+                    raise
+                # The coordinator refused our EndTxn: another producer's InitProducerId
+                # on the id aborted this pre-committed transaction of a completed
+                # checkpoint. Its output is lost: never silent.
+                del self._live[txn.transactional_id]
+                _close_producer(live[0])
+                self._release(txn)
+                self._lost(txn, self._taken_over(txn.transactional_id) +
+                           "; that aborted this transaction after it was pre-committed",
+                           remedy="Give every running job its own prefix")
+                return
             del self._live[txn.transactional_id]
             _close_producer(live[0])
             self._release(txn)
+            self._unhold(txn.checkpoint)
+            # checkpoints up to the last one taken may still list it as pending
+            self._held[txn.slot] = max(self._last_snapshot, txn.checkpoint)
             # Steady state: the next barrier begins a transaction on the lowest free slot;
-            # start its producer now (its slot's last transaction is committed), so that it
-            # is ready by then.
-            slot = 0
-            while slot in self._busy:
-                slot += 1
-            self._warm_up(slot)
+            # start its producer now (that slot's last transaction is committed and no
+            # checkpoint to restore lists it), so that it is ready by then.
+            self._warm_up(self._free_slot())
             return
         self.commit_recovered(txn)
         self._release(txn)
+        if self._ctx is not None and txn.transactional_id == self._tid(self._ctx.subtask,
+                                                                       txn.slot):
+            # the restored checkpoint lists it: held until this attempt's first commit
+            self._held[txn.slot] = max(self._held.get(txn.slot, -1), txn.checkpoint)
+            self._slots_seen = max(self._slots_seen, txn.slot + 1)
 
     def _release(self, txn: KafkaTxn) -> None:
         self._discard_empty(txn)
@@ -518,6 +634,11 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                                f"outlived transaction.timeout.ms "
                                f"({self.transaction_timeout_ms} ms)")
                     return
+                if self._strict_recovery:
+                    # this job never initialises the id of a transaction that a checkpoint
+                    # to restore lists (``_held``): another producer did
+                    self._taken_over_at_recovery(txn, d)
+                    return
                 log.info("kafka sink: recovery commit of %s (pid %d, epoch %d): id since "
                          "re-initialised (now %s, epoch %d): already committed", tid, pid,
                          epoch, d.state, d.producer_epoch)
@@ -535,7 +656,24 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             raise ConnectorError(f"KafkaSink: EndTxn(commit) for {tid} failed: "
                                f"{kp.error_name(err)}")
 
-    def _lost(self, txn: KafkaTxn, why: str) -> None:
+    def _taken_over_at_recovery(self, txn: KafkaTxn, d: kp.TxnDescription) -> None:
+        """The recovery commit of ``txn`` found its id initialised by another producer.
+        One InitProducerId after the commit bumps the epoch by one; one that met the
+        transaction still open aborts it first (two bumps at least)."""
+        tid = txn.transactional_id
+        now = f"now {d.state} at producer id {d.producer_id}, epoch {d.producer_epoch}"
+        if d.producer_id == txn.producer_id and d.producer_epoch == txn.epoch + 1 and \
+                d.state not in ("PrepareAbort", "CompleteAbort"):
+            raise ConnectorError(
+                f"KafkaSink({self.topic}): recovery commit of {tid} (checkpoint "
+                f"{txn.checkpoint}): {self._taken_over(tid)}. The transaction was committed "
+                f"before that ({now}): nothing of it is lost.")
+        self._lost(txn, f"{self._taken_over(tid)}; it was at epoch {txn.epoch} when "
+                   f"pre-committed, {now}: the other producer's start aborted it if it was "
+                   f"not committed yet, and the coordinator cannot tell any more",
+                   remedy="Give every running job its own prefix")
+
+    def _lost(self, txn: KafkaTxn, why: str, remedy: str | None = None) -> None:
         """A transaction of a completed checkpoint cannot be committed any more: its output
         is lost. Never silent: raise :class:`KafkaTransactionLostError`, or (with
         ``on_lost_transaction="continue"``) log it as an error, count it and carry on."""
@@ -548,9 +686,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                f"(transactional id {txn.transactional_id}, producer id {txn.producer_id}, "
                f"epoch {txn.epoch}, {txn.records} record(s) to topic {self.topic!r}) cannot "
                f"be committed: {why}. Its output is LOST: what this sink subtask received "
-               f"from these input offsets never reaches {self.topic!r}: {inputs}. Raise "
-               f"transaction_timeout_ms (and the brokers' "
-               f"transaction.max.timeout.ms) above the longest outage to expect; "
+               f"from these input offsets never reaches {self.topic!r}: {inputs}. "
+               f"{remedy or _TIMEOUT_REMEDY}; "
                f"lost transactions so far: {self.lost_transactions}.")
         log.error("%s", msg, extra={"event": "kafka_transaction_lost", "uid": uid,
                                     "subtask": sub, "checkpoint": txn.checkpoint,
@@ -602,13 +739,17 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         # too, so its producer is started now, in parallel, rather than after the others
         # are looked up (ListTransactions) and aborted: the first records find it ready.
         # Safe here: the restored transactions are committed (ids in ``keep``).
-        first = self._tid(ctx.subtask, 0)
-        self._warm_up(0)
+        slot = self._free_slot()
+        first = self._tid(ctx.subtask, slot)
+        self._warm_up(slot)
         errors: list[BaseException] = []
+        # The restored transactions' ids are not initialised by this attempt (until a
+        # checkpoint of its own completes): committed just now, nothing lingers on them.
+        skip = {first, *(t.transactional_id for t in keep)}
 
         def run() -> None:
             try:
-                self._abort_lingering(ctx, first)
+                self._abort_lingering(ctx, skip)
             except BaseException as e:
                 errors.append(e)
 
@@ -625,9 +766,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         if errors:
             raise errors[0]
 
-    def _abort_lingering(self, ctx: SinkContext, first: str) -> None:
-        ids = [tid for tid in self.lingering_ids(ctx) if tid != first]
-        # ids in ``keep`` were committed just before (EndTxn): initialising them is safe now
+    def _abort_lingering(self, ctx: SinkContext, skip: set[str]) -> None:
+        ids = [tid for tid in self.lingering_ids(ctx) if tid not in skip]
         errors: list[BaseException] = []
 
         def init(tid: str) -> None:
@@ -652,10 +792,20 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         if self._pre_committed is not None:
             self._pre_committed.checkpoint = checkpoint_id
             self._pre_committed = None
+        self._last_snapshot = checkpoint_id
+        if self._first_snapshot < 0:
+            self._first_snapshot = checkpoint_id
+        # "held": written by a sink that holds committed slots (``_held``)
         return {"prefix": self._prefix, "parallelism": self._parallelism_seen,
-                "slots": self._slots_seen, "lost": self.lost_transactions}
+                "slots": self._slots_seen, "lost": self.lost_transactions, "held": True}
 
     def restore_state(self, states: list[Any]) -> None:
+        stored = sorted({st["prefix"] for st in states if st and st.get("prefix")})
+        self._strict_recovery = bool(states) and all(st and st.get("held") for st in states)
+        if self.transactional_id_prefix is None and stored:
+            # a restore keeps the prefix its job started with (the default depends on the
+            # checkpoint location, which a restore may name differently)
+            self._prefix = stored[0]
         for st in states:
             if st:
                 if st.get("prefix"):
@@ -682,6 +832,10 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+_TIMEOUT_REMEDY = ("Raise transaction_timeout_ms (and the brokers' transaction.max.timeout.ms) "
+                   "above the longest outage to expect")
 
 
 def _aborted_on_timeout(txn: KafkaTxn, now: kp.TxnDescription) -> bool:

@@ -74,6 +74,8 @@ ON_LOST = ("fail", "continue")
 #: successful record costs no Python callback (failures are still collected, and
 #: ``flush`` still waits for every record).
 PRODUCER_DEFAULTS: dict[str, Any] = {"linger.ms": 5, "delivery.report.only.error": True}
+#: records a transaction keeps while its producer is being made (then the task waits)
+HOLD_BACK_MAX = 50_000
 
 
 @dataclass
@@ -306,6 +308,11 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self._client: kp.TxnClient | None = None
         self._out: _Producing | None = None
         self._warm: dict[str, Future[Any]] = {}  # transactional id -> producer being made
+        #: records of the current transaction waiting for its producer (see write)
+        self._held_back: list[Any] = []
+        #: the commit running in the background: (thread, its transaction, its errors)
+        #: (errors: the exception, then the producer it leaves)
+        self._committing: tuple[threading.Thread, KafkaTxn, list[Any]] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._last_had_records = True
         self._pre_committed: KafkaTxn | None = None
@@ -317,7 +324,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def __getstate__(self) -> dict[str, Any]:
         st = self.__dict__.copy()
-        for k in ("_live", "_client", "_out", "_warm", "_pool", "_lingering"):
+        for k in ("_live", "_client", "_out", "_warm", "_pool", "_lingering", "_held_back",
+                  "_committing"):
             st.pop(k, None)
         return st
 
@@ -325,6 +333,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self.__dict__.update(st)
         self._live, self._client, self._out, self._warm, self._pool = {}, None, None, {}, None
         self._lingering = None
+        self._held_back = []
+        self._committing = None
 
     # --- validation ----------------------------------------------------------------------
     def validate(self) -> None:
@@ -448,28 +458,68 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         fut = self._warm.pop(txn.transactional_id, None)
         return None if fut is None else fut.result()
 
+    def _ready(self, txn: KafkaTxn, wait: bool) -> tuple[Any, KafkaTxn] | None:
+        """The live producer of ``txn``, made (or taken from its warm-up) if need be; None
+        when ``wait`` is false and it is not ready yet (still being made, or lingering
+        transactions still being aborted): the caller keeps the records meanwhile."""
+        tid = txn.transactional_id
+        live = self._live.get(tid)
+        if live is not None:
+            return live
+        if not wait:
+            busy = self._lingering is not None and self._lingering[0].is_alive()
+            fut = self._warm.get(tid)
+            if fut is None:
+                self._warm_up_own(txn)
+                return None
+            if busy or not fut.done():
+                return None
+        self._lingering_done()
+        producer = self._take_warm(txn) or self._started_producer(tid)
+        live = self._live[tid] = (producer, txn)
+        if self._held_back:
+            records, self._held_back = self._held_back, []
+            self._produce(live, records)
+        return live
+
+    def _warm_up_own(self, txn: KafkaTxn) -> None:
+        """Start making ``txn``'s producer in the background (its slot is ``txn``'s own,
+        chosen free: initialising it cannot abort anything a checkpoint covers)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="onceflow-kafka")
+        self._warm[txn.transactional_id] = self._pool.submit(self._started_producer,
+                                                             txn.transactional_id)
+
     def write(self, txn: KafkaTxn, records: list[Any]) -> None:
         assert self._out is not None
-        live = self._live.get(txn.transactional_id)
+        # Until the transaction's producer is ready (init_transactions takes round trips,
+        # and at start-up lingering transactions are aborted first), its records wait
+        # here instead of holding up the task: at most HOLD_BACK_MAX of them.
+        live = self._ready(txn, wait=len(self._held_back) + len(records) > HOLD_BACK_MAX)
         if live is None:
-            self._lingering_done()
-            producer = self._take_warm(txn) or self._started_producer(txn.transactional_id)
-            live = self._live[txn.transactional_id] = (producer, txn)
+            self._held_back.extend(records)
+        else:
+            self._produce(live, records)
+        txn.records += len(records)
+
+    def _produce(self, live: tuple[Any, KafkaTxn], records: list[Any]) -> None:
+        assert self._out is not None
+        tid = live[1].transactional_id
         ck = import_kafka()
         try:
-            with foreign_errors(f"KafkaSink({self.topic}): producing to "
-                                f"{txn.transactional_id}", ck.KafkaException):
+            with foreign_errors(f"KafkaSink({self.topic}): producing to {tid}",
+                                ck.KafkaException):
                 self._out.produce(live[0], records)
         except (ConnectorError, SystemError) as e:
             if _fenced(e) or self._out.fenced:
-                raise self._fenced_error(txn.transactional_id, "producing to") from e
+                raise self._fenced_error(tid, "producing to") from e
             raise
-        txn.records += len(records)
 
     def pre_commit(self, txn: KafkaTxn) -> None:
         self._lingering_done()
+        self._commit_done()
         self._last_had_records = txn.records > 0
-        live = self._live.get(txn.transactional_id)
+        live = self._ready(txn, wait=True) if txn.records else None
         if live is None or txn.records == 0:
             self._discard_empty(txn)
             self._pre_committed = txn  # (for its checkpoint id: see commit)
@@ -504,25 +554,32 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 self._unhold(txn.checkpoint)
             self._release(txn)
             return
+        self._commit_done()
         live = self._live.get(txn.transactional_id)
         if live is not None and live[1] is txn:
-            try:
-                self._commit_live(live[0], txn)
-            except import_kafka().KafkaException as e:
-                if not _fenced(e):
-                    raise
-                # The coordinator refused our EndTxn: another producer's InitProducerId
-                # on the id aborted this pre-committed transaction of a completed
-                # checkpoint. Its output is lost: never silent.
+            if _faults.enabled():  # crash tests: the commit in the task, as it happens
+                try:
+                    self._commit_live(live[0], txn)
+                except import_kafka().KafkaException as e:
+                    if not _fenced(e):
+                        raise  # the producer stays live: the lifecycle retries
+                    del self._live[txn.transactional_id]
+                    self._release(txn)
+                    self._commit_failed(txn, e)
+                    return
                 del self._live[txn.transactional_id]
                 _close_producer(live[0])
-                self._release(txn)
-                self._lost(txn, self._taken_over(txn.transactional_id) +
-                           "; that aborted this transaction after it was pre-committed",
-                           remedy="Give every running job its own prefix")
-                return
-            del self._live[txn.transactional_id]
-            _close_producer(live[0])
+            else:
+                del self._live[txn.transactional_id]
+                # In the background: the task goes on with the next transaction (another
+                # producer) meanwhile. Joined before the next pre-commit, commit and at
+                # close, so no later checkpoint can complete unless this commit succeeded
+                # (a failure then fails that checkpoint: a restore commits it again).
+                th = threading.Thread(target=self._commit_in_background,
+                                      args=(live[0], txn), daemon=True,
+                                      name="onceflow-kafka-commit")
+                self._committing = (th, txn, [])
+                th.start()
             self._release(txn)
             self._unhold(txn.checkpoint)
             # checkpoints up to the last one taken may still list it as pending
@@ -539,6 +596,52 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             # the restored checkpoint lists it: held until this attempt's first commit
             self._held[txn.slot] = max(self._held.get(txn.slot, -1), txn.checkpoint)
             self._slots_seen = max(self._slots_seen, txn.slot + 1)
+
+    def _commit_in_background(self, producer: Any, txn: KafkaTxn) -> None:
+        assert self._committing is not None
+        errors = self._committing[2]
+        for delay in (0.1, 0.5, 2.0, None):  # as TransactionLifecycle retries a commit
+            try:
+                producer.commit_transaction(self.operation_timeout)
+                _close_producer(producer)
+                return
+            except BaseException as e:
+                if delay is None or _fenced(e):
+                    # not closed: Producer.close() would abort the transaction, which
+                    # the checkpoint lists for a recovery commit; dereferenced by the
+                    # task at the join
+                    errors.append(e)
+                    errors.append(producer)
+                    return
+                log.warning("kafka sink: commit of %s failed (%s); retrying in %.1fs",
+                            txn.transactional_id, e, delay)
+                time.sleep(delay)
+
+    def _commit_done(self) -> None:
+        """Wait for the commit running in the background; raise what it met."""
+        if self._committing is None:
+            return
+        th, txn, errors = self._committing
+        th.join()
+        self._committing = None
+        if errors:
+            err = errors[0]
+            errors.clear()  # the failed producer goes here, in the task
+            self._commit_failed(txn, err)
+
+    def _commit_failed(self, txn: KafkaTxn, e: BaseException) -> None:
+        if _fenced(e):
+            # The coordinator refused our EndTxn: another producer's InitProducerId on
+            # the id aborted this pre-committed transaction of a completed checkpoint.
+            # Its output is lost: never silent.
+            self._lost(txn, self._taken_over(txn.transactional_id) +
+                       "; that aborted this transaction after it was pre-committed",
+                       remedy="Give every running job its own prefix")
+            return
+        raise ConnectorError(
+            f"KafkaSink({self.topic}): committing {txn.transactional_id} (checkpoint "
+            f"{txn.checkpoint}) failed: {type(e).__name__}: {e}. The checkpoint still lists "
+            f"it: a restore commits it") from e
 
     def _release(self, txn: KafkaTxn) -> None:
         self._discard_empty(txn)
@@ -699,6 +802,14 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def abort(self, txn: KafkaTxn) -> None:
         self._lingering_done()
+        self._held_back = []
+        if txn.transactional_id not in self._live:
+            try:
+                producer = self._take_warm(txn)  # made for it, nothing produced on it
+            except Exception:
+                producer = None
+            if producer is not None:
+                _close_producer(producer)
         self._discard_empty(txn)
         live = self._live.pop(txn.transactional_id, None)
         if live is not None and live[1] is txn:
@@ -819,7 +930,14 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         # Producer.close() would ABORT an open transaction; dropping the last reference
         # does not (librdkafka's destroy without close leaves it to the coordinator), so
         # the producers of pending transactions are only dereferenced.
+        try:
+            self._commit_done()  # the last checkpoint's commit: finished, or its error raised
+        finally:
+            self._close_clients()
+
+    def _close_clients(self) -> None:
         self._live.clear()
+        self._held_back = []
         for fut in self._warm.values():
             # one being made now is closed (its transaction is empty) by the pool thread
             # as soon as it is ready, not dropped with the future later by whoever frees it

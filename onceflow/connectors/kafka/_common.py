@@ -113,7 +113,9 @@ def shared_admin(bootstrap: str) -> Any:
             _retired.append(_shared.pop(key))
             entry = None
         if entry is None:
-            entry = _shared[key] = _Admin(AdminClient({"bootstrap.servers": bootstrap}))
+            # (a metadata request for a missing topic must not create it)
+            entry = _shared[key] = _Admin(AdminClient({"bootstrap.servers": bootstrap,
+                                                       "allow.auto.create.topics": False}))
             _arm_sweeper(SHARED_ADMIN_TTL_S)
         return entry.client
 
@@ -172,18 +174,30 @@ def broker_config(bootstrap: str, name: str, timeout: float = 10.0) -> str | Non
 
     admin = shared_admin(bootstrap)
     try:
-        md = admin.list_topics(timeout=timeout)
+        ids = [n.id for n in _cluster(admin, timeout).nodes]
     except ck.KafkaException as e:
         raise ConfigurationError(f"cannot reach Kafka at {bootstrap}: {e}") from e
-    if not md.brokers:
+    if not ids:
         raise ConfigurationError(f"Kafka at {bootstrap} reports no broker")
-    res = ConfigResource(ConfigResource.Type.BROKER, str(min(md.brokers)))
+    res = ConfigResource(ConfigResource.Type.BROKER, str(min(ids)))
     configs = admin.describe_configs([res])[res].result(timeout=timeout)
     entry = configs.get(name)
     return None if entry is None else entry.value
 
 
 def brokers(bootstrap: str, timeout: float = 10.0) -> list[tuple[str, int]]:
-    """(host, port) of every broker in the cluster metadata."""
-    md = shared_admin(bootstrap).list_topics(timeout=timeout)
-    return [(str(b.host), int(b.port)) for b in md.brokers.values()]
+    """(host, port) of every broker in the cluster."""
+    return [(str(n.host), int(n.port)) for n in _cluster(shared_admin(bootstrap),
+                                                          timeout).nodes]
+
+
+def _cluster(admin: Any, timeout: float) -> Any:
+    # DescribeCluster: the brokers only, not the metadata of every topic in the cluster
+    # (which a metadata request without topics returns: slow on a cluster of many topics)
+    ck = import_kafka()
+    try:
+        return admin.describe_cluster(request_timeout=timeout).result(timeout=timeout)
+    except TimeoutError as e:  # (as a metadata request times out: a KafkaException)
+        raise ck.KafkaException(ck.KafkaError(
+            ck.KafkaError._TIMED_OUT, f"DescribeCluster: no answer within {timeout:g} s"
+        )) from e

@@ -127,10 +127,17 @@ class KafkaSource(Source):
 
     def partitions(self, client: Any) -> list[tuple[str, int]]:
         """(topic, partition) of every partition of the subscribed topics, sorted."""
-        md = client.list_topics(timeout=self.timeout)
         pat = self._pattern()
+        if not isinstance(self.topics, str | re.Pattern):
+            # named topics: a metadata request for each, not for every topic of the
+            # cluster (the clients never create a missing topic by asking)
+            topics: dict[str, Any] = {}
+            for name in self.topics:
+                topics.update(client.list_topics(topic=name, timeout=self.timeout).topics)
+        else:
+            topics = client.list_topics(timeout=self.timeout).topics
         out: list[tuple[str, int]] = []
-        for name, t in md.topics.items():
+        for name, t in topics.items():
             if pat is not None:
                 if name.startswith("__") or not pat.fullmatch(name):
                     continue

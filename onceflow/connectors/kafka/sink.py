@@ -162,8 +162,8 @@ class _Producing:
                  headers: Callable[[Any], Any] | None) -> None:
         self.topic, self.value, self.key, self.key_ser = topic, value, key, key_ser
         self.partition, self.headers = partition, headers
-        self.key_str = False  # key_serializer="str": _produce_simple encodes keys inline
-        self.value_json = False  # serializer="json": _produce_simple calls orjson inline
+        self.key_str = False  # key_serializer="str": produce encodes keys inline
+        self.value_json = False  # serializer="json": produce calls orjson inline
         self.errors: list[str] = []
         self.fenced = False  # a delivery failed because another producer took the id over
 
@@ -174,57 +174,35 @@ class _Producing:
             self.errors.append(str(err))
 
     def produce(self, producer: Any, records: list[Any]) -> None:
-        if self.partition is None and self.headers is None:
-            self._produce_simple(producer, records)
-            return
-        for r in records:
-            kw: dict[str, Any] = {"value": self.value(r), "on_delivery": self._on_delivery}
-            if self.key is not None:
-                kw["key"] = self.key_ser(self.key(r))
-            if self.partition is not None:
-                p = self.partition(r)
-                if p is not None:
-                    kw["partition"] = int(p)
-            if self.headers is not None:
-                kw["headers"] = self.headers(r)
-            while True:
-                try:
-                    producer.produce(self.topic, **kw)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.poll(0)
-
-    def _produce_simple(self, producer: Any, records: list[Any]) -> None:
-        """The common case (no partition or headers function): positional arguments, no
-        per-record keyword dict. Same calls as :meth:`produce` otherwise."""
+        """One loop for every configuration, positional arguments in the common case.
+        ``serializer="json"`` and ``key_serializer="str"`` are done inline (no serializer
+        call per record)."""
         produce, topic, value, cb = producer.produce, self.topic, self.value, self._on_delivery
-        key, key_ser = self.key, self.key_ser
-        if key is not None and self.key_str:
-            # key_serializer="str" inline: no serializer call per record (nor for
-            # serializer="json": orjson.dumps straight)
-            dumps, opt, js = orjson.dumps, orjson.OPT_NON_STR_KEYS, self.value_json
-            for r in records:
-                v = dumps(r, None, opt) if js else value(r)
+        key, key_ser, key_str = self.key, self.key_ser, self.key_str
+        part, hdrs = self.partition, self.headers
+        dumps, opt, js = orjson.dumps, orjson.OPT_NON_STR_KEYS, self.value_json
+        p = -1
+        for r in records:
+            v = dumps(r, None, opt) if js else value(r)
+            if key is None:
+                k = None
+            elif key_str:
                 k = key(r)
                 if k.__class__ is str:
                     k = k.encode()
                 elif k is not None:
                     k = str(k).encode("utf-8")
-                while True:
-                    try:
-                        produce(topic, v, k, -1, cb)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            producer.poll(0)
-            return
-        for r in records:
-            v = value(r)
-            k = None if key is None else key_ser(key(r))
+            else:
+                k = key_ser(key(r))
+            if part is not None:
+                p = part(r)
+                p = -1 if p is None else int(p)
             while True:
                 try:
-                    produce(topic, v, k, -1, cb)
+                    if hdrs is None:
+                        produce(topic, v, k, p, cb)
+                    else:
+                        produce(topic, v, k, p, cb, headers=hdrs(r))
                     break
                 except BufferError:
                     producer.poll(0.05)

@@ -91,3 +91,73 @@ def test_two_jobs_sharing_a_prefix_fail_loudly_or_report_the_loss(bootstrap: str
             assert "is LOST" in log_text and says, job.tail()
     # they did run at the same time: at least one of them noticed the other
     assert told >= 1, "\n".join(j.tail() for j, _, _ in results)
+
+
+def _pre_committed(bootstrap: str, topic: str, prefix: str, tmp: Path) -> tuple[Any, Any]:
+    """A sink subtask that pre-committed a transaction for checkpoint 1 and died before
+    committing it: (its checkpointed state, the pending handle)."""
+    from onceflow.connectors.sinks import SinkContext
+    from onceflow.kafka import KafkaSink
+
+    sink = KafkaSink(bootstrap, topic, transactional_id_prefix=prefix, serializer="json")
+    sink.open(SinkContext(flow="sp", uid="out", subtask=0, parallelism=1, attempt=0,
+                          flow_dir=str(tmp)))
+    txn = sink.begin_transaction()
+    sink.write(txn, [{"i": i} for i in range(5)])
+    sink.pre_commit(txn)
+    state = sink.snapshot_state(1)
+    sink.close()  # (a crash: the transaction stays open for the recovery commit)
+    return state, txn
+
+
+def _restored(bootstrap: str, topic: str, prefix: str, tmp: Path, state: Any) -> Any:
+    from onceflow.connectors.sinks import SinkContext
+    from onceflow.kafka import KafkaSink
+
+    sink = KafkaSink(bootstrap, topic, transactional_id_prefix=prefix, serializer="json")
+    sink.open(SinkContext(flow="sp", uid="out", subtask=0, parallelism=1, attempt=1,
+                          flow_dir=str(tmp)))
+    sink.restore_state([state])
+    return sink
+
+
+def _init_elsewhere(bootstrap: str, tid: str) -> None:
+    import confluent_kafka as ck
+
+    p = ck.Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
+    p.init_transactions(30)
+    p.close()
+
+
+def test_recovery_commit_tells_another_producers_takeover(bootstrap: str,
+                                                          tmp_path: Path) -> None:
+    """The sink never initialises an id that a checkpoint to restore lists, so a fenced
+    recovery commit means another producer: reported, never taken for "committed"."""
+    import pytest
+
+    from onceflow.errors import ConnectorError, KafkaTransactionLostError
+
+    topic = new_topic(bootstrap, 1, "sprc")
+    prefix = f"sprc-{uuid.uuid4().hex[:8]}"
+    # restored twice with nobody else around: committed, then "already committed"
+    state, txn = _pre_committed(bootstrap, topic, prefix, tmp_path)
+    for _ in range(2):
+        sink = _restored(bootstrap, topic, prefix, tmp_path, state)
+        sink.commit(txn)
+        sink.close()
+    assert len(read_committed(bootstrap, topic, settle=0.3)) == 5
+    # committed, then another producer took the id over: nothing lost, but it fails
+    _init_elsewhere(bootstrap, txn.transactional_id)
+    sink = _restored(bootstrap, topic, prefix, tmp_path, state)
+    with pytest.raises(ConnectorError, match=TAKEN_OVER + ".*nothing of it is lost"):
+        sink.commit(txn)
+    sink.close()
+    # another producer's start aborted a pre-committed one: reported as lost
+    state, txn = _pre_committed(bootstrap, topic, prefix, tmp_path)
+    _init_elsewhere(bootstrap, txn.transactional_id)
+    sink = _restored(bootstrap, topic, prefix, tmp_path, state)
+    with pytest.raises(KafkaTransactionLostError, match=TAKEN_OVER + ".*is LOST"):
+        sink.commit(txn)
+    assert sink.lost_transactions == 1
+    sink.close()
+    assert len(read_committed(bootstrap, topic, settle=0.3)) == 5  # the first five only

@@ -590,6 +590,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                     # task at the join
                     errors.append(e)
                     errors.append(producer)
+                    # (nor kept by this frame, which ``e``'s traceback holds)
+                    del producer
                     return
                 log.warning("kafka sink: commit of %s failed (%s); retrying in %.1fs",
                             txn.transactional_id, e, delay)

@@ -60,8 +60,10 @@ def KafkaSink(bootstrap_servers: str, topic: str, *,
     returning ``bytes``/``str``; ``key``: a function giving the record's key (the default
     partitioner hashes it); ``partition``: a function giving an explicit partition;
     ``headers``: a function giving a list of ``(name, bytes)``.
-    ``transactional_id_prefix``: default ``onceflow-{flow name}-{sink uid}``; ids are
-    ``{prefix}-{subtask}-{slot}``; must be unique per job and stable across restarts.
+    ``transactional_id_prefix``: default ``onceflow-{flow name}-{sink uid}-{hash of the
+    checkpoint location}``, kept in the checkpoints (a restore goes on with it); ids are
+    ``{prefix}-{subtask}-{slot}``. One you give must be unique per running job and stable
+    across restarts: a producer fenced by another job's fails the job naming the id.
     ``transaction_timeout_ms`` must be at most the brokers' ``transaction.max.timeout.ms``
     (checked at start) and well above checkpoint interval + checkpoint timeout + restart
     time.
@@ -109,8 +111,10 @@ def abort_lingering(bootstrap_servers: str, prefix: str, *, timeout: float = 60.
     def init(tid: str) -> None:
         try:
             p = ck.Producer({"bootstrap.servers": bootstrap_servers, "transactional.id": tid})
-            p.init_transactions(timeout)
-            p.close()
+            try:
+                p.init_transactions(timeout)
+            finally:
+                p.close()  # here, never by the garbage collector freeing a traceback
         except BaseException as e:
             errors.append(e)
 

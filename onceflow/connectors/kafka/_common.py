@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,36 +55,116 @@ def serializer(spec: str | Callable[[Any], Any] | None, what: str) -> Callable[[
         f"KafkaSink: {what}={spec!r}; use 'bytes', 'str', 'json' or a function value -> bytes")
 
 
-#: seconds a shared admin client lives (it serves one job's start-up calls)
+#: seconds a shared admin client serves new calls (it serves one job's start-up calls)
 SHARED_ADMIN_TTL_S = 10.0
-_shared: dict[tuple[int, str], Any] = {}
+#: seconds between two looks at expired admin clients that are still in use
+_SWEEP_RETRY_S = 1.0
+
+
+class _Admin:
+    """A shared AdminClient, the process that made it and when."""
+
+    __slots__ = ("client", "made", "pid")
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.pid, self.made = client, os.getpid(), time.monotonic()
+
+
+_shared: dict[tuple[int, str], _Admin] = {}
+#: expired admin clients not released yet (someone may still hold them)
+_retired: list[_Admin] = []
 _shared_lock = threading.Lock()
+_sweeper: threading.Timer | None = None
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must never destroy its copy of the parent's clients (their threads do
+    # not exist here: librdkafka's destroy would wait for them forever): they stay in
+    # ``_shared``/``_retired`` under the parent's pid, which nothing here releases. The
+    # lock may have been held by a parent thread at the fork: a new one.
+    global _shared_lock, _sweeper
+    _shared_lock = threading.Lock()
+    _sweeper = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def shared_admin(bootstrap: str) -> Any:
     """An AdminClient for ``bootstrap`` shared by the connectors' start-up calls in this
     process (validation, splits, start offsets, broker lists): one client and one
-    connection instead of one per call. Dropped :data:`SHARED_ADMIN_TTL_S` after it was
-    made, so no idle client outlives the start-up. Per process: a forked child makes its
-    own (and never touches its copy of the parent's, which has no threads)."""
+    connection instead of one per call. New calls get a new client once it is
+    :data:`SHARED_ADMIN_TTL_S` old, so no idle client outlives the start-up.
+
+    A client is never destroyed by the cyclic garbage collector nor while anyone uses
+    it: this module keeps the last reference to every client it made, and lets go of an
+    expired one (in its sweeper thread, or in :func:`release_shared_admins`) only once
+    nothing else refers to it — no call on it in progress, no caller's frame or object
+    holding it. Callers must not keep it in long-lived objects: ask again instead.
+    Per process: a forked child makes its own, and never releases its copies of the
+    parent's (see ``_after_fork_in_child``)."""
     import_kafka()
     from confluent_kafka.admin import AdminClient
 
     key = (os.getpid(), bootstrap)
     with _shared_lock:
-        admin = _shared.get(key)
-        if admin is None:
-            admin = _shared[key] = AdminClient({"bootstrap.servers": bootstrap})
-            t = threading.Timer(SHARED_ADMIN_TTL_S, _drop_shared, args=(key, admin))
-            t.daemon = True
-            t.start()
-    return admin
+        entry = _shared.get(key)
+        if entry is not None and time.monotonic() - entry.made >= SHARED_ADMIN_TTL_S:
+            _retired.append(_shared.pop(key))
+            entry = None
+        if entry is None:
+            # (a metadata request for a missing topic must not create it)
+            entry = _shared[key] = _Admin(AdminClient({"bootstrap.servers": bootstrap,
+                                                       "allow.auto.create.topics": False}))
+            _arm_sweeper(SHARED_ADMIN_TTL_S)
+        return entry.client
 
 
-def _drop_shared(key: tuple[int, str], admin: Any) -> None:
+def _arm_sweeper(delay: float) -> None:
+    global _sweeper
+    if _sweeper is not None and _sweeper.is_alive():
+        return
+    _sweeper = threading.Timer(delay, _sweep)
+    _sweeper.daemon = True
+    _sweeper.name = "onceflow-kafka-admin-sweeper"
+    _sweeper.start()
+
+
+def _unused(entry: _Admin) -> bool:
+    # references: ``entry.client`` and getrefcount's argument; any other is a user
+    return sys.getrefcount(entry.client) <= 2
+
+
+def _sweep(expire_all: bool = False) -> None:
+    """Retire this process's expired clients and release the retired ones nobody uses;
+    look again later while some are still in use."""
+    global _sweeper
+    release: list[Any] = []
     with _shared_lock:
-        if _shared.get(key) is admin:
-            del _shared[key]
+        _sweeper = None
+        pid, now = os.getpid(), time.monotonic()
+        for key in [k for k, e in _shared.items()
+                    if e.pid == pid and (expire_all or now - e.made >= SHARED_ADMIN_TTL_S)]:
+            _retired.append(_shared.pop(key))
+        for entry in [e for e in _retired if e.pid == pid and _unused(e)]:
+            _retired.remove(entry)
+            release.append(entry.client)
+            entry.client = None
+        waiting = any(e.pid == pid for e in _retired) or any(
+            e.pid == pid for e in _shared.values())
+        if waiting:
+            _arm_sweeper(_SWEEP_RETRY_S if _retired else SHARED_ADMIN_TTL_S)
+    # destroyed here, outside the lock, by the last reference going: a known point in a
+    # plain Python thread, never in a librdkafka thread nor in the middle of a call on it
+    release.clear()
+
+
+def release_shared_admins() -> int:
+    """Release now every shared admin client of this process that nothing else refers
+    to (the rest go as soon as they are unused); returns how many are still held."""
+    _sweep(expire_all=True)
+    with _shared_lock:
+        return sum(1 for e in _retired if e.pid == os.getpid())
 
 
 def broker_config(bootstrap: str, name: str, timeout: float = 10.0) -> str | None:
@@ -92,18 +174,30 @@ def broker_config(bootstrap: str, name: str, timeout: float = 10.0) -> str | Non
 
     admin = shared_admin(bootstrap)
     try:
-        md = admin.list_topics(timeout=timeout)
+        ids = [n.id for n in _cluster(admin, timeout).nodes]
     except ck.KafkaException as e:
         raise ConfigurationError(f"cannot reach Kafka at {bootstrap}: {e}") from e
-    if not md.brokers:
+    if not ids:
         raise ConfigurationError(f"Kafka at {bootstrap} reports no broker")
-    res = ConfigResource(ConfigResource.Type.BROKER, str(min(md.brokers)))
+    res = ConfigResource(ConfigResource.Type.BROKER, str(min(ids)))
     configs = admin.describe_configs([res])[res].result(timeout=timeout)
     entry = configs.get(name)
     return None if entry is None else entry.value
 
 
 def brokers(bootstrap: str, timeout: float = 10.0) -> list[tuple[str, int]]:
-    """(host, port) of every broker in the cluster metadata."""
-    md = shared_admin(bootstrap).list_topics(timeout=timeout)
-    return [(str(b.host), int(b.port)) for b in md.brokers.values()]
+    """(host, port) of every broker in the cluster."""
+    return [(str(n.host), int(n.port)) for n in _cluster(shared_admin(bootstrap),
+                                                          timeout).nodes]
+
+
+def _cluster(admin: Any, timeout: float) -> Any:
+    # DescribeCluster: the brokers only, not the metadata of every topic in the cluster
+    # (which a metadata request without topics returns: slow on a cluster of many topics)
+    ck = import_kafka()
+    try:
+        return admin.describe_cluster(request_timeout=timeout).result(timeout=timeout)
+    except TimeoutError as e:  # (as a metadata request times out: a KafkaException)
+        raise ck.KafkaException(ck.KafkaError(
+            ck.KafkaError._TIMED_OUT, f"DescribeCluster: no answer within {timeout:g} s"
+        )) from e

@@ -2,9 +2,13 @@
 
 Exactly-once (DESIGN §5), per sink subtask:
 
-* **ids**: a small pool of ``transactional.id``\\ s ``{prefix}-{subtask}-{slot}``. A new
-  transaction takes the lowest slot that no pending (pre-committed, not yet committed)
-  transaction uses. Every transaction gets a **fresh producer** (``init_transactions``), so
+* **ids**: a small pool of ``transactional.id``\\ s ``{prefix}-{subtask}-{slot}`` (default
+  prefix: flow, sink uid and a hash of the checkpoint location; a restore keeps the stored
+  one). A new transaction takes the lowest slot that no pending (pre-committed, not yet
+  committed) transaction uses and that is not *held*: a committed slot is held until a
+  checkpoint taken after its commit completes (until then a restore may list it), so
+  this sink never initialises an id that a checkpoint to restore lists as pending.
+  Every transaction gets a **fresh producer** (``init_transactions``), so
   every transaction has its own (producer id, epoch): a recorded pair names exactly one
   transaction, never a later one on the same id.
 * **begin**: choose the slot; the producer is created on the first record (a checkpoint
@@ -22,11 +26,17 @@ Exactly-once (DESIGN §5), per sink subtask:
 * **abort lingering**: ``init_transactions`` on a short-lived producer for every id of this
   sink (found with ``ListTransactions`` and from the state) of old subtasks ``j`` with
   ``j % parallelism == subtask``: aborts whatever crashed attempts left open, fences zombies.
+  The restored transactions' ids are left alone (committed just before; held).
+* **fenced by another producer** (another job with the same prefix): at begin, produce or
+  pre-commit a :class:`ConnectorError` naming the id; at commit the transaction of a
+  completed checkpoint was aborted by it: lost (:meth:`KafkaTransactionalSink._lost`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -64,6 +74,8 @@ ON_LOST = ("fail", "continue")
 #: successful record costs no Python callback (failures are still collected, and
 #: ``flush`` still waits for every record).
 PRODUCER_DEFAULTS: dict[str, Any] = {"linger.ms": 5, "delivery.report.only.error": True}
+#: records a transaction keeps while its producer is being made (then the task waits)
+HOLD_BACK_MAX = 50_000
 
 
 @dataclass
@@ -85,9 +97,33 @@ class KafkaTxn:
     checkpoint: int = -1
 
 
-def default_prefix(flow: str, uid: str) -> str:
+def default_prefix(flow: str, uid: str, flow_dir: str | None = None) -> str:
+    """``onceflow-{flow}-{uid}-{10 hex digits of the checkpoint location}``: two jobs (two
+    copies of one flow, too) share it only if they share their checkpoint directory. A
+    fresh start computes it; the sink stores it in its checkpointed state and a restore
+    reuses the stored one (see :meth:`KafkaTransactionalSink.restore_state`)."""
     raw = f"onceflow-{flow}-{uid}"
+    if flow_dir:
+        raw += "-" + hashlib.sha256(os.path.abspath(flow_dir).encode()).hexdigest()[:10]
     return re.sub(r"[^A-Za-z0-9._-]", "_", raw)
+
+
+#: librdkafka's and the broker's ways of saying another producer took over the id
+_FENCED_CODES = (-144, 90, 47)  # _FENCED, PRODUCER_FENCED, INVALID_PRODUCER_EPOCH
+
+
+def _fenced(e: BaseException | None) -> bool:
+    """Whether ``e`` (or what caused it: confluent-kafka turns a fatal error met inside a
+    callback into a SystemError caused by it) says the producer was fenced."""
+    for _ in range(8):
+        if e is None:
+            return False
+        err = e.args[0] if e.args else None
+        code = getattr(err, "code", None)
+        if callable(code) and code() in _FENCED_CODES:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def check_transaction_timeout(timeout_ms: int, broker_max_ms: int | None, *,
@@ -126,66 +162,47 @@ class _Producing:
                  headers: Callable[[Any], Any] | None) -> None:
         self.topic, self.value, self.key, self.key_ser = topic, value, key, key_ser
         self.partition, self.headers = partition, headers
-        self.key_str = False  # key_serializer="str": _produce_simple encodes keys inline
-        self.value_json = False  # serializer="json": _produce_simple calls orjson inline
+        self.key_str = False  # key_serializer="str": produce encodes keys inline
+        self.value_json = False  # serializer="json": produce calls orjson inline
         self.errors: list[str] = []
+        self.fenced = False  # a delivery failed because another producer took the id over
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
+            if err.code() in _FENCED_CODES:
+                self.fenced = True
             self.errors.append(str(err))
 
     def produce(self, producer: Any, records: list[Any]) -> None:
-        if self.partition is None and self.headers is None:
-            self._produce_simple(producer, records)
-            return
-        for r in records:
-            kw: dict[str, Any] = {"value": self.value(r), "on_delivery": self._on_delivery}
-            if self.key is not None:
-                kw["key"] = self.key_ser(self.key(r))
-            if self.partition is not None:
-                p = self.partition(r)
-                if p is not None:
-                    kw["partition"] = int(p)
-            if self.headers is not None:
-                kw["headers"] = self.headers(r)
-            while True:
-                try:
-                    producer.produce(self.topic, **kw)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.poll(0)
-
-    def _produce_simple(self, producer: Any, records: list[Any]) -> None:
-        """The common case (no partition or headers function): positional arguments, no
-        per-record keyword dict. Same calls as :meth:`produce` otherwise."""
+        """One loop for every configuration, positional arguments in the common case.
+        ``serializer="json"`` and ``key_serializer="str"`` are done inline (no serializer
+        call per record)."""
         produce, topic, value, cb = producer.produce, self.topic, self.value, self._on_delivery
-        key, key_ser = self.key, self.key_ser
-        if key is not None and self.key_str:
-            # key_serializer="str" inline: no serializer call per record (nor for
-            # serializer="json": orjson.dumps straight)
-            dumps, opt, js = orjson.dumps, orjson.OPT_NON_STR_KEYS, self.value_json
-            for r in records:
-                v = dumps(r, None, opt) if js else value(r)
+        key, key_ser, key_str = self.key, self.key_ser, self.key_str
+        part, hdrs = self.partition, self.headers
+        dumps, opt, js = orjson.dumps, orjson.OPT_NON_STR_KEYS, self.value_json
+        p = -1
+        for r in records:
+            v = dumps(r, None, opt) if js else value(r)
+            if key is None:
+                k = None
+            elif key_str:
                 k = key(r)
                 if k.__class__ is str:
                     k = k.encode()
                 elif k is not None:
                     k = str(k).encode("utf-8")
-                while True:
-                    try:
-                        produce(topic, v, k, -1, cb)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            producer.poll(0)
-            return
-        for r in records:
-            v = value(r)
-            k = None if key is None else key_ser(key(r))
+            else:
+                k = key_ser(key(r))
+            if part is not None:
+                p = part(r)
+                p = -1 if p is None else int(p)
             while True:
                 try:
-                    produce(topic, v, k, -1, cb)
+                    if hdrs is None:
+                        produce(topic, v, k, p, cb)
+                    else:
+                        produce(topic, v, k, p, cb, headers=hdrs(r))
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -254,12 +271,26 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self._prefix = ""
         self._live: dict[str, tuple[Any, KafkaTxn]] = {}  # transactional id -> producer, txn
         self._busy: set[int] = set()
+        #: slots whose last transaction is committed but may still be listed as pending
+        #: by a checkpoint one could restore: slot -> the latest checkpoint that may list
+        #: it. Not initialised again (not used) until a later checkpoint completes, so a
+        #: recovery commit that finds its id fenced knows another producer did it.
+        self._held: dict[int, int] = {}
+        self._last_snapshot = -1
+        self._first_snapshot = -1  # of this attempt: restored handles are older
+        #: the restored state was written by a sink that holds slots (see ``_held``)
+        self._strict_recovery = False
         self._slots_seen = 0
         self._parallelism_seen = 0
         self._old_prefixes: set[str] = set()  # prefixes in restored state (if it changed)
         self._client: kp.TxnClient | None = None
         self._out: _Producing | None = None
         self._warm: dict[str, Future[Any]] = {}  # transactional id -> producer being made
+        #: records of the current transaction waiting for its producer (see write)
+        self._held_back: list[Any] = []
+        #: the commit running in the background: (thread, its transaction, its errors)
+        #: (errors: the exception, then the producer it leaves)
+        self._committing: tuple[threading.Thread, KafkaTxn, list[Any]] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._last_had_records = True
         self._pre_committed: KafkaTxn | None = None
@@ -271,7 +302,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def __getstate__(self) -> dict[str, Any]:
         st = self.__dict__.copy()
-        for k in ("_live", "_client", "_out", "_warm", "_pool", "_lingering"):
+        for k in ("_live", "_client", "_out", "_warm", "_pool", "_lingering", "_held_back",
+                  "_committing"):
             st.pop(k, None)
         return st
 
@@ -279,6 +311,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         self.__dict__.update(st)
         self._live, self._client, self._out, self._warm, self._pool = {}, None, None, {}, None
         self._lingering = None
+        self._held_back = []
+        self._committing = None
 
     # --- validation ----------------------------------------------------------------------
     def validate(self) -> None:
@@ -302,7 +336,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
     def open(self, ctx: SinkContext) -> None:
         import_kafka()
         self._ctx = ctx
-        self._prefix = self.transactional_id_prefix or default_prefix(ctx.flow, ctx.uid)
+        self._prefix = self.transactional_id_prefix or default_prefix(ctx.flow, ctx.uid,
+                                                                      ctx.flow_dir)
         self._parallelism_seen = max(self._parallelism_seen, ctx.parallelism)
         self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
                                serializer(self.key_serializer, "key_serializer"),
@@ -318,6 +353,23 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
     def _tid(self, subtask: int, slot: int) -> str:
         return f"{self._prefix}-{subtask}-{slot}"
 
+    def _taken_over(self, tid: str) -> str:
+        """What being fenced on ``tid`` means, for the errors that report it."""
+        given = ("the transactional_id_prefix given" if self.transactional_id_prefix
+                 else "the default transactional_id_prefix (a restore keeps the one of its "
+                      "checkpoint)")
+        return (f"another producer initialised transactional id {tid} and fenced this one "
+                f"(ProducerFenced): another job, or a second copy of this flow, uses "
+                f"{given} {self._prefix!r} — or this attempt of the job was replaced by a "
+                f"newer one. Two running jobs must never share a prefix: give each "
+                f"KafkaSink its own transactional_id_prefix, or leave it unset and give each "
+                f"job its own checkpoint storage")
+
+    def _fenced_error(self, tid: str, doing: str) -> ConnectorError:
+        return ConnectorError(f"KafkaSink({self.topic}): {doing} {tid}: "
+                              f"{self._taken_over(tid)}. (Nothing of a completed checkpoint "
+                              f"is lost: this transaction was not pre-committed yet.)")
+
     def _producer(self, tid: str) -> Any:
         ck = import_kafka()
         conf = {**PRODUCER_DEFAULTS, **self.producer_config,
@@ -326,14 +378,27 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         with foreign_errors(f"KafkaSink({self.topic}): starting the transactional producer "
                             f"{tid}", ck.KafkaException):
             p = ck.Producer(conf)
-            p.init_transactions(self.operation_timeout)
+            try:
+                p.init_transactions(self.operation_timeout)
+            except BaseException:
+                _close_producer(p)  # never left to the traceback (and the garbage collector)
+                raise
         return p
+
+    def _free_slot(self) -> int:
+        slot = 0
+        while slot in self._busy or slot in self._held:
+            slot += 1
+        return slot
+
+    def _unhold(self, completed: int) -> None:
+        """Checkpoint ``completed`` is complete: slots held for older ones are free."""
+        for slot in [s for s, upto in self._held.items() if upto < completed]:
+            del self._held[slot]
 
     def begin_transaction(self) -> KafkaTxn:
         assert self._ctx is not None
-        slot = 0
-        while slot in self._busy:
-            slot += 1
+        slot = self._free_slot()
         self._busy.add(slot)
         self._slots_seen = max(self._slots_seen, slot + 1)
         txn = KafkaTxn(self._tid(self._ctx.subtask, slot), slot)
@@ -358,63 +423,205 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def _started_producer(self, tid: str) -> Any:
         producer = self._producer(tid)  # fresh epoch for this transaction
-        producer.begin_transaction()
+        try:
+            producer.begin_transaction()
+        except BaseException as e:
+            _close_producer(producer)
+            if _fenced(e):
+                raise self._fenced_error(tid, "beginning a transaction on") from e
+            raise
         return producer
 
     def _take_warm(self, txn: KafkaTxn) -> Any:
         fut = self._warm.pop(txn.transactional_id, None)
         return None if fut is None else fut.result()
 
+    def _ready(self, txn: KafkaTxn, wait: bool) -> tuple[Any, KafkaTxn] | None:
+        """The live producer of ``txn``, made (or taken from its warm-up) if need be; None
+        when ``wait`` is false and it is not ready yet (still being made, or lingering
+        transactions still being aborted): the caller keeps the records meanwhile."""
+        tid = txn.transactional_id
+        live = self._live.get(tid)
+        if live is not None:
+            return live
+        if not wait:
+            busy = self._lingering is not None and self._lingering[0].is_alive()
+            fut = self._warm.get(tid)
+            if fut is None:
+                self._warm_up_own(txn)
+                return None
+            if busy or not fut.done():
+                return None
+        self._lingering_done()
+        producer = self._take_warm(txn) or self._started_producer(tid)
+        live = self._live[tid] = (producer, txn)
+        if self._held_back:
+            records, self._held_back = self._held_back, []
+            self._produce(live, records)
+        return live
+
+    def _warm_up_own(self, txn: KafkaTxn) -> None:
+        """Start making ``txn``'s producer in the background (its slot is ``txn``'s own,
+        chosen free: initialising it cannot abort anything a checkpoint covers)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="onceflow-kafka")
+        self._warm[txn.transactional_id] = self._pool.submit(self._started_producer,
+                                                             txn.transactional_id)
+
     def write(self, txn: KafkaTxn, records: list[Any]) -> None:
         assert self._out is not None
-        live = self._live.get(txn.transactional_id)
+        # Until the transaction's producer is ready (init_transactions takes round trips,
+        # and at start-up lingering transactions are aborted first), its records wait
+        # here instead of holding up the task: at most HOLD_BACK_MAX of them.
+        live = self._ready(txn, wait=len(self._held_back) + len(records) > HOLD_BACK_MAX)
         if live is None:
-            self._lingering_done()
-            producer = self._take_warm(txn) or self._started_producer(txn.transactional_id)
-            live = self._live[txn.transactional_id] = (producer, txn)
-        with foreign_errors(f"KafkaSink({self.topic}): producing to {txn.transactional_id}",
-                            import_kafka().KafkaException):
-            self._out.produce(live[0], records)
+            self._held_back.extend(records)
+        else:
+            self._produce(live, records)
         txn.records += len(records)
+
+    def _produce(self, live: tuple[Any, KafkaTxn], records: list[Any]) -> None:
+        assert self._out is not None
+        tid = live[1].transactional_id
+        ck = import_kafka()
+        try:
+            with foreign_errors(f"KafkaSink({self.topic}): producing to {tid}",
+                                ck.KafkaException):
+                self._out.produce(live[0], records)
+        except (ConnectorError, SystemError) as e:
+            if _fenced(e) or self._out.fenced:
+                raise self._fenced_error(tid, "producing to") from e
+            raise
 
     def pre_commit(self, txn: KafkaTxn) -> None:
         self._lingering_done()
+        self._commit_done()
         self._last_had_records = txn.records > 0
-        live = self._live.get(txn.transactional_id)
+        live = self._ready(txn, wait=True) if txn.records else None
         if live is None or txn.records == 0:
             self._discard_empty(txn)
+            self._pre_committed = txn  # (for its checkpoint id: see commit)
             return
         assert self._out is not None
         _faults.point("sink.pre_commit", subtask=self._ctx.subtask if self._ctx else -1)
-        self._out.flush(live[0], self.operation_timeout)
+        ck = import_kafka()
+        try:
+            self._out.flush(live[0], self.operation_timeout)
+        except (ck.KafkaException, ConnectorError, SystemError) as e:
+            if _fenced(e) or self._out.fenced:
+                raise self._fenced_error(txn.transactional_id, "pre-committing") from e
+            raise
         d = self._txn_client().describe(txn.transactional_id)
         if d.error or d.state != "Ongoing":
+            why = ""
+            if d.state in ("PrepareAbort", "CompleteAbort", "Empty"):
+                other = self._taken_over(txn.transactional_id)
+                why = (f": the broker aborted it (it outlived transaction.timeout.ms, "
+                       f"{self.transaction_timeout_ms} ms?), or {other}. Nothing of a "
+                       f"completed checkpoint is lost: this transaction was not "
+                       f"pre-committed yet")
             raise ConnectorError(
                 f"KafkaSink: transaction {txn.transactional_id} is {d.state or '?'} "
-                f"({kp.error_name(d.error)}) at pre-commit, expected Ongoing")
+                f"({kp.error_name(d.error)}) at pre-commit, expected Ongoing{why}")
         txn.producer_id, txn.epoch, txn.start_ms = d.producer_id, d.producer_epoch, d.start_ms
         self._pre_committed = txn
 
     def commit(self, txn: KafkaTxn) -> None:
         if txn.producer_id < 0:  # empty: nothing to make visible
+            if 0 <= self._first_snapshot <= txn.checkpoint:  # this attempt's own
+                self._unhold(txn.checkpoint)
             self._release(txn)
             return
+        self._commit_done()
         live = self._live.get(txn.transactional_id)
         if live is not None and live[1] is txn:
-            self._commit_live(live[0], txn)
-            del self._live[txn.transactional_id]
-            _close_producer(live[0])
+            if _faults.enabled():  # crash tests: the commit in the task, as it happens
+                try:
+                    self._commit_live(live[0], txn)
+                except import_kafka().KafkaException as e:
+                    if not _fenced(e):
+                        raise  # the producer stays live: the lifecycle retries
+                    del self._live[txn.transactional_id]
+                    self._release(txn)
+                    self._commit_failed(txn, e)
+                    return
+                del self._live[txn.transactional_id]
+                _close_producer(live[0])
+            else:
+                del self._live[txn.transactional_id]
+                # In the background: the task goes on with the next transaction (another
+                # producer) meanwhile. Joined before the next pre-commit, commit and at
+                # close, so no later checkpoint can complete unless this commit succeeded
+                # (a failure then fails that checkpoint: a restore commits it again).
+                th = threading.Thread(target=self._commit_in_background,
+                                      args=(live[0], txn), daemon=True,
+                                      name="onceflow-kafka-commit")
+                self._committing = (th, txn, [])
+                th.start()
             self._release(txn)
+            self._unhold(txn.checkpoint)
+            # checkpoints up to the last one taken may still list it as pending
+            self._held[txn.slot] = max(self._last_snapshot, txn.checkpoint)
             # Steady state: the next barrier begins a transaction on the lowest free slot;
-            # start its producer now (its slot's last transaction is committed), so that it
-            # is ready by then.
-            slot = 0
-            while slot in self._busy:
-                slot += 1
-            self._warm_up(slot)
+            # start its producer now (that slot's last transaction is committed and no
+            # checkpoint to restore lists it), so that it is ready by then.
+            self._warm_up(self._free_slot())
             return
         self.commit_recovered(txn)
         self._release(txn)
+        if self._ctx is not None and txn.transactional_id == self._tid(self._ctx.subtask,
+                                                                       txn.slot):
+            # the restored checkpoint lists it: held until this attempt's first commit
+            self._held[txn.slot] = max(self._held.get(txn.slot, -1), txn.checkpoint)
+            self._slots_seen = max(self._slots_seen, txn.slot + 1)
+
+    def _commit_in_background(self, producer: Any, txn: KafkaTxn) -> None:
+        assert self._committing is not None
+        errors = self._committing[2]
+        for delay in (0.1, 0.5, 2.0, None):  # as TransactionLifecycle retries a commit
+            try:
+                producer.commit_transaction(self.operation_timeout)
+                _close_producer(producer)
+                return
+            except BaseException as e:
+                if delay is None or _fenced(e):
+                    # not closed: Producer.close() would abort the transaction, which
+                    # the checkpoint lists for a recovery commit; dereferenced by the
+                    # task at the join
+                    errors.append(e)
+                    errors.append(producer)
+                    # (nor kept by this frame, which ``e``'s traceback holds)
+                    del producer
+                    return
+                log.warning("kafka sink: commit of %s failed (%s); retrying in %.1fs",
+                            txn.transactional_id, e, delay)
+                time.sleep(delay)
+
+    def _commit_done(self) -> None:
+        """Wait for the commit running in the background; raise what it met."""
+        if self._committing is None:
+            return
+        th, txn, errors = self._committing
+        th.join()
+        self._committing = None
+        if errors:
+            err = errors[0]
+            errors.clear()  # the failed producer goes here, in the task
+            self._commit_failed(txn, err)
+
+    def _commit_failed(self, txn: KafkaTxn, e: BaseException) -> None:
+        if _fenced(e):
+            # The coordinator refused our EndTxn: another producer's InitProducerId on
+            # the id aborted this pre-committed transaction of a completed checkpoint.
+            # Its output is lost: never silent.
+            self._lost(txn, self._taken_over(txn.transactional_id) +
+                       "; that aborted this transaction after it was pre-committed",
+                       remedy="Give every running job its own prefix")
+            return
+        raise ConnectorError(
+            f"KafkaSink({self.topic}): committing {txn.transactional_id} (checkpoint "
+            f"{txn.checkpoint}) failed: {type(e).__name__}: {e}. The checkpoint still lists "
+            f"it: a restore commits it") from e
 
     def _release(self, txn: KafkaTxn) -> None:
         self._discard_empty(txn)
@@ -510,6 +717,11 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                                f"outlived transaction.timeout.ms "
                                f"({self.transaction_timeout_ms} ms)")
                     return
+                if self._strict_recovery:
+                    # this job never initialises the id of a transaction that a checkpoint
+                    # to restore lists (``_held``): another producer did
+                    self._taken_over_at_recovery(txn, d)
+                    return
                 log.info("kafka sink: recovery commit of %s (pid %d, epoch %d): id since "
                          "re-initialised (now %s, epoch %d): already committed", tid, pid,
                          epoch, d.state, d.producer_epoch)
@@ -527,7 +739,24 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             raise ConnectorError(f"KafkaSink: EndTxn(commit) for {tid} failed: "
                                f"{kp.error_name(err)}")
 
-    def _lost(self, txn: KafkaTxn, why: str) -> None:
+    def _taken_over_at_recovery(self, txn: KafkaTxn, d: kp.TxnDescription) -> None:
+        """The recovery commit of ``txn`` found its id initialised by another producer.
+        One InitProducerId after the commit bumps the epoch by one; one that met the
+        transaction still open aborts it first (two bumps at least)."""
+        tid = txn.transactional_id
+        now = f"now {d.state} at producer id {d.producer_id}, epoch {d.producer_epoch}"
+        if d.producer_id == txn.producer_id and d.producer_epoch == txn.epoch + 1 and \
+                d.state not in ("PrepareAbort", "CompleteAbort"):
+            raise ConnectorError(
+                f"KafkaSink({self.topic}): recovery commit of {tid} (checkpoint "
+                f"{txn.checkpoint}): {self._taken_over(tid)}. The transaction was committed "
+                f"before that ({now}): nothing of it is lost.")
+        self._lost(txn, f"{self._taken_over(tid)}; it was at epoch {txn.epoch} when "
+                   f"pre-committed, {now}: the other producer's start aborted it if it was "
+                   f"not committed yet, and the coordinator cannot tell any more",
+                   remedy="Give every running job its own prefix")
+
+    def _lost(self, txn: KafkaTxn, why: str, remedy: str | None = None) -> None:
         """A transaction of a completed checkpoint cannot be committed any more: its output
         is lost. Never silent: raise :class:`KafkaTransactionLostError`, or (with
         ``on_lost_transaction="continue"``) log it as an error, count it and carry on."""
@@ -540,9 +769,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                f"(transactional id {txn.transactional_id}, producer id {txn.producer_id}, "
                f"epoch {txn.epoch}, {txn.records} record(s) to topic {self.topic!r}) cannot "
                f"be committed: {why}. Its output is LOST: what this sink subtask received "
-               f"from these input offsets never reaches {self.topic!r}: {inputs}. Raise "
-               f"transaction_timeout_ms (and the brokers' "
-               f"transaction.max.timeout.ms) above the longest outage to expect; "
+               f"from these input offsets never reaches {self.topic!r}: {inputs}. "
+               f"{remedy or _TIMEOUT_REMEDY}; "
                f"lost transactions so far: {self.lost_transactions}.")
         log.error("%s", msg, extra={"event": "kafka_transaction_lost", "uid": uid,
                                     "subtask": sub, "checkpoint": txn.checkpoint,
@@ -554,6 +782,14 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def abort(self, txn: KafkaTxn) -> None:
         self._lingering_done()
+        self._held_back = []
+        if txn.transactional_id not in self._live:
+            try:
+                producer = self._take_warm(txn)  # made for it, nothing produced on it
+            except Exception:
+                producer = None
+            if producer is not None:
+                _close_producer(producer)
         self._discard_empty(txn)
         live = self._live.pop(txn.transactional_id, None)
         if live is not None and live[1] is txn:
@@ -594,13 +830,17 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         # too, so its producer is started now, in parallel, rather than after the others
         # are looked up (ListTransactions) and aborted: the first records find it ready.
         # Safe here: the restored transactions are committed (ids in ``keep``).
-        first = self._tid(ctx.subtask, 0)
-        self._warm_up(0)
+        slot = self._free_slot()
+        first = self._tid(ctx.subtask, slot)
+        self._warm_up(slot)
         errors: list[BaseException] = []
+        # The restored transactions' ids are not initialised by this attempt (until a
+        # checkpoint of its own completes): committed just now, nothing lingers on them.
+        skip = {first, *(t.transactional_id for t in keep)}
 
         def run() -> None:
             try:
-                self._abort_lingering(ctx, first)
+                self._abort_lingering(ctx, skip)
             except BaseException as e:
                 errors.append(e)
 
@@ -617,9 +857,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         if errors:
             raise errors[0]
 
-    def _abort_lingering(self, ctx: SinkContext, first: str) -> None:
-        ids = [tid for tid in self.lingering_ids(ctx) if tid != first]
-        # ids in ``keep`` were committed just before (EndTxn): initialising them is safe now
+    def _abort_lingering(self, ctx: SinkContext, skip: set[str]) -> None:
+        ids = [tid for tid in self.lingering_ids(ctx) if tid not in skip]
         errors: list[BaseException] = []
 
         def init(tid: str) -> None:
@@ -644,10 +883,20 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         if self._pre_committed is not None:
             self._pre_committed.checkpoint = checkpoint_id
             self._pre_committed = None
+        self._last_snapshot = checkpoint_id
+        if self._first_snapshot < 0:
+            self._first_snapshot = checkpoint_id
+        # "held": written by a sink that holds committed slots (``_held``)
         return {"prefix": self._prefix, "parallelism": self._parallelism_seen,
-                "slots": self._slots_seen, "lost": self.lost_transactions}
+                "slots": self._slots_seen, "lost": self.lost_transactions, "held": True}
 
     def restore_state(self, states: list[Any]) -> None:
+        stored = sorted({st["prefix"] for st in states if st and st.get("prefix")})
+        self._strict_recovery = bool(states) and all(st and st.get("held") for st in states)
+        if self.transactional_id_prefix is None and stored:
+            # a restore keeps the prefix its job started with (the default depends on the
+            # checkpoint location, which a restore may name differently)
+            self._prefix = stored[0]
         for st in states:
             if st:
                 if st.get("prefix"):
@@ -661,9 +910,19 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         # Producer.close() would ABORT an open transaction; dropping the last reference
         # does not (librdkafka's destroy without close leaves it to the coordinator), so
         # the producers of pending transactions are only dereferenced.
+        try:
+            self._commit_done()  # the last checkpoint's commit: finished, or its error raised
+        finally:
+            self._close_clients()
+
+    def _close_clients(self) -> None:
         self._live.clear()
+        self._held_back = []
         for fut in self._warm.values():
-            fut.cancel()
+            # one being made now is closed (its transaction is empty) by the pool thread
+            # as soon as it is ready, not dropped with the future later by whoever frees it
+            if not fut.cancel():
+                fut.add_done_callback(_close_made)
         self._warm.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -671,6 +930,10 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+_TIMEOUT_REMEDY = ("Raise transaction_timeout_ms (and the brokers' transaction.max.timeout.ms) "
+                   "above the longest outage to expect")
 
 
 def _aborted_on_timeout(txn: KafkaTxn, now: kp.TxnDescription) -> bool:
@@ -681,6 +944,12 @@ def _aborted_on_timeout(txn: KafkaTxn, now: kp.TxnDescription) -> bool:
     return (txn.start_ms >= 0 and now.producer_id == txn.producer_id
             and now.producer_epoch == txn.epoch + 1 and now.start_ms == txn.start_ms
             and now.state in ("PrepareAbort", "CompleteAbort"))
+
+
+def _close_made(fut: Future[Any]) -> None:
+    """Close the producer a warm-up future made (nothing was sent on it)."""
+    if not fut.cancelled() and fut.exception() is None:
+        _close_producer(fut.result())
 
 
 def _close_producer(p: Any) -> None:

@@ -127,10 +127,17 @@ class KafkaSource(Source):
 
     def partitions(self, client: Any) -> list[tuple[str, int]]:
         """(topic, partition) of every partition of the subscribed topics, sorted."""
-        md = client.list_topics(timeout=self.timeout)
         pat = self._pattern()
+        if not isinstance(self.topics, str | re.Pattern):
+            # named topics: a metadata request for each, not for every topic of the
+            # cluster (the clients never create a missing topic by asking)
+            topics: dict[str, Any] = {}
+            for name in self.topics:
+                topics.update(client.list_topics(topic=name, timeout=self.timeout).topics)
+        else:
+            topics = client.list_topics(timeout=self.timeout).topics
         out: list[tuple[str, int]] = []
-        for name, t in md.topics.items():
+        for name, t in topics.items():
             if pat is not None:
                 if name.startswith("__") or not pat.fullmatch(name):
                     continue
@@ -146,17 +153,20 @@ class KafkaSource(Source):
 
     def _prepared(self) -> tuple[Any, list[tuple[str, int]]]:
         """An admin client and the partition list for the driver's start-up calls on a
-        fresh start (``splits``, then ``initial_position`` of each split, in a row): made
-        once and shared for a few seconds, instead of one client and one metadata request
-        per call; the last split's ``initial_position`` lets go of them. Never shared
-        across a fork (a librdkafka client does not survive one)."""
+        fresh start (``splits``, then ``initial_position`` of each split, in a row): the
+        partition list is fetched once and kept for a few seconds, instead of one metadata
+        request per call; the last split's ``initial_position`` lets go of it. The client
+        is the process's shared one (:func:`shared_admin`), asked for on every call and
+        never kept here: a source is often part of a reference cycle (the flow graph), and
+        a client reachable only through one would be destroyed by the garbage collector at
+        any moment. Never shared across a fork (a librdkafka client does not survive one)."""
         prep = self.__dict__.get("_prep")
+        admin = self._admin()
         if prep is not None and prep[0] == os.getpid() and \
                 time.monotonic() - prep[1] < _PREP_TTL_S:
-            return prep[2], prep[3]
-        admin = self._admin()
+            return admin, prep[2]
         tps = self.partitions(admin)
-        self._prep = (os.getpid(), time.monotonic(), admin, tps)
+        self._prep = (os.getpid(), time.monotonic(), tps)
         return admin, tps
 
     def _forget_prepared(self) -> None:
@@ -164,7 +174,7 @@ class KafkaSource(Source):
 
     def __getstate__(self) -> dict[str, Any]:
         st = self.__dict__.copy()
-        st.pop("_prep", None)  # a live admin client: not picklable, not for another process
+        st.pop("_prep", None)  # this process's start-up cache
         return st
 
     def _offsets(self, admin: Any, tps: list[tuple[str, int]], spec: Any) -> dict[tuple[str, int],
@@ -278,7 +288,13 @@ class KafkaSplitReader(SplitReader):
         self.done: set[tuple[str, int]] = set()
         self._runs: list[tuple[tuple[str, int], int]] = []  # of the last batch
         self._last_discovery = 0.0
-        self._discover()
+        try:
+            self._discover()
+        except BaseException:
+            # closed here, not left to whoever frees the traceback (often the garbage
+            # collector: a client must never be destroyed by it)
+            self.close()
+            raise
 
     def _discover(self) -> None:
         self._last_discovery = time.monotonic()

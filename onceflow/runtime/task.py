@@ -408,10 +408,12 @@ class TaskRunner:
         index ``start`` on, then to the main outputs."""
         for op in self._tails[start]:
             op.records_in += len(batch)
-            if ts is None:
-                batch = op.process(batch)
-            else:
+            if ts is not None:
                 batch, ts = op.process_ts(batch, ts)
+            elif op.stamps:  # assign_timestamps_and_watermarks: the records get their first
+                batch, ts = op.process_ts(batch, [])
+            else:
+                batch = op.process(batch)
             op.records_out += len(batch)
             if not batch:
                 break

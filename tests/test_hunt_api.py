@@ -77,3 +77,26 @@ def test_assign_timestamps_and_watermarks_in_forked_workers_into_files(tmp_path:
     # own subtask's watermark, and 5 s of slack covers the 4 s of disorder
     assert late == 0
     assert got == _tumbling_counts(events, 100.0)
+
+
+def test_assign_timestamps_and_watermarks_keeps_its_inputs_parallelism(tmp_path: Path) -> None:
+    """Bug (fixed): the assigner took the flow's default parallelism, not its input's (as
+    Flink's does). Behind a source of parallelism 3 in a flow of parallelism 1, one
+    assigner then mixed the three source subtasks' records (Range gives each a contiguous
+    part), its bounded-out-of-orderness watermark ran ahead of two of them, and their
+    records were dropped as late although each subtask's stream was in order (19,872 of
+    30,000 here)."""
+    events = [(f"u{i % 4}", float(i)) for i in range(30_000)]
+    ws = of.WatermarkStrategy.bounded_out_of_orderness(1.0).with_timestamps(float)
+    flow = of.Flow("assign-parallelism", parallelism=1, batch_size=64,
+                   restart_strategy=NO_RESTART)
+    out = CollectingSink()
+    stamped = (flow.source(of.sources.Range(0, 30_000), parallelism=3)
+                   .assign_timestamps_and_watermarks(ws))
+    (stamped.key_by(lambda i: f"u{i % 4}")
+            .window(of.windows.tumbling(100.0))
+            .aggregate(of.agg.count(), name="window")
+            .sink(out))
+    result = flow.run(executor="inline")
+    assert result.operators["window"].late_dropped == 0
+    assert {(r[0], r[1], r[2]): r[3] for r in out.records()} == _tumbling_counts(events, 100.0)

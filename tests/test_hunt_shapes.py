@@ -1,0 +1,87 @@
+"""Random flow shapes (tests/huntjobs.py) with workers and the driver SIGKILLed: the
+committed output equals a reference computed without onceflow, exactly (the "hunt" set).
+
+The normal suite runs a few fixed seeds, one per kind of ending; ``-m soak`` runs many
+random seeds (``ONCEFLOW_HUNT_SEEDS`` of them, default 40)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import huntjobs
+import pytest
+from jobproc import JobProcess, assert_no_orphans, kill_randomly
+
+JOB = str(Path(__file__).with_name("huntjobs.py"))
+
+
+class Job(JobProcess):
+    def __init__(self, tmp: Path, seed: int, *extra: str, terminal: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        super().__init__(tmp, env)
+        self.seed, self.terminal = seed, terminal
+        self.spec = huntjobs.spec(seed, terminal)
+        self.out, self.ckpt = tmp / "out", tmp / "ckpt"
+        self.extra = list(extra) + (["--terminal", terminal] if terminal else [])
+
+    def command(self) -> list[str]:
+        return [JOB, str(self.seed), "--out", str(self.out), "--ckpt", str(self.ckpt),
+                *self.extra]
+
+    def check_exact(self) -> None:
+        got = huntjobs.committed(str(self.out))
+        want = huntjobs.expected(self.spec)
+        assert got == want, (f"spec {self.spec}: " + huntjobs.diff(got, want)
+                             + f"\nlog: {self.tail(3000)}")
+        hidden = [p.name for p in self.out.iterdir() if p.name.startswith(".")]
+        assert not hidden, f"uncommitted transaction files left behind: {hidden}"
+
+
+def run_with_kills(tmp: Path, seed: int, terminal: str | None = None, kills: int = 2,
+                   driver_kill: bool = False) -> None:
+    rng = random.Random(f"hunt-{seed}")
+    job = Job(tmp, seed, terminal=terminal)
+    if driver_kill:
+        proc = job.start()
+        time.sleep(rng.uniform(1.0, 2.5))
+        pids = [w.pid for w in job.workers()]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert_no_orphans(pids)
+        job.start("--restore", "latest")
+    else:
+        job.start()
+    delivered = kill_randomly(job, rng, kills=kills, pause=(0.5, 1.5))
+    code, result = job.wait(timeout=180)
+    assert code == 0, f"spec {job.spec}\n" + job.tail(3000)
+    assert result is not None
+    assert result["late_dropped"] == 0, result
+    if kills and not driver_kill:
+        assert delivered >= 1, "the job ended before any kill landed; make it longer"
+    job.check_exact()
+
+
+# one seed per ending, chosen so the shapes differ (parallelism, backend, stages)
+FIXED = [(11, "timers"), (12, "session"), (13, "interval_join"), (14, "co_group"),
+         (15, "connect"), (16, "sliding")]
+
+
+@pytest.mark.parametrize(("seed", "terminal"), FIXED, ids=[t for _, t in FIXED])
+def test_random_shape_with_worker_kills_is_exact(tmp_path: Path, seed: int,
+                                                 terminal: str) -> None:
+    run_with_kills(tmp_path, seed, terminal)
+
+
+def test_random_shape_with_the_driver_killed_then_restored_is_exact(tmp_path: Path) -> None:
+    run_with_kills(tmp_path, 21, "window_join", kills=1, driver_kill=True)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("n", range(int(os.environ.get("ONCEFLOW_HUNT_SEEDS", "40"))))
+def test_soak_random_shapes(tmp_path: Path, n: int) -> None:
+    seed = 1000 + n
+    run_with_kills(tmp_path, seed, kills=3, driver_kill=n % 4 == 3)

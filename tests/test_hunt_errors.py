@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,36 @@ def test_a_timestamp_that_is_not_finite_fails_naming_the_operator_and_record(bad
     assert "FAILED:" in out, out + proc.stderr[-2000:]
     assert "'nums (timestamps)'" in out and "record 7" in out, out
     assert "finite number of seconds" in out, out
+
+
+@pytest.mark.parametrize("storage", ["s4://bucket/prefix", "http://store/ckpt",
+                                     "file:///tmp/ckpt", "gs://bucket/x"])
+def test_a_storage_url_of_an_unknown_scheme_is_refused_not_made_a_local_directory(
+        storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug (fixed): any string not starting with s3:// was taken as a directory path, so
+    "s4://bucket/prefix" or "http://store/ckpt" silently wrote checkpoints to a local
+    directory named "s4:" (or "http:") under the working directory."""
+    monkeypatch.chdir(tmp_path)
+    flow = of.Flow("scheme")
+    flow.source(of.sources.Range(0, 10)).sink(of.sinks.Discard())
+    with pytest.raises(of.ConfigurationError, match="unknown scheme") as exc:
+        flow.enable_checkpointing(1.0, storage)
+        flow.run(executor="inline")
+    assert storage in str(exc.value) and "s3://bucket/prefix" in str(exc.value)
+    assert not list(tmp_path.iterdir()), "nothing may be written"
+
+
+@pytest.mark.parametrize("setting", ["interval", "timeout", "min_pause"])
+def test_nan_checkpoint_settings_are_refused(setting: str, tmp_path: Path) -> None:
+    """Bug (fixed): NaN passed every "number of seconds" check (NaN <= 0 is False): an
+    interval of NaN ran the job with no periodic checkpoint at all. An infinite interval
+    is refused too (to turn checkpoints off, do not enable them)."""
+    kwargs = {"interval": 1.0, setting: float("nan")}
+    flow = of.Flow("nan")
+    flow.source(of.sources.Range(0, 10)).sink(of.sinks.Discard())
+    with pytest.raises(of.ConfigurationError, match=setting):
+        flow.enable_checkpointing(storage=str(tmp_path / "ck"), **kwargs)
+        flow.run(executor="inline")
+    with pytest.raises(of.ConfigurationError, match="interval"):
+        flow.enable_checkpointing(float("inf"), str(tmp_path / "ck"))
+        flow.run(executor="inline")

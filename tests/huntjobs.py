@@ -326,6 +326,7 @@ def main() -> None:
         "failures": result.failures,
         "checkpoints": len(result.completed_checkpoints),
         "restored_from": result.restored_from,
+        "savepoint": result.savepoint,
         "late_dropped": sum(m.late_dropped for m in result.operators.values()),
     }), flush=True)
 

@@ -85,3 +85,36 @@ def test_random_shape_with_the_driver_killed_then_restored_is_exact(tmp_path: Pa
 def test_soak_random_shapes(tmp_path: Path, n: int) -> None:
     seed = 1000 + n
     run_with_kills(tmp_path, seed, kills=3, driver_kill=n % 4 == 3)
+
+
+def rescale_through_savepoints(tmp: Path, seed: int, terminal: str | None,
+                               parallelisms: list[int]) -> None:
+    """SIGTERM (stop with a savepoint) at a random moment, resume at the next parallelism,
+    ..., the last run to the end: the committed output is exact."""
+    rng = random.Random(f"hunt-rescale-{seed}")
+    job = Job(tmp, seed, terminal=terminal)
+    for n, p in enumerate(parallelisms):
+        proc = job.start("--parallelism", str(p), *(["--restore", "latest"] if n else []))
+        if n == len(parallelisms) - 1:
+            break
+        time.sleep(rng.uniform(1.5, 3.0))
+        proc.send_signal(signal.SIGTERM)
+        code, result = job.wait(timeout=120)
+        assert code == 0, f"spec {job.spec}\n" + job.tail(3000)
+        assert result is not None and result["savepoint"], \
+            f"run {n} at parallelism {p} ended before it was stopped: {result}"
+    code, result = job.wait(timeout=180)
+    assert code == 0, f"spec {job.spec}\n" + job.tail(3000)
+    assert result is not None and result["late_dropped"] == 0, result
+    assert result["restored_from"], "the last run must resume from the savepoint"
+    job.check_exact()
+
+
+RESCALES = [(31, "timers", [2, 3, 1]), (32, "session", [3, 1, 2]),
+            (33, "interval_join", [1, 3])]
+
+
+@pytest.mark.parametrize(("seed", "terminal", "ps"), RESCALES, ids=[t for _, t, _ in RESCALES])
+def test_random_shape_rescaled_through_savepoints_is_exact(tmp_path: Path, seed: int,
+                                                            terminal: str, ps: list[int]) -> None:
+    rescale_through_savepoints(tmp_path, seed, terminal, ps)

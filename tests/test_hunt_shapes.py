@@ -118,3 +118,37 @@ RESCALES = [(31, "timers", [2, 3, 1]), (32, "session", [3, 1, 2]),
 def test_random_shape_rescaled_through_savepoints_is_exact(tmp_path: Path, seed: int,
                                                             terminal: str, ps: list[int]) -> None:
     rescale_through_savepoints(tmp_path, seed, terminal, ps)
+
+
+def killed_at_point(tmp: Path, seed: int, terminal: str, point: str) -> None:
+    token = tmp / "fault-fired"
+    job = Job(tmp, seed, terminal=terminal,
+              env={"ONCEFLOW_FAULT": point, "ONCEFLOW_FAULT_TOKEN": str(token)})
+    job.start()
+    code, result = job.wait(timeout=180)
+    assert token.exists(), f"fault {point} never fired; spec {job.spec}"
+    assert code == 0, f"spec {job.spec}\n" + job.tail(3000)
+    assert result is not None and result["restarts"] >= 1 and result["late_dropped"] == 0
+    job.check_exact()
+
+
+POINTS = [
+    (41, "co_group", "window.fire@subtask=0,firing=4"),
+    (42, "window_join", "window.fired@subtask=0,firing=3"),
+    (43, "session", "window.snapshot@checkpoint=3,subtask=0"),
+    (44, "timers", "snapshot.sync@checkpoint=3,subtask=0"),
+    (45, "interval_join", "sink.mid_commit@subtask=0"),
+    (46, "sliding", "sink.before_commit@checkpoint=3,subtask=0"),
+    (47, "window_all", "window.fired@subtask=0,firing=5"),
+    (48, "connect", "snapshot.async@checkpoint=2,subtask=0"),
+]
+QUICK_POINTS = {"co_group", "session"}
+
+
+@pytest.mark.parametrize(
+    ("seed", "terminal", "point"),
+    [pytest.param(*c, marks=() if c[1] in QUICK_POINTS else pytest.mark.soak) for c in POINTS],
+    ids=[c[1] for c in POINTS])
+def test_random_shape_killed_at_a_named_point_is_exact(tmp_path: Path, seed: int,
+                                                       terminal: str, point: str) -> None:
+    killed_at_point(tmp_path, seed, terminal, point)

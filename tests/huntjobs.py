@@ -30,7 +30,7 @@ from onceflow.testing import throttle
 
 K = 13  # keys
 TERMINALS = ("count", "timers", "tumbling", "sliding", "session", "window_all", "connect",
-             "interval_join", "window_join", "co_group")
+             "interval_join", "window_join", "co_group", "count_window", "global_trigger")
 STAGES = ("map", "filter", "flat", "rebalance")
 BUCKET, TUMBLE, SL_SIZE, SL_SLIDE, GAP, WJ = 100.0, 50.0, 60.0, 20.0, 3.0, 40.0
 LOWER, UPPER = -3.0, 5.0
@@ -201,6 +201,14 @@ def build(s: dict[str, Any], flow: of.Flow, out: str, rate: float) -> None:
                .window(of.windows.tumbling(WJ))
                .apply(lambda a, b: [("cg", len(a), sum(x[0] for x in a), len(b),
                                      sum(x[0] for x in b))], name="end"))
+    elif t == "count_window":  # fires every 5 records of a key: (key, -inf, inf, 5)
+        res = (stream.key_by(key).window(of.windows.count(5))
+               .aggregate(of.agg.count(), name="end"))
+    elif t == "global_trigger":  # keeps counting, fires every 4: 4, 8, 12, ...
+        res = (stream.map(lambda r: (key(r), 1), name="ones").key_by(lambda kv: kv[0])
+               .window(of.windows.global_()).trigger(of.windows.CountTrigger(4))
+               .reduce(lambda a, b: (a[0], a[1] + b[1]), name="end")
+               .map(lambda r: (r[0], r[3][1]), name="fmt"))
     else:
         raise SystemExit(f"unknown terminal {t}")
     res.sink(of.sinks.FileSink(out), name="files", parallelism=s["sink_parallelism"])
@@ -276,6 +284,12 @@ def expected(s: dict[str, Any]) -> Counter[tuple[Any, ...]]:
         for o in others:
             groups.setdefault((key2(o), math.floor(ts_rec(o) / WJ)), [[], []])[1].append(o[0])
         out.update(("cg", len(a), sum(a), len(b), sum(b)) for a, b in groups.values())
+    elif t == "count_window":
+        per = Counter(key(r) for r in recs)
+        out.update((k, -math.inf, math.inf, 5) for k, n in per.items() for _ in range(n // 5))
+    elif t == "global_trigger":
+        per = Counter(key(r) for r in recs)
+        out.update((k, c) for k, n in per.items() for c in range(4, n + 1, 4))
     else:
         raise ValueError(t)
     return out

@@ -100,3 +100,29 @@ def test_assign_timestamps_and_watermarks_keeps_its_inputs_parallelism(tmp_path:
     result = flow.run(executor="inline")
     assert result.operators["window"].late_dropped == 0
     assert {(r[0], r[1], r[2]): r[3] for r in out.records()} == _tumbling_counts(events, 100.0)
+
+
+def test_file_sink_keeps_infinite_window_bounds_and_nan(tmp_path: Path) -> None:
+    """Bug (fixed): FileSink's JSON lines went through orjson, which writes NaN and
+    infinities as ``null``: the results of count and global windows,
+    ``(key, -inf, inf, value)`` as the issue defines them, were committed as
+    ``[key, null, null, value]``, silently changed. They are now written as Python's json
+    writes them and read back by ``read_committed`` as they were."""
+    out = tmp_path / "out"
+    flow = of.Flow("count-windows", parallelism=2, restart_strategy=NO_RESTART)
+    (flow.source(of.sources.Range(0, 100))
+         .key_by(lambda i: i % 3)
+         .window(of.windows.count(10))
+         .aggregate(of.agg.count())
+         .sink(of.sinks.FileSink(str(out))))
+    flow.run()
+    got = Counter(tuple(r) for r in of.sinks.read_committed(str(out)))
+    per = Counter(i % 3 for i in range(100))
+    assert got == Counter({(k, -math.inf, math.inf, 10): n // 10 for k, n in per.items()})
+    odd = [(1, math.nan, {"x": -math.inf}), [None, 2.5], {"k": None}]
+    flow = of.Flow("odd-floats", restart_strategy=NO_RESTART)
+    flow.source(of.sources.Collection(odd)).sink(of.sinks.FileSink(str(tmp_path / "odd")))
+    flow.run()
+    back = of.sinks.read_committed(str(tmp_path / "odd"))
+    assert back[0][0] == 1 and math.isnan(back[0][1]) and back[0][2] == {"x": -math.inf}
+    assert back[1:] == [[None, 2.5], {"k": None}]

@@ -94,3 +94,32 @@ def test_nan_checkpoint_settings_are_refused(setting: str, tmp_path: Path) -> No
     with pytest.raises(of.ConfigurationError, match="interval"):
         flow.enable_checkpointing(float("inf"), str(tmp_path / "ck"))
         flow.run(executor="inline")
+
+
+@pytest.mark.xfail(strict=True, reason="bug, not fixed (onceflow/connectors/kafka is helper "
+                   "kafka3's): a Kafka record that its deserializer cannot decode fails the "
+                   "job as a plain JSONDecodeError of the source operator 'while processing "
+                   "record <read split KafkaSplit(...)>': no topic, partition or offset, and "
+                   "not a RecordFormatError, so the repeated-failure check (which leaves "
+                   "connectors to the restart strategy) never stops the default strategy")
+def test_a_malformed_kafka_record_names_topic_partition_and_offset(bootstrap: str) -> None:
+    from confluent_kafka import Producer
+    from kafka_util import new_topic
+
+    from onceflow.kafka import KafkaSource
+
+    topic = new_topic(bootstrap, 2, prefix="hunt-bad")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(20):  # record 13 (partition 1, offset 6) is cut short
+        producer.produce(topic, b'{"i": %d}' % i if i != 13 else b'{"i": 13,', partition=i % 2)
+    producer.flush(30)
+    flow = of.Flow("bad-kafka", restart_strategy=of.restart.no_restart())
+    (flow.source(KafkaSource(bootstrap, topic, deserializer="json", value_only=True,
+                             stop_at="end"), name="kin")
+         .sink(of.sinks.Discard()))
+    with pytest.raises(of.JobFailedError) as exc:
+        flow.run(executor="inline")
+    msg = str(exc.value)
+    assert "'kin'" in msg and topic in msg, msg
+    assert "partition 1" in msg and "offset 6" in msg, msg
+    assert isinstance(exc.value.cause, of.RecordFormatError), repr(exc.value.cause)

@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -136,7 +137,18 @@ class BothSides(of.CoProcessFunction):
         return self._one("b", ctx)
 
 
-def build(s: dict[str, Any], flow: of.Flow, out: str, rate: float) -> None:
+def _slow(delay: float) -> Any:
+    def f(r: Any) -> Any:
+        end = time.perf_counter() + delay
+        while time.perf_counter() < end:
+            pass
+        return r
+    return f
+
+
+def build(s: dict[str, Any], flow: of.Flow, out: str, rate: float, slow: float = 0.0) -> None:
+    """``slow``: seconds per record in an operator before the sink (backpressure, so
+    unaligned barriers overtake queued records)."""
     ws = of.WatermarkStrategy.bounded_out_of_orderness(10.0).with_timestamps(ts_rec)
     src = (flow.source(of.sources.Range(0, s["records"]), name="numbers",
                        parallelism=s["source_parallelism"])
@@ -211,6 +223,8 @@ def build(s: dict[str, Any], flow: of.Flow, out: str, rate: float) -> None:
                .map(lambda r: (r[0], r[3][1]), name="fmt"))
     else:
         raise SystemExit(f"unknown terminal {t}")
+    if slow > 0:
+        res = res.map(_slow(slow), name="slow", parallelism=s["sink_parallelism"])
     res.sink(of.sinks.FileSink(out), name="files", parallelism=s["sink_parallelism"])
 
 
@@ -320,6 +334,10 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.3)
     ap.add_argument("--restore", default=None)
     ap.add_argument("--parallelism", type=int, default=None, help="instead of the seed's")
+    ap.add_argument("--unaligned", action="store_true", help="unaligned checkpoints")
+    ap.add_argument("--incremental", action="store_true", help="incremental checkpoints")
+    ap.add_argument("--slow", type=float, default=None,
+                    help="seconds per record before the sink (default: 0.0004 if --unaligned)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -331,8 +349,10 @@ def main() -> None:
     flow = of.Flow(f"hunt-{s['terminal']}", parallelism=s["parallelism"],
                    batch_size=s["batch"], state_backend=backend,
                    restart_strategy=of.restart.fixed_delay(attempts=20, delay=0.1))
-    flow.enable_checkpointing(args.interval, args.ckpt, retained=2)
-    build(s, flow, args.out, args.rate)
+    flow.enable_checkpointing(args.interval, args.ckpt, retained=2, unaligned=args.unaligned,
+                              incremental=args.incremental)
+    slow = args.slow if args.slow is not None else 0.0004 if args.unaligned else 0.0
+    build(s, flow, args.out, args.rate, slow)
     result = flow.run(restore=args.restore)
     print(json.dumps({
         "spec": s,

@@ -152,3 +152,41 @@ QUICK_POINTS = {"co_group", "session"}
 def test_random_shape_killed_at_a_named_point_is_exact(tmp_path: Path, seed: int,
                                                        terminal: str, point: str) -> None:
     killed_at_point(tmp_path, seed, terminal, point)
+
+
+UNALIGNED = [(51, "interval_join"), (52, "connect"), (53, "co_group"), (54, "timers")]
+
+
+def unaligned_with_kills(tmp: Path, seed: int, terminal: str, n: int) -> tuple[bool, str]:
+    rng = random.Random(f"hunt-unaligned-{seed}-{n}")
+    job = Job(tmp, seed, "--unaligned", terminal=terminal)
+    job.start()
+    delivered = kill_randomly(job, rng, kills=2, pause=(0.8, 1.8))
+    code, result = job.wait(timeout=240)
+    assert code == 0, f"spec {job.spec}\n" + job.tail(3000)
+    assert result is not None and delivered >= 1
+    got, want = huntjobs.committed(str(job.out)), huntjobs.expected(job.spec)
+    return (got == want and result["late_dropped"] == 0,
+            f"{terminal}: late_dropped={result['late_dropped']}; {huntjobs.diff(got, want)}")
+
+
+@pytest.mark.soak
+@pytest.mark.xfail(strict=True, reason=(
+    "bug, not fixed: after a worker is SIGKILLed and the job restores an UNALIGNED "
+    "checkpoint (a slow operator before the sink, so barriers overtake queued records), an "
+    "event-time operator sees its watermark pass records that arrive later: the process "
+    "function's event-time timer fires before all its bucket's records are in (each key's "
+    "bucket is emitted twice, with partial counts; no record lost or duplicated), and the "
+    "co-group's window operator drops records as late. Aligned checkpoints with the same "
+    "kills and the same slow operator are exact. About every second run fails, so this "
+    "test runs each shape three times"))
+def test_random_two_input_shapes_with_unaligned_checkpoints_and_kills_are_exact(
+        tmp_path: Path) -> None:
+    bad = []
+    for seed, terminal in UNALIGNED:
+        for n in range(3):
+            ok, what = unaligned_with_kills(tmp_path / f"{terminal}-{n}", seed, terminal, n)
+            if not ok:
+                bad.append(what)
+                break
+    assert not bad, "\n".join(bad)

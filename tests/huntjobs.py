@@ -335,6 +335,7 @@ def main() -> None:
     ap.add_argument("--restore", default=None)
     ap.add_argument("--parallelism", type=int, default=None, help="instead of the seed's")
     ap.add_argument("--unaligned", action="store_true", help="unaligned checkpoints")
+    ap.add_argument("--retained", type=int, default=2)
     ap.add_argument("--incremental", action="store_true", help="incremental checkpoints")
     ap.add_argument("--slow", type=float, default=None,
                     help="seconds per record before the sink (default: 0.0004 if --unaligned)")
@@ -349,7 +350,8 @@ def main() -> None:
     flow = of.Flow(f"hunt-{s['terminal']}", parallelism=s["parallelism"],
                    batch_size=s["batch"], state_backend=backend,
                    restart_strategy=of.restart.fixed_delay(attempts=20, delay=0.1))
-    flow.enable_checkpointing(args.interval, args.ckpt, retained=2, unaligned=args.unaligned,
+    flow.enable_checkpointing(args.interval, args.ckpt, retained=args.retained,
+                              unaligned=args.unaligned,
                               incremental=args.incremental)
     slow = args.slow if args.slow is not None else 0.0004 if args.unaligned else 0.0
     build(s, flow, args.out, args.rate, slow)

@@ -11,6 +11,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import huntjobs
 import pytest
@@ -41,12 +42,20 @@ class Job(JobProcess):
         assert not hidden, f"uncommitted transaction files left behind: {hidden}"
 
 
+def wait_for_workers(job: Job, within: float = 60.0) -> None:
+    """Until the driver has forked its workers (slow to start under load)."""
+    deadline = time.monotonic() + within
+    while not job.workers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def run_with_kills(tmp: Path, seed: int, terminal: str | None = None, kills: int = 2,
                    driver_kill: bool = False) -> None:
     rng = random.Random(f"hunt-{seed}")
     job = Job(tmp, seed, terminal=terminal)
     if driver_kill:
         proc = job.start()
+        wait_for_workers(job)
         time.sleep(rng.uniform(1.0, 2.5))
         pids = [w.pid for w in job.workers()]
         proc.send_signal(signal.SIGKILL)
@@ -70,7 +79,15 @@ FIXED = [(11, "timers"), (12, "session"), (13, "interval_join"), (14, "co_group"
          (15, "connect"), (16, "sliding")]
 
 
-@pytest.mark.parametrize(("seed", "terminal"), FIXED, ids=[t for _, t in FIXED])
+QUICK = {"timers", "session"}  # in the normal suite; the others behind soak
+
+
+def _quick(cases: list[Any], quick: set[str]) -> list[Any]:
+    return [pytest.param(*c, marks=() if c[1] in quick else pytest.mark.soak, id=c[1])
+            for c in cases]
+
+
+@pytest.mark.parametrize(("seed", "terminal"), _quick(FIXED, QUICK))
 def test_random_shape_with_worker_kills_is_exact(tmp_path: Path, seed: int,
                                                  terminal: str) -> None:
     run_with_kills(tmp_path, seed, terminal)
@@ -92,12 +109,13 @@ def rescale_through_savepoints(tmp: Path, seed: int, terminal: str | None,
     """SIGTERM (stop with a savepoint) at a random moment, resume at the next parallelism,
     ..., the last run to the end: the committed output is exact."""
     rng = random.Random(f"hunt-rescale-{seed}")
-    job = Job(tmp, seed, terminal=terminal)
+    job = Job(tmp, seed, "--rate", "1000", terminal=terminal)  # 8 s of input in all
     for n, p in enumerate(parallelisms):
         proc = job.start("--parallelism", str(p), *(["--restore", "latest"] if n else []))
         if n == len(parallelisms) - 1:
             break
-        time.sleep(rng.uniform(1.5, 3.0))
+        wait_for_workers(job)
+        time.sleep(rng.uniform(1.0, 2.0))
         proc.send_signal(signal.SIGTERM)
         code, result = job.wait(timeout=120)
         assert code == 0, f"spec {job.spec}\n" + job.tail(3000)
@@ -114,7 +132,7 @@ RESCALES = [(31, "timers", [2, 3, 1]), (32, "session", [3, 1, 2]),
             (33, "interval_join", [1, 3])]
 
 
-@pytest.mark.parametrize(("seed", "terminal", "ps"), RESCALES, ids=[t for _, t, _ in RESCALES])
+@pytest.mark.parametrize(("seed", "terminal", "ps"), _quick(RESCALES, {"timers"}))
 def test_random_shape_rescaled_through_savepoints_is_exact(tmp_path: Path, seed: int,
                                                             terminal: str, ps: list[int]) -> None:
     rescale_through_savepoints(tmp_path, seed, terminal, ps)
@@ -142,13 +160,10 @@ POINTS = [
     (47, "window_all", "window.fired@subtask=0,firing=5"),
     (48, "connect", "snapshot.async@checkpoint=2,subtask=0"),
 ]
-QUICK_POINTS = {"co_group", "session"}
+QUICK_POINTS = {"session"}
 
 
-@pytest.mark.parametrize(
-    ("seed", "terminal", "point"),
-    [pytest.param(*c, marks=() if c[1] in QUICK_POINTS else pytest.mark.soak) for c in POINTS],
-    ids=[c[1] for c in POINTS])
+@pytest.mark.parametrize(("seed", "terminal", "point"), _quick(POINTS, QUICK_POINTS))
 def test_random_shape_killed_at_a_named_point_is_exact(tmp_path: Path, seed: int,
                                                        terminal: str, point: str) -> None:
     killed_at_point(tmp_path, seed, terminal, point)
@@ -170,8 +185,8 @@ def unaligned_with_kills(tmp: Path, seed: int, terminal: str, n: int) -> tuple[b
             f"{terminal}: late_dropped={result['late_dropped']}; {huntjobs.diff(got, want)}")
 
 
-@pytest.mark.parametrize(("seed", "terminal"), [(54, "timers"), (53, "co_group")],
-                         ids=["timers", "co_group"])
+@pytest.mark.parametrize(("seed", "terminal"), _quick([(54, "timers"), (53, "co_group")],
+                                                      {"timers"}))
 def test_random_shape_with_unaligned_checkpoints_and_kills_is_exact(
         tmp_path: Path, seed: int, terminal: str) -> None:
     """Bug (fixed): after a worker was SIGKILLed and the job restored an unaligned

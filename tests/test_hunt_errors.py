@@ -123,3 +123,30 @@ def test_a_malformed_kafka_record_names_topic_partition_and_offset(bootstrap: st
     assert "'kin'" in msg and topic in msg, msg
     assert "partition 1" in msg and "offset 6" in msg, msg
     assert isinstance(exc.value.cause, of.RecordFormatError), repr(exc.value.cause)
+
+
+class _NanTimer(of.KeyedProcessFunction):
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+
+    def process_element(self, value: int, ctx: of.ProcessContext) -> None:
+        if self.domain == "event":
+            ctx.timer_service.register_event_time_timer(float("nan"))
+        else:
+            ctx.timer_service.register_processing_time_timer(float("nan"))
+
+
+@pytest.mark.parametrize("domain", ["event", "processing"])
+def test_a_timer_at_nan_fails_naming_the_call(domain: str) -> None:
+    """Bug (fixed): a timer registered at NaN was accepted and silently never fired (and a
+    processing-time timer's time was not checked at all)."""
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(float)
+    flow = of.Flow("nan-timer", restart_strategy=of.restart.no_restart())
+    (flow.source(of.sources.Range(0, 10), watermarks=ws)
+         .key_by(lambda x: x)
+         .process(_NanTimer(domain), name="timers")
+         .sink(of.sinks.Discard()))
+    with pytest.raises(of.JobFailedError, match=f"register_{domain}_time_timer: the time is "
+                                                "NaN") as exc:
+        flow.run(executor="inline")
+    assert "'timers'" in str(exc.value)

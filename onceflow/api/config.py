@@ -15,7 +15,17 @@ UNALIGNED_BUFFER_TIME = 0.1  # seconds: buffer_time's default with unaligned che
 
 
 def _number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == v  # not NaN
+
+
+def _url_scheme(storage: object) -> str | None:
+    """``"s4"`` for ``"s4://b/p"``: a string that looks like a URL (else it would silently
+    become a local directory named ``s4:``)."""
+    if not isinstance(storage, str):
+        return None
+    head, sep, _ = storage.partition("://")
+    ok = sep and head[:1].isalpha() and all(c.isalnum() or c in "+.-" for c in head)
+    return head.lower() if ok else None
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class CheckpointConfig:
         if not isinstance(self.incremental, bool):
             raise bad(f"incremental must be True or False, got {self.incremental!r}")
 
-        if not _number(self.interval) or self.interval <= 0:
+        if not _number(self.interval) or self.interval <= 0 or self.interval == float("inf"):
             raise bad(f"interval must be a number of seconds > 0, got {self.interval!r} "
                       "(to turn checkpoints off, do not call enable_checkpointing)")
         if self.mode not in MODES:
@@ -82,6 +92,10 @@ class CheckpointConfig:
                       "exactly-once mode; with mode='at_least_once' barriers never wait anyway")
         if self.storage is None or not str(self.storage):
             raise bad("storage must be a directory path for checkpoint files")
+        scheme = _url_scheme(self.storage)
+        if scheme is not None and scheme != "s3":
+            raise bad(f"storage {self.storage!r}: unknown scheme {scheme + '://'!r}; give a "
+                      "directory path (without file://) or an s3://bucket/prefix URL")
         if isinstance(self.storage, str) and self.storage.startswith("s3://"):
             from onceflow.checkpoint.s3 import S3Storage
 

@@ -284,7 +284,12 @@ class DataStream:
                 "assign_timestamps_and_watermarks() takes an of.WatermarkStrategy, got "
                 f"{type(strategy).__name__}")
         strategy.validate("assign_timestamps_and_watermarks")
-        return DataStream(self._flow, self._add(Kind.ASSIGN, strategy, name, None, uid))
+        # the input's parallelism, so the assigner chains to it and sees each input
+        # subtask's records in their order (with the flow's default parallelism behind a
+        # source of another parallelism it would mix several subtasks' records, and the
+        # out-of-orderness bound would no longer hold)
+        return DataStream(self._flow, self._add(Kind.ASSIGN, strategy, name,
+                                                self._node.parallelism, uid))
 
     def side_output(self, tag: OutputTag) -> DataStream:
         """The stream of values this operator sent to ``tag`` (``ctx.output(tag, v)``, or

@@ -126,13 +126,15 @@ def timestamps_of(fn: Callable[[Any], Any], records: list[Any]) -> list[float]:
     bad value (the caller names the operator and record)."""
     out = list(map(fn, records))
     if len(set(map(type, out))) == 1 and type(out[0]) is float:
-        return out  # all floats already (checked at C speed)
+        total = sum(out)
+        if total - total == 0.0:
+            return out  # all finite floats already (checked at C speed)
     for i, v in enumerate(out):
-        if type(v) is not float:
-            f = to_seconds(v)
-            if f != f:  # NaN
-                raise ValueError(f"timestamp of record {records[i]!r} is NaN")
-            out[i] = f
+        f = v if type(v) is float else to_seconds(v)
+        if not math.isfinite(f):  # NaN or infinite: no window, timer or watermark can hold it
+            raise ValueError(f"timestamp of record {records[i]!r} is {f}: it must be a "
+                             "finite number of seconds")
+        out[i] = f
     return out
 
 

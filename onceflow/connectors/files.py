@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import operator
 import os
 import re
@@ -45,6 +46,7 @@ _JSON_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 _BUFFER = 1 << 20  # bytes of write buffer per open file
 PARQUET_ROW_GROUP = 65_536  # records buffered before a Parquet row group is written
 _PARQUET_SHAPE = b"onceflow.records"  # schema metadata: how records map to columns
+_INF = float("inf")
 _INT_LIST_BYTES = b"0123456789-,[]"  # all a JSON list of lists of integers is made of
 
 
@@ -57,7 +59,35 @@ class FileTxn:
 
 
 def _json_line(record: Any) -> bytes:
-    return orjson.dumps(record, option=_JSON_OPTS)
+    line = orjson.dumps(record, option=_JSON_OPTS)
+    if b"null" in line and _has_non_finite(record):
+        return _json_line_non_finite(record)
+    return line
+
+
+def _has_non_finite(v: Any) -> bool:
+    """Whether ``v`` holds a float NaN or infinity (orjson would write it as ``null``)."""
+    t = type(v)
+    if t is float:
+        return v != v or v in (_INF, -_INF)
+    if t is tuple or t is list or isinstance(v, tuple | list):
+        return any(map(_has_non_finite, v))
+    if isinstance(v, dict):
+        return any(map(_has_non_finite, v.values()))
+    return False
+
+
+def _as_json_data(o: Any) -> Any:
+    return orjson.loads(orjson.dumps(o, option=orjson.OPT_NON_STR_KEYS))
+
+
+def _json_line_non_finite(record: Any) -> bytes:
+    """A record with NaN or an infinity (a global window's bounds, ...): JSON has neither,
+    and orjson writes ``null``, which would change the record silently. Written instead as
+    Python's ``json`` writes them (``NaN``, ``Infinity``, ``-Infinity``), which
+    ``read_committed``, Python's ``json`` and pandas read back as they were."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=True,
+                      default=_as_json_data).encode() + b"\n"
 
 
 class FileSink(TwoPhaseCommitSink[FileTxn]):
@@ -255,6 +285,8 @@ def json_lines_of_batch(records: list[Any]) -> bytes | None:
         return None  # the per-record path finds and names the record
     if data.count(opener) != expect:
         return None
+    if b"null" in data and any(map(_has_non_finite, records)):
+        return None  # written record by record, without turning NaN/inf into null
     return data[1:-1].replace(border, line_border) + b"\n"
 
 
@@ -277,7 +309,10 @@ class _JsonLinesWriter(_Writer):
             if ser is None:
                 dumps, opts = orjson.dumps, _JSON_OPTS
                 for r in records:
-                    buf += dumps(r, option=opts)
+                    line = dumps(r, option=opts)
+                    if b"null" in line and _has_non_finite(r):
+                        line = _json_line_non_finite(r)
+                    buf += line
             else:
                 for r in records:
                     v = ser(r)
@@ -622,8 +657,17 @@ def read_committed(directory: str | os.PathLike[str], prefix: str = "part", *,
             out.extend(_read_parquet(path))
         else:
             with open(path, "rb") as f:
-                out.extend(orjson.loads(line) for line in f if line.strip())
+                out.extend(_read_json_line(line) for line in f if line.strip())
     return out
+
+
+def _read_json_line(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        if b"Infinity" in line or b"NaN" in line:  # see _json_line_non_finite
+            return json.loads(line)
+        raise
 
 
 def _read_csv(path: str, header: bool) -> list[Any]:

@@ -2,12 +2,13 @@
 
 A bug that fails on one record fails every attempt at that record: restarting cannot help,
 and the default restart strategy would keep trying for minutes. :class:`FailureTracker`
-notices it: consecutive attempts that fail with the same error (exception type and message)
-at the same operator and record, with no checkpoint completing in between, are one
-*repeating* failure. Only failures of user functions (``map``, ``process``, ...) and input
-a source cannot decode count: a source or sink that fails the same way every time is more
-often an outage of the system behind it, which the restart strategy waits out. After the
-second one it logs that the failure looks deterministic; when it has happened
+notices it: consecutive attempts that fail with the same error (exception type and
+message) at the same operator and record, with no checkpoint completing in between, are
+one *repeating* failure. Only failures of user functions (``map``, ``process``, ...),
+input a source cannot decode and a ``ConfigurationError`` found at run time count: a
+source or sink that fails the same way every time is more often an outage of the system
+behind it, which the restart strategy waits out. After the second one it logs that the
+failure looks deterministic; when it has happened
 ``RestartStrategy.max_repeated_failures`` times the job stops (``None``: no limit, the
 restart strategy alone decides).
 
@@ -24,18 +25,22 @@ from collections.abc import Iterable
 from onceflow._usertrace import FailureReport
 from onceflow.api.config import RestartStrategy
 from onceflow.checkpoint.coordinator import CheckpointStats, CheckpointStatus
-from onceflow.errors import JobFailedError, OutputLostError
+from onceflow.errors import ConfigurationError, JobFailedError, OutputLostError
 
 log = logging.getLogger("onceflow")
 
 
 def _is_output_lost(type_name: str) -> bool:
+    return _is_a(type_name, OutputLostError)
+
+
+def _is_a(type_name: str, base: type) -> bool:
     module, _, name = type_name.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except Exception:
         return False
-    return isinstance(cls, type) and issubclass(cls, OutputLostError)
+    return isinstance(cls, type) and issubclass(cls, base)
 
 
 class FailureTracker:
@@ -70,8 +75,11 @@ class FailureTracker:
         if last is not None and _is_output_lost(last.type_name):
             return "a sink's output of a completed checkpoint is lost; restarting cannot " \
                    "bring it back"
+        # a ConfigurationError found at run time (a key without a stable hash, ...) is
+        # the same on every attempt, wherever it is raised: it counts too
         counts = last is not None and (last.bad_input or (
-            last.operator is not None and last.operator not in self.connectors))
+            last.operator is not None and last.operator not in self.connectors)
+            or _is_a(last.type_name, ConfigurationError))
         key = last.fingerprint if last is not None and counts else None
         if key is not None and key == self._previous and completed == self._completed_at_previous:
             self.repeats += 1

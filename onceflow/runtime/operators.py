@@ -424,7 +424,7 @@ class _Timers(TimerService):
         return self._clock()
 
     def register_processing_time_timer(self, timestamp: float) -> None:
-        self._store.register_timer(timestamp)
+        self._store.register_timer(_seconds("register_processing_time_timer", timestamp))
 
     def delete_processing_time_timer(self, timestamp: float) -> None:
         self._store.delete_timer(timestamp)
@@ -447,7 +447,10 @@ def _seconds(what: str, t: Any) -> float:
             return to_seconds(t)
         except TypeError as e:
             raise TypeError(f"{what}: {e}") from None
-    return float(t)
+    f = float(t)
+    if f != f:  # a NaN timer would never fire (nor ever be deleted): say so instead
+        raise ValueError(f"{what}: the time is NaN; it must be a number of seconds")
+    return f
 
 
 class _Ctx(ProcessContext, RuntimeContext):

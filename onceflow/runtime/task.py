@@ -341,12 +341,28 @@ class TaskRunner:
         key_fns = getattr(self.ops[0], "key_fns", None)  # two-input heads: one per input
         lo, hi = self.env.kg_range
         mp = self.env.max_parallelism
+        staged: dict[int, tuple[InputChannel, list[Any]]] = {}  # channel id -> its replay
+        self._replay_into(staged, restored, p, i, by_origin, keyed_head, key_fn, key_fns, lo, hi,
+                          mp)
+        for ch, items in staged.values():
+            self._replay(ch, items)
+
+    def _replay_into(self, staged: dict[int, tuple[InputChannel, list[Any]]],
+                     restored: list[tuple[int, int, dict[str, Any]]], p: int, i: int,
+                     by_origin: dict[Any, InputChannel], keyed_head: bool, key_fn: Any,
+                     key_fns: Any, lo: int, hi: int, mp: int) -> None:
+        """The items :meth:`_replay_inflight` replays, per channel, in order, into
+        ``staged`` (replayed together at the end: ahead of what is queued already)."""
+
+        def stage(ch: InputChannel, items: list[Any]) -> None:
+            staged.setdefault(ch.id, (ch, []))[1].extend(items)
+
         for j, pj, st in restored:
             for origin, items in st.get("inflight", {}).items():
                 ch = by_origin.get(origin)
                 _faults.point("restore.inflight", task=self.uid, subtask=i)
                 if ch is not None and j == i and pj == p:
-                    self._replay(ch, [pickle.loads(b) for b in items])  # storage is trusted
+                    stage(ch, [pickle.loads(b) for b in items])  # storage is trusted
                     continue
                 if key_fns is not None and isinstance(origin, tuple):
                     key_fn = key_fns[origin[3]]  # None: a non-keyed (or broadcast) input
@@ -373,7 +389,7 @@ class TaskRunner:
                 for k in range(0, len(recs), self.batch_size):
                     rb, tb = recs[k:k + self.batch_size], tss[k:k + self.batch_size]
                     out.append(list(rb) if any(t != t for t in tb) else TsBatch(rb, tb))
-                self._replay(target, out)
+                stage(target, out)
 
     def _replay_target(self, origin: Any) -> InputChannel | None:
         if not isinstance(origin, tuple):
@@ -388,7 +404,11 @@ class TaskRunner:
 
     @staticmethod
     def _replay(ch: InputChannel, items: list[Any]) -> None:
-        ch.queue.extend(items)
+        # ahead of anything already queued: a restarted upstream (another worker, started
+        # first) may have sent its restored watermark and new records before this task
+        # opened; behind them, the replayed records would come after a watermark that
+        # passed them, and event-time timers and windows would fire without them
+        ch.queue.extendleft(reversed(items))
         if ch.peer is not None:  # these batches took no credit of the new producer
             ch.owed += sum(1 for it in items if type(it) is list or type(it) is TsBatch)
 
@@ -408,10 +428,12 @@ class TaskRunner:
         index ``start`` on, then to the main outputs."""
         for op in self._tails[start]:
             op.records_in += len(batch)
-            if ts is None:
-                batch = op.process(batch)
-            else:
+            if ts is not None:
                 batch, ts = op.process_ts(batch, ts)
+            elif op.stamps:  # assign_timestamps_and_watermarks: the records get their first
+                batch, ts = op.process_ts(batch, [])
+            else:
+                batch = op.process(batch)
             op.records_out += len(batch)
             if not batch:
                 break

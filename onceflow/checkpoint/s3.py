@@ -454,6 +454,36 @@ class Remote:
                 self.url(base), f"an object the checkpoint needs is missing: {e}") from None
 
 
+# --- a savepoint at any s3:// URL ---------------------------------------------------------
+def savepoint_remote(url: str, job_remote: Remote | None = None) -> tuple[Remote, str]:
+    """The store and key prefix of a savepoint (or its parent) at ``url``
+    (``savepoint(directory="s3://bucket/prefix")``). A job whose checkpoints are on the
+    same bucket lends its settings (endpoint, credentials, staging directory); any other
+    bucket is reached with the settings of the environment (``AWS_*``)."""
+    loc = S3Storage(url.rstrip("/"))
+    if job_remote is not None and job_remote.loc.bucket == loc.bucket:
+        return Remote(replace(job_remote.loc, url=loc.url), job_remote.local), loc.prefix
+    return Remote(loc, _staging_root(loc)), loc.prefix
+
+
+def check_savepoint_target(url: str, job_remote: Remote | None = None) -> None:
+    """Before a savepoint to ``url`` is triggered: the URL names a bucket that exists and
+    these credentials may use. Raises CheckpointStorageError naming the URL."""
+    try:
+        remote, _ = savepoint_remote(url, job_remote)
+    except ConfigurationError as e:
+        raise CheckpointStorageError(f"savepoint target {url!r}: {e}") from None
+    try:
+        remote.client.head_bucket(Bucket=remote.loc.bucket)
+    except Exception as e:
+        if _code(e) in ("404", "NoSuchBucket"):
+            why = f"bucket {remote.loc.bucket!r} does not exist (create it first)"
+        else:
+            why = _why(e, remote.loc)
+        raise CheckpointStorageError(
+            f"savepoint target {remote.loc.where()} cannot be used: {why}") from None
+
+
 # --- the storage interface, on the store --------------------------------------------------
 class S3CheckpointStorage(CheckpointStorage):
     """The checkpoints of one flow under ``s3://bucket/<prefix>/<flow>/`` (see the module
@@ -474,6 +504,8 @@ class S3CheckpointStorage(CheckpointStorage):
         return self.remote.url(self.prefix)
 
     def _key(self, path: str) -> str | None:
+        if is_s3(path):
+            return None  # a savepoint at a URL: the base class asks its own store
         k = self.remote.key(path)
         return k if k is not None and (k + "/").startswith(self.prefix + "/") else None
 
@@ -572,17 +604,16 @@ class S3CheckpointStorage(CheckpointStorage):
                 raw = self.remote.get_bytes(_join(self.prefix, n))
                 if raw is None:
                     continue
-                path = raw.decode("utf-8").strip()
-                if is_s3(path):
-                    path = self.remote.path(path[len(SCHEME):].split("/", 1)[1])
+                path = raw.decode("utf-8").strip()  # a local directory or an s3:// URL
             out.append((int(m.group(1)), path))
         return sorted(out)
 
     def write_savepoint_ref(self, cid: int, path: str) -> None:
-        if os.path.dirname(os.path.abspath(path)) == self.dir:
+        if not is_s3(path) and os.path.dirname(os.path.abspath(path)) == self.dir:
             return
+        where = path if is_s3(path) else os.path.abspath(path)
         self.remote.put_bytes(_join(self.prefix, f"savepoint-{cid}.ref"),
-                              os.path.abspath(path).encode("utf-8"))
+                              where.encode("utf-8"))
 
     def _move_aside(self, cid: int) -> str:
         src = self.remote.key(self.path(cid))

@@ -70,7 +70,9 @@ def post(url: str, path: str, body: dict[str, Any], timeout: float | None) -> di
 
 def savepoint(target: str, directory: str | None, stop: bool, timeout: float | None) -> str:
     url = resolve_target(target)
-    body = {"directory": os.path.abspath(directory) if directory else None, "stop": stop,
+    if directory and not directory.startswith("s3://"):
+        directory = os.path.abspath(directory)  # the driver may run elsewhere: a full path
+    body = {"directory": directory or None, "stop": stop,
             "timeout": timeout}
     # the HTTP wait covers the savepoint's own timeout plus a margin
     doc = post(url, "/api/savepoint", body, None if timeout is None else timeout + 10)

@@ -55,6 +55,8 @@ def test_savepoint_to_s3_from_a_directory_job_restores_after_its_checkpoints_are
     path = _stop_to(_start_and_wait(flow, out), f"{s3_url}/sp/")
     assert path.startswith(f"{s3_url}/sp/savepoint-"), path
     _assert_self_contained(path)
+    latest = open_storage(str(ckpt), "statejob").latest_valid()  # failover would use it
+    assert latest is not None and latest.location == path, latest
     shutil.rmtree(ckpt)  # the job's checkpoints (and the .ref to the savepoint) are gone
     again = statejobs.build(str(out), str(tmp_path / "ckpt2"), backend_name="memory",
                             parallelism=3, records=RECORDS, rate=1e9)

@@ -6,6 +6,7 @@ a local savepoint from a job on the store, and bad targets named clearly. Never 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import s3store
 import statejobs
 
 import onceflow as of
+from onceflow import cli
 from onceflow.checkpoint.storage import open_storage
 
 s3_url = s3store.s3_url  # the fixture: a fresh s3:// prefix, env set
@@ -114,3 +116,56 @@ def test_a_bad_savepoint_url_or_missing_bucket_is_named_and_the_job_runs_on(
     assert "s3:///sp" in str(err.value)
     path = _stop_to(client, f"{s3_url}/sp")  # the job was not harmed
     assert path.startswith(f"{s3_url}/sp/savepoint-")
+
+
+def _onceflow(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+              *args: str, token: str | None = None) -> tuple[int, str, str]:
+    """``onceflow ARGS`` in this process (as the command line runs it): code, out, err."""
+    capsys.readouterr()
+    if token is None:
+        monkeypatch.delenv("ONCEFLOW_DASHBOARD_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("ONCEFLOW_DASHBOARD_TOKEN", token)
+    code = cli.main(list(args))
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+def test_job_json_is_published_on_the_store_and_the_cli_finds_the_job_there(
+        s3_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out, token = tmp_path / "out", "a-secret-token-1234"
+    flow = statejobs.build(str(out), s3_url, backend_name="memory", parallelism=1,
+                           records=RECORDS, rate=3000, interval=0.2)
+    client = flow.start(dashboard=0, dashboard_token=token)
+    try:
+        deadline = time.monotonic() + 60
+        while "statejob/_job.json" not in s3store.keys(s3_url):
+            assert time.monotonic() < deadline and not client.done(), "no _job.json object"
+            time.sleep(0.1)
+        bucket, _, prefix = s3_url.removeprefix("s3://").partition("/")
+        raw = s3store.client().get_object(
+            Bucket=bucket, Key=f"{prefix}/statejob/_job.json")["Body"].read()
+        doc = json.loads(raw)
+        assert doc["url"].startswith("http://127.0.0.1:") and doc["token_required"] is True
+        assert token.encode() not in raw  # the token is never published
+        code, _, err = _onceflow(capsys, monkeypatch, "savepoint", s3_url)
+        assert code == 1 and "ONCEFLOW_DASHBOARD_TOKEN" in err
+        code, sp, err = _onceflow(capsys, monkeypatch, "savepoint", s3_url, "--dir",
+                                  f"{s3_url}/sp", token=token)  # found below the root
+        assert code == 0, err
+        path = sp.strip()
+        assert path.startswith(f"{s3_url}/sp/savepoint-"), path
+        assert "_metadata" in s3store.keys(path)
+        code, stop, err = _onceflow(capsys, monkeypatch, "stop", f"{s3_url}/statejob",
+                                    "--savepoint", token=token)  # or in the flow's folder
+        assert code == 0, err
+        assert stop.strip().startswith(f"{s3_url}/statejob/savepoint-"), stop
+        result = client.result(timeout=120)
+        assert result.records_out("numbers") < RECORDS
+    finally:
+        if not client.done():
+            client.stop_with_savepoint(timeout=60)
+    assert "statejob/_job.json" not in s3store.keys(s3_url)  # removed when the job ended
+    code, _, err = _onceflow(capsys, monkeypatch, "savepoint", s3_url)
+    assert code == 2 and "no running job found" in err and s3_url in err

@@ -73,6 +73,7 @@ from onceflow.state.backend import SHARED_DIR, owner_name
 log = logging.getLogger("onceflow.checkpoint")
 
 SCHEME = "s3://"
+JOB_FILE = "_job.json"  # as runtime/observers.py names it
 _THREADS = 8  # parallel uploads / downloads of one process
 _MULTIPART = 64 * 1024 * 1024  # larger files go up in parts (invisible until complete)
 
@@ -484,6 +485,28 @@ def check_savepoint_target(url: str, job_remote: Remote | None = None) -> None:
             f"savepoint target {remote.loc.where()} cannot be used: {why}") from None
 
 
+def find_job_file(url: str) -> tuple[str, bytes]:
+    """``onceflow savepoint s3://bucket/prefix[/flow]``: the URL and content of the one
+    ``_job.json`` at ``url`` or in one of its flows' folders (settings from the
+    environment). Raises ConfigurationError when there is none, or several."""
+    remote, k = savepoint_remote(url)
+    raw = remote.get_bytes(_join(k, JOB_FILE))
+    if raw is not None:
+        return remote.url(_join(k, JOB_FILE)), raw
+    found = []
+    for sub, size in remote.list_keys(k + "/" if k else "", "/"):
+        if size == -1 and (doc := remote.get_bytes(_join(sub, JOB_FILE))) is not None:
+            found.append((remote.url(_join(sub, JOB_FILE)), doc))
+    if not found:
+        raise ConfigurationError(
+            f"no running job found at {url}: there is no {JOB_FILE} object (a job writes it "
+            "there only while it runs with a dashboard, e.g. `onceflow run --dashboard 0`)")
+    if len(found) > 1:
+        raise ConfigurationError(f"{url} holds several running jobs "
+                                 f"({', '.join(u for u, _ in found)}); pass one flow's URL")
+    return found[0]
+
+
 # --- the storage interface, on the store --------------------------------------------------
 class S3CheckpointStorage(CheckpointStorage):
     """The checkpoints of one flow under ``s3://bucket/<prefix>/<flow>/`` (see the module
@@ -646,6 +669,16 @@ class S3CheckpointStorage(CheckpointStorage):
     def shared_files(self) -> list[str]:
         n = len(self.prefix) + 1
         return [k[n:] for k, _ in self.remote.list_keys(_join(self.prefix, SHARED_DIR) + "/")]
+
+    # -- _job.json: how `onceflow savepoint s3://...` finds the running job's dashboard --
+    def put_job_file(self, data: bytes) -> None:
+        self.remote.put_bytes(_join(self.prefix, JOB_FILE), data)
+
+    def get_job_file(self) -> bytes | None:
+        return self.remote.get_bytes(_join(self.prefix, JOB_FILE))
+
+    def delete_job_file(self) -> None:
+        self.remote.delete([_join(self.prefix, JOB_FILE)])
 
     def delete_file(self, rel: str) -> bool:
         super().delete_file(rel)  # a local copy a restore downloaded

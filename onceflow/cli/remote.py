@@ -1,8 +1,9 @@
 """``onceflow savepoint`` and ``onceflow stop``: ask a running job, through its dashboard.
 
 TARGET is the dashboard's URL (``http://127.0.0.1:8081``) or the job's checkpoint
-directory: a driver that serves a dashboard writes ``<storage>/<flow>/_job.json`` with the
-URL (never the token). When the dashboard needs a token, put it in
+directory or ``s3://`` URL: a driver that serves a dashboard writes
+``<storage>/<flow>/_job.json`` (a file, or an object on the store) with the URL (never the
+token). When the dashboard needs a token, put it in
 ``ONCEFLOW_DASHBOARD_TOKEN``.
 """
 
@@ -24,6 +25,14 @@ def resolve_target(target: str) -> str:
     """The dashboard URL for TARGET (a URL, or a directory holding ``_job.json``)."""
     if target.startswith(("http://", "https://")):
         return target.rstrip("/")
+    if target.startswith("s3://"):  # the job's checkpoints on an object store
+        from onceflow.checkpoint import s3
+
+        where, raw = s3.find_job_file(target)
+        try:
+            return str(json.loads(raw)["url"]).rstrip("/")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigurationError(f"{where} is unreadable: {e}") from e
     if not os.path.isdir(target):
         raise ConfigurationError(f"{target} is neither a dashboard URL (http://HOST:PORT) nor "
                                  "a checkpoint directory")

@@ -36,5 +36,5 @@ def test_this_environment_really_lacks_ray_client() -> None:
 
     assert ray.__version__ == "2.60.0"
     assert importlib.util.find_spec("grpc") is None
-    with pytest.raises(of.ConfigurationError, match="ray://127.0.0.1:10001"):
+    with pytest.raises(of.ConfigurationError, match=r"ray://127\.0\.0\.1:10001"):
         of.executors.Ray(address="ray://127.0.0.1:10001")._connect()

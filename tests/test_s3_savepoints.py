@@ -59,6 +59,11 @@ def test_savepoint_to_s3_from_a_directory_job_restores_after_its_checkpoints_are
     _assert_self_contained(path)
     latest = open_storage(str(ckpt), "statejob").latest_valid()  # failover would use it
     assert latest is not None and latest.location == path, latest
+    rerun = statejobs.build(str(out), str(ckpt), backend_name="memory", parallelism=1,
+                            records=RECORDS, rate=1e9)
+    with pytest.raises(of.ExistingCheckpointError, match="stopped with this savepoint") as e:
+        rerun.run()
+    assert path in str(e.value)
     shutil.rmtree(ckpt)  # the job's checkpoints (and the .ref to the savepoint) are gone
     again = statejobs.build(str(out), str(tmp_path / "ckpt2"), backend_name="memory",
                             parallelism=3, records=RECORDS, rate=1e9)
@@ -75,6 +80,11 @@ def test_savepoint_to_another_prefix_from_an_s3_job_is_self_contained(
     path = _stop_to(_start_and_wait(flow, out), f"{s3_url}/sp")
     assert path.startswith(f"{s3_url}/sp/savepoint-"), path
     _assert_self_contained(path)
+    rerun = statejobs.build(str(out), f"{s3_url}/ck", backend_name="memory", parallelism=1,
+                            records=RECORDS, rate=1e9)
+    with pytest.raises(of.ExistingCheckpointError, match="stopped with this savepoint") as e:
+        rerun.run()  # a run without restore= names the savepoint on the other prefix
+    assert path in str(e.value)
     ck = s3store.keys(f"{s3_url}/ck")
     assert any(k.startswith("statejob/shared/") for k in ck), sorted(ck)[:20]
     assert ck.get(f"statejob/savepoint-{path.rsplit('savepoint-', 1)[1].split('-')[0]}.ref")

@@ -538,7 +538,9 @@ class S3CheckpointStorage(CheckpointStorage):
 
     def local_path(self, public: str) -> str:
         head = f"{SCHEME}{self.loc.bucket}/"
-        return self.remote.path(public[len(head):]) if public.startswith(head) else public
+        if public.startswith(head) and (public[len(head):] + "/").startswith(self.prefix + "/"):
+            return self.remote.path(public[len(head):])
+        return public  # a directory, or a savepoint elsewhere (the base class reads URLs)
 
     def prepare(self) -> None:
         """Check the store at ``run()``: the bucket exists, the credentials work, a write

@@ -2,7 +2,9 @@
 real object store (SeaweedFS from ``scripts/s3``): from a job whose checkpoints are in a
 directory and from one whose checkpoints are on the store, self-contained (the job's
 checkpoints deleted, the savepoint still restores, at another parallelism, output exact),
-a local savepoint from a job on the store, and bad targets named clearly. Never a mock."""
+a local savepoint from a job on the store, a worker SIGKILLed in the middle of a savepoint's
+upload, ``_job.json`` on the store for ``onceflow savepoint s3://...``, and bad targets
+named clearly. Never a mock."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import s3store
 import statejobs
 
 import onceflow as of
-from onceflow import cli
+from onceflow import _faults, cli
 from onceflow.checkpoint.storage import open_storage
 
 s3_url = s3store.s3_url  # the fixture: a fresh s3:// prefix, env set
@@ -179,3 +181,32 @@ def test_job_json_is_published_on_the_store_and_the_cli_finds_the_job_there(
     assert "statejob/_job.json" not in s3store.keys(s3_url)  # removed when the job ended
     code, _, err = _onceflow(capsys, monkeypatch, "savepoint", s3_url)
     assert code == 2 and "no running job found" in err and s3_url in err
+
+
+def test_a_worker_killed_mid_upload_of_an_s3_savepoint_leaves_no_savepoint_and_exact_output(
+        s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = tmp_path / "fault-fired"
+    # a directory-storage job uploads only the savepoint: the fault fires inside its upload
+    monkeypatch.setenv("ONCEFLOW_FAULT", "snapshot.s3_upload@subtask=1")
+    monkeypatch.setenv("ONCEFLOW_FAULT_TOKEN", str(token))
+    _faults.reload()  # the forked workers inherit it
+    try:
+        out = tmp_path / "out"
+        flow = statejobs.build(str(out), str(tmp_path / "ckpt"), backend_name="rocksdb",
+                               parallelism=2, records=RECORDS, rate=4000, interval=0.2)
+        client = _start_and_wait(flow, out)
+        with pytest.raises(of.SavepointError):
+            client.savepoint(f"{s3_url}/broken", timeout=120)
+        assert token.exists(), "the fault inside the savepoint's upload never fired"
+        # the attempt's workers are stopped before the driver discards the aborted
+        # savepoint: nothing of it is left, and certainly no _metadata
+        assert s3store.keys(f"{s3_url}/broken") == {}
+        path = _stop_to(client, f"{s3_url}/sp")  # after the restart, a savepoint succeeds
+        assert client.result(timeout=60).restarts == 1
+    finally:
+        monkeypatch.delenv("ONCEFLOW_FAULT")
+        _faults.reload()
+    again = statejobs.build(str(out), str(tmp_path / "ckpt2"), backend_name="memory",
+                            parallelism=3, records=RECORDS, rate=1e9)
+    again.run(restore=path)
+    assert statejobs.committed(str(out)) == statejobs.expected(RECORDS)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from onceflow import _faults
+from onceflow.checkpoint import s3
 from onceflow.checkpoint.failures import FailurePolicy
 from onceflow.checkpoint.kinds import CHECKPOINT, CheckpointKind, Savepoint, SavepointCallback
 from onceflow.checkpoint.metadata import from_acks
@@ -206,13 +207,21 @@ class CheckpointCoordinator:
         if not self._running:
             self._savepoint_requests.append((directory, stop, on_done))
             return
-        parent = os.path.abspath(directory) if directory else self.storage.dir
-        path = Savepoint.folder(parent, self.next_id)
-        try:
-            os.makedirs(path)
-        except OSError as e:
-            on_done(None, f"cannot create savepoint directory {path}: {e.strerror or e}")
-            return
+        if directory and s3.is_s3(directory):  # any store: the workers upload there
+            try:
+                s3.check_savepoint_target(directory, self.storage.remote)
+            except OSError as e:
+                on_done(None, str(e))
+                return
+            path = Savepoint.folder(directory.rstrip("/"), self.next_id)
+        else:
+            parent = os.path.abspath(directory) if directory else self.storage.dir
+            path = Savepoint.folder(parent, self.next_id)
+            try:
+                os.makedirs(path)
+            except OSError as e:
+                on_done(None, f"cannot create savepoint directory {path}: {e.strerror or e}")
+                return
         if stop:
             self.stopping = True
         self._trigger(Savepoint(path, on_done, stop), final=stop)

@@ -73,6 +73,7 @@ from onceflow.state.backend import SHARED_DIR, owner_name
 log = logging.getLogger("onceflow.checkpoint")
 
 SCHEME = "s3://"
+JOB_FILE = "_job.json"  # as runtime/observers.py names it
 _THREADS = 8  # parallel uploads / downloads of one process
 _MULTIPART = 64 * 1024 * 1024  # larger files go up in parts (invisible until complete)
 
@@ -454,6 +455,58 @@ class Remote:
                 self.url(base), f"an object the checkpoint needs is missing: {e}") from None
 
 
+# --- a savepoint at any s3:// URL ---------------------------------------------------------
+def savepoint_remote(url: str, job_remote: Remote | None = None) -> tuple[Remote, str]:
+    """The store and key prefix of a savepoint (or its parent) at ``url``
+    (``savepoint(directory="s3://bucket/prefix")``). A job whose checkpoints are on the
+    same bucket lends its settings (endpoint, credentials, staging directory); any other
+    bucket is reached with the settings of the environment (``AWS_*``)."""
+    loc = S3Storage(url.rstrip("/"))
+    if job_remote is not None and job_remote.loc.bucket == loc.bucket:
+        return Remote(replace(job_remote.loc, url=loc.url), job_remote.local), loc.prefix
+    return Remote(loc, _staging_root(loc)), loc.prefix
+
+
+def check_savepoint_target(url: str, job_remote: Remote | None = None) -> None:
+    """Before a savepoint to ``url`` is triggered: the URL names a bucket that exists and
+    these credentials may use. Raises CheckpointStorageError naming the URL."""
+    try:
+        remote, _ = savepoint_remote(url, job_remote)
+    except ConfigurationError as e:
+        raise CheckpointStorageError(f"savepoint target {url!r}: {e}") from None
+    try:
+        remote.client.head_bucket(Bucket=remote.loc.bucket)
+    except Exception as e:
+        if _code(e) in ("404", "NoSuchBucket"):
+            why = f"bucket {remote.loc.bucket!r} does not exist (create it first)"
+        else:
+            why = _why(e, remote.loc)
+        raise CheckpointStorageError(
+            f"savepoint target {remote.loc.where()} cannot be used: {why}") from None
+
+
+def find_job_file(url: str) -> tuple[str, bytes]:
+    """``onceflow savepoint s3://bucket/prefix[/flow]``: the URL and content of the one
+    ``_job.json`` at ``url`` or in one of its flows' folders (settings from the
+    environment). Raises ConfigurationError when there is none, or several."""
+    remote, k = savepoint_remote(url)
+    raw = remote.get_bytes(_join(k, JOB_FILE))
+    if raw is not None:
+        return remote.url(_join(k, JOB_FILE)), raw
+    found = []
+    for sub, size in remote.list_keys(k + "/" if k else "", "/"):
+        if size == -1 and (doc := remote.get_bytes(_join(sub, JOB_FILE))) is not None:
+            found.append((remote.url(_join(sub, JOB_FILE)), doc))
+    if not found:
+        raise ConfigurationError(
+            f"no running job found at {url}: there is no {JOB_FILE} object (a job writes it "
+            "there only while it runs with a dashboard, e.g. `onceflow run --dashboard 0`)")
+    if len(found) > 1:
+        raise ConfigurationError(f"{url} holds several running jobs "
+                                 f"({', '.join(u for u, _ in found)}); pass one flow's URL")
+    return found[0]
+
+
 # --- the storage interface, on the store --------------------------------------------------
 class S3CheckpointStorage(CheckpointStorage):
     """The checkpoints of one flow under ``s3://bucket/<prefix>/<flow>/`` (see the module
@@ -474,6 +527,8 @@ class S3CheckpointStorage(CheckpointStorage):
         return self.remote.url(self.prefix)
 
     def _key(self, path: str) -> str | None:
+        if is_s3(path):
+            return None  # a savepoint at a URL: the base class asks its own store
         k = self.remote.key(path)
         return k if k is not None and (k + "/").startswith(self.prefix + "/") else None
 
@@ -483,7 +538,9 @@ class S3CheckpointStorage(CheckpointStorage):
 
     def local_path(self, public: str) -> str:
         head = f"{SCHEME}{self.loc.bucket}/"
-        return self.remote.path(public[len(head):]) if public.startswith(head) else public
+        if public.startswith(head) and (public[len(head):] + "/").startswith(self.prefix + "/"):
+            return self.remote.path(public[len(head):])
+        return public  # a directory, or a savepoint elsewhere (the base class reads URLs)
 
     def prepare(self) -> None:
         """Check the store at ``run()``: the bucket exists, the credentials work, a write
@@ -572,17 +629,16 @@ class S3CheckpointStorage(CheckpointStorage):
                 raw = self.remote.get_bytes(_join(self.prefix, n))
                 if raw is None:
                     continue
-                path = raw.decode("utf-8").strip()
-                if is_s3(path):
-                    path = self.remote.path(path[len(SCHEME):].split("/", 1)[1])
+                path = raw.decode("utf-8").strip()  # a local directory or an s3:// URL
             out.append((int(m.group(1)), path))
         return sorted(out)
 
     def write_savepoint_ref(self, cid: int, path: str) -> None:
-        if os.path.dirname(os.path.abspath(path)) == self.dir:
+        if not is_s3(path) and os.path.dirname(os.path.abspath(path)) == self.dir:
             return
+        where = path if is_s3(path) else os.path.abspath(path)
         self.remote.put_bytes(_join(self.prefix, f"savepoint-{cid}.ref"),
-                              os.path.abspath(path).encode("utf-8"))
+                              where.encode("utf-8"))
 
     def _move_aside(self, cid: int) -> str:
         src = self.remote.key(self.path(cid))
@@ -615,6 +671,16 @@ class S3CheckpointStorage(CheckpointStorage):
     def shared_files(self) -> list[str]:
         n = len(self.prefix) + 1
         return [k[n:] for k, _ in self.remote.list_keys(_join(self.prefix, SHARED_DIR) + "/")]
+
+    # -- _job.json: how `onceflow savepoint s3://...` finds the running job's dashboard --
+    def put_job_file(self, data: bytes) -> None:
+        self.remote.put_bytes(_join(self.prefix, JOB_FILE), data)
+
+    def get_job_file(self) -> bytes | None:
+        return self.remote.get_bytes(_join(self.prefix, JOB_FILE))
+
+    def delete_job_file(self) -> None:
+        self.remote.delete([_join(self.prefix, JOB_FILE)])
 
     def delete_file(self, rel: str) -> bool:
         super().delete_file(rel)  # a local copy a restore downloaded

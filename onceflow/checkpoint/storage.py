@@ -37,7 +37,12 @@ from onceflow._fsutil import fsync_dir
 from onceflow.checkpoint.metadata import CheckpointMetadata
 from onceflow.checkpoint.metadata import decode as decode_metadata
 from onceflow.checkpoint.metadata import encode as encode_metadata
-from onceflow.errors import ConfigurationError, CorruptCheckpointError, NoCheckpointError
+from onceflow.errors import (
+    ConfigurationError,
+    CorruptCheckpointError,
+    NoCheckpointError,
+    OnceflowError,
+)
 from onceflow.state.backend import SHARED_DIR
 
 log = logging.getLogger("onceflow.checkpoint")
@@ -207,8 +212,17 @@ class CheckpointStorage:
     def ids(self) -> list[int]:
         return sorted(int(m.group(1)) for n in self._names() if (m := _CHK.match(n)))
 
+    def _on_store(self, path: str) -> Any:
+        """For a savepoint at an ``s3://`` URL (any job may write one): its store and key
+        prefix (``checkpoint/s3.py``); None for a directory."""
+        from onceflow.checkpoint import s3
+
+        return s3.savepoint_remote(path, self.remote) if s3.is_s3(path) else None
+
     def has_metadata(self, path: str) -> bool:
         """Whether the checkpoint or savepoint in directory ``path`` is complete."""
+        if (at := self._on_store(path)) is not None:
+            return bool(at[0].exists(f"{at[1]}/{METADATA}"))
         return os.path.exists(os.path.join(path, METADATA))
 
     def complete_ids(self) -> list[int]:
@@ -216,10 +230,19 @@ class CheckpointStorage:
 
     def load(self, path: str) -> CompletedCheckpoint:
         """Load and verify the checkpoint or savepoint in directory ``path``."""
+        if (at := self._on_store(path)) is not None:
+            from onceflow.checkpoint import s3
+
+            return s3._load(*at)
         return load_checkpoint(path)
 
     def metadata(self, path: str) -> CheckpointMetadata:
         """The metadata of the checkpoint or savepoint in ``path`` (files not checked)."""
+        if (at := self._on_store(path)) is not None:
+            raw = at[0].get_bytes(f"{at[1]}/{METADATA}")
+            if raw is None:
+                raise CorruptCheckpointError(path, "no _metadata object (incomplete savepoint)")
+            return decode_metadata(raw, path)
         return read_metadata(path)
 
     def write_metadata(self, meta: CheckpointMetadata, directory: str | None = None) -> str:
@@ -227,6 +250,10 @@ class CheckpointStorage:
         complete: the one place where that happens."""
         cid = meta.checkpoint_id
         d = directory or self.path(cid)
+        if (at := self._on_store(d)) is not None:  # a savepoint on a store: one
+            _faults.point("coordinator.before_metadata_rename", checkpoint=cid)  # create
+            at[0].put_bytes(f"{at[1]}/{METADATA}", encode_metadata(meta), create_only=True)
+            return d
         os.makedirs(d, exist_ok=True)
         tmp = os.path.join(d, METADATA + ".tmp")
         with open(tmp, "wb") as f:
@@ -259,11 +286,12 @@ class CheckpointStorage:
     def write_savepoint_ref(self, cid: int, path: str) -> None:
         """Remember a savepoint written outside this directory (restore="latest" and
         failover consider it: its transactions are committed)."""
-        if os.path.dirname(os.path.abspath(path)) == self.dir:
+        on_store = self._on_store(path) is not None
+        if not on_store and os.path.dirname(os.path.abspath(path)) == self.dir:
             return
         ref = os.path.join(self.dir, f"savepoint-{cid}.ref")
         with open(ref + ".tmp", "w", encoding="utf-8") as f:
-            f.write(os.path.abspath(path))
+            f.write(path if on_store else os.path.abspath(path))
             f.flush()
             os.fsync(f.fileno())
         os.rename(ref + ".tmp", ref)
@@ -305,6 +333,14 @@ class CheckpointStorage:
 
     def discard_path(self, path: str) -> None:
         """Delete the checkpoint or savepoint in directory ``path`` with all its files."""
+        if (at := self._on_store(path)) is not None:  # an aborted savepoint on a store
+            remote, key = at
+            shutil.rmtree(remote.path(key), ignore_errors=True)
+            try:
+                remote.delete_prefix(key)
+            except OnceflowError as e:
+                log.warning("could not delete %s: %s", path, e)
+            return
         shutil.rmtree(path, ignore_errors=True)
 
     def discard_incomplete(self) -> None:

@@ -1,8 +1,9 @@
 """``onceflow savepoint`` and ``onceflow stop``: ask a running job, through its dashboard.
 
 TARGET is the dashboard's URL (``http://127.0.0.1:8081``) or the job's checkpoint
-directory: a driver that serves a dashboard writes ``<storage>/<flow>/_job.json`` with the
-URL (never the token). When the dashboard needs a token, put it in
+directory or ``s3://`` URL: a driver that serves a dashboard writes
+``<storage>/<flow>/_job.json`` (a file, or an object on the store) with the URL (never the
+token). When the dashboard needs a token, put it in
 ``ONCEFLOW_DASHBOARD_TOKEN``.
 """
 
@@ -24,6 +25,14 @@ def resolve_target(target: str) -> str:
     """The dashboard URL for TARGET (a URL, or a directory holding ``_job.json``)."""
     if target.startswith(("http://", "https://")):
         return target.rstrip("/")
+    if target.startswith("s3://"):  # the job's checkpoints on an object store
+        from onceflow.checkpoint import s3
+
+        where, raw = s3.find_job_file(target)
+        try:
+            return str(json.loads(raw)["url"]).rstrip("/")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigurationError(f"{where} is unreadable: {e}") from e
     if not os.path.isdir(target):
         raise ConfigurationError(f"{target} is neither a dashboard URL (http://HOST:PORT) nor "
                                  "a checkpoint directory")
@@ -70,7 +79,9 @@ def post(url: str, path: str, body: dict[str, Any], timeout: float | None) -> di
 
 def savepoint(target: str, directory: str | None, stop: bool, timeout: float | None) -> str:
     url = resolve_target(target)
-    body = {"directory": os.path.abspath(directory) if directory else None, "stop": stop,
+    if directory and not directory.startswith("s3://"):
+        directory = os.path.abspath(directory)  # the driver may run elsewhere: a full path
+    body = {"directory": directory or None, "stop": stop,
             "timeout": timeout}
     # the HTTP wait covers the savepoint's own timeout plus a margin
     doc = post(url, "/api/savepoint", body, None if timeout is None else timeout + 10)

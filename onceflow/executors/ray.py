@@ -132,6 +132,15 @@ class Ray(Executor):
         except ImportError as e:
             raise ConfigurationError(
                 "of.executors.Ray needs Ray: pip install 'onceflow[ray]'") from e
+        if isinstance(self.address, str) and self.address.startswith("ray://"):
+            try:  # Ray Client is an extra of Ray that onceflow does not install
+                import grpc  # noqa: F401
+            except ImportError:
+                raise ConfigurationError(
+                    f"of.executors.Ray(address={self.address!r}): a ray:// address connects "
+                    "through Ray Client, which this installation lacks (no grpc): pip install "
+                    f"\"ray[client]=={getattr(ray, '__version__', '2.60.0')}\", or run the "
+                    "job on a machine of the cluster with address=\"auto\"") from None
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False,
                      log_to_driver=True, **self.init_kwargs)

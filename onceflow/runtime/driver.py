@@ -199,7 +199,8 @@ class JobDriver:
         observers: Observers | None = None
         try:
             observers = Observers(self.status, cfg, storage.dir if ck is not None else None,
-                                  lambda: self.control)
+                                  lambda: self.control, job_store=storage
+                                  if ck is not None and storage.remote is not None else None)
             result = self._run(graph, storage, restore, started)
         except BaseException as e:
             self.status.failed(str(e) or type(e).__name__)

@@ -71,10 +71,14 @@ class Observers:
     """Starts what ``opts`` asks for; :meth:`close` stops all of it (idempotent)."""
 
     def __init__(self, status: JobStatus, opts: ObserverOptions, job_dir: str | None,
-                 control: Callable[[], Any] = lambda: None) -> None:
+                 control: Callable[[], Any] = lambda: None, job_store: Any = None) -> None:
+        """``job_dir``: where ``_job.json`` goes; ``job_store``: an object store's
+        checkpoint storage (``S3CheckpointStorage``) to publish it on instead."""
         validate(opts)
         self._open: list[_Closable] = []
         self._job_file: str | None = None
+        self._job_store = job_store
+        self._job_doc: bytes | None = None
         try:
             if opts.dashboard is not None:
                 from onceflow.web.server import DashboardServer, parse_address
@@ -85,7 +89,10 @@ class Observers:
                 status.set_endpoint("dashboard", web.url)
                 log.info("dashboard of job %r at %s/%s", status.flow, web.url,
                             " (access token required)" if opts.dashboard_token else "")
-                if job_dir is not None:
+                if job_store is not None:
+                    self._publish_job_file(status.flow, web.url,
+                                           opts.dashboard_token is not None)
+                elif job_dir is not None:
                     self._write_job_file(job_dir, status.flow, web.url,
                                          opts.dashboard_token is not None)
             if opts.metrics_port is not None:
@@ -115,10 +122,23 @@ class Observers:
         os.replace(tmp, path)
         self._job_file = path
 
+    def _publish_job_file(self, flow: str, url: str, token: bool) -> None:
+        """``_job.json`` as an object next to the flow's checkpoints on the store (the
+        same document as in a directory: never the token)."""
+        doc = {"flow": flow, "url": url, "pid": os.getpid(), "started": time.time(),
+               "token_required": token}
+        self._job_doc = json.dumps(doc).encode()
+        self._job_store.put_job_file(self._job_doc)
+
     def close(self) -> None:
         while self._open:
             with contextlib.suppress(Exception):
                 self._open.pop().close()
+        if self._job_doc is not None:  # only if it is still ours (not a newer run's)
+            with contextlib.suppress(Exception):
+                if self._job_store.get_job_file() == self._job_doc:
+                    self._job_store.delete_job_file()
+            self._job_doc = None
         if self._job_file is not None:
             with contextlib.suppress(OSError, ValueError):
                 with open(self._job_file) as f:

@@ -34,6 +34,7 @@ from socket import socket
 from typing import Any
 
 from onceflow import _faults, _usertrace
+from onceflow.checkpoint import s3
 from onceflow.checkpoint.restore import RestorePlan
 from onceflow.checkpoint.storage import CompletedCheckpoint, encode_state, state_file_name
 from onceflow.errors import OnceflowError
@@ -184,9 +185,13 @@ class Worker:
         then write this subtask's state file and acknowledge it."""
         t0 = time.perf_counter()
         cid = barrier.checkpoint_id
+        remote = self.spec.checkpoint_remote
         if barrier.savepoint is not None:
             directory = barrier.savepoint
             shared_root = None  # a savepoint is self-contained
+            if s3.is_s3(directory):  # staged here, uploaded to its own store
+                remote, key = s3.savepoint_remote(directory, remote)
+                directory = remote.path(key)
         else:
             directory = os.path.join(self.spec.checkpoint_dir, f"chk-{cid}")
             shared_root = os.path.join(self.spec.checkpoint_dir, SHARED_DIR)
@@ -218,8 +223,8 @@ class Worker:
                 f.write(data[half:])
                 f.flush()
                 os.fsync(f.fileno())
-            if self.spec.checkpoint_remote is not None:
-                self.spec.checkpoint_remote.upload(
+            if remote is not None:
+                remote.upload(
                     [os.path.normpath(p) for p in written] + [path],
                     {"checkpoint": cid, "task": task, "subtask": subtask})
         except Exception as e:  # the checkpoint fails, loudly, with the reason

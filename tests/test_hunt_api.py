@@ -128,10 +128,6 @@ def test_file_sink_keeps_infinite_window_bounds_and_nan(tmp_path: Path) -> None:
     assert back[1:] == [[None, 2.5], {"k": None}]
 
 
-@pytest.mark.xfail(strict=True, reason="bug, not fixed (onceflow/connectors/kafka is helper "
-                   "kafka3's): KafkaSink(serializer='json') writes NaN and infinities as "
-                   "null (orjson), so a global or count window's (key, -inf, inf, value) "
-                   "reaches Kafka as [key, null, null, value]; FileSink had the same bug")
 def test_kafka_json_serializer_keeps_infinite_window_bounds() -> None:
     from onceflow.connectors.kafka._common import deserializer, serializer
 

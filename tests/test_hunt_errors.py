@@ -96,12 +96,6 @@ def test_nan_checkpoint_settings_are_refused(setting: str, tmp_path: Path) -> No
         flow.run(executor="inline")
 
 
-@pytest.mark.xfail(strict=True, reason="bug, not fixed (onceflow/connectors/kafka is helper "
-                   "kafka3's): a Kafka record that its deserializer cannot decode fails the "
-                   "job as a plain JSONDecodeError of the source operator 'while processing "
-                   "record <read split KafkaSplit(...)>': no topic, partition or offset, and "
-                   "not a RecordFormatError, so the repeated-failure check (which leaves "
-                   "connectors to the restart strategy) never stops the default strategy")
 def test_a_malformed_kafka_record_names_topic_partition_and_offset(bootstrap: str) -> None:
     from confluent_kafka import Producer
     from kafka_util import new_topic

@@ -76,3 +76,45 @@ def test_sink_produces_what_each_option_says(bootstrap: str, tmp_path: Path, gua
                 assert m.partition() == r["i"] % 3
         else:
             assert m.key() is None
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_json_values_keep_nan_and_infinities_end_to_end(bootstrap: str, tmp_path: Path,
+                                                        guarantee: str) -> None:
+    """A global or count window's result is (key, -inf, inf, value): serializer="json"
+    (the sink's inline orjson path) must not turn the bounds into null, and a KafkaSource
+    with deserializer="json" reads them back as they were."""
+    import math
+
+    import onceflow as of
+    from onceflow.kafka import KafkaSource
+
+    topic = new_topic(bootstrap, 1, "nonfinite")
+    records = [["k", -math.inf, math.inf, 5], {"x": None, "n": 1}, [1, math.nan]]
+    sink = KafkaSink(bootstrap, topic, guarantee=guarantee, serializer="json",
+                     transactional_id_prefix=f"nf-{uuid.uuid4().hex[:8]}")
+    ctx = SinkContext(flow="nf", uid="out", subtask=0, parallelism=1, attempt=0,
+                      flow_dir=str(tmp_path))
+    sink.open(ctx)
+    if guarantee == "exactly_once":
+        txn = sink.begin_transaction()
+        sink.write(txn, records)
+        sink.pre_commit(txn)
+        sink.commit(txn)
+    else:
+        sink.write(records)
+        sink.finish()
+    sink.close()
+    raw = [m.value() for m in _read(bootstrap, topic, len(records))]
+    assert raw[0] == b'["k",-Infinity,Infinity,5]' and raw[1] == b'{"x":null,"n":1}', raw
+    from onceflow.testing import CollectingSink
+
+    collected = CollectingSink()
+    flow = of.Flow("nf-read")
+    flow.enable_checkpointing(0.5, str(tmp_path / "ckpt"))
+    flow.source(KafkaSource(bootstrap, topic, deserializer="json", value_only=True,
+                            stop_at="end")).sink(collected)
+    flow.run(executor="inline")
+    back = collected.records()
+    assert back[0] == ["k", -math.inf, math.inf, 5] and back[1] == {"x": None, "n": 1}, back
+    assert back[2][0] == 1 and math.isnan(back[2][1]), back

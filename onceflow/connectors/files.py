@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import operator
 import os
 import re
@@ -37,6 +36,7 @@ import orjson
 from onceflow import _faults
 from onceflow._fsutil import fsync_dir
 from onceflow._optional import require
+from onceflow.connectors.jsonvalues import dumps_non_finite, has_non_finite, loads
 from onceflow.connectors.sinks import SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
 from onceflow.errors import ConfigurationError, _short_repr
@@ -46,7 +46,6 @@ _JSON_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 _BUFFER = 1 << 20  # bytes of write buffer per open file
 PARQUET_ROW_GROUP = 65_536  # records buffered before a Parquet row group is written
 _PARQUET_SHAPE = b"onceflow.records"  # schema metadata: how records map to columns
-_INF = float("inf")
 _INT_LIST_BYTES = b"0123456789-,[]"  # all a JSON list of lists of integers is made of
 
 
@@ -60,34 +59,15 @@ class FileTxn:
 
 def _json_line(record: Any) -> bytes:
     line = orjson.dumps(record, option=_JSON_OPTS)
-    if b"null" in line and _has_non_finite(record):
+    if b"null" in line and has_non_finite(record):
         return _json_line_non_finite(record)
     return line
 
 
-def _has_non_finite(v: Any) -> bool:
-    """Whether ``v`` holds a float NaN or infinity (orjson would write it as ``null``)."""
-    t = type(v)
-    if t is float:
-        return v != v or v in (_INF, -_INF)
-    if t is tuple or t is list or isinstance(v, tuple | list):
-        return any(map(_has_non_finite, v))
-    if isinstance(v, dict):
-        return any(map(_has_non_finite, v.values()))
-    return False
-
-
-def _as_json_data(o: Any) -> Any:
-    return orjson.loads(orjson.dumps(o, option=orjson.OPT_NON_STR_KEYS))
-
-
 def _json_line_non_finite(record: Any) -> bytes:
-    """A record with NaN or an infinity (a global window's bounds, ...): JSON has neither,
-    and orjson writes ``null``, which would change the record silently. Written instead as
-    Python's ``json`` writes them (``NaN``, ``Infinity``, ``-Infinity``), which
-    ``read_committed``, Python's ``json`` and pandas read back as they were."""
-    return json.dumps(record, separators=(",", ":"), allow_nan=True,
-                      default=_as_json_data).encode() + b"\n"
+    """A record with NaN or an infinity, as :mod:`onceflow.connectors.jsonvalues` writes it
+    (``read_committed``, Python's ``json`` and pandas read it back as it was)."""
+    return dumps_non_finite(record) + b"\n"
 
 
 class FileSink(TwoPhaseCommitSink[FileTxn]):
@@ -285,7 +265,7 @@ def json_lines_of_batch(records: list[Any]) -> bytes | None:
         return None  # the per-record path finds and names the record
     if data.count(opener) != expect:
         return None
-    if b"null" in data and any(map(_has_non_finite, records)):
+    if b"null" in data and any(map(has_non_finite, records)):
         return None  # written record by record, without turning NaN/inf into null
     return data[1:-1].replace(border, line_border) + b"\n"
 
@@ -310,7 +290,7 @@ class _JsonLinesWriter(_Writer):
                 dumps, opts = orjson.dumps, _JSON_OPTS
                 for r in records:
                     line = dumps(r, option=opts)
-                    if b"null" in line and _has_non_finite(r):
+                    if b"null" in line and has_non_finite(r):
                         line = _json_line_non_finite(r)
                     buf += line
             else:
@@ -666,7 +646,7 @@ def _read_json_line(line: bytes) -> Any:
         return orjson.loads(line)
     except orjson.JSONDecodeError:
         if b"Infinity" in line or b"NaN" in line:  # see _json_line_non_finite
-            return json.loads(line)
+            return loads(line)
         raise
 
 

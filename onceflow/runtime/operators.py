@@ -39,7 +39,12 @@ from onceflow.connectors.two_phase import (
     WriteAheadLifecycle,
     WriteAheadSink,
 )
-from onceflow.errors import IncompatibleStateError, OnceflowError, UserFunctionError
+from onceflow.errors import (
+    IncompatibleStateError,
+    OnceflowError,
+    RecordFormatError,
+    UserFunctionError,
+)
 from onceflow.graph.logical import Kind, Node
 from onceflow.runtime.watermarks import SourceWatermarks
 from onceflow.state.backend import KeyedStore, StateBackend, owner_name
@@ -823,6 +828,8 @@ class SourceOp(Operator):
                     wms.set_partitions(i, parts)
             try:
                 batch = rd.read_batch(max_records)
+            except RecordFormatError as e:  # the reader names the place, this the operator
+                raise RecordFormatError(f"source {self.name!r}: {e}") from e
             except OnceflowError:
                 raise
             except Exception as e:

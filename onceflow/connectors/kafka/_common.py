@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from onceflow._optional import require
+from onceflow.connectors.jsonvalues import dumps as json_dumps
+from onceflow.connectors.jsonvalues import loads as json_loads
 from onceflow.errors import ConfigurationError
 
 
@@ -27,7 +27,7 @@ def deserializer(spec: str | Callable[[bytes], Any] | None, what: str) -> Callab
     if spec == "str":
         return lambda b: None if b is None else b.decode("utf-8")
     if spec == "json":
-        return lambda b: None if b is None else orjson.loads(b)
+        return lambda b: None if b is None else json_loads(b)
     raise ConfigurationError(
         f"KafkaSource: {what}={spec!r}; use 'bytes', 'str', 'json' or a function bytes -> value")
 
@@ -48,9 +48,7 @@ def serializer(spec: str | Callable[[Any], Any] | None, what: str) -> Callable[[
     if spec == "str":
         return lambda v: None if v is None else str(v).encode("utf-8")
     if spec == "json":
-        # positional arguments: half the cost of a functools.partial with a keyword
-        dumps, opt = orjson.dumps, orjson.OPT_NON_STR_KEYS
-        return lambda v: dumps(v, None, opt)
+        return json_dumps  # NaN and infinities kept (orjson alone writes null)
     raise ConfigurationError(
         f"KafkaSink: {what}={spec!r}; use 'bytes', 'str', 'json' or a function value -> bytes")
 

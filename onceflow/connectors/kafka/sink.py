@@ -48,6 +48,7 @@ from typing import Any
 import orjson
 
 from onceflow import _faults
+from onceflow.connectors.jsonvalues import dumps_non_finite, has_non_finite
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import broker_config, brokers, import_kafka, serializer
 from onceflow.connectors.kafka._lost import lost_input
@@ -183,7 +184,12 @@ class _Producing:
         dumps, opt, js = orjson.dumps, orjson.OPT_NON_STR_KEYS, self.value_json
         p = -1
         for r in records:
-            v = dumps(r, None, opt) if js else value(r)
+            if js:
+                v = dumps(r, None, opt)
+                if b"null" in v and has_non_finite(r):  # orjson writes NaN/inf as null
+                    v = dumps_non_finite(r)
+            else:
+                v = value(r)
             if key is None:
                 k = None
             elif key_str:

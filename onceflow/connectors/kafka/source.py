@@ -25,9 +25,10 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from onceflow.connectors.jsonvalues import loads as json_loads
 from onceflow.connectors.kafka._common import deserializer, import_kafka, shared_admin
 from onceflow.connectors.sources import Source, SplitReader
-from onceflow.errors import ConfigurationError
+from onceflow.errors import ConfigurationError, OnceflowError, RecordFormatError
 from onceflow.graph.keygroups import stable_hash
 
 OFFSET_BEGINNING = -2
@@ -333,9 +334,36 @@ class KafkaSplitReader(SplitReader):
                 self.src.discovery_interval:
             self._discover()
         msgs = self.consumer.consume(num_messages=max_records, timeout=0.02)
-        if self.src.value_only:
-            return self._values(msgs)
-        return self._records(msgs)
+        try:
+            if self.src.value_only:
+                return self._values(msgs)
+            return self._records(msgs)
+        except (OnceflowError, self.ck.KafkaException):
+            raise
+        except Exception as e:  # a deserializer refused a record: say which one
+            raise self._undecodable(msgs, e) from e
+
+    def _undecodable(self, msgs: list[Any], err: Exception) -> RecordFormatError:
+        """The error for the first message of ``msgs`` whose key or value does not
+        decode (``err`` came from decoding one of them): topic, partition and offset."""
+        value_of = json_loads if self._json else self.value
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            try:
+                if m.value() is not None:
+                    value_of(m.value())
+                if not self.src.value_only:
+                    self.key(m.key())
+            except Exception as e:
+                err = e
+                where = f"topic {m.topic()!r} partition {m.partition()} offset {m.offset()}"
+                break
+        else:
+            where = "a record of this batch"
+        return RecordFormatError(
+            f"KafkaSource: cannot decode {where} with deserializer "
+            f"{self.src.deserializer!r}: {type(err).__name__}: {err}")
 
     def _on_error(self, m: Any, err: Any) -> None:
         etp = (m.topic(), m.partition())
@@ -392,7 +420,13 @@ class KafkaSplitReader(SplitReader):
             last = m
             v = m.value()
             if value_of is None:
-                append(None if v is None else loads(v))
+                if v is None:
+                    append(None)
+                else:
+                    try:
+                        append(loads(v))
+                    except orjson.JSONDecodeError:  # NaN/Infinity (jsonvalues), or bad
+                        append(json_loads(v))
             else:
                 append(value_of(v))
         if not skip:

@@ -1,0 +1,53 @@
+"""JSON for records that may hold NaN or an infinity (a global or count window's bounds are
+``-inf``/``inf``). JSON has neither; orjson, the fast encoder every connector uses, writes
+them as ``null``, which would change a record silently. So each encoder here tries orjson
+first and, only when its output has a ``null`` and the record holds such a float, writes
+the record as Python's ``json`` does (``NaN``, ``Infinity``, ``-Infinity``); the decoder
+reads those back. Plain records pay one substring test."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+_INF = float("inf")
+
+
+def has_non_finite(v: Any) -> bool:
+    """Whether ``v`` holds a float NaN or infinity (orjson would write it as ``null``)."""
+    t = type(v)
+    if t is float:
+        return v != v or v in (_INF, -_INF)
+    if t is tuple or t is list or isinstance(v, tuple | list):
+        return any(map(has_non_finite, v))
+    if isinstance(v, dict):
+        return any(map(has_non_finite, v.values()))
+    return False
+
+
+def _as_json_data(o: Any) -> Any:
+    return orjson.loads(orjson.dumps(o, option=orjson.OPT_NON_STR_KEYS))
+
+
+def dumps_non_finite(record: Any) -> bytes:
+    """``record`` as Python's ``json`` writes it, NaN and infinities kept (no newline)."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=True,
+                      default=_as_json_data).encode()
+
+
+def dumps(record: Any) -> bytes:
+    """One record as JSON, NaN and infinities kept."""
+    data = orjson.dumps(record, None, orjson.OPT_NON_STR_KEYS)
+    if b"null" in data and has_non_finite(record):
+        return dumps_non_finite(record)
+    return data
+
+
+def loads(data: bytes | str) -> Any:
+    """One JSON value; also the ``NaN``/``Infinity`` that :func:`dumps` may write."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)  # NaN/Infinity; for anything else, json's own error

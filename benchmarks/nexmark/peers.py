@@ -1,4 +1,4 @@
-"""Nexmark over Kafka: onceflow against Flink SQL and Bytewax on the same topic
+"""Nexmark over Kafka: onceflow against Flink SQL, Bytewax and Quix Streams on the same topic
 (``make nexmark-peers``; issue 14).
 
     .venv/bin/python benchmarks/nexmark/peers.py                       # 200,000 events, 3 runs
@@ -17,7 +17,8 @@ Every system runs at parallelism 1 with checkpoints (snapshots) every 10 s:
   the JVM engine), Kafka source table, Kafka sink ``sink.delivery-guarantee =
   exactly-once``, EXACTLY_ONCE checkpoints.
 * ``bytewax``: ``peer_bytewax.py`` (recovery on; its Kafka sink is at-least-once).
-* Quix Streams: not run (see the results' notes).
+* ``quix``: ``peer_quix.py``, Quix Streams 3.28.1 (``processing_guarantee="exactly-once"``)
+  for the queries it expresses (q0-q3; the others: see peer_quix.py and the notes).
 
 After each run a ``read_committed`` consumer counts the rows in the output topic; a run is
 valid when that count equals the DuckDB reference's (the SQL of tests/test_nexmark_*.py
@@ -56,17 +57,20 @@ from w1 import machine_info, sample_tree_rss  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 QUERIES = ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8", "q11"]
-SYSTEMS = ["onceflow-memory", "onceflow-rocksdb", "flink-hashmap", "flink-rocksdb", "bytewax"]
+SYSTEMS = ["onceflow-memory", "onceflow-rocksdb", "flink-hashmap", "flink-rocksdb", "bytewax",
+           "quix"]
 BYTEWAX_QUERIES = {"q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11"}
+QUIX_QUERIES = {"q0", "q1", "q2", "q3"}  # why not the others: peer_quix.py
 LABEL = {"onceflow-memory": "onceflow (memory)", "onceflow-rocksdb": "onceflow (RocksDB)",
          "flink-hashmap": "Flink SQL 2.2.1 (hashmap)", "flink-rocksdb": "Flink SQL 2.2.1 (RocksDB)",
-         "bytewax": "Bytewax 0.21.1"}
+         "bytewax": "Bytewax 0.21.1", "quix": "Quix Streams 3.28.1"}
 GUARANTEE = {
     "onceflow-memory": "exactly-once into Kafka (transactions on checkpoint)",
     "onceflow-rocksdb": "exactly-once into Kafka (transactions on checkpoint)",
     "flink-hashmap": "exactly-once into Kafka (sink.delivery-guarantee)",
     "flink-rocksdb": "exactly-once into Kafka (sink.delivery-guarantee)",
     "bytewax": "state recovered from snapshots; Kafka output at-least-once",
+    "quix": "exactly-once into Kafka (processing_guarantee, transactions on commit)",
 }
 
 
@@ -147,6 +151,8 @@ def run_one(system: str, query: str, args: argparse.Namespace) -> dict[str, Any]
     elif system.startswith("flink"):
         cmd = [_venv("pyflink"), str(HERE / "peer_flink.py"), *common,
                "--backend", system.split("-")[1], "--jar", _jar()]
+    elif system == "quix":
+        cmd = [_venv("quix"), str(HERE / "peer_quix.py"), *common]
     else:
         cmd = [_venv("bytewax"), str(HERE / "peer_bytewax.py"), *common,
                "--wait", str(args.events / 10_000 + 10)]  # the input's event-time span
@@ -214,7 +220,7 @@ def summarize(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace,
                      "runs": rs})
     ratios = []
     pairs = [("onceflow-memory", "flink-hashmap"), ("onceflow-rocksdb", "flink-rocksdb"),
-             ("onceflow-memory", "bytewax")]
+             ("onceflow-memory", "bytewax"), ("onceflow-memory", "quix")]
     by = {(r["query"], r["system"]): r for r in rows}
     for q in dict.fromkeys(q for q, _ in runs):
         for a, b in pairs:
@@ -279,12 +285,20 @@ Notes:
 
 - **Where a peer cannot express a query.** Bytewax 0.21.1: q4 is not written (its
   per-auction close at the auction's expiry needs an event-time timer; Bytewax's stateful
-  operators only have wall-clock notifications). **Quix Streams 3.28.1 was not run**: no
-  Nexmark program was written for it in this round (time ran out), so nothing is measured
-  or claimed for it. Its release has tumbling, hopping, sliding and session windows and
-  interval / as-of joins (`StreamingDataFrame.*_window`, `join_interval`), so q0-q2, q5,
-  q7, q11 and probably q8 are expressible; q3's unbounded join and q4 would need
-  hand-written state. Flink SQL ran every query.
+  operators only have wall-clock notifications). **Quix Streams 3.28.1** ran q0-q3
+  (peer_quix.py): q0-q2 as filter/apply, q3 as `group_by` (a re-partition topic, as its
+  keyed state needs) and a stateful apply, the same hand-written join as Bytewax's. Not
+  run on Quix: q4 (no event-time timers), q8 (no window join; it has as-of, interval and
+  lookup joins), and q5, q7, q11: its hopping, tumbling and session windows express them,
+  but Quix closes a key's window only when a later message of that key arrives and has no
+  end of input, so the last window of every key is never emitted and the output cannot
+  equal the reference (so no valid run, and no figure, could be claimed). Flink SQL ran
+  every query.
+- **Quix Streams**: `processing_guarantee="exactly-once"`, `commit_interval=10` (the
+  others' checkpoint interval), its state and changelog defaults, one process. It has no
+  bounded mode: `Application.run(timeout=5)` stops it 5 s after the last message and
+  commits; its events/s is over `run()` to the last message read (the idle 5 s excluded),
+  its CPU seconds the whole process's.
 - **Flink SQL** is the Nexmark project's SQL over our event fields (peer_flink.py), with two
   append-only rewrites a Kafka sink needs: q5 as a window Top-N (rank 1 with ties, the
   same rows as the project's `num >= max` join, which emits updates), and q4 into an
@@ -333,7 +347,7 @@ Notes:
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
-        "# Nexmark over Kafka: onceflow, Flink SQL, Bytewax",
+        "# Nexmark over Kafka: onceflow, Flink SQL, Bytewax, Quix Streams",
         "",
         f"{res['events']:,} events (seed 0, in order, 10,000 events/s of event time) "
         "pre-filled once into one Kafka topic (8 partitions, JSON); every system reads it "
@@ -436,8 +450,8 @@ def main() -> int:
         if s.startswith("flink"):
             _venv("pyflink")
             _jar()
-        elif s == "bytewax":
-            _venv("bytewax")
+        elif s in ("bytewax", "quix"):
+            _venv(s)
     if not args.topic:
         from onceflow.nexmark import NexmarkConfig, prefill_kafka
 
@@ -451,6 +465,7 @@ def main() -> int:
     runs: dict[tuple[str, str], list[dict]] = {
         (q, s): [] for q in queries for s in systems
         if not (s == "bytewax" and q not in BYTEWAX_QUERIES)
+        and not (s == "quix" and q not in QUIX_QUERIES)
         and not (s == "flink-rocksdb" and q not in args.flink_rocksdb_queries.split(","))}
     for i in range(args.runs):
         for (q, s), rs in runs.items():

@@ -296,9 +296,11 @@ Notes:
   every query.
 - **Quix Streams**: `processing_guarantee="exactly-once"`, `commit_interval=10` (the
   others' checkpoint interval), its state and changelog defaults, one process. It has no
-  bounded mode: `Application.run(timeout=5)` stops it 5 s after the last message and
-  commits; its events/s is over `run()` to the last message read (the idle 5 s excluded),
-  its CPU seconds the whole process's.
+  bounded mode: `Application.run(timeout=15)` stops it 15 s after the last message read
+  (more than a commit interval: with exactly-once, q3's re-partition topic is readable
+  only after the commit that wrote it, so q3's second stage waits for the first commit)
+  and commits; its events/s is over `run()` to the last message read (the idle tail
+  excluded), its CPU seconds the whole process's after its imports.
 - **Flink SQL** is the Nexmark project's SQL over our event fields (peer_flink.py), with two
   append-only rewrites a Kafka sink needs: q5 as a window Top-N (rank 1 with ties, the
   same rows as the project's `num >= max` join, which emits updates), and q4 into an

@@ -301,6 +301,32 @@ class RocksDBStore(TimerQueue):
                     out[full] = v
         return out
 
+    def map_is_empty(self, map_base: bytes) -> bool:
+        """No entry under ``map_base`` (all layers merged with RocksDB), without reading
+        the whole map: the first live entry found answers."""
+        layers = [self.cur, *reversed(self.frozen)]  # newest first
+        c = next((i for i, ly in enumerate(layers) if map_base in ly.cleared), None)
+        if c is not None:
+            layers = layers[:c + 1]
+        for i, layer in enumerate(layers):
+            for full in layer.maps.get(map_base, ()):
+                # live unless a newer layer deleted or rewrote it (then that one decides)
+                if layer.data.get(full) is not None and not any(
+                        full in newer.data for newer in layers[:i]):
+                    return False
+        if c is not None:
+            return True
+        it = self.db.iter()
+        it.seek(map_base)
+        while it.valid():
+            k = it.key()
+            if not k.startswith(map_base):
+                break
+            if not any(k in layer.data for layer in layers):
+                return False  # in RocksDB and not deleted since (a rewrite was seen above)
+            it.next()
+        return True
+
     def after_batch(self) -> None:
         """Called by the operator between batches: hand a large layer to the writer."""
         if self._error is not None:
@@ -807,7 +833,7 @@ class RocksMapState:
         return self._entries()
 
     def is_empty(self) -> bool:
-        return not self._store.scan_map(self._store.base(self._hdr))
+        return self._store.map_is_empty(self._store.base(self._hdr))
 
     def clear(self) -> None:
         self._store.clear_map(self._store.base(self._hdr))

@@ -277,7 +277,7 @@ Notes:
 
 - **Size**: 200,000 events for every system (W5 is 5,000,000): one Flink run took 1-2
   minutes here (JVM start, job deployment, JIT warm-up and the shared machine), so W5's
-  size, or even 500,000 events, would not fit 3 interleaved rounds of 42 configurations.
+  size, or even 500,000 events, would not fit 3 interleaved rounds of 46 configurations.
   At this size Flink's figures are far from its steady state (its q0 pass-through ran at
   about 12,000 events/s per core here); the ratios say what happens on this machine at
   this size, not what Flink does on a long run. The Flink targets below are against
@@ -317,7 +317,15 @@ Notes:
   (at-least-once after a failure; no transactional sink exists for it). Its watermark is
   not per Kafka partition, so its EventClock waits for the input's whole event-time span
   (see peer_bytewax.py; with a 2 s or 10 s wait it dropped on-time events as late). One
-  worker.
+  worker. JSON with orjson, as onceflow's and Quix's (since 2026-12-01 17:20 UTC: before,
+  the stdlib json module, which cost Bytewax about 1/3 of its CPU on q0, so earlier
+  "onceflow / Bytewax" ratios were flattered; nexmark-kafka-profile.txt).
+- **CPU seconds**: onceflow's are the driver's from `flow.run()` on plus the workers'
+  whole lives, their interpreter start-up and imports included (about 0.3 CPU-s per
+  worker, 25-45 % of a 200,000-event q0-q3 run; nexmark-kafka-profile.txt); before
+  2026-12-01 17:20 UTC the driver's own start-up and imports (about 0.3 CPU-s) were
+  counted too. Bytewax's and Quix's are their process's from `run()` on (their imports
+  excluded), Flink's the JVM's from `INSERT` submission.
 - **Checkpoint size** (onceflow only: the largest completed checkpoint of the run, bytes;
   Flink's and Bytewax's are not measured). Most runs here end within 10 s, before the
   first periodic checkpoint, so this is mostly the final checkpoint's: the state left after
@@ -325,14 +333,16 @@ Notes:
 - **onceflow**: `benchmarks/nexmark/run.py --one ... --input kafka` at parallelism 1 (the
   same program as `make nexmark NEXMARK_ARGS="--input kafka"`), KafkaSource → query →
   KafkaSink(exactly_once, a transactional id prefix per run).
-- **The invalid runs of the 2026-12-01 invocation** (listed below; medians are over the
-  valid runs, so q0 onceflow (memory) and q5 Flink SQL have 2): q0 onceflow (memory) run 1
-  ran while another onceflow job of the same flow name (`make nexmark --input kafka`)
-  wrote to Kafka with the same default transactional id prefix: the two fenced each
-  other, and the run exited 0 with 36,094 of its 184,000 rows committed (reported as a
-  KafkaSink bug: a fenced job must fail, not finish); run.py now gives every run its own
-  prefix. q5 Flink SQL run 1 failed planning (Flink 2.2's window Top-N accepts only
-  ROW_NUMBER); its SQL was rewritten (peer_flink.py) before run 2.
+- **q4 on RocksDB**: q4 keeps the bids that arrive before their auction (8 partitions read
+  at different paces) in list state; RocksDB's list state was one pickled list per key,
+  read and rewritten on every `add` (O(n) per append: 2,335 events/s, 6,443 per core, in
+  the run before this one). Since 2026-12-01 it is one entry per element (format
+  `rocksdb-2`, docs/state.md).
+- **Where Kafka's q0/q2/q3 CPU goes** (onceflow, cProfile of the worker,
+  nexmark-kafka-profile.txt): the Kafka source's per-message loop 18-27 %, orjson decoding
+  12-21 %, librdkafka's consume 5-12 %, the sink's per-record produce up to 22 % (q0), the
+  query's operators and functions 12-24 %; the per-partition watermark grouping was
+  10-15 % before it went run by run (2026-12-01).
 - **Where q5's time goes** (onceflow, in-process, cProfile of the worker:
   nexmark-q5-profile.txt): the generator 33 %, the sliding window's record path (5 panes
   per bid, a timer per new pane) 23 %, firing the windows on watermarks 24 %, the

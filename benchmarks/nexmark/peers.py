@@ -277,7 +277,7 @@ Notes:
 
 - **Size**: 200,000 events for every system (W5 is 5,000,000): one Flink run took 1-2
   minutes here (JVM start, job deployment, JIT warm-up and the shared machine), so W5's
-  size, or even 500,000 events, would not fit 3 interleaved rounds of 46 configurations.
+  size, or even 500,000 events, would not fit 3 interleaved rounds of 41 configurations.
   At this size Flink's figures are far from its steady state (its q0 pass-through ran at
   about 12,000 events/s per core here); the ratios say what happens on this machine at
   this size, not what Flink does on a long run. The Flink targets below are against

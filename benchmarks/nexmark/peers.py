@@ -349,10 +349,10 @@ Notes:
   timestamp function 6 %, the filter 4 %, the rest about 10 %. Over Kafka the generator
   is replaced by the source's JSON parsing and the sink's JSON and transactional produce
   (not profiled).
-- **Noise**: this 2-core machine was shared with other helpers' test suites, a full
-  `make test` and a soak run during these measurements (load average 15-19): wall-clock
-  events/s are depressed several-fold and noisy for every system; events/s per core (CPU
-  seconds) is the steadier figure, but cache and scheduler contention affect it too.
+- **Noise**: this 2-core machine is shared with other helpers' test suites (load average
+  3-7 during the 2026-12-01 18:05 run, 15-19 during the one before): wall-clock events/s
+  are depressed and noisy for every system; events/s per core (CPU seconds) is the
+  steadier figure, but cache and scheduler contention affect it too.
 """
 
 

@@ -78,7 +78,7 @@ bench-w2: $(VENV)/.synced
 nexmark: $(VENV)/.synced
 	$(PY) benchmarks/nexmark/run.py $(NEXMARK_ARGS)
 
-# Nexmark over Kafka against the peers (Flink SQL via PyFlink, Bytewax), same topic, 3
+# Nexmark over Kafka against the peers (Flink SQL via PyFlink, Bytewax, Quix), same topic, 3
 # interleaved runs (benchmarks/results/nexmark-peers.*; builds compare's peer venvs).
 .PHONY: nexmark-peers
 nexmark-peers: $(VENV)/.synced

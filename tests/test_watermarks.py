@@ -116,6 +116,40 @@ def test_source_watermark_is_the_minimum_over_its_splits() -> None:
     assert sw.poll(force=True) == (10.0, None), "the slow split 0 holds it back"
 
 
+class _Recording(of.WatermarkGenerator):
+    """Remembers the records it is given (per partition), in order."""
+
+    def __init__(self, seen: list[list[Any]]) -> None:
+        self.got: list[Any] = []
+        seen.append(self.got)
+
+    def on_events(self, records: list[Any], timestamps: list[float]) -> float | None:
+        assert len(records) == len(timestamps)
+        self.got.extend(records)
+        return max(timestamps)
+
+    def on_periodic_emit(self) -> float | None:
+        return None
+
+
+def test_per_partition_records_reach_their_partitions_generator_in_order() -> None:
+    """A reader's records come in runs of one partition; a partition may have several runs
+    in one batch: each generator gets exactly its partition's records, in order."""
+    seen: list[list[Any]] = []
+    sw = SourceWatermarks(of.WatermarkStrategy.for_generator(lambda: _Recording(seen))
+                          .with_timestamps(lambda r: r[1]), Clock())
+    sw.assign([None], [False])
+    sw.set_partitions(0, ["a", "b", "c"])
+    parts = ["a", "a", "b", "a", "c", "c", "b", "b", "a"]
+    records = [(p, float(i)) for i, p in enumerate(parts)]
+    sw.on_batch(0, records, [r[1] for r in records], parts)
+    got = {p: sw.parts[(0, p)].generator.got for p in "abc"}  # type: ignore[attr-defined]
+    assert got == {p: [r for r in records if r[0] == p] for p in "abc"}
+    assert sw.poll(force=True)[0] == 5.0  # the minimum over a (8), b (7), c (5)
+    with pytest.raises(ValueError, match="partitions"):
+        sw.on_batch(0, records, [r[1] for r in records], parts[:-1])
+
+
 def test_an_idle_split_is_left_out_and_a_subtask_without_splits_starts_idle() -> None:
     clock = Clock()
     sw = SourceWatermarks(strategy(idle=5.0), clock)

@@ -43,7 +43,8 @@ MAIN_PY = sys.executable
 PYFLINK = "2.2.1"  # newest apache-flink whose minor (2.2) has a Kafka connector release
 KAFKA_CONNECTOR = "5.0.0-2.2"  # org.apache.flink:flink-sql-connector-kafka (Maven Central)
 PEER_PACKAGES = {
-    "bytewax": ["bytewax[kafka]==0.21.1", "confluent-kafka==2.16.1"],  # kafka: Nexmark
+    "bytewax": ["bytewax[kafka]==0.21.1", "confluent-kafka==2.16.1",  # kafka: Nexmark
+                "orjson==3.13.0"],  # Nexmark's JSON, as onceflow's (and Quix's) orjson
     "quix": ["quixstreams==3.28.1"],
     "pyflink": [f"apache-flink=={PYFLINK}"],
     "plot": ["matplotlib"],

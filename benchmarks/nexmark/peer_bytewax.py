@@ -2,7 +2,9 @@
 ``KafkaSource(tail=False)``: to the end of every partition) and writing the query's rows
 as JSON to a Kafka topic (Bytewax's ``KafkaSink``: a plain producer, at-least-once; Bytewax
 has no transactional Kafka sink). Recovery on: snapshots every 10 s, the same interval as
-the others' checkpoints. One worker. Run by benchmarks/nexmark/peers.py in
+the others' checkpoints. One worker. JSON is parsed and written with orjson, as onceflow's
+``deserializer="json"`` / ``serializer="json"`` do (``--stdlib-json``: the json module,
+as this program did before 2026-12-01 17:30 UTC). Run by benchmarks/nexmark/peers.py in
 benchmarks/compare/.venvs/bytewax::
 
     python peer_bytewax.py --query q5 --bootstrap HOST:PORT --input T --output T --workdir D
@@ -37,6 +39,7 @@ from typing import Any
 
 import bytewax.operators as op
 import bytewax.operators.windowing as win
+import orjson
 from bytewax._bytewax import cli_main
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Dataflow
@@ -175,9 +178,10 @@ QUERIES = {"q0": q0, "q1": q1, "q2": q2, "q3": q3, "q5": q5, "q7": q7, "q8": q8,
 def build(a: argparse.Namespace) -> Dataflow:
     flow = Dataflow(f"nexmark-{a.query}")
     src = op.input("kafka", flow, KafkaSource([a.bootstrap], [a.input], tail=False))
-    events = op.map("parse", src, lambda m: json.loads(m.value))
+    loads, dumps = (json.loads, json.dumps) if a.stdlib_json else (orjson.loads, orjson.dumps)
+    events = op.map("parse", src, lambda m: loads(m.value))
     out = QUERIES[a.query](events)
-    msgs = op.map("json", out, lambda r: KafkaSinkMessage(None, json.dumps(r)))
+    msgs = op.map("json", out, lambda r: KafkaSinkMessage(None, dumps(r)))
     op.output("results", msgs, KafkaSink([a.bootstrap], a.output))
     return flow
 
@@ -187,6 +191,8 @@ def main() -> None:
     for k in ("--query", "--bootstrap", "--input", "--output", "--workdir"):
         ap.add_argument(k, required=True)
     ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--stdlib-json", action="store_true",
+                    help="parse and write JSON with the json module instead of orjson")
     ap.add_argument("--wait", type=float, default=2.0,
                     help="EventClock wait_for_system_duration, s of event time")
     a = ap.parse_args()

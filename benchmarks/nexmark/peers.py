@@ -1,4 +1,4 @@
-"""Nexmark over Kafka: onceflow against Flink SQL and Bytewax on the same topic
+"""Nexmark over Kafka: onceflow against Flink SQL, Bytewax and Quix Streams on the same topic
 (``make nexmark-peers``; issue 14).
 
     .venv/bin/python benchmarks/nexmark/peers.py                       # 200,000 events, 3 runs
@@ -17,7 +17,8 @@ Every system runs at parallelism 1 with checkpoints (snapshots) every 10 s:
   the JVM engine), Kafka source table, Kafka sink ``sink.delivery-guarantee =
   exactly-once``, EXACTLY_ONCE checkpoints.
 * ``bytewax``: ``peer_bytewax.py`` (recovery on; its Kafka sink is at-least-once).
-* Quix Streams: not run (see the results' notes).
+* ``quix``: ``peer_quix.py``, Quix Streams 3.28.1 (``processing_guarantee="exactly-once"``)
+  for the queries it expresses (q0-q3; the others: see peer_quix.py and the notes).
 
 After each run a ``read_committed`` consumer counts the rows in the output topic; a run is
 valid when that count equals the DuckDB reference's (the SQL of tests/test_nexmark_*.py
@@ -56,17 +57,20 @@ from w1 import machine_info, sample_tree_rss  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 QUERIES = ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8", "q11"]
-SYSTEMS = ["onceflow-memory", "onceflow-rocksdb", "flink-hashmap", "flink-rocksdb", "bytewax"]
+SYSTEMS = ["onceflow-memory", "onceflow-rocksdb", "flink-hashmap", "flink-rocksdb", "bytewax",
+           "quix"]
 BYTEWAX_QUERIES = {"q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11"}
+QUIX_QUERIES = {"q0", "q1", "q2", "q3"}  # why not the others: peer_quix.py
 LABEL = {"onceflow-memory": "onceflow (memory)", "onceflow-rocksdb": "onceflow (RocksDB)",
          "flink-hashmap": "Flink SQL 2.2.1 (hashmap)", "flink-rocksdb": "Flink SQL 2.2.1 (RocksDB)",
-         "bytewax": "Bytewax 0.21.1"}
+         "bytewax": "Bytewax 0.21.1", "quix": "Quix Streams 3.28.1"}
 GUARANTEE = {
     "onceflow-memory": "exactly-once into Kafka (transactions on checkpoint)",
     "onceflow-rocksdb": "exactly-once into Kafka (transactions on checkpoint)",
     "flink-hashmap": "exactly-once into Kafka (sink.delivery-guarantee)",
     "flink-rocksdb": "exactly-once into Kafka (sink.delivery-guarantee)",
     "bytewax": "state recovered from snapshots; Kafka output at-least-once",
+    "quix": "exactly-once into Kafka (processing_guarantee, transactions on commit)",
 }
 
 
@@ -147,6 +151,8 @@ def run_one(system: str, query: str, args: argparse.Namespace) -> dict[str, Any]
     elif system.startswith("flink"):
         cmd = [_venv("pyflink"), str(HERE / "peer_flink.py"), *common,
                "--backend", system.split("-")[1], "--jar", _jar()]
+    elif system == "quix":
+        cmd = [_venv("quix"), str(HERE / "peer_quix.py"), *common]
     else:
         cmd = [_venv("bytewax"), str(HERE / "peer_bytewax.py"), *common,
                "--wait", str(args.events / 10_000 + 10)]  # the input's event-time span
@@ -214,7 +220,7 @@ def summarize(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace,
                      "runs": rs})
     ratios = []
     pairs = [("onceflow-memory", "flink-hashmap"), ("onceflow-rocksdb", "flink-rocksdb"),
-             ("onceflow-memory", "bytewax")]
+             ("onceflow-memory", "bytewax"), ("onceflow-memory", "quix")]
     by = {(r["query"], r["system"]): r for r in rows}
     for q in dict.fromkeys(q for q, _ in runs):
         for a, b in pairs:
@@ -271,7 +277,7 @@ Notes:
 
 - **Size**: 200,000 events for every system (W5 is 5,000,000): one Flink run took 1-2
   minutes here (JVM start, job deployment, JIT warm-up and the shared machine), so W5's
-  size, or even 500,000 events, would not fit 3 interleaved rounds of 42 configurations.
+  size, or even 500,000 events, would not fit 3 interleaved rounds of 41 configurations.
   At this size Flink's figures are far from its steady state (its q0 pass-through ran at
   about 12,000 events/s per core here); the ratios say what happens on this machine at
   this size, not what Flink does on a long run. The Flink targets below are against
@@ -279,12 +285,22 @@ Notes:
 
 - **Where a peer cannot express a query.** Bytewax 0.21.1: q4 is not written (its
   per-auction close at the auction's expiry needs an event-time timer; Bytewax's stateful
-  operators only have wall-clock notifications). **Quix Streams 3.28.1 was not run**: no
-  Nexmark program was written for it in this round (time ran out), so nothing is measured
-  or claimed for it. Its release has tumbling, hopping, sliding and session windows and
-  interval / as-of joins (`StreamingDataFrame.*_window`, `join_interval`), so q0-q2, q5,
-  q7, q11 and probably q8 are expressible; q3's unbounded join and q4 would need
-  hand-written state. Flink SQL ran every query.
+  operators only have wall-clock notifications). **Quix Streams 3.28.1** ran q0-q3
+  (peer_quix.py): q0-q2 as filter/apply, q3 as `group_by` (a re-partition topic, as its
+  keyed state needs) and a stateful apply, the same hand-written join as Bytewax's. Not
+  run on Quix: q4 (no event-time timers), q8 (no window join; it has as-of, interval and
+  lookup joins), and q5, q7, q11: its hopping, tumbling and session windows express them,
+  but Quix closes a key's window only when a later message of that key arrives and has no
+  end of input, so the last window of every key is never emitted and the output cannot
+  equal the reference (so no valid run, and no figure, could be claimed). Flink SQL ran
+  every query.
+- **Quix Streams**: `processing_guarantee="exactly-once"`, `commit_interval=10` (the
+  others' checkpoint interval), its state and changelog defaults, one process. It has no
+  bounded mode: `Application.run(timeout=15)` stops it 15 s after the last message read
+  (more than a commit interval: with exactly-once, q3's re-partition topic is readable
+  only after the commit that wrote it, so q3's second stage waits for the first commit)
+  and commits; its events/s is over `run()` to the last message read (the idle tail
+  excluded), its CPU seconds the whole process's after its imports.
 - **Flink SQL** is the Nexmark project's SQL over our event fields (peer_flink.py), with two
   append-only rewrites a Kafka sink needs: q5 as a window Top-N (rank 1 with ties, the
   same rows as the project's `num >= max` join, which emits updates), and q4 into an
@@ -301,7 +317,15 @@ Notes:
   (at-least-once after a failure; no transactional sink exists for it). Its watermark is
   not per Kafka partition, so its EventClock waits for the input's whole event-time span
   (see peer_bytewax.py; with a 2 s or 10 s wait it dropped on-time events as late). One
-  worker.
+  worker. JSON with orjson, as onceflow's and Quix's (since 2026-12-01 17:20 UTC: before,
+  the stdlib json module, which cost Bytewax about 1/3 of its CPU on q0, so earlier
+  "onceflow / Bytewax" ratios were flattered; nexmark-kafka-profile.txt).
+- **CPU seconds**: onceflow's are the driver's from `flow.run()` on plus the workers'
+  whole lives, their interpreter start-up and imports included (about 0.3 CPU-s per
+  worker, 25-45 % of a 200,000-event q0-q3 run; nexmark-kafka-profile.txt); before
+  2026-12-01 17:20 UTC the driver's own start-up and imports (about 0.3 CPU-s) were
+  counted too. Bytewax's and Quix's are their process's from `run()` on (their imports
+  excluded), Flink's the JVM's from `INSERT` submission.
 - **Checkpoint size** (onceflow only: the largest completed checkpoint of the run, bytes;
   Flink's and Bytewax's are not measured). Most runs here end within 10 s, before the
   first periodic checkpoint, so this is mostly the final checkpoint's: the state left after
@@ -309,31 +333,33 @@ Notes:
 - **onceflow**: `benchmarks/nexmark/run.py --one ... --input kafka` at parallelism 1 (the
   same program as `make nexmark NEXMARK_ARGS="--input kafka"`), KafkaSource → query →
   KafkaSink(exactly_once, a transactional id prefix per run).
-- **The invalid runs of the 2026-12-01 invocation** (listed below; medians are over the
-  valid runs, so q0 onceflow (memory) and q5 Flink SQL have 2): q0 onceflow (memory) run 1
-  ran while another onceflow job of the same flow name (`make nexmark --input kafka`)
-  wrote to Kafka with the same default transactional id prefix: the two fenced each
-  other, and the run exited 0 with 36,094 of its 184,000 rows committed (reported as a
-  KafkaSink bug: a fenced job must fail, not finish); run.py now gives every run its own
-  prefix. q5 Flink SQL run 1 failed planning (Flink 2.2's window Top-N accepts only
-  ROW_NUMBER); its SQL was rewritten (peer_flink.py) before run 2.
+- **q4 on RocksDB**: q4 keeps the bids that arrive before their auction (8 partitions read
+  at different paces) in list state; RocksDB's list state was one pickled list per key,
+  read and rewritten on every `add` (O(n) per append: 2,335 events/s, 6,443 per core, in
+  the run before this one). Since 2026-12-01 it is one entry per element (format
+  `rocksdb-2`, docs/state.md).
+- **Where Kafka's q0/q2/q3 CPU goes** (onceflow, cProfile of the worker,
+  nexmark-kafka-profile.txt): the Kafka source's per-message loop 18-27 %, orjson decoding
+  12-21 %, librdkafka's consume 5-12 %, the sink's per-record produce up to 22 % (q0), the
+  query's operators and functions 12-24 %; the per-partition watermark grouping was
+  10-15 % before it went run by run (2026-12-01).
 - **Where q5's time goes** (onceflow, in-process, cProfile of the worker:
   nexmark-q5-profile.txt): the generator 33 %, the sliding window's record path (5 panes
   per bid, a timer per new pane) 23 %, firing the windows on watermarks 24 %, the
   timestamp function 6 %, the filter 4 %, the rest about 10 %. Over Kafka the generator
   is replaced by the source's JSON parsing and the sink's JSON and transactional produce
   (not profiled).
-- **Noise**: this 2-core machine was shared with other helpers' test suites, a full
-  `make test` and a soak run during these measurements (load average 15-19): wall-clock
-  events/s are depressed several-fold and noisy for every system; events/s per core (CPU
-  seconds) is the steadier figure, but cache and scheduler contention affect it too.
+- **Noise**: this 2-core machine is shared with other helpers' test suites (load average
+  3-7 during the 2026-12-01 18:05 run, 15-19 during the one before): wall-clock events/s
+  are depressed and noisy for every system; events/s per core (CPU seconds) is the
+  steadier figure, but cache and scheduler contention affect it too.
 """
 
 
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
-        "# Nexmark over Kafka: onceflow, Flink SQL, Bytewax",
+        "# Nexmark over Kafka: onceflow, Flink SQL, Bytewax, Quix Streams",
         "",
         f"{res['events']:,} events (seed 0, in order, 10,000 events/s of event time) "
         "pre-filled once into one Kafka topic (8 partitions, JSON); every system reads it "
@@ -436,8 +462,8 @@ def main() -> int:
         if s.startswith("flink"):
             _venv("pyflink")
             _jar()
-        elif s == "bytewax":
-            _venv("bytewax")
+        elif s in ("bytewax", "quix"):
+            _venv(s)
     if not args.topic:
         from onceflow.nexmark import NexmarkConfig, prefill_kafka
 
@@ -451,6 +477,7 @@ def main() -> int:
     runs: dict[tuple[str, str], list[dict]] = {
         (q, s): [] for q in queries for s in systems
         if not (s == "bytewax" and q not in BYTEWAX_QUERIES)
+        and not (s == "quix" and q not in QUIX_QUERIES)
         and not (s == "flink-rocksdb" and q not in args.flink_rocksdb_queries.split(","))}
     for i in range(args.runs):
         for (q, s), rs in runs.items():

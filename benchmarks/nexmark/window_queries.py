@@ -16,37 +16,40 @@ def _is_bid(e: dict[str, Any]) -> bool:
 class _WinningBid(of.CoProcessFunction):
     """q4's inner query per auction: the highest bid between the auction's start and its
     expiry, known once the watermark passes the expiry (an event-time timer). Bids that
-    arrive before their auction wait in state."""
+    arrive before their auction wait in state. State keeps only what the query reads (an
+    auction's start, expiry and category; a bid's time and price), as Flink SQL's plan
+    projects its columns."""
 
     def open(self, ctx: of.RuntimeContext) -> None:
         self.auction = ctx.value_state("auction")
         self.best = ctx.value_state("best")
         self.early = ctx.list_state("early")
 
-    def _offer(self, a: dict[str, Any], b: dict[str, Any]) -> None:
-        if a["date_time"] <= b["date_time"] <= a["expires"]:
+    def _offer(self, a: tuple[float, float, int], when: float, price: int) -> None:
+        if a[0] <= when <= a[1]:
             best = self.best.value()
-            if best is None or b["price"] > best:
-                self.best.update(b["price"])
+            if best is None or price > best:
+                self.best.update(price)
 
     def process_element1(self, a: dict[str, Any], ctx: of.ProcessContext) -> None:
-        self.auction.update(a)
-        for b in self.early.get():
-            self._offer(a, b)
+        kept = (a["date_time"], a["expires"], a["category"])
+        self.auction.update(kept)
+        for when, price in self.early.get():
+            self._offer(kept, when, price)
         self.early.clear()
         ctx.timer_service.register_event_time_timer(math.nextafter(a["expires"], math.inf))
 
     def process_element2(self, b: dict[str, Any], ctx: of.ProcessContext) -> None:
         a = self.auction.value()
         if a is None:
-            self.early.add(b)
+            self.early.add((b["date_time"], b["price"]))
         else:
-            self._offer(a, b)
+            self._offer(a, b["date_time"], b["price"])
 
     def on_timer(self, timestamp: float, ctx: of.ProcessContext) -> list[Any]:
         a, best = self.auction.value(), self.best.value()
         self.best.clear()
-        return [] if best is None else [(a["category"], best)]
+        return [] if best is None else [(a[2], best)]
 
 
 def _running_mean(acc: tuple[Any, ...], new: tuple[Any, ...]) -> tuple[Any, ...]:

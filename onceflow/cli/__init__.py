@@ -241,7 +241,7 @@ def _describe_state(kind: str | None, state: Any) -> dict[str, Any]:
         return {"keyed_state": "memory changelog", "kinds": state["kinds"],
                 "chain_files": len(chain), "chain_bytes": sum(c[1] for c in chain),
                 "timers": _timer_count(state)}
-    if isinstance(state, dict) and state.get("format") == "rocksdb-1":
+    if isinstance(state, dict) and state.get("format") in ("rocksdb-1", "rocksdb-2"):
         files = state["manifest"]["files"]
         return {"keyed_state": "rocksdb" + (" (incremental)" if state["manifest"].get(
                     "incremental") else " (full)"),

@@ -13,6 +13,7 @@ other splits' watermarks go on meanwhile (a test of idleness handling).
 
 from __future__ import annotations
 
+import operator
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -106,8 +107,8 @@ def watermarks(config: NexmarkConfig | None = None,
     return ws.with_idleness(idleness) if idleness is not None else ws
 
 
-def _date_time(e: dict[str, Any]) -> float:
-    return e["date_time"]
+#: an event's ``date_time`` (a C-level callable: no Python frame per event)
+_date_time = operator.itemgetter("date_time")
 
 
 def prefill_kafka(bootstrap: str, topic: str, config: NexmarkConfig | None = None, *,

@@ -8,12 +8,13 @@ buffered writes, create a RocksDB checkpoint, upload files). The writer thread c
 :meth:`AsyncSnapshot.run` with a :class:`SnapshotTarget` saying where files go, and stores
 the manifest it returns next to the synchronous part.
 
-Three formats exist, each a dict with a ``"format"`` key:
+Three formats exist (and an older layout of one), each a dict with a ``"format"`` key:
 
 * ``memory-keyed-1``: every table in full (``{"kinds", "tables", "timers"}``). It is also
   the **backend-neutral** format that savepoints use, whatever the backend.
 * ``memory-changelog-1``: a chain of shared files (a full base plus deltas).
-* ``rocksdb-1``: a RocksDB checkpoint's files, shared (incremental) or private (full).
+* ``rocksdb-2``: a RocksDB checkpoint's files, shared (incremental) or private (full);
+  ``rocksdb-1`` is its older layout (lists stored whole), still restored.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ _LAZY = {
     "memory-keyed-1": "onceflow.state.memory",
     "memory-changelog-1": "onceflow.state.memory",
     "rocksdb-1": "onceflow.state.rocksdb",
+    "rocksdb-2": "onceflow.state.rocksdb",
 }
 
 

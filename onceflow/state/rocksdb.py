@@ -5,8 +5,18 @@ group's data is one contiguous key range that can be read, copied or deleted on 
 
     kg(2) | len(name)(1) | name | len(key)(4) | pickle(key) [| pickle(map key)]
 
-Value and list state store one pickled value per key; map state stores one entry per map key
-(a map is a prefix scan). Timers are entries too, under a reserved name per time domain, in
+Value state stores one pickled value per key; map state stores one entry per map key
+(a map is a prefix scan); list state stores one entry per element, under the list's key
+with an 8-byte big-endian sequence number appended (``| seq(8)``), so an append is one
+write, a read is a prefix scan in sequence order and a clear is one range delete. The
+sequence numbers come from one counter per store, carried in the snapshot head
+(``list_seq``) so appends after a restore sort after what was restored.
+
+Formats. ``rocksdb-2`` is this layout. ``rocksdb-1`` (before 2026-12) stored a list as one
+pickled Python list under the list's key itself (no suffix); such entries are still read
+(they sort before their list's elements, so they are the list's first elements), so a
+``rocksdb-1`` checkpoint restores as it is and its lists become per-element entries as
+they are next written. Timers are entries too, under a reserved name per time domain, in
 time order within their key group (``state/rocksdb_timers.py``): they are in the RocksDB
 checkpoint and move with their key groups on a rescale; the snapshot head carries only their
 count per key group.
@@ -68,7 +78,9 @@ from onceflow.state.timers import TIMER_TABLES, TimerQueue, timer_lists
 
 log = logging.getLogger("onceflow.state")
 
-FORMAT = "rocksdb-1"
+FORMAT = "rocksdb-2"
+#: the formats this module restores (``rocksdb-1``: lists stored whole, see above)
+FORMATS = ("rocksdb-1", FORMAT)
 _MISSING = object()
 _LOCK = threading.Lock()
 
@@ -161,6 +173,7 @@ class RocksDBStore(TimerQueue):
         self._ck_key: Any = _MISSING
         self._ck_prefix = b""
         self._ck_key_bytes = b""
+        self.list_seq = 0  # the last sequence number given to a list element
         # shared SST files this store may reference: local name -> (path rel. to flow dir,
         # size, crc) as of the newest checkpoint it saw complete; and per pending checkpoint
         self.confirmed: dict[str, tuple[str, int, int]] = {}
@@ -258,6 +271,11 @@ class RocksDBStore(TimerQueue):
             layer.data.pop(full, None)
         layer.cleared.add(map_base)
 
+    def next_list_key(self, base: bytes) -> bytes:
+        """The key of a new last element of the list at ``base``."""
+        self.list_seq = n = self.list_seq + 1
+        return base + n.to_bytes(8, "big")
+
     def scan_map(self, map_base: bytes) -> dict[bytes, bytes]:
         """Every entry of one map (full key -> pickled value), all layers merged."""
         layers = [self.cur, *reversed(self.frozen)]  # newest first
@@ -282,6 +300,32 @@ class RocksDBStore(TimerQueue):
                 else:
                     out[full] = v
         return out
+
+    def map_is_empty(self, map_base: bytes) -> bool:
+        """No entry under ``map_base`` (all layers merged with RocksDB), without reading
+        the whole map: the first live entry found answers."""
+        layers = [self.cur, *reversed(self.frozen)]  # newest first
+        c = next((i for i, ly in enumerate(layers) if map_base in ly.cleared), None)
+        if c is not None:
+            layers = layers[:c + 1]
+        for i, layer in enumerate(layers):
+            for full in layer.maps.get(map_base, ()):
+                # live unless a newer layer deleted or rewrote it (then that one decides)
+                if layer.data.get(full) is not None and not any(
+                        full in newer.data for newer in layers[:i]):
+                    return False
+        if c is not None:
+            return True
+        it = self.db.iter()
+        it.seek(map_base)
+        while it.valid():
+            k = it.key()
+            if not k.startswith(map_base):
+                break
+            if not any(k in layer.data for layer in layers):
+                return False  # in RocksDB and not deleted since (a rewrite was seen above)
+            it.next()
+        return True
 
     def after_batch(self) -> None:
         """Called by the operator between batches: hand a large layer to the writer."""
@@ -405,6 +449,7 @@ class RocksDBStore(TimerQueue):
                   "event_timers": dict(self._etimers.counts)}
         return {"max_parallelism": self.max_parallelism, "kinds": dict(self.kinds),
                 "timer_counts": counts, "timer_count": self.timer_count(),
+                "list_seq": self.list_seq,
                 "key_types": sorted(self._sample_key_types())}
 
     def _sample_key_types(self) -> set[str]:
@@ -467,8 +512,10 @@ class RocksDBStore(TimerQueue):
     # --- restore -------------------------------------------------------------------------
     def restore(self, snapshots: list[dict[str, Any]], filter_by_range: bool) -> None:
         lo, hi = self.kg_range
-        rocks = [s for s in snapshots if s.get("format") == FORMAT]
-        others = [s for s in snapshots if s.get("format") != FORMAT]
+        rocks = [s for s in snapshots if s.get("format") in FORMATS]
+        others = [s for s in snapshots if s.get("format") not in FORMATS]
+        # appends after the restore must sort after every restored list element
+        self.list_seq = max([self.list_seq, *(s.get("list_seq", 0) for s in rocks)])
         for snap in snapshots:
             self.restored_key_types.update(snap.get("key_types", ()))
             check_restored_kinds(self.operator, self.kinds, snap["kinds"])
@@ -589,6 +636,10 @@ class RocksDBStore(TimerQueue):
                     for mk, mv in value.items():
                         wb.put(b + _encode(mk), _encode(mv))
                         n += 1
+                elif kind == "list":
+                    for element in value:
+                        wb.put(self.next_list_key(b), _encode(element))
+                        n += 1
                 else:
                     wb.put(b, _encode(value))
                     n += 1
@@ -606,8 +657,21 @@ class RocksDBStore(TimerQueue):
         self.db.write(wb)
 
     def size(self) -> int:
-        """Entries of keyed state in RocksDB (timers not counted, as with the memory store)."""
-        return sum(1 for k, _ in _iter_raw(self.db) if not is_timer_key(k))
+        """Entries of keyed state in RocksDB: a value, a map entry, a (whole) list; timers
+        not counted, as with the memory store."""
+        n = 0
+        last_list = b""
+        for k, _ in _iter_raw(self.db):
+            if is_timer_key(k):
+                continue
+            name, _kb, rest = _split(k)
+            if self.kinds.get(name) == "list":
+                base = k[:len(k) - len(rest)]
+                if base == last_list:
+                    continue
+                last_list = base
+            n += 1
+        return n
 
 
 class _RocksSnapshot(AsyncSnapshot):
@@ -681,29 +745,49 @@ class RocksValueState:
 
 
 class RocksListState:
+    """A list per key, one RocksDB entry per element (see the module docstring): ``add``
+    writes one entry and reads nothing; ``get`` scans the list's entries in order."""
+
     __slots__ = ("_hdr", "_store")
 
     def __init__(self, store: RocksDBStore, hdr: bytes) -> None:
         self._store, self._hdr = store, hdr
 
     def get(self) -> list[Any]:
-        raw = self._store.get(self._store.base(self._hdr))
-        return [] if raw is None else list(pickle.loads(raw))
+        b = self._store.base(self._hdr)
+        entries = self._store.scan_map(b)
+        if not entries:
+            return []
+        n = len(b)
+        out: list[Any] = []
+        for k in sorted(entries):
+            if len(k) == n:  # a whole list of the rocksdb-1 layout: the first elements
+                out.extend(pickle.loads(entries[k]))
+            else:
+                out.append(pickle.loads(entries[k]))
+        return out
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.get())
 
     def add(self, value: Any) -> None:
-        self.update([*self.get(), value])
+        store = self._store
+        b = store.base(self._hdr)
+        store.put(store.next_list_key(b), _encode(value), b)
 
     def add_all(self, values: Any) -> None:
-        self.update([*self.get(), *values])
+        store = self._store
+        b = store.base(self._hdr)
+        for value in values:
+            store.put(store.next_list_key(b), _encode(value), b)
 
     def update(self, values: Any) -> None:
-        self._store.put(self._store.base(self._hdr), _encode(list(values)))
+        vals = list(values)  # before clearing: ``values`` may be this list's own iterator
+        self.clear()
+        self.add_all(vals)
 
     def clear(self) -> None:
-        self._store.put(self._store.base(self._hdr), None)
+        self._store.clear_map(self._store.base(self._hdr))
 
 
 class RocksMapState:
@@ -749,7 +833,7 @@ class RocksMapState:
         return self._entries()
 
     def is_empty(self) -> bool:
-        return not self._store.scan_map(self._store.base(self._hdr))
+        return self._store.map_is_empty(self._store.base(self._hdr))
 
     def clear(self) -> None:
         self._store.clear_map(self._store.base(self._hdr))
@@ -820,8 +904,13 @@ def _read_tables(db: Any, kg_range: tuple[int, int] | None,
         name, kb, mk = _split(k)
         t = tables.setdefault(name, {})
         key = pickle.loads(kb)  # checkpoint storage is trusted
-        if kinds.get(name) == "map":
+        kind = kinds.get(name)
+        if kind == "map":
             t.setdefault(key, {})[pickle.loads(mk)] = pickle.loads(v)
+        elif kind == "list" and mk:  # one element (rocksdb-2), in sequence order
+            t.setdefault(key, []).append(pickle.loads(v))
+        elif kind == "list":  # a whole list (rocksdb-1): before the key's elements
+            t.setdefault(key, []).extend(pickle.loads(v))
         else:
             t[key] = pickle.loads(v)
     return tables
@@ -874,6 +963,7 @@ def _sweep_stale(root: str) -> None:
                 pass
 
 
-formats.register("rocksdb-1", export_neutral)
+for _fmt in FORMATS:
+    formats.register(_fmt, export_neutral)
 
 __all__ = ["SHARED_DIR", "RocksDBBackend", "RocksDBStore", "export_neutral"]

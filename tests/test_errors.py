@@ -19,7 +19,8 @@ from onceflow import errors
 # internal signals that never reach users: caught and wrapped where they are raised
 INTERNAL = {"onceflow.runtime.channels.PeerClosedError",
             "onceflow.connectors.files._RecordError",  # -> UserFunctionError naming the sink
-            "onceflow.executors.base.FewerSlots"}  # executor -> driver: lower the parallelism
+            "onceflow.executors.base.FewerSlots",  # executor -> driver: lower the parallelism
+            "onceflow.executors.ray._Stuck"}  # placement group not placed: place by hand
 
 
 def _docstring_tree() -> dict[str, str | None]:

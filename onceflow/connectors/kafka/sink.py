@@ -113,18 +113,26 @@ def default_prefix(flow: str, uid: str, flow_dir: str | None = None) -> str:
 _FENCED_CODES = (-144, 90, 47)  # _FENCED, PRODUCER_FENCED, INVALID_PRODUCER_EPOCH
 
 
-def _fenced(e: BaseException | None) -> bool:
-    """Whether ``e`` (or what caused it: confluent-kafka turns a fatal error met inside a
-    callback into a SystemError caused by it) says the producer was fenced."""
+_FATAL = -150  # librdkafka's _FATAL: the producer met a fatal error earlier
+
+
+def _has_code(e: BaseException | None, *codes: int) -> bool:
+    """Whether ``e`` or what caused it carries a KafkaError with one of ``codes``."""
     for _ in range(8):
         if e is None:
             return False
         err = e.args[0] if e.args else None
         code = getattr(err, "code", None)
-        if callable(code) and code() in _FENCED_CODES:
+        if callable(code) and code() in codes:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _fenced(e: BaseException | None) -> bool:
+    """Whether ``e`` (or what caused it: confluent-kafka turns a fatal error met inside a
+    callback into a SystemError caused by it) says the producer was fenced."""
+    return _has_code(e, *_FENCED_CODES)
 
 
 def check_transaction_timeout(timeout_ms: int, broker_max_ms: int | None, *,
@@ -495,6 +503,14 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                                 ck.KafkaException):
                 self._out.produce(live[0], records)
         except (ConnectorError, SystemError) as e:
+            if _has_code(e, _FATAL) and not self._out.fenced:
+                # a produce after the producer turned fatal says only "Fatal error"; the
+                # next poll raises the fatal error itself (e.g. _FENCED)
+                try:
+                    live[0].poll(0)
+                except Exception as fatal:
+                    if _fenced(fatal):
+                        self._out.fenced = True
             if _fenced(e) or self._out.fenced:
                 raise self._fenced_error(tid, "producing to") from e
             raise

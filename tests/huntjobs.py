@@ -225,6 +225,14 @@ def build(s: dict[str, Any], flow: of.Flow, out: str, rate: float, slow: float =
         raise SystemExit(f"unknown terminal {t}")
     if slow > 0:
         res = res.map(_slow(slow), name="slow", parallelism=s["sink_parallelism"])
+    if out.startswith("kafka://"):  # kafka://BOOTSTRAP/TOPIC: transactional, exactly-once
+        from onceflow.kafka import KafkaSink
+
+        bootstrap, _, topic = out[len("kafka://"):].partition("/")
+        res.sink(KafkaSink(bootstrap, topic, serializer="json",
+                           transactional_id_prefix=f"hunt-{topic}"), name="kafka",
+                 parallelism=s["sink_parallelism"])
+        return
     res.sink(of.sinks.FileSink(out), name="files", parallelism=s["sink_parallelism"])
 
 
@@ -314,6 +322,15 @@ def cur_end(cur: list[tuple[float, int]]) -> float:
 
 
 def committed(out: str) -> Counter[tuple[Any, ...]]:
+    """What ``out`` (a FileSink directory, or ``kafka://BOOTSTRAP/TOPIC`` read with
+    read_committed) holds."""
+    if out.startswith("kafka://"):
+        from test_kafka import read_committed
+
+        from onceflow.connectors.jsonvalues import loads
+
+        bootstrap, _, topic = out[len("kafka://"):].partition("/")
+        return Counter(_norm(v) for _, _, v in read_committed(bootstrap, topic, decode=loads))
     return Counter(_norm(r) for r in of.sinks.read_committed(out))
 
 

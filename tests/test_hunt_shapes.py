@@ -1,8 +1,9 @@
 """Random flow shapes (tests/huntjobs.py) with workers and the driver SIGKILLed: the
 committed output equals a reference computed without onceflow, exactly (the "hunt" set).
 
-The normal suite runs a few fixed seeds, one per kind of ending; ``-m soak`` runs many
-random seeds (``ONCEFLOW_HUNT_SEEDS`` of them, default 40)."""
+The normal suite runs a few fixed seeds, one per kind of ending (two of them into Kafka
+through the transactional KafkaSink); ``-m soak`` runs many random seeds (every third one
+into Kafka) (``ONCEFLOW_HUNT_SEEDS`` of them, default 40)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ JOB = str(Path(__file__).with_name("huntjobs.py"))
 
 class Job(JobProcess):
     def __init__(self, tmp: Path, seed: int, *extra: str, terminal: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, out: str | None = None) -> None:
         super().__init__(tmp, env)
         self.seed, self.terminal = seed, terminal
         self.spec = huntjobs.spec(seed, terminal)
-        self.out, self.ckpt = tmp / "out", tmp / "ckpt"
+        self.out: Any = out or tmp / "out"  # a directory, or kafka://BOOTSTRAP/TOPIC
+        self.ckpt = tmp / "ckpt"
         self.extra = list(extra) + (["--terminal", terminal] if terminal else [])
 
     def command(self) -> list[str]:
@@ -38,6 +40,14 @@ class Job(JobProcess):
         want = huntjobs.expected(self.spec)
         assert got == want, (f"spec {self.spec}: " + huntjobs.diff(got, want)
                              + f"\nlog: {self.tail(3000)}")
+        if isinstance(self.out, str):  # Kafka: nothing left open on the output topic
+            from onceflow.kafka import list_lingering
+
+            bootstrap, _, topic = self.out[len("kafka://"):].partition("/")
+            open_txns = [t for t in list_lingering(bootstrap, f"hunt-{topic}")
+                         if t[2] not in ("Empty", "CompleteCommit", "CompleteAbort")]
+            assert not open_txns, f"transactions of the sink left open: {open_txns}"
+            return
         hidden = [p.name for p in self.out.iterdir() if p.name.startswith(".")]
         assert not hidden, f"uncommitted transaction files left behind: {hidden}"
 
@@ -50,9 +60,9 @@ def wait_for_workers(job: Job, within: float = 60.0) -> None:
 
 
 def run_with_kills(tmp: Path, seed: int, terminal: str | None = None, kills: int = 2,
-                   driver_kill: bool = False) -> None:
+                   driver_kill: bool = False, out: str | None = None) -> None:
     rng = random.Random(f"hunt-{seed}")
-    job = Job(tmp, seed, terminal=terminal)
+    job = Job(tmp, seed, terminal=terminal, out=out)
     if driver_kill:
         proc = job.start()
         wait_for_workers(job)
@@ -87,6 +97,19 @@ def _quick(cases: list[Any], quick: set[str]) -> list[Any]:
             for c in cases]
 
 
+#: endings into Kafka (transactional KafkaSink, read back with read_committed)
+KAFKA = [(21, "interval_join"), (22, "count_window"), (23, "session"), (24, "connect")]
+
+
+@pytest.mark.parametrize(("seed", "terminal"), _quick(KAFKA, {"interval_join", "count_window"}))
+def test_random_shape_into_kafka_with_worker_kills_is_exact(tmp_path: Path, bootstrap: str,
+                                                           seed: int, terminal: str) -> None:
+    from kafka_util import new_topic
+
+    topic = new_topic(bootstrap, 3, f"hunt-{terminal}")
+    run_with_kills(tmp_path, seed, terminal, out=f"kafka://{bootstrap}/{topic}")
+
+
 @pytest.mark.parametrize(("seed", "terminal"), _quick(FIXED, QUICK))
 def test_random_shape_with_worker_kills_is_exact(tmp_path: Path, seed: int,
                                                  terminal: str) -> None:
@@ -99,9 +122,14 @@ def test_random_shape_with_the_driver_killed_then_restored_is_exact(tmp_path: Pa
 
 @pytest.mark.soak
 @pytest.mark.parametrize("n", range(int(os.environ.get("ONCEFLOW_HUNT_SEEDS", "40"))))
-def test_soak_random_shapes(tmp_path: Path, n: int) -> None:
+def test_soak_random_shapes(tmp_path: Path, bootstrap: str, n: int) -> None:
     seed = 1000 + n
-    run_with_kills(tmp_path, seed, kills=3, driver_kill=n % 4 == 3)
+    out = None
+    if n % 3 == 2:  # every third one into Kafka
+        from kafka_util import new_topic
+
+        out = f"kafka://{bootstrap}/{new_topic(bootstrap, 3, f'hunt-soak-{n}')}"
+    run_with_kills(tmp_path, seed, kills=3, driver_kill=n % 4 == 3, out=out)
 
 
 def rescale_through_savepoints(tmp: Path, seed: int, terminal: str | None,

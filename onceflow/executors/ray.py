@@ -687,8 +687,39 @@ class _Watched(Workers):
 
     ray: Any
     runs: dict[int, Any]
+    pids: dict[int, int]
+    nodes: dict[int, str]
     _watching: threading.Event
     _watcher: threading.Thread | None
+    _died = "died"  # how the reason says that Ray reported the worker's actor dead
+
+    @property
+    def ids(self) -> dict[int, int]:
+        return dict(self.pids)
+
+    def _where(self, worker: int) -> str:
+        raise NotImplementedError
+
+    def _exited(self, where: str, result: Any) -> str:
+        """The reason for a worker whose run call returned ``result``."""
+        return f"{where} exited with code {result}"
+
+    def exit_reason(self, worker: int) -> str:
+        where = self._where(worker)
+        ref = self.runs.get(worker)
+        if ref is None:
+            return f"{where} closed its connection"
+        ready, _ = self.ray.wait([ref], timeout=2.0)
+        if not ready:
+            return f"{where} closed its connection"
+        try:
+            result = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as e:
+            return (f"{where} {self._died}: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        except Exception as e:
+            return f"{where} failed: {type(e).__name__}: {e}"
+        return self._exited(where, result)
 
     def watch(self) -> None:
         """Watch the actors through Ray as well as through their connections: a node that
@@ -750,25 +781,8 @@ class _Actors(_Watched):
         self._watching = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    @property
-    def ids(self) -> dict[int, int]:
-        return dict(self.pids)
-
-    def exit_reason(self, worker: int) -> str:
-        where = f"(Ray actor, pid {self.pids.get(worker)}, node {self.nodes.get(worker, '?')})"
-        ref = self.runs.get(worker)
-        if ref is None:
-            return f"{where} closed its connection"
-        ready, _ = self.ray.wait([ref], timeout=2.0)
-        if not ready:
-            return f"{where} closed its connection"
-        try:
-            code = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as e:
-            return f"{where} died: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        except Exception as e:
-            return f"{where} failed: {type(e).__name__}: {e}"
-        return f"{where} exited with code {code}"
+    def _where(self, worker: int) -> str:
+        return f"(Ray actor, pid {self.pids.get(worker)}, node {self.nodes.get(worker, '?')})"
 
     def stop(self) -> None:
         self._end(prewarm=True)
@@ -1096,29 +1110,13 @@ class _Hosted(_Watched):
         self._watching = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    @property
-    def ids(self) -> dict[int, int]:
-        return dict(self.pids)
+    _died = "died with its host"
 
     def _where(self, worker: int) -> str:
         return (f"(Ray actor's worker process, pid {self.pids.get(worker)}, node "
                 f"{self.nodes.get(worker, '?')})")
 
-    def exit_reason(self, worker: int) -> str:
-        where = self._where(worker)
-        ref = self.runs.get(worker)
-        if ref is None:
-            return f"{where} closed its connection"
-        ready, _ = self.ray.wait([ref], timeout=2.0)
-        if not ready:
-            return f"{where} closed its connection"
-        try:
-            status = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as e:
-            return (f"{where} died with its host: "
-                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
-        except Exception as e:
-            return f"{where} failed: {type(e).__name__}: {e}"
+    def _exited(self, where: str, status: Any) -> str:
         if os.WIFSIGNALED(status):
             return f"{where} was killed by {signal.Signals(os.WTERMSIG(status)).name}"
         return f"{where} exited with code {os.WEXITSTATUS(status)}"

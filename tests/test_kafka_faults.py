@@ -45,17 +45,22 @@ def _check(job: KJob, broker: OwnBroker) -> None:
     broker.assert_witness(job.output, job.records)
 
 
-@pytest.mark.timeout(400)
-@pytest.mark.parametrize("outage", [5, 30])
-def test_broker_sigkilled_mid_job_and_restarted(broker: OwnBroker, tmp_path: Path,
-                                                outage: float) -> None:
-    bootstrap = _ensure_up(broker)
-    job = KJob(tmp_path, bootstrap, "--rate", "150", "--attempts", "200", "--delay", "0.5",
-               records=N)
+def _running_job(broker: OwnBroker, tmp: Path, rate: float) -> KJob:
+    """The job started with restarts enough for a long outage, once it committed output."""
+    job = KJob(tmp, _ensure_up(broker), "--rate", str(rate), "--attempts", "200", "--delay",
+               "0.5", records=N)
     job.start()
     wait_for(lambda: _committed(job) > 0 or job.proc.poll() is not None, 90,
              "the first committed output")
     assert job.proc is not None and job.proc.poll() is None, job.tail()
+    return job
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("outage", [5, 30])
+def test_broker_sigkilled_mid_job_and_restarted(broker: OwnBroker, tmp_path: Path,
+                                                outage: float) -> None:
+    job = _running_job(broker, tmp_path, rate=150)
     broker.kill()
     time.sleep(outage)
     broker.start()
@@ -163,13 +168,7 @@ def test_broker_frozen_mid_job_then_thawed(broker: OwnBroker, tmp_path: Path,
     import os
     import signal
 
-    bootstrap = _ensure_up(broker)
-    job = KJob(tmp_path, bootstrap, "--rate", "200", "--attempts", "200", "--delay", "0.5",
-               records=N)
-    job.start()
-    wait_for(lambda: _committed(job) > 0 or job.proc.poll() is not None, 90,
-             "the first committed output")
-    assert job.proc is not None and job.proc.poll() is None, job.tail()
+    job = _running_job(broker, tmp_path, rate=200)
     pid = _broker_pid(broker)
     os.kill(pid, signal.SIGSTOP)
     try:

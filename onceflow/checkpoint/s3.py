@@ -467,6 +467,13 @@ def savepoint_remote(url: str, job_remote: Remote | None = None) -> tuple[Remote
     return Remote(loc, _staging_root(loc)), loc.prefix
 
 
+def _bucket_why(e: Exception, loc: S3Storage) -> str:
+    """Why a request on the bucket of ``loc`` failed, a missing bucket said plainly."""
+    if _code(e) in ("404", "NoSuchBucket"):
+        return f"bucket {loc.bucket!r} does not exist (create it first)"
+    return _why(e, loc)
+
+
 def check_savepoint_target(url: str, job_remote: Remote | None = None) -> None:
     """Before a savepoint to ``url`` is triggered: the URL names a bucket that exists and
     these credentials may use. Raises CheckpointStorageError naming the URL."""
@@ -477,12 +484,8 @@ def check_savepoint_target(url: str, job_remote: Remote | None = None) -> None:
     try:
         remote.client.head_bucket(Bucket=remote.loc.bucket)
     except Exception as e:
-        if _code(e) in ("404", "NoSuchBucket"):
-            why = f"bucket {remote.loc.bucket!r} does not exist (create it first)"
-        else:
-            why = _why(e, remote.loc)
-        raise CheckpointStorageError(
-            f"savepoint target {remote.loc.where()} cannot be used: {why}") from None
+        raise CheckpointStorageError(f"savepoint target {remote.loc.where()} cannot be "
+                                     f"used: {_bucket_why(e, remote.loc)}") from None
 
 
 def find_job_file(url: str) -> tuple[str, bytes]:
@@ -552,12 +555,8 @@ class S3CheckpointStorage(CheckpointStorage):
             c.put_object(Bucket=b, Key=probe, Body=b"ok")
             c.delete_object(Bucket=b, Key=probe)
         except Exception as e:
-            if _code(e) in ("404", "NoSuchBucket"):
-                why = f"bucket {b!r} does not exist (create it first)"
-            else:
-                why = _why(e, self.loc)
-            raise ConfigurationError(
-                f"checkpoint storage {self.loc.where()} cannot be used: {why}") from e
+            raise ConfigurationError(f"checkpoint storage {self.loc.where()} cannot be "
+                                     f"used: {_bucket_why(e, self.loc)}") from e
         try:
             if os.path.isdir(self.dir):
                 import shutil

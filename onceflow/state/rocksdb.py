@@ -278,8 +278,7 @@ class RocksDBStore(TimerQueue):
 
     def scan_map(self, map_base: bytes) -> dict[bytes, bytes]:
         """Every entry of one map (full key -> pickled value), all layers merged."""
-        layers = [self.cur, *reversed(self.frozen)]  # newest first
-        c = next((i for i, ly in enumerate(layers) if map_base in ly.cleared), None)
+        layers, c = self._layers_of(map_base)
         out: dict[bytes, bytes] = {}
         if c is None:
             it = self.db.iter()
@@ -301,11 +300,16 @@ class RocksDBStore(TimerQueue):
                     out[full] = v
         return out
 
+    def _layers_of(self, map_base: bytes) -> tuple[list[Any], int | None]:
+        """The write layers newest first, and the index of the newest that cleared the map
+        at ``map_base`` (None: none did, RocksDB's entries count too)."""
+        layers = [self.cur, *reversed(self.frozen)]
+        return layers, next((i for i, ly in enumerate(layers) if map_base in ly.cleared), None)
+
     def map_is_empty(self, map_base: bytes) -> bool:
         """No entry under ``map_base`` (all layers merged with RocksDB), without reading
         the whole map: the first live entry found answers."""
-        layers = [self.cur, *reversed(self.frozen)]  # newest first
-        c = next((i for i, ly in enumerate(layers) if map_base in ly.cleared), None)
+        layers, c = self._layers_of(map_base)
         if c is not None:
             layers = layers[:c + 1]
         for i, layer in enumerate(layers):

@@ -187,6 +187,23 @@ def test_actor_per_worker_as_for_gpu_workers_commits_the_same(cluster: Any,
     assert got == want, crashjobs.diff(got, want)
 
 
+def _finished(t: threading.Thread, box: dict[str, Any]) -> Any:
+    """The JobResult of a run in ``t`` (from :func:`_run_in_thread`), once it ended."""
+    t.join(180)
+    assert not t.is_alive()
+    assert "error" not in box, box.get("error")
+    return box["result"]
+
+
+def _finished_exact(t: threading.Thread, box: dict[str, Any], out: Path) -> Any:
+    """:func:`_finished`, and the keyed_count output in ``out`` equals the reference."""
+    r = _finished(t, box)
+    want = crashjobs.expected("keyed_count", RECORDS)
+    got = crashjobs.committed(str(out))
+    assert got == want, crashjobs.diff(got, want)
+    return r
+
+
 def _run_in_thread(flow: of.Flow, executor: Any) -> tuple[threading.Thread, dict[str, Any]]:
     box: dict[str, Any] = {}
 
@@ -215,13 +232,7 @@ def test_sigkilled_actor_gives_exact_output(cluster: Any, tmp_path: Path,
     # worker process)
     again = _wait_for(lambda: (p if len(p := set(_actor_pids()) - set(pids)) == 2 else None)
                       or not t.is_alive(), 60, "the next attempt's workers")
-    t.join(180)
-    assert not t.is_alive()
-    assert "error" not in box, box.get("error")
-    r = box["result"]
-    want = crashjobs.expected("keyed_count", RECORDS)
-    got = crashjobs.committed(str(out))
-    assert got == want, crashjobs.diff(got, want)
+    r = _finished_exact(t, box, out)
     assert r.restarts >= 1
     assert any("Ray actor" in f and "SIGKILL" in f for f in r.failures), r.failures
     assert again is not True, "the job ended before its next attempt's workers were seen"
@@ -246,13 +257,7 @@ def test_killed_host_takes_its_workers_with_it(cluster: Any, tmp_path: Path) -> 
     _wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status()
                               != psutil.STATUS_ZOMBIE for p in orphans), 10,
               "the host's workers to die with it")
-    t.join(180)
-    assert not t.is_alive()
-    assert "error" not in box, box.get("error")
-    r = box["result"]
-    want = crashjobs.expected("keyed_count", RECORDS)
-    got = crashjobs.committed(str(out))
-    assert got == want, crashjobs.diff(got, want)
+    r = _finished_exact(t, box, out)
     assert r.restarts >= 1
     assert any("died with its host" in f for f in r.failures), r.failures
 
@@ -585,13 +590,7 @@ def test_removed_node_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
     assert victim is not None, "no worker actor on a non-head node"
     cluster.remove_node(victim, allow_graceful=False)
     try:
-        t.join(180)
-        assert not t.is_alive()
-        assert "error" not in box, box.get("error")
-        want = crashjobs.expected("keyed_count", RECORDS)
-        got = crashjobs.committed(str(out))
-        assert got == want, crashjobs.diff(got, want)
-        assert box["result"].restarts >= 1
+        assert _finished_exact(t, box, out).restarts >= 1
     finally:
         cluster.add_node(**NODE)
 
@@ -635,13 +634,7 @@ def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: P
     assert t.is_alive(), "the job ended before the node could be removed; make it longer"
     cluster.remove_node(victim, allow_graceful=False)
     try:
-        t.join(180)
-        assert not t.is_alive()
-        assert "error" not in box, box.get("error")
-        r = box["result"]
-        want = crashjobs.expected("keyed_count", RECORDS)
-        got = crashjobs.committed(str(out))
-        assert got == want, crashjobs.diff(got, want)
+        r = _finished_exact(t, box, out)
         assert r.restarts >= 1
         assert r.rescales and r.rescales[0].startswith("parallelism 3 -> 2: "), r.rescales
         assert r.operators["count"].parallelism == 2
@@ -777,10 +770,7 @@ def _kafka_totals_with_kills(bootstrap: str, storage: str, records: int, kills: 
         victim = rng.choice(sorted(pids))
         os.kill(victim, signal.SIGKILL)
         killed.update(pids)
-    t.join(180)
-    assert not t.is_alive()
-    assert "error" not in box, box.get("error")
-    assert killed and box["result"].restarts >= 1, "no worker was killed while the job ran"
+    assert killed and _finished(t, box).restarts >= 1, "no worker was killed while the job ran"
     got = _read_committed(bootstrap, out)
     problems = kafkajobs.check_output(got, records)
     assert problems == [], problems[:10]

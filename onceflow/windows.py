@@ -7,9 +7,11 @@ assigners for processing-time windows (the wall clock when the record reaches th
 
 Assigners:
 
-* ``tumbling(size, offset=0.0)``: fixed, non-overlapping windows ``[k*size + offset, ...)``.
-* ``sliding(size, slide, offset=0.0)``: windows of ``size`` starting every ``slide``; a
-  record is in ``ceil(size / slide)`` of them.
+* ``tumbling(size, offset=0.0)``: fixed, non-overlapping windows ``[k*size + offset, ...)``;
+  ``-size < offset < size``.
+* ``sliding(size, slide, offset=0.0)``: windows of ``size`` starting every ``slide``
+  (``slide <= size``, ``-slide < offset < slide``); a record is in ``ceil(size / slide)``
+  of them.
 * ``session(gap)``: a window per burst of activity of a key; it closes after ``gap`` seconds
   without records. ``gap`` may be a function of the record (a dynamic gap). A record at
   ``t`` opens ``[t, t + gap)``; windows that overlap or touch merge.
@@ -94,6 +96,22 @@ class WindowAssigner:
                 f"window operator {where!r}: {call}: {name} must be a number of seconds > 0, "
                 f"got {v!r}")
 
+    def _offset(self, where: str, call: str, offset: Any, period: float, of: str) -> float:
+        """``offset`` as a float, refused unless ``-period < offset < period`` (``period``:
+        the ``of`` setting, already checked > 0): an offset a whole period or more away
+        gives the same windows as one inside, so writing it is a mistake to point out."""
+        if not _number(offset) or math.isinf(offset):
+            raise ConfigurationError(
+                f"window operator {where!r}: {call}: offset must be a number of seconds, "
+                f"got {offset!r}")
+        if abs(offset) >= period:
+            same = math.fmod(offset, period) or 0.0  # -0.0 -> 0.0
+            raise ConfigurationError(
+                f"window operator {where!r}: {call}: offset must be in ({-period!r}, "
+                f"{period!r}) (strictly inside the {of}), got {offset!r} (use offset="
+                f"{same!r}: the same windows)")
+        return float(offset)
+
 
 class _Tumbling(WindowAssigner):
     kind = "tumbling"
@@ -103,13 +121,10 @@ class _Tumbling(WindowAssigner):
         self.time = _time(time, f"of.windows.tumbling({size!r})")
 
     def validate(self, where: str) -> None:
-        call = f"of.windows.tumbling(size={self.size!r})"
+        call = f"of.windows.tumbling(size={self.size!r}, offset={self.offset!r})"
         self._positive(where, "size", self.size, call)
-        if not _number(self.offset) or math.isinf(self.offset):
-            raise ConfigurationError(
-                f"window operator {where!r}: {call}: offset must be a number of seconds, "
-                f"got {self.offset!r}")
-        self.size, self.offset = float(self.size), float(self.offset)
+        self.offset = self._offset(where, call, self.offset, float(self.size), "size")
+        self.size = float(self.size)
 
     def __repr__(self) -> str:
         return f"of.windows.tumbling({self.size!r}, offset={self.offset!r}, time={self.time!r})"
@@ -123,22 +138,20 @@ class _Sliding(WindowAssigner):
         self.time = _time(time, f"of.windows.sliding({size!r}, {slide!r})")
 
     def validate(self, where: str) -> None:
-        call = f"of.windows.sliding(size={self.size!r}, slide={self.slide!r})"
+        call = (f"of.windows.sliding(size={self.size!r}, slide={self.slide!r}, "
+                f"offset={self.offset!r})")
         self._positive(where, "size", self.size, call)
         self._positive(where, "slide", self.slide, call)
         if self.slide > self.size:
             raise ConfigurationError(
                 f"window operator {where!r}: {call}: slide must be <= size (a slide larger "
                 "than the window would leave records in no window)")
-        if not _number(self.offset) or math.isinf(self.offset):
-            raise ConfigurationError(
-                f"window operator {where!r}: {call}: offset must be a number of seconds, "
-                f"got {self.offset!r}")
+        self.offset = self._offset(where, call, self.offset, float(self.slide), "slide")
         self.size, self.slide = float(self.size), float(self.slide)
-        self.offset = float(self.offset)
 
     def __repr__(self) -> str:
-        return f"of.windows.sliding({self.size!r}, {self.slide!r}, time={self.time!r})"
+        return (f"of.windows.sliding({self.size!r}, {self.slide!r}, offset={self.offset!r}, "
+                f"time={self.time!r})")
 
 
 class _Session(WindowAssigner):
@@ -190,13 +203,16 @@ class _Count(_Global):
 
 
 def tumbling(size: float, offset: float = 0.0, *, time: str = EVENT) -> WindowAssigner:
-    """Fixed windows of ``size`` seconds, ``[k*size + offset, (k+1)*size + offset)``."""
+    """Fixed windows of ``size`` seconds, ``[k*size + offset, (k+1)*size + offset)``, with
+    ``-size < offset < size`` (e.g. ``tumbling(86400.0, offset=-3600.0)`` for days that
+    start at 23:00 UTC)."""
     return _Tumbling(size, offset, time)
 
 
 def sliding(size: float, slide: float, offset: float = 0.0, *,
             time: str = EVENT) -> WindowAssigner:
-    """Windows of ``size`` seconds starting every ``slide`` seconds (``slide <= size``)."""
+    """Windows of ``size`` seconds starting every ``slide`` seconds at ``k*slide + offset``
+    (``slide <= size``, ``-slide < offset < slide``)."""
     return _Sliding(size, slide, offset, time)
 
 

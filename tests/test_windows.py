@@ -245,6 +245,20 @@ def test_late_records_without_a_consumed_tag_are_counted_not_lost() -> None:
     (lambda: of.windows.session(0.0), "gap must be a number of seconds > 0"),
     (lambda: of.windows.count(0), "n must be an integer >= 1"),
     (lambda: of.windows.global_(), "never fire by themselves"),
+    (lambda: of.windows.tumbling(10.0, offset=12.0),
+     "of.windows.tumbling(size=10.0, offset=12.0): offset must be in (-10.0, 10.0)"),
+    (lambda: of.windows.tumbling(10.0, offset=-10.0), "offset must be in (-10.0, 10.0)"),
+    (lambda: of.windows.tumbling(10.0, offset=10.0), "(use offset=0.0: the same windows)"),
+    (lambda: of.windows.sliding(10.0, 5.0, offset=5.0),
+     "of.windows.sliding(size=10.0, slide=5.0, offset=5.0): offset must be in (-5.0, 5.0)"),
+    (lambda: of.windows.sliding(10.0, 5.0, offset=-7.0), "(use offset=-2.0: the same windows)"),
+    (lambda: of.windows.tumbling(math.inf), "size must be a number of seconds > 0, got inf"),
+    (lambda: of.windows.tumbling(True), "size must be a number of seconds > 0, got True"),
+    (lambda: of.windows.sliding(10.0, math.nan), "slide must be a number of seconds > 0"),
+    (lambda: of.windows.session(-1), "gap must be a number of seconds > 0, got -1"),
+    (lambda: of.windows.session("5"), "gap must be a number of seconds > 0, got '5'"),
+    (lambda: of.windows.count(2.5), "n must be an integer >= 1"),
+    (lambda: of.windows.count(True), "n must be an integer >= 1"),
 ])
 def test_bad_window_settings_name_the_operator_and_setting(assigner: Any, setting: str) -> None:
     flow = of.Flow("bad")
@@ -260,6 +274,31 @@ def test_negative_lateness_is_refused() -> None:
     with pytest.raises(of.ConfigurationError, match=r"'w'.*allowed_lateness\(-1.0\)"):
         src.key_by(lambda i: i).window(of.windows.tumbling(5.0)).allowed_lateness(-1.0) \
             .reduce(lambda a, b: a, name="w")
+
+
+@pytest.mark.parametrize(("offset", "want"), [
+    (3.0, [(0, 3.0, 13.0, 3)]), (-3.0, [(0, -3.0, 7.0, 2), (0, 7.0, 17.0, 1)])])
+def test_an_offset_inside_the_size_shifts_tumbling_windows(
+        tmp_path: Path, offset: float, want: list[tuple[Any, ...]]) -> None:
+    got = _run(lambda s: {"out": s.key_by(lambda e: 0)
+                          .window(of.windows.tumbling(10.0, offset=offset))
+                          .aggregate(of.agg.count())},
+               tmp_path, [(0, 4.0), (0, 6.0), (0, 12.0)])["out"]
+    assert sorted(got) == want
+
+
+@pytest.mark.parametrize(("lateness", "why"), [
+    (math.inf, "lateness must be a number of seconds >= 0"),
+    (math.nan, "lateness must be a number of seconds >= 0"),
+    ("30", "lateness must be a number of seconds >= 0"),
+])
+def test_bad_lateness_is_refused(lateness: Any, why: str) -> None:
+    flow = of.Flow("bad")
+    src = flow.source(of.sources.Range(0, 10), watermarks=WS0.with_timestamps(float))
+    with pytest.raises(of.ConfigurationError, match=r"'w'.*allowed_lateness") as e:
+        src.key_by(lambda i: i).window(of.windows.tumbling(5.0)).allowed_lateness(lateness) \
+            .reduce(lambda a, b: a, name="w")
+    assert why in str(e.value)
 
 
 def test_event_time_window_without_timestamps_says_what_to_add() -> None:

@@ -110,10 +110,14 @@ def abort_lingering(bootstrap_servers: str, prefix: str, *, timeout: float = 60.
 
     def init(tid: str) -> None:
         try:
-            p = ck.Producer({"bootstrap.servers": bootstrap_servers, "transactional.id": tid})
+            from onceflow.connectors.kafka._logs import client_config, serve_logs
+
+            p = ck.Producer(client_config({"bootstrap.servers": bootstrap_servers,
+                                           "transactional.id": tid}, "sink"))
             try:
                 p.init_transactions(timeout)
             finally:
+                serve_logs(p)
                 p.close()  # here, never by the garbage collector freeing a traceback
         except BaseException as e:
             errors.append(e)

@@ -12,6 +12,7 @@ from typing import Any
 from onceflow._optional import require
 from onceflow.connectors.jsonvalues import dumps as json_dumps
 from onceflow.connectors.jsonvalues import loads as json_loads
+from onceflow.connectors.kafka._logs import client_config, serve_logs
 from onceflow.errors import ConfigurationError
 
 
@@ -112,10 +113,12 @@ def shared_admin(bootstrap: str) -> Any:
             entry = None
         if entry is None:
             # (a metadata request for a missing topic must not create it)
-            entry = _shared[key] = _Admin(AdminClient({"bootstrap.servers": bootstrap,
-                                                       "allow.auto.create.topics": False}))
+            entry = _shared[key] = _Admin(AdminClient(client_config(
+                {"bootstrap.servers": bootstrap, "allow.auto.create.topics": False}, "admin")))
             _arm_sweeper(SHARED_ADMIN_TTL_S)
-        return entry.client
+        client = entry.client
+    serve_logs(client)  # the log lines of the calls before (nothing else polls it)
+    return client
 
 
 def _arm_sweeper(delay: float) -> None:
@@ -154,7 +157,9 @@ def _sweep(expire_all: bool = False) -> None:
             _arm_sweeper(_SWEEP_RETRY_S if _retired else SHARED_ADMIN_TTL_S)
     # destroyed here, outside the lock, by the last reference going: a known point in a
     # plain Python thread, never in a librdkafka thread nor in the middle of a call on it
-    release.clear()
+    while release:
+        serve_logs(release[-1])  # its last log lines
+        release.pop()
 
 
 def release_shared_admins() -> int:
@@ -199,3 +204,5 @@ def _cluster(admin: Any, timeout: float) -> Any:
         raise ck.KafkaException(ck.KafkaError(
             ck.KafkaError._TIMED_OUT, f"DescribeCluster: no answer within {timeout:g} s"
         )) from e
+    finally:
+        serve_logs(admin)  # what went wrong, logged before the error is

@@ -391,7 +391,9 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 "transaction.timeout.ms": self.transaction_timeout_ms}
         with foreign_errors(f"KafkaSink({self.topic}): starting the transactional producer "
                             f"{tid}", ck.KafkaException):
-            p = ck.Producer(conf)
+            from onceflow.connectors.kafka._logs import client_config
+
+            p = ck.Producer(client_config(conf, "sink"))
             try:
                 p.init_transactions(self.operation_timeout)
             except BaseException:
@@ -1019,7 +1021,9 @@ class KafkaPlainSink(Sink):
         ck = import_kafka()
         conf = {**PRODUCER_DEFAULTS, "enable.idempotence": self.guarantee == "at_least_once",
                 **self.producer_config, "bootstrap.servers": self.bootstrap_servers}
-        self._producer = ck.Producer(conf)
+        from onceflow.connectors.kafka._logs import client_config
+
+        self._producer = ck.Producer(client_config(conf, "sink"))
         self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
                                serializer(self.key_serializer, "key_serializer"),
                                self.partition, self.headers)

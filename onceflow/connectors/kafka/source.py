@@ -252,11 +252,15 @@ class KafkaSource(Source):
             latest = self._offsets(admin, tps, OffsetSpec.latest())
             return {tp: (o if o >= 0 else latest[tp]) for tp, o in offs.items()}
         # committed
-        c = ck.Consumer({"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
-                         "enable.auto.commit": False})
+        from onceflow.connectors.kafka._logs import client_config, serve_logs
+
+        c = ck.Consumer(client_config({"bootstrap.servers": self.bootstrap_servers,
+                                       "group.id": self.group_id, "enable.auto.commit": False},
+                                      "source"))
         try:
             got = c.committed([ck.TopicPartition(t, p) for t, p in tps], timeout=self.timeout)
         finally:
+            serve_logs(c)  # (nothing assigned: no record to lose)
             c.close()
         return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                 for tp in got}
@@ -281,7 +285,9 @@ class KafkaSplitReader(SplitReader):
                 "isolation.level": "read_committed", "enable.auto.commit": False,
                 "enable.auto.offset.store": False, "enable.partition.eof": True,
                 "auto.offset.reset": "earliest", **src.consumer_config}
-        self.consumer = ck.Consumer(conf)
+        from onceflow.connectors.kafka._logs import client_config
+
+        self.consumer = ck.Consumer(client_config(conf, "source"))
         self.end: dict[tuple[str, int], int] | None = None
         if split.end is not None:
             self.end = {(t, p): o for t, p, o in split.end}
@@ -524,6 +530,9 @@ class KafkaSplitReader(SplitReader):
             self.consumer.commit(offsets=offsets, asynchronous=False)
 
     def close(self) -> None:
+        from onceflow.connectors.kafka._logs import serve_logs
+
+        serve_logs(self.consumer)  # its last log lines (a record it returns is not needed)
         try:
             self.consumer.close()
         except Exception:

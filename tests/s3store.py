@@ -95,6 +95,17 @@ def keys(url: str) -> dict[str, int]:
     return out
 
 
+def folders(url: str) -> list[str]:
+    """The "folders" the store lists directly below ``url`` (common prefixes, relative)."""
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    out: list[str] = []
+    for page in client().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        out.extend(p["Prefix"][len(prefix):] for p in page.get("CommonPrefixes", ()))
+    return sorted(out)
+
+
 @pytest.fixture
 def s3_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh ``s3://onceflow-test/<prefix>`` on the running store, env set."""

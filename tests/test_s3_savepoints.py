@@ -9,7 +9,10 @@ named clearly. Never a mock."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import statejobs
 
 import onceflow as of
 from onceflow import _faults, cli
+from onceflow.checkpoint.s3 import savepoint_remote
 from onceflow.checkpoint.storage import open_storage
 
 s3_url = s3store.s3_url  # the fixture: a fresh s3:// prefix, env set
@@ -130,6 +134,95 @@ def test_a_bad_savepoint_url_or_missing_bucket_is_named_and_the_job_runs_on(
     assert path.startswith(f"{s3_url}/sp/savepoint-")
 
 
+class _SilentEndpoint:
+    """An "S3 endpoint" that accepts connections and never answers (a store that hangs)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return  # closed
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def _completed(client: of.JobClient) -> int:
+    return int(client.status.snapshot()["checkpoints"]["completed"])
+
+
+def test_a_savepoint_target_that_does_not_answer_holds_up_no_checkpoint(
+        s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onceflow.checkpoint import coordinator
+
+    monkeypatch.setattr(coordinator, "SAVEPOINT_TARGET_TIMEOUT_S", 3.0)
+    out = tmp_path / "out"
+    flow = statejobs.build(str(out), str(tmp_path / "ckpt"), backend_name="memory",
+                           parallelism=1, records=RECORDS, rate=4000, interval=0.2)
+    client = _start_and_wait(flow, out)
+    silent = _SilentEndpoint()
+    good = os.environ["AWS_ENDPOINT_URL_S3"]
+    try:
+        # the target's endpoint, for the driver's bucket check (the workers run already)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", silent.url)
+        before, t0 = _completed(client), time.monotonic()
+        with pytest.raises(of.SavepointError, match="did not answer within 3 s") as err:
+            client.savepoint("s3://onceflow-test/hangs", timeout=60)
+        took, during = time.monotonic() - t0, _completed(client) - before
+        assert silent.url in str(err.value) and "s3://onceflow-test/hangs" in str(err.value)
+        assert 2.5 < took < 20, took
+        # the driver loop went on: checkpoints every 0.2 s kept completing meanwhile
+        assert during >= 3, f"only {during} checkpoint(s) completed in {took:.1f} s"
+    finally:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", good)
+        silent.close()
+    path = _stop_to(client, f"{s3_url}/sp")  # the job was not harmed
+    assert path.startswith(f"{s3_url}/sp/savepoint-")
+
+
+def test_a_closed_endpoint_fails_the_savepoint_at_once_and_the_job_runs_on(
+        s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    flow = statejobs.build(str(out), str(tmp_path / "ckpt"), backend_name="memory",
+                           parallelism=1, records=RECORDS, rate=4000, interval=0.2)
+    client = _start_and_wait(flow, out)
+    good = os.environ["AWS_ENDPOINT_URL_S3"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", closed)
+        t0 = time.monotonic()
+        with pytest.raises(of.SavepointError, match="cannot reach the S3 endpoint") as err:
+            client.savepoint(f"{s3_url}/refused", timeout=60)
+        assert closed in str(err.value) and time.monotonic() - t0 < 15
+    finally:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", good)
+    assert s3store.folders(s3_url) == [] and s3store.keys(s3_url) == {}
+    path = _stop_to(client, f"{s3_url}/sp")
+    assert path.startswith(f"{s3_url}/sp/savepoint-")
+
+
+def test_deleting_a_prefix_leaves_no_empty_folder_on_the_store(s3_url: str) -> None:
+    remote, key = savepoint_remote(f"{s3_url}/sp/savepoint-7-x")
+    for k in ("a.state", "sub/b.state", "sub/deeper/c.state"):
+        remote.put_bytes(f"{key}/{k}", b"1")
+    remote.put_bytes(f"{key}-sibling/keep", b"2")  # a neighbour with the same start
+    remote.delete_prefix(key)
+    assert s3store.keys(s3_url) == {"sp/savepoint-7-x-sibling/keep": 1}
+    # (SeaweedFS lists an emptied "folder" as a common prefix until it is deleted itself)
+    assert s3store.folders(f"{s3_url}/sp") == ["savepoint-7-x-sibling/"]
+
+
 def _onceflow(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
               *args: str, token: str | None = None) -> tuple[int, str, str]:
     """``onceflow ARGS`` in this process (as the command line runs it): code, out, err."""
@@ -201,6 +294,9 @@ def test_a_worker_killed_mid_upload_of_an_s3_savepoint_leaves_no_savepoint_and_e
         # the attempt's workers are stopped before the driver discards the aborted
         # savepoint: nothing of it is left, and certainly no _metadata
         assert s3store.keys(f"{s3_url}/broken") == {}
+        assert s3store.folders(f"{s3_url}/broken") == []  # no emptied savepoint "folder"
+        remote, key = savepoint_remote(f"{s3_url}/broken")
+        assert not os.path.exists(remote.path(key)), os.listdir(remote.path(key))  # staging
         path = _stop_to(client, f"{s3_url}/sp")  # after the restart, a savepoint succeeds
         assert client.result(timeout=60).restarts == 1
     finally:

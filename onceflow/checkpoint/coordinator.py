@@ -52,6 +52,9 @@ from onceflow.runtime import messages as m
 
 log = logging.getLogger("onceflow.checkpoint")
 
+#: seconds a savepoint waits for the bucket check of its s3:// target before it fails
+SAVEPOINT_TARGET_TIMEOUT_S = 20.0
+
 __all__ = ["CheckpointCoordinator", "CheckpointFailuresExceeded", "CheckpointStats",
            "CheckpointStatus", "CoordinatorSettings", "PendingCheckpoint",
            "SavepointCallback", "SubtaskCheckpointStats"]
@@ -124,6 +127,8 @@ class CheckpointCoordinator:
         self.registry.sweep()  # no task runs yet
         self.retention = Retention(settings.retained, storage, self.registry)
         self._savepoint_requests: list[tuple[str | None, bool, SavepointCallback]] = []
+        #: savepoints to s3:// targets whose bucket check runs (off the driver loop)
+        self._target_checks: list[tuple[s3.TargetCheck, bool, SavepointCallback]] = []
         self.stopping = False  # a stop-with-savepoint is in flight
 
     @property
@@ -156,6 +161,9 @@ class CheckpointCoordinator:
         requests, self._savepoint_requests = self._savepoint_requests, []
         for _, _, cb in requests:
             cb(None, reason)
+        checks, self._target_checks = self._target_checks, []
+        for _, _, cb in checks:
+            cb(None, reason)
         for p in list(self.pending.values()):
             p.kind.answer(None, reason)
 
@@ -164,6 +172,7 @@ class CheckpointCoordinator:
         """Expire checkpoints past their timeout; trigger the next one if it is due."""
         if not self._running:
             return
+        self._checked_targets()
         now = self.clock()
         for p in list(self.pending.values()):
             if now - p.started > self.s.timeout:
@@ -195,10 +204,12 @@ class CheckpointCoordinator:
         self.exhausted.add((task, subtask))
 
     def trigger_savepoint(self, directory: str | None, stop: bool,
-                          on_done: SavepointCallback) -> None:
+                          on_done: SavepointCallback, *, target_checked: bool = False) -> None:
         """Take a savepoint into a new folder of ``directory`` (default: the flow's
         checkpoint directory); with ``stop`` the job ends after it (stop-with-savepoint).
-        ``on_done(path, None)`` or ``on_done(None, error)`` is called from the driver loop."""
+        ``on_done(path, None)`` or ``on_done(None, error)`` is called from the driver loop.
+        An ``s3://`` target's bucket is checked first, in a thread (:class:`s3.TargetCheck`;
+        :meth:`tick` goes on once it answered), so checkpoints go on meanwhile."""
         if self.final_completed or self.stopping or self.final_requested or \
                 any(p.final for p in self.pending.values()):
             on_done(None, "the job is already finishing (its input ended, or a stop was "
@@ -208,10 +219,9 @@ class CheckpointCoordinator:
             self._savepoint_requests.append((directory, stop, on_done))
             return
         if directory and s3.is_s3(directory):  # any store: the workers upload there
-            try:
-                s3.check_savepoint_target(directory, self.storage.remote)
-            except OSError as e:
-                on_done(None, str(e))
+            if not target_checked:
+                check = s3.TargetCheck(directory, self.storage.remote, self.clock)
+                self._target_checks.append((check, stop, on_done))
                 return
             path = Savepoint.folder(directory.rstrip("/"), self.next_id)
         else:
@@ -225,6 +235,21 @@ class CheckpointCoordinator:
         if stop:
             self.stopping = True
         self._trigger(Savepoint(path, on_done, stop), final=stop)
+
+    def _checked_targets(self) -> None:
+        """Go on with the savepoints whose target check answered (or fail them: the check
+        failed, or took more than :data:`SAVEPOINT_TARGET_TIMEOUT_S`)."""
+        now = self.clock()
+        for item in list(self._target_checks):
+            check, stop, on_done = item
+            late = None if check.done else check.late(now, SAVEPOINT_TARGET_TIMEOUT_S)
+            if not check.done and late is None:
+                continue
+            self._target_checks.remove(item)
+            if late is not None or check.error is not None:
+                on_done(None, late or check.error)
+            else:
+                self.trigger_savepoint(check.url, stop, on_done, target_checked=True)
 
     def _trigger(self, kind: CheckpointKind, final: bool) -> None:
         cid = self.next_id

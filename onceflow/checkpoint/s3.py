@@ -41,11 +41,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -264,6 +265,19 @@ class Remote:
     def url(self, key: str) -> str:
         return f"{SCHEME}{self.loc.bucket}/{key}"
 
+    def drop_local(self, key: str) -> None:
+        """Remove the staging copy of the folder ``key`` (an aborted savepoint), and the
+        staging copy of its parent (the savepoint's target) if that is left empty. Higher
+        folders stay: another job's checkpoints may be about to use them."""
+        path = self.path(key)
+        shutil.rmtree(path, ignore_errors=True)
+        parent = os.path.dirname(os.path.abspath(path))
+        if parent.startswith(os.path.abspath(self.local) + os.sep):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                pass  # not empty (other savepoints), or gone already
+
     # -- single requests --
     def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         args: dict[str, Any] = {"Bucket": self.loc.bucket, "Key": key, "Body": data}
@@ -339,7 +353,23 @@ class Remote:
         return bool(page.get("Contents"))
 
     def delete_prefix(self, prefix: str) -> None:
-        self.delete(k for k, _ in list(self.list_keys(prefix.rstrip("/") + "/")))
+        """Delete every object below ``prefix``, then the "folders" ``prefix/`` and below
+        (deepest first): a store with real directories (SeaweedFS) keeps listing an
+        emptied one otherwise; on AWS S3 deleting a key that does not exist is a no-op."""
+        top = prefix.rstrip("/") + "/"
+        keys = [k for k, _ in list(self.list_keys(top))]
+        self.delete(keys)
+        folders = {top}
+        for k in keys:
+            parts = k[len(top):].split("/")[:-1]
+            folders.update(top + "/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1))
+        for depth in sorted({f.count("/") for f in folders}, reverse=True):
+            try:  # one level at a time: a folder goes only once it is empty
+                self.delete(sorted(f for f in folders if f.count("/") == depth))
+            except CheckpointStorageError as e:  # the objects are gone: that is what counts
+                log.debug("could not delete the emptied folders below %s: %s",
+                          self.url(top), e)
+                return
 
     def copy(self, src: str, dst: str) -> None:
         """Server-side copy (the bytes do not pass through this process)."""
@@ -486,6 +516,47 @@ def check_savepoint_target(url: str, job_remote: Remote | None = None) -> None:
     except Exception as e:
         raise CheckpointStorageError(f"savepoint target {remote.loc.where()} cannot be "
                                      f"used: {_bucket_why(e, remote.loc)}") from None
+
+
+class TargetCheck:
+    """:func:`check_savepoint_target` in a thread of its own, so that a store that does
+    not answer (up to the client's timeouts and retries) holds up no one: the driver's
+    loop looks at ``done`` / ``error`` between its other work and gives up after a time
+    of its own (:meth:`late`)."""
+
+    def __init__(self, url: str, job_remote: Remote | None,
+                 clock: Callable[[], float]) -> None:
+        self.url, self.started = url, clock()
+        self.where = url  # the URL and endpoint, once known
+        self.error: str | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, args=(job_remote,), daemon=True,
+                         name="onceflow-savepoint-target").start()
+
+    def _run(self, job_remote: Remote | None) -> None:
+        try:
+            self.where = savepoint_remote(self.url, job_remote)[0].loc.where()
+        except Exception:
+            pass  # a bad URL: the check says so
+        try:
+            check_savepoint_target(self.url, job_remote)
+        except OSError as e:
+            self.error = str(e)
+        except Exception as e:  # never an unexplained hang of the savepoint
+            self.error = f"savepoint target {self.where}: {type(e).__name__}: {e}"
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def late(self, now: float, timeout: float) -> str | None:
+        """The error once the check has taken more than ``timeout`` seconds, else None."""
+        if now - self.started <= timeout:
+            return None
+        return (f"savepoint target {self.where} cannot be used: the store did not answer "
+                f"within {timeout:g} s")
 
 
 def find_job_file(url: str) -> tuple[str, bytes]:

@@ -335,7 +335,7 @@ class CheckpointStorage:
         """Delete the checkpoint or savepoint in directory ``path`` with all its files."""
         if (at := self._on_store(path)) is not None:  # an aborted savepoint on a store
             remote, key = at
-            shutil.rmtree(remote.path(key), ignore_errors=True)
+            remote.drop_local(key)
             try:
                 remote.delete_prefix(key)
             except OnceflowError as e:

@@ -15,8 +15,8 @@ What the lines go through:
   that names the broker. Every other line keeps its level.
 * **Repeats.** A broker that refuses connections makes librdkafka log the same line
   about twenty times a second; a line that differs from one said less than ``interval``
-  seconds ago only in its numbers is counted instead, and the next one said carries
-  ``(N more like this in the last S s)``.
+  seconds ago only in its numbers (and its closing parenthesis) is counted instead, and
+  the next one said carries ``(N more like this in the last S s)``.
 * **Secrets.** librdkafka writes ``[redacted]`` for its sensitive settings when it lists
   the configuration; as a second guard, the value of every secret setting of the client's
   configuration (:data:`SECRET_KEY`: passwords, secrets, private keys) is replaced by
@@ -45,6 +45,7 @@ REDACTED = "[redacted]"
 #: seconds within which a repeated line is counted instead of said again
 REPEAT_INTERVAL_S = 10.0
 _MAX_REMEMBERED = 256
+_TRAILER = re.compile(r"\s*\((?:[^()]|\([^()]*\))*\)\s*$")  # "(... error(s) ...)" too
 
 
 def secrets_of(conf: dict[str, Any]) -> tuple[str, ...]:
@@ -124,7 +125,9 @@ class ClientLog:
 
     def _repeats(self, level: int, facility: str, text: str) -> str | None:
         """None to count the line as a repeat; else what to add to it."""
-        key = (level, facility, re.sub(r"\d+", "#", text))
+        # alike: the same words but for numbers and a closing "(after 0ms in state
+        # CONNECT, 3 identical error(s) suppressed)"
+        key = (level, facility, re.sub(r"\d+", "#", _TRAILER.sub("", text)))
         now = self._clock()
         with self._lock:
             seen = self._said.get(key)

@@ -172,3 +172,20 @@ def test_levels_follow_librdkafkas() -> None:
         log.logger.removeHandler(h)
         log.logger.setLevel(old)
     assert got == [50, 40, 30, 20, 10]
+
+
+def test_a_missing_key_file_is_named_not_lost_with_the_clients_log(tmp_path: Path) -> None:
+    # librdkafka would say which file it could not open only in a log line of a client
+    # that is never made (so never polled): onceflow names the setting and the file
+    missing = str(tmp_path / "client.key")
+    sink = KafkaSink(_closed(), "t", guarantee="at_least_once",
+                     producer_config={"security.protocol": "ssl", "ssl.key.location": missing,
+                                      "ssl.key.password": SECRET})
+    with pytest.raises(of.ConfigurationError, match=r"ssl\.key\.location") as e:
+        sink.open(SinkContext("f", "s", 0, 1, 0))
+    assert missing in str(e.value) and "no such file" in str(e.value)
+    assert SECRET not in str(e.value)
+    src = KafkaSource(_closed(), ["t"], timeout=2.0,
+                      consumer_config={"ssl.ca.location": str(tmp_path / "ca.pem")})
+    with pytest.raises(of.ConfigurationError, match=r"KafkaSource: ssl\.ca\.location="):
+        src.reader(KafkaSplit(0, 1), {})

@@ -32,16 +32,22 @@ consumers and producers all the time, and :func:`serve_logs` polls a client that
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from onceflow.errors import ConfigurationError
+
 #: configuration keys whose values are secrets (never in a log line onceflow emits)
 SECRET_KEY = re.compile(r"password|secret|passphrase|\.pem$|^ssl_key$|oauthbearer\.config$",
                         re.I)
 REDACTED = "[redacted]"
+#: configuration keys whose values are files the client reads
+FILE_KEY = re.compile(r"\.location$|\.keytab$|\.file$")
+_WHO = {"source": "KafkaSource", "sink": "KafkaSink", "admin": "Kafka admin client"}
 #: seconds within which a repeated line is counted instead of said again
 REPEAT_INTERVAL_S = 10.0
 _MAX_REMEMBERED = 256
@@ -72,7 +78,15 @@ def redacted(conf: dict[str, Any]) -> dict[str, Any]:
 
 def client_config(conf: dict[str, Any], component: str) -> dict[str, Any]:
     """``conf`` with a ``logger`` sending librdkafka's lines to ``onceflow.kafka.<component>``
-    (unless ``conf`` has a ``logger`` of its own)."""
+    (unless ``conf`` has a ``logger`` of its own). A file setting (``ssl.key.location``, ...)
+    naming no file is refused here: librdkafka would say which file only in a log line of
+    the client it then fails to make, which nobody can poll."""
+    for key, value in conf.items():
+        if isinstance(key, str) and FILE_KEY.search(key) and isinstance(value, str) and \
+                value != "probe" and not os.path.exists(value):
+            raise ConfigurationError(
+                f"{_WHO.get(component, 'Kafka client')}: {key}={value!r}: no such file (read "
+                f"where the client runs, in the {'driver' if component == 'admin' else 'worker'})")
     if "logger" in conf:
         return conf
     return {**conf, "logger": ClientLog(component, secrets_of(conf))}

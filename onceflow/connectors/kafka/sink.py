@@ -391,12 +391,13 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 "transaction.timeout.ms": self.transaction_timeout_ms}
         with foreign_errors(f"KafkaSink({self.topic}): starting the transactional producer "
                             f"{tid}", ck.KafkaException):
-            from onceflow.connectors.kafka._logs import client_config
+            from onceflow.connectors.kafka._logs import client_config, serve_logs
 
             p = ck.Producer(client_config(conf, "sink"))
             try:
                 p.init_transactions(self.operation_timeout)
             except BaseException:
+                serve_logs(p)  # librdkafka's lines on what went wrong
                 _close_producer(p)  # never left to the traceback (and the garbage collector)
                 raise
         return p

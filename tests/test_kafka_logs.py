@@ -46,7 +46,7 @@ def _no_librdkafka_on_stderr(capfd: pytest.CaptureFixture[str]) -> None:
 def test_a_source_consumer_at_a_closed_port_logs_to_onceflow_kafka_source(
         caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     addr = _closed()
-    src = KafkaSource(addr, ["t"], timeout=2.0, consumer_config=dict(SASL))
+    src = KafkaSource(addr, ["t"], timeout=1.0, consumer_config=dict(SASL))
     caplog.set_level(logging.DEBUG, logger="onceflow.kafka")
     with pytest.raises(KafkaException, match="Failed to get metadata"):
         src.reader(KafkaSplit(0, 1), {})
@@ -56,7 +56,7 @@ def test_a_source_consumer_at_a_closed_port_logs_to_onceflow_kafka_source(
     assert all(r.levelno == logging.WARNING for r in fails)  # the client retries by itself
     assert addr in fails[0].getMessage() and "rdkafka#consumer" in fails[0].getMessage()
     assert fails[0].facility == "FAIL"  # type: ignore[attr-defined]
-    # 2 s of a refused connection: librdkafka logs ~40 of these; one, said once
+    # 1 s of a refused connection: librdkafka logs ~20 of these; one, said once
     assert len(fails) == 1, [r.getMessage() for r in fails]
     assert not any(SECRET in r.getMessage() for r in caplog.records)
     _no_librdkafka_on_stderr(capfd)
@@ -67,7 +67,7 @@ def test_the_shared_admin_client_logs_what_went_wrong_before_the_error(
     addr = _closed()
     caplog.set_level(logging.INFO, logger="onceflow.kafka")
     with pytest.raises(KafkaException, match=r"Timed out|DescribeCluster"):
-        brokers(addr, timeout=2.0)
+        brokers(addr, timeout=1.0)
     fails = [r for r in _lines(caplog, "onceflow.kafka.admin")
              if "Connection refused" in r.getMessage()]
     assert fails and addr in fails[0].getMessage()
@@ -76,7 +76,7 @@ def test_the_shared_admin_client_logs_what_went_wrong_before_the_error(
 
 def test_an_at_least_once_sink_producer_logs_to_onceflow_kafka_sink(
         caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
-    sink = KafkaSink(_closed(), "t", guarantee="at_least_once", operation_timeout=2.0,
+    sink = KafkaSink(_closed(), "t", guarantee="at_least_once", operation_timeout=1.0,
                      producer_config={**SASL, "debug": "conf"})
     caplog.set_level(logging.DEBUG, logger="onceflow.kafka")
     sink.open(SinkContext("f", "s", 0, 1, 0))

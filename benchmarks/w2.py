@@ -109,30 +109,66 @@ def _cmd(role: str, bootstrap: str, inp: str, out: str, workdir: str, *more: str
 
 
 def throughput_run(cmp: Any, name: str, role_args: list[str], bootstrap: str, in_topic: str,
-                   n: int, timeout: float) -> dict[str, Any]:
+                   n: int, timeout: float, trace: str | None = None) -> dict[str, Any]:
+    """One measured run; ``trace``: a file the job's processes write their timeline to
+    (``ONCEFLOW_TRACE``), to which the process start, its exit and the moment the reader had
+    every result are added."""
     import shutil
     import tempfile
     tmp = tempfile.mkdtemp(prefix=f"w2-{name}-")
     out_topic = f"w2-out-{name}-{uuid.uuid4().hex[:8]}"
+    env = None
+    if trace:
+        env = {**os.environ, "ONCEFLOW_TRACE": trace}
     try:
         cmp.create_topic(bootstrap, out_topic)
         w = cmp.OutputWatcher(bootstrap, out_topic, n, timeout)
         w.start()
         cpu0 = _children_cpu()
         rec = cmp.run_proc(_cmd(role_args[0], bootstrap, in_topic, out_topic, tmp,
-                                *role_args[1:]), timeout, until=w)
+                                *role_args[1:]), timeout, env=env, until=w)
+        t_exit = time.time()
         cpu = _children_cpu() - cpu0  # the process and its workers, client threads included
         w.thread.join(timeout=30)
+        if trace:
+            with open(trace, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"t": rec["t_start"], "ev": "process_start"}) + "\n")
+                f.write(json.dumps({"t": t_exit, "ev": "process_exited"}) + "\n")
+                if w.t_done is not None:
+                    f.write(json.dumps({"t": w.t_done, "ev": "reader_saw_all"}) + "\n")
         problems = w.check()
         if w.t_done is None:
             problems.append(f"never saw {n} results (saw {len(w.ids)}); rc {rec['returncode']}")
         rps = n / (w.t_done - rec["t_start"]) if w.t_done is not None else None
+        # > 0: the reader had the last result this long after the process exited (its
+        # commits were done by then); <= 0: it had them first and the process was stopped
+        after_exit = w.t_done - (rec["t_start"] + rec["wall_s"]) if w.t_done else None
         return {"config": name, "records": n, "records_per_s": rps, "wall_s": rec["wall_s"],
+                "seen_all_after_exit_s": after_exit,
                 "cpu_s": cpu, "records_per_cpu_s": n / cpu if cpu > 0 else None,
                 "tree_peak_rss_mb": rec["tree_peak_rss_mb"], "valid": not problems,
                 "problems": problems, "checkpoints": rec.get("checkpoints")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def timeline(path: str, every: bool = False) -> list[str]:
+    """A trace file (``--trace``) as lines ``+seconds-since-process-start event fields``:
+    the control events of the job (the barriers of the final checkpoint only, unless
+    ``every``)."""
+    from onceflow import _trace
+    evs = _trace.read(path)
+    t0 = next((e["t"] for e in evs if e["ev"] == "process_start"), evs[0]["t"] if evs else 0)
+    finals = {e["checkpoint"] for e in evs if e["ev"] == "trigger" and e.get("final")}
+    out = []
+    for e in evs:
+        if e["ev"] == "barrier" and not every and e["checkpoint"] not in finals:
+            continue
+        if e["ev"] == "worker_msg" and not every and e.get("msg") not in ("Trigger", "Complete"):
+            continue
+        rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "ev"))
+        out.append(f"{e['t'] - t0:+8.3f} {e['ev']} {rest}")
+    return out
 
 
 def _children_cpu() -> float:
@@ -203,7 +239,7 @@ def latency_run(cmp: Any, guarantee: str, bootstrap: str, rate: float, seconds: 
     def watch() -> None:
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"w2-lat-{uuid.uuid4()}",
                       "isolation.level": "read_committed", "auto.offset.reset": "earliest",
-                      "enable.auto.commit": False})
+                      "enable.auto.commit": False, **cmp.READER_CONFIG})
         c.subscribe([out_topic])
         while not stop.is_set():
             for m in c.consume(10000, 0.05):
@@ -339,6 +375,9 @@ def main() -> int:
     ap.add_argument("--configs", default="plain,eo-p1,alo-p1,eo-p2,alo-p2",
                     help="comma-separated subset of the configurations to run")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    ap.add_argument("--trace", metavar="DIR",
+                    help="write each run's timeline (ONCEFLOW_TRACE) to DIR/<config>-<round>"
+                         ".jsonl and print it (a diagnosis aid: not for the figures)")
     a = ap.parse_args()
     if a.role == "plain":
         role_plain(a)
@@ -362,8 +401,15 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     for rnd in range(a.rounds):
         for name, args in configs.items():
-            r = throughput_run(cmp, name, args, bootstrap, in_topic, a.records, a.timeout)
+            trace = None
+            if a.trace:
+                os.makedirs(a.trace, exist_ok=True)
+                trace = os.path.join(a.trace, f"{name}-{rnd}.jsonl")
+            r = throughput_run(cmp, name, args, bootstrap, in_topic, a.records, a.timeout,
+                               trace)
             r["round"] = rnd
+            if trace and os.path.exists(trace):
+                print("\n".join(timeline(trace)), flush=True)
             runs.append(r)
             print(f"[w2] round {rnd} {name}: {r['records_per_s'] or 0:,.0f} records/s "
                   f"valid={r['valid']} {r['problems'][:2]}", flush=True)

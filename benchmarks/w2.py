@@ -46,7 +46,8 @@ def role_plain(a: argparse.Namespace) -> None:
 
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"w2-plain-{uuid.uuid4()}",
                   "isolation.level": "read_committed", "enable.auto.commit": False,
-                  "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+                  "enable.partition.eof": True, "auto.offset.reset": "earliest",
+                  **json.loads(a.consumer_config)})
     md = c.list_topics(a.input, timeout=30).topics[a.input]
     # real start offsets, as onceflow's source resolves them: a logical "beginning" costs
     # librdkafka about 0.5 s before its first fetch, which would flatter onceflow
@@ -88,7 +89,8 @@ def role_job(a: argparse.Namespace) -> None:
     flow = of.Flow(f"w2-{uuid.uuid4().hex[:6]}", parallelism=a.parallelism)
     flow.enable_checkpointing(CKPT_INTERVAL, os.path.join(a.workdir, "ckpt"))
     (flow.source(KafkaSource(a.bootstrap, [a.input], deserializer="json", value_only=True,
-                             stop_at=None if a.unbounded else "end"), name="kafka-in")
+                             stop_at=None if a.unbounded else "end",
+                             consumer_config=json.loads(a.consumer_config)), name="kafka-in")
          .map(lambda r: {"user": r["user"], "total": r["amount"], "id": r["id"]}, name="parse")
          .key_by(lambda r: r["user"])
          .reduce(lambda acc, r: {"user": r["user"], "total": acc["total"] + r["total"],
@@ -217,7 +219,7 @@ class RateProducer:
 
 
 def latency_run(cmp: Any, guarantee: str, bootstrap: str, rate: float, seconds: float,
-                warmup: float) -> dict[str, Any]:
+                warmup: float, consumer_config: str = "{}") -> dict[str, Any]:
     import shutil
     import tempfile
 
@@ -250,7 +252,7 @@ def latency_run(cmp: Any, guarantee: str, bootstrap: str, rate: float, seconds: 
     wt = threading.Thread(target=watch, daemon=True)
     wt.start()
     proc = subprocess.Popen(_cmd("job", bootstrap, in_topic, out_topic, tmp, "--guarantee",
-                                 guarantee, "--unbounded"),
+                                 guarantee, "--unbounded", "--consumer-config", consumer_config),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -375,6 +377,10 @@ def main() -> int:
     ap.add_argument("--configs", default="plain,eo-p1,alo-p1,eo-p2,alo-p2",
                     help="comma-separated subset of the configurations to run")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    ap.add_argument("--consumer-config", default="{}", metavar="JSON",
+                    help="extra settings of the input consumer, the same for the plain loop "
+                         "and onceflow's KafkaSource (e.g. '{\"fetch.queue.backoff.ms\": "
+                         "10}'); default: none, the client's defaults")
     ap.add_argument("--trace", metavar="DIR",
                     help="write each run's timeline (ONCEFLOW_TRACE) to DIR/<config>-<round>"
                          ".jsonl and print it (a diagnosis aid: not for the figures)")
@@ -392,11 +398,12 @@ def main() -> int:
     in_topic = f"w2-in-{uuid.uuid4().hex[:8]}"
     print(f"[w2] prefilling {in_topic} with {a.records:,} records ...", flush=True)
     cmp.prefill(bootstrap, in_topic, a.records)
-    configs = {"plain": ["plain"],
-               "eo-p1": ["job", "--guarantee", "exactly_once", "--parallelism", "1"],
-               "alo-p1": ["job", "--guarantee", "at_least_once", "--parallelism", "1"],
-               "eo-p2": ["job", "--guarantee", "exactly_once", "--parallelism", "2"],
-               "alo-p2": ["job", "--guarantee", "at_least_once", "--parallelism", "2"]}
+    cc = ["--consumer-config", a.consumer_config]
+    configs = {"plain": ["plain", *cc],
+               "eo-p1": ["job", "--guarantee", "exactly_once", "--parallelism", "1", *cc],
+               "alo-p1": ["job", "--guarantee", "at_least_once", "--parallelism", "1", *cc],
+               "eo-p2": ["job", "--guarantee", "exactly_once", "--parallelism", "2", *cc],
+               "alo-p2": ["job", "--guarantee", "at_least_once", "--parallelism", "2", *cc]}
     configs = {k: v for k, v in configs.items() if k in a.configs.split(",")}
     runs: list[dict[str, Any]] = []
     for rnd in range(a.rounds):
@@ -424,7 +431,7 @@ def main() -> int:
     latency = []
     for g in () if a.no_latency else ("exactly_once", "at_least_once"):
         lr = latency_run(cmp, g, bootstrap, a.latency_rate, a.latency_seconds,
-                         a.latency_warmup)
+                         a.latency_warmup, a.consumer_config)
         latency.append(lr)
         print(f"[w2] latency {g}: {lr}", flush=True)
     res = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -432,6 +439,7 @@ def main() -> int:
            "runs": runs, "summary": summary, "latency": latency,
            "latency_rate": a.latency_rate, "latency_seconds": a.latency_seconds,
            "latency_warmup": a.latency_warmup, "targets": targets(summary, latency),
+           "consumer_config": json.loads(a.consumer_config),
            "cpus": os.cpu_count(), "loadavg_1min": [load_start, os.getloadavg()[0]]}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

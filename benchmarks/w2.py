@@ -173,6 +173,42 @@ def timeline(path: str, every: bool = False) -> list[str]:
     return out
 
 
+def trace_summary(path: str) -> list[str]:
+    """The waits of one traced run, in seconds since process start: when the sources read
+    their first and last records, the final checkpoint's trigger and completion, the exit
+    and the last result seen; per subtask the barrier alignment and the sinks' pre-commit
+    time in all."""
+    from onceflow import _trace
+    evs = _trace.read(path)
+    t0 = next((e["t"] for e in evs if e["ev"] == "process_start"), evs[0]["t"] if evs else 0)
+
+    def at(ev: str, **match: Any) -> list[str]:
+        return [f"{e['t'] - t0:.3f}" for e in evs if e["ev"] == ev
+                and all(e.get(k) == v for k, v in match.items())]
+
+    out = [f"sources first {at('source_first')} last {at('source_exhausted')}; final "
+           f"checkpoint triggered {at('trigger', final=True)} complete "
+           f"{at('complete', final=True)}; exit {at('process_exited')}; reader had all "
+           f"{at('reader_saw_all')}"]
+    align: dict[tuple[str, int], list[float]] = {}
+    for e in evs:
+        if e["ev"] == "aligned" and e["aligned_s"] > 0:
+            align.setdefault((e["task"], e["subtask"]), []).append(e["aligned_s"])
+    for (task, sub), xs in sorted(align.items()):
+        out.append(f"{task}[{sub}]: aligned {len(xs)} times, {sum(xs):.3f} s in all, "
+                   f"longest {max(xs):.3f} s")
+    started: dict[int, float] = {}
+    pre: dict[int, float] = {}
+    for e in evs:
+        if e["ev"] == "sink_pre_commit":
+            started[e["pid"]] = e["t"]
+        elif e["ev"] == "sink_pre_committed" and e["pid"] in started:
+            pre[e["pid"]] = pre.get(e["pid"], 0.0) + e["t"] - started.pop(e["pid"])
+    for pid, secs in sorted(pre.items()):
+        out.append(f"sink of worker pid {pid}: pre-commits {secs:.3f} s in all")
+    return out
+
+
 def _children_cpu() -> float:
     """User + system CPU seconds of this process's ended (and reaped) descendants."""
     import resource
@@ -416,7 +452,7 @@ def main() -> int:
                                trace)
             r["round"] = rnd
             if trace and os.path.exists(trace):
-                print("\n".join(timeline(trace)), flush=True)
+                print("\n".join(timeline(trace) + trace_summary(trace)), flush=True)
             runs.append(r)
             print(f"[w2] round {rnd} {name}: {r['records_per_s'] or 0:,.0f} records/s "
                   f"valid={r['valid']} {r['problems'][:2]}", flush=True)

@@ -46,7 +46,8 @@ def role_plain(a: argparse.Namespace) -> None:
 
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"w2-plain-{uuid.uuid4()}",
                   "isolation.level": "read_committed", "enable.auto.commit": False,
-                  "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+                  "enable.partition.eof": True, "auto.offset.reset": "earliest",
+                  **json.loads(a.consumer_config)})
     md = c.list_topics(a.input, timeout=30).topics[a.input]
     # real start offsets, as onceflow's source resolves them: a logical "beginning" costs
     # librdkafka about 0.5 s before its first fetch, which would flatter onceflow
@@ -88,7 +89,8 @@ def role_job(a: argparse.Namespace) -> None:
     flow = of.Flow(f"w2-{uuid.uuid4().hex[:6]}", parallelism=a.parallelism)
     flow.enable_checkpointing(CKPT_INTERVAL, os.path.join(a.workdir, "ckpt"))
     (flow.source(KafkaSource(a.bootstrap, [a.input], deserializer="json", value_only=True,
-                             stop_at=None if a.unbounded else "end"), name="kafka-in")
+                             stop_at=None if a.unbounded else "end",
+                             consumer_config=json.loads(a.consumer_config)), name="kafka-in")
          .map(lambda r: {"user": r["user"], "total": r["amount"], "id": r["id"]}, name="parse")
          .key_by(lambda r: r["user"])
          .reduce(lambda acc, r: {"user": r["user"], "total": acc["total"] + r["total"],
@@ -109,30 +111,102 @@ def _cmd(role: str, bootstrap: str, inp: str, out: str, workdir: str, *more: str
 
 
 def throughput_run(cmp: Any, name: str, role_args: list[str], bootstrap: str, in_topic: str,
-                   n: int, timeout: float) -> dict[str, Any]:
+                   n: int, timeout: float, trace: str | None = None) -> dict[str, Any]:
+    """One measured run; ``trace``: a file the job's processes write their timeline to
+    (``ONCEFLOW_TRACE``), to which the process start, its exit and the moment the reader had
+    every result are added."""
     import shutil
     import tempfile
     tmp = tempfile.mkdtemp(prefix=f"w2-{name}-")
     out_topic = f"w2-out-{name}-{uuid.uuid4().hex[:8]}"
+    env = None
+    if trace:
+        env = {**os.environ, "ONCEFLOW_TRACE": trace}
     try:
         cmp.create_topic(bootstrap, out_topic)
         w = cmp.OutputWatcher(bootstrap, out_topic, n, timeout)
         w.start()
         cpu0 = _children_cpu()
         rec = cmp.run_proc(_cmd(role_args[0], bootstrap, in_topic, out_topic, tmp,
-                                *role_args[1:]), timeout, until=w)
+                                *role_args[1:]), timeout, env=env, until=w)
+        t_exit = time.time()
         cpu = _children_cpu() - cpu0  # the process and its workers, client threads included
         w.thread.join(timeout=30)
+        if trace:
+            with open(trace, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"t": rec["t_start"], "ev": "process_start"}) + "\n")
+                f.write(json.dumps({"t": t_exit, "ev": "process_exited"}) + "\n")
+                if w.t_done is not None:
+                    f.write(json.dumps({"t": w.t_done, "ev": "reader_saw_all"}) + "\n")
         problems = w.check()
         if w.t_done is None:
             problems.append(f"never saw {n} results (saw {len(w.ids)}); rc {rec['returncode']}")
         rps = n / (w.t_done - rec["t_start"]) if w.t_done is not None else None
+        # > 0: the reader had the last result this long after the process exited (its
+        # commits were done by then); <= 0: it had them first and the process was stopped
+        after_exit = w.t_done - (rec["t_start"] + rec["wall_s"]) if w.t_done else None
         return {"config": name, "records": n, "records_per_s": rps, "wall_s": rec["wall_s"],
+                "seen_all_after_exit_s": after_exit,
                 "cpu_s": cpu, "records_per_cpu_s": n / cpu if cpu > 0 else None,
                 "tree_peak_rss_mb": rec["tree_peak_rss_mb"], "valid": not problems,
                 "problems": problems, "checkpoints": rec.get("checkpoints")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def timeline(path: str, every: bool = False) -> list[str]:
+    """A trace file (``--trace``) as lines ``+seconds-since-process-start event fields``:
+    the control events of the job (the barriers of the final checkpoint only, unless
+    ``every``)."""
+    from onceflow import _trace
+    evs = _trace.read(path)
+    t0 = next((e["t"] for e in evs if e["ev"] == "process_start"), evs[0]["t"] if evs else 0)
+    finals = {e["checkpoint"] for e in evs if e["ev"] == "trigger" and e.get("final")}
+    out = []
+    for e in evs:
+        if e["ev"] == "barrier" and not every and e["checkpoint"] not in finals:
+            continue
+        if e["ev"] == "worker_msg" and not every and e.get("msg") not in ("Trigger", "Complete"):
+            continue
+        rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "ev"))
+        out.append(f"{e['t'] - t0:+8.3f} {e['ev']} {rest}")
+    return out
+
+
+def trace_summary(path: str) -> list[str]:
+    """The waits of one traced run, in seconds since process start: when the sources read
+    their first and last records, the final checkpoint's trigger and completion, the exit
+    and the last result seen; per subtask the barrier alignment and the sinks' pre-commit
+    time in all."""
+    from onceflow import _trace
+    evs = _trace.read(path)
+    t0 = next((e["t"] for e in evs if e["ev"] == "process_start"), evs[0]["t"] if evs else 0)
+
+    def at(ev: str, **match: Any) -> list[str]:
+        return [f"{e['t'] - t0:.3f}" for e in evs if e["ev"] == ev
+                and all(e.get(k) == v for k, v in match.items())]
+
+    out = [f"sources first {at('source_first')} last {at('source_exhausted')}; final "
+           f"checkpoint triggered {at('trigger', final=True)} complete "
+           f"{at('complete', final=True)}; exit {at('process_exited')}; reader had all "
+           f"{at('reader_saw_all')}"]
+    align: dict[tuple[str, int], list[float]] = {}
+    for e in evs:
+        if e["ev"] == "aligned" and e["aligned_s"] > 0:
+            align.setdefault((e["task"], e["subtask"]), []).append(e["aligned_s"])
+    for (task, sub), xs in sorted(align.items()):
+        out.append(f"{task}[{sub}]: aligned {len(xs)} times, {sum(xs):.3f} s in all, "
+                   f"longest {max(xs):.3f} s")
+    started: dict[int, float] = {}
+    pre: dict[int, float] = {}
+    for e in evs:
+        if e["ev"] == "sink_pre_commit":
+            started[e["pid"]] = e["t"]
+        elif e["ev"] == "sink_pre_committed" and e["pid"] in started:
+            pre[e["pid"]] = pre.get(e["pid"], 0.0) + e["t"] - started.pop(e["pid"])
+    for pid, secs in sorted(pre.items()):
+        out.append(f"sink of worker pid {pid}: pre-commits {secs:.3f} s in all")
+    return out
 
 
 def _children_cpu() -> float:
@@ -181,7 +255,7 @@ class RateProducer:
 
 
 def latency_run(cmp: Any, guarantee: str, bootstrap: str, rate: float, seconds: float,
-                warmup: float) -> dict[str, Any]:
+                warmup: float, consumer_config: str = "{}") -> dict[str, Any]:
     import shutil
     import tempfile
 
@@ -203,7 +277,7 @@ def latency_run(cmp: Any, guarantee: str, bootstrap: str, rate: float, seconds: 
     def watch() -> None:
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"w2-lat-{uuid.uuid4()}",
                       "isolation.level": "read_committed", "auto.offset.reset": "earliest",
-                      "enable.auto.commit": False})
+                      "enable.auto.commit": False, **cmp.READER_CONFIG})
         c.subscribe([out_topic])
         while not stop.is_set():
             for m in c.consume(10000, 0.05):
@@ -214,7 +288,7 @@ def latency_run(cmp: Any, guarantee: str, bootstrap: str, rate: float, seconds: 
     wt = threading.Thread(target=watch, daemon=True)
     wt.start()
     proc = subprocess.Popen(_cmd("job", bootstrap, in_topic, out_topic, tmp, "--guarantee",
-                                 guarantee, "--unbounded"),
+                                 guarantee, "--unbounded", "--consumer-config", consumer_config),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -339,6 +413,13 @@ def main() -> int:
     ap.add_argument("--configs", default="plain,eo-p1,alo-p1,eo-p2,alo-p2",
                     help="comma-separated subset of the configurations to run")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    ap.add_argument("--consumer-config", default="{}", metavar="JSON",
+                    help="extra settings of the input consumer, the same for the plain loop "
+                         "and onceflow's KafkaSource (e.g. '{\"fetch.queue.backoff.ms\": "
+                         "10}'); default: none, the client's defaults")
+    ap.add_argument("--trace", metavar="DIR",
+                    help="write each run's timeline (ONCEFLOW_TRACE) to DIR/<config>-<round>"
+                         ".jsonl and print it (a diagnosis aid: not for the figures)")
     a = ap.parse_args()
     if a.role == "plain":
         role_plain(a)
@@ -353,17 +434,25 @@ def main() -> int:
     in_topic = f"w2-in-{uuid.uuid4().hex[:8]}"
     print(f"[w2] prefilling {in_topic} with {a.records:,} records ...", flush=True)
     cmp.prefill(bootstrap, in_topic, a.records)
-    configs = {"plain": ["plain"],
-               "eo-p1": ["job", "--guarantee", "exactly_once", "--parallelism", "1"],
-               "alo-p1": ["job", "--guarantee", "at_least_once", "--parallelism", "1"],
-               "eo-p2": ["job", "--guarantee", "exactly_once", "--parallelism", "2"],
-               "alo-p2": ["job", "--guarantee", "at_least_once", "--parallelism", "2"]}
+    cc = ["--consumer-config", a.consumer_config]
+    configs = {"plain": ["plain", *cc],
+               "eo-p1": ["job", "--guarantee", "exactly_once", "--parallelism", "1", *cc],
+               "alo-p1": ["job", "--guarantee", "at_least_once", "--parallelism", "1", *cc],
+               "eo-p2": ["job", "--guarantee", "exactly_once", "--parallelism", "2", *cc],
+               "alo-p2": ["job", "--guarantee", "at_least_once", "--parallelism", "2", *cc]}
     configs = {k: v for k, v in configs.items() if k in a.configs.split(",")}
     runs: list[dict[str, Any]] = []
     for rnd in range(a.rounds):
         for name, args in configs.items():
-            r = throughput_run(cmp, name, args, bootstrap, in_topic, a.records, a.timeout)
+            trace = None
+            if a.trace:
+                os.makedirs(a.trace, exist_ok=True)
+                trace = os.path.join(a.trace, f"{name}-{rnd}.jsonl")
+            r = throughput_run(cmp, name, args, bootstrap, in_topic, a.records, a.timeout,
+                               trace)
             r["round"] = rnd
+            if trace and os.path.exists(trace):
+                print("\n".join(timeline(trace) + trace_summary(trace)), flush=True)
             runs.append(r)
             print(f"[w2] round {rnd} {name}: {r['records_per_s'] or 0:,.0f} records/s "
                   f"valid={r['valid']} {r['problems'][:2]}", flush=True)
@@ -378,7 +467,7 @@ def main() -> int:
     latency = []
     for g in () if a.no_latency else ("exactly_once", "at_least_once"):
         lr = latency_run(cmp, g, bootstrap, a.latency_rate, a.latency_seconds,
-                         a.latency_warmup)
+                         a.latency_warmup, a.consumer_config)
         latency.append(lr)
         print(f"[w2] latency {g}: {lr}", flush=True)
     res = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -386,6 +475,7 @@ def main() -> int:
            "runs": runs, "summary": summary, "latency": latency,
            "latency_rate": a.latency_rate, "latency_seconds": a.latency_seconds,
            "latency_warmup": a.latency_warmup, "targets": targets(summary, latency),
+           "consumer_config": json.loads(a.consumer_config),
            "cpus": os.cpu_count(), "loadavg_1min": [load_start, os.getloadavg()[0]]}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from onceflow import _faults
+from onceflow import _faults, _trace
 from onceflow.checkpoint import s3
 from onceflow.checkpoint.failures import FailurePolicy
 from onceflow.checkpoint.kinds import CHECKPOINT, CheckpointKind, Savepoint, SavepointCallback
@@ -202,6 +202,8 @@ class CheckpointCoordinator:
 
     def on_exhausted(self, task: str, subtask: int) -> None:
         self.exhausted.add((task, subtask))
+        if _trace.ON:
+            _trace.event("exhausted_received", task=task, subtask=subtask)
 
     def trigger_savepoint(self, directory: str | None, stop: bool,
                           on_done: SavepointCallback, *, target_checked: bool = False) -> None:
@@ -259,6 +261,8 @@ class CheckpointCoordinator:
             self._last_trigger = now
         p = PendingCheckpoint(cid, final, self.expected, now, kind)
         self.pending[cid] = p
+        if _trace.ON:
+            _trace.event("trigger", checkpoint=cid, final=final)
         self.send_all(m.Trigger(cid, p.stats.trigger_time, final, kind.savepoint_path))
 
     # --- 2. ack --------------------------------------------------------------------------
@@ -267,6 +271,8 @@ class CheckpointCoordinator:
         if p is None:
             return  # late ack of an aborted checkpoint
         p.acks[(task, subtask)] = info
+        if _trace.ON:
+            _trace.event("ack_received", checkpoint=cid, task=task, subtask=subtask)
         if p.fully_acked:
             self._complete(p)
 
@@ -301,6 +307,8 @@ class CheckpointCoordinator:
             self._last_complete = self.clock()
         p.kind.log_completed(p.stats, self.flow)
         # --- 4. notify ---
+        if _trace.ON:
+            _trace.event("complete", checkpoint=p.id, final=p.final)
         self.send_all(m.Complete(p.id, p.final))
         if p.final:
             self.final_completed = True

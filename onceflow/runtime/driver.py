@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, cast
 
+from onceflow import _trace
 from onceflow.api.config import CheckpointConfig, RestartStrategy
 from onceflow.api.result import JobResult, OperatorMetrics
 from onceflow.checkpoint.coordinator import (
@@ -521,6 +522,8 @@ class JobDriver:
                         case m.Running(worker):
                             att.running.add(worker)
                             if len(att.running) == n:
+                                if _trace.ON:
+                                    _trace.event("all_running")
                                 att.processing_started = time.time()
                                 coordinator.start()
                                 self._log_restored()
@@ -532,6 +535,8 @@ class JobDriver:
                             log.debug("worker %d failure detail:\n%s", worker, detail)
                             return self.failures.received(worker, message, report)
                         case m.Finished(worker, operators, watermarks, dropped):
+                            if _trace.ON:
+                                _trace.event("finished_received", worker=worker)
                             att.finished.add(worker)
                             att.metrics.update(operators)
                             att.watermarks.update(watermarks)
@@ -546,6 +551,8 @@ class JobDriver:
                 return str(e)
             if len(att.finished) == n:
                 workers.join()
+                if _trace.ON:
+                    _trace.event("workers_joined")
                 return None
 
     def _log_restored(self) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from itertools import compress, islice
 from typing import Any
 
-from onceflow import _faults
+from onceflow import _faults, _trace
 from onceflow.checkpoint.restore import SubtaskRestore
 from onceflow.errors import CheckpointError, ConfigurationError, UserFunctionError
 from onceflow.graph.jobgraph import Task
@@ -530,10 +530,15 @@ class TaskRunner:
                     self._apply_valve(self.valve.on_watermark(ch.id, item.timestamp))
                 elif t is Barrier:
                     ch.barriers -= 1
+                    if _trace.ON:
+                        self._trace_barrier(ch, item)
                     self.handler.on_barrier(ch, item)
                 elif t is WatermarkStatus:
                     self._apply_valve(self.valve.on_status(ch.id, item.idle))
                 elif item is END_OF_INPUT:
+                    if _trace.ON:
+                        _trace.event("end_of_input", task=self.uid, subtask=self.subtask,
+                                     channel=ch.origin)
                     self.handler.on_end_of_input(ch)
                     if not self._final_barrier_seen:  # a stop with savepoint keeps windows
                         self._apply_valve(self.valve.on_end(ch.id))
@@ -592,9 +597,16 @@ class TaskRunner:
             if ch.queue and not ch.blocked and type(ch.queue[0]) is Barrier:
                 item = ch.pop()
                 ch.barriers -= 1
+                if _trace.ON:
+                    self._trace_barrier(ch, item)
                 self.handler.on_barrier(ch, item)
                 return True
         return False
+
+    def _trace_barrier(self, ch: InputChannel, barrier: Barrier) -> None:
+        _trace.event("barrier", task=self.uid, subtask=self.subtask, channel=ch.origin,
+                     checkpoint=barrier.checkpoint_id, final=barrier.final,
+                     queued=len(ch.queue))
 
     def _source_step(self) -> bool:
         src = self.source
@@ -605,6 +617,9 @@ class TaskRunner:
                 # end of input: every window and event timer downstream may fire, before
                 # the final checkpoint's barrier follows
                 self._advance_watermark(POS_INF, 1)
+                if _trace.ON:
+                    _trace.event("source_exhausted", task=self.uid, subtask=self.subtask,
+                                 records=src.records_out)
                 self._on_exhausted(self)
             return False
         if not self.outputs_have_room():
@@ -612,6 +627,8 @@ class TaskRunner:
         batch = src.read(self.batch_size)
         wms = src.watermarks
         if batch:
+            if _trace.ON and not src.records_out:
+                _trace.event("source_first", task=self.uid, subtask=self.subtask)
             src.records_out += len(batch)
             self._push(batch, 1, src.batch_ts)
             if wms is not None:
@@ -673,7 +690,14 @@ class TaskRunner:
             self.state = TaskState.INPUT_ENDED
 
     def _on_aligned(self, barrier: Barrier, aligned_s: float) -> None:
+        if _trace.ON:
+            _trace.event("aligned", task=self.uid, subtask=self.subtask,
+                         checkpoint=barrier.checkpoint_id, final=barrier.final,
+                         aligned_s=aligned_s)
         blob, asyncs, sync_s = self._snapshot(barrier)
+        if _trace.ON:
+            _trace.event("snapshot_done", task=self.uid, subtask=self.subtask,
+                         checkpoint=barrier.checkpoint_id, sync_s=sync_s)
         self._write_state(self, barrier, blob, asyncs, sync_s, aligned_s, None)
 
     def _on_unaligned_snapshot(self, barrier: Barrier, waited_s: float) -> None:

@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection
 from socket import socket
 from typing import Any
 
-from onceflow import _faults, _usertrace
+from onceflow import _faults, _trace, _usertrace
 from onceflow.checkpoint import s3
 from onceflow.checkpoint.restore import RestorePlan
 from onceflow.checkpoint.storage import CompletedCheckpoint, encode_state, state_file_name
@@ -250,9 +250,16 @@ class Worker:
             async_ms=(time.perf_counter() - t0) * 1e3, align_ms=aligned_s * 1e3,
             metrics=metrics, uploaded=uploaded, incremental_size=len(data) + new_bytes,
             unaligned=inflight is not None, inflight_bytes=len(inflight or b""))
+        if _trace.ON:
+            _trace.event("ack", task=task, subtask=subtask, checkpoint=cid,
+                         async_s=state.async_ms / 1e3)
         self.send(m.Ack(cid, task, subtask, state))
 
     def _handle(self, msg: m.ToWorker) -> None:
+        if _trace.ON:
+            _trace.event("worker_msg", worker=self.spec.index, msg=type(msg).__name__,
+                         checkpoint=getattr(msg, "checkpoint_id", None),
+                         final=getattr(msg, "final", None))
         match msg:
             case m.Trigger(cid, ts, final, savepoint):
                 b = Barrier(cid, ts, final, savepoint)
@@ -292,6 +299,8 @@ class Worker:
         for t in self.tasks:
             metrics.update({f"{uid}#{t.subtask}": m for uid, m in t.metrics().items()})
         wms, dropped = self._event_time_report()
+        if _trace.ON:
+            _trace.event("worker_finished", worker=self.spec.index)
         self.send(m.Finished(self.spec.index, metrics, wms, dropped, lost=self._lost_report()))
         self.done = True
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from onceflow import _faults
+from onceflow import _faults, _trace
 from onceflow.connectors.jsonvalues import dumps_non_finite, has_non_finite
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import broker_config, brokers, import_kafka, serializer
@@ -519,8 +519,12 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             raise
 
     def pre_commit(self, txn: KafkaTxn) -> None:
+        if _trace.ON:
+            _trace.event("sink_pre_commit", tid=txn.transactional_id, records=txn.records)
         self._lingering_done()
         self._commit_done()
+        if _trace.ON:
+            _trace.event("sink_pre_commit_joined", tid=txn.transactional_id)
         self._last_had_records = txn.records > 0
         live = self._ready(txn, wait=True) if txn.records else None
         if live is None or txn.records == 0:
@@ -550,8 +554,13 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 f"({kp.error_name(d.error)}) at pre-commit, expected Ongoing{why}")
         txn.producer_id, txn.epoch, txn.start_ms = d.producer_id, d.producer_epoch, d.start_ms
         self._pre_committed = txn
+        if _trace.ON:
+            _trace.event("sink_pre_committed", tid=txn.transactional_id)
 
     def commit(self, txn: KafkaTxn) -> None:
+        if _trace.ON:
+            _trace.event("sink_commit", tid=txn.transactional_id, checkpoint=txn.checkpoint,
+                         records=txn.records)
         if txn.producer_id < 0:  # empty: nothing to make visible
             if 0 <= self._first_snapshot <= txn.checkpoint:  # this attempt's own
                 self._unhold(txn.checkpoint)
@@ -606,6 +615,9 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         for delay in (0.1, 0.5, 2.0, None):  # as TransactionLifecycle retries a commit
             try:
                 producer.commit_transaction(self.operation_timeout)
+                if _trace.ON:
+                    _trace.event("sink_committed", tid=txn.transactional_id,
+                                 checkpoint=txn.checkpoint)
                 _close_producer(producer)
                 return
             except BaseException as e:
@@ -935,10 +947,14 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         # Producer.close() would ABORT an open transaction; dropping the last reference
         # does not (librdkafka's destroy without close leaves it to the coordinator), so
         # the producers of pending transactions are only dereferenced.
+        if _trace.ON:
+            _trace.event("sink_close")
         try:
             self._commit_done()  # the last checkpoint's commit: finished, or its error raised
         finally:
             self._close_clients()
+        if _trace.ON:
+            _trace.event("sink_closed")
 
     def _close_clients(self) -> None:
         self._live.clear()
@@ -1041,8 +1057,12 @@ class KafkaPlainSink(Sink):
         return None
 
     def finish(self) -> None:
+        if _trace.ON:
+            _trace.event("sink_finish")
         if self._out is not None:
             self._out.flush(self._producer, self.operation_timeout)
+        if _trace.ON:
+            _trace.event("sink_finished")
 
     def close(self) -> None:
         if self._producer is not None:

@@ -8,6 +8,10 @@ results - process start):
 * ``plain``: one process, the same client library, no framework: consume (all partitions,
   read_committed), parse with orjson, sum per user in a dict, produce with an idempotent
   producer, flush;
+* ``plain-tuned``: the same loop given the one consumer setting onceflow's KafkaSource
+  changes from the client's defaults (``fetch.queue.backoff.ms=10``, see docs/kafka.md):
+  the client's own speed, a stricter ceiling than ``plain``. The issue's targets are
+  defined on ``plain`` (the client's defaults); both ratios are reported;
 * onceflow exactly-once and at-least-once, parallelism 1 and 2, checkpoints every 1 s.
 
 Latency: input appended at a fixed rate (20,000 records/s) while the job runs, checkpoints
@@ -349,7 +353,8 @@ def render(res: dict[str, Any]) -> str:
                      f"{f(r['max_s'])} | {r['seen']:,} / {r['sent']:,} |")
     lines += ["", "Targets (issue 17):", ""]
     for t in res["targets"]:
-        lines.append(f"- {t['name']}: {t['value']} → {'met' if t['met'] else 'MISSED'}")
+        verdict = "reported" if t["met"] is None else "met" if t["met"] else "MISSED"
+        lines.append(f"- {t['name']}: {t['value']} → {verdict}")
     return "\n".join(lines) + "\n"
 
 
@@ -362,6 +367,11 @@ def targets(summary: dict[str, Any], latency: list[dict[str, Any]]) -> list[dict
     if plain:
         out.append({"name": "exactly-once p1 ≥ 90 % of the plain loop",
                     "value": f"{eo1 / plain:.0%}", "met": eo1 >= 0.9 * plain})
+    tuned = med("plain-tuned")
+    if tuned:  # reported, not an issue target: the ceiling with onceflow's fetch setting
+        out.append({"name": "(reported) exactly-once p1 against plain-tuned, the loop with "
+                            "onceflow's fetch setting", "value": f"{eo1 / tuned:.0%}",
+                    "met": None})
     if alo1:
         out.append({"name": "exactly-once at most 5 % slower than at-least-once (p1)",
                     "value": f"{1 - eo1 / alo1:+.1%} slower", "met": eo1 >= 0.95 * alo1})
@@ -410,7 +420,7 @@ def main() -> int:
     ap.add_argument("--latency-warmup", type=float, default=3)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default=str(RESULTS / "w2.json"))
-    ap.add_argument("--configs", default="plain,eo-p1,alo-p1,eo-p2,alo-p2",
+    ap.add_argument("--configs", default="plain,plain-tuned,eo-p1,alo-p1,eo-p2,alo-p2",
                     help="comma-separated subset of the configurations to run")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
     ap.add_argument("--consumer-config", default="{}", metavar="JSON",
@@ -435,7 +445,12 @@ def main() -> int:
     print(f"[w2] prefilling {in_topic} with {a.records:,} records ...", flush=True)
     cmp.prefill(bootstrap, in_topic, a.records)
     cc = ["--consumer-config", a.consumer_config]
+    from onceflow.connectors.kafka.source import FETCH_QUEUE_BACKOFF_MS
+
+    tuned = json.dumps({"fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+                        **json.loads(a.consumer_config)})
     configs = {"plain": ["plain", *cc],
+               "plain-tuned": ["plain", "--consumer-config", tuned],
                "eo-p1": ["job", "--guarantee", "exactly_once", "--parallelism", "1", *cc],
                "alo-p1": ["job", "--guarantee", "at_least_once", "--parallelism", "1", *cc],
                "eo-p2": ["job", "--guarantee", "exactly_once", "--parallelism", "2", *cc],

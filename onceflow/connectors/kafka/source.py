@@ -269,6 +269,10 @@ class KafkaSource(Source):
         return KafkaSplitReader(self, split, dict(position or {}))
 
 
+# the reading consumer's fetch.queue.backoff.ms unless the user's consumer_config sets it
+FETCH_QUEUE_BACKOFF_MS = 10
+
+
 class KafkaSplitReader(SplitReader):
     def __init__(self, src: KafkaSource, split: KafkaSplit,
                  position: dict[tuple[str, int], int]) -> None:
@@ -284,7 +288,12 @@ class KafkaSplitReader(SplitReader):
                 "group.id": src.group_id or "onceflow-unused",
                 "isolation.level": "read_committed", "enable.auto.commit": False,
                 "enable.auto.offset.store": False, "enable.partition.eof": True,
-                "auto.offset.reset": "earliest", **src.consumer_config}
+                "auto.offset.reset": "earliest",
+                # librdkafka stops fetching a partition whose local queue holds
+                # queued.min.messages and looks again only after this backoff (default
+                # 1,000 ms); a job that drains the queue faster than that would sit idle for
+                # the rest of the second, so look again soon (the user's setting wins)
+                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS, **src.consumer_config}
         from onceflow.connectors.kafka._logs import client_config
 
         self.consumer = ck.Consumer(client_config(conf, "source"))

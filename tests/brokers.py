@@ -107,6 +107,36 @@ class OwnBroker:
         assert not hanging, f"kafka-transactions find-hanging: {hanging}"
 
 
+class SaslBroker(OwnBroker):
+    """An :class:`OwnBroker` whose only client listener is SASL_PLAINTEXT with SASL/PLAIN
+    (users ``admin`` and :attr:`USER`; the broker talks to itself as ``admin`` on that
+    listener too); the KRaft controller listener stays PLAINTEXT on loopback, and no
+    PLAINTEXT listener is there for clients. :attr:`client_config` is what a client needs."""
+
+    USER, PASSWORD = "onceflow-user", "s3cret-Pa55word-0f-the-test"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        extra = directory.parent / f"{directory.name}-sasl.properties"
+        jaas = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+                'username="admin" password="admin-secret" user_admin="admin-secret" '
+                f'user_{self.USER}="{self.PASSWORD}";')
+        extra.write_text(
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}\n"
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port}\n"
+            "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,"
+            "CONTROLLER:PLAINTEXT\n"
+            "inter.broker.listener.name=SASL_PLAINTEXT\n"
+            "sasl.enabled.mechanisms=PLAIN\n"
+            "sasl.mechanism.inter.broker.protocol=PLAIN\n"
+            f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}\n")
+        self.env["ONCEFLOW_KAFKA_EXTRA_PROPERTIES"] = str(extra)
+        self.client_config = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+                              "sasl.username": self.USER, "sasl.password": self.PASSWORD}
+
+
 class OwnPostgres:
     """A PostgreSQL server of this test only (``scripts/postgres`` with its own
     ONCEFLOW_PG_DIR and ONCEFLOW_PG_PORT)."""

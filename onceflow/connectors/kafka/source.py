@@ -150,7 +150,8 @@ class KafkaSource(Source):
         return sorted(out)
 
     def _admin(self) -> Any:
-        return shared_admin(self.bootstrap_servers)
+        # with the connection settings (security, client.id, ...) of consumer_config
+        return shared_admin(self.bootstrap_servers, self.consumer_config)
 
     def _prepared(self) -> tuple[Any, list[tuple[str, int]]]:
         """An admin client and the partition list for the driver's start-up calls on a
@@ -254,7 +255,8 @@ class KafkaSource(Source):
         # committed
         from onceflow.connectors.kafka._logs import client_config, serve_logs
 
-        c = ck.Consumer(client_config({"bootstrap.servers": self.bootstrap_servers,
+        c = ck.Consumer(client_config({**self.consumer_config,
+                                       "bootstrap.servers": self.bootstrap_servers,
                                        "group.id": self.group_id, "enable.auto.commit": False},
                                       "source"))
         try:

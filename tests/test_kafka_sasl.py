@@ -1,0 +1,218 @@
+"""Kafka clusters that need authentication: a broker of this module's own whose only client
+listener is SASL_PLAINTEXT (SASL/PLAIN, tests/brokers.py ``SaslBroker``). The security
+settings are given once per connector (``consumer_config`` / ``producer_config``), and every
+client onceflow makes for it must use them: the shared admin client (metadata, offsets, the
+broker's transaction limit), the consumer of committed group offsets, the readers, the
+transactional producers and the wire-protocol client of the commit protocol."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka as ck  # a missing dependency fails the suite, never skips it
+import pytest
+from brokers import SaslBroker
+from confluent_kafka.admin import AdminClient, NewTopic
+
+import onceflow as of
+from onceflow.connectors.kafka import protocol as kp
+from onceflow.connectors.kafka._common import connection_config, shared_admin
+from onceflow.errors import ConfigurationError, KafkaProtocolError
+from onceflow.kafka import KafkaSink, KafkaSource
+
+N = 120
+PARTITIONS = 2
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker]:
+    b = SaslBroker(tmp_path_factory.mktemp("kafka-sasl") / "broker")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.remove()
+
+
+def _conf(broker: SaslBroker, **extra: Any) -> dict[str, Any]:
+    return {"bootstrap.servers": broker.bootstrap, **broker.client_config, **extra}
+
+
+def _topic(broker: SaslBroker, prefix: str, partitions: int = PARTITIONS) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient(_conf(broker))
+    admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                  replication_factor=1)])[name].result(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        t = admin.list_topics(topic=name, timeout=30).topics.get(name)
+        if t is not None and t.error is None and len(t.partitions) == partitions:
+            return name
+        assert time.monotonic() < deadline, f"topic {name} not ready"
+        time.sleep(0.1)
+
+
+def _fill(broker: SaslBroker, topic: str, n: int) -> None:
+    p = ck.Producer(_conf(broker, **{"linger.ms": 5}))
+    for i in range(n):
+        p.produce(topic, json.dumps({"id": i}).encode(), partition=i % PARTITIONS)
+    assert p.flush(30) == 0
+
+
+def _read_committed(broker: SaslBroker, topic: str, partitions: int = PARTITIONS
+                    ) -> list[Any]:
+    """Every value a read_committed consumer sees in ``topic``, up to its end."""
+    c = ck.Consumer(_conf(broker, **{"group.id": f"check-{uuid.uuid4().hex[:6]}",
+                                     "isolation.level": "read_committed",
+                                     "enable.partition.eof": True,
+                                     "auto.offset.reset": "earliest"}))
+    c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(partitions)])
+    out: list[Any] = []
+    eof: set[int] = set()
+    deadline = time.monotonic() + 30
+    try:
+        while len(eof) < partitions:
+            assert time.monotonic() < deadline, f"{topic}: no end after 30 s ({len(out)} read)"
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            if m.error() is not None:
+                if m.error().code() == ck.KafkaError._PARTITION_EOF:
+                    eof.add(m.partition())
+                    continue
+                raise ck.KafkaException(m.error())
+            eof.discard(m.partition())
+            out.append(json.loads(m.value()))
+    finally:
+        c.close()
+    return out
+
+
+def _job(broker: SaslBroker, tmp: Path, src: KafkaSource, out: str, name: str) -> Any:
+    flow = of.Flow(name, parallelism=2)
+    flow.enable_checkpointing(0.2, tmp / "ckpt")
+    (flow.source(src, name="in")
+         .map(lambda r: {"id": r["id"], "twice": 2 * r["id"]})
+         .sink(KafkaSink(broker.bootstrap, out, serializer="json",
+                         producer_config=broker.client_config), name="out"))
+    return flow.run()
+
+
+def test_exactly_once_job_on_a_sasl_cluster(broker: SaslBroker, tmp_path: Path) -> None:
+    src_topic, out = _topic(broker, "in"), _topic(broker, "out")
+    _fill(broker, src_topic, N)
+    src = KafkaSource(broker.bootstrap, [src_topic], stop_at="end", deserializer="json",
+                      value_only=True, consumer_config=broker.client_config)
+    flow = f"sasl-{uuid.uuid4().hex[:6]}"
+    result = _job(broker, tmp_path, src, out, flow)
+    assert result.records_in("out") == N
+    got = _read_committed(broker, out)
+    assert sorted(r["id"] for r in got) == list(range(N))
+    assert all(r["twice"] == 2 * r["id"] for r in got)
+    # the sink's transactions, through the wire-protocol client over SASL too: committed
+    with kp.TxnClient(broker.bootstrap, config=broker.client_config) as tc:
+        found = [t for t in tc.list_transactions() if t[0].startswith(f"onceflow-{flow}-")]
+    assert found, "no transactional id of the job's sink listed"
+    assert all(state in ("Empty", "CompleteCommit") for _tid, _pid, state in found), found
+
+
+def test_committed_start_on_a_sasl_cluster(broker: SaslBroker, tmp_path: Path) -> None:
+    src_topic, out = _topic(broker, "in"), _topic(broker, "out")
+    _fill(broker, src_topic, N)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    c = ck.Consumer(_conf(broker, **{"group.id": group}))
+    c.commit(offsets=[ck.TopicPartition(src_topic, 0, 20), ck.TopicPartition(src_topic, 1, 35)],
+             asynchronous=False)
+    c.close()
+    src = KafkaSource(broker.bootstrap, [src_topic], group_id=group, start="committed",
+                      stop_at="end", deserializer="json", value_only=True,
+                      consumer_config=broker.client_config)
+    _job(broker, tmp_path, src, out, f"sasl-{uuid.uuid4().hex[:6]}")
+    want = sorted(i for i in range(N) if (i % 2 == 0 and i // 2 >= 20)
+                  or (i % 2 == 1 and i // 2 >= 35))
+    assert sorted(r["id"] for r in _read_committed(broker, out)) == want
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(
+        broker: SaslBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG, logger="onceflow")
+    wrong = "Wr0ng-pa55word-of-the-test"
+    bad = {**broker.client_config, "sasl.password": wrong}
+    src_topic, out = _topic(broker, "in"), _topic(broker, "out")
+    t0 = time.monotonic()
+    src = KafkaSource(broker.bootstrap, [src_topic], stop_at="end", consumer_config=bad)
+    flow = of.Flow("sasl-bad", parallelism=1)
+    flow.enable_checkpointing(0.2, tmp_path / "ckpt")
+    flow.source(src, name="in").sink(KafkaSink(broker.bootstrap, out, producer_config=bad))
+    with pytest.raises(ConfigurationError) as ei:
+        flow.run()
+    took = time.monotonic() - t0
+    msg = str(ei.value)
+    assert broker.bootstrap in msg and "authentication failed" in msg.lower(), msg
+    assert broker.USER in msg, msg  # which user, never the password
+    assert took < 15, f"the error came after {took:.1f} s"
+    # the sink alone (its own admin client: the broker's transaction limit)
+    with pytest.raises(ConfigurationError) as ei2:
+        KafkaSink(broker.bootstrap, out, producer_config=bad).validate()
+    assert "authentication failed" in str(ei2.value).lower(), str(ei2.value)
+    # the wire-protocol client of the commit protocol
+    with pytest.raises(KafkaProtocolError) as ei3:
+        with kp.TxnClient(broker.bootstrap, config=bad) as tc:
+            tc.list_transactions()
+    assert "authentication failed" in str(ei3.value).lower() and \
+        broker.bootstrap in str(ei3.value), str(ei3.value)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "uthentication" in logged  # librdkafka's own line, through onceflow's logger
+    outerr = capfd.readouterr()
+    for text in (msg, str(ei2.value), str(ei3.value), logged, outerr.out, outerr.err):
+        assert wrong not in text and broker.PASSWORD not in text
+
+
+def test_no_credentials_fails_clearly(broker: SaslBroker) -> None:
+    """A client without the security settings talks PLAINTEXT to a SASL listener: the
+    broker hangs up. Not authentication, but it must not hang for the timeout either."""
+    src = KafkaSource(broker.bootstrap, ["x"], timeout=5.0)
+    with pytest.raises(ConfigurationError) as ei:
+        src.validate()
+    assert broker.bootstrap in str(ei.value)
+
+
+def test_shared_admin_is_per_connection_settings(broker: SaslBroker) -> None:
+    good = broker.client_config
+    a = shared_admin(broker.bootstrap, good)
+    assert shared_admin(broker.bootstrap, {**good, "linger.ms": 3}) is a  # not a connection one
+    other = shared_admin(broker.bootstrap, {**good, "client.id": "another"})
+    assert other is not a
+    assert shared_admin(broker.bootstrap) is not a
+    # credentials the broker refuses: never the shared client of the right ones, and not
+    # kept either (the next call tries again, and fails again)
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="authentication failed"):
+            shared_admin(broker.bootstrap, {**good, "sasl.password": "other"})
+    assert shared_admin(broker.bootstrap, good) is a
+    del a, other
+
+
+def test_only_connection_settings_reach_the_admin_client(
+        broker: SaslBroker, caplog: pytest.LogCaptureFixture) -> None:
+    conf = {**broker.client_config, "client.id": "mine", "socket.keepalive.enable": True,
+            "fetch.min.bytes": 10, "isolation.level": "read_committed",
+            "linger.ms": 7, "acks": "all", "client.dns.lookup": "use_all_dns_ips"}
+    conn = connection_config(conf)
+    assert conn == {**broker.client_config, "client.id": "mine",
+                    "socket.keepalive.enable": True, "client.dns.lookup": "use_all_dns_ips"}
+    caplog.set_level(logging.INFO, logger="onceflow.kafka")
+    admin = shared_admin(broker.bootstrap, conf)
+    admin.list_topics(timeout=10)
+    time.sleep(0.2)
+    admin.poll(0)
+    warned = [r.getMessage() for r in caplog.records if "CONFWARN" in r.getMessage()]
+    assert not warned, warned
+    del admin

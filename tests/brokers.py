@@ -110,8 +110,9 @@ class OwnBroker:
 class SaslBroker(OwnBroker):
     """An :class:`OwnBroker` whose only client listener is SASL_PLAINTEXT with SASL/PLAIN
     (users ``admin`` and :attr:`USER`; the broker talks to itself as ``admin`` on that
-    listener too); the KRaft controller listener stays PLAINTEXT on loopback, and no
-    PLAINTEXT listener is there for clients. :attr:`client_config` is what a client needs."""
+    listener too) and SCRAM-SHA-256/512 (:meth:`add_scram_user`); the KRaft controller
+    listener stays PLAINTEXT on loopback, and no PLAINTEXT listener is there for clients.
+    :attr:`client_config` is what a client needs (SASL/PLAIN)."""
 
     USER, PASSWORD = "onceflow-user", "s3cret-Pa55word-0f-the-test"
 
@@ -129,12 +130,35 @@ class SaslBroker(OwnBroker):
             "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,"
             "CONTROLLER:PLAINTEXT\n"
             "inter.broker.listener.name=SASL_PLAINTEXT\n"
-            "sasl.enabled.mechanisms=PLAIN\n"
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n"
             "sasl.mechanism.inter.broker.protocol=PLAIN\n"
-            f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}\n")
+            f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}\n"
+            + "".join(f"listener.name.sasl_plaintext.scram-sha-{n}.sasl.jaas.config="
+                      "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+                      for n in (256, 512)))
         self.env["ONCEFLOW_KAFKA_EXTRA_PROPERTIES"] = str(extra)
         self.client_config = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
                               "sasl.username": self.USER, "sasl.password": self.PASSWORD}
+
+    def add_scram_user(self, mechanism: str, user: str, password: str) -> dict[str, Any]:
+        """A SCRAM user (``mechanism`` SCRAM-SHA-256 or -512), made through the admin API
+        as :attr:`USER`; the client settings to log in as it."""
+        from confluent_kafka.admin import (
+            AdminClient,
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialUpsertion,
+        )
+
+        mech = ScramMechanism.SCRAM_SHA_256 if mechanism.endswith("256") else \
+            ScramMechanism.SCRAM_SHA_512
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, **self.client_config})
+        up = UserScramCredentialUpsertion(user, ScramCredentialInfo(mech, 4096),
+                                          password.encode())
+        for f in admin.alter_user_scram_credentials([up]).values():
+            f.result(timeout=30)
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": mechanism,
+                "sasl.username": user, "sasl.password": password}
 
 
 class OwnPostgres:

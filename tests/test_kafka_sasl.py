@@ -216,3 +216,42 @@ def test_only_connection_settings_reach_the_admin_client(
     warned = [r.getMessage() for r in caplog.records if "CONFWARN" in r.getMessage()]
     assert not warned, warned
     del admin
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_scram_logins_of_the_commit_protocols_client(broker: SaslBroker,
+                                                     mechanism: str) -> None:
+    user = f"scram-{mechanism[-3:]}-{uuid.uuid4().hex[:4]}"
+    conf = broker.add_scram_user(mechanism, user, "scram,pa=ss-" + mechanism)
+    deadline = time.monotonic() + 20
+    while True:  # the credential reaches the broker's cache through the metadata log
+        try:
+            with kp.TxnClient(broker.bootstrap, config=conf) as tc:
+                assert isinstance(tc.list_transactions(), list)
+            break
+        except KafkaProtocolError as e:
+            assert time.monotonic() < deadline, str(e)
+            time.sleep(0.2)
+    # and the librdkafka clients with the same settings (the shared admin client)
+    assert shared_admin(broker.bootstrap, conf).list_topics(timeout=10).brokers
+    with pytest.raises(KafkaProtocolError, match="authentication failed") as ei:
+        with kp.TxnClient(broker.bootstrap, config={**conf, "sasl.password": "nope"}) as tc:
+            tc.list_transactions()
+    assert user in str(ei.value) and "nope" not in str(ei.value)
+
+
+def test_unsupported_mechanism_is_refused_when_the_sink_is_made(broker: SaslBroker) -> None:
+    with pytest.raises(ConfigurationError, match=r"sasl\.mechanism=GSSAPI"):
+        KafkaSink(broker.bootstrap, "t", producer_config={"security.protocol": "sasl_ssl"})
+    # at-least-once needs no commit protocol: librdkafka alone decides
+    KafkaSink(broker.bootstrap, "t", guarantee="at_least_once",
+              producer_config={"security.protocol": "sasl_ssl"})
+
+
+def test_nexmark_prefill_on_a_sasl_cluster(broker: SaslBroker) -> None:
+    from onceflow.nexmark import NexmarkConfig, prefill_kafka
+
+    topic = f"nexmark-{uuid.uuid4().hex[:6]}"
+    assert prefill_kafka(broker.bootstrap, topic, NexmarkConfig(events=40), partitions=2,
+                         client_config=broker.client_config) == 40
+    assert len(_read_committed(broker, topic)) == 40

@@ -94,29 +94,34 @@ def _read_committed(broker: SaslBroker, topic: str, partitions: int = PARTITIONS
     return out
 
 
-def _job(broker: SaslBroker, tmp: Path, src: KafkaSource, out: str, name: str) -> Any:
+def _job(tmp: Path, src: KafkaSource, out: str, name: str, bootstrap: str,
+         conf: dict[str, Any]) -> Any:
     flow = of.Flow(name, parallelism=2)
     flow.enable_checkpointing(0.2, tmp / "ckpt")
     (flow.source(src, name="in")
          .map(lambda r: {"id": r["id"], "twice": 2 * r["id"]})
-         .sink(KafkaSink(broker.bootstrap, out, serializer="json",
-                         producer_config=broker.client_config), name="out"))
+         .sink(KafkaSink(bootstrap, out, serializer="json", producer_config=conf),
+               name="out"))
     return flow.run()
 
 
-def test_exactly_once_job_on_a_sasl_cluster(broker: SaslBroker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["SASL_PLAINTEXT", "SASL_SSL"])
+def test_exactly_once_job_on_a_sasl_cluster(broker: SaslBroker, tmp_path: Path,
+                                            tls: bool) -> None:
+    bootstrap, conf = ((broker.tls_bootstrap, broker.tls_client_config) if tls
+                       else (broker.bootstrap, broker.client_config))
     src_topic, out = _topic(broker, "in"), _topic(broker, "out")
     _fill(broker, src_topic, N)
-    src = KafkaSource(broker.bootstrap, [src_topic], stop_at="end", deserializer="json",
-                      value_only=True, consumer_config=broker.client_config)
+    src = KafkaSource(bootstrap, [src_topic], stop_at="end", deserializer="json",
+                      value_only=True, consumer_config=conf)
     flow = f"sasl-{uuid.uuid4().hex[:6]}"
-    result = _job(broker, tmp_path, src, out, flow)
+    result = _job(tmp_path, src, out, flow, bootstrap, conf)
     assert result.records_in("out") == N
     got = _read_committed(broker, out)
     assert sorted(r["id"] for r in got) == list(range(N))
     assert all(r["twice"] == 2 * r["id"] for r in got)
     # the sink's transactions, through the wire-protocol client over SASL too: committed
-    with kp.TxnClient(broker.bootstrap, config=broker.client_config) as tc:
+    with kp.TxnClient(bootstrap, config=conf) as tc:
         found = [t for t in tc.list_transactions() if t[0].startswith(f"onceflow-{flow}-")]
     assert found, "no transactional id of the job's sink listed"
     assert all(state in ("Empty", "CompleteCommit") for _tid, _pid, state in found), found
@@ -133,7 +138,8 @@ def test_committed_start_on_a_sasl_cluster(broker: SaslBroker, tmp_path: Path) -
     src = KafkaSource(broker.bootstrap, [src_topic], group_id=group, start="committed",
                       stop_at="end", deserializer="json", value_only=True,
                       consumer_config=broker.client_config)
-    _job(broker, tmp_path, src, out, f"sasl-{uuid.uuid4().hex[:6]}")
+    _job(tmp_path, src, out, f"sasl-{uuid.uuid4().hex[:6]}", broker.bootstrap,
+         broker.client_config)
     want = sorted(i for i in range(N) if (i % 2 == 0 and i // 2 >= 20)
                   or (i % 2 == 1 and i // 2 >= 35))
     assert sorted(r["id"] for r in _read_committed(broker, out)) == want
@@ -173,6 +179,23 @@ def test_wrong_password_is_a_clear_error_without_the_password(
     outerr = capfd.readouterr()
     for text in (msg, str(ei2.value), str(ei3.value), logged, outerr.out, outerr.err):
         assert wrong not in text and broker.PASSWORD not in text
+
+
+def test_a_certificate_not_trusted_is_a_clear_error(broker: SaslBroker) -> None:
+    """SASL_SSL without the test CA: the broker's certificate is not trusted. The shared
+    admin client and the commit protocol's client both say so at once, naming the broker."""
+    conf = {k: v for k, v in broker.tls_client_config.items() if k != "ssl.ca.location"}
+    t0 = time.monotonic()
+    with pytest.raises(ConfigurationError, match="authentication failed") as ei:
+        KafkaSink(broker.tls_bootstrap, "t", producer_config=conf).validate()
+    assert broker.tls_bootstrap in str(ei.value) and "certificate" in str(ei.value).lower()
+    with pytest.raises(KafkaProtocolError, match=r"authentication failed.*TLS") as ei2:
+        with kp.TxnClient(broker.tls_bootstrap, config=conf) as tc:
+            tc.list_transactions()
+    assert broker.tls_bootstrap in str(ei2.value) and "certificate" in str(ei2.value).lower()
+    assert time.monotonic() - t0 < 15
+    for text in (str(ei.value), str(ei2.value)):
+        assert broker.PASSWORD not in text
 
 
 def test_no_credentials_fails_clearly(broker: SaslBroker) -> None:

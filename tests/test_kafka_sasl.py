@@ -8,6 +8,8 @@ transactional producers and the wire-protocol client of the commit protocol."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import logging
 import time
 import uuid
@@ -278,3 +280,51 @@ def test_nexmark_prefill_on_a_sasl_cluster(broker: SaslBroker) -> None:
     assert prefill_kafka(broker.bootstrap, topic, NexmarkConfig(events=40), partitions=2,
                          client_config=broker.client_config) == 40
     assert len(_read_committed(broker, topic)) == 40
+
+
+_CHILD = """
+import json, sys
+import confluent_kafka as ck
+conf, tid, topic = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+p = ck.Producer({**conf, "transactional.id": tid})
+p.init_transactions(30)
+p.begin_transaction()
+p.produce(topic, b"never-committed")
+assert p.flush(30) == 0
+print(json.dumps({"open": tid}), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_abort_lingering_cli_with_a_command_config(broker: SaslBroker, tmp_path: Path) -> None:
+    topic, prefix = _topic(broker, "al", 1), f"al-{uuid.uuid4().hex[:6]}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, json.dumps(_conf(broker)), f"{prefix}-0-0", topic],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert child.stdout is not None
+        json.loads(child.stdout.readline())
+    finally:
+        child.kill()  # SIGKILL: its transaction stays open
+        child.wait()
+    props = tmp_path / "client.properties"
+    props.write_text("# the cluster's client settings\n" + "".join(
+        f"{k}={v}\n" for k, v in broker.client_config.items()))
+
+    def cli(action: str) -> subprocess.CompletedProcess[str]:
+        exe = str(Path(sys.executable).with_name("onceflow"))  # the console script
+        return subprocess.run([exe, "kafka", action,
+                               "--bootstrap", broker.bootstrap, "--prefix", prefix,
+                               "--command-config", str(props)],
+                              capture_output=True, text=True, timeout=120)
+
+    listed = cli("list")
+    assert listed.returncode == 0 and f"{prefix}-0-0" in listed.stdout and \
+        "Ongoing" in listed.stdout, listed.stdout + listed.stderr
+    aborted = cli("abort-lingering")
+    assert aborted.returncode == 0 and f"{prefix}-0-0" in aborted.stdout, aborted.stderr
+    assert "Ongoing" not in cli("list").stdout
+    assert _read_committed(broker, topic, 1) == []
+    props.write_text("security.protocol\n")
+    bad = cli("list")
+    assert bad.returncode == 2 and f"{props}, line 1" in bad.stderr, bad.stderr

@@ -8,9 +8,9 @@ transactional producers and the wire-protocol client of the commit protocol."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
-import logging
 import time
 import uuid
 from collections.abc import Iterator

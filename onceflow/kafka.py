@@ -68,6 +68,9 @@ def KafkaSink(bootstrap_servers: str, topic: str, *,
     ``transaction_timeout_ms`` must be at most the brokers' ``transaction.max.timeout.ms``
     (checked at start) and well above checkpoint interval + checkpoint timeout + restart
     time.
+    ``producer_config``: librdkafka settings of the producers; its connection settings
+    (``security.protocol``, ``sasl.*``, ``ssl.*``, ``client.id``, ...) also go to every other
+    client of the sink (docs/kafka.md#secured-clusters).
     ``on_lost_transaction``: what happens when a transaction that a completed checkpoint
     covers turns out aborted by the broker (it outlived ``transaction_timeout_ms``, e.g.
     during a long outage) so that its output is lost: ``"fail"`` (default) fails the job

@@ -73,7 +73,9 @@ class KafkaSource(Source):
     ``"bytes"``, ``"str"``, ``"json"`` or a function of the raw bytes. Records are
     :class:`KafkaRecord`\\ s, or only the deserialized values with ``value_only=True``.
     ``stop_at="end"`` makes the source bounded: it ends at the offsets the topics had when
-    the job started fresh."""
+    the job started fresh. ``consumer_config``: librdkafka settings of the consumers; its
+    connection settings (``security.protocol``, ``sasl.*``, ``ssl.*``, ``client.id``, ...)
+    also go to the admin client of the start-up calls (docs/kafka.md#secured-clusters)."""
 
     def __init__(self, bootstrap_servers: str, topics: Sequence[str] | str | re.Pattern[str], *,
                  group_id: str | None = None, start: str | tuple[str, int] = "earliest",

@@ -328,3 +328,25 @@ def test_abort_lingering_cli_with_a_command_config(broker: SaslBroker, tmp_path:
     props.write_text("security.protocol\n")
     bad = cli("list")
     assert bad.returncode == 2 and f"{props}, line 1" in bad.stderr, bad.stderr
+
+
+def test_security_settings_of_the_commit_protocols_client() -> None:
+    sec = kp.Security.from_config({"security.protocol": "sasl_ssl", "sasl.mechanisms": "plain",
+                                   "sasl.username": "u", "sasl.password": "pw-secret-1",
+                                   "ssl.key.password": "pw-secret-2"})
+    assert (sec.protocol, sec.mechanism, sec.sasl, sec.tls) == ("SASL_SSL", "PLAIN", True, True)
+    assert "pw-secret" not in repr(sec)
+    assert not kp.Security.from_config(None).sasl
+    with pytest.raises(ConfigurationError, match="OAUTHBEARER is not supported"):
+        kp.Security.from_config({"security.protocol": "sasl_plaintext",
+                                 "sasl.mechanism": "OAUTHBEARER"})
+    with pytest.raises(ConfigurationError, match=r"needs sasl\.username"):
+        kp.Security.from_config({"security.protocol": "sasl_plaintext",
+                                 "sasl.mechanism": "SCRAM-SHA-256"})
+    with pytest.raises(ConfigurationError, match=r"ssl\.keystore\.location is not supported"):
+        kp.Security.from_config({"security.protocol": "ssl", "ssl.keystore.location": "k.p12"})
+    with pytest.raises(ConfigurationError, match=r"security\.protocol=tls"):
+        kp.Security.from_config({"security.protocol": "tls"})
+    off = kp.Security.from_config({"security.protocol": "ssl",
+                                   "enable.ssl.certificate.verification": False})
+    assert not off.ssl_context().check_hostname

@@ -30,6 +30,7 @@ import base64
 import hashlib
 import hmac
 import io
+import os
 import secrets
 import socket
 import ssl
@@ -265,10 +266,12 @@ class Security:
 
     def ssl_context(self) -> ssl.SSLContext:
         st = dict(self.ssl_settings)
-        ctx = ssl.create_default_context()
-        if "ssl.ca.location" in st or "ssl.ca.pem" in st:
-            ctx = ssl.create_default_context(cafile=st.get("ssl.ca.location"),
-                                             cadata=st.get("ssl.ca.pem"))
+        ca = st.get("ssl.ca.location")
+        if ca == "probe":  # librdkafka: the system's usual CA locations
+            ca = None
+        ctx = ssl.create_default_context(
+            cafile=ca if ca and not os.path.isdir(ca) else None,
+            capath=ca if ca and os.path.isdir(ca) else None, cadata=st.get("ssl.ca.pem"))
         if "ssl.certificate.location" in st:
             ctx.load_cert_chain(st["ssl.certificate.location"], st.get("ssl.key.location"),
                                 st.get("ssl.key.password"))

@@ -289,7 +289,7 @@ conf, tid, topic = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 p = ck.Producer({**conf, "transactional.id": tid})
 p.init_transactions(30)
 p.begin_transaction()
-p.produce(topic, b"never-committed")
+p.produce(topic, json.dumps({"id": "pending"}).encode())
 assert p.flush(30) == 0
 print(json.dumps({"open": tid}), flush=True)
 sys.stdin.read()
@@ -350,3 +350,35 @@ def test_security_settings_of_the_commit_protocols_client() -> None:
     off = kp.Security.from_config({"security.protocol": "ssl",
                                    "enable.ssl.certificate.verification": False})
     assert not off.ssl_context().check_hostname
+
+
+def test_recovery_commit_of_a_dead_producers_transaction_over_sasl(broker: SaslBroker) -> None:
+    """The sink's recovery commit (EndTxn with the recorded producer id and epoch, through
+    its own protocol client) on the secured cluster: a SIGKILLed producer's flushed
+    transaction becomes visible, once."""
+    from onceflow.kafka import KafkaTxn
+
+    topic, prefix = _topic(broker, "rc", 1), f"rc-{uuid.uuid4().hex[:6]}"
+    tid = f"{prefix}-0-0"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, json.dumps(_conf(broker)), tid, topic],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert child.stdout is not None
+        json.loads(child.stdout.readline())
+    finally:
+        child.kill()
+        child.wait()
+    with kp.TxnClient(broker.bootstrap, config=broker.client_config) as tc:
+        d = tc.describe(tid)
+    assert d.state == "Ongoing"
+    assert _read_committed(broker, topic, 1) == []
+    sink = KafkaSink(broker.bootstrap, topic, transactional_id_prefix=prefix,
+                     producer_config=broker.client_config)
+    sink._prefix = prefix
+    sink.commit_recovered(KafkaTxn(tid, 0, d.producer_id, d.producer_epoch, 1,
+                                   start_ms=d.start_ms, checkpoint=1))
+    deadline = time.monotonic() + 10
+    while not (got := _read_committed(broker, topic, 1)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # (the commit markers are written after EndTxn answers)
+    assert got == [{"id": "pending"}]

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka as ck  # a missing dependency fails the suite, never skips it
+import kafkajobs
 import pytest
 from brokers import SaslBroker
 from confluent_kafka.admin import AdminClient, NewTopic
+from jobproc import JobProcess
 
 import onceflow as of
 from onceflow.connectors.kafka import protocol as kp
@@ -382,3 +384,69 @@ def test_recovery_commit_of_a_dead_producers_transaction_over_sasl(broker: SaslB
     while not (got := _read_committed(broker, topic, 1)) and time.monotonic() < deadline:
         time.sleep(0.1)  # (the commit markers are written after EndTxn answers)
     assert got == [{"id": "pending"}]
+
+
+class _SaslJob(JobProcess):
+    """tests/kafkajobs.py (Kafka -> keyed running total -> Kafka, exactly once) on the
+    SASL listener, the client settings given once (``--client-config``)."""
+
+    def __init__(self, tmp: Path, broker: SaslBroker, records: int) -> None:
+        super().__init__(tmp)
+        self.broker, self.records = broker, records
+        self.input, self.output = _topic(broker, "kin", 4), _topic(broker, "kout", 4)
+        p = ck.Producer(_conf(broker, **{"linger.ms": 5}))
+        for i in range(records):
+            p.produce(self.input, json.dumps(kafkajobs.make_input(i)).encode(),
+                      partition=i % 4)
+        assert p.flush(30) == 0
+
+    def command(self) -> list[str]:
+        return [str(Path(__file__).with_name("kafkajobs.py")), "--bootstrap",
+                self.broker.bootstrap, "--input", self.input, "--output", self.output,
+                "--ckpt", str(self.tmp / "ckpt"), "--interval", "0.3", "--rate", "1500",
+                "--client-config", json.dumps(self.broker.client_config)]
+
+    def committed(self) -> list[tuple[int, int, Any]]:
+        c = ck.Consumer(_conf(self.broker, **{"group.id": f"chk-{uuid.uuid4().hex[:6]}",
+                                              "isolation.level": "read_committed",
+                                              "enable.partition.eof": True}))
+        c.assign([ck.TopicPartition(self.output, p, ck.OFFSET_BEGINNING) for p in range(4)])
+        out: list[tuple[int, int, Any]] = []
+        eof: set[int] = set()
+        deadline = time.monotonic() + 30
+        try:
+            while len(eof) < 4 and time.monotonic() < deadline:
+                m = c.poll(0.5)
+                if m is None:
+                    continue
+                if m.error() is not None:
+                    if m.error().code() == ck.KafkaError._PARTITION_EOF:
+                        eof.add(m.partition())
+                        continue
+                    raise ck.KafkaException(m.error())
+                eof.discard(m.partition())
+                out.append((m.partition(), m.offset(), json.loads(m.value())))
+        finally:
+            c.close()
+        assert len(eof) == 4, f"{self.output}: no end of every partition within 30 s"
+        return out
+
+
+@pytest.mark.parametrize("point", ["sink.before_commit@checkpoint=3,subtask=1",
+                                   "sink.after_pre_commit@checkpoint=3,subtask=0"])
+def test_worker_killed_in_the_commit_protocol_on_a_sasl_cluster(
+        broker: SaslBroker, tmp_path: Path, point: str) -> None:
+    """A worker SIGKILLed between a checkpoint and its commit (or just after its
+    pre-commit): the restart's recovery commit / lingering abort go through the sink's
+    clients with the SASL settings, and a read_committed consumer sees each input's
+    effect exactly once."""
+    token = tmp_path / "fault-fired"
+    job = _SaslJob(tmp_path, broker, 3000)
+    job.start(env={"ONCEFLOW_FAULT": point, "ONCEFLOW_FAULT_TOKEN": str(token)})
+    code, result = job.wait(timeout=180)
+    assert token.exists(), f"fault {point} never fired\n{job.tail()}"
+    assert code == 0, job.tail()
+    assert result is not None and result["restarts"] == 1, result
+    problems = kafkajobs.check_output(job.committed(), job.records)
+    assert not problems, "\n".join(problems[:20])
+    assert broker.PASSWORD not in job.tail(100_000)  # the job's whole log

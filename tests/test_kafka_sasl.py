@@ -181,6 +181,7 @@ def test_wrong_password_is_a_clear_error_without_the_password(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "uthentication" in logged  # librdkafka's own line, through onceflow's logger
     outerr = capfd.readouterr()
+    assert "|FAIL|" not in outerr.err  # librdkafka's own stderr lines: none, all logged
     for text in (msg, str(ei2.value), str(ei3.value), logged, outerr.out, outerr.err):
         assert wrong not in text and broker.PASSWORD not in text
 
@@ -450,3 +451,19 @@ def test_worker_killed_in_the_commit_protocol_on_a_sasl_cluster(
     problems = kafkajobs.check_output(job.committed(), job.records)
     assert not problems, "\n".join(problems[:20])
     assert broker.PASSWORD not in job.tail(100_000)  # the job's whole log
+
+
+def test_a_secured_cluster_that_cannot_be_reached_costs_no_extra_wait() -> None:
+    """The first call of a new secured admin client (the credentials check) gives up at
+    once on a refused connection: the error is the call's own, as without security."""
+    from brokers import free_port
+
+    from onceflow.connectors.kafka._common import brokers
+
+    closed = f"127.0.0.1:{free_port()}"
+    conf = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+            "sasl.username": "u", "sasl.password": "not-logged-1234"}
+    t0 = time.monotonic()
+    with pytest.raises(ck.KafkaException):
+        brokers(closed, timeout=1.0, config=conf)
+    assert time.monotonic() - t0 < 5.0

@@ -117,16 +117,20 @@ class _Admin:
 
 class _AuthErrors:
     """The ``error_cb`` of a shared admin client: keeps the last authentication (or TLS)
-    error librdkafka reports (served by the client's ``poll``)."""
+    error librdkafka reports (served by the client's ``poll``), and whether a broker could
+    not be reached at all (``down``: nothing to say about the credentials then)."""
 
     def __init__(self) -> None:
         self.last: Any = None
+        self.down = False
 
     def __call__(self, err: Any) -> None:
         try:
             ck = import_kafka()
             if err.code() in (ck.KafkaError._AUTHENTICATION, ck.KafkaError._SSL):
                 self.last = err
+            elif err.code() in (ck.KafkaError._TRANSPORT, ck.KafkaError._ALL_BROKERS_DOWN):
+                self.down = True
         except Exception:  # an error callback must never fail the client's poll
             pass
 
@@ -207,14 +211,16 @@ _AUTH_CHECK_S = 10.0
 def _check_auth(admin: Any, errors: _AuthErrors, bootstrap: str,
                 conn: dict[str, Any]) -> None:
     """One DescribeCluster on a new client, polling it meanwhile: an authentication error
-    librdkafka reports fails at once. A cluster that does not answer is left to the
-    calls that follow (they say so, with their own timeouts)."""
+    librdkafka reports fails at once. A cluster that cannot be reached or does not answer
+    is left to the calls that follow (they say so, with their own timeouts)."""
     fut = admin.describe_cluster(request_timeout=_AUTH_CHECK_S)
     deadline = time.monotonic() + _AUTH_CHECK_S
     while not fut.done() and time.monotonic() < deadline:
         admin.poll(0.05)  # serves error_cb (and the log lines)
         if errors.last is not None:
             raise auth_failure(bootstrap, conn, errors.last)
+        if errors.down:
+            return
     admin.poll(0)
     if errors.last is not None:
         raise auth_failure(bootstrap, conn, errors.last)

@@ -12,6 +12,7 @@ from typing import Any
 from onceflow.connectors.kafka import brokers as _brokers
 from onceflow.connectors.kafka import import_kafka as _import_kafka
 from onceflow.connectors.kafka import protocol as _kp
+from onceflow.connectors.kafka._common import connection_config as _connection_config
 from onceflow.connectors.kafka.sink import (
     DEFAULT_TRANSACTION_TIMEOUT_MS,
     GUARANTEES,
@@ -67,6 +68,9 @@ def KafkaSink(bootstrap_servers: str, topic: str, *,
     ``transaction_timeout_ms`` must be at most the brokers' ``transaction.max.timeout.ms``
     (checked at start) and well above checkpoint interval + checkpoint timeout + restart
     time.
+    ``producer_config``: librdkafka settings of the producers; its connection settings
+    (``security.protocol``, ``sasl.*``, ``ssl.*``, ``client.id``, ...) also go to every other
+    client of the sink (docs/kafka.md#secured-clusters).
     ``on_lost_transaction``: what happens when a transaction that a completed checkpoint
     covers turns out aborted by the broker (it outlived ``transaction_timeout_ms``, e.g.
     during a long outage) so that its output is lost: ``"fail"`` (default) fails the job
@@ -87,32 +91,36 @@ def KafkaSink(bootstrap_servers: str, topic: str, *,
                           producer_config=producer_config, operation_timeout=operation_timeout)
 
 
-def list_lingering(bootstrap_servers: str, prefix: str) -> list[tuple[str, int, str]]:
+def list_lingering(bootstrap_servers: str, prefix: str, *,
+                   config: dict[str, Any] | None = None) -> list[tuple[str, int, str]]:
     """(transactional id, producer id, state) of every transactional id
-    ``{prefix}-{subtask}-{slot}`` the cluster knows."""
+    ``{prefix}-{subtask}-{slot}`` the cluster knows. ``config``: client settings to connect
+    with (the sink's ``producer_config``: ``security.protocol``, ``sasl.*``, ``ssl.*``)."""
     pat = re.compile(rf"^{re.escape(prefix)}-\d+-\d+$")
-    with _kp.TxnClient(bootstrap_servers) as c:
-        found = c.list_transactions(_brokers(bootstrap_servers))
+    with _kp.TxnClient(bootstrap_servers, config=config) as c:
+        found = c.list_transactions(_brokers(bootstrap_servers, config=config))
     return sorted(t for t in found if pat.match(t[0]))
 
 
-def abort_lingering(bootstrap_servers: str, prefix: str, *, timeout: float = 60.0
-                    ) -> list[tuple[str, str]]:
+def abort_lingering(bootstrap_servers: str, prefix: str, *, timeout: float = 60.0,
+                    config: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """For a job that will not be restarted: abort every open transaction of the sink with
     transactional id prefix ``prefix`` (so read_committed consumers are not held back until
     the transaction timeout) and fence its producers. Returns ``[(id, state before)]``.
 
     Warning: a transaction pre-committed for a completed checkpoint whose commit was cut off
-    by a crash is aborted too; restart the job (``restore="latest"``) instead to commit it."""
+    by a crash is aborted too; restart the job (``restore="latest"``) instead to commit it.
+    ``config``: as for :func:`list_lingering` (the producers get its connection settings)."""
     ck = _import_kafka()
-    found = list_lingering(bootstrap_servers, prefix)
+    found = list_lingering(bootstrap_servers, prefix, config=config)
+    conn = _connection_config(config)
     errors: list[BaseException] = []
 
     def init(tid: str) -> None:
         try:
             from onceflow.connectors.kafka._logs import client_config, serve_logs
 
-            p = ck.Producer(client_config({"bootstrap.servers": bootstrap_servers,
+            p = ck.Producer(client_config({**conn, "bootstrap.servers": bootstrap_servers,
                                            "transactional.id": tid}, "sink"))
             try:
                 p.init_transactions(timeout)

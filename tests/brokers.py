@@ -107,6 +107,95 @@ class OwnBroker:
         assert not hanging, f"kafka-transactions find-hanging: {hanging}"
 
 
+class SaslBroker(OwnBroker):
+    """An :class:`OwnBroker` whose only client listener is SASL_PLAINTEXT with SASL/PLAIN
+    (users ``admin`` and :attr:`USER`; the broker talks to itself as ``admin`` on that
+    listener too) and SCRAM-SHA-256/512 (:meth:`add_scram_user`); the KRaft controller
+    listener stays PLAINTEXT on loopback, and no PLAINTEXT listener is there for clients.
+    :attr:`client_config` is what a client needs (SASL/PLAIN)."""
+
+    USER, PASSWORD = "onceflow-user", "s3cret-Pa55word-0f-the-test"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tls_port = free_port()
+        while self.tls_port in (self.port, self.controller_port):
+            self.tls_port = free_port()
+        self.tls_bootstrap = f"127.0.0.1:{self.tls_port}"
+        keystore, self.ca = self._certificates(directory.parent / f"{directory.name}-tls")
+        extra = directory.parent / f"{directory.name}-sasl.properties"
+        jaas = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+                'username="admin" password="admin-secret" user_admin="admin-secret" '
+                f'user_{self.USER}="{self.PASSWORD}";')
+        extra.write_text(
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},"
+            f"SASL_SSL://127.0.0.1:{self.tls_port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}\n"
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},"
+            f"SASL_SSL://127.0.0.1:{self.tls_port}\n"
+            "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,"
+            "CONTROLLER:PLAINTEXT\n"
+            "listener.name.sasl_ssl.ssl.keystore.type=PEM\n"
+            f"listener.name.sasl_ssl.ssl.keystore.location={keystore}\n"
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN\n"
+            f"listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}\n"
+            "inter.broker.listener.name=SASL_PLAINTEXT\n"
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n"
+            "sasl.mechanism.inter.broker.protocol=PLAIN\n"
+            f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}\n"
+            + "".join(f"listener.name.sasl_plaintext.scram-sha-{n}.sasl.jaas.config="
+                      "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+                      for n in (256, 512)))
+        self.env["ONCEFLOW_KAFKA_EXTRA_PROPERTIES"] = str(extra)
+        self.client_config = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+                              "sasl.username": self.USER, "sasl.password": self.PASSWORD}
+        #: for :attr:`tls_bootstrap`: SASL_SSL, the server certificate checked (the
+        #: test's own CA, the name 127.0.0.1)
+        self.tls_client_config = {**self.client_config, "security.protocol": "SASL_SSL",
+                                  "ssl.ca.location": str(self.ca)}
+
+    @staticmethod
+    def _certificates(d: Path) -> tuple[Path, Path]:
+        """A CA of the test's own and a server certificate for 127.0.0.1 signed by it
+        (``openssl``); (the broker's PEM keystore: key and certificate, the CA file)."""
+        d.mkdir(parents=True, exist_ok=True)
+
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=onceflow-test-ca")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+        (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+        keystore = d / "keystore.pem"
+        keystore.write_text((d / "server.key").read_text() + (d / "server.pem").read_text())
+        return keystore, d / "ca.pem"
+
+    def add_scram_user(self, mechanism: str, user: str, password: str) -> dict[str, Any]:
+        """A SCRAM user (``mechanism`` SCRAM-SHA-256 or -512), made through the admin API
+        as :attr:`USER`; the client settings to log in as it."""
+        from confluent_kafka.admin import (
+            AdminClient,
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialUpsertion,
+        )
+
+        mech = ScramMechanism.SCRAM_SHA_256 if mechanism.endswith("256") else \
+            ScramMechanism.SCRAM_SHA_512
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, **self.client_config})
+        up = UserScramCredentialUpsertion(user, ScramCredentialInfo(mech, 4096),
+                                          password.encode())
+        for f in admin.alter_user_scram_credentials([up]).values():
+            f.result(timeout=30)
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": mechanism,
+                "sasl.username": user, "sasl.password": password}
+
+
 class OwnPostgres:
     """A PostgreSQL server of this test only (``scripts/postgres`` with its own
     ONCEFLOW_PG_DIR and ONCEFLOW_PG_PORT)."""

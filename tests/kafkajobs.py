@@ -31,9 +31,10 @@ def make_input(i: int) -> dict[str, Any]:
 
 def build(flow: of.Flow, bootstrap: str, inp: str, out: str, rate: float,
           prefix: str | None, txn_timeout_ms: int = 120_000, tag: str | None = None,
-          **sink_kw: Any) -> None:
+          client_config: dict[str, Any] | None = None, **sink_kw: Any) -> None:
     totals = (flow.source(KafkaSource(bootstrap, [inp], deserializer="json",
-                                      value_only=True, stop_at="end"), name="kafka-in")
+                                      value_only=True, stop_at="end",
+                                      consumer_config=client_config), name="kafka-in")
               .map(throttle(rate, every=64), name="throttle")
               .map(lambda r: {"user": r["user"], "total": r["amount"], "id": r["id"],
                               "amount": r["amount"]}, name="parse")
@@ -44,7 +45,8 @@ def build(flow: of.Flow, bootstrap: str, inp: str, out: str, rate: float,
         totals = totals.map(lambda r: {**r, "job": tag}, name="tag")
     totals.sink(KafkaSink(bootstrap, out, key=lambda r: r["user"], key_serializer="str",
                           serializer="json", transactional_id_prefix=prefix,
-                          transaction_timeout_ms=txn_timeout_ms, **sink_kw),
+                          transaction_timeout_ms=txn_timeout_ms, producer_config=client_config,
+                          **sink_kw),
                 name="kafka-out")
 
 
@@ -105,6 +107,8 @@ def main() -> None:
     ap.add_argument("--txn-timeout-ms", type=int, default=120_000)
     ap.add_argument("--on-lost", default=None, help="KafkaSink(on_lost_transaction=...)")
     ap.add_argument("--tag", default=None, help="add 'job': TAG to every output record")
+    ap.add_argument("--client-config", type=json.loads, default=None,
+                    help="JSON: the client settings of source and sink (a secured cluster)")
     ap.add_argument("--unchecked-timeout", action="store_true",
                     help="skip the sink's transaction timeout check (to provoke a timeout)")
     args = ap.parse_args()
@@ -120,7 +124,7 @@ def main() -> None:
     flow.enable_checkpointing(args.interval, args.ckpt, retained=2, timeout=30)
     sink_kw = {"on_lost_transaction": args.on_lost} if args.on_lost else {}
     build(flow, args.bootstrap, args.input, args.output, args.rate, args.prefix,
-          args.txn_timeout_ms, args.tag, **sink_kw)
+          args.txn_timeout_ms, args.tag, args.client_config, **sink_kw)
     result = flow.run(restore=args.restore)
     print(json.dumps({"restarts": result.restarts, "failures": result.failures,
                       "checkpoints": len(result.completed_checkpoints),

@@ -55,6 +55,16 @@ def _assert_self_contained(path: str) -> None:
         assert not rel.startswith(".."), rel
 
 
+def _assert_no_staging_left(path: str, job: str | None = None) -> None:
+    """A completed savepoint on a store leaves nothing in the local staging directory the
+    workers wrote it through: not its emptied folders, nor its target's."""
+    job_remote = None if job is None else open_storage(job, "statejob").remote
+    remote, key = savepoint_remote(path, job_remote)
+    for k in (key, key.rsplit("/", 1)[0]):
+        local = remote.path(k)
+        assert not os.path.exists(local), f"{local}: {sorted(os.walk(local))[:5]}"
+
+
 def test_savepoint_to_s3_from_a_directory_job_restores_after_its_checkpoints_are_gone(
         s3_url: str, tmp_path: Path) -> None:
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
@@ -63,6 +73,7 @@ def test_savepoint_to_s3_from_a_directory_job_restores_after_its_checkpoints_are
     path = _stop_to(_start_and_wait(flow, out), f"{s3_url}/sp/")
     assert path.startswith(f"{s3_url}/sp/savepoint-"), path
     _assert_self_contained(path)
+    _assert_no_staging_left(path)
     latest = open_storage(str(ckpt), "statejob").latest_valid()  # failover would use it
     assert latest is not None and latest.location == path, latest
     rerun = statejobs.build(str(out), str(ckpt), backend_name="memory", parallelism=1,
@@ -86,6 +97,7 @@ def test_savepoint_to_another_prefix_from_an_s3_job_is_self_contained(
     path = _stop_to(_start_and_wait(flow, out), f"{s3_url}/sp")
     assert path.startswith(f"{s3_url}/sp/savepoint-"), path
     _assert_self_contained(path)
+    _assert_no_staging_left(path, job=f"{s3_url}/ck")
     rerun = statejobs.build(str(out), f"{s3_url}/ck", backend_name="memory", parallelism=1,
                             records=RECORDS, rate=1e9)
     with pytest.raises(of.ExistingCheckpointError, match="stopped with this savepoint") as e:

@@ -117,6 +117,7 @@ class Savepoint(CheckpointKind):
         except OSError as e:
             log.warning("could not record savepoint %d in %s (%s): restore='latest' will "
                         "not consider it", cid, storage.dir, e.strerror)
+        storage.drop_staging(path)
 
     def discard(self, storage: CheckpointStorage, cid: int) -> None:
         storage.discard_path(self.path)

@@ -343,6 +343,13 @@ class CheckpointStorage:
             return
         shutil.rmtree(path, ignore_errors=True)
 
+    def drop_staging(self, path: str) -> None:
+        """A savepoint on a store completed: its local staging copy goes (each worker
+        deleted its files once they were uploaded, and every one has acknowledged: only
+        the emptied folders are left, and the target's, if nothing else is in it)."""
+        if (at := self._on_store(path)) is not None:
+            at[0].drop_local(at[1])
+
     def discard_incomplete(self) -> None:
         """Remove checkpoint directories that never got metadata (only when no task runs)."""
         for cid in self.ids():

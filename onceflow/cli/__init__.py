@@ -8,8 +8,8 @@
     onceflow stop TARGET --savepoint [--dir D] [--timeout S]
     onceflow checkpoints DIR [--json]
     onceflow inspect PATH [--json]
-    onceflow kafka abort-lingering --bootstrap B --prefix P
-    onceflow kafka list --bootstrap B --prefix P
+    onceflow kafka abort-lingering --bootstrap B --prefix P [--command-config FILE]
+    onceflow kafka list --bootstrap B --prefix P [--command-config FILE]
 
 Exit codes: 0 success, 1 the job failed (verify: the outputs differ; savepoint/stop: the
 job refused or did not answer), 2 bad arguments or configuration; ``run`` stopped by a
@@ -356,6 +356,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     from onceflow import kafka_cli
 
     argv = [args.action, "--bootstrap", args.bootstrap, "--prefix", args.prefix]
+    if args.command_config:
+        argv += ["--command-config", args.command_config]
     return int(kafka_cli.main(argv) or 0)
 
 
@@ -446,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("action", choices=["abort-lingering", "list"])
     k.add_argument("--bootstrap", required=True)
     k.add_argument("--prefix", required=True, help="the sink's transactional_id_prefix")
+    k.add_argument("--command-config", metavar="FILE", help="client settings (key=value "
+                   "lines: security.protocol, sasl.*, ssl.*) for a secured cluster")
     k.set_defaults(func=cmd_kafka)
     return ap
 

@@ -112,25 +112,31 @@ _date_time = operator.itemgetter("date_time")
 
 
 def prefill_kafka(bootstrap: str, topic: str, config: NexmarkConfig | None = None, *,
-                  partitions: int = 8, create: bool = True) -> int:
+                  partitions: int = 8, create: bool = True,
+                  client_config: dict[str, Any] | None = None) -> int:
     """Write the events as JSON to ``topic`` (event ``n`` to partition ``n % partitions``,
-    so each partition holds its events in order); returns how many were written."""
+    so each partition holds its events in order); returns how many were written.
+    ``client_config``: producer settings (e.g. a secured cluster's ``security.protocol``,
+    ``sasl.*``, ``ssl.*``); the admin client that creates the topic gets its connection
+    settings."""
     from onceflow.connectors.kafka import import_kafka
+    from onceflow.connectors.kafka._common import connection_config
 
     ck = import_kafka()
     cfg = config or NexmarkConfig()
     if create:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient({**connection_config(client_config), "bootstrap.servers": bootstrap})
         for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
             try:
                 f.result(30)
             except ck.KafkaException as e:
                 if "TOPIC_ALREADY_EXISTS" not in str(e):
                     raise
-    p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
-                     "enable.idempotence": True, "queue.buffering.max.messages": 500000})
+    p = ck.Producer({"linger.ms": 20, "enable.idempotence": True,
+                     "queue.buffering.max.messages": 500000, **(client_config or {}),
+                     "bootstrap.servers": bootstrap})
     gen = Generator(cfg)
     for n in range(cfg.events):
         value = orjson.dumps(gen.event(n))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 import threading
 import time
@@ -12,7 +14,7 @@ from typing import Any
 from onceflow._optional import require
 from onceflow.connectors.jsonvalues import dumps as json_dumps
 from onceflow.connectors.jsonvalues import loads as json_loads
-from onceflow.connectors.kafka._logs import client_config, serve_logs
+from onceflow.connectors.kafka._logs import client_config, secrets_of, serve_logs
 from onceflow.errors import ConfigurationError
 
 
@@ -54,6 +56,50 @@ def serializer(spec: str | Callable[[Any], Any] | None, what: str) -> Callable[[
         f"KafkaSink: {what}={spec!r}; use 'bytes', 'str', 'json' or a function value -> bytes")
 
 
+#: settings of a Kafka client that say how to reach and authenticate to the brokers
+#: (librdkafka's properties for every kind of client): every client a connector makes gets
+#: them from the user's ``consumer_config`` / ``producer_config``, not only the main one
+CONNECTION_KEY = re.compile(
+    r"^(?:security\.protocol|sasl\..+|ssl\..+|enable\.ssl\.certificate\.verification|"
+    r"enable\.sasl\.oauthbearer\.unsecure\.jwt|oauth_cb|https\..+|client\.id|client\.rack|"
+    r"client\.dns\.lookup|broker\.address\.(?:family|ttl)|socket\..+|"
+    r"connections\.max\.idle\.ms|reconnect\.backoff(?:\.max)?\.ms|api\.version\..+|"
+    r"broker\.version\.fallback|resolve_cb|plugin\.library\.paths|debug)$")
+
+
+def connection_config(conf: dict[str, Any] | None) -> dict[str, Any]:
+    """The connection settings of a client configuration (:data:`CONNECTION_KEY`:
+    ``security.protocol``, ``sasl.*``, ``ssl.*``, ``client.id``, DNS and socket settings):
+    what a connector's other clients (the admin client, a short-lived consumer) need of
+    the user's ``consumer_config`` / ``producer_config``. Consumer-only and producer-only
+    settings are left out (librdkafka warns about them in another kind of client)."""
+    return {k: v for k, v in (conf or {}).items()
+            if isinstance(k, str) and CONNECTION_KEY.match(k)}
+
+
+def _settings_key(conn: dict[str, Any]) -> str:
+    # a digest: the cache's keys never hold a password in plain text
+    return hashlib.sha256(repr(sorted((k, repr(v)) for k, v in conn.items())).encode()
+                          ).hexdigest()
+
+
+def _secured(conn: dict[str, Any]) -> bool:
+    return str(conn.get("security.protocol", "plaintext")).lower() != "plaintext"
+
+
+def auth_failure(bootstrap: str, conn: dict[str, Any], err: Any) -> ConfigurationError:
+    """The error for a client that the brokers at ``bootstrap`` refused (wrong password,
+    unknown user, a TLS handshake that failed): names the broker, the protocol, the
+    mechanism and the user, never a secret."""
+    who = ", ".join(f"{k}={conn[k]}" for k in ("security.protocol", "sasl.mechanism",
+                                                 "sasl.mechanisms", "sasl.username")
+                    if k in conn)
+    text = err.str() if hasattr(err, "str") else str(err)
+    for secret in secrets_of(conn):
+        text = text.replace(secret, "[redacted]")
+    return ConfigurationError(f"Kafka at {bootstrap}: authentication failed ({who}): {text}")
+
+
 #: seconds a shared admin client serves new calls (it serves one job's start-up calls)
 SHARED_ADMIN_TTL_S = 10.0
 #: seconds between two looks at expired admin clients that are still in use
@@ -69,7 +115,27 @@ class _Admin:
         self.client, self.pid, self.made = client, os.getpid(), time.monotonic()
 
 
-_shared: dict[tuple[int, str], _Admin] = {}
+class _AuthErrors:
+    """The ``error_cb`` of a shared admin client: keeps the last authentication (or TLS)
+    error librdkafka reports (served by the client's ``poll``), and whether a broker could
+    not be reached at all (``down``: nothing to say about the credentials then)."""
+
+    def __init__(self) -> None:
+        self.last: Any = None
+        self.down = False
+
+    def __call__(self, err: Any) -> None:
+        try:
+            ck = import_kafka()
+            if err.code() in (ck.KafkaError._AUTHENTICATION, ck.KafkaError._SSL):
+                self.last = err
+            elif err.code() in (ck.KafkaError._TRANSPORT, ck.KafkaError._ALL_BROKERS_DOWN):
+                self.down = True
+        except Exception:  # an error callback must never fail the client's poll
+            pass
+
+
+_shared: dict[tuple[int, str, str], _Admin] = {}
 #: expired admin clients not released yet (someone may still hold them)
 _retired: list[_Admin] = []
 _shared_lock = threading.Lock()
@@ -89,10 +155,15 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def shared_admin(bootstrap: str) -> Any:
+def shared_admin(bootstrap: str, config: dict[str, Any] | None = None) -> Any:
     """An AdminClient for ``bootstrap`` shared by the connectors' start-up calls in this
     process (validation, splits, start offsets, broker lists): one client and one
-    connection instead of one per call. New calls get a new client once it is
+    connection instead of one per call. It has the connection settings of ``config``
+    (:func:`connection_config`: security, ``client.id``, ...), and is shared only by calls
+    with the same ones (never across credentials). A new one on a secured connection
+    makes a first call (DescribeCluster) at once, so that credentials the brokers refuse
+    fail here with a :class:`ConfigurationError` saying so (:func:`auth_failure`), instead
+    of every call hanging in retries for its timeout. New calls get a new client once it is
     :data:`SHARED_ADMIN_TTL_S` old, so no idle client outlives the start-up.
 
     A client is never destroyed by the cyclic garbage collector nor while anyone uses
@@ -105,20 +176,54 @@ def shared_admin(bootstrap: str) -> Any:
     import_kafka()
     from confluent_kafka.admin import AdminClient
 
-    key = (os.getpid(), bootstrap)
+    conn = connection_config(config)
+    key = (os.getpid(), bootstrap, _settings_key(conn))
+    errors: _AuthErrors | None = None
     with _shared_lock:
         entry = _shared.get(key)
         if entry is not None and time.monotonic() - entry.made >= SHARED_ADMIN_TTL_S:
             _retired.append(_shared.pop(key))
             entry = None
         if entry is None:
+            errors = _AuthErrors()
             # (a metadata request for a missing topic must not create it)
             entry = _shared[key] = _Admin(AdminClient(client_config(
-                {"bootstrap.servers": bootstrap, "allow.auto.create.topics": False}, "admin")))
+                {**conn, "bootstrap.servers": bootstrap, "allow.auto.create.topics": False,
+                 "error_cb": errors}, "admin")))
             _arm_sweeper(SHARED_ADMIN_TTL_S)
         client = entry.client
+    if errors is not None and _secured(conn):
+        try:
+            _check_auth(client, errors, bootstrap, conn)
+        except BaseException:
+            with _shared_lock:  # not shared: the next call tries again
+                if _shared.get(key) is entry:
+                    _retired.append(_shared.pop(key))
+            raise
     serve_logs(client)  # the log lines of the calls before (nothing else polls it)
     return client
+
+
+#: seconds the first call of a new secured admin client waits for the brokers
+_AUTH_CHECK_S = 10.0
+
+
+def _check_auth(admin: Any, errors: _AuthErrors, bootstrap: str,
+                conn: dict[str, Any]) -> None:
+    """One DescribeCluster on a new client, polling it meanwhile: an authentication error
+    librdkafka reports fails at once. A cluster that cannot be reached or does not answer
+    is left to the calls that follow (they say so, with their own timeouts)."""
+    fut = admin.describe_cluster(request_timeout=_AUTH_CHECK_S)
+    deadline = time.monotonic() + _AUTH_CHECK_S
+    while not fut.done() and time.monotonic() < deadline:
+        admin.poll(0.05)  # serves error_cb (and the log lines)
+        if errors.last is not None:
+            raise auth_failure(bootstrap, conn, errors.last)
+        if errors.down:
+            return
+    admin.poll(0)
+    if errors.last is not None:
+        raise auth_failure(bootstrap, conn, errors.last)
 
 
 def _arm_sweeper(delay: float) -> None:
@@ -170,12 +275,14 @@ def release_shared_admins() -> int:
         return sum(1 for e in _retired if e.pid == os.getpid())
 
 
-def broker_config(bootstrap: str, name: str, timeout: float = 10.0) -> str | None:
-    """One broker config value (of the first broker in the metadata)."""
+def broker_config(bootstrap: str, name: str, timeout: float = 10.0,
+                  config: dict[str, Any] | None = None) -> str | None:
+    """One broker config value (of the first broker in the metadata); ``config``: the
+    client settings to connect with (only the connection settings are used)."""
     ck = import_kafka()
     from confluent_kafka.admin import ConfigResource
 
-    admin = shared_admin(bootstrap)
+    admin = shared_admin(bootstrap, config)
     try:
         ids = [n.id for n in _cluster(admin, timeout).nodes]
     except ck.KafkaException as e:
@@ -188,9 +295,10 @@ def broker_config(bootstrap: str, name: str, timeout: float = 10.0) -> str | Non
     return None if entry is None else entry.value
 
 
-def brokers(bootstrap: str, timeout: float = 10.0) -> list[tuple[str, int]]:
-    """(host, port) of every broker in the cluster."""
-    return [(str(n.host), int(n.port)) for n in _cluster(shared_admin(bootstrap),
+def brokers(bootstrap: str, timeout: float = 10.0,
+            config: dict[str, Any] | None = None) -> list[tuple[str, int]]:
+    """(host, port) of every broker in the cluster (``config``: as for :func:`broker_config`)."""
+    return [(str(n.host), int(n.port)) for n in _cluster(shared_admin(bootstrap, config),
                                                           timeout).nodes]
 
 

@@ -2,7 +2,9 @@
 
 librdkafka cannot finish a transaction that a dead producer left pre-committed, and
 re-initialising its ``transactional.id`` would *abort* it. Recovery therefore talks to the
-transaction coordinator directly, with these requests (blocking sockets, no SASL/TLS):
+transaction coordinator directly, with these requests (blocking sockets; TLS and SASL
+PLAIN / SCRAM-SHA-256 / SCRAM-SHA-512 from the sink's client settings, see
+:class:`Security`):
 
 ==================  ===  =========  ===============================================
 request             key  versions   used for
@@ -12,6 +14,9 @@ FindCoordinator      10  1..3       the transaction coordinator of a transaction
 EndTxn               26  0..4       commit a pre-committed transaction of a dead producer
 DescribeTransactions 65  0          (producer id, epoch, state) of a transactional id
 ListTransactions     66  0          the transactional ids of a sink (by prefix)
+SaslHandshake        17  1          the SASL mechanism (before any other request but
+                                    ApiVersions)
+SaslAuthenticate     36  0..2       the SASL exchange itself
 ==================  ===  =========  ===============================================
 
 Version choice: the highest version both sides know (``_pick``). EndTxn is capped at 4:
@@ -21,26 +26,34 @@ transactions are not. Flexible versions (compact strings, tagged fields) are han
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import io
+import os
+import secrets
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from onceflow.errors import KafkaProtocolError
+from onceflow.errors import ConfigurationError, KafkaProtocolError
 
 _T = TypeVar("_T")
 
 API_VERSIONS, FIND_COORDINATOR, END_TXN, DESCRIBE_TXNS, LIST_TXNS = 18, 10, 26, 65, 66
+SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
 
 # Our supported version ranges per API (and the first flexible version of each).
 _OURS = {API_VERSIONS: (0, 0), FIND_COORDINATOR: (1, 3), END_TXN: (0, 4),
-         DESCRIBE_TXNS: (0, 0), LIST_TXNS: (0, 0)}
+         DESCRIBE_TXNS: (0, 0), LIST_TXNS: (0, 0), SASL_HANDSHAKE: (1, 1),
+         SASL_AUTHENTICATE: (0, 2)}
 _FLEX_FROM = {API_VERSIONS: 3, FIND_COORDINATOR: 3, END_TXN: 3, DESCRIBE_TXNS: 0,
-              LIST_TXNS: 0}
+              LIST_TXNS: 0, SASL_HANDSHAKE: 99, SASL_AUTHENTICATE: 2}
 
 # Error codes that matter here (org.apache.kafka.common.protocol.Errors).
 NONE = 0
@@ -55,6 +68,9 @@ CONCURRENT_TRANSACTIONS = 51
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 TRANSACTIONAL_ID_NOT_FOUND = 105
 PRODUCER_FENCED = 90
+UNSUPPORTED_SASL_MECHANISM = 33
+ILLEGAL_SASL_STATE = 34
+SASL_AUTHENTICATION_FAILED = 58
 
 ERROR_NAMES = {
     NONE: "NONE", REQUEST_TIMED_OUT: "REQUEST_TIMED_OUT",
@@ -67,6 +83,9 @@ ERROR_NAMES = {
     TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
     TRANSACTIONAL_ID_NOT_FOUND: "TRANSACTIONAL_ID_NOT_FOUND",
     PRODUCER_FENCED: "PRODUCER_FENCED",
+    UNSUPPORTED_SASL_MECHANISM: "UNSUPPORTED_SASL_MECHANISM",
+    ILLEGAL_SASL_STATE: "ILLEGAL_SASL_STATE",
+    SASL_AUTHENTICATION_FAILED: "SASL_AUTHENTICATION_FAILED",
 }
 #: Errors after which asking again (after finding the coordinator again) can succeed.
 RETRIABLE = {REQUEST_TIMED_OUT, COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE,
@@ -121,6 +140,13 @@ class _W:
         else:
             self.i32(n)
 
+    def bytes_(self, raw: bytes) -> None:
+        if self.flex:
+            self.uvarint(len(raw) + 1)
+        else:
+            self.i32(len(raw))
+        self.b.write(raw)
+
     def tags(self) -> None:
         if self.flex:
             self.uvarint(0)
@@ -165,6 +191,10 @@ class _R:
     def array_len(self) -> int:
         return self.uvarint() - 1 if self.flex else self.i32()
 
+    def bytes_(self) -> bytes:
+        n = self.uvarint() - 1 if self.flex else self.i32()
+        return b"" if n < 0 else self._take(n)
+
     def tags(self) -> None:
         if self.flex:
             for _ in range(self.uvarint()):
@@ -172,19 +202,131 @@ class _R:
                 self._take(self.uvarint())
 
 
+# --- security ----------------------------------------------------------------------------
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: TLS settings of librdkafka this client follows (others are refused, not ignored)
+_SSL_KEYS = {"ssl.ca.location", "ssl.ca.pem", "ssl.certificate.location", "ssl.key.location",
+             "ssl.key.password", "ssl.endpoint.identification.algorithm",
+             "enable.ssl.certificate.verification", "ssl.cipher.suites"}
+
+
+@dataclass(frozen=True)
+class Security:
+    """How :class:`Connection` reaches a broker, from a librdkafka client configuration
+    (:meth:`from_config`): ``security.protocol`` PLAINTEXT, SSL, SASL_PLAINTEXT or
+    SASL_SSL; SASL mechanisms PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; TLS with the settings
+    of :data:`_SSL_KEYS`. The password is never in its ``repr``."""
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ssl_settings: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @classmethod
+    def from_config(cls, conf: dict[str, Any] | None, who: str = "KafkaSink") -> Security:
+        """The security of ``conf``; a :class:`ConfigurationError` naming the setting for
+        what this client cannot do."""
+        conf = conf or {}
+        proto = str(conf.get("security.protocol", "plaintext")).upper()
+        if proto not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ConfigurationError(f"{who}: security.protocol={proto.lower()}: use plaintext, "
+                                     "ssl, sasl_plaintext or sasl_ssl")
+        mech = user = password = ""
+        if proto.startswith("SASL_"):
+            mech = str(conf.get("sasl.mechanism", conf.get("sasl.mechanisms", "GSSAPI"))).upper()
+            if mech not in SASL_MECHANISMS:
+                raise ConfigurationError(
+                    f"{who}(guarantee='exactly_once'): sasl.mechanism={mech} is not supported "
+                    f"yet: the commit protocol's own Kafka client speaks SASL "
+                    f"{', '.join(SASL_MECHANISMS)} only")
+            user = str(conf.get("sasl.username", ""))
+            password = str(conf.get("sasl.password", ""))
+            if not user:
+                raise ConfigurationError(f"{who}: sasl.mechanism={mech} needs sasl.username "
+                                         "and sasl.password")
+        tls: list[tuple[str, str]] = []
+        if proto in ("SSL", "SASL_SSL"):
+            for k in conf:
+                if isinstance(k, str) and k.startswith("ssl.") and k not in _SSL_KEYS:
+                    raise ConfigurationError(
+                        f"{who}(guarantee='exactly_once'): {k} is not supported yet by the "
+                        f"commit protocol's own Kafka client (it follows "
+                        f"{', '.join(sorted(_SSL_KEYS))})")
+            tls = sorted((k, str(v)) for k, v in conf.items() if k in _SSL_KEYS)
+        return cls(proto, mech, user, password, tuple(tls))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        st = dict(self.ssl_settings)
+        ca = st.get("ssl.ca.location")
+        if ca == "probe":  # librdkafka: the system's usual CA locations
+            ca = None
+        ctx = ssl.create_default_context(
+            cafile=ca if ca and not os.path.isdir(ca) else None,
+            capath=ca if ca and os.path.isdir(ca) else None, cadata=st.get("ssl.ca.pem"))
+        if "ssl.certificate.location" in st:
+            ctx.load_cert_chain(st["ssl.certificate.location"], st.get("ssl.key.location"),
+                                st.get("ssl.key.password"))
+        if "ssl.cipher.suites" in st:
+            ctx.set_ciphers(st["ssl.cipher.suites"])
+        verify = st.get("enable.ssl.certificate.verification", "true").lower() not in (
+            "false", "0")
+        ctx.check_hostname = verify and st.get(
+            "ssl.endpoint.identification.algorithm", "https").lower() == "https"
+        if not verify:
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+def _saslname(user: str) -> str:
+    return user.replace("=", "=3D").replace(",", "=2C")
+
+
+def _scram_fields(msg: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in msg.decode().split(","):
+        k, eq, v = part.partition("=")
+        if eq:
+            out[k] = v
+    return out
+
+
 # --- connection --------------------------------------------------------------------------
 class Connection:
     """One blocking connection to one broker; requests are sent one at a time."""
 
     def __init__(self, host: str, port: int, *, timeout: float = 10.0,
-                 client_id: str = "onceflow-txn") -> None:
+                 client_id: str = "onceflow-txn", security: Security | None = None) -> None:
         self.host, self.port, self.client_id = host, port, client_id
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.security = security or Security()
+        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
         self.sock.settimeout(timeout)
         self._corr = 0
         self._lock = threading.Lock()
         self.versions: dict[int, tuple[int, int]] = {}
-        self.versions = self._api_versions()
+        try:
+            if self.security.tls:
+                try:
+                    self.sock = self.security.ssl_context().wrap_socket(
+                        self.sock, server_hostname=host)
+                except ssl.SSLError as e:
+                    raise KafkaProtocolError(
+                        f"broker {host}:{port}: authentication failed (TLS handshake, "
+                        f"security.protocol={self.security.protocol}): {e}") from e
+            self.versions = self._api_versions()
+            if self.security.sasl:
+                self._authenticate()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         try:
@@ -248,6 +390,73 @@ class Connection:
                 raise OSError("connection closed by broker")
             buf += chunk
         return bytes(buf)
+
+    # --- SASL ----------------------------------------------------------------------------
+    def _auth_failed(self, why: str) -> KafkaProtocolError:
+        sec = self.security
+        return KafkaProtocolError(
+            f"broker {self.host}:{self.port}: authentication failed (security.protocol="
+            f"{sec.protocol}, sasl.mechanism={sec.mechanism}, sasl.username={sec.username}): "
+            f"{why}", SASL_AUTHENTICATION_FAILED)
+
+    def _authenticate(self) -> None:
+        sec = self.security
+        r = self.request(SASL_HANDSHAKE, self._handshake_body(sec.mechanism),
+                         self._pick(SASL_HANDSHAKE))
+        err = r.i16()
+        offered = [r.string() or "" for _ in range(r.array_len())]
+        if err:
+            raise self._auth_failed(f"SaslHandshake: {error_name(err)} (the broker offers "
+                                    f"{', '.join(offered) or 'no mechanism'})")
+        if sec.mechanism == "PLAIN":
+            self._sasl_step(b"\0" + sec.username.encode() + b"\0" + sec.password.encode())
+            return
+        self._scram()
+
+    @staticmethod
+    def _handshake_body(mechanism: str) -> bytes:
+        w = _W(False)
+        w.string(mechanism)
+        return w.b.getvalue()
+
+    def _sasl_step(self, data: bytes) -> bytes:
+        v = self._pick(SASL_AUTHENTICATE)
+        w = _W(v >= 2)
+        w.bytes_(data)
+        w.tags()
+        r = self.request(SASL_AUTHENTICATE, w.b.getvalue(), v)
+        err = r.i16()
+        message = r.string()
+        out = r.bytes_()
+        if err:
+            raise self._auth_failed(message or error_name(err))
+        return out
+
+    def _scram(self) -> None:
+        sec = self.security
+        algo = "sha256" if sec.mechanism == "SCRAM-SHA-256" else "sha512"
+        nonce = secrets.token_urlsafe(24)
+        bare = f"n={_saslname(sec.username)},r={nonce}"
+        server_first = self._sasl_step(f"n,,{bare}".encode())
+        first = _scram_fields(server_first)
+        if not first.get("r", "").startswith(nonce) or "s" not in first or "i" not in first:
+            raise self._auth_failed("the broker's SCRAM challenge is not valid")
+        salted = hashlib.pbkdf2_hmac(algo, sec.password.encode(), base64.b64decode(first["s"]),
+                                     int(first["i"]))
+        client_key = hmac.new(salted, b"Client Key", algo).digest()
+        without_proof = f"c=biws,r={first['r']}"
+        auth = f"{bare},{server_first.decode()},{without_proof}".encode()
+        sig = hmac.new(hashlib.new(algo, client_key).digest(), auth, algo).digest()
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, sig,
+                                                             strict=True))).decode()
+        final = _scram_fields(self._sasl_step(f"{without_proof},p={proof}".encode()))
+        server_key = hmac.new(salted, b"Server Key", algo).digest()
+        want = base64.b64encode(hmac.new(server_key, auth, algo).digest()).decode()
+        if "e" in final:
+            raise self._auth_failed(final["e"])
+        if not hmac.compare_digest(final.get("v", ""), want):
+            raise self._auth_failed("the broker's SCRAM signature does not match (not the "
+                                    "broker it claims to be?)")
 
     # --- APIs ----------------------------------------------------------------------------
     def _api_versions(self) -> dict[int, tuple[int, int]]:
@@ -367,9 +576,14 @@ def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
 class TxnClient:
     """Talks to transaction coordinators of a cluster, found through ``bootstrap``."""
 
-    def __init__(self, bootstrap: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, bootstrap: str, *, timeout: float = 10.0,
+                 config: dict[str, Any] | None = None) -> None:
+        """``config``: the client settings of the sink (``producer_config``): its
+        ``security.protocol``, ``sasl.*``, ``ssl.*`` and ``client.id`` are used."""
         self.bootstrap = _split_bootstrap(bootstrap)
         self.timeout = timeout
+        self.security = Security.from_config(config)
+        self.client_id = str((config or {}).get("client.id", "onceflow-txn"))
         self._conns: dict[tuple[str, int], Connection] = {}
 
     def close(self) -> None:
@@ -386,7 +600,9 @@ class TxnClient:
     def _conn(self, host: str, port: int) -> Connection:
         c = self._conns.get((host, port))
         if c is None:
-            c = self._conns[(host, port)] = Connection(host, port, timeout=self.timeout)
+            c = self._conns[(host, port)] = Connection(
+                host, port, timeout=self.timeout, client_id=self.client_id,
+                security=self.security)
         return c
 
     def _drop(self, c: Connection) -> None:

@@ -269,12 +269,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         _check_common(self.bootstrap_servers, self.topic)
         if self.transaction_timeout_ms < 1000:
             raise ConfigurationError("KafkaSink: transaction_timeout_ms must be >= 1000")
-        proto = str(self.producer_config.get("security.protocol", "plaintext")).lower()
-        if proto != "plaintext":
-            raise ConfigurationError(
-                f"KafkaSink(guarantee='exactly_once'): security.protocol={proto} is not "
-                "supported yet: the recovery commit speaks the Kafka protocol itself, in "
-                "PLAINTEXT only")
+        # the commit protocol's own client connects as the producers do (or says why not)
+        kp.Security.from_config(self.producer_config)
         for k in ("transactional.id", "bootstrap.servers"):
             if k in self.producer_config:
                 raise ConfigurationError(f"KafkaSink: set {k} through the KafkaSink arguments, "
@@ -331,7 +327,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
     # --- validation ----------------------------------------------------------------------
     def validate(self) -> None:
         """Driver side, before the job starts: the broker must accept the timeout."""
-        raw = broker_config(self.bootstrap_servers, "transaction.max.timeout.ms")
+        raw = broker_config(self.bootstrap_servers, "transaction.max.timeout.ms",
+                            config=self.producer_config)
         check_transaction_timeout(self.transaction_timeout_ms,
                                   int(raw) if raw is not None else None)
 
@@ -361,7 +358,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def _txn_client(self) -> kp.TxnClient:
         if self._client is None:
-            self._client = kp.TxnClient(self.bootstrap_servers, timeout=10.0)
+            self._client = kp.TxnClient(self.bootstrap_servers, timeout=10.0,
+                                        config=self.producer_config)
         return self._client
 
     def _tid(self, subtask: int, slot: int) -> str:
@@ -844,7 +842,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         pat = re.compile(rf"^(?:{'|'.join(map(re.escape, prefixes))})-(\d+)-(\d+)$")
         ids: set[str] = set()
         try:
-            found = self._txn_client().list_transactions(brokers(self.bootstrap_servers))
+            found = self._txn_client().list_transactions(
+                brokers(self.bootstrap_servers, config=self.producer_config))
         except kp.KafkaProtocolError as e:
             log.warning("kafka sink: ListTransactions failed (%s); using the state only", e)
             found = []

@@ -73,7 +73,9 @@ class KafkaSource(Source):
     ``"bytes"``, ``"str"``, ``"json"`` or a function of the raw bytes. Records are
     :class:`KafkaRecord`\\ s, or only the deserialized values with ``value_only=True``.
     ``stop_at="end"`` makes the source bounded: it ends at the offsets the topics had when
-    the job started fresh."""
+    the job started fresh. ``consumer_config``: librdkafka settings of the consumers; its
+    connection settings (``security.protocol``, ``sasl.*``, ``ssl.*``, ``client.id``, ...)
+    also go to the admin client of the start-up calls (docs/kafka.md#secured-clusters)."""
 
     def __init__(self, bootstrap_servers: str, topics: Sequence[str] | str | re.Pattern[str], *,
                  group_id: str | None = None, start: str | tuple[str, int] = "earliest",
@@ -150,7 +152,8 @@ class KafkaSource(Source):
         return sorted(out)
 
     def _admin(self) -> Any:
-        return shared_admin(self.bootstrap_servers)
+        # with the connection settings (security, client.id, ...) of consumer_config
+        return shared_admin(self.bootstrap_servers, self.consumer_config)
 
     def _prepared(self) -> tuple[Any, list[tuple[str, int]]]:
         """An admin client and the partition list for the driver's start-up calls on a
@@ -254,7 +257,8 @@ class KafkaSource(Source):
         # committed
         from onceflow.connectors.kafka._logs import client_config, serve_logs
 
-        c = ck.Consumer(client_config({"bootstrap.servers": self.bootstrap_servers,
+        c = ck.Consumer(client_config({**self.consumer_config,
+                                       "bootstrap.servers": self.bootstrap_servers,
                                        "group.id": self.group_id, "enable.auto.commit": False},
                                       "source"))
         try:

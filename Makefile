@@ -25,14 +25,16 @@ demo: $(VENV)/.synced
 # The real servers the tests use: PostgreSQL (Debian package, installed when missing) and
 # Apache Kafka (KRaft, jars from Maven Central), both on 127.0.0.1 only; SeaweedFS (an
 # S3-compatible object store, built once from its Go module, 127.0.0.1 only); and headless
-# Chromium + chromedriver (Debian packages, installed when missing) for the dashboard test.
+# Chromium + chromedriver (Debian packages, installed when missing) for the dashboard test;
+# openssl makes the SASL_SSL test broker's own CA and certificate.
 services:
 	scripts/postgres start
 	scripts/kafka start
 	scripts/s3 start
 	scripts/browser install
 	@command -v unshare >/dev/null && command -v ip >/dev/null && command -v ss >/dev/null \
-		|| (apt-get update -q && apt-get install -y -q util-linux iproute2)
+		&& command -v openssl >/dev/null \
+		|| (apt-get update -q && apt-get install -y -q util-linux iproute2 openssl)
 
 stop-services:
 	-scripts/kafka stop

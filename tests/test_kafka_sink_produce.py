@@ -118,3 +118,42 @@ def test_json_values_keep_nan_and_infinities_end_to_end(bootstrap: str, tmp_path
     back = collected.records()
     assert back[0] == ["k", -math.inf, math.inf, 5] and back[1] == {"x": None, "n": 1}, back
     assert back[2][0] == 1 and math.isnan(back[2][1]), back
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_unkeyed_json_values_are_written_as_the_serializer_says_with_a_full_queue(
+        bootstrap: str, tmp_path: Path, guarantee: str) -> None:
+    """serializer="json" without key, partition or headers (the sink's batch-encoding
+    path): every record's bytes are jsonvalues.dumps's (NaN and infinities kept, non-string
+    keys, a null record, nulls next to non-finite numbers), in order and none lost while
+    the producer's queue (5 messages here) is full again and again."""
+    import math
+
+    from onceflow.connectors.jsonvalues import dumps
+
+    topic = new_topic(bootstrap, 1, "unkeyed")
+    records: list = []
+    for i in range(300):
+        records.append([{"i": i, "u": None}, {1: "a", "i": i}, None, [i, math.inf, None],
+                        {"i": i, "x": -math.inf}, {"i": i, "nan": math.nan}][i % 6])
+    sink = KafkaSink(bootstrap, topic, guarantee=guarantee, serializer="json",
+                     transactional_id_prefix=f"unk-{uuid.uuid4().hex[:8]}",
+                     producer_config={"queue.buffering.max.messages": 5})
+    ctx = SinkContext(flow="unk", uid="out", subtask=0, parallelism=1, attempt=0,
+                      flow_dir=str(tmp_path))
+    sink.open(ctx)
+    if guarantee == "exactly_once":
+        txn = sink.begin_transaction()
+        sink.write(txn, records[:100])
+        sink.write(txn, records[100:])
+        sink.pre_commit(txn)
+        sink.commit(txn)
+    else:
+        sink.write(records[:100])
+        sink.write(records[100:])
+        sink.finish()
+    sink.close()
+    raw = [m.value() for m in _read(bootstrap, topic, len(records))]
+    assert raw == [dumps(r) for r in records]
+    assert raw[3] == b"[3,Infinity,null]" and raw[5] == b'{"i":5,"nan":NaN}', raw[:6]
+    assert raw[1] == b'{"1":"a","i":1}' and raw[2] == b"null", raw[:6]

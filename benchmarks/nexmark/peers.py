@@ -99,6 +99,22 @@ def reference_counts(events: int, queries: list[str]) -> dict[str, int]:
     return out
 
 
+def cached_reference(events: int, queries: list[str], path: str | None) -> dict[str, int]:
+    """:func:`reference_counts`, kept in the JSON file ``path`` (by event count) when
+    given: at W5's 5,000,000 events the DuckDB reference takes a minute and a few GB."""
+    if not path:
+        return reference_counts(events, queries)
+    f = Path(path)
+    have = json.loads(f.read_text()) if f.exists() else {}
+    got = have.get(str(events), {})
+    missing = [q for q in queries if q != "q4" and q not in got]
+    if missing:
+        got.update(reference_counts(events, missing))
+        have[str(events)] = got
+        f.write_text(json.dumps(have, indent=2, sort_keys=True) + "\n")
+    return {q: got[q] for q in queries if q in got}
+
+
 # --- Kafka -----------------------------------------------------------------------------------
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -356,6 +372,73 @@ Notes:
 """
 
 
+SIZE_NOTE_200K = NOTES.split("\n\n")[1]  # the "Size" note of the 200,000-event runs
+
+SIZE_NOTE_W5 = """- **Size**: {events:,} events (W5's N is 5,000,000: WORKLOADS.md) for onceflow and
+  Bytewax. Flink SQL and Quix Streams were not rerun at this size (one Flink run takes 1-2
+  minutes at 200,000 events here; 3 rounds of Flink's and Quix's configurations at
+  5,000,000 would take hours on this shared machine): their ratios are those of the
+  200,000-event run ({peers_from}.md: the same generator, seed and settings, so the first
+  200,000 of these events), both sides measured at 200,000 events (the table after the
+  ratios above); they are not ratios to this run's figures."""
+
+
+#: notes of the 200,000-event runs that later measurements replace in other runs' notes
+CPU_NOTE_200K = NOTES[NOTES.index("- **CPU seconds**"):NOTES.index("- **Checkpoint size**")]
+WHERE_NOTE_200K = NOTES[NOTES.index("- **Where Kafka's q0/q2/q3"):NOTES.index(
+    "- **Where q5's time goes**")]
+
+CPU_NOTE_W5 = """- **CPU seconds**: onceflow's are the driver's from `flow.run()` on plus the
+  worker's whole life (the worker is forked from the driver, so it does not import anything again;
+  its librdkafka threads included), which is the number the target is judged on; the
+  fixed part is about 0.15 CPU-s per run (a 20,000-event q0 or q3 run costs 0.22-0.23
+  CPU-s: driver 0.11, worker 0.12-0.13; nexmark-kafka-profile.txt), under 1 % of a
+  5,000,000-event run, so no figure without start-up is given. Bytewax's and Quix's are
+  their process's from `run()` on (their imports excluded), Flink's the JVM's from
+  `INSERT` submission.
+"""
+
+WHERE_NOTE_W5 = """- **Where onceflow's CPU goes over Kafka now** (py-spy of the worker at 200 Hz,
+  q0 and q3 at 200,000 events, after the batch paths of 2026-12-01 20:20 UTC;
+  nexmark-kafka-profile.txt): per event, q0 costs about 4.1 CPU-µs in all (q3 about 2.9):
+  the worker's main thread about 3 µs and librdkafka's threads about 0.75 µs. Shares of
+  the worker's samples, q0 / q3: orjson decoding 19 % / 32 %, librdkafka's consume 7 % /
+  9 %, the source's Python 5 % / 7 %, Producer.produce and poll 13 % / 6 % and the sink's
+  Python loop and orjson encoding 16 % / 2 %, the query's operators and functions (the
+  filter, the map, the join, the timestamp function) about 10 % / 19 %, the task loop,
+  watermarks, message freeing and checkpoints the rest. The earlier cProfile figures
+  (18-27 % for the source's per-message loop) were inflated by cProfile's cost per C
+  call: without a profiler that loop cost about 1.0 µs per message, 0.2 µs of it the
+  loop itself, the rest orjson.
+"""
+
+
+def other_ratios(stem: str, systems: list[str]) -> dict[str, Any]:
+    """The ratios of the results ``stem`` to the peers not run here, and its size."""
+    other = json.loads((RESULTS / f"{stem}.json").read_text())
+    return {"stem": stem, "events": other["events"], "date": other["machine"].get("date"),
+            "ratios": [x for x in other["ratios"] if x["peer"] not in systems]}
+
+
+def _other_lines(res: dict[str, Any]) -> list[str]:
+    o = res.get("peers_from")
+    if not o or not o["ratios"]:
+        return []
+    lines = ["", f"Ratios to the peers not run at this size, from {o['stem']}.md "
+             f"({o['events']:,} events, {o['date']}; both sides at {o['events']:,} events; "
+             "truncated):", "",
+             "| query | onceflow | peer | events/s | events/s per core |",
+             "|---|---|---|---:|---:|"]
+    seen: dict[tuple[str, str, str], dict[str, float]] = {}
+    for x in o["ratios"]:
+        seen.setdefault((x["query"], x["onceflow"], x["peer"]), {})[x["figure"]] = x["ratio"]
+    for (q, a, b), f in seen.items():
+        r1, r2 = f.get("events_per_s_median"), f.get("events_per_cpu_s_median")
+        lines.append(f"| {q} | {LABEL[a]} | {LABEL[b]} | {_trunc(r1) if r1 else '-'} | "
+                     f"{_trunc(r2) if r2 else '-'} |")
+    return lines
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
@@ -392,7 +475,15 @@ def render(res: dict[str, Any]) -> str:
         r1, r2 = f.get("events_per_s_median"), f.get("events_per_cpu_s_median")
         lines.append(f"| {q} | {LABEL[a]} | {LABEL[b]} | {_trunc(r1) if r1 else '-'} | "
                      f"{_trunc(r2) if r2 else '-'} |")
-    lines += ["", *targets(res), "", NOTES.strip()]
+    lines += _other_lines(res)
+    notes = NOTES.strip()
+    if res["events"] != 200_000:
+        notes = notes.replace(SIZE_NOTE_200K, SIZE_NOTE_W5.format(
+            events=res["events"], peers_from=(res.get("peers_from") or {}).get(
+                "stem", "nexmark-peers")))
+        notes = notes.replace(CPU_NOTE_200K, CPU_NOTE_W5).replace(WHERE_NOTE_200K,
+                                                                  WHERE_NOTE_W5)
+    lines += ["", *targets(res), "", notes]
     problems = [f"{r['query']} {r['system']} run {i + 1}: {p}" for r in res["rows"]
                 for i, run in enumerate(r["runs"]) for p in run.get("problems", [])]
     if problems:
@@ -444,6 +535,16 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--stem", default="nexmark-peers")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--reference-json", default=None,
+                    help="keep the DuckDB reference row counts in this JSON file (by "
+                    "--events) and reuse them")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="pre-fill the topic and compute the reference, then stop (prints "
+                    "the topic for --topic)")
+    ap.add_argument("--peers-from", default=None,
+                    help="a results stem (e.g. nexmark-peers) whose ratios to the systems "
+                    "not run here (Flink SQL, Quix) the table also lists, labelled with "
+                    "that run's event count")
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args()
     if args.render_only:
@@ -472,8 +573,11 @@ def main() -> int:
         prefill_kafka(args.bootstrap, args.topic, NexmarkConfig(events=args.events),
                       partitions=8)
         print(f"prefilled {args.topic} in {time.perf_counter() - t0:.1f} s", flush=True)
-    args.reference = reference_counts(args.events, queries)
+    args.reference = cached_reference(args.events, queries, args.reference_json)
     print(f"reference row counts: {args.reference}", flush=True)
+    if args.prepare_only:
+        print(f"prepared: --topic {args.topic} --events {args.events}", flush=True)
+        return 0
     runs: dict[tuple[str, str], list[dict]] = {
         (q, s): [] for q in queries for s in systems
         if not (s == "bytewax" and q not in BYTEWAX_QUERIES)
@@ -489,6 +593,8 @@ def main() -> int:
                   + ("" if rec.get("valid") else f" INVALID {rec.get('problems')}"), flush=True)
         res = summarize(runs, args, machine)  # after every round: what is measured so far
         res["rounds_done"] = i + 1
+        if args.peers_from:
+            res["peers_from"] = other_ratios(args.peers_from, systems)
         md = render(res)
         if not args.no_save:
             RESULTS.mkdir(parents=True, exist_ok=True)

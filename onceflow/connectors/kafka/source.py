@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, NamedTuple
 
 import orjson
@@ -387,6 +388,8 @@ class KafkaSplitReader(SplitReader):
     def _on_error(self, m: Any, err: Any) -> None:
         etp = (m.topic(), m.partition())
         if err.code() == self.ck.KafkaError._PARTITION_EOF:
+            if etp in self.done:  # a bounded partition finished: its position is its end
+                return  # (the EOF's offset lies past it when records came after the end)
             # the fetch position skipped control records (transaction markers)
             pos = self.pos
             if m.offset() is not None and m.offset() > pos.get(etp, -1):
@@ -399,9 +402,96 @@ class KafkaSplitReader(SplitReader):
         raise self.ck.KafkaException(err)
 
     def _values(self, msgs: list[Any]) -> list[Any]:
-        """``value_only``: the values. Messages come in runs of one partition; per message
-        only its error, partition and value are read, and the position, the partition list
-        and the end of a bounded partition are dealt with once per run (:meth:`_end_run`)."""
+        """``value_only``: the values. A batch without error messages (the common case)
+        takes :meth:`_values_fast`; one with errors (end of partition, ...) the loop
+        below, which deals with them in order."""
+        if not msgs:
+            self._runs = []
+            return []
+        # any(): truth values only (a KafkaError compared with None leaves a TypeError set
+        # in confluent-kafka 2.16: never ``==``, ``in`` or ``list.count`` on errors)
+        if any(map(self.ck.Message.error, msgs)):
+            return self._values_loop(msgs)
+        return self._values_fast(msgs)
+
+    def _values_fast(self, msgs: list[Any]) -> list[Any]:
+        """The values of a batch without error messages, without a Python loop over its
+        messages: partitions, (topics) and values are read with ``map`` over the Message
+        methods, the runs of one partition found with ``groupby``, the JSON decoded with
+        ``map(orjson.loads)``; per run only its last offset is read, and the position,
+        the end of a bounded partition dealt with (as :meth:`_end_run` does). A value
+        that is null or does not decode with orjson alone falls back to decoding value
+        by value; a batch with messages of a finished partition takes the loop. So the
+        values decoded, the results and the errors are those of :meth:`_values_loop`."""
+        Message = self.ck.Message
+        n = len(msgs)
+        parts = list(map(Message.partition, msgs))
+        one_topic = not isinstance(self.src.topics, str | re.Pattern) and \
+            len(self.src.topics) == 1
+        # the runs of one partition: (topic, partition), index of the first, number
+        spans: list[tuple[tuple[str, int], int, int]] = []
+        if one_topic:
+            t = msgs[0].topic()
+            if parts[0] == parts[-1] and parts.count(parts[0]) == n:
+                spans.append(((t, parts[0]), 0, n))
+            else:
+                i = 0
+                for p, g in groupby(parts):
+                    k = sum(1 for _ in g)
+                    spans.append(((t, p), i, k))
+                    i += k
+        else:
+            i = 0
+            for tp, g in groupby(zip(map(Message.topic, msgs), parts, strict=True)):
+                k = sum(1 for _ in g)
+                spans.append((tp, i, k))
+                i += k
+        done, end, pos = self.done, self.end, self.pos
+        if any(tp in done for tp, _, _ in spans):
+            return self._values_loop(msgs)  # rare: left-overs of a finished partition
+        raw = list(map(Message.value, msgs))
+        if self._json:
+            try:
+                out = list(map(orjson.loads, raw))
+            except orjson.JSONDecodeError:  # a null value, NaN/Infinity (jsonvalues), or bad
+                out = [None if v is None else json_loads(v) for v in raw]
+        else:
+            out = list(map(self.value, raw))
+        runs: list[tuple[tuple[str, int], int]] = []
+        self._runs = runs
+        cut = False  # some values are dropped (past the end of a bounded partition)
+        keep: list[tuple[int, int]] = []  # (first index, number) of the values kept
+        for tp, first, k in spans:
+            off = msgs[first + k - 1].offset()
+            lim = None if end is None else end[tp]
+            if lim is not None and off + 1 >= lim:
+                if off >= lim:  # rare: cut the run at the end offset
+                    j = first
+                    while msgs[j].offset() < lim:
+                        j += 1
+                    cut = True
+                    k = j - first
+                if k:
+                    runs.append((tp, k))
+                    keep.append((first, k))
+                pos[tp] = lim
+                self._finished(tp)
+                continue
+            pos[tp] = off + 1
+            runs.append((tp, k))
+            keep.append((first, k))
+        if cut:
+            kept: list[Any] = []
+            for first, k in keep:
+                kept.extend(out[first:first + k])
+            return kept
+        return out
+
+    def _values_loop(self, msgs: list[Any]) -> list[Any]:
+        """``value_only``, a batch with error messages: the values. Messages come in runs
+        of one partition; per message only its error, partition and value are read, and
+        the position, the partition list and the end of a bounded partition are dealt with
+        once per run (:meth:`_end_run`)."""
         out: list[Any] = []
         append = out.append
         runs: list[tuple[tuple[str, int], int]] = []  # (partition, records) of the batch

@@ -279,6 +279,10 @@ def targets(res: dict[str, Any]) -> list[str]:
         a, b = by.get((q, "onceflow-memory")), by.get((q, "bytewax"))
         if not a or not b:
             continue
+        if not b["events_per_cpu_s_median"]:
+            out.append(f"- {q} onceflow (memory) / Bytewax: no valid Bytewax run (see the "
+                       "invalid runs): not measured")
+            continue
         for f, what in (("events_per_s_median", "events/s"),
                         ("events_per_cpu_s_median", "events/s per core")):
             if a[f] and b[f]:
@@ -413,6 +417,27 @@ WHERE_NOTE_W5 = """- **Where onceflow's CPU goes over Kafka now** (py-spy of the
 """
 
 
+EXTRA_NOTES_W5 = """- **Rounds**: 1 of the 3 planned interleaved rounds ran (2026-12-01 20:52-21:30
+  UTC): one round took about 37 minutes, 19 of them Bytewax's q5 and q7, and the session
+  had to end by 22:05. So every figure at this size is one run, not a median of three
+  (the 200,000-event run's are medians of three). To complete it (about two hours):
+  `python benchmarks/nexmark/peers.py --events 5000000 --runs 3 --systems
+  onceflow-memory,bytewax --stem nexmark-peers-5m --peers-from nexmark-peers
+  --reference-json benchmarks/results/nexmark-peers-5m-reference.json`.
+- **Bytewax at 5,000,000 events**: its EventClock waits for the input's whole event-time
+  span (510 s here; see the Bytewax note above), so every window, and in q7 every bid,
+  stays in its state until the input ends: q5 ran at about 21,000 events/s (38,694 at
+  200,000 events), and q7 did not finish within the 900 s limit (2.7 GB resident at
+  12 minutes), so q7 has no Bytewax figure and no ratio at this size (at 200,000 events:
+  2.90x per core, MISSED there).
+- **onceflow's wall-clock rate** was about 125,000 events/s on every query, whatever its
+  CPU per event (q2 needs about 2 CPU-us per event): the worker waits for Kafka's fetches.
+  Its one consumer fetches the 8 partitions (Bytewax's KafkaSource makes a consumer per
+  partition); the consumer's fetch settings were not tuned here. So onceflow's events/s
+  ratios understate what its CPU allows; the per-core figures are the target's.
+"""
+
+
 def other_ratios(stem: str, systems: list[str]) -> dict[str, Any]:
     """The ratios of the results ``stem`` to the peers not run here, and its size."""
     other = json.loads((RESULTS / f"{stem}.json").read_text())
@@ -483,6 +508,8 @@ def render(res: dict[str, Any]) -> str:
                 "stem", "nexmark-peers")))
         notes = notes.replace(CPU_NOTE_200K, CPU_NOTE_W5).replace(WHERE_NOTE_200K,
                                                                   WHERE_NOTE_W5)
+        if res["events"] == 5_000_000 and res.get("rounds_done") == 1:
+            notes += "\n" + EXTRA_NOTES_W5.rstrip()
     lines += ["", *targets(res), "", notes]
     problems = [f"{r['query']} {r['system']} run {i + 1}: {p}" for r in res["rows"]
                 for i, run in enumerate(r["runs"]) for p in run.get("problems", [])]

@@ -281,13 +281,7 @@ class KafkaSplitReader(SplitReader):
                 "group.id": src.group_id or "onceflow-unused",
                 "isolation.level": "read_committed", "enable.auto.commit": False,
                 "enable.auto.offset.store": False, "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-                # librdkafka waits this long before fetching a partition again once its
-                # pre-fetch queue was full (default 1000 ms): a job that processes slower
-                # than the broker delivers then stalls for a second at a time (one consumer
-                # of 8 partitions: 390,000 messages/s alone, 125,000 events/s in a Nexmark
-                # job; with 10 ms 1,500,000 alone, at the same CPU)
-                "fetch.queue.backoff.ms": 10, **src.consumer_config}
+                "auto.offset.reset": "earliest", **src.consumer_config}
         self.consumer = ck.Consumer(conf)
         self.end: dict[tuple[str, int], int] | None = None
         if split.end is not None:

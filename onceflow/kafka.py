@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from onceflow.connectors.kafka import brokers as _brokers
+from onceflow.connectors.kafka import connection_config as _connection_config
 from onceflow.connectors.kafka import import_kafka as _import_kafka
 from onceflow.connectors.kafka import protocol as _kp
-from onceflow.connectors.kafka._common import connection_config as _connection_config
 from onceflow.connectors.kafka.sink import (
     DEFAULT_TRANSACTION_TIMEOUT_MS,
     GUARANTEES,
@@ -118,7 +118,7 @@ def abort_lingering(bootstrap_servers: str, prefix: str, *, timeout: float = 60.
 
     def init(tid: str) -> None:
         try:
-            from onceflow.connectors.kafka._logs import client_config, serve_logs
+            from onceflow.connectors.kafka import client_config, serve_logs
 
             p = ck.Producer(client_config({**conn, "bootstrap.servers": bootstrap_servers,
                                            "transactional.id": tid}, "sink"))

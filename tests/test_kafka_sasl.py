@@ -21,8 +21,9 @@ import confluent_kafka as ck  # a missing dependency fails the suite, never skip
 import kafkajobs
 import pytest
 from brokers import SaslBroker
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from jobproc import JobProcess
+from kafka_util import create_topic
 
 import onceflow as of
 from onceflow.connectors.kafka import protocol as kp
@@ -49,17 +50,8 @@ def _conf(broker: SaslBroker, **extra: Any) -> dict[str, Any]:
 
 
 def _topic(broker: SaslBroker, prefix: str, partitions: int = PARTITIONS) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient(_conf(broker))
-    admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                  replication_factor=1)])[name].result(timeout=30)
-    deadline = time.monotonic() + 30
-    while True:
-        t = admin.list_topics(topic=name, timeout=30).topics.get(name)
-        if t is not None and t.error is None and len(t.partitions) == partitions:
-            return name
-        assert time.monotonic() < deadline, f"topic {name} not ready"
-        time.sleep(0.1)
+    return create_topic(AdminClient(_conf(broker)), f"{prefix}-{uuid.uuid4().hex[:8]}",
+                        partitions)
 
 
 def _fill(broker: SaslBroker, topic: str, n: int) -> None:
@@ -72,12 +64,19 @@ def _fill(broker: SaslBroker, topic: str, n: int) -> None:
 def _read_committed(broker: SaslBroker, topic: str, partitions: int = PARTITIONS
                     ) -> list[Any]:
     """Every value a read_committed consumer sees in ``topic``, up to its end."""
+    return [v for _, _, v in _committed_records(broker, topic, partitions)]
+
+
+def _committed_records(broker: SaslBroker, topic: str, partitions: int
+                       ) -> list[tuple[int, int, Any]]:
+    """(partition, offset, value) of every record a read_committed consumer sees in
+    ``topic``, up to the end of every partition (asserted within 30 s)."""
     c = ck.Consumer(_conf(broker, **{"group.id": f"check-{uuid.uuid4().hex[:6]}",
                                      "isolation.level": "read_committed",
                                      "enable.partition.eof": True,
                                      "auto.offset.reset": "earliest"}))
     c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(partitions)])
-    out: list[Any] = []
+    out: list[tuple[int, int, Any]] = []
     eof: set[int] = set()
     deadline = time.monotonic() + 30
     try:
@@ -92,7 +91,7 @@ def _read_committed(broker: SaslBroker, topic: str, partitions: int = PARTITIONS
                     continue
                 raise ck.KafkaException(m.error())
             eof.discard(m.partition())
-            out.append(json.loads(m.value()))
+            out.append((m.partition(), m.offset(), json.loads(m.value())))
     finally:
         c.close()
     return out
@@ -408,29 +407,7 @@ class _SaslJob(JobProcess):
                 "--client-config", json.dumps(self.broker.client_config)]
 
     def committed(self) -> list[tuple[int, int, Any]]:
-        c = ck.Consumer(_conf(self.broker, **{"group.id": f"chk-{uuid.uuid4().hex[:6]}",
-                                              "isolation.level": "read_committed",
-                                              "enable.partition.eof": True}))
-        c.assign([ck.TopicPartition(self.output, p, ck.OFFSET_BEGINNING) for p in range(4)])
-        out: list[tuple[int, int, Any]] = []
-        eof: set[int] = set()
-        deadline = time.monotonic() + 30
-        try:
-            while len(eof) < 4 and time.monotonic() < deadline:
-                m = c.poll(0.5)
-                if m is None:
-                    continue
-                if m.error() is not None:
-                    if m.error().code() == ck.KafkaError._PARTITION_EOF:
-                        eof.add(m.partition())
-                        continue
-                    raise ck.KafkaException(m.error())
-                eof.discard(m.partition())
-                out.append((m.partition(), m.offset(), json.loads(m.value())))
-        finally:
-            c.close()
-        assert len(eof) == 4, f"{self.output}: no end of every partition within 30 s"
-        return out
+        return _committed_records(self.broker, self.output, 4)
 
 
 @pytest.mark.parametrize("point", ["sink.before_commit@checkpoint=3,subtask=1",

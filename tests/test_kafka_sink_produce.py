@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka as ck  # a missing dependency fails the suite, never skips it
 import pytest
@@ -31,6 +32,25 @@ def _read(bootstrap: str, topic: str, n: int) -> list[ck.Message]:
     return got
 
 
+def _write_in_two(sink: Any, flow: str, tmp_path: Path, guarantee: str, records: list,
+                  split: int) -> None:
+    """Open ``sink`` as subtask 0 of ``flow`` and write ``records`` in two batches (cut at
+    ``split``): one transaction committed, or written and flushed; then close it."""
+    sink.open(SinkContext(flow=flow, uid="out", subtask=0, parallelism=1, attempt=0,
+                          flow_dir=str(tmp_path)))
+    if guarantee == "exactly_once":
+        txn = sink.begin_transaction()
+        sink.write(txn, records[:split])
+        sink.write(txn, records[split:])
+        sink.pre_commit(txn)
+        sink.commit(txn)
+    else:
+        sink.write(records[:split])
+        sink.write(records[split:])
+        sink.finish()
+    sink.close()
+
+
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 @pytest.mark.parametrize("options", ["key-str-json", "partition-headers", "plain-bytes"])
 def test_sink_produces_what_each_option_says(bootstrap: str, tmp_path: Path, guarantee: str,
@@ -49,20 +69,7 @@ def test_sink_produces_what_each_option_says(bootstrap: str, tmp_path: Path, gua
         kw = {"serializer": lambda r: json.dumps(r).encode()}
     sink = KafkaSink(bootstrap, topic, guarantee=guarantee,
                      transactional_id_prefix=f"prod-{uuid.uuid4().hex[:8]}", **kw)
-    ctx = SinkContext(flow="prod", uid="out", subtask=0, parallelism=1, attempt=0,
-                      flow_dir=str(tmp_path))
-    sink.open(ctx)
-    if guarantee == "exactly_once":
-        txn = sink.begin_transaction()
-        sink.write(txn, records[:5])
-        sink.write(txn, records[5:])
-        sink.pre_commit(txn)
-        sink.commit(txn)
-    else:
-        sink.write(records[:5])
-        sink.write(records[5:])
-        sink.finish()
-    sink.close()
+    _write_in_two(sink, "prod", tmp_path, guarantee, records, 5)
     got = sorted(_read(bootstrap, topic, len(records)), key=lambda m: json.loads(m.value())["i"])
     assert [json.loads(m.value()) for m in got] == records
     for m, r in zip(got, records, strict=True):
@@ -139,20 +146,7 @@ def test_unkeyed_json_values_are_written_as_the_serializer_says_with_a_full_queu
     sink = KafkaSink(bootstrap, topic, guarantee=guarantee, serializer="json",
                      transactional_id_prefix=f"unk-{uuid.uuid4().hex[:8]}",
                      producer_config={"queue.buffering.max.messages": 5})
-    ctx = SinkContext(flow="unk", uid="out", subtask=0, parallelism=1, attempt=0,
-                      flow_dir=str(tmp_path))
-    sink.open(ctx)
-    if guarantee == "exactly_once":
-        txn = sink.begin_transaction()
-        sink.write(txn, records[:100])
-        sink.write(txn, records[100:])
-        sink.pre_commit(txn)
-        sink.commit(txn)
-    else:
-        sink.write(records[:100])
-        sink.write(records[100:])
-        sink.finish()
-    sink.close()
+    _write_in_two(sink, "unk", tmp_path, guarantee, records, 100)
     raw = [m.value() for m in _read(bootstrap, topic, len(records))]
     assert raw == [dumps(r) for r in records]
     assert raw[3] == b"[3,Infinity,null]" and raw[5] == b'{"i":5,"nan":NaN}', raw[:6]

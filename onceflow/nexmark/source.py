@@ -119,8 +119,7 @@ def prefill_kafka(bootstrap: str, topic: str, config: NexmarkConfig | None = Non
     ``client_config``: producer settings (e.g. a secured cluster's ``security.protocol``,
     ``sasl.*``, ``ssl.*``); the admin client that creates the topic gets its connection
     settings."""
-    from onceflow.connectors.kafka import import_kafka
-    from onceflow.connectors.kafka._common import connection_config
+    from onceflow.connectors.kafka import connection_config, import_kafka
 
     ck = import_kafka()
     cfg = config or NexmarkConfig()

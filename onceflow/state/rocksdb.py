@@ -281,14 +281,8 @@ class RocksDBStore(TimerQueue):
         layers, c = self._layers_of(map_base)
         out: dict[bytes, bytes] = {}
         if c is None:
-            it = self.db.iter()
-            it.seek(map_base)
-            while it.valid():
-                k = it.key()
-                if not k.startswith(map_base):
-                    break
+            for k, it in self._under(map_base):
                 out[k] = it.value()
-                it.next()
         else:
             layers = layers[:c + 1]  # the clearing layer and newer ones
         for layer in reversed(layers):
@@ -320,16 +314,22 @@ class RocksDBStore(TimerQueue):
                     return False
         if c is not None:
             return True
-        it = self.db.iter()
-        it.seek(map_base)
-        while it.valid():
-            k = it.key()
-            if not k.startswith(map_base):
-                break
+        for k, _ in self._under(map_base):
             if not any(k in layer.data for layer in layers):
                 return False  # in RocksDB and not deleted since (a rewrite was seen above)
-            it.next()
         return True
+
+    def _under(self, prefix: bytes) -> Iterator[tuple[bytes, Any]]:
+        """Every key in RocksDB that starts with ``prefix``, in order, with the iterator
+        positioned at it (``it.value()`` reads its value only if wanted)."""
+        it = self.db.iter()
+        it.seek(prefix)
+        while it.valid():
+            k = it.key()
+            if not k.startswith(prefix):
+                return
+            yield k, it
+            it.next()
 
     def after_batch(self) -> None:
         """Called by the operator between batches: hand a large layer to the writer."""

@@ -52,6 +52,7 @@ from onceflow import _faults, _trace
 from onceflow.connectors.jsonvalues import dumps_non_finite, has_non_finite
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import broker_config, brokers, import_kafka, serializer
+from onceflow.connectors.kafka._logs import client_config, serve_logs
 from onceflow.connectors.kafka._lost import lost_input
 from onceflow.connectors.sinks import Sink, SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
@@ -421,8 +422,6 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 "transaction.timeout.ms": self.transaction_timeout_ms}
         with foreign_errors(f"KafkaSink({self.topic}): starting the transactional producer "
                             f"{tid}", ck.KafkaException):
-            from onceflow.connectors.kafka._logs import client_config, serve_logs
-
             p = ck.Producer(client_config(conf, "sink"))
             try:
                 p.init_transactions(self.operation_timeout)
@@ -1069,8 +1068,6 @@ class KafkaPlainSink(Sink):
         ck = import_kafka()
         conf = {**PRODUCER_DEFAULTS, "enable.idempotence": self.guarantee == "at_least_once",
                 **self.producer_config, "bootstrap.servers": self.bootstrap_servers}
-        from onceflow.connectors.kafka._logs import client_config
-
         self._producer = ck.Producer(client_config(conf, "sink"))
         self._out = _Producing(self.topic, serializer(self.serializer, "serializer"), self.key,
                                serializer(self.key_serializer, "key_serializer"),

@@ -28,6 +28,7 @@ import orjson
 
 from onceflow.connectors.jsonvalues import loads as json_loads
 from onceflow.connectors.kafka._common import deserializer, import_kafka, shared_admin
+from onceflow.connectors.kafka._logs import client_config, serve_logs
 from onceflow.connectors.sources import Source, SplitReader
 from onceflow.errors import ConfigurationError, OnceflowError, RecordFormatError
 from onceflow.graph.keygroups import stable_hash
@@ -256,8 +257,6 @@ class KafkaSource(Source):
             latest = self._offsets(admin, tps, OffsetSpec.latest())
             return {tp: (o if o >= 0 else latest[tp]) for tp, o in offs.items()}
         # committed
-        from onceflow.connectors.kafka._logs import client_config, serve_logs
-
         c = ck.Consumer(client_config({**self.consumer_config,
                                        "bootstrap.servers": self.bootstrap_servers,
                                        "group.id": self.group_id, "enable.auto.commit": False},
@@ -299,8 +298,6 @@ class KafkaSplitReader(SplitReader):
                 # 1,000 ms); a job that drains the queue faster than that would sit idle for
                 # the rest of the second, so look again soon (the user's setting wins)
                 "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS, **src.consumer_config}
-        from onceflow.connectors.kafka._logs import client_config
-
         self.consumer = ck.Consumer(client_config(conf, "source"))
         self.end: dict[tuple[str, int], int] | None = None
         if split.end is not None:
@@ -633,8 +630,6 @@ class KafkaSplitReader(SplitReader):
             self.consumer.commit(offsets=offsets, asynchronous=False)
 
     def close(self) -> None:
-        from onceflow.connectors.kafka._logs import serve_logs
-
         serve_logs(self.consumer)  # its last log lines (a record it returns is not needed)
         try:
             self.consumer.close()

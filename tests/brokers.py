@@ -20,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kafka_util import TOPICS
+
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA = str(ROOT / "scripts" / "kafka")
 POSTGRES = str(ROOT / "scripts" / "postgres")
@@ -70,6 +72,7 @@ class OwnBroker:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        TOPICS.forget(self.bootstrap)  # its topics went with it
 
     # --- the independent witness -------------------------------------------------------
     def console_consumer(self, topic: str, expect: int, timeout_ms: int = 15_000) -> list[Any]:

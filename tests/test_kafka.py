@@ -47,8 +47,8 @@ N = 3000
 PARTITIONS = 4
 
 
-def _topic(admin: AdminClient, name: str, partitions: int = PARTITIONS) -> str:
-    return create_topic(admin, name, partitions)  # (the bootstrap fixture: conftest.py)
+def _topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> str:
+    return create_topic(bootstrap, name, partitions)  # (the bootstrap fixture: conftest.py)
 
 
 def _fill(bootstrap: str, topic: str, n: int) -> None:
@@ -101,9 +101,8 @@ class KJob(JobProcess):
         super().__init__(tmp)
         self.bootstrap, self.records = bootstrap, records
         run = uuid.uuid4().hex[:8]
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        self.input = _topic(admin, f"in-{run}")
-        self.output = _topic(admin, f"out-{run}")
+        self.input = _topic(bootstrap, f"in-{run}")
+        self.output = _topic(bootstrap, f"out-{run}")
         self.prefix = f"kt-{run}"
         _fill(bootstrap, self.input, records)
         self.ckpt = tmp / "ckpt"
@@ -147,7 +146,7 @@ time.sleep(600)  # killed here, transaction open and flushed
 
 def test_recovery_commit_of_a_dead_producers_transaction(bootstrap: str) -> None:
     run = uuid.uuid4().hex[:8]
-    topic = _topic(AdminClient({"bootstrap.servers": bootstrap}), f"rc-{run}", 2)
+    topic = _topic(bootstrap, f"rc-{run}", 2)
     tid = f"rc-{run}-0-0"
     child = subprocess.Popen([sys.executable, "-c", _CHILD, bootstrap, tid, topic],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -190,7 +189,7 @@ def test_recovery_commit_of_a_dead_producers_transaction(bootstrap: str) -> None
 
 def test_recovery_commit_of_an_aborted_transaction_fails_loudly(bootstrap: str) -> None:
     run = uuid.uuid4().hex[:8]
-    topic = _topic(AdminClient({"bootstrap.servers": bootstrap}), f"ra-{run}", 1)
+    topic = _topic(bootstrap, f"ra-{run}", 1)
     tid = f"ra-{run}-0-0"
     p = ck.Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
     p.init_transactions(30)
@@ -209,7 +208,7 @@ def test_recovery_commit_of_an_aborted_transaction_fails_loudly(bootstrap: str) 
 
 def test_abort_lingering_helper_and_cli(bootstrap: str) -> None:
     run = uuid.uuid4().hex[:8]
-    topic = _topic(AdminClient({"bootstrap.servers": bootstrap}), f"al-{run}", 2)
+    topic = _topic(bootstrap, f"al-{run}", 2)
     prefix = f"al-{run}"
     child = subprocess.Popen([sys.executable, "-c", _CHILD, bootstrap, f"{prefix}-3-1", topic],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -275,7 +274,7 @@ def test_job_refuses_checkpoint_settings_the_transactions_cannot_outlive(
 def test_source_reads_keys_timestamps_headers_and_new_partitions(bootstrap: str) -> None:
     run = uuid.uuid4().hex[:8]
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    topic = _topic(admin, f"src-{run}", 2)
+    topic = _topic(bootstrap, f"src-{run}", 2)
     p = ck.Producer({"bootstrap.servers": bootstrap})
     for i in range(6):
         p.produce(topic, json.dumps({"i": i}).encode(), key=f"k{i}".encode(), partition=i % 2,
@@ -326,7 +325,7 @@ def test_bounded_source_stops_at_the_end_inside_a_fetched_run(bootstrap: str) ->
     last ones before it; the reader must stop exactly at the end offset (transaction
     markers in between), report the partition of each value, and finish."""
     run = uuid.uuid4().hex[:8]
-    topic = _topic(AdminClient({"bootstrap.servers": bootstrap}), f"end-{run}", 2)
+    topic = _topic(bootstrap, f"end-{run}", 2)
     tp = ck.Producer({"bootstrap.servers": bootstrap, "transactional.id": f"end-{run}"})
     tp.init_transactions(30)
     for part, n in ((0, 5), (1, 3)):
@@ -467,8 +466,7 @@ def test_group_offsets_are_written_when_checkpoints_complete(bootstrap: str,
                                                             tmp_path: Path) -> None:
     import onceflow as of
     run = uuid.uuid4().hex[:8]
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    topic = _topic(admin, f"grp-{run}", 2)
+    topic = _topic(bootstrap, f"grp-{run}", 2)
     p = ck.Producer({"bootstrap.servers": bootstrap})
     for i in range(50):
         p.produce(topic, json.dumps({"i": i}).encode(), partition=i % 2)
@@ -491,7 +489,7 @@ def test_start_positions_and_at_least_once_sink(bootstrap: str) -> None:
     from onceflow.kafka import KafkaPlainSink
 
     run = uuid.uuid4().hex[:8]
-    topic = _topic(AdminClient({"bootstrap.servers": bootstrap}), f"alo-{run}", 1)
+    topic = _topic(bootstrap, f"alo-{run}", 1)
     sink = KafkaSink(bootstrap, topic, guarantee="at_least_once", serializer="json",
                      key=lambda r: r["k"], key_serializer="str")
     assert isinstance(sink, KafkaPlainSink)

@@ -21,9 +21,8 @@ import confluent_kafka as ck  # a missing dependency fails the suite, never skip
 import kafkajobs
 import pytest
 from brokers import SaslBroker
-from confluent_kafka.admin import AdminClient
 from jobproc import JobProcess
-from kafka_util import create_topic
+from kafka_util import new_topic, topic_name
 
 import onceflow as of
 from onceflow.connectors.kafka import protocol as kp
@@ -50,8 +49,7 @@ def _conf(broker: SaslBroker, **extra: Any) -> dict[str, Any]:
 
 
 def _topic(broker: SaslBroker, prefix: str, partitions: int = PARTITIONS) -> str:
-    return create_topic(AdminClient(_conf(broker)), f"{prefix}-{uuid.uuid4().hex[:8]}",
-                        partitions)
+    return new_topic(_conf(broker), partitions, prefix)
 
 
 def _fill(broker: SaslBroker, topic: str, n: int) -> None:
@@ -278,7 +276,7 @@ def test_unsupported_mechanism_is_refused_when_the_sink_is_made(broker: SaslBrok
 def test_nexmark_prefill_on_a_sasl_cluster(broker: SaslBroker) -> None:
     from onceflow.nexmark import NexmarkConfig, prefill_kafka
 
-    topic = f"nexmark-{uuid.uuid4().hex[:6]}"
+    topic = topic_name(_conf(broker), "nexmark")  # prefill_kafka creates it
     assert prefill_kafka(broker.bootstrap, topic, NexmarkConfig(events=40), partitions=2,
                          client_config=broker.client_config) == 40
     assert len(_read_committed(broker, topic)) == 40

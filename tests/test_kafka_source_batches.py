@@ -14,7 +14,6 @@ from typing import Any
 
 import confluent_kafka as ck  # a missing dependency fails the suite, never skips it
 import pytest
-from confluent_kafka.admin import AdminClient
 from kafka_util import create_topic
 
 from onceflow.errors import RecordFormatError
@@ -78,9 +77,8 @@ def _read_all(rd: Any, total: int, bounded: bool, size: int = 37
 @pytest.mark.parametrize("ntopics", [1, 2])
 def test_values_partitions_and_positions_of_every_batch(bootstrap: str, eof: bool,
                                                         ntopics: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     run = uuid.uuid4().hex[:8]
-    topics = [create_topic(admin, f"srcb-{run}-{k}", 3) for k in range(ntopics)]
+    topics = [create_topic(bootstrap, f"srcb-{run}-{k}", 3) for k in range(ntopics)]
     want = _fill(bootstrap, topics, 3, 60)
     src = KafkaSource(bootstrap, topics, deserializer="json", value_only=True,
                       consumer_config={"enable.partition.eof": eof})
@@ -110,8 +108,7 @@ def test_bounded_end_inside_a_fetched_run(bootstrap: str, eof: bool, size: int) 
     each partition's end offset also when no end-of-partition message comes, and when the
     end-of-partition message (past the end) is in the same batch as the partition's last
     records (its offset must not move the finished partition's position)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    topic = create_topic(admin, f"srcb-end-{uuid.uuid4().hex[:8]}", 2)
+    topic = create_topic(bootstrap, f"srcb-end-{uuid.uuid4().hex[:8]}", 2)
     want = _fill(bootstrap, [topic], 2, 40)
     src = KafkaSource(bootstrap, [topic], deserializer="json", value_only=True,
                       stop_at="end", consumer_config={"enable.partition.eof": eof})
@@ -135,8 +132,7 @@ def test_bounded_end_inside_a_fetched_run(bootstrap: str, eof: bool, size: int) 
 
 @pytest.mark.parametrize("eof", [False, True], ids=["no-eof-messages", "eof-messages"])
 def test_a_bad_record_in_a_batch_is_named(bootstrap: str, eof: bool) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    topic = create_topic(admin, f"srcb-bad-{uuid.uuid4().hex[:8]}", 3)
+    topic = create_topic(bootstrap, f"srcb-bad-{uuid.uuid4().hex[:8]}", 3)
     prod = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
     for i in range(30):  # record 22: partition 1, offset 7
         prod.produce(topic, b'{"i": %d}' % i if i != 22 else b'{"i": ', partition=i % 3)

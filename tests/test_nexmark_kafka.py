@@ -22,7 +22,7 @@ import joinjobs
 import orjson
 import pytest
 from jobproc import JobProcess, assert_no_orphans, kill_randomly
-from kafka_util import new_topic
+from kafka_util import new_topic, topic_name
 
 from onceflow.kafka import list_lingering
 from onceflow.nexmark import Generator, NexmarkConfig, prefill_kafka
@@ -32,7 +32,7 @@ SEED = int(os.environ.get("ONCEFLOW_TEST_SEED", "20261201"))
 
 
 def test_prefill_writes_the_generators_events_per_partition_in_order(bootstrap: str) -> None:
-    topic = f"nexmark-{uuid.uuid4().hex[:8]}"
+    topic = topic_name(bootstrap, "nexmark")  # prefill_kafka creates it
     config = NexmarkConfig(events=5000, seed=9, out_of_orderness=1.0, late_fraction=0.02)
     assert prefill_kafka(bootstrap, topic, config, partitions=4) == 5000
     c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
@@ -99,9 +99,8 @@ def test_a_query_from_kafka_into_kafka_exactly_once_equals_duckdb(
 
     run = uuid.uuid4().hex[:8]
     config = NexmarkConfig(events=30_000, seed=21, out_of_orderness=1.0)
-    events, results = f"nexmark-in-{run}", f"nexmark-{query}-{run}"
-    prefill_kafka(bootstrap, events, config, partitions=8)
-    new_topic_named(bootstrap, results, 2)
+    events = topic_name(bootstrap, "nexmark-in")  # prefill_kafka creates it
+    results = new_topic(bootstrap, 2, f"nexmark-{query}")
     flow = of.Flow(f"nexmark-kafka-{query}-{run}", parallelism=2)
     flow.enable_checkpointing(0.3, tmp_path / "ck")
     sink = KafkaSink(bootstrap, results, serializer="json")
@@ -112,11 +111,6 @@ def test_a_query_from_kafka_into_kafka_exactly_once_equals_duckdb(
     assert sum(want.values()) > 20
     assert got == want
     assert result.records_in("results") == sum(want.values())
-
-
-def new_topic_named(bootstrap: str, name: str, partitions: int) -> None:
-    admin = ck.admin.AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([ck.admin.NewTopic(name, partitions, 1)])[name].result(timeout=30)
 
 
 # --- q5, q7, q8 into Kafka under SIGKILL ------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -694,10 +695,14 @@ def kafka_in_namespace() -> Iterator[str]:
     if proc.returncode != 0 or not proc.stdout.strip():
         pytest.fail(f"scripts/kafka start (in the namespace) failed ({proc.returncode}):\n"
                     f"{proc.stderr[-3000:]}")
+    bootstrap = proc.stdout.strip().splitlines()[-1]
     try:
-        yield proc.stdout.strip().splitlines()[-1]
+        yield bootstrap
     finally:
         subprocess.run([kafka, "stop"], capture_output=True, text=True, timeout=60, env=env)
+        from kafka_util import TOPICS
+        TOPICS.forget(bootstrap)  # its topics go with its data directory
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def _read_committed(bootstrap: str, topic: str, timeout: float = 60.0

@@ -17,7 +17,6 @@ from typing import Any
 import confluent_kafka  # noqa: F401 - a missing dependency fails the suite, never skips it
 import crashjobs
 import pytest
-from confluent_kafka.admin import AdminClient
 from jobproc import kill_driver_at_fault, kill_randomly
 from test_exactly_once import Job
 from test_kafka import _topic, read_committed
@@ -36,7 +35,7 @@ class KafkaWindowJob(Job):
                  env: dict[str, str] | None = None, records: int = RECORDS) -> None:
         run = uuid.uuid4().hex[:8]
         self.bootstrap, self.topic, self.prefix = bootstrap, f"win-{run}", f"wk-{run}"
-        _topic(AdminClient({"bootstrap.servers": bootstrap}), self.topic, partitions=3)
+        _topic(bootstrap, self.topic, partitions=3)
         super().__init__(tmp, shape, "--kafka", bootstrap, "--topic", self.topic,
                          "--prefix", self.prefix, *extra, env=env, records=records)
 

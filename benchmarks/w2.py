@@ -156,6 +156,7 @@ def throughput_run(cmp: Any, name: str, role_args: list[str], bootstrap: str, in
                 "problems": problems, "checkpoints": rec.get("checkpoints")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        cmp.delete_topics(bootstrap, out_topic)
 
 
 def timeline(path: str, every: bool = False) -> list[str]:
@@ -309,6 +310,7 @@ def latency_run(cmp: Any, guarantee: str, bootstrap: str, rate: float, seconds: 
         stop.set()
         wt.join(10)
         shutil.rmtree(tmp, ignore_errors=True)
+        cmp.delete_topics(bootstrap, in_topic, out_topic)
     t_first = min(prod.appended.values()) if prod.appended else 0.0
     lat = sorted(seen[i] - t for i, t in prod.appended.items()
                  if i in seen and t - t_first >= warmup)
@@ -471,6 +473,7 @@ def main() -> int:
             runs.append(r)
             print(f"[w2] round {rnd} {name}: {r['records_per_s'] or 0:,.0f} records/s "
                   f"valid={r['valid']} {r['problems'][:2]}", flush=True)
+    cmp.delete_topics(bootstrap, in_topic)  # this invocation's own (random-named) input
     summary: dict[str, Any] = {}
     for name in configs:
         vals = [r["records_per_s"] for r in runs if r["config"] == name and r["records_per_s"]]

@@ -204,6 +204,30 @@ def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
         f.result(30)
 
 
+def delete_topics(bootstrap: str, *names: str | None) -> None:
+    """Delete a run's own topics (its outputs, a random-named input) so the dev broker does
+    not grow a partition per run: each name, and every topic whose name contains one (Quix
+    Streams' changelog__/repartition__ topics embed the consumer group, named after the
+    run's output). A failure is printed with the names, never raised."""
+    from confluent_kafka.admin import AdminClient
+    own = [n for n in names if n]
+    if not own:
+        return
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        todo = [t for t in admin.list_topics(timeout=30).topics if any(n in t for n in own)]
+        if not todo:
+            return
+        fs = admin.delete_topics(todo, operation_timeout=60)
+        for name, f in fs.items():
+            try:
+                f.result(70)
+            except Exception as e:
+                print(f"[topics] could not delete {name}: {e}", flush=True)
+    except Exception as e:
+        print(f"[topics] could not delete {todo}: {e}", flush=True)
+
+
 def prefill(bootstrap: str, topic: str, n: int) -> float:
     from confluent_kafka import Producer
     create_topic(bootstrap, topic)
@@ -330,6 +354,7 @@ def run_w2(peer: str, n: int, bootstrap: str, in_topic: str, timeout: float) -> 
         return rec
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        delete_topics(bootstrap, out_topic)
 
 
 # summary, tables, chart --------------------------------------------------------------------
@@ -565,6 +590,8 @@ def main() -> int:
             print(f"[{wl} run {r + 1}] {p:9s} records/s {fmt_i(rec.get('records_per_s')):>10s}  "
                   f"wall {rec['wall_s']:.1f}s  peak RSS {rec['tree_peak_rss_mb']:.0f} MB  "
                   f"valid {rec.get('valid')} {rec.get('problems') or ''}"[:600], flush=True)
+    if bootstrap:  # the random-named inputs of this invocation
+        delete_topics(bootstrap, in_topic, small_topic)
     summary: dict[str, dict] = {wl: {} for wl in wls}
     for (wl, p), rs in runs.items():
         s = summarize(rs)

@@ -57,6 +57,7 @@ def run(query: str, topic: str, events: int, bootstrap: str) -> None:
           f"{rec['cpu_s']:.3f} s ({rec['events_per_cpu_s']:,.0f} events/s per core); "
           f"driver (build + run) {marks['driver'] - start:.3f} s, worker "
           f"{_cpu(resource.RUSAGE_CHILDREN):.3f} s; problems {rec['problems']}")
+    nexmark_run.delete_topic(bootstrap, out)
 
 
 def category(stack: str) -> str:

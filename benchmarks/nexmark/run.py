@@ -120,6 +120,18 @@ def count_committed(bootstrap: str, topic: str, timeout: float = 120) -> int:
     return n
 
 
+def delete_topic(bootstrap: str, topic: str) -> None:
+    """Delete a run's own output topic (the dev broker must not grow a topic per run); a
+    failure is printed, never raised."""
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).delete_topics(
+            [topic], operation_timeout=60)[topic].result(70)
+    except Exception as e:
+        print(f"[topics] could not delete {topic}: {e}", file=sys.stderr, flush=True)
+
+
 def run_one(query: str, parallelism: int, backend: str, events: int, interval: float,
             kafka: tuple[str, str] | None = None, output_topic: str | None = None) -> dict:
     from queries import build
@@ -165,6 +177,8 @@ def run_one(query: str, parallelism: int, backend: str, events: int, interval: f
             counted = sum(json.loads(f.read_text())["n"] for f in Path(sink_dir).glob("sink-*"))
         else:  # what a read_committed consumer sees in the output topic
             counted = count_committed(kafka[0], out)
+            if output_topic is None:  # made by this run (else by the caller, who deletes it)
+                delete_topic(kafka[0], out)
         if counted != result.records_in("results"):
             problems.append(f"sink counted {counted}, job says {result.records_in('results')}")
         bids = events // 50 * 46 + max(0, events % 50 - 4)

@@ -100,6 +100,7 @@ def test_a_query_from_kafka_into_kafka_exactly_once_equals_duckdb(
     run = uuid.uuid4().hex[:8]
     config = NexmarkConfig(events=30_000, seed=21, out_of_orderness=1.0)
     events = topic_name(bootstrap, "nexmark-in")  # prefill_kafka creates it
+    prefill_kafka(bootstrap, events, config, partitions=8)
     results = new_topic(bootstrap, 2, f"nexmark-{query}")
     flow = of.Flow(f"nexmark-kafka-{query}-{run}", parallelism=2)
     flow.enable_checkpointing(0.3, tmp_path / "ck")

@@ -32,6 +32,7 @@ def _topics(bootstrap: str) -> set[str]:
 
 
 def test_prune_deletes_the_topics_without_a_recent_write(broker: OwnBroker) -> None:
+    broker.start()  # (a no-op unless the stop test ran first)
     old_full, old_empty, fresh = (new_topic(broker.bootstrap, 2, p)
                                   for p in ("old-full", "old.empty", "fresh"))
     p = ck.Producer({"bootstrap.servers": broker.bootstrap})
@@ -60,13 +61,14 @@ def test_prune_deletes_the_topics_without_a_recent_write(broker: OwnBroker) -> N
 
 
 def test_prune_refuses_a_bad_argument(broker: OwnBroker) -> None:
+    broker.start()
     with pytest.raises(AssertionError, match="wants a number of hours, not 'soon'"):
         broker._run("prune", "--older-than", "soon")
     with pytest.raises(AssertionError, match="unknown argument '--young'"):
         broker._run("prune", "--young")
 
 
-def test_stop_is_a_clean_shutdown(broker: OwnBroker) -> None:  # (the module's last test)
+def test_stop_is_a_clean_shutdown(broker: OwnBroker) -> None:
     new_topic(broker.bootstrap, 1, "kept")
     out = broker._run("stop").stderr
     assert "stopped" in out and "SIGKILL" not in out, out

@@ -9,6 +9,15 @@
   out. Events (barriers, end of input) need no credit, so a barrier never waits for room,
   but they stay in order behind the batches sent before them. Memory is bounded by
   ``capacity`` batches per channel on both sides.
+
+A key edge may carry each batch's keys, as its partitioner computed them, to the keyed
+operator downstream (``send_keyed``), so that the operator does not call the key function
+again. They are never part of the batch: a local channel keeps them in its consumer's
+``carried`` table (by the batch object, checked by identity), a remote one sends them in
+the batch's frame (``DATA_KEYS``/``TS_KEYS``: marshal of records, [timestamps,] keys) and
+the receiving peer puts them in that table. A batch without an entry there (replayed
+in-flight data, part of a split batch, a pickled batch) simply has its keys computed
+again.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Any
 from onceflow.runtime.events import Barrier, TsBatch
 
 _HDR = struct.Struct("<IIB")
-DATA, EVENT, CREDIT, DATA_MARSHAL, TS_MARSHAL = 0, 1, 2, 3, 4
+DATA, EVENT, CREDIT, DATA_MARSHAL, TS_MARSHAL, DATA_KEYS, TS_KEYS = 0, 1, 2, 3, 4, 5, 6
 _RECV = 1 << 18
 
 
@@ -32,10 +41,11 @@ class InputChannel:
     (an unaligned checkpoint lets one overtake the records before it). ``origin``: (upstream
     task, upstream subtask, upstream parallelism, input number), naming the channel across a
     restore. ``owed``: batches replayed from a checkpoint's in-flight data into a remote
-    channel, for which the producer must not get a credit back."""
+    channel, for which the producer must not get a credit back. ``carried``: the keys a key
+    edge's partitioner computed for batches in ``queue``, by ``id(batch)``: (batch, keys)."""
 
-    __slots__ = ("barriers", "blocked", "ended", "held", "id", "input_no", "limit", "local_out",
-                 "origin", "owed", "peer", "queue", "queued")
+    __slots__ = ("barriers", "blocked", "carried", "ended", "held", "id", "input_no", "limit",
+                 "local_out", "origin", "owed", "peer", "queue", "queued")
 
     def __init__(self, channel_id: int, peer: Peer | None = None,
                  origin: tuple[str, int, int, int] | None = None) -> None:
@@ -55,6 +65,12 @@ class InputChannel:
         self.held = 0  # credits the remote producer holds, or frames it sent not read yet
         self.queued = 0  # batches in ``queue`` that a credit paid for
         self.local_out: LocalOutput | None = None
+        self.carried: dict[int, tuple[Any, list[Any]]] = {}
+
+    def take_keys(self, item: Any) -> list[Any] | None:
+        """The keys carried with ``item`` (just popped), or None."""
+        e = self.carried.pop(id(item), None)
+        return e[1] if e is not None and e[0] is item else None
 
     def pop(self) -> Any:
         item = self.queue.popleft()
@@ -91,6 +107,12 @@ class LocalOutput:
 
     def send_ts_batch(self, records: list[Any], ts: list[float]) -> None:
         self.queue.append(TsBatch(records, ts))
+
+    def send_keyed(self, batch: list[Any], keys: list[Any], ts: list[float] | None) -> None:
+        """A batch with its records' keys (and timestamps, or None)."""
+        item: Any = batch if ts is None else TsBatch(batch, ts)
+        self.target.carried[id(item)] = (item, keys)
+        self.queue.append(item)
 
     def send_event(self, event: object) -> None:
         self.queue.append(event)
@@ -131,6 +153,23 @@ class RemoteOutput:
             except ValueError:
                 self.use_marshal = False
         self.peer.send(DATA, self.id, pickle.dumps(TsBatch(records, ts), protocol=5))
+
+    def send_keyed(self, batch: list[Any], keys: list[Any], ts: list[float] | None) -> None:
+        """A batch with its records' keys in one frame (marshal keeps a key that is also
+        inside its record as a back-reference); without marshal, the batch alone."""
+        if self.use_marshal:
+            try:
+                payload = marshal.dumps((batch, keys) if ts is None else (batch, ts, keys))
+            except ValueError:
+                self.use_marshal = False
+            else:
+                self.credits -= 1
+                self.peer.send(DATA_KEYS if ts is None else TS_KEYS, self.id, payload)
+                return
+        if ts is None:
+            self.send_batch(batch)
+        else:
+            self.send_ts_batch(batch, ts)
 
     def send_event(self, event: object) -> None:
         self.peer.send(EVENT, self.id, pickle.dumps(event, protocol=5))
@@ -257,6 +296,13 @@ class Peer:
                     item = mloads(payload)
                 elif kind == TS_MARSHAL:
                     item = TsBatch(*mloads(payload))
+                elif kind == DATA_KEYS:
+                    item, keys = mloads(payload)
+                    ch.carried[id(item)] = (item, keys)
+                elif kind == TS_KEYS:
+                    recs, ts, keys = mloads(payload)
+                    item = TsBatch(recs, ts)
+                    ch.carried[id(item)] = (item, keys)
                 else:
                     item = loads(payload)
                     if type(item) is Barrier:

@@ -97,21 +97,29 @@ class BroadcastPartitioner(Partitioner):
 
 class KeyPartitioner(Partitioner):
     """Key -> key group (stable hash) -> owning subtask. A small cache maps recent keys
-    straight to their subtask."""
+    straight to their subtask.
+
+    ``carry``: the downstream operator takes each batch's keys with it (``send_keyed``),
+    when it is keyed by this very key function, so each key is computed once. (At
+    parallelism 1 the partitioner computes no keys, and the operator computes them.)"""
 
     _CACHE_LIMIT = 1 << 17
 
     def __init__(self, channels: list[Output], key_fn: Callable[[Any], Any],
-                 max_parallelism: int, downstream: str) -> None:
+                 max_parallelism: int, downstream: str, carry: bool = False) -> None:
         super().__init__(channels)
         self.key_fn = key_fn
         self.downstream = downstream
         self.max_parallelism = max_parallelism
         self.table = subtask_table(len(channels), max_parallelism)
         self.cache: dict[Any, int] = {}
+        self.carry = carry and len(channels) > 1
 
     def emit(self, batch: list[Any]) -> None:
         chans = self.channels
+        if self.carry:
+            self._emit_keyed(batch, None)
+            return
         if len(chans) == 1:
             if batch:  # one subtask owns every key; still check that keys are usable
                 try:
@@ -142,6 +150,9 @@ class KeyPartitioner(Partitioner):
 
     def emit_ts(self, batch: list[Any], ts: list[float]) -> None:
         chans = self.channels
+        if self.carry:
+            self._emit_keyed(batch, ts)
+            return
         if len(chans) == 1:
             if batch:
                 try:
@@ -172,6 +183,50 @@ class KeyPartitioner(Partitioner):
             if b:
                 c.send_ts_batch(b, tb)
 
+
+    def _emit_keyed(self, batch: list[Any], ts: list[float] | None) -> None:
+        """Route as :meth:`emit` does, sending each channel its records' keys too."""
+        chans = self.channels
+        n = len(chans)
+        buckets: list[list[Any]] = [[] for _ in range(n)]
+        kbuckets: list[list[Any]] = [[] for _ in range(n)]
+        kf, cache, table, mp = self.key_fn, self.cache, self.table, self.max_parallelism
+        get = cache.get
+        try:
+            if ts is None:
+                for r in batch:
+                    k = kf(r)
+                    t = get(k)
+                    if t is None:
+                        t = table[(stable_hash(k) >> 7) % mp]  # == key_group(k, mp)
+                        if len(cache) >= self._CACHE_LIMIT:
+                            cache.clear()
+                        cache[k] = t
+                    buckets[t].append(r)
+                    kbuckets[t].append(k)
+            else:
+                tbuckets: list[list[float]] = [[] for _ in range(n)]
+                for r, t_ in zip(batch, ts, strict=True):
+                    k = kf(r)
+                    t = get(k)
+                    if t is None:
+                        t = table[(stable_hash(k) >> 7) % mp]
+                        if len(cache) >= self._CACHE_LIMIT:
+                            cache.clear()
+                        cache[k] = t
+                    buckets[t].append(r)
+                    kbuckets[t].append(k)
+                    tbuckets[t].append(t_)
+        except Exception as e:
+            self._diagnose(batch, e)
+        if ts is None:
+            for c, b, kb in zip(chans, buckets, kbuckets, strict=True):
+                if b:
+                    c.send_keyed(b, kb, None)
+        else:
+            for c, b, kb, tb in zip(chans, buckets, kbuckets, tbuckets, strict=True):
+                if b:
+                    c.send_keyed(b, kb, tb)
 
     def _diagnose(self, batch: list[Any], err: Exception) -> None:
         """Name the record whose key could not be computed or routed."""
@@ -518,10 +573,16 @@ class TaskRunner:
                 if self._two_input:
                     self.ops[0].input_no = ch.input_no  # type: ignore[attr-defined]
                 t = type(item)
+                keys = ch.take_keys(item) if ch.carried else None
                 if self._chunk and (t is list or t is TsBatch):
+                    whole = item
                     item = self._split(ch, item)  # before it is recorded as in-flight
+                    if item is not whole:
+                        keys = None  # (the rest, back in the queue, has none either)
                 if collecting and ch.id in collecting and t is not Barrier:
                     self._uh.record(ch, item)  # type: ignore[union-attr]
+                if keys is not None:
+                    self.ops[0].carried = keys
                 if t is list:
                     self._push(item, 0)
                 elif t is TsBatch:
@@ -791,14 +852,26 @@ def _picklable(obj: Any) -> bool:
 
 
 def make_partitioner(part: Partitioning, channels: list[Output], key_fn: Any,
-                     max_parallelism: int, subtask: int, downstream: str) -> Partitioner:
+                     max_parallelism: int, subtask: int, downstream: str,
+                     carry_keys: bool = False) -> Partitioner:
+    """``carry_keys``: the downstream task's head takes the keys a key edge computed
+    (:func:`takes_keys`)."""
     if part is Partitioning.FORWARD:
         return ForwardPartitioner(channels)
     if part is Partitioning.KEY:
-        return KeyPartitioner(channels, key_fn, max_parallelism, downstream)
+        return KeyPartitioner(channels, key_fn, max_parallelism, downstream, carry_keys)
     if part is Partitioning.BROADCAST:
         return BroadcastPartitioner(channels)
     return RebalancePartitioner(channels, subtask)
 
 
-__all__ = ["Kind", "TaskRunner", "make_partitioner"]
+def takes_keys(task: Task, key_fn: Any) -> bool:
+    """Whether ``task``'s head operator can take the keys a key edge with ``key_fn``
+    computed: a one-input keyed operator (reduce, process) keyed by that very function on
+    every input. The key function must be deterministic anyway (key groups rely on it), so
+    a key computed by the partitioner is the one the operator would compute."""
+    return task.head.kind in (Kind.REDUCE, Kind.PROCESS) and bool(task.inputs) and all(
+        i.partitioning is Partitioning.KEY and i.key_fn is key_fn for i in task.inputs)
+
+
+__all__ = ["Kind", "TaskRunner", "make_partitioner", "takes_keys"]

@@ -50,7 +50,7 @@ from onceflow.runtime.channels import (
 )
 from onceflow.runtime.events import Barrier
 from onceflow.runtime.operators import OperatorEnv
-from onceflow.runtime.task import Output, TaskRunner, TaskState, make_partitioner
+from onceflow.runtime.task import Output, TaskRunner, TaskState, make_partitioner, takes_keys
 from onceflow.state.backend import SHARED_DIR, AsyncSnapshot, SnapshotTarget, owner_name
 
 
@@ -143,7 +143,8 @@ class Worker:
             for down, part, key_fn, input_no in runner.spec.outputs:
                 chans = [o for _, o in sorted(outs.get((down, input_no), []), key=lambda x: x[0])]
                 runner.outputs.append(make_partitioner(
-                    part, chans, key_fn, g.max_parallelism, me, g.tasks[down].head.name))
+                    part, chans, key_fn, g.max_parallelism, me, g.tasks[down].head.name,
+                    takes_keys(g.tasks[down], key_fn)))
             runner.connect()
 
     def _read_states(self, files: list[str]) -> dict[str, dict[str, Any]]:

@@ -59,9 +59,9 @@ class Operator:
     emits_side = False  # may call emit_side
     stamps = False  # assigns timestamps itself: process_ts is called even without them
     side_wanted: frozenset[str] = frozenset()  # tags with a consumer (set by the task)
-    # the keys of the next batch, as the key edge's partitioner computed them (set by the
-    # task for a keyed head that takes them: runtime/task.py takes_keys; taken and reset
-    # by its process)
+    # the keys of the batch being processed, as the key edge's partitioner computed them
+    # (set by the task around one process call of a keyed head that takes them:
+    # runtime/task.py takes_keys; None: compute them)
     carried: list[Any] | None = None
 
     def __init__(self, node: Node) -> None:
@@ -363,10 +363,8 @@ class ReduceOp(_KeyedOp):
 
     def process(self, batch: list[Any]) -> list[Any]:
         keys = self.carried
-        if keys is not None:
-            self.carried = None
-            if len(keys) != len(batch):
-                keys = None
+        if keys is not None and len(keys) != len(batch):
+            keys = None
         if self._check_key_type:
             self._verify_key_type(batch)
         if self.handle is not None:
@@ -636,10 +634,7 @@ class ProcessOp(_KeyedOp):
 
     def _take_carried(self, batch: list[Any]) -> list[Any] | None:
         keys = self.carried
-        if keys is None:
-            return None
-        self.carried = None
-        return keys if len(keys) == len(batch) else None
+        return keys if keys is not None and len(keys) == len(batch) else None
 
     def process_ts(self, batch: list[Any], ts: list[float]
                    ) -> tuple[list[Any], list[float] | None]:

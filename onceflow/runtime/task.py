@@ -581,9 +581,15 @@ class TaskRunner:
                         keys = None  # (the rest, back in the queue, has none either)
                 if collecting and ch.id in collecting and t is not Barrier:
                     self._uh.record(ch, item)  # type: ignore[union-attr]
-                if keys is not None:
-                    self.ops[0].carried = keys
-                if t is list:
+                if keys is not None:  # for the head's next process call only
+                    head = self.ops[0]
+                    head.carried = keys
+                    if t is list:
+                        self._push(item, 0)
+                    else:
+                        self._push(item.records, 0, item.ts)
+                    head.carried = None
+                elif t is list:
                     self._push(item, 0)
                 elif t is TsBatch:
                     self._push(item.records, 0, item.ts)
@@ -865,12 +871,16 @@ def make_partitioner(part: Partitioning, channels: list[Output], key_fn: Any,
     return RebalancePartitioner(channels, subtask)
 
 
+# heads that use carried keys (a window operator on some of its paths; the others ignore them)
+_TAKES_KEYS = (Kind.REDUCE, Kind.PROCESS, Kind.WINDOW)
+
+
 def takes_keys(task: Task, key_fn: Any) -> bool:
     """Whether ``task``'s head operator can take the keys a key edge with ``key_fn``
-    computed: a one-input keyed operator (reduce, process) keyed by that very function on
-    every input. The key function must be deterministic anyway (key groups rely on it), so
-    a key computed by the partitioner is the one the operator would compute."""
-    return task.head.kind in (Kind.REDUCE, Kind.PROCESS) and bool(task.inputs) and all(
+    computed: a one-input keyed operator (reduce, process, window) keyed by that very
+    function on every input. The key function must be deterministic anyway (key groups rely
+    on it), so a key computed by the partitioner is the one the operator would compute."""
+    return task.head.kind in _TAKES_KEYS and bool(task.inputs) and all(
         i.partitioning is Partitioning.KEY and i.key_fn is key_fn for i in task.inputs)
 
 

@@ -1139,8 +1139,10 @@ class EventPaneWindowOperator(PaneWindowOperator):
                 pd = bp.get(p)  # one pane, on time, not fired: count at C speed
                 if pd is None:
                     pd = bp[p] = {}
+                keys = self.carried
                 try:
-                    _count_elements(pd, map(kf, batch))
+                    _count_elements(pd, keys if keys is not None and len(keys) == len(batch)
+                                    else map(kf, batch))
                 except Exception as e:
                     self._key_error(batch, e)
                 return out, out_ts

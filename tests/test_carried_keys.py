@@ -1,7 +1,8 @@
-"""Keys carried over a key edge: the partitioner computes each record's key once and the
-keyed operator downstream takes it with the batch (runtime/task.py ``takes_keys``,
-runtime/channels.py ``send_keyed``), over a local queue and over a real socket between
-two peers; whatever has no carried keys (a split batch, a pickled batch) computes them."""
+"""Keys carried over a key edge: the partitioner computes each record's key once and a
+keyed head that uses them (a count window) takes them with the batch (runtime/task.py
+``takes_keys``, runtime/channels.py ``send_keyed``), over a local queue and over a real
+socket between two peers; whatever has no carried keys (a split batch, a pickled batch)
+computes them; heads that do not use them (reduce, process) get none."""
 
 from __future__ import annotations
 
@@ -182,7 +183,7 @@ def expected_running_sums(data: list[tuple[str, int]]) -> Counter[tuple[str, int
 
 
 @pytest.mark.parametrize("p", [1, 2, 3])
-def test_reduce_computes_each_key_once_and_sums_as_before(p: int) -> None:
+def test_reduce_is_sent_no_keys_and_sums_as_before(p: int) -> None:
     data = records(3000)
     key = CountingKey()
     sink = CollectingSink()
@@ -195,8 +196,8 @@ def test_reduce_computes_each_key_once_and_sums_as_before(p: int) -> None:
     assert Counter(map(tuple, sink.records())) == expected_running_sums(data)
     if p == 1:  # no routing: the partitioner checks one key a batch, reduce computes all
         assert len(data) < key.calls <= len(data) + math.ceil(len(data) / 128)
-    else:  # routing computes every key; reduce takes them
-        assert key.calls == len(data)
+    else:  # reduce's loop calls the key function about as cheaply as it would take keys
+        assert key.calls == 2 * len(data)
 
 
 class Tally(of.KeyedProcessFunction):
@@ -209,7 +210,7 @@ class Tally(of.KeyedProcessFunction):
 
 
 @pytest.mark.parametrize("stamped", [False, True])
-def test_keyed_process_sees_the_carried_key_as_its_current_key(stamped: bool) -> None:
+def test_keyed_process_current_key_at_parallelism_2(stamped: bool) -> None:
     data = records(2000)
     key = CountingKey()
     sink = CollectingSink()
@@ -228,7 +229,6 @@ def test_keyed_process_sees_the_carried_key_as_its_current_key(stamped: bool) ->
         seen[k] += 1
         want[(k, seen[k], i)] += 1
     assert got == want
-    assert key.calls == len(data)
 
 
 def test_a_key_function_that_raises_is_named_with_its_record_at_parallelism_2() -> None:
@@ -269,4 +269,4 @@ def test_window_counts_with_carried_keys_equal_those_at_parallelism_1() -> None:
     assert _window_counts(2, two) == want
     # every key computed by the partitioner; the window's count path takes them (batches
     # that straddle a pane boundary compute theirs again)
-    assert 4000 <= two.calls < 2 * 4000 * 0.75, two.calls
+    assert 4000 <= two.calls < 4000 * 1.5, two.calls

@@ -59,9 +59,13 @@ class Operator:
     emits_side = False  # may call emit_side
     stamps = False  # assigns timestamps itself: process_ts is called even without them
     side_wanted: frozenset[str] = frozenset()  # tags with a consumer (set by the task)
+    # a keyed head that uses the keys its key edge computed (``carried``) when it has them:
+    # worth it only where the operator would compute them at C speed otherwise (``map`` of
+    # the key function), not in a Python loop, where calling it costs about what passing
+    # the keys along does (benchmarks/results/keyed-profile.md)
+    takes_keys = False
     # the keys of the batch being processed, as the key edge's partitioner computed them
-    # (set by the task around one process call of a keyed head that takes them:
-    # runtime/task.py takes_keys; None: compute them)
+    # (set by the task around one process call of such a head; None: compute them)
     carried: list[Any] | None = None
 
     def __init__(self, node: Node) -> None:
@@ -362,15 +366,10 @@ class ReduceOp(_KeyedOp):
             self.handle = self.store.value_state("reduce", _MISSING)
 
     def process(self, batch: list[Any]) -> list[Any]:
-        keys = self.carried
-        if keys is not None and len(keys) != len(batch):
-            keys = None
         if self._check_key_type:
             self._verify_key_type(batch)
         if self.handle is not None:
             return self._process_handle(batch)
-        if keys is not None:
-            return self._process_keys(batch, keys)
         kf, fn, table = self.key_fn, self.fn, self.table
         get = table.get
         out: list[Any] = []
@@ -391,38 +390,6 @@ class ReduceOp(_KeyedOp):
                 mark = dirty.add
                 for r in batch:
                     k = kf(r)
-                    prev = get(k, missing)
-                    if prev is not missing:
-                        r = fn(prev, r)
-                    table[k] = r
-                    mark(k)
-                    ap(r)
-        except Exception as e:
-            if isinstance(e, OnceflowError):
-                raise
-            raise UserFunctionError(self.name, r, e) from e
-        return out
-
-    def _process_keys(self, batch: list[Any], keys: list[Any]) -> list[Any]:
-        """:meth:`process` with the records' keys given (carried from the key edge)."""
-        fn, table = self.fn, self.table
-        get = table.get
-        out: list[Any] = []
-        ap = out.append
-        missing = _MISSING
-        dirty = self.dirty
-        r: Any = None
-        try:
-            if dirty is None:
-                for k, r in zip(keys, batch, strict=True):
-                    prev = get(k, missing)
-                    if prev is not missing:
-                        r = fn(prev, r)
-                    table[k] = r
-                    ap(r)
-            else:
-                mark = dirty.add
-                for k, r in zip(keys, batch, strict=True):
                     prev = get(k, missing)
                     if prev is not missing:
                         r = fn(prev, r)
@@ -602,7 +569,6 @@ class ProcessOp(_KeyedOp):
             raise UserFunctionError(self.name, "<open>", e) from e
 
     def process(self, batch: list[Any]) -> list[Any]:
-        keys = self._take_carried(batch)
         if self._check_key_type:
             self._verify_key_type(batch)
         store, ctx, pe = self.store, self.ctx, self.func.process_element
@@ -613,18 +579,11 @@ class ProcessOp(_KeyedOp):
         ext = out.extend
         r: Any = None
         try:
-            if keys is not None:
-                for k, r in zip(keys, batch, strict=True):
-                    scope.key = k
-                    res = pe(r, ctx)
-                    if res is not None:
-                        ext(res)
-            else:
-                for r in batch:
-                    scope.key = kf(r)
-                    res = pe(r, ctx)
-                    if res is not None:
-                        ext(res)
+            for r in batch:
+                scope.key = kf(r)
+                res = pe(r, ctx)
+                if res is not None:
+                    ext(res)
         except Exception as e:
             if isinstance(e, OnceflowError):
                 raise
@@ -632,13 +591,8 @@ class ProcessOp(_KeyedOp):
         store.after_batch()
         return out
 
-    def _take_carried(self, batch: list[Any]) -> list[Any] | None:
-        keys = self.carried
-        return keys if keys is not None and len(keys) == len(batch) else None
-
     def process_ts(self, batch: list[Any], ts: list[float]
                    ) -> tuple[list[Any], list[float] | None]:
-        keys = self._take_carried(batch)
         if self._check_key_type:
             self._verify_key_type(batch)
         store, ctx, pe = self.store, self.ctx, self.func.process_element
@@ -650,24 +604,14 @@ class ProcessOp(_KeyedOp):
         ap, tap = out.append, out_ts.append
         r: Any = None
         try:
-            if keys is not None:
-                for k, r, t in zip(keys, batch, ts, strict=True):
-                    scope.key = k
-                    ctx._timestamp = t
-                    res = pe(r, ctx)
-                    if res is not None:
-                        for x in res:
-                            ap(x)
-                            tap(t)
-            else:
-                for r, t in zip(batch, ts, strict=True):
-                    scope.key = kf(r)
-                    ctx._timestamp = t
-                    res = pe(r, ctx)
-                    if res is not None:
-                        for x in res:
-                            ap(x)
-                            tap(t)
+            for r, t in zip(batch, ts, strict=True):
+                scope.key = kf(r)
+                ctx._timestamp = t
+                res = pe(r, ctx)
+                if res is not None:
+                    for x in res:
+                        ap(x)
+                        tap(t)
         except Exception as e:
             if isinstance(e, OnceflowError):
                 raise

@@ -871,16 +871,13 @@ def make_partitioner(part: Partitioning, channels: list[Output], key_fn: Any,
     return RebalancePartitioner(channels, subtask)
 
 
-# heads that use carried keys (a window operator on some of its paths; the others ignore them)
-_TAKES_KEYS = (Kind.REDUCE, Kind.PROCESS, Kind.WINDOW)
-
-
-def takes_keys(task: Task, key_fn: Any) -> bool:
-    """Whether ``task``'s head operator can take the keys a key edge with ``key_fn``
-    computed: a one-input keyed operator (reduce, process, window) keyed by that very
-    function on every input. The key function must be deterministic anyway (key groups rely
-    on it), so a key computed by the partitioner is the one the operator would compute."""
-    return task.head.kind in _TAKES_KEYS and bool(task.inputs) and all(
+def takes_keys(task: Task, head: Operator | None, key_fn: Any) -> bool:
+    """Whether the key edge with ``key_fn`` into ``task`` sends its keys along: when the
+    task's head operator (``head``: this worker's subtask of it, None if it has none) uses
+    them (``Operator.takes_keys``) and is keyed by that very function on every input. The
+    key function must be deterministic anyway (key groups rely on it), so a key computed
+    by the partitioner is the one the operator would compute."""
+    return head is not None and head.takes_keys and bool(task.inputs) and all(
         i.partitioning is Partitioning.KEY and i.key_fn is key_fn for i in task.inputs)
 
 

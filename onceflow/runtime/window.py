@@ -1111,6 +1111,7 @@ class EventPaneWindowOperator(PaneWindowOperator):
         from onceflow.agg import _Count, _Sum
 
         self._count = isinstance(ad, _AggregateAdapter) and type(fn) is _Count
+        self.takes_keys = self._count  # its count path: the key edge's keys, not map(kf)
         self._plain = isinstance(ad, _AggregateAdapter) and ad.post is None and \
             type(fn) in (_Count, _Sum)  # the accumulator is the result
         self._fast = False

@@ -49,7 +49,7 @@ from onceflow.runtime.channels import (
     RemoteOutput,
 )
 from onceflow.runtime.events import Barrier
-from onceflow.runtime.operators import OperatorEnv
+from onceflow.runtime.operators import Operator, OperatorEnv
 from onceflow.runtime.task import Output, TaskRunner, TaskState, make_partitioner, takes_keys
 from onceflow.state.backend import SHARED_DIR, AsyncSnapshot, SnapshotTarget, owner_name
 
@@ -144,7 +144,7 @@ class Worker:
                 chans = [o for _, o in sorted(outs.get((down, input_no), []), key=lambda x: x[0])]
                 runner.outputs.append(make_partitioner(
                     part, chans, key_fn, g.max_parallelism, me, g.tasks[down].head.name,
-                    takes_keys(g.tasks[down], key_fn)))
+                    takes_keys(g.tasks[down], _head(by_uid.get(down)), key_fn)))
             runner.connect()
 
     def _read_states(self, files: list[str]) -> dict[str, dict[str, Any]]:
@@ -457,6 +457,10 @@ class Worker:
 
 
 METRICS_INTERVAL = 1.0  # seconds between two metrics reports of a worker
+
+
+def _head(t: TaskRunner | None) -> Operator | None:
+    return t.ops[0] if t is not None else None
 
 
 def _held_back(t: TaskRunner) -> bool:

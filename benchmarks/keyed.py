@@ -183,6 +183,7 @@ def main_parent(args: argparse.Namespace) -> int:
         summaries[k] = {"configuration": k, "records": args.records, "runs": rs,
                         "records_per_cpu_s": med,
                         "records_per_s": statistics.median(rps) if rps else None,
+                        "total_runs": len(rs), "valid_runs": len(ok),
                         "valid": len(ok) == len(rs)}
         lines.append(f"| {k} | {med or 0:,.0f} | {', '.join(f'{c:,.0f}' for c in cpu)} | "
                      f"{1e6 / med if med else 0:.2f} | "
@@ -190,7 +191,10 @@ def main_parent(args: argparse.Namespace) -> int:
     info = machine_info()
     md = (f"# Keyed path in-process (W2's shape, no Kafka)\n\n{args.records:,} records, "
           f"{args.runs} interleaved round(s), median. Command: `python benchmarks/keyed.py "
-          f"--records {args.records} --runs {args.runs}`. Machine: {info}.\n\n"
+          f"--records {args.records} --runs {args.runs}`. Machine: {info['cores']} cores, "
+          f"{info['cpu']}, Python {info['python']}, load average at start "
+          f"{', '.join(f'{x:.1f}' for x in info['loadavg_at_start'])}, git "
+          f"{info['git_head']}, {info['date']}.\n\n"
           + "\n".join(lines) + "\n")
     print(md)
     return save_results(args.stem, summaries, md, save=not args.no_save)

@@ -33,7 +33,7 @@ def workloads() -> dict[str, list[str]]:
         "w1-p1": [*w1, "--parallelism", "1"],
         "w1-p2": [*w1, "--parallelism", "2"],
     }
-    for q in ("q5", "q7", "q8", "q11"):
+    for q in ("q0", "q5", "q7", "q8", "q11"):
         for p in (1, 2):
             out[f"{q}-p{p}"] = [*nx, "--query", q, "--parallelism", str(p)]
     return out

@@ -353,7 +353,9 @@ class DataStream:
     def key_by(self, key: Callable[[Any], Any]) -> KeyedStream:
         """Partition by ``key(record)``: records with equal keys meet in one subtask, where
         keyed state is scoped to the key. Keys must be str, int, bytes, float, bool, None,
-        or tuples of those (they need a hash that is stable across processes)."""
+        or tuples of those (they need a hash that is stable across processes), and ``key``
+        must be deterministic: the record is routed by one call and its state found by
+        another."""
         if not callable(key):
             raise ConfigurationError(f"key_by() takes a function, got {type(key).__name__}")
         return KeyedStream(self._flow, self._node, key)

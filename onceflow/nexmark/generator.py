@@ -30,6 +30,7 @@ Events are plain dictionaries (JSON-ready); ``"kind"`` is ``"person"``, ``"aucti
 
 from __future__ import annotations
 
+import functools
 import random
 import struct
 from dataclasses import dataclass
@@ -71,6 +72,23 @@ def _block(seed: int, blk: int) -> bytes:
 #: (7 unused), 8 and 9-10 the price's high byte and low 16 bits, 11-12 jitter,
 #: 13-14 lateness draw, 15 (people's and auctions' only)
 _BID_FIELDS = struct.Struct(">BHBHBxBHHHB")
+
+
+@functools.lru_cache(maxsize=16)
+def _strided(step: int) -> struct.Struct:
+    """A bid's fields and then the bytes of the ``step - 1`` events after it, skipped."""
+    return struct.Struct(f"{_BID_FIELDS.format}{_BYTES * (step - 1)}x")
+
+
+def _bid_fields(buf: bytes, phase: int, step: int) -> list[tuple[int, ...]]:
+    """The fields of events ``phase, phase + step, ...`` of a block (one ``struct`` call
+    for the events a split of ``step`` reads, not for all the block's events)."""
+    if step == 1:
+        return list(_BID_FIELDS.iter_unpack(buf))
+    st = _strided(step)
+    view = buf[phase * _BYTES:]
+    view += bytes(-len(view) % st.size)  # the last event's record, padded to full size
+    return list(st.iter_unpack(view))
 
 
 @dataclass(frozen=True)
@@ -155,7 +173,8 @@ class Generator:
         self._chan = [CHANNELS[cb & 3] for cb in range(256)]
         self._url = [self._urls[cb & 3][cb >> 2] for cb in range(256)]
         self._cache: tuple[int, bytes] = (-1, b"")
-        self._fields: tuple[int, list[tuple[int, ...]]] = (-1, [])
+        # (block, phase, step) -> the fields of that block's events phase, phase + step, ..
+        self._fields: tuple[tuple[int, int, int], list[tuple[int, ...]]] = ((-1, 0, 1), [])
         # tables for the in-order path's people and auctions (the same strings as
         # _person / _auction make)
         self._names = [(f"{f} {last}", f.lower()) for f in FIRST_NAMES for last in LAST_NAMES]
@@ -276,12 +295,14 @@ class Generator:
                 b_lo, b_mod = people - act + FIRST_PERSON_ID, act + PERSON_ID_LEAD
                 while n < end:
                     blk = n // BLOCK
-                    if blk != fcur:
+                    b0 = blk * BLOCK
+                    phase = (n - b0) % step
+                    if fcur != (blk, phase, step):
                         if blk != cur:
                             cur, buf = blk, _block(seed, blk)
-                        fcur, fields = blk, list(_BID_FIELDS.iter_unpack(buf))
-                    b0 = blk * BLOCK
+                        fcur, fields = (blk, phase, step), _bid_fields(buf, phase, step)
                     seg_end = min(end, b0 + BLOCK)
+                    j = (n - b0) // step  # fields[j] is event n's
                     extend([{"kind": "bid",
                              "auction": hot_a if f[0] % har else a_lo + f[1] % a_mod,
                              "bidder": hot_b if f[2] % hbr else b_lo + f[3] % b_mod,
@@ -289,7 +310,8 @@ class Generator:
                              "channel": chan[f[4]], "url": url[f[4]],
                              "date_time": base + m / rate, "extra": ""}
                             for m, f in zip(range(n, seg_end, step),
-                                            fields[n - b0:seg_end - b0:step], strict=True)])
+                                            fields[j:j + len(range(n, seg_end, step))],
+                                            strict=True)])
                     n += -((n - seg_end) // step) * step  # the first number >= seg_end
             n += -((n - end) // step) * step  # the first event number >= end
         self._cache = (cur, buf)

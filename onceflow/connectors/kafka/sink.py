@@ -38,6 +38,7 @@ import functools
 import hashlib
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -165,6 +166,11 @@ def check_transaction_timeout(timeout_ms: int, broker_max_ms: int | None, *,
                 f"lower the checkpoint interval/timeout.")
 
 
+#: seconds an unkeyed sink's partition count is kept before it is asked again
+PARTITIONS_TTL_S = 30.0
+#: seconds that metadata request may take (the sink's task waits meanwhile)
+PARTITIONS_TIMEOUT_S = 2.0
+
 #: orjson.dumps with the options of the JSON serializer, for ``map``
 _dumps_json = functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
 
@@ -181,6 +187,44 @@ class _Producing:
         self.value_json = False  # serializer="json": produce calls orjson inline
         self.errors: list[str] = []
         self.fenced = False  # a delivery failed because another producer took the id over
+        #: records without a key or partition function (and no ``partitioner`` in the
+        #: producer settings): each :meth:`produce` call sends its whole batch to one
+        #: partition and the next call to the next one, as librdkafka's sticky partitioner
+        #: would for records without a key, but chosen once per batch instead of by its
+        #: partitioner per record (about 0.1-0.2 CPU-us per record less)
+        self.sticky = key is None and partition is None
+        self._parts = 0  # partitions of ``topic`` (0: unknown; librdkafka chooses then)
+        self._parts_at = -PARTITIONS_TTL_S  # time.monotonic() when last asked
+        self._next = random.randrange(1 << 16)  # subtasks start at different partitions
+
+    def batch_partition(self, producer: Any) -> int:
+        """The partition of the next unkeyed batch (-1: librdkafka's partitioner, while the
+        topic's partition count is not known). The count is asked again every
+        ``PARTITIONS_TTL_S`` seconds, so partitions added to the topic get records too."""
+        now = time.monotonic()
+        if now - self._parts_at >= PARTITIONS_TTL_S:
+            self._parts_at = now
+            try:
+                t = producer.list_topics(self.topic, timeout=PARTITIONS_TIMEOUT_S).topics.get(
+                    self.topic)
+                if t is not None and t.error is None and t.partitions:
+                    self._parts = len(t.partitions)
+            except Exception:  # unreachable now: keep what was known, ask again later
+                pass
+        n = self._parts
+        if n <= 0:
+            return -1
+        self._next = (self._next + 1) % n
+        return self._next
+
+    def _unknown_partition(self, e: Exception) -> bool:
+        """``produce`` refused an explicit partition the topic does not have (fewer than
+        last seen: re-created?): forget the count (librdkafka chooses until it is asked
+        again) and say so, so the record is produced again without a partition."""
+        if not _has_code(e, -190):  # _UNKNOWN_PARTITION
+            return False
+        self._parts, self._parts_at = 0, time.monotonic()
+        return True
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
@@ -199,7 +243,7 @@ class _Producing:
             self._produce_json_values(producer, records)
             return
         dumps, opt, js = orjson.dumps, orjson.OPT_NON_STR_KEYS, self.value_json
-        p = -1
+        p = self.batch_partition(producer) if self.sticky and records else -1
         for r in records:
             if js:
                 v = dumps(r, None, opt)
@@ -229,6 +273,10 @@ class _Producing:
                     break
                 except BufferError:
                     producer.poll(0.05)
+                except Exception as e:
+                    if part is not None or not self._unknown_partition(e):
+                        raise
+                    p = -1
         producer.poll(0)
 
     def _produce_json_values(self, producer: Any, records: list[Any]) -> None:
@@ -242,18 +290,33 @@ class _Producing:
                 if b"null" in v and has_non_finite(records[i]):  # orjson wrote NaN/inf as null
                     vals[i] = dumps_non_finite(records[i])
         produce, topic, cb = producer.produce, self.topic, self._on_delivery
+        p = self.batch_partition(producer) if self.sticky and vals else -1
         for v in vals:
             try:
-                produce(topic, v, None, -1, cb)
+                produce(topic, v, None, p, cb)
             except BufferError:
                 while True:  # the producer's queue is full: let it deliver, then again
                     producer.poll(0.05)
                     try:
-                        produce(topic, v, None, -1, cb)
+                        produce(topic, v, None, p, cb)
                         break
                     except BufferError:
                         pass
+            except Exception as e:
+                if not self._unknown_partition(e):
+                    raise
+                p = -1
+                self._produce_one(producer, v)
         producer.poll(0)
+
+    def _produce_one(self, producer: Any, v: Any) -> None:
+        """One value, librdkafka choosing the partition, waiting while the queue is full."""
+        while True:
+            try:
+                producer.produce(self.topic, v, None, -1, self._on_delivery)
+                return
+            except BufferError:
+                producer.poll(0.05)
 
     def flush(self, producer: Any, timeout: float) -> None:
         left = producer.flush(timeout)
@@ -388,6 +451,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                                self.partition, self.headers)
         self._out.key_str = self.key_serializer == "str"
         self._out.value_json = self.serializer == "json"
+        self._out.sticky &= "partitioner" not in self.producer_config
 
     def _txn_client(self) -> kp.TxnClient:
         if self._client is None:
@@ -1074,6 +1138,7 @@ class KafkaPlainSink(Sink):
                                self.partition, self.headers)
         self._out.key_str = self.key_serializer == "str"
         self._out.value_json = self.serializer == "json"
+        self._out.sticky &= "partitioner" not in self.producer_config
 
     def write(self, records: list[Any]) -> None:
         assert self._out is not None

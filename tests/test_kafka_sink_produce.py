@@ -193,3 +193,45 @@ def test_unkeyed_batches_go_to_one_partition_each_and_rotate(bootstrap: str, tmp
     assert all(len(ps) == 1 for ps in part_of.values()), part_of
     seq = [next(iter(part_of[b])) for b in range(6)]
     assert all((seq[k] + 1) % 3 == seq[k + 1] for k in range(5)), seq
+
+
+@pytest.mark.parametrize("key_serializer", ["str", "custom"])
+def test_keyed_json_values_and_keys_as_the_general_loop_writes_them(
+        bootstrap: str, tmp_path: Path, key_serializer: str) -> None:
+    """serializer="json" with a key function (the sink's batch-encoding keyed path): values
+    as jsonvalues.dumps writes them (NaN and infinities kept), keys as the key serializer
+    says: str keys, other keys through str(), a None key stays None; a custom key
+    serializer sees every key."""
+    import math
+
+    from onceflow.connectors.jsonvalues import dumps
+
+    topic = new_topic(bootstrap, 1, "keyedjson")
+    records: list = [{"i": i, "k": [f"u{i}", i, None, "ü"][i % 4],
+                      "x": [1.5, math.inf, None, -math.inf][i % 4]} for i in range(40)]
+    ks: Any = "str" if key_serializer == "str" else (lambda k: repr(k).encode())
+    sink = KafkaSink(bootstrap, topic, guarantee="exactly_once", serializer="json",
+                     key=lambda r: r["k"], key_serializer=ks,
+                     transactional_id_prefix=f"kj-{uuid.uuid4().hex[:8]}")
+    _write_in_two(sink, "kj", tmp_path, "exactly_once", records, 17)
+    got = _read(bootstrap, topic, len(records))
+    assert [m.value() for m in got] == [dumps(r) for r in records]
+    if key_serializer == "str":
+        want = [None if r["k"] is None else str(r["k"]).encode() for r in records]
+    else:
+        want = [repr(r["k"]).encode() for r in records]
+    assert [m.key() for m in got] == want
+    assert got[1].value() == b'{"i":1,"k":1,"x":Infinity}', got[1].value()
+
+
+def test_keyed_json_with_only_str_keys_encodes_them_utf8(bootstrap: str,
+                                                        tmp_path: Path) -> None:
+    """Every key of the batch a str (the keyed path's all-str shortcut): UTF-8 bytes."""
+    topic = new_topic(bootstrap, 1, "strkeys")
+    records = [{"u": f"ü{i % 3}", "i": i} for i in range(30)]
+    sink = KafkaSink(bootstrap, topic, guarantee="at_least_once", serializer="json",
+                     key=lambda r: r["u"], key_serializer="str")
+    _write_in_two(sink, "sk", tmp_path, "at_least_once", records, 11)
+    got = _read(bootstrap, topic, len(records))
+    assert [(m.key(), json.loads(m.value())) for m in got] == \
+        [(r["u"].encode("utf-8"), r) for r in records]

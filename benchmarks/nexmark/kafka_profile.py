@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import resource
 import sys
 import uuid
@@ -88,7 +89,8 @@ class ThreadCpu:
         return ", ".join(f"{k} {v:.2f}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
 
 
-def run(query: str, topic: str, events: int, bootstrap: str, threads: bool = False) -> None:
+def run(query: str, topic: str, events: int, bootstrap: str, threads: bool = False,
+        producer_config: dict[str, object] | None = None) -> None:
     import run as nexmark_run
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -105,6 +107,14 @@ def run(query: str, topic: str, events: int, bootstrap: str, threads: bool = Fal
         return count(*a, **k)  # type: ignore[arg-type]
 
     nexmark_run.count_committed = counted
+    if producer_config:  # e.g. {"partitioner": "consistent_random"}: librdkafka chooses
+        import onceflow.kafka as okafka
+        made = okafka.KafkaSink
+
+        def sink(*a: object, **k: object) -> object:
+            return made(*a, producer_config=producer_config, **k)  # type: ignore[arg-type]
+
+        okafka.KafkaSink = sink  # type: ignore[assignment]
     tc = ThreadCpu() if threads else None
     start = _cpu(resource.RUSAGE_SELF)
     rec = nexmark_run.run_one(query, 1, "memory", events, 10.0, kafka=(bootstrap, topic),
@@ -171,11 +181,14 @@ def main() -> int:
     r.add_argument("--bootstrap", default="127.0.0.1:39092")
     r.add_argument("--threads", action="store_true",
                    help="also the worker's CPU per thread (librdkafka's apart)")
+    r.add_argument("--producer-config", default=None,
+                   help="JSON: librdkafka settings for the query's KafkaSink")
     s = sub.add_parser("shares")
     s.add_argument("paths", nargs="+", help="py-spy raw files (-f raw)")
     a = ap.parse_args()
     if a.cmd == "run":
-        run(a.query, a.topic, a.events, a.bootstrap, a.threads)
+        run(a.query, a.topic, a.events, a.bootstrap, a.threads,
+            json.loads(a.producer_config) if a.producer_config else None)
     else:
         shares(a.paths)
     return 0

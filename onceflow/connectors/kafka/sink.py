@@ -239,8 +239,11 @@ class _Producing:
         produce, topic, value, cb = producer.produce, self.topic, self.value, self._on_delivery
         key, key_ser, key_str = self.key, self.key_ser, self.key_str
         part, hdrs = self.partition, self.headers
-        if self.value_json and key is None and part is None and hdrs is None:
-            self._produce_json_values(producer, records)
+        if self.value_json and part is None and hdrs is None:
+            if key is None:
+                self._produce_json_values(producer, records)
+            else:
+                self._produce_json_keyed(producer, records)
             return
         dumps, opt, js = orjson.dumps, orjson.OPT_NON_STR_KEYS, self.value_json
         p = self.batch_partition(producer) if self.sticky and records else -1
@@ -284,11 +287,7 @@ class _Producing:
         or headers: the values encoded by ``map`` over the batch (no Python loop), the
         loop below only hands them to the producer (about 1/4 less CPU per record than
         the general loop). NaN and infinities as the general loop writes them."""
-        vals = list(map(_dumps_json, records))
-        if b"null" in b"\n".join(vals):  # one search for the batch (every value is in it)
-            for i, v in enumerate(vals):
-                if b"null" in v and has_non_finite(records[i]):  # orjson wrote NaN/inf as null
-                    vals[i] = dumps_non_finite(records[i])
+        vals = self._json_values(records)
         produce, topic, cb = producer.produce, self.topic, self._on_delivery
         p = self.batch_partition(producer) if self.sticky and vals else -1
         for v in vals:
@@ -307,6 +306,45 @@ class _Producing:
                     raise
                 p = -1
                 self._produce_one(producer, v)
+        producer.poll(0)
+
+    def _json_values(self, records: list[Any]) -> list[bytes]:
+        """``serializer="json"``'s bytes of ``records``, encoded by ``map`` (NaN and
+        infinities as the general loop writes them)."""
+        vals = list(map(_dumps_json, records))
+        if b"null" in b"\n".join(vals):  # one search for the batch (every value is in it)
+            for i, v in enumerate(vals):
+                if b"null" in v and has_non_finite(records[i]):  # orjson wrote NaN/inf as null
+                    vals[i] = dumps_non_finite(records[i])
+        return vals
+
+    def _produce_json_keyed(self, producer: Any, records: list[Any]) -> None:
+        """``serializer="json"`` with a key function (no partition function or headers):
+        values and keys computed by ``map`` over the batch, the loop below only hands them
+        to the producer; keys as the general loop encodes them."""
+        assert self.key is not None
+        vals = self._json_values(records)
+        keys = list(map(self.key, records))
+        if self.key_str:
+            if len(set(map(type, keys))) == 1 and keys and keys[0].__class__ is str:
+                keys = list(map(str.encode, keys))  # the common case: every key a str
+            else:
+                keys = [k.encode() if k.__class__ is str else
+                        (None if k is None else str(k).encode("utf-8")) for k in keys]
+        else:
+            keys = list(map(self.key_ser, keys))
+        produce, topic, cb = producer.produce, self.topic, self._on_delivery
+        for v, k in zip(vals, keys, strict=True):
+            try:
+                produce(topic, v, k, -1, cb)
+            except BufferError:
+                while True:  # the producer's queue is full: let it deliver, then again
+                    producer.poll(0.05)
+                    try:
+                        produce(topic, v, k, -1, cb)
+                        break
+                    except BufferError:
+                        pass
         producer.poll(0)
 
     def _produce_one(self, producer: Any, v: Any) -> None:

@@ -600,8 +600,12 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 return None
             if busy or not fut.done():
                 return None
+        if _trace.ON:
+            _trace.event("sink_producer_wait", tid=tid, wait=wait, held=len(self._held_back))
         self._lingering_done()
         producer = self._take_warm(txn) or self._started_producer(tid)
+        if _trace.ON:
+            _trace.event("sink_producer_ready", tid=tid)
         live = self._live[tid] = (producer, txn)
         if self._held_back:
             records, self._held_back = self._held_back, []
@@ -993,8 +997,8 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         """Abort what crashed attempts left open, in the background: the source starts
         reading meanwhile. Joined (its errors raised) before this sink produces its first
         record, at the first pre-commit and at an abort (:meth:`_lingering_done`); the ids
-        it initialises are never used by this attempt before then (slot 0 is started by
-        itself, the other slots only after the first commit)."""
+        it initialises are never used by this attempt before then (the first two free
+        slots are started by themselves, the other slots only after the first commit)."""
         # The first transaction's id (slot 0): initialising it aborts what lingers on it
         # too, so its producer is started now, in parallel, rather than after the others
         # are looked up (ListTransactions) and aborted: the first records find it ready.
@@ -1002,10 +1006,18 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
         slot = self._free_slot()
         first = self._tid(ctx.subtask, slot)
         self._warm_up(slot)
+        # The second transaction's slot (the next free one: the first is busy until its
+        # commit) likewise: it begins at the first barrier, before any commit could warm
+        # it, and its records would otherwise wait for its init_transactions there (0.3 s
+        # at W2's first checkpoint, the task blocked once HOLD_BACK_MAX records waited).
+        second = slot + 1
+        while second in self._busy or second in self._held:
+            second += 1
+        self._warm_up(second)
         errors: list[BaseException] = []
         # The restored transactions' ids are not initialised by this attempt (until a
         # checkpoint of its own completes): committed just now, nothing lingers on them.
-        skip = {first, *(t.transactional_id for t in keep)}
+        skip = {first, self._tid(ctx.subtask, second), *(t.transactional_id for t in keep)}
 
         def run() -> None:
             try:

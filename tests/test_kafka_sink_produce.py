@@ -248,3 +248,56 @@ def test_keyed_json_with_only_str_keys_encodes_them_utf8(bootstrap: str,
     got = _read(bootstrap, topic, len(records))
     assert [(m.key(), json.loads(m.value())) for m in got] == \
         [(r["u"].encode("utf-8"), r) for r in records]
+
+
+class _FakeProducer:
+    """Just enough of a confluent-kafka Producer for the unkeyed partition choice: a topic
+    of ``parts`` partitions; a produce to a partition it does not have fails as
+    librdkafka's does (_UNKNOWN_PARTITION)."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts, self.sent, self.asked = parts, [], 0
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        from types import SimpleNamespace
+        self.asked += 1
+        t = SimpleNamespace(error=None, partitions=dict.fromkeys(range(self.parts)))
+        return SimpleNamespace(topics={topic: t})
+
+    def produce(self, topic: str, value: Any, key: Any = None, partition: int = -1,
+                cb: Any = None, headers: Any = None) -> None:
+        if partition >= self.parts:
+            raise ck.KafkaException(ck.KafkaError(ck.KafkaError._UNKNOWN_PARTITION))
+        self.sent.append((partition, value))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("json_values", [True, False])
+def test_unkeyed_partition_count_is_asked_again_and_a_vanished_partition_falls_back(
+        monkeypatch: pytest.MonkeyPatch, json_values: bool) -> None:
+    """The unkeyed batches' partition: the count is asked once per PARTITIONS_TTL_S, not
+    per batch; a partition the topic no longer has (re-created smaller) makes the record go
+    to librdkafka's partitioner (-1), never an error or a lost record."""
+    from onceflow.connectors.kafka import sink as ks
+
+    now = [100.0]
+    monkeypatch.setattr(ks.time, "monotonic", lambda: now[0])
+    out = ks._Producing("t", lambda r: json.dumps(r).encode(), None, lambda k: k, None, None)
+    out.value_json = json_values
+    p = _FakeProducer(3)
+    for b in range(4):
+        now[0] += 0.02  # past the sticky period: the next partition each time
+        out.produce(p, [{"b": b}])
+    assert p.asked == 1
+    assert [s[0] for s in p.sent] == [(p.sent[0][0] + k) % 3 for k in range(4)]
+    p.parts, p.sent = 1, []  # the topic was re-created with one partition
+    for b in range(3):
+        now[0] += 0.02
+        out.produce(p, [{"b": b}, {"b": b, "n": 2}])
+    assert len(p.sent) == 6 and all(s[0] in (0, -1) for s in p.sent), p.sent
+    assert -1 in [s[0] for s in p.sent]
+    now[0] += ks.PARTITIONS_TTL_S  # asked again: one partition now
+    out.produce(p, [{"b": 9}])
+    assert p.asked == 2 and p.sent[-1][0] == 0

@@ -4,6 +4,12 @@
     py-spy record -r 200 -s -n -f raw -o q0.txt -- \\
         .venv/bin/python benchmarks/nexmark/kafka_profile.py run q0 --topic TOPIC --events N
     .venv/bin/python benchmarks/nexmark/kafka_profile.py shares q0.txt [q3.txt ...]
+    .venv/bin/python benchmarks/nexmark/kafka_profile.py run q0 --topic TOPIC --events N \
+        --threads --producer-config '{"partitioner": "consistent_random"}'
+
+``--threads``: the worker's CPU per thread (Python's, librdkafka's ``rdk:broker*`` and
+``rdk:main``), sampled from /proc every 0.1 s. ``--producer-config``: librdkafka settings
+for the query's KafkaSink, for A/B runs of one setting.
 
 ``run``: one run of ``run.py --one`` (parallelism 1, memory backend, exactly-once into a
 fresh 2-partition topic) in this process, printing its CPU seconds split into the driver's

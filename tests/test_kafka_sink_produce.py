@@ -151,3 +151,153 @@ def test_unkeyed_json_values_are_written_as_the_serializer_says_with_a_full_queu
     assert raw == [dumps(r) for r in records]
     assert raw[3] == b"[3,Infinity,null]" and raw[5] == b'{"i":5,"nan":NaN}', raw[:6]
     assert raw[1] == b'{"1":"a","i":1}' and raw[2] == b"null", raw[:6]
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+@pytest.mark.parametrize("serializer", ["json", "bytes"])
+def test_unkeyed_batches_go_to_one_partition_each_and_rotate(bootstrap: str, tmp_path: Path,
+                                                             guarantee: str,
+                                                             serializer: str) -> None:
+    """Records without key or partition function: each written batch lands in one
+    partition (chosen once per batch, not per record by librdkafka's partitioner); batches
+    written more than the sticky period (10 ms) apart go to the next partition in turn,
+    batches written within it to the same; every record arrives once."""
+    import time
+    topic = new_topic(bootstrap, 3, "sticky")
+    batches = [[{"b": b, "i": i} for i in range(20)] for b in range(6)]
+    ser: Any = "json" if serializer == "json" else (lambda r: json.dumps(r).encode())
+    sink = KafkaSink(bootstrap, topic, guarantee=guarantee, serializer=ser,
+                     transactional_id_prefix=f"sticky-{uuid.uuid4().hex[:8]}")
+    sink.open(SinkContext(flow="sticky", uid="out", subtask=0, parallelism=1, attempt=0,
+                          flow_dir=str(tmp_path)))
+    txn = sink.begin_transaction() if guarantee == "exactly_once" else None
+    if txn is not None:
+        # records written before the transaction's producer is ready are held back and
+        # produced together once it is (one batch then): wait for it first
+        sink._ready(txn, wait=True)
+    for b in batches:
+        time.sleep(0.03)  # past the sticky period
+        if txn is not None:
+            sink.write(txn, b)
+        else:
+            sink.write(b)
+    twins = [[{"b": 6, "i": i} for i in range(20)], [{"b": 7, "i": i} for i in range(20)]]
+    t0 = time.monotonic()
+    for b in twins:  # right after one another: within one sticky period
+        if txn is not None:
+            sink.write(txn, b)
+        else:
+            sink.write(b)
+    within = time.monotonic() - t0 < 0.01
+    if txn is not None:
+        sink.pre_commit(txn)
+        sink.commit(txn)
+    else:
+        sink.finish()
+    sink.close()
+    got = _read(bootstrap, topic, 160)
+    assert sorted((json.loads(m.value())["b"], json.loads(m.value())["i"]) for m in got) == \
+        [(b, i) for b in range(8) for i in range(20)]
+    part_of: dict[int, set[int]] = {}
+    for m in got:
+        part_of.setdefault(json.loads(m.value())["b"], set()).add(m.partition())
+    assert all(len(ps) == 1 for ps in part_of.values()), part_of
+    seq = [next(iter(part_of[b])) for b in range(6)]
+    assert all((seq[k] + 1) % 3 == seq[k + 1] for k in range(5)), seq
+    if within:  # (a stalled machine can take longer than 10 ms between the two writes)
+        assert part_of[6] == part_of[7], part_of
+
+
+@pytest.mark.parametrize("key_serializer", ["str", "custom"])
+def test_keyed_json_values_and_keys_as_the_general_loop_writes_them(
+        bootstrap: str, tmp_path: Path, key_serializer: str) -> None:
+    """serializer="json" with a key function (the sink's batch-encoding keyed path): values
+    as jsonvalues.dumps writes them (NaN and infinities kept), keys as the key serializer
+    says: str keys, other keys through str(), a None key stays None; a custom key
+    serializer sees every key."""
+    import math
+
+    from onceflow.connectors.jsonvalues import dumps
+
+    topic = new_topic(bootstrap, 1, "keyedjson")
+    records: list = [{"i": i, "k": [f"u{i}", i, None, "ü"][i % 4],
+                      "x": [1.5, math.inf, None, -math.inf][i % 4]} for i in range(40)]
+    ks: Any = "str" if key_serializer == "str" else (lambda k: repr(k).encode())
+    sink = KafkaSink(bootstrap, topic, guarantee="exactly_once", serializer="json",
+                     key=lambda r: r["k"], key_serializer=ks,
+                     transactional_id_prefix=f"kj-{uuid.uuid4().hex[:8]}")
+    _write_in_two(sink, "kj", tmp_path, "exactly_once", records, 17)
+    got = _read(bootstrap, topic, len(records))
+    assert [m.value() for m in got] == [dumps(r) for r in records]
+    if key_serializer == "str":
+        want = [None if r["k"] is None else str(r["k"]).encode() for r in records]
+    else:
+        want = [repr(r["k"]).encode() for r in records]
+    assert [m.key() for m in got] == want
+    assert got[1].value() == b'{"i":1,"k":1,"x":Infinity}', got[1].value()
+
+
+def test_keyed_json_with_only_str_keys_encodes_them_utf8(bootstrap: str,
+                                                        tmp_path: Path) -> None:
+    """Every key of the batch a str (the keyed path's all-str shortcut): UTF-8 bytes."""
+    topic = new_topic(bootstrap, 1, "strkeys")
+    records = [{"u": f"ü{i % 3}", "i": i} for i in range(30)]
+    sink = KafkaSink(bootstrap, topic, guarantee="at_least_once", serializer="json",
+                     key=lambda r: r["u"], key_serializer="str")
+    _write_in_two(sink, "sk", tmp_path, "at_least_once", records, 11)
+    got = _read(bootstrap, topic, len(records))
+    assert [(m.key(), json.loads(m.value())) for m in got] == \
+        [(r["u"].encode("utf-8"), r) for r in records]
+
+
+class _FakeProducer:
+    """Just enough of a confluent-kafka Producer for the unkeyed partition choice: a topic
+    of ``parts`` partitions; a produce to a partition it does not have fails as
+    librdkafka's does (_UNKNOWN_PARTITION)."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts, self.sent, self.asked = parts, [], 0
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        from types import SimpleNamespace
+        self.asked += 1
+        t = SimpleNamespace(error=None, partitions=dict.fromkeys(range(self.parts)))
+        return SimpleNamespace(topics={topic: t})
+
+    def produce(self, topic: str, value: Any, key: Any = None, partition: int = -1,
+                cb: Any = None, headers: Any = None) -> None:
+        if partition >= self.parts:
+            raise ck.KafkaException(ck.KafkaError(ck.KafkaError._UNKNOWN_PARTITION))
+        self.sent.append((partition, value))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("json_values", [True, False])
+def test_unkeyed_partition_count_is_asked_again_and_a_vanished_partition_falls_back(
+        monkeypatch: pytest.MonkeyPatch, json_values: bool) -> None:
+    """The unkeyed batches' partition: the count is asked once per PARTITIONS_TTL_S, not
+    per batch; a partition the topic no longer has (re-created smaller) makes the record go
+    to librdkafka's partitioner (-1), never an error or a lost record."""
+    from onceflow.connectors.kafka import sink as ks
+
+    now = [100.0]
+    monkeypatch.setattr(ks.time, "monotonic", lambda: now[0])
+    out = ks._Producing("t", lambda r: json.dumps(r).encode(), None, lambda k: k, None, None)
+    out.value_json = json_values
+    p = _FakeProducer(3)
+    for b in range(4):
+        now[0] += 0.02  # past the sticky period: the next partition each time
+        out.produce(p, [{"b": b}])
+    assert p.asked == 1
+    assert [s[0] for s in p.sent] == [(p.sent[0][0] + k) % 3 for k in range(4)]
+    p.parts, p.sent = 1, []  # the topic was re-created with one partition
+    for b in range(3):
+        now[0] += 0.02
+        out.produce(p, [{"b": b}, {"b": b, "n": 2}])
+    assert len(p.sent) == 6 and all(s[0] in (0, -1) for s in p.sent), p.sent
+    assert -1 in [s[0] for s in p.sent]
+    now[0] += ks.PARTITIONS_TTL_S  # asked again: one partition now
+    out.produce(p, [{"b": 9}])
+    assert p.asked == 2 and p.sent[-1][0] == 0

@@ -4,6 +4,12 @@
     py-spy record -r 200 -s -n -f raw -o q0.txt -- \\
         .venv/bin/python benchmarks/nexmark/kafka_profile.py run q0 --topic TOPIC --events N
     .venv/bin/python benchmarks/nexmark/kafka_profile.py shares q0.txt [q3.txt ...]
+    .venv/bin/python benchmarks/nexmark/kafka_profile.py run q0 --topic TOPIC --events N \
+        --threads --producer-config '{"partitioner": "consistent_random"}'
+
+``--threads``: the worker's CPU per thread (Python's, librdkafka's ``rdk:broker*`` and
+``rdk:main``), sampled from /proc every 0.1 s. ``--producer-config``: librdkafka settings
+for the query's KafkaSink, for A/B runs of one setting.
 
 ``run``: one run of ``run.py --one`` (parallelism 1, memory backend, exactly-once into a
 fresh 2-partition topic) in this process, printing its CPU seconds split into the driver's
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import resource
 import sys
 import uuid
@@ -33,7 +40,63 @@ def _cpu(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(query: str, topic: str, events: int, bootstrap: str) -> None:
+class ThreadCpu:
+    """CPU seconds per thread of this process's children (the forked worker): librdkafka's
+    threads (``rdk:main``, ``rdk:broker…``) apart from Python's, read every 0.1 s from
+    /proc/<pid>/task/*/stat (a thread that ends between two samples loses at most 0.1 s)."""
+
+    def __init__(self) -> None:
+        import threading
+        self.seen: dict[tuple[int, int], tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._tick = 100.0
+        import os
+        self._tick = float(os.sysconf("SC_CLK_TCK"))
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _children(self) -> list[int]:
+        import os
+        me = str(os.getpid())
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    st = Path(f"/proc/{d}/stat").read_text()
+                except OSError:
+                    continue
+                if st.rsplit(")", 1)[1].split()[1] == me:
+                    out.append(int(d))
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            for pid in self._children():
+                try:
+                    tids = [int(t) for t in __import__("os").listdir(f"/proc/{pid}/task")]
+                except OSError:
+                    continue
+                for tid in tids:
+                    try:
+                        st = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                    except OSError:
+                        continue
+                    name = st[st.index("(") + 1:st.rindex(")")]
+                    f = st.rsplit(")", 1)[1].split()
+                    self.seen[(pid, tid)] = (name, (int(f[11]) + int(f[12])) / self._tick)
+
+    def report(self) -> str:
+        self._stop.set()
+        self.thread.join()
+        by: dict[str, float] = collections.defaultdict(float)
+        for name, cpu in self.seen.values():
+            key = "rdk:broker*" if name.startswith("rdk:broker") else name
+            by[key] += cpu
+        return ", ".join(f"{k} {v:.2f}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+
+
+def run(query: str, topic: str, events: int, bootstrap: str, threads: bool = False,
+        producer_config: dict[str, object] | None = None) -> None:
     import run as nexmark_run
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -50,6 +113,15 @@ def run(query: str, topic: str, events: int, bootstrap: str) -> None:
         return count(*a, **k)  # type: ignore[arg-type]
 
     nexmark_run.count_committed = counted
+    if producer_config:  # e.g. {"partitioner": "consistent_random"}: librdkafka chooses
+        import onceflow.kafka as okafka
+        made = okafka.KafkaSink
+
+        def sink(*a: object, **k: object) -> object:
+            return made(*a, producer_config=producer_config, **k)  # type: ignore[arg-type]
+
+        okafka.KafkaSink = sink  # type: ignore[assignment]
+    tc = ThreadCpu() if threads else None
     start = _cpu(resource.RUSAGE_SELF)
     rec = nexmark_run.run_one(query, 1, "memory", events, 10.0, kafka=(bootstrap, topic),
                               output_topic=out)
@@ -57,6 +129,8 @@ def run(query: str, topic: str, events: int, bootstrap: str) -> None:
           f"{rec['cpu_s']:.3f} s ({rec['events_per_cpu_s']:,.0f} events/s per core); "
           f"driver (build + run) {marks['driver'] - start:.3f} s, worker "
           f"{_cpu(resource.RUSAGE_CHILDREN):.3f} s; problems {rec['problems']}")
+    if tc is not None:
+        print(f"  worker threads (CPU s, sampled): {tc.report()}")
     nexmark_run.delete_topic(bootstrap, out)
 
 
@@ -112,11 +186,16 @@ def main() -> int:
     r.add_argument("--topic", required=True, help="a topic pre-filled by peers.py/run.py")
     r.add_argument("--events", type=int, required=True, help="the events in --topic")
     r.add_argument("--bootstrap", default="127.0.0.1:39092")
+    r.add_argument("--threads", action="store_true",
+                   help="also the worker's CPU per thread (librdkafka's apart)")
+    r.add_argument("--producer-config", default=None,
+                   help="JSON: librdkafka settings for the query's KafkaSink")
     s = sub.add_parser("shares")
     s.add_argument("paths", nargs="+", help="py-spy raw files (-f raw)")
     a = ap.parse_args()
     if a.cmd == "run":
-        run(a.query, a.topic, a.events, a.bootstrap)
+        run(a.query, a.topic, a.events, a.bootstrap, a.threads,
+            json.loads(a.producer_config) if a.producer_config else None)
     else:
         shares(a.paths)
     return 0

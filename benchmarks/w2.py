@@ -415,7 +415,7 @@ def main() -> int:
     ap.add_argument("--guarantee", default="exactly_once")
     ap.add_argument("--parallelism", type=int, default=1)
     ap.add_argument("--unbounded", action="store_true")
-    ap.add_argument("--records", type=int, default=int(os.environ.get("W2_RECORDS", "500000")))
+    ap.add_argument("--records", type=int, default=int(os.environ.get("W2_RECORDS", "1000000")))
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("W2_ROUNDS", "3")))
     ap.add_argument("--latency-rate", type=float, default=20_000)
     ap.add_argument("--latency-seconds", type=float, default=15)

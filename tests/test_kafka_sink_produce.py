@@ -301,3 +301,62 @@ def test_unkeyed_partition_count_is_asked_again_and_a_vanished_partition_falls_b
     now[0] += ks.PARTITIONS_TTL_S  # asked again: one partition now
     out.produce(p, [{"b": 9}])
     assert p.asked == 2 and p.sent[-1][0] == 0
+
+
+def test_first_transaction_takes_the_slot_whose_producer_is_ready_first(
+        bootstrap: str, tmp_path: Path) -> None:
+    """librdkafka's init_transactions sometimes waits out a 500 ms timer. The first
+    transaction (slot 0) must not hold the task for it when the other warm slot's producer
+    is ready: it moves to slot 1, nothing is lost or doubled, and slot 0's producer serves
+    the next transaction."""
+    import threading
+    import time
+
+    from onceflow.connectors.kafka import sink as ksink
+
+    topic = new_topic(bootstrap, 2, "slot")
+    prefix = f"slot-{uuid.uuid4().hex[:8]}"
+    sink = KafkaSink(bootstrap, topic, guarantee="exactly_once", serializer="json",
+                     transactional_id_prefix=prefix)
+    release = threading.Event()
+    made = sink._started_producer
+
+    def started(tid: str) -> Any:
+        if tid == f"{prefix}-0-0":
+            release.wait(30)  # slot 0's init_transactions "stuck"
+        return made(tid)
+
+    sink._started_producer = started  # type: ignore[method-assign]
+    ctx = SinkContext(flow="slot", uid="out", subtask=0, parallelism=1, attempt=0,
+                      flow_dir=str(tmp_path))
+    sink.open(ctx)
+    sink.abort_lingering(ctx, [])
+    n = ksink.HOLD_BACK_MAX + 10_000  # more than may wait: the task needs a producer
+    first = [{"i": i} for i in range(n)]
+    txn = sink.begin_transaction()
+    t0 = time.monotonic()
+    sink.write(txn, first)
+    assert time.monotonic() - t0 < 20, "the write waited for slot 0's producer"
+    assert (txn.slot, txn.transactional_id) == (1, f"{prefix}-0-1")
+    sink.pre_commit(txn)
+    sink.commit(txn)
+    release.set()
+    txn2 = sink.begin_transaction()
+    assert txn2.slot == 0
+    second = [{"i": i} for i in range(n, n + 10)]
+    sink.write(txn2, second)
+    sink.pre_commit(txn2)
+    sink.commit(txn2)
+    sink.close()
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"rd-{uuid.uuid4().hex}",
+                     "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                     "enable.auto.commit": False})
+    c.subscribe([topic])
+    got: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(got) < n + 10 and time.monotonic() < deadline:
+        got += [json.loads(m.value())["i"] for m in c.consume(10_000, 0.2) if not m.error()]
+    for m in c.consume(10_000, 1.0):  # nothing more: no duplicate
+        got.append(json.loads(m.value())["i"])
+    c.close()
+    assert sorted(got) == list(range(n + 10))

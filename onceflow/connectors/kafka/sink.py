@@ -43,7 +43,8 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -609,8 +610,13 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             if fut is None:
                 self._warm_up_own(txn)
                 return None
+            if not fut.done() and self._take_ready_slot(txn, block=False):
+                tid = txn.transactional_id
+                fut = self._warm[tid]
             if busy or not fut.done():
                 return None
+        elif self._take_ready_slot(txn, block=True):
+            tid = txn.transactional_id
         if _trace.ON:
             _trace.event("sink_producer_wait", tid=tid, wait=wait, held=len(self._held_back))
         self._lingering_done()
@@ -622,6 +628,44 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             records, self._held_back = self._held_back, []
             self._produce(live, records)
         return live
+
+    def _take_ready_slot(self, txn: KafkaTxn, block: bool) -> bool:
+        """Move ``txn``, which has sent nothing yet, to another free slot whose warm
+        producer is ready while its own is still being made (``block``: wait for the first
+        of them to be ready); True if it moved. librdkafka's ``init_transactions`` now and
+        then waits out a 500 ms coordinator-query timer (about one in four here, at a
+        job's start when two are made at once), and the first transaction's records would
+        wait for it. Safe: a free slot's producer was made while no pending transaction
+        used the slot (:meth:`_warm_up`), and a transaction's id is only recorded at its
+        pre-commit. The own slot's producer stays warm for a later transaction."""
+        assert self._ctx is not None
+        own = self._warm.get(txn.transactional_id)
+        if own is None or own.done() or txn.producer_id != -1:
+            return False
+        others = {}
+        for slot in range(self._slots_seen + 2):
+            if slot == txn.slot or slot in self._busy or slot in self._held:
+                continue
+            fut = self._warm.get(self._tid(self._ctx.subtask, slot))
+            if fut is not None:
+                others[fut] = slot
+        if not others:
+            return False
+        if block:
+            wait_futures([own, *others], return_when=FIRST_COMPLETED)
+        for fut, slot in sorted(others.items(), key=lambda fs: fs[1]):
+            if own.done():
+                return False
+            if fut.done() and fut.exception() is None:
+                self._busy.discard(txn.slot)
+                self._busy.add(slot)
+                self._slots_seen = max(self._slots_seen, slot + 1)  # a restore's lingering
+                if _trace.ON:
+                    _trace.event("sink_slot_moved", tid=txn.transactional_id,
+                                 to=self._tid(self._ctx.subtask, slot))
+                txn.slot, txn.transactional_id = slot, self._tid(self._ctx.subtask, slot)
+                return True
+        return False
 
     def _warm_up_own(self, txn: KafkaTxn) -> None:
         """Start making ``txn``'s producer in the background (its slot is ``txn``'s own,

@@ -304,18 +304,12 @@ class _Producing:
             try:
                 produce(topic, v, None, p, cb)
             except BufferError:
-                while True:  # the producer's queue is full: let it deliver, then again
-                    producer.poll(0.05)
-                    try:
-                        produce(topic, v, None, p, cb)
-                        break
-                    except BufferError:
-                        pass
+                self._produce_when_full(producer, v, None, p)
             except Exception as e:
                 if not self._unknown_partition(e):
                     raise
                 p = -1
-                self._produce_one(producer, v)
+                self._produce_when_full(producer, v, None, p)
         producer.poll(0)
 
     def _json_values(self, records: list[Any]) -> list[bytes]:
@@ -348,20 +342,16 @@ class _Producing:
             try:
                 produce(topic, v, k, -1, cb)
             except BufferError:
-                while True:  # the producer's queue is full: let it deliver, then again
-                    producer.poll(0.05)
-                    try:
-                        produce(topic, v, k, -1, cb)
-                        break
-                    except BufferError:
-                        pass
+                self._produce_when_full(producer, v, k, -1)
         producer.poll(0)
 
-    def _produce_one(self, producer: Any, v: Any) -> None:
-        """One value, librdkafka choosing the partition, waiting while the queue is full."""
+    def _produce_when_full(self, producer: Any, v: Any, k: Any, p: int) -> None:
+        """Produce one record, letting the producer deliver while its queue is full (the
+        batch loops call this only after ``produce`` raised ``BufferError``, or to produce
+        again without an explicit partition)."""
         while True:
             try:
-                producer.produce(self.topic, v, None, -1, self._on_delivery)
+                producer.produce(self.topic, v, k, p, self._on_delivery)
                 return
             except BufferError:
                 producer.poll(0.05)

@@ -79,6 +79,9 @@ class PartitionCount:
                 raise ValueError(f"record batch at offset {base}: message format v{magic}, "
                                  "this reader reads v2 only")
             last = base + last_delta
+            if last < self.offset:  # counted before (a fetch that began inside a batch)
+                pos += 12 + length
+                continue
             while self.aborted and self.aborted[0][0] <= last:
                 self.aborting.add(heapq.heappop(self.aborted)[1])
             if attrs & _CONTROL:
@@ -86,8 +89,7 @@ class PartitionCount:
                 self.aborting.discard(pid)
             elif not (attrs & _TRANSACTIONAL and pid in self.aborting):
                 self.count += n
-            if last >= self.offset:
-                self.offset = last + 1
+            self.offset = last + 1
             pos += 12 + length
 
 

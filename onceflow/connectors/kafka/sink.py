@@ -79,6 +79,12 @@ ON_LOST = ("fail", "continue")
 #: successful record costs no Python callback (failures are still collected, and
 #: ``flush`` still waits for every record).
 PRODUCER_DEFAULTS: dict[str, Any] = {"linger.ms": 5, "delivery.report.only.error": True}
+#: On top of PRODUCER_DEFAULTS for the transactional producers of ``"exactly_once"``. A
+#: transaction's records are invisible to read_committed consumers until its commit, and
+#: the pre-commit flush sends whatever still lingers, so waiting up to 50 ms to fill a
+#: batch delays no visible result; fewer, larger produce requests cost the client and the
+#: broker less CPU (W2 at parallelism 2 here: 3.3-4.2 s instead of 4.1-4.9 s per run).
+TXN_PRODUCER_DEFAULTS: dict[str, Any] = {"linger.ms": 50}
 #: records a transaction keeps while its producer is being made (then the task waits)
 HOLD_BACK_MAX = 50_000
 
@@ -521,7 +527,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
 
     def _producer(self, tid: str) -> Any:
         ck = import_kafka()
-        conf = {**PRODUCER_DEFAULTS, **self.producer_config,
+        conf = {**PRODUCER_DEFAULTS, **TXN_PRODUCER_DEFAULTS, **self.producer_config,
                 "bootstrap.servers": self.bootstrap_servers, "transactional.id": tid,
                 "transaction.timeout.ms": self.transaction_timeout_ms}
         with foreign_errors(f"KafkaSink({self.topic}): starting the transactional producer "

@@ -105,7 +105,8 @@ def role_job(a: argparse.Namespace) -> None:
          .reduce(lambda acc, r: {"user": r["user"], "total": acc["total"] + r["total"],
                                  "id": r["id"]}, name="total")
          .sink(KafkaSink(a.bootstrap, a.output, guarantee=a.guarantee,
-                         key=lambda r: r["user"], key_serializer="str", serializer="json"),
+                         key=lambda r: r["user"], key_serializer="str", serializer="json",
+                         producer_config=json.loads(a.producer_config)),
                name="kafka-out"))
     result = flow.run()
     print("RESULT " + json.dumps({"checkpoints": len(result.completed_checkpoints),
@@ -452,6 +453,12 @@ def main() -> int:
                     help="extra settings of the input consumer, the same for the plain loop "
                          "and onceflow's KafkaSource (e.g. '{\"fetch.queue.backoff.ms\": "
                          "10}'); default: none, the client's defaults")
+    ap.add_argument("--producer-config", default="{}", metavar="JSON",
+                    help="extra settings of onceflow's KafkaSink producers (its "
+                         "producer_config); default: none")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="also run every onceflow configuration as CONFIG-NAME with these "
+                         "producer settings (an A/B in the same interleaved rounds)")
     ap.add_argument("--trace", metavar="DIR",
                     help="write each run's timeline (ONCEFLOW_TRACE) to DIR/<config>-<round>"
                          ".jsonl and print it (a diagnosis aid: not for the figures)")
@@ -480,7 +487,14 @@ def main() -> int:
                "alo-p1": ["job", "--guarantee", "at_least_once", "--parallelism", "1", *cc],
                "eo-p2": ["job", "--guarantee", "exactly_once", "--parallelism", "2", *cc],
                "alo-p2": ["job", "--guarantee", "at_least_once", "--parallelism", "2", *cc]}
-    configs = {k: v for k, v in configs.items() if k in a.configs.split(",")}
+    configs = {k: (v if v[0] == "plain" else [*v, "--producer-config", a.producer_config])
+               for k, v in configs.items() if k in a.configs.split(",")}
+    for variant in a.variant:  # NAME=JSON: each onceflow configuration again, with those
+        vname, _, pc = variant.partition("=")  # producer settings (an A/B in one run)
+        json.loads(pc)  # a bad JSON fails here, before any run
+        for k, v in list(configs.items()):
+            if v[0] == "job":
+                configs[f"{k}-{vname}"] = [*v, "--producer-config", pc]
     runs: list[dict[str, Any]] = []
     for rnd in range(a.rounds):
         # odd rounds run the configurations in the opposite order, so that none always

@@ -149,3 +149,22 @@ def test_a_bad_record_in_a_batch_is_named(bootstrap: str, eof: bool) -> None:
         assert rd.position().get((topic, 1), 0) <= 7  # not moved past the bad record
     finally:
         rd.close()
+
+
+def test_the_readers_prefetch_default_and_the_users_setting_wins() -> None:
+    """The reader prefetches at most 4 MiB per partition (librdkafka's own default is 64
+    MiB or 100,000 messages); whatever the user's consumer_config says wins, and the
+    settings exactly-once reading needs are there either way."""
+    from onceflow.connectors.kafka.source import reader_config
+
+    conf = reader_config(KafkaSource("127.0.0.1:1", "t", group_id="g"))
+    assert conf["queued.max.messages.kbytes"] == 4096
+    assert conf["fetch.queue.backoff.ms"] == 10
+    assert conf["isolation.level"] == "read_committed"
+    assert conf["enable.auto.commit"] is False
+    assert conf["group.id"] == "g"
+    mine = reader_config(KafkaSource("127.0.0.1:1", "t", consumer_config={
+        "queued.max.messages.kbytes": 65536, "queued.min.messages": 1000}))
+    assert mine["queued.max.messages.kbytes"] == 65536
+    assert mine["queued.min.messages"] == 1000
+    assert mine["isolation.level"] == "read_committed"

@@ -419,3 +419,29 @@ def test_a_reader_that_owns_no_partitions_makes_the_subtask_idle() -> None:
     sw.assign([None], [False])
     sw.set_partitions(0, [])
     assert sw.poll(force=True) == (None, True)
+
+
+def test_timestamps_of_a_batch_every_kind_of_value() -> None:
+    """The batch path of timestamp functions: all finite floats come back as they are;
+    ints and datetimes (naive ones as UTC) become float seconds, also mixed with floats;
+    a bool, a string, NaN or an infinity anywhere in the batch is refused."""
+    import datetime as dt
+
+    from onceflow.api.watermarks import timestamps_of
+
+    ident = (lambda r: r)
+    floats = [1.5, 2.25, 0.0]
+    assert timestamps_of(ident, floats) == floats
+    assert timestamps_of(ident, []) == []
+    got = timestamps_of(ident, [1, 2.5, dt.datetime(1970, 1, 1, 0, 0, 3)])
+    assert got == [1.0, 2.5, 3.0] and all(type(t) is float for t in got)
+    assert timestamps_of(ident, [dt.datetime(1970, 1, 1, 0, 1, tzinfo=dt.UTC)]) == [60.0]
+    with pytest.raises(TypeError, match="bool"):
+        timestamps_of(ident, [1.0, True])
+    with pytest.raises(TypeError, match="str"):
+        timestamps_of(ident, [1.0, "2"])
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            timestamps_of(ident, [1.0, bad, 2.0])
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            timestamps_of(ident, [1, bad])  # the per-value path too

@@ -64,6 +64,8 @@ def _read_all(rd: Any, total: int, bounded: bool, size: int = 37
             break
         bp = rd.batch_partitions() or []
         assert len(bp) == len(batch)
+        # the runs the watermarks take are the same partitions, run by run
+        assert [tp for tp, n in rd.batch_runs() or [] for _ in range(n)] == bp
         got.extend(batch)
         parts.extend(bp)
     if not bounded:  # at the end: nothing more (with eof, the end-of-partition messages)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -445,3 +445,43 @@ def test_timestamps_of_a_batch_every_kind_of_value() -> None:
             timestamps_of(ident, [1.0, bad, 2.0])
         with pytest.raises(ValueError, match="finite number of seconds"):
             timestamps_of(ident, [1, bad])  # the per-value path too
+
+
+def test_runs_of_a_batch_give_the_same_watermarks_as_its_partitions() -> None:
+    """on_batch_runs (what a Kafka reader's batches take) against on_batch with the
+    partition of every record: the same watermark after each batch, for one run, runs of
+    one partition twice in a batch, and runs that do not add up refused."""
+    from onceflow.connectors.sources import SplitReader
+
+    batches = [([("t", 0)] * 3, [1.0, 2.0, 3.0]),
+               ([("t", 1)] * 2 + [("t", 0)] + [("t", 1)], [5.0, 6.0, 4.0, 7.0]),
+               ([("t", 0), ("t", 1), ("t", 0)], [9.0, 8.0, 10.0])]
+    by_part, by_runs = (SourceWatermarks(strategy(bound=0.0), Clock()) for _ in range(2))
+    for sw in (by_part, by_runs):
+        sw.assign([None], [False])
+        sw.set_partitions(0, [("t", 0), ("t", 1)])
+
+    class Reader(SplitReader):  # the default batch_runs, from batch_partitions
+        parts: ClassVar[list[Any]] = []
+
+        def read_batch(self, max_records: int) -> list[Any] | None:
+            return []
+
+        def position(self) -> Any:
+            return 0
+
+        def batch_partitions(self) -> list[Any] | None:
+            return self.parts
+
+    rd = Reader()
+    for parts, ts in batches:
+        rd.parts = parts
+        runs = rd.batch_runs()
+        assert runs is not None and sum(n for _, n in runs) == len(parts)
+        by_part.on_batch(0, ts, ts, parts)
+        by_runs.on_batch_runs(0, ts, ts, runs)
+        assert by_part.poll(force=True) == by_runs.poll(force=True)
+        assert by_part.snapshot(0) == by_runs.snapshot(0)
+    assert by_runs.snapshot(0) == {("t", 0): (10.0, 10.0), ("t", 1): (8.0, 8.0)}
+    with pytest.raises(ValueError, match="runs of 2 records for 3"):
+        by_runs.on_batch_runs(0, [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [(("t", 0), 2)])

@@ -19,6 +19,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 from onceflow.errors import ConfigurationError, RecordFormatError
@@ -47,6 +48,15 @@ class SplitReader(ABC):
     def batch_partitions(self) -> list[Any] | None:
         """With :meth:`partitions`: the partition of each record of the last batch."""
         return None
+
+    def batch_runs(self) -> list[tuple[Any, int]] | None:
+        """With :meth:`partitions`: the last batch as runs of one partition, ``(partition,
+        number of records)`` in order. The default groups :meth:`batch_partitions`; a
+        reader that knows its runs returns them without a list entry per record."""
+        parts = self.batch_partitions()
+        if parts is None:
+            return None
+        return [(p, sum(1 for _ in run)) for p, run in groupby(parts)]
 
 
 class Source(ABC):

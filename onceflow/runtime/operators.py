@@ -851,10 +851,10 @@ class SourceOp(Operator):
                 if wms is not None:
                     assert self.strategy is not None
                     ts = _timestamps(self.name, self.strategy, batch)
-                    parts = rd.batch_partitions()
-                    if parts is not None:
+                    runs = rd.batch_runs()
+                    if runs is not None:
                         wms.set_partitions(i, rd.partitions() or [])
-                    wms.on_batch(i, batch, ts, parts)
+                    wms.on_batch_runs(i, batch, ts, runs)
                     self.batch_ts = ts
                 return batch
         return []

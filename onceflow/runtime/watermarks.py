@@ -198,17 +198,34 @@ class SourceWatermarks:
 
     def on_batch(self, index: int, records: list[Any], ts: list[float],
                  partitions: list[Any] | None = None) -> None:
+        """``partitions``: the partition of each record (None: the split is one input)."""
         if partitions is None:
-            self._on_events(self.parts.get((index, WHOLE)), index, WHOLE, records, ts)
+            self.on_batch_runs(index, records, ts, None)
             return
         if len(partitions) != len(records):
             raise ValueError(f"{len(partitions)} partitions for {len(records)} records")
-        # a reader's records come in runs of one partition (Kafka's do): group run by run
-        # (at C speed), not record by record
+        self.on_batch_runs(index, records, ts,
+                           [(p, sum(1 for _ in run)) for p, run in groupby(partitions)])
+
+    def on_batch_runs(self, index: int, records: list[Any], ts: list[float],
+                      runs: list[tuple[Any, int]] | None) -> None:
+        """``runs``: the batch as runs of one partition, ``(partition, number of
+        records)`` in order (a Kafka reader's records come so), or None when the split is
+        one input. A batch of one run (the common case) goes to its partition as it is."""
+        if runs is None:
+            self._on_events(self.parts.get((index, WHOLE)), index, WHOLE, records, ts)
+            return
+        if len(runs) == 1 and runs[0][1] == len(records):
+            p = runs[0][0]
+            self._on_events(self.parts.get((index, p)), index, p, records, ts)
+            return
+        if sum(n for _, n in runs) != len(records):
+            raise ValueError(f"runs of {sum(n for _, n in runs)} records for "
+                             f"{len(records)} records")
         groups: dict[Any, tuple[list[Any], list[float]]] = {}
         lo = 0
-        for p, run in groupby(partitions):
-            hi = lo + len(list(run))
+        for p, n in runs:
+            hi = lo + n
             g = groups.get(p)
             if g is None:
                 groups[p] = (records[lo:hi], ts[lo:hi])

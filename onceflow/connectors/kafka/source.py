@@ -632,6 +632,9 @@ class KafkaSplitReader(SplitReader):
             parts.extend([tp] * n)
         return parts
 
+    def batch_runs(self) -> list[tuple[Any, int]] | None:
+        return list(self._runs)
+
     def notify_checkpoint_complete(self, checkpoint_id: int, position: Any) -> None:
         """Write the offsets a completed checkpoint covers to the consumer group, for
         monitoring (lag). onceflow itself restores offsets from its checkpoints only."""

@@ -16,19 +16,25 @@ Configurations, in interleaved rounds:
 * ``decode-onceflow``: the same with ``KafkaSource``'s consumer settings
   (``reader_config``: read_committed, end-of-partition events, its fetch backoff and
   prefetch limit);
-* ``q2-onceflow``: that, plus q2's predicate (queries.py) over every decoded event: the
-  least any engine's q2 can cost here, before it has timestamps, watermarks, checkpoints or
-  a sink.
+* ``q0-loop``, ``q1-loop``, ``q2-loop``: that, plus the query's own functions
+  (queries.py's filter and map, the same objects), ``orjson.dumps`` of each row and a
+  transactional producer (``linger.ms`` 50, delivery reports for errors only, a commit
+  every 10 s and at the end) into a fresh 2-partition topic: the query as a hand-written
+  loop, with no engine (no timestamps, watermarks, checkpoints or recovery). The least a
+  Python job of that query over this topic can cost here.
 
 CPU is the process's (every thread) from before the consumer is made to the last record,
-so a connection's set-up is in it, as it is in a job's. ``--peers-json``: a peers.py
-result; the table then says what 3x that run's Bytewax per core would leave per event.
+so a connection's set-up is in it, as it is in a job's; imports are not. The garbage
+collector is set as onceflow's workers set it (frozen start-up objects, young collections
+every 50,000 allocations). ``--peers-json``: a peers.py result; the table then sets the
+loops beside that run's Bytewax and onceflow, per core.
 Results: benchmarks/results/nexmark-read-floor.json and .md (``--no-save``: print only).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import statistics
@@ -46,11 +52,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(HERE))
 
 RESULTS = ROOT / "benchmarks" / "results"
-CONFIGS = ["consume", "decode", "decode-onceflow", "q2-onceflow"]
+CONFIGS = ["consume", "decode", "decode-onceflow", "q0-loop", "q1-loop", "q2-loop"]
 LABEL = {"consume": "consume only (librdkafka defaults)",
          "decode": "consume + orjson.loads (librdkafka defaults)",
          "decode-onceflow": "consume + orjson.loads (onceflow's reader settings)",
-         "q2-onceflow": "the same + q2's predicate on every event"}
+         "q0-loop": "q0 as a plain loop: the same + q0's functions, JSON out, transactions",
+         "q1-loop": "q1 as a plain loop",
+         "q2-loop": "q2 as a plain loop"}
 BATCH = 1024
 
 
@@ -64,22 +72,48 @@ def one(config: str, bootstrap: str, topic: str, events: int) -> dict[str, Any]:
     import confluent_kafka as ck
     import orjson
 
-    t0, w0 = _cpu(), time.perf_counter()
+    query = config.split("-")[0] if config.endswith("-loop") else None
+    out_topic = f"read-floor-{query}-{uuid.uuid4().hex[:8]}" if query else None
+    if out_topic:  # made before the clock starts, as the benchmark's jobs' output topics
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(out_topic, 2, 1)])[out_topic].result(timeout=30)
+    # imports (onceflow's, queries.py's) before the clock starts: the jobs' are not in
+    # their CPU seconds either (their workers are forked from an interpreter that has them)
+    keep, project = _query_functions(query) if query else (None, None)
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "enable.auto.commit": False,
                             "group.id": f"read-floor-{uuid.uuid4().hex[:8]}"}
-    if config in ("decode-onceflow", "q2-onceflow"):
+    if config != "consume" and config != "decode":
         from onceflow.connectors.kafka.source import reader_config
         from onceflow.kafka import KafkaSource
 
         conf = reader_config(KafkaSource(bootstrap, topic, group_id=conf["group.id"]))
+    # the garbage collector as onceflow's workers set it (runtime/worker.py): decoded
+    # records are many short-lived dicts, collected far less often than by default
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    t0, w0 = _cpu(), time.perf_counter()
     c = ck.Consumer(conf)
     meta = c.list_topics(topic, timeout=30).topics[topic]
     c.assign([ck.TopicPartition(topic, p, 0) for p in sorted(meta.partitions)])
     decode = config != "consume"
-    pred = _q2_predicate() if config == "q2-onceflow" else None
+    prod: Any = None
+    errors: list[Any] = []
+
+    def on_error(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    if out_topic:  # a transactional producer, as an exactly-once sink has
+        prod = ck.Producer({"bootstrap.servers": bootstrap, "transactional.id": out_topic,
+                            "linger.ms": 50, "delivery.report.only.error": True})
+        prod.init_transactions()
+        prod.begin_transaction()
     value, error = ck.Message.value, ck.Message.error
-    n = 0
+    n = rows = part = 0
     deadline = time.monotonic() + 600
+    committed = time.monotonic()
     while n < events:
         if time.monotonic() > deadline:
             raise SystemExit(f"read only {n} of {events} records of {topic} in 600 s")
@@ -87,21 +121,39 @@ def one(config: str, bootstrap: str, topic: str, events: int) -> dict[str, Any]:
         if any(map(error, msgs)):  # end-of-partition events (onceflow's settings)
             msgs = [m for m in msgs if m.error() is None]
         raw = list(map(value, msgs))
-        if decode:
-            out = list(map(orjson.loads, raw))
-            if pred is not None:
-                out = list(filter(pred, out))
-            del out
         n += len(raw)
+        if not decode:
+            continue
+        recs = list(map(orjson.loads, raw))
+        if prod is None:
+            continue
+        vals = list(map(orjson.dumps, map(project, filter(keep, recs))))
+        produce = prod.produce
+        for v in vals:  # one partition per batch, as the sink's sticky partitioning
+            produce(out_topic, v, None, part, on_error)
+        part ^= 1
+        rows += len(vals)
+        prod.poll(0)
+        if time.monotonic() - committed >= 10.0:  # the benchmark's checkpoint interval
+            prod.commit_transaction()
+            prod.begin_transaction()
+            committed = time.monotonic()
+    if prod is not None:
+        prod.commit_transaction()
     cpu, wall = _cpu() - t0, time.perf_counter() - w0
     c.close()
-    return {"config": config, "events": n, "cpu_s": cpu, "wall_s": wall,
+    if out_topic:
+        admin.delete_topics([out_topic])
+    if errors:
+        raise SystemExit(f"{len(errors)} records were not delivered: {errors[0]}")
+    return {"config": config, "events": n, "rows": rows, "cpu_s": cpu, "wall_s": wall,
             "us_per_event": cpu / n * 1e6, "events_per_cpu_s": n / cpu,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _q2_predicate() -> Any:
-    """q2's filter, as queries.q2 passes it to ``filter`` (the same function object)."""
+def _query_functions(query: str) -> tuple[Any, Any]:
+    """The filter and the map function queries.py's ``query`` passes to the API (the same
+    function objects), for q0-q2 (a filter, then a map)."""
     import queries
 
     captured: list[Any] = []
@@ -112,25 +164,24 @@ def _q2_predicate() -> Any:
             return self
 
         def map(self, fn: Any, name: str = "") -> Probe:
+            captured.append(fn)
             return self
 
-    queries.q2(Probe())  # type: ignore[arg-type]
-    return captured[0]
+    getattr(queries, query)(Probe())
+    keep, project = captured
+    return keep, project
 
 
-def _peer_bound(path: str | None) -> dict[str, Any] | None:
-    """From a peers.py result: Bytewax's q2 events/s per core, and the CPU per event that
-    3x it leaves onceflow."""
+def _peer_rows(path: str | None) -> dict[str, dict[str, float]]:
+    """From a peers.py result: events/s per core of onceflow (memory) and Bytewax, per
+    query of q0-q2."""
     if not path:
-        return None
-    res = json.loads(Path(path).read_text())
-    for row in res.get("rows", []):
-        if row.get("query") == "q2" and row.get("system") == "bytewax":
-            per_core = row.get("events_per_cpu_s_median")
-            if per_core:
-                return {"from": path, "bytewax_q2_per_core": per_core,
-                        "us_per_event_for_3x": 1e6 / (3 * per_core)}
-    return {"from": path, "bytewax_q2_per_core": None, "us_per_event_for_3x": None}
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for row in json.loads(Path(path).read_text()).get("rows", []):
+        if row.get("query") in ("q0", "q1", "q2") and row.get("events_per_cpu_s_median"):
+            out.setdefault(row["query"], {})[row["system"]] = row["events_per_cpu_s_median"]
+    return out
 
 
 def render(res: dict[str, Any]) -> str:
@@ -149,16 +200,22 @@ def render(res: dict[str, Any]) -> str:
         lines.append(f"| {LABEL[c]} | {s['us_per_event']:.3f} | {s['events_per_cpu_s']:,.0f} "
                      f"| {s['events_per_s']:,.0f} | {s['peak_rss_mb']:.0f} | "
                      + ", ".join(f"{u:.3f}" for u in s["runs_us"]) + " |")
-    b = res.get("peer_bound")
-    if b and b.get("us_per_event_for_3x"):
-        floor = res["summary"]["decode-onceflow"]["us_per_event"]
-        q2 = res["summary"]["q2-onceflow"]["us_per_event"]
-        lines += ["", f"3x Bytewax's q2 per core in `{b['from']}` "
-                  f"({b['bytewax_q2_per_core']:,.0f} events/s per core) leaves "
-                  f"{b['us_per_event_for_3x']:.3f} CPU-µs per event for the whole job; "
-                  f"reading and decoding alone take {floor:.3f} here "
-                  f"({floor / b['us_per_event_for_3x']:.0%} of it), with q2's predicate "
-                  f"{q2:.3f} ({q2 / b['us_per_event_for_3x']:.0%})."]
+    peers = res.get("peers") or {}
+    if peers:
+        lines += ["", f"Against `{res['peers_json']}` (per core, medians of that run):", "",
+                  "| query | Bytewax | 3x Bytewax needs, CPU µs per event | the plain loop "
+                  "here | loop / Bytewax | onceflow's job there | job / Bytewax |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for q in ("q0", "q1", "q2"):
+            got = peers.get(q, {})
+            bw, job = got.get("bytewax"), got.get("onceflow-memory")
+            loop = res["summary"][f"{q}-loop"]
+            if not bw:
+                continue
+            job_s = f"{job:,.0f} | {job / bw:.2f}" if job else "- | -"
+            lines.append(f"| {q} | {bw:,.0f} | {1e6 / (3 * bw):.3f} | "
+                         f"{loop['events_per_cpu_s']:,.0f} ({loop['us_per_event']:.3f} µs) | "
+                         f"{loop['events_per_cpu_s'] / bw:.2f} | {job_s} |")
     return "\n".join(lines) + "\n"
 
 
@@ -199,7 +256,7 @@ def main() -> int:
     res = {"topic": a.topic, "events": a.events, "runs": a.runs, "summary": summary,
            "raw": runs, "machine": machine_info(), "git": git,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "peer_bound": _peer_bound(a.peers_json)}
+           "peers_json": a.peers_json, "peers": _peer_rows(a.peers_json)}
     text = render(res)
     print(text)
     if not a.no_save:

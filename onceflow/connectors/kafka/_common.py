@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -18,7 +19,9 @@ from onceflow.connectors.kafka._logs import client_config, secrets_of, serve_log
 from onceflow.errors import ConfigurationError
 
 
+@functools.cache
 def import_kafka() -> Any:
+    """confluent_kafka (imported once: the sinks ask for it on every batch)."""
     return require("confluent_kafka", "the Kafka connectors", "kafka", "confluent-kafka")
 
 

@@ -429,8 +429,9 @@ def test_worker_killed_in_the_commit_protocol_on_a_sasl_cluster(
 
 
 def test_a_secured_cluster_that_cannot_be_reached_costs_no_extra_wait() -> None:
-    """The first call of a new secured admin client (the credentials check) gives up at
-    once on a refused connection: the error is the call's own, as without security."""
+    """The first call of a new secured admin client (the credentials check) gives up soon
+    on a refused connection (it waits at most a second for an authentication error that
+    may follow "all brokers down"): the error is the call's own, as without security."""
     from brokers import free_port
 
     from onceflow.connectors.kafka._common import brokers

@@ -118,6 +118,11 @@ class _Admin:
         self.client, self.pid, self.made = client, os.getpid(), time.monotonic()
 
 
+#: a transport error's text that says the TLS handshake failed (librdkafka reports some as
+#: _TRANSPORT rather than _SSL)
+_TLS_FAILURE = re.compile(r"SSL handshake failed|certificate verify failed", re.IGNORECASE)
+
+
 class _AuthErrors:
     """The ``error_cb`` of a shared admin client: keeps the last authentication (or TLS)
     error librdkafka reports (served by the client's ``poll``), and whether a broker could
@@ -132,6 +137,8 @@ class _AuthErrors:
             ck = import_kafka()
             if err.code() in (ck.KafkaError._AUTHENTICATION, ck.KafkaError._SSL):
                 self.last = err
+            elif err.code() == ck.KafkaError._TRANSPORT and _TLS_FAILURE.search(err.str()):
+                self.last = err  # a TLS handshake the broker's certificate failed
             elif err.code() in (ck.KafkaError._TRANSPORT, ck.KafkaError._ALL_BROKERS_DOWN):
                 self.down = True
         except Exception:  # an error callback must never fail the client's poll
@@ -209,21 +216,31 @@ def shared_admin(bootstrap: str, config: dict[str, Any] | None = None) -> Any:
 
 #: seconds the first call of a new secured admin client waits for the brokers
 _AUTH_CHECK_S = 10.0
+#: seconds it still waits for an authentication error once every broker is down
+_DOWN_GRACE_S = 1.0
 
 
 def _check_auth(admin: Any, errors: _AuthErrors, bootstrap: str,
                 conn: dict[str, Any]) -> None:
     """One DescribeCluster on a new client, polling it meanwhile: an authentication error
     librdkafka reports fails at once. A cluster that cannot be reached or does not answer
-    is left to the calls that follow (they say so, with their own timeouts)."""
+    is left to the calls that follow (they say so, with their own timeouts), once every
+    broker has been down for :data:`_DOWN_GRACE_S` without an authentication error."""
     fut = admin.describe_cluster(request_timeout=_AUTH_CHECK_S)
     deadline = time.monotonic() + _AUTH_CHECK_S
+    down_since: float | None = None
     while not fut.done() and time.monotonic() < deadline:
         admin.poll(0.05)  # serves error_cb (and the log lines)
         if errors.last is not None:
             raise auth_failure(bootstrap, conn, errors.last)
         if errors.down:
-            return
+            # "all brokers down" can come before the TLS or SASL error that caused it
+            # (on a loaded machine, in separate polls): wait a little for that one
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+            elif now - down_since >= _DOWN_GRACE_S:
+                return
     admin.poll(0)
     if errors.last is not None:
         raise auth_failure(bootstrap, conn, errors.last)

@@ -54,9 +54,12 @@ class SplitReader(ABC):
         number of records)`` in order. The default groups :meth:`batch_partitions`; a
         reader that knows its runs returns them without a list entry per record."""
         parts = self.batch_partitions()
-        if parts is None:
-            return None
-        return [(p, sum(1 for _ in run)) for p, run in groupby(parts)]
+        return None if parts is None else runs_of(parts)
+
+
+def runs_of(partitions: Iterable[Any]) -> list[tuple[Any, int]]:
+    """``partitions`` (one per record) as runs: ``[(partition, number of records)]``."""
+    return [(p, sum(1 for _ in run)) for p, run in groupby(partitions)]
 
 
 class Source(ABC):

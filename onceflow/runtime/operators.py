@@ -777,9 +777,6 @@ class SourceOp(Operator):
         self.strategy: WatermarkStrategy | None = node.watermarks
         self.watermarks: SourceWatermarks | None = None
         self.batch_ts: list[float] | None = None  # timestamps of the last batch read
-        # per split: the partitions last given to the watermarks (set_partitions), so an
-        # unchanged list is not given again after every batch
-        self._owned: dict[int, list[Any]] = {}
 
     def open(self, rt: OperatorEnv) -> None:
         if self.strategy is not None:
@@ -792,7 +789,6 @@ class SourceOp(Operator):
         self.assigned = [[e[0], e[1], e[2]] for e in splits]
         self.readers = [None] * len(self.assigned)
         self._next = 0
-        self._owned = {}
         if self.watermarks is not None:
             self.watermarks.assign([e[3] if len(e) > 3 else None for e in splits],
                                    [bool(e[2]) for e in splits])
@@ -829,7 +825,6 @@ class SourceOp(Operator):
                 except Exception as e:
                     raise UserFunctionError(self.name, f"<open split {a[0]!r}>", e) from e
                 if wms is not None and (parts := rd.partitions()) is not None:
-                    self._owned[i] = list(parts)
                     wms.set_partitions(i, parts)
             try:
                 batch = rd.read_batch(max_records)
@@ -858,10 +853,7 @@ class SourceOp(Operator):
                     ts = _timestamps(self.name, self.strategy, batch)
                     runs = rd.batch_runs()
                     if runs is not None:
-                        owned = rd.partitions() or []
-                        if owned != self._owned.get(i):  # changed: a partition ended or
-                            self._owned[i] = owned        # was discovered
-                            wms.set_partitions(i, owned)
+                        wms.set_partitions(i, rd.partitions() or [])
                     wms.on_batch_runs(i, batch, ts, runs)
                     self.batch_ts = ts
                 return batch

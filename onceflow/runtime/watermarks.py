@@ -24,10 +24,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import groupby
 from typing import Any
 
 from onceflow.api.watermarks import WatermarkGenerator, WatermarkStrategy
+from onceflow.connectors.sources import runs_of
 
 NEG_INF = -math.inf
 POS_INF = math.inf
@@ -149,6 +149,9 @@ class SourceWatermarks:
         self.strategy = strategy
         self.clock = clock
         self.parts: dict[tuple[int, Any], _Partition] = {}
+        # per split: the partitions of the last set_partitions, while nothing since made an
+        # entry of that split (the same list again is then nothing to do)
+        self._given: dict[int, list[Any]] = {}
         self.splits = 0
         self.emitted = NEG_INF  # the subtask's watermark as last emitted downstream
         self.idle = False  # as last told downstream
@@ -163,6 +166,7 @@ class SourceWatermarks:
         """One entry per split: its checkpointed progress (``{partition: (watermark,
         generator state)}``), or None when it starts fresh."""
         self.parts = {}
+        self._given = {}
         self.splits = len(states)
         restored = False
         for i, (st, fin) in enumerate(zip(states, finished, strict=True)):
@@ -185,6 +189,9 @@ class SourceWatermarks:
     def set_partitions(self, index: int, partitions: list[Any]) -> None:
         """The reader of split ``index`` owns ``partitions`` now: each gets an entry (one
         with no records yet holds the watermark back until it has some, or turns idle)."""
+        if self._given.get(index) == partitions:  # as last time (after every batch)
+            return
+        self._given[index] = list(partitions)
         whole = self.parts.pop((index, WHOLE), None)
         owned = set(partitions)
         for (i, key), e in self.parts.items():
@@ -204,8 +211,7 @@ class SourceWatermarks:
             return
         if len(partitions) != len(records):
             raise ValueError(f"{len(partitions)} partitions for {len(records)} records")
-        self.on_batch_runs(index, records, ts,
-                           [(p, sum(1 for _ in run)) for p, run in groupby(partitions)])
+        self.on_batch_runs(index, records, ts, runs_of(partitions))
 
     def on_batch_runs(self, index: int, records: list[Any], ts: list[float],
                       runs: list[tuple[Any, int]] | None) -> None:
@@ -240,6 +246,7 @@ class SourceWatermarks:
                    ts: list[float]) -> None:
         if e is None:
             e = self.parts[(index, key)] = self._new()
+            self._given.pop(index, None)  # the next set_partitions must see this entry
         e.last_active = self.clock()
         e.idle = False
         e.advance(e.generator.on_events(records, ts))

@@ -234,6 +234,7 @@ def main() -> int:
         return 0
     from w1 import machine_info
 
+    machine = machine_info()  # at the start (its load average), with the git head (w1.py)
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in CONFIGS}
     for r in range(a.runs):
         order = CONFIGS if r % 2 == 0 else CONFIGS[::-1]
@@ -251,10 +252,8 @@ def main() -> int:
                    "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in rs),
                    "runs_us": [x["us_per_event"] for x in rs]}
                for c, rs in runs.items()}
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
     res = {"topic": a.topic, "events": a.events, "runs": a.runs, "summary": summary,
-           "raw": runs, "machine": machine_info(), "git": git,
+           "raw": runs, "machine": machine, "git": machine.get("git_head"),
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "peers_json": a.peers_json, "peers": _peer_rows(a.peers_json)}
     text = render(res)

@@ -487,14 +487,14 @@ def main() -> int:
                "alo-p1": ["job", "--guarantee", "at_least_once", "--parallelism", "1", *cc],
                "eo-p2": ["job", "--guarantee", "exactly_once", "--parallelism", "2", *cc],
                "alo-p2": ["job", "--guarantee", "at_least_once", "--parallelism", "2", *cc]}
-    configs = {k: (v if v[0] == "plain" else [*v, "--producer-config", a.producer_config])
-               for k, v in configs.items() if k in a.configs.split(",")}
+    chosen = {k: v for k, v in configs.items() if k in a.configs.split(",")}
+    configs = {k: v if v[0] == "plain" else [*v, "--producer-config", a.producer_config]
+               for k, v in chosen.items()}
     for variant in a.variant:  # NAME=JSON: each onceflow configuration again, with those
         vname, _, pc = variant.partition("=")  # producer settings (an A/B in one run)
         json.loads(pc)  # a bad JSON fails here, before any run
-        for k, v in list(configs.items()):
-            if v[0] == "job":
-                configs[f"{k}-{vname}"] = [*v, "--producer-config", pc]
+        configs.update({f"{k}-{vname}": [*v, "--producer-config", pc]
+                        for k, v in chosen.items() if v[0] == "job"})
     runs: list[dict[str, Any]] = []
     for rnd in range(a.rounds):
         # odd rounds run the configurations in the opposite order, so that none always

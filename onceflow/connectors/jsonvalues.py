@@ -3,14 +3,25 @@
 them as ``null``, which would change a record silently. So each encoder here tries orjson
 first and, only when its output has a ``null`` and the record holds such a float, writes
 the record as Python's ``json`` does (``NaN``, ``Infinity``, ``-Infinity``); the decoder
-reads those back. Plain records pay one substring test."""
+reads those back. Plain records pay one substring test.
+
+Decoding is msgspec's (:data:`decode`): 10-15 % faster than orjson's on small JSON objects
+such as Nexmark's events, and it reads an integer of any size exactly, as Python's ``json``
+does (orjson turns one past 64 bits into a float)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import msgspec
 import orjson
+
+#: one JSON document to Python objects (bytes, bytearray, memoryview or str). Raises
+#: :data:`DecodeError` for input that is not strict JSON (NaN, Infinity, trailing text,
+#: invalid UTF-8, a number past a double's range) and TypeError for one that is not text
+decode = msgspec.json.Decoder().decode
+DecodeError = msgspec.DecodeError
 
 _INF = float("inf")
 
@@ -48,6 +59,6 @@ def dumps(record: Any) -> bytes:
 def loads(data: bytes | str) -> Any:
     """One JSON value; also the ``NaN``/``Infinity`` that :func:`dumps` may write."""
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
+        return decode(data)
+    except (DecodeError, RecursionError):  # msgspec nests as deep as Python's stack allows
         return json.loads(data)  # NaN/Infinity; for anything else, json's own error

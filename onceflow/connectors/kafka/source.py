@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, NamedTuple
 
-import orjson
-
+from onceflow.connectors.jsonvalues import DecodeError, decode
 from onceflow.connectors.jsonvalues import loads as json_loads
 from onceflow.connectors.kafka._common import deserializer, import_kafka, shared_admin
 from onceflow.connectors.kafka._logs import client_config, serve_logs
@@ -308,7 +307,7 @@ class KafkaSplitReader(SplitReader):
         self.src, self.split = src, split
         self.pos = position
         self.value = deserializer(src.deserializer, "deserializer")
-        # the common case, JSON values: orjson.loads inline, without a wrapper call per record
+        # the common case, JSON values: jsonvalues.decode inline, no wrapper call per record
         self._json = src.deserializer == "json"
         self.key = deserializer(src.key_deserializer, "key_deserializer")
         self.consumer = ck.Consumer(client_config(reader_config(src), "source"))
@@ -428,9 +427,9 @@ class KafkaSplitReader(SplitReader):
         """The values of a batch without error messages, without a Python loop over its
         messages: partitions, (topics) and values are read with ``map`` over the Message
         methods, the runs of one partition found with ``groupby``, the JSON decoded with
-        ``map(orjson.loads)``; per run only its last offset is read, and the position,
+        ``map(jsonvalues.decode)``; per run only its last offset is read, and the position,
         the end of a bounded partition dealt with (as :meth:`_end_run` does). A value
-        that is null or does not decode with orjson alone falls back to decoding value
+        that is null or does not decode as strict JSON falls back to decoding value
         by value; a batch with messages of a finished partition takes the loop. So the
         values decoded, the results and the errors are those of :meth:`_values_loop`."""
         Message = self.ck.Message
@@ -462,8 +461,9 @@ class KafkaSplitReader(SplitReader):
         raw = list(map(Message.value, msgs))
         if self._json:
             try:
-                out = list(map(orjson.loads, raw))
-            except orjson.JSONDecodeError:  # a null value, NaN/Infinity (jsonvalues), or bad
+                out = list(map(decode, raw))
+            except (DecodeError, TypeError, RecursionError):  # a null value (TypeError),
+                # NaN/Infinity (jsonvalues), nesting deeper than the stack, or bad
                 out = [None if v is None else json_loads(v) for v in raw]
         else:
             out = list(map(self.value, raw))
@@ -507,7 +507,7 @@ class KafkaSplitReader(SplitReader):
         runs: list[tuple[tuple[str, int], int]] = []  # (partition, records) of the batch
         self._runs = runs
         value_of = None if self._json else self.value
-        loads = orjson.loads
+        loads = decode
         one_topic = not isinstance(self.src.topics, str | re.Pattern) and \
             len(self.src.topics) == 1
         cur_t: str | None = None
@@ -544,7 +544,7 @@ class KafkaSplitReader(SplitReader):
                 else:
                     try:
                         append(loads(v))
-                    except orjson.JSONDecodeError:  # NaN/Infinity (jsonvalues), or bad
+                    except (DecodeError, RecursionError):  # NaN/Infinity (jsonvalues), bad
                         append(json_loads(v))
             else:
                 append(value_of(v))

@@ -62,6 +62,22 @@ def test_jsonl_default_is_unchanged(tmp_path: Path) -> None:
         [{"a": 1, "2": [None, 1.5]}]
 
 
+def test_jsonl_integers_past_64_bits_are_written_exactly(tmp_path: Path) -> None:
+    """orjson refuses an int past 64 bits; a JSON source reads one back exactly, so the
+    sink writes it as Python's json does, in the whole-batch path and record by record
+    (a batch of mixed kinds), and read_committed gives it back unchanged."""
+    records = [(i, 10**30 + i) for i in range(5)] + [{"big": -(2**70)}, 7, (1, 2)]
+    out = tmp_path / "out"
+    flow = of.Flow("jsonl-big")
+    flow.source(of.sources.Collection(records)).sink(of.sinks.FileSink(out))
+    flow.run()
+    text = b"".join((out / n).read_bytes() for n in final_files(out))
+    assert b"[0,1000000000000000000000000000000]\n" in text, text
+    assert b'{"big":-1180591620717411303424}\n' in text, text
+    assert of.sinks.read_committed(out) == [list(r) if isinstance(r, tuple) else r
+                                            for r in records]
+
+
 def test_jsonl_serializer(tmp_path: Path) -> None:
     out = run_into(tmp_path, list(range(300)), "jsonl", serializer=lambda i: f"n={i}")
     text = b"".join((out / n).read_bytes() for n in final_files(out))

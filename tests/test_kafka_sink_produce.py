@@ -132,7 +132,8 @@ def test_unkeyed_json_values_are_written_as_the_serializer_says_with_a_full_queu
         bootstrap: str, tmp_path: Path, guarantee: str) -> None:
     """serializer="json" without key, partition or headers (the sink's batch-encoding
     path): every record's bytes are jsonvalues.dumps's (NaN and infinities kept, non-string
-    keys, a null record, nulls next to non-finite numbers), in order and none lost while
+    keys, a null record, nulls next to non-finite numbers, an int past 64 bits written
+    exactly, as a JSON source reads it back), in order and none lost while
     the producer's queue (5 messages here) is full again and again."""
     import math
 
@@ -142,7 +143,8 @@ def test_unkeyed_json_values_are_written_as_the_serializer_says_with_a_full_queu
     records: list = []
     for i in range(300):
         records.append([{"i": i, "u": None}, {1: "a", "i": i}, None, [i, math.inf, None],
-                        {"i": i, "x": -math.inf}, {"i": i, "nan": math.nan}][i % 6])
+                        {"i": i, "x": -math.inf}, {"i": i, "nan": math.nan},
+                        {"i": i, "big": 10**30 + i}][i % 7])
     sink = KafkaSink(bootstrap, topic, guarantee=guarantee, serializer="json",
                      transactional_id_prefix=f"unk-{uuid.uuid4().hex[:8]}",
                      producer_config={"queue.buffering.max.messages": 5})
@@ -151,6 +153,7 @@ def test_unkeyed_json_values_are_written_as_the_serializer_says_with_a_full_queu
     assert raw == [dumps(r) for r in records]
     assert raw[3] == b"[3,Infinity,null]" and raw[5] == b'{"i":5,"nan":NaN}', raw[:6]
     assert raw[1] == b'{"1":"a","i":1}' and raw[2] == b"null", raw[:6]
+    assert raw[6] == b'{"i":6,"big":1000000000000000000000000000006}', raw[6]
 
 
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])

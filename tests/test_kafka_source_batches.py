@@ -2,7 +2,8 @@
 error messages takes the source's batch path (map over the messages, runs found per
 partition), one with end-of-partition messages the per-message loop; both must give the
 same values, the partition of each value, and positions, on one topic or several, with
-null values, NaN/Infinity JSON, a bounded end inside a fetched run, and a bad record
+null values, NaN/Infinity JSON, integers past 64 bits (exact, as Python's json reads
+them), a bounded end inside a fetched run, and a bad record
 named by topic, partition and offset."""
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def _value(topic: str, p: int, i: int) -> bytes | None:
         return None  # a null value (a tombstone)
     if i % 11 == 5:
         return b'{"t": "%s", "p": %d, "i": %d, "x": NaN}' % (topic.encode(), p, i)
+    if i % 13 == 6:  # past 64 bits: an int, not a float near it
+        return b'{"t": "%s", "p": %d, "i": %d, "x": %d}' % (topic.encode(), p, i, 10**30 + i)
     return json.dumps({"t": topic, "p": p, "i": i}).encode()
 
 
@@ -132,12 +135,14 @@ def test_bounded_end_inside_a_fetched_run(bootstrap: str, eof: bool, size: int) 
         rd.close()
 
 
+@pytest.mark.parametrize("bad", [b'{"i": ', b"[" * 100_000 + b"]" * 100_000],
+                         ids=["truncated", "nested-100000-deep"])
 @pytest.mark.parametrize("eof", [False, True], ids=["no-eof-messages", "eof-messages"])
-def test_a_bad_record_in_a_batch_is_named(bootstrap: str, eof: bool) -> None:
+def test_a_bad_record_in_a_batch_is_named(bootstrap: str, eof: bool, bad: bytes) -> None:
     topic = create_topic(bootstrap, f"srcb-bad-{uuid.uuid4().hex[:8]}", 3)
     prod = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
     for i in range(30):  # record 22: partition 1, offset 7
-        prod.produce(topic, b'{"i": %d}' % i if i != 22 else b'{"i": ', partition=i % 3)
+        prod.produce(topic, b'{"i": %d}' % i if i != 22 else bad, partition=i % 3)
     assert prod.flush(30) == 0
     src = KafkaSource(bootstrap, [topic], deserializer="json", value_only=True,
                       consumer_config={"enable.partition.eof": eof})

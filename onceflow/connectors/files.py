@@ -36,7 +36,7 @@ import orjson
 from onceflow import _faults
 from onceflow._fsutil import fsync_dir
 from onceflow._optional import require
-from onceflow.connectors.jsonvalues import dumps_non_finite, has_non_finite, loads
+from onceflow.connectors.jsonvalues import dumps_non_finite, has_big_int, has_non_finite, loads
 from onceflow.connectors.sinks import SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
 from onceflow.errors import ConfigurationError, _short_repr
@@ -58,15 +58,21 @@ class FileTxn:
 
 
 def _json_line(record: Any) -> bytes:
-    line = orjson.dumps(record, option=_JSON_OPTS)
+    try:
+        line = orjson.dumps(record, option=_JSON_OPTS)
+    except orjson.JSONEncodeError:
+        if has_big_int(record):  # an int past 64 bits: Python's json writes it exactly
+            return _json_line_non_finite(record)
+        raise
     if b"null" in line and has_non_finite(record):
         return _json_line_non_finite(record)
     return line
 
 
 def _json_line_non_finite(record: Any) -> bytes:
-    """A record with NaN or an infinity, as :mod:`onceflow.connectors.jsonvalues` writes it
-    (``read_committed``, Python's ``json`` and pandas read it back as it was)."""
+    """A record with NaN, an infinity or an int past 64 bits, as
+    :mod:`onceflow.connectors.jsonvalues` writes it (``read_committed``, Python's ``json``
+    and pandas read it back as it was)."""
     return dumps_non_finite(record) + b"\n"
 
 
@@ -287,12 +293,8 @@ class _JsonLinesWriter(_Writer):
         r: Any = None
         try:
             if ser is None:
-                dumps, opts = orjson.dumps, _JSON_OPTS
                 for r in records:
-                    line = dumps(r, option=opts)
-                    if b"null" in line and has_non_finite(r):
-                        line = _json_line_non_finite(r)
-                    buf += line
+                    buf += _json_line(r)
             else:
                 for r in records:
                     v = ser(r)
@@ -616,8 +618,8 @@ def read_committed(directory: str | os.PathLike[str], prefix: str = "part", *,
     (hidden files, i.e. uncommitted transactions, skipped). For tests and verification.
 
     The format follows each file's extension: ``.csv`` and ``.parquet``, anything else is
-    read as JSON lines. JSON lines give back what ``orjson`` decodes (tuples become lists);
-    Parquet gives dicts, lists (for tuple/list records) or values, as written. CSV fields
+    read as JSON lines. JSON lines give back what Python's ``json`` decodes (tuples become
+    lists); Parquet gives dicts, lists (for tuple/list records) or values, as written. CSV fields
     are strings: pass ``header=True`` when the sink wrote dict records (each file's first
     line names the columns; records come back as dicts) or ``header=False`` for tuples,
     lists and single values (records come back as lists of strings)."""
@@ -637,17 +639,10 @@ def read_committed(directory: str | os.PathLike[str], prefix: str = "part", *,
             out.extend(_read_parquet(path))
         else:
             with open(path, "rb") as f:
-                out.extend(_read_json_line(line) for line in f if line.strip())
+                out.extend(loads(line) for line in f if line.strip())  # NaN, big ints too
     return out
 
 
-def _read_json_line(line: bytes) -> Any:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        if b"Infinity" in line or b"NaN" in line:  # see _json_line_non_finite
-            return loads(line)
-        raise
 
 
 def _read_csv(path: str, header: bool) -> list[Any]:

@@ -1,6 +1,7 @@
 """JSON for records that may hold NaN or an infinity (a global or count window's bounds are
 ``-inf``/``inf``). JSON has neither; orjson, the fast encoder every connector uses, writes
-them as ``null``, which would change a record silently. So each encoder here tries orjson
+them as ``null``, which would change a record silently (and refuses an integer past 64
+bits, which msgspec's decoder reads back exactly). So each encoder here tries orjson
 first and, only when its output has a ``null`` and the record holds such a float, writes
 the record as Python's ``json`` does (``NaN``, ``Infinity``, ``-Infinity``); the decoder
 reads those back. Plain records pay one substring test.
@@ -38,19 +39,41 @@ def has_non_finite(v: Any) -> bool:
     return False
 
 
+_I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1
+
+
+def has_big_int(v: Any) -> bool:
+    """Whether ``v`` holds an integer outside 64 bits (orjson refuses to write one; msgspec
+    reads one back exactly, so a record read from JSON can hold it)."""
+    t = type(v)
+    if t is int:
+        return v < _I64_MIN or v > _U64_MAX
+    if t is tuple or t is list or isinstance(v, tuple | list):
+        return any(map(has_big_int, v))
+    if isinstance(v, dict):
+        return any(map(has_big_int, v.values())) or any(map(has_big_int, v.keys()))
+    return isinstance(v, int) and not isinstance(v, bool) and not _I64_MIN <= v <= _U64_MAX
+
+
 def _as_json_data(o: Any) -> Any:
     return orjson.loads(orjson.dumps(o, option=orjson.OPT_NON_STR_KEYS))
 
 
 def dumps_non_finite(record: Any) -> bytes:
-    """``record`` as Python's ``json`` writes it, NaN and infinities kept (no newline)."""
+    """``record`` as Python's ``json`` writes it, NaN, infinities and integers of any size
+    kept (no newline)."""
     return json.dumps(record, separators=(",", ":"), allow_nan=True,
                       default=_as_json_data).encode()
 
 
 def dumps(record: Any) -> bytes:
-    """One record as JSON, NaN and infinities kept."""
-    data = orjson.dumps(record, None, orjson.OPT_NON_STR_KEYS)
+    """One record as JSON, NaN, infinities and integers past 64 bits kept."""
+    try:
+        data = orjson.dumps(record, None, orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        if has_big_int(record):
+            return dumps_non_finite(record)  # Python's json writes any int exactly
+        raise
     if b"null" in data and has_non_finite(record):
         return dumps_non_finite(record)
     return data

@@ -51,6 +51,7 @@ from typing import Any
 import orjson
 
 from onceflow import _faults, _trace
+from onceflow.connectors.jsonvalues import dumps as json_dumps
 from onceflow.connectors.jsonvalues import dumps_non_finite, has_non_finite
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import broker_config, brokers, import_kafka, serializer
@@ -321,7 +322,10 @@ class _Producing:
     def _json_values(self, records: list[Any]) -> list[bytes]:
         """``serializer="json"``'s bytes of ``records``, encoded by ``map`` (NaN and
         infinities as the general loop writes them)."""
-        vals = list(map(_dumps_json, records))
+        try:
+            vals = list(map(_dumps_json, records))
+        except orjson.JSONEncodeError:  # an int past 64 bits (written exactly), or bad
+            return list(map(json_dumps, records))
         if b"null" in b"\n".join(vals):  # one search for the batch (every value is in it)
             for i, v in enumerate(vals):
                 if b"null" in v and has_non_finite(records[i]):  # orjson wrote NaN/inf as null

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from itertools import compress
+from operator import itemgetter
 from typing import Any
 
 from onceflow.api.functions import (
@@ -288,6 +289,7 @@ class UnionOp(Operator):
 
 
 _MISSING = object()
+_FINISHED = itemgetter(2)  # of an ``assigned`` entry: [split, position, finished]
 
 
 class _KeyedOp(Operator):
@@ -801,7 +803,7 @@ class SourceOp(Operator):
 
     @property
     def exhausted(self) -> bool:
-        return all(a[2] for a in self.assigned)
+        return all(map(_FINISHED, self.assigned))  # asked every step: no Python loop
 
     def read(self, max_records: int) -> list[Any]:
         """Up to ``max_records`` from the current split. A split is read until it finishes

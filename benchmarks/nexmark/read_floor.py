@@ -1,26 +1,30 @@
 """The CPU floor of reading a Nexmark topic in Python: what consuming its records with
-confluent-kafka and decoding them with orjson costs with no engine at all (issue 14's q2).
+confluent-kafka and decoding them costs with no engine at all (issue 14's q2).
 
     .venv/bin/python benchmarks/nexmark/read_floor.py --topic TOPIC --events N [--runs 3] \
         [--peers-json benchmarks/results/nexmark-peers-5m-q012.json]
 
 Every stream processor here that reads JSON from Kafka in Python (onceflow, Bytewax, Quix
 Streams) pays at least this per event: librdkafka's fetch threads, one confluent-kafka
-``Message`` per record, and ``orjson.loads`` of its value. Each run is a fresh process
+``Message`` per record, and a JSON decoder's call on its value. Each run is a fresh process
 that assigns every partition of ``TOPIC`` from offset 0 and reads ``N`` records in
 ``consume(1024)`` batches (the batch size onceflow's source reads), keeping no record.
 Configurations, in interleaved rounds:
 
 * ``consume``: consume and ``Message.value``, no decoding, librdkafka's defaults;
-* ``decode``: plus ``orjson.loads`` of every value, librdkafka's defaults;
-* ``decode-onceflow``: the same with ``KafkaSource``'s consumer settings
+* ``decode``: plus ``orjson.loads`` of every value, librdkafka's defaults (what the
+  Bytewax peer does);
+* ``decode-msgspec``: the same with msgspec's decoder, the one ``KafkaSource`` uses
+  (``onceflow.connectors.jsonvalues.decode``);
+* ``decode-onceflow``: msgspec's decoder with ``KafkaSource``'s consumer settings
   (``reader_config``: read_committed, end-of-partition events, its fetch backoff and
   prefetch limit);
 * ``q0-loop``, ``q1-loop``, ``q2-loop``: that, plus the query's own functions
   (queries.py's filter and map, the same objects), ``orjson.dumps`` of each row and a
   transactional producer (``linger.ms`` 50, delivery reports for errors only, a commit
   every 10 s and at the end) into a fresh 2-partition topic: the query as a hand-written
-  loop, with no engine (no timestamps, watermarks, checkpoints or recovery). The least a
+  loop, with no engine (no timestamps, watermarks, checkpoints or recovery), decoding as
+  ``decode-onceflow`` does. The least a
   Python job of that query over this topic can cost here.
 
 CPU is the process's (every thread) from before the consumer is made to the last record,
@@ -52,10 +56,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(HERE))
 
 RESULTS = ROOT / "benchmarks" / "results"
-CONFIGS = ["consume", "decode", "decode-onceflow", "q0-loop", "q1-loop", "q2-loop"]
+CONFIGS = ["consume", "decode", "decode-msgspec", "decode-onceflow", "q0-loop", "q1-loop",
+           "q2-loop"]
 LABEL = {"consume": "consume only (librdkafka defaults)",
          "decode": "consume + orjson.loads (librdkafka defaults)",
-         "decode-onceflow": "consume + orjson.loads (onceflow's reader settings)",
+         "decode-msgspec": "consume + msgspec's decode (librdkafka defaults)",
+         "decode-onceflow": "consume + msgspec's decode (onceflow's reader settings)",
          "q0-loop": "q0 as a plain loop: the same + q0's functions, JSON out, transactions",
          "q1-loop": "q1 as a plain loop",
          "q2-loop": "q2 as a plain loop"}
@@ -84,7 +90,7 @@ def one(config: str, bootstrap: str, topic: str, events: int) -> dict[str, Any]:
     keep, project = _query_functions(query) if query else (None, None)
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "enable.auto.commit": False,
                             "group.id": f"read-floor-{uuid.uuid4().hex[:8]}"}
-    if config != "consume" and config != "decode":
+    if config not in ("consume", "decode", "decode-msgspec"):
         from onceflow.connectors.kafka.source import reader_config
         from onceflow.kafka import KafkaSource
 
@@ -98,6 +104,9 @@ def one(config: str, bootstrap: str, topic: str, events: int) -> dict[str, Any]:
     meta = c.list_topics(topic, timeout=30).topics[topic]
     c.assign([ck.TopicPartition(topic, p, 0) for p in sorted(meta.partitions)])
     decode = config != "consume"
+    loads: Any = orjson.loads
+    if config != "decode":
+        from onceflow.connectors.jsonvalues import decode as loads
     prod: Any = None
     errors: list[Any] = []
 
@@ -124,7 +133,7 @@ def one(config: str, bootstrap: str, topic: str, events: int) -> dict[str, Any]:
         n += len(raw)
         if not decode:
             continue
-        recs = list(map(orjson.loads, raw))
+        recs = list(map(loads, raw))
         if prod is None:
             continue
         vals = list(map(orjson.dumps, map(project, filter(keep, recs))))

@@ -643,8 +643,6 @@ def read_committed(directory: str | os.PathLike[str], prefix: str = "part", *,
     return out
 
 
-
-
 def _read_csv(path: str, header: bool) -> list[Any]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f)) if header else list(csv.reader(f))

@@ -25,6 +25,7 @@ from jobproc import JobProcess
 from kafka_util import new_topic, topic_name
 
 import onceflow as of
+from onceflow.connectors.kafka import _common
 from onceflow.connectors.kafka import protocol as kp
 from onceflow.connectors.kafka._common import connection_config, shared_admin
 from onceflow.errors import ConfigurationError, KafkaProtocolError
@@ -209,7 +210,11 @@ def test_no_credentials_fails_clearly(broker: SaslBroker) -> None:
     assert broker.bootstrap in str(ei.value)
 
 
-def test_shared_admin_is_per_connection_settings(broker: SaslBroker) -> None:
+def test_shared_admin_is_per_connection_settings(broker: SaslBroker,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # sharing, not expiry (test_kafka_clients_gc.py): on a loaded machine the calls below
+    # can take longer than the 10 s a shared client serves new calls
+    monkeypatch.setattr(_common, "SHARED_ADMIN_TTL_S", 600.0)
     good = broker.client_config
     a = shared_admin(broker.bootstrap, good)
     assert shared_admin(broker.bootstrap, {**good, "linger.ms": 3}) is a  # not a connection one

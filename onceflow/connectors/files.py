@@ -36,13 +36,13 @@ import orjson
 from onceflow import _faults
 from onceflow._fsutil import fsync_dir
 from onceflow._optional import require
-from onceflow.connectors.jsonvalues import dumps_non_finite, has_big_int, has_non_finite, loads
+from onceflow.connectors.jsonvalues import dumps as json_dumps
+from onceflow.connectors.jsonvalues import has_non_finite, loads
 from onceflow.connectors.sinks import SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
 from onceflow.errors import ConfigurationError, _short_repr
 
 FORMATS = ("jsonl", "csv", "parquet")
-_JSON_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 _BUFFER = 1 << 20  # bytes of write buffer per open file
 PARQUET_ROW_GROUP = 65_536  # records buffered before a Parquet row group is written
 _PARQUET_SHAPE = b"onceflow.records"  # schema metadata: how records map to columns
@@ -55,25 +55,6 @@ class FileTxn:
 
     tmp: str
     final: str
-
-
-def _json_line(record: Any) -> bytes:
-    try:
-        line = orjson.dumps(record, option=_JSON_OPTS)
-    except orjson.JSONEncodeError:
-        if has_big_int(record):  # an int past 64 bits: Python's json writes it exactly
-            return _json_line_non_finite(record)
-        raise
-    if b"null" in line and has_non_finite(record):
-        return _json_line_non_finite(record)
-    return line
-
-
-def _json_line_non_finite(record: Any) -> bytes:
-    """A record with NaN, an infinity or an int past 64 bits, as
-    :mod:`onceflow.connectors.jsonvalues` writes it (``read_committed``, Python's ``json``
-    and pandas read it back as it was)."""
-    return dumps_non_finite(record) + b"\n"
 
 
 class FileSink(TwoPhaseCommitSink[FileTxn]):
@@ -293,8 +274,9 @@ class _JsonLinesWriter(_Writer):
         r: Any = None
         try:
             if ser is None:
-                for r in records:
-                    buf += _json_line(r)
+                for r in records:  # NaN, infinities and big ints as jsonvalues keeps them
+                    buf += json_dumps(r)
+                    buf += b"\n"
             else:
                 for r in records:
                     v = ser(r)

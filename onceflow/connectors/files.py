@@ -275,8 +275,7 @@ class _JsonLinesWriter(_Writer):
         try:
             if ser is None:
                 for r in records:  # NaN, infinities and big ints as jsonvalues keeps them
-                    buf += json_dumps(r)
-                    buf += b"\n"
+                    buf += json_dumps(r, True)  # newline=True, positional: ~40 ns less
             else:
                 for r in records:
                     v = ser(r)

@@ -66,17 +66,24 @@ def dumps_non_finite(record: Any) -> bytes:
                       default=_as_json_data).encode()
 
 
-def dumps(record: Any) -> bytes:
-    """One record as JSON, NaN, infinities and integers past 64 bits kept."""
+_OPTS = orjson.OPT_NON_STR_KEYS
+_LINE_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+
+
+def dumps(record: Any, newline: bool = False) -> bytes:
+    """One record as JSON, NaN, infinities and integers past 64 bits kept; ``newline``:
+    with a ``\n`` after it (a JSON line, without copying the bytes to append it)."""
     try:
-        data = orjson.dumps(record, None, orjson.OPT_NON_STR_KEYS)
+        data = orjson.dumps(record, None, _LINE_OPTS if newline else _OPTS)
     except orjson.JSONEncodeError:
-        if has_big_int(record):
-            return dumps_non_finite(record)  # Python's json writes any int exactly
-        raise
-    if b"null" in data and has_non_finite(record):
-        return dumps_non_finite(record)
-    return data
+        if not has_big_int(record):
+            raise
+    else:
+        if b"null" not in data or not has_non_finite(record):
+            return data
+    # NaN/infinity (orjson wrote null) or an int past 64 bits: Python's json keeps both
+    data = dumps_non_finite(record)
+    return data + b"\n" if newline else data
 
 
 def loads(data: bytes | str) -> Any:

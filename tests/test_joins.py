@@ -18,7 +18,7 @@ from onceflow.runtime.channels import InputChannel
 from onceflow.runtime.events import END_OF_INPUT, TsBatch, Watermark
 from onceflow.runtime.operators import OperatorEnv
 from onceflow.runtime.task import Partitioner, TaskRunner
-from onceflow.testing import throttle
+from onceflow.testing import CollectingSink, run_inline, throttle
 
 
 def _backend(name: str, tmp: Path) -> Any:
@@ -63,6 +63,39 @@ def test_interval_join_matches_a_brute_force_reference(tmp_path: Path, backend: 
     assert len(want) > 500
     assert got == want
     assert of.sinks.read_committed(tmp_path / "late") == []
+
+
+@pytest.mark.parametrize(("lower", "upper"), [(0.0, 0.0), (-5.0, 0.0), (-7.0, -3.0),
+                                             (0.0, 5.0), (2.0, 2.0)])
+def test_interval_join_keeps_records_whose_bound_reaches_exactly_the_watermark(
+        lower: float, upper: float) -> None:
+    """Whole-second timestamps and a bound of 0: a record's ``t + upper`` (left) or ``t -
+    lower`` (right) often equals the watermark when it arrives. Such a record can still
+    match one of the other side at exactly the watermark (on time: late is ``t <
+    watermark``), so it must be buffered; one record per batch makes the two inputs
+    interleave finely."""
+    rng = random.Random(7)
+    left = [(rng.randrange(3), float(i // 3 + rng.randrange(2))) for i in range(120)]
+    right = [(rng.randrange(3), float(i // 3 + rng.randrange(2))) for i in range(120)]
+    left.sort(key=lambda r: r[1])
+    right.sort(key=lambda r: r[1])
+    flow = of.Flow("ij-edge", parallelism=1, batch_size=1)
+    ws = of.WatermarkStrategy.bounded_out_of_orderness(0.0).with_timestamps(lambda r: r[1])
+    a = flow.source(of.sources.Collection(left), name="left", watermarks=ws)
+    b = flow.source(of.sources.Collection(right), name="right", watermarks=ws)
+    late = of.OutputTag("late")
+    j = (a.key_by(lambda r: r[0]).interval_join(b.key_by(lambda r: r[0]))
+          .between(lower, upper).side_output_late_data(late).process(lambda x, y: (x, y)))
+    out, lates = CollectingSink(), CollectingSink()
+    j.sink(out, name="out")
+    j.side_output(late).sink(lates, name="late-out")
+    run_inline(flow)
+    assert lates.records() == []  # in order: nothing is late
+    got = sorted((tuple(x), tuple(y)) for x, y in out.records())
+    want = sorted((x, y) for x in left for y in right
+                  if x[0] == y[0] and x[1] + lower <= y[1] <= x[1] + upper)
+    assert len(want) > 100
+    assert got == want
 
 
 class Pairs(of.ProcessJoinFunction):

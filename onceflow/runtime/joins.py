@@ -115,8 +115,10 @@ class IntervalJoinOp(_JoinBase):
         return t
 
     def _buffer(self, state: Any, t: float, value: Any, clean_at: float) -> None:
-        if clean_at <= self.watermark:
-            return  # can match nothing that is still to come
+        if clean_at < self.watermark:
+            # can match nothing still to come: a record of the other side at exactly the
+            # watermark is on time (late is ``t < watermark``) and may still match
+            return
         buf = state.get(t)
         if buf is None:
             state.put(t, [value])

@@ -142,6 +142,49 @@ def test_update_on_read_extends_the_life(tmp_path: Path) -> None:
     assert v.value() == "dflt"
 
 
+@pytest.mark.parametrize("read", ["items", "keys", "values"])
+def test_update_on_read_extends_the_life_of_map_entries_read_in_bulk(tmp_path: Path,
+                                                                      read: str) -> None:
+    store = _store("memory", tmp_path)
+    clock = Clock()
+    _, _, m = _handles(store, clock, {}, ttl=of.StateTtl(10.0, update_on_read=True))
+    store.scope.key = "a"
+    m.put("x", 1)
+    for _ in range(3):
+        clock.now += 8
+        assert getattr(m, read)() == {"items": [("x", 1)], "keys": ["x"], "values": [1]}[read]
+    clock.now += 8
+    assert not m.is_empty()  # asks whether any entry lives; reads none: restarts no time
+    clock.now += 3  # 11 s after the last read of the entry
+    assert m.items() == []
+
+
+def test_an_earlier_expiry_of_a_queued_key_is_cleaned_up_at_its_own_time(
+        tmp_path: Path) -> None:
+    """Event time: a key written at t=100 (expires at 110), then by an out-of-order record
+    at t=95 (expires at 105). Once the watermark passes 105, the next access to TTL state
+    removes the earlier entry, though the key was queued first for 110."""
+    store = _store("memory", tmp_path)
+    watermark, event_time = Clock(), Clock()
+    cleaners: dict[int, Any] = {}
+    lst = ttl_state(store, "list", "l", None, of.StateTtl(10.0, of.TimeDomain.EVENT_TIME),
+                    watermark, watermark, event_time, cleaners, "operator 'op'")
+    watermark.now = 90.0
+    store.scope.key = "k"
+    for t in (100.0, 95.0):
+        event_time.now = t
+        lst.add(f"k@{t}")
+    watermark.now = 107.0
+    store.scope.key = "other"
+    event_time.now = 107.0
+    lst.add("o")  # any access runs what is due
+    assert [v for _, v in store.tables["l"]["k"]] == ["k@100.0"]
+    watermark.now = 111.0
+    lst.add("o2")
+    assert "k" not in store.tables["l"]
+    assert cleaners[id(store)].cleaned == 2
+
+
 @pytest.mark.parametrize("backend", ["memory", "rocksdb"])
 def test_restore_drops_what_expired(tmp_path: Path, backend: str) -> None:
     _run(_restore_case, tmp_path, backend)

@@ -64,26 +64,31 @@ _MISSING = object()
 
 
 class TtlCleaner:
-    """The expiry queue of one keyed store's TTL states: at most one entry
-    ``(expires_at, seq, state, key)`` per state and key, so it is as large as the live
-    state, however often a key is written. Entries are hints: cleaning re-reads the stored
-    expiry, and a key whose entries were written again since is queued again at its next
-    expiry."""
+    """The expiry queue of one keyed store's TTL states: one live entry
+    ``(expires_at, seq, state, key)`` per state and key, at the earliest expiry noted for
+    it, so it is about as large as the live state, however often a key is written. Entries
+    are hints: cleaning re-reads the stored expiries, and a key whose entries were written
+    again since is queued again at its next expiry. A note earlier than the key's queued
+    one (an event-time write of an out-of-order record, or a list or map whose entries
+    expire at different times) queues it again at the earlier time; the later entry is
+    then stale and skipped when it comes up."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
         self.heap: list[tuple[float, int, _TtlBase, Any]] = []
-        self.pending: set[tuple[int, Any]] = set()
+        #: (state, key) -> (expiry, seq) of its live heap entry
+        self.pending: dict[tuple[int, Any], tuple[float, int]] = {}
         self.seq = 0
         self.cleaned = 0  # entries removed (for tests and metrics)
         self._cleaning = False
 
     def note(self, state: _TtlBase, key: Any, expires: float) -> None:
         marker = (id(state), key)
-        if marker in self.pending:
+        queued = self.pending.get(marker)
+        if queued is not None and queued[0] <= expires:
             return  # already queued at an earlier (or equal) time: checked then
-        self.pending.add(marker)
         self.seq += 1
+        self.pending[marker] = (expires, self.seq)
         heapq.heappush(self.heap, (expires, self.seq, state, key))
 
     def run(self, now: float) -> None:
@@ -95,8 +100,12 @@ class TtlCleaner:
         saved = scope.key
         try:
             while heap and heap[0][0] <= now:
-                _, _, state, key = heapq.heappop(heap)
-                self.pending.discard((id(state), key))
+                _, seq, state, key = heapq.heappop(heap)
+                marker = (id(state), key)
+                queued = self.pending.get(marker)
+                if queued is None or queued[1] != seq:
+                    continue  # stale: the key was queued again at an earlier time
+                del self.pending[marker]
                 scope.key = key
                 self.cleaned += state._purge(now)
                 nxt = state._earliest()
@@ -303,6 +312,11 @@ class TtlMapState(_TtlBase):
         self._inner.remove(key)
 
     def items(self) -> list[tuple[Any, Any]]:
+        """The live entries (a read of each: with ``update_on_read`` their time restarts,
+        as ``get`` restarts one entry's)."""
+        return self._live_items(self._on_read)
+
+    def _live_items(self, refresh: bool) -> list[tuple[Any, Any]]:
         now = self._now()
         out = []
         for k, (exp, v) in self._inner.items():
@@ -310,6 +324,9 @@ class TtlMapState(_TtlBase):
                 self._inner.remove(k)
             else:
                 out.append((k, v))
+        if refresh and out:
+            exp = self._expiry(now)
+            self._inner.put_all({k: (exp, v) for k, v in out})
         return out
 
     def keys(self) -> list[Any]:
@@ -319,7 +336,7 @@ class TtlMapState(_TtlBase):
         return [v for _, v in self.items()]
 
     def is_empty(self) -> bool:
-        return not self.items()
+        return not self._live_items(False)  # reads no entry's value: restarts no time
 
     def clear(self) -> None:
         self._inner.clear()

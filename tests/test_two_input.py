@@ -295,3 +295,35 @@ def test_broadcast_state_is_read_only_in_process_element(tmp_path: Path) -> None
       .sink(of.sinks.Discard()))
     with pytest.raises(of.JobFailedError, match="read-only in process_element"):
         flow.run()
+
+
+class _KeyedStateOnBroadcast(ApplyRules):
+    def __init__(self, use: str) -> None:
+        self.use = use
+
+    def open(self, ctx: of.RuntimeContext) -> None:
+        self.n = ctx.value_state("n", 0)
+
+    def process_broadcast_element(self, value: Any, ctx: of.BroadcastContext) -> None:
+        assert ctx.current_key is None
+        if self.use == "state":
+            self.n.update(self.n.value() + 1)
+        else:
+            ctx.timer_service.register_event_time_timer(5.0)
+
+
+@pytest.mark.parametrize(("use", "backend"), [("state", "memory"), ("timer", "memory"),
+                                              ("state", "rocksdb"), ("timer", "rocksdb")])
+def test_keyed_state_and_timers_in_process_broadcast_element_are_refused(
+        tmp_path: Path, use: str, backend: str) -> None:
+    """No current key there: before, the state of key None was written on every subtask."""
+    be = (of.state.RocksDBBackend(local_dir=str(tmp_path / "rocks")) if backend == "rocksdb"
+          else of.state.MemoryBackend())
+    flow = of.Flow("bk", parallelism=2, state_backend=be,
+                   restart_strategy=of.restart.no_restart())
+    r = flow.source(of.sources.Collection([("a", 1)]), name="rules")
+    e = flow.source(of.sources.Collection([(1, 1)]), name="events")
+    (e.key_by(lambda ev: ev[0]).connect(r.broadcast(RULES))
+      .process(_KeyedStateOnBroadcast(use), name="b").sink(of.sinks.Discard()))
+    with pytest.raises(of.JobFailedError, match="process_broadcast_element has no current key"):
+        flow.run()

@@ -135,6 +135,11 @@ class _BroadcastCtx(_Ctx, BroadcastContext):
         self._bop = op
         self.writable = False
 
+    @property
+    def current_key(self) -> Any:
+        k = self._store.scope.key
+        return None if type(k) is _NoCurrentKey else k  # the broadcast side: no key
+
     def get_broadcast_state(self, descriptor: MapStateDescriptor) -> BroadcastState:
         name = descriptor.name if isinstance(descriptor, MapStateDescriptor) else descriptor
         data = self._bop.broadcast_state.get(name)
@@ -143,6 +148,36 @@ class _BroadcastCtx(_Ctx, BroadcastContext):
                 f"operator {self._bop.name!r}: no broadcast state {name!r}; the broadcast "
                 f"stream declares {sorted(self._bop.broadcast_state)}")
         return BroadcastState(name, data, self.writable)
+
+
+class _NoCurrentKey:
+    """The key scope's key while ``process_broadcast_element`` runs: there is no current
+    key, so keyed state and timers (whose handles look up, hash or serialize the current
+    key) raise a clear error instead of reading or writing a key ``None`` on every subtask
+    (``None`` is a key like any other, and the subtasks that do not own it would write it
+    too)."""
+
+    def __init__(self, operator: str) -> None:
+        self.operator = operator
+
+    def _error(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"operator {self.operator!r}: process_broadcast_element has no current key, so "
+            "it cannot use keyed state or timers (a broadcast record reaches every "
+            "subtask); change the broadcast state there (ctx.get_broadcast_state) and use "
+            "keyed state and timers in process_element")
+
+    def __hash__(self) -> int:
+        raise self._error()
+
+    def __eq__(self, other: object) -> bool:
+        raise self._error()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise self._error()
+
+    def __repr__(self) -> str:
+        return "<no current key>"
 
 
 class BroadcastProcessOp(KeyedTwoInputOp):
@@ -161,6 +196,21 @@ class BroadcastProcessOp(KeyedTwoInputOp):
 
     def _new_ctx(self, rt: OperatorEnv) -> _Ctx:
         return _BroadcastCtx(self.store, rt, self)
+
+    def _run(self, batch: list[Any], ts: list[float] | None
+             ) -> tuple[list[Any], list[float] | None]:
+        if self.input_no == 0:
+            return super()._run(batch, ts)
+        store, ctx = self.store, self.ctx
+        assert store is not None and ctx is not None
+        no_key = _NoCurrentKey(self.name)
+        try:
+            res = _run_handler(self.name, self._broadcast, ctx, store.scope,
+                               lambda r: no_key, self.pairs, batch, ts)
+        finally:
+            store.scope.key = None
+        store.after_batch()
+        return res
 
     def _keyed(self, value: Any, ctx: Any) -> Iterable[Any] | None:
         return self._pe(value, ctx)

@@ -256,6 +256,13 @@ def test_join_settings_are_checked_with_clear_messages() -> None:
         a.join(a).where(lambda x: x).equal_to(lambda x: x).with_ttl(-1)
     with pytest.raises(ConfigurationError, match="takes a function"):
         a.join(a).where(lambda x: x).equal_to(lambda x: x).apply(3)  # type: ignore[arg-type]
+    # a step left out says which comes next (not an AttributeError of a builder class)
+    with pytest.raises(ConfigurationError, match=r"co-group needs a window: say .window"):
+        a.co_group(a).where(lambda x: x).equal_to(lambda x: x).apply(print)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match=r"say .where\(key_of_a\).equal_to"):
+        a.join(a).apply(print)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match=r"say .equal_to\(key_of_b\) next"):
+        a.join(a).where(lambda x: x).window(of.windows.tumbling(1.0))  # type: ignore[attr-defined]
 
 
 def test_interval_join_without_timestamps_says_what_to_add(tmp_path: Path) -> None:

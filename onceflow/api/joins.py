@@ -198,6 +198,13 @@ class RegularJoinSpec(TwoInputSpec):
         return RegularJoinOp(node, self)
 
 
+def _next_step(what: str, name: str, step: str) -> ConfigurationError:
+    """The error for ``.name`` on a half-built join: what comes next instead."""
+    if name.startswith("_"):  # copy, pickle, introspection, own fields: no such attribute
+        raise AttributeError(name)
+    return ConfigurationError(f"{what} has no .{name}(): {step}")
+
+
 class JoinedStreams:
     """``a.join(b)`` (or ``a.co_group(b)``): say ``where(key_of_a)`` next."""
 
@@ -214,6 +221,10 @@ class JoinedStreams:
             raise ConfigurationError(f"join().where() takes a function, got {type(key).__name__}")
         return _Where(self, key)
 
+    def __getattr__(self, name: str) -> Any:
+        what = "a.co_group(b)" if self.__dict__.get("_cogroup") else "a.join(b)"
+        raise _next_step(what, name, "say .where(key_of_a).equal_to(key_of_b) next")
+
 
 class _Where:
     def __init__(self, joined: JoinedStreams, key: Callable[[Any], Any]) -> None:
@@ -228,6 +239,9 @@ class _Where:
             return CoGroupCondition(j._left, j._right, self._key, key)
         return JoinCondition(j._left, j._right, self._key, key)
 
+    def __getattr__(self, name: str) -> Any:
+        raise _next_step("a.join(b).where(key_of_a)", name, "say .equal_to(key_of_b) next")
+
 
 class CoGroupCondition:
     """``a.co_group(b).where(ka).equal_to(kb)``: say ``window(assigner)`` next."""
@@ -239,6 +253,10 @@ class CoGroupCondition:
     def window(self, assigner: Any) -> WindowJoin:
         """Both sides' records of each key and window, given together to the function."""
         return WindowJoin(self._left, self._right, self._lk, self._rk, assigner, cogroup=True)
+
+    def __getattr__(self, name: str) -> Any:
+        raise _next_step("a.co_group(b).where(..).equal_to(..)", name,
+                         "a co-group needs a window: say .window(assigner) next")
 
 
 class _Tag:

@@ -76,6 +76,26 @@ def test_job_failed_error_names_the_users_file_and_line_and_keeps_the_type() -> 
         raise err.cause
 
 
+def key_of(r: str) -> int:
+    return int(r)  # the user's key
+
+
+def test_a_failing_key_function_is_named_once_with_its_line() -> None:
+    """key_by's router finds the record whose key failed; the user's traceback is shown
+    once (not again as the context of a second, identical failure)."""
+    flow = of.Flow("bad-key", parallelism=2, restart_strategy=of.restart.no_restart())
+    (flow.source(of.sources.Collection(["1", "2", "x", "3"]), name="src")
+         .key_by(key_of).map(str, name="m").sink(of.sinks.Discard(), name="out"))
+    with pytest.raises(of.JobFailedError) as exc:
+        flow.run()
+    err = exc.value
+    where = f'File "{HERE}", line {_line_of(key_of, "the user")}, in key_of'
+    assert err.user_traceback is not None
+    assert err.user_traceback.count(where) == 1, err.user_traceback
+    assert "During handling" not in err.user_traceback
+    assert "'x'" in str(err) and isinstance(err.cause, ValueError)
+
+
 def test_a_users_own_exception_type_comes_back() -> None:
     with pytest.raises(of.JobFailedError) as exc:
         _failing_flow(check).run()

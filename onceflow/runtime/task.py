@@ -179,8 +179,10 @@ class KeyPartitioner(Partitioner):
         for r in batch:
             try:
                 k = self.key_fn(r)
-            except Exception as e:
-                raise UserFunctionError(where, r, e) from e
+            except Exception:
+                # the first record whose key fails is the one ``err`` came from: name it
+                # with ``err`` itself (one traceback, not the same one twice, chained)
+                raise UserFunctionError(where, r, err) from err
             try:
                 hash(k)
             except TypeError:

@@ -90,6 +90,25 @@ def test_ended_inputs_count_as_infinity() -> None:
     assert WatermarkValve([]).watermark == INF
 
 
+def test_an_idle_input_that_ends_releases_the_task() -> None:
+    """An idle upstream whose input then ends sends +inf without waking up first: the
+    task's watermark must reach +inf (every window fires), whether or not the other inputs
+    are idle."""
+    v = WatermarkValve([0])
+    v.on_watermark(0, 4.0)
+    assert v.on_status(0, True).idle is True
+    assert v.on_watermark(0, INF).watermark == INF
+    v = WatermarkValve([0, 1])
+    v.on_watermark(0, 4.0)
+    v.on_watermark(1, 2.0)
+    v.on_status(0, True)
+    v.on_status(1, True)
+    assert v.on_watermark(0, INF).watermark is None  # 1 is idle at 2: nothing holds 4 back
+    assert v.watermark == 4.0
+    out = v.on_watermark(1, INF)
+    assert out.watermark == INF
+
+
 # --- per-split generation in a source --------------------------------------------------------
 class Clock:
     def __init__(self) -> None:
@@ -485,3 +504,56 @@ def test_runs_of_a_batch_give_the_same_watermarks_as_its_partitions() -> None:
     assert by_runs.snapshot(0) == {("t", 0): (10.0, 10.0), ("t", 1): (8.0, 8.0)}
     with pytest.raises(ValueError, match="runs of 2 records for 3"):
         by_runs.on_batch_runs(0, [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [(("t", 0), 2)])
+
+
+class _QuietThenEnds(of.sources.SplitReader):
+    """Split "data": 0..9 at once; split "quiet": nothing for 1 s, then the end."""
+
+    def __init__(self, split: str, pos: int) -> None:
+        import time
+
+        self.split, self.pos = split, pos
+        self.until = time.monotonic() + 1.0
+
+    def read_batch(self, n: int) -> list[Any] | None:
+        import time
+
+        if self.split == "data":
+            if self.pos >= 10:
+                return None
+            out = list(range(self.pos, 10))
+            self.pos = 10
+            return out
+        return [] if time.monotonic() < self.until else None
+
+    def position(self) -> int:
+        return self.pos
+
+
+class _TwoSplits(of.sources.Source):
+    def splits(self, parallelism: int) -> list[str]:
+        return ["data", "quiet"]
+
+    def initial_position(self, split: str) -> int:
+        return 0
+
+    def reader(self, split: str, position: int) -> _QuietThenEnds:
+        return _QuietThenEnds(split, position)
+
+
+@pytest.mark.parametrize("executor", ["inline", "local"])
+def test_windows_fire_when_the_source_is_idle_as_its_input_ends(tmp_path: Any,
+                                                                 executor: str) -> None:
+    """The only split left is idle (with_idleness) when it ends: the source subtask went
+    idle downstream and then sends +inf; every window must still fire (they were all lost,
+    silently, before)."""
+    flow = of.Flow("idle-end", parallelism=1)
+    ws = (of.WatermarkStrategy.monotonous_timestamps().with_timestamps(float)
+          .with_idleness(0.2))
+    (flow.source(_TwoSplits(), watermarks=ws).key_by(lambda x: x % 2)
+         .window(of.windows.tumbling(5.0)).aggregate(of.agg.count(), name="win")
+         .sink(of.sinks.FileSink(tmp_path / "o")))
+    res = flow.run(executor=executor)
+    got = sorted(tuple(r) for r in of.sinks.read_committed(tmp_path / "o"))
+    assert got == [(0, 0.0, 5.0, 3), (0, 5.0, 10.0, 2), (1, 0.0, 5.0, 2), (1, 5.0, 10.0, 3)]
+    assert res.operators["win"].watermark == INF

@@ -68,6 +68,12 @@ class WatermarkValve:
         if ch.ended or timestamp <= ch.watermark:
             return _NOTHING
         ch.watermark = timestamp
+        if timestamp == POS_INF:
+            # the end of event time on this channel (its input ended), idle or not: it
+            # holds nothing back any more, as an ended channel. An idle upstream whose
+            # input then ends sends +inf without waking up first; were it ignored, a task
+            # whose inputs were all idle would never fire its windows
+            ch.ended = True
         if not ch.idle and not ch.aligned and timestamp >= self.watermark:
             ch.aligned = True
         return self._recompute()

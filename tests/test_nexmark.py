@@ -5,9 +5,11 @@ late events and an idle split; and its source replays exactly after a real SIGKI
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import joinjobs
 import pytest
@@ -136,6 +138,16 @@ def test_source_replays_from_any_position_and_an_idle_split_ends(tmp_path: Path)
         {"person": 20, "auction": 60, "bid": 920}
     with pytest.raises(ConfigurationError, match="late_fraction"):
         NexmarkConfig(late_fraction=2).validate()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("out_of_orderness", math.nan), ("out_of_orderness", math.inf), ("base_time", math.nan),
+    ("base_time", math.inf), ("base_time", "x"), ("rate", math.inf), ("late_by", math.inf),
+    ("events", True), ("active_people", True), ("rate", True), ("late_fraction", math.nan)])
+def test_settings_that_would_make_timestamps_nan_or_infinite_are_refused(field: str,
+                                                                         value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"Nexmark: {field} must be"):
+        NexmarkConfig(**{field: value}).validate()
 
 
 class NexmarkJob(JobProcess):

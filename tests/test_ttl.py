@@ -235,6 +235,9 @@ def test_bad_ttl_settings_name_the_state() -> None:
         with pytest.raises(ConfigurationError, match="state 'x': ttl must be"):
             ttl_state(store, "value", "x", None, bad, Clock(), Clock(), Clock(), {},
                       "operator 'op'")
+    with pytest.raises(ConfigurationError, match="update_on_read must be True or False"):
+        ttl_state(store, "value", "x", None, of.StateTtl(5.0, update_on_read="yes"),  # type: ignore[arg-type]
+                  Clock(), Clock(), Clock(), {}, "operator 'op'")
 
 
 class LastSeen(of.KeyedProcessFunction):

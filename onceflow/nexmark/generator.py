@@ -31,6 +31,7 @@ Events are plain dictionaries (JSON-ready); ``"kind"`` is ``"person"``, ``"aucti
 from __future__ import annotations
 
 import functools
+import math
 import random
 import struct
 from dataclasses import dataclass
@@ -113,23 +114,33 @@ class NexmarkConfig:
         def bad(what: str, v: Any) -> ConfigurationError:
             return ConfigurationError(f"Nexmark: {what}, got {v!r}")
 
-        if not isinstance(self.events, int) or self.events < 0:
+        def integer(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def number(v: Any) -> bool:  # a finite int or float (not a bool, NaN or infinity)
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not integer(self.events) or self.events < 0:
             raise bad("events must be an integer >= 0", self.events)
-        if not isinstance(self.seed, int):
+        if not integer(self.seed):
             raise bad("seed must be an integer", self.seed)
-        if not isinstance(self.rate, int | float) or not self.rate > 0:
-            raise bad("rate must be > 0 events per second of event time", self.rate)
+        if not number(self.rate) or not self.rate > 0:
+            raise bad("rate must be a finite number > 0 of events per second of event time",
+                      self.rate)
+        if not number(self.base_time):
+            raise bad("base_time must be a finite number of seconds", self.base_time)
         for name in ("active_people", "in_flight_auctions", "hot_auction_ratio",
                      "hot_seller_ratio", "hot_bidder_ratio"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if not integer(v) or v < 1:
                 raise bad(f"{name} must be an integer >= 1", v)
-        if not isinstance(self.out_of_orderness, int | float) or self.out_of_orderness < 0:
-            raise bad("out_of_orderness must be >= 0 seconds", self.out_of_orderness)
-        if not isinstance(self.late_fraction, int | float) or not 0 <= self.late_fraction <= 1:
+        if not number(self.out_of_orderness) or self.out_of_orderness < 0:
+            raise bad("out_of_orderness must be a finite number >= 0 of seconds",
+                      self.out_of_orderness)
+        if not number(self.late_fraction) or not 0 <= self.late_fraction <= 1:
             raise bad("late_fraction must be between 0 and 1", self.late_fraction)
-        if not isinstance(self.late_by, int | float) or not self.late_by > 0:
-            raise bad("late_by must be > 0 seconds", self.late_by)
+        if not number(self.late_by) or not self.late_by > 0:
+            raise bad("late_by must be a finite number > 0 of seconds", self.late_by)
 
 
 def kind_of(n: int) -> str:

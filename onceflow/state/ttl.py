@@ -51,6 +51,10 @@ class StateTtl:
             raise ConfigurationError(
                 f"{where}: StateTtl time_domain must be an of.TimeDomain, got "
                 f"{self.time_domain!r}")
+        if not isinstance(self.update_on_read, bool):
+            raise ConfigurationError(
+                f"{where}: StateTtl update_on_read must be True or False, got "
+                f"{self.update_on_read!r}")
 
 
 def as_ttl(ttl: Any, where: str) -> StateTtl:

@@ -557,3 +557,65 @@ def test_windows_fire_when_the_source_is_idle_as_its_input_ends(tmp_path: Any,
     got = sorted(tuple(r) for r in of.sinks.read_committed(tmp_path / "o"))
     assert got == [(0, 0.0, 5.0, 3), (0, 5.0, 10.0, 2), (1, 0.0, 5.0, 2), (1, 5.0, 10.0, 3)]
     assert res.operators["win"].watermark == INF
+
+
+class _SeenWithTtl(of.KeyedProcessFunction):
+    """Writes a 5 s event-time TTL value at the first record of a key (t = 0); each record
+    emits (its time, the watermark, whether the value is still visible)."""
+
+    def open(self, ctx: of.RuntimeContext) -> None:
+        self.v = ctx.value_state(
+            "v", ttl=of.StateTtl(5.0, time_domain=of.TimeDomain.EVENT_TIME))
+
+    def process_element(self, value: Any, ctx: of.ProcessContext) -> list[Any]:
+        if value[1] == 0.0:
+            self.v.update("x")
+        return [(value[1], ctx.timer_service.current_watermark(), self.v.value() is not None)]
+
+
+@pytest.mark.parametrize("parallelism", [2, 3])
+def test_operators_keep_their_watermark_across_a_restore(parallelism: int) -> None:
+    """A savepoint at watermark 19, a restore at parallelism 2 or 3: the keyed operators'
+    first records see watermark 19, not -inf (which they saw until every input channel
+    had sent a watermark again): a record 18 s behind is late as in an uninterrupted run,
+    and a TTL value that expired before the savepoint stays invisible."""
+    import tempfile
+    import time
+
+    from onceflow.testing import CollectingSink, ScriptedSource
+
+    recs = ([("k", float(i)) for i in range(20)] + [("k", 1.0)]
+            + [("k", float(i)) for i in range(20, 30)])
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda r: r[1])
+
+    def build(flow: of.Flow, src: Any, out: Any, late: Any, seen: Any) -> None:
+        tag = of.OutputTag("late")
+        keyed = flow.source(src, watermarks=ws, name="src").key_by(lambda r: r[0])
+        w = (keyed.window(of.windows.tumbling(5.0)).side_output_late_data(tag)
+             .aggregate(of.agg.count(), name="win", uid="win"))
+        w.sink(out, name="out")
+        w.side_output(tag).sink(late, name="late")
+        (keyed.process(_SeenWithTtl(), name="ttl", uid="ttl")
+              .map(lambda r: (processed.append(r), r)[1], name="count").sink(seen, name="seen"))
+
+    processed: list[Any] = []  # by the inline executor's threads, in this process
+    d = tempfile.mkdtemp(prefix="wm-restore-")
+    flow = of.Flow("wm-restore", parallelism=2, batch_size=1)
+    flow.enable_checkpointing(60.0, d)
+    src = ScriptedSource(recs, stall_at=20)
+    out, late, seen = CollectingSink(), CollectingSink(), CollectingSink()
+    build(flow, src, out, late, seen)
+    client = flow.start(executor="inline")
+    deadline = time.monotonic() + 60
+    while len(processed) < 20 and time.monotonic() < deadline:  # up to the stall
+        time.sleep(0.05)
+    assert len(processed) == 20
+    savepoint = client.stop_with_savepoint()
+    client.result()
+    src.stall_at = None
+    flow.parallelism = parallelism
+    flow.run(restore=savepoint, executor="inline")
+    assert sorted(out.records()) == [("k", float(s), float(s + 5), 5) for s in range(0, 30, 5)]
+    assert late.records() == [("k", 1.0)]
+    after = processed[20]  # the record after the savepoint, 18 s behind
+    assert after == (1.0, 19.0, False), processed

@@ -301,6 +301,12 @@ class TaskRunner:
                 op.restore([], False)
                 continue
             op.restore([states[f]["ops"][op.uid] for f in r.files], r.filter_keys)
+            if r.files and not isinstance(op, SourceOp | AssignOp):
+                # the lowest of the restored subtasks' (the sources restore their own; an
+                # assigner's generator starts again). A file from before watermarks were
+                # kept, or with this operator still at -inf, leaves it at -inf
+                op.watermark = min(states[f].get("watermarks", {}).get(op.uid, -math.inf)
+                                   for f in r.files)
             for f in r.metrics_files:
                 counted = states[f].get("metrics", {}).get(op.uid)
                 if counted is not None:
@@ -484,6 +490,8 @@ class TaskRunner:
             op = ops[i]
             if isinstance(op, AssignOp) and wm != POS_INF:
                 return
+            if wm <= op.watermark:
+                continue  # restored ahead of this (see open): it fired up to there already
             op.watermark = wm
             out, ts = op.on_watermark(wm)
             if out:
@@ -747,6 +755,10 @@ class TaskRunner:
             # late records dropped (windows, interval joins): exact across restores too
             "late_dropped": {op.uid: n for op in self.ops
                              if (n := getattr(op, "late_dropped", 0))},
+            # each operator's event time: restored, so that lateness and event-time TTL
+            # go on from here, not from -inf until every input has sent a watermark again
+            "watermarks": {op.uid: op.watermark for op in self.ops
+                           if math.isfinite(op.watermark)},
         }
         self.stateful_uids = [uid for uid, st in state["ops"].items() if st is not None]
         try:

@@ -45,7 +45,7 @@ stop-services:
 test: $(VENV)/.synced services
 	$(PY) -m ruff check onceflow tests benchmarks examples
 	$(PY) -m mypy onceflow
-	$(PY) -m pytest -q -n 2 --dist loadfile --doctest-modules onceflow tests
+	$(PY) -m pytest -q -n 3 --dist loadfile --durations=30 --doctest-modules onceflow tests
 	scripts/netns-run $(PY) -m pytest -q -m "ray and not soak" tests/test_ray.py
 
 # The Ray executor's tests alone: a simulated cluster in a loopback-only network namespace.

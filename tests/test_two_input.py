@@ -8,6 +8,7 @@ others run flows end to end."""
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -327,3 +328,90 @@ def test_keyed_state_and_timers_in_process_broadcast_element_are_refused(
       .process(_KeyedStateOnBroadcast(use), name="b").sink(of.sinks.Discard()))
     with pytest.raises(of.JobFailedError, match="process_broadcast_element has no current key"):
         flow.run()
+
+
+# --- broadcast state, unaligned checkpoints, rescale ----------------------------------------
+_NB = 300  # broadcast records
+
+
+class _CountsRules(of.KeyedBroadcastProcessFunction):
+    """Counts the broadcast records it applies (``n``) and which (``seen``); slower on
+    higher subtasks, so that the subtasks' broadcast states differ at a checkpoint and
+    records of the broadcast input are in flight. The last one emits (subtask, n,
+    distinct). The job fails once, in the broadcast input of subtask 0, after record 200."""
+
+    def __init__(self, mark: str) -> None:
+        self.mark = mark
+
+    def open(self, ctx: of.RuntimeContext) -> None:
+        self.sub = ctx.subtask_index
+
+    def process_element(self, value: Any, ctx: of.BroadcastContext) -> None:
+        import time
+
+        time.sleep(0.0005)
+
+    def process_broadcast_element(self, value: Any, ctx: of.BroadcastContext) -> Any:
+        import os
+        import time
+
+        time.sleep(0.003 + 0.004 * self.sub)
+        if value == 200 and self.sub == 0 and not os.path.exists(self.mark):
+            open(self.mark, "w").close()
+            raise RuntimeError("injected failure")
+        st = ctx.get_broadcast_state(RULES)
+        st.put("n", st.get("n", 0) + 1)
+        st.put(("seen", value), True)
+        if value == _NB - 1:
+            return [(self.sub, st.get("n"), len(st) - 1)]
+        return None
+
+
+def _inflight_broadcast(chk: Path) -> int:
+    """Records of input 1 (the broadcast input) in flight in checkpoint ``chk``."""
+    from onceflow.checkpoint.storage import STATE_MAGIC
+
+    n = 0
+    for f in chk.glob("*.state"):
+        outer = pickle.loads(f.read_bytes()[len(STATE_MAGIC):])
+        infl = pickle.loads(outer["inflight"]) if outer.get("inflight") is not None else {}
+        for origin, items in infl.items():
+            if isinstance(origin, tuple) and origin[3] == 1:
+                for b in items:
+                    it = pickle.loads(b)
+                    n += len(it) if type(it) is list else len(getattr(it, "records", ()))
+    return n
+
+
+@pytest.mark.parametrize("new_parallelism", [3, 1])
+def test_broadcast_state_from_an_unaligned_checkpoint_is_exact_at_another_parallelism(
+        tmp_path: Path, new_parallelism: int) -> None:
+    """Each old subtask's broadcast state is complete only together with its own
+    in-flight broadcast records. A new subtask must replay the records of the old subtask
+    whose state it took, and only those: before, records went to subtask ``j % P``, so
+    some subtasks applied broadcast records twice and others never."""
+    from onceflow.testing import CollectingSink
+
+    mark = str(tmp_path / "failed")
+
+    def build(p: int, out: Any) -> of.Flow:
+        flow = of.Flow("bcast-unaligned", parallelism=p, batch_size=16, channel_capacity=16,
+                       restart_strategy=of.restart.no_restart())
+        flow.enable_checkpointing(0.25, tmp_path / "ckpt", unaligned=True, retained=5)
+        keyed = flow.source(of.sources.Collection([(i % 23, i) for i in range(4000)]),
+                            name="keyed", parallelism=1)
+        rules = flow.source(of.sources.Collection(list(range(_NB))), name="rules",
+                            parallelism=1)
+        (keyed.key_by(lambda r: r[0]).connect(rules.broadcast(RULES))
+              .process(_CountsRules(mark), name="bp").sink(out, name="out"))
+        return flow
+
+    out = CollectingSink()
+    with pytest.raises(of.JobFailedError, match="injected failure"):
+        build(2, out).run(executor="inline")
+    chks = sorted((tmp_path / "ckpt" / "bcast-unaligned").glob("chk-*"),
+                  key=lambda c: int(c.name.split("-")[1]))
+    assert chks, "no checkpoint before the failure"
+    assert _inflight_broadcast(chks[-1]) > 0, "the test needs broadcast records in flight"
+    build(new_parallelism, out).run(restore="latest", executor="inline")
+    assert sorted(out.records()) == [(s, _NB, _NB) for s in range(new_parallelism)]

@@ -247,6 +247,7 @@ class TaskRunner:
         self._rr = 0
         self._exhausted_reported = False
         self._final_barrier_seen = False
+        self._broadcast_origin: int | None = None  # see open and _replay_into
         self.handler: Any = None
         self._unaligned = exactly_once and (unaligned or aligned_timeout is not None)
         self._aligned_timeout = aligned_timeout
@@ -301,6 +302,10 @@ class TaskRunner:
                 op.restore([], False)
                 continue
             op.restore([states[f]["ops"][op.uid] for f in r.files], r.filter_keys)
+            if op is self.ops[0] and getattr(op, "broadcast_input", None) is not None:
+                k = op.restored_from  # type: ignore[attr-defined]
+                subs = list(r.old_subtasks)
+                self._broadcast_origin = subs[k] if k is not None else min(subs, default=None)
             if r.files and not isinstance(op, SourceOp | AssignOp):
                 # the lowest of the restored subtasks' (the sources restore their own; an
                 # assigner's generator starts again). A file from before watermarks were
@@ -365,6 +370,7 @@ class TaskRunner:
         def stage(ch: InputChannel, items: list[Any]) -> None:
             staged.setdefault(ch.id, (ch, []))[1].extend(items)
 
+        bcast_input = getattr(self.ops[0], "broadcast_input", None)
         for j, pj, st in restored:
             for origin, items in st.get("inflight", {}).items():
                 ch = by_origin.get(origin)
@@ -374,7 +380,16 @@ class TaskRunner:
                     continue
                 if key_fns is not None and isinstance(origin, tuple):
                     key_fn = key_fns[origin[3]]  # None: a non-keyed (or broadcast) input
-                if (not keyed_head or key_fn is None) and j % p != i:
+                if bcast_input is not None and isinstance(origin, tuple) \
+                        and origin[3] == bcast_input:
+                    # a broadcast input: every old subtask's broadcast state together with
+                    # its own in-flight broadcast records holds the same broadcast records;
+                    # this subtask took the state of one, so it replays that one's records
+                    # and no other's (which would apply some twice, or pair a state with
+                    # records another state already holds)
+                    if j != self._broadcast_origin:
+                        continue
+                elif (not keyed_head or key_fn is None) and j % p != i:
                     continue
                 target = self._replay_target(origin)
                 if target is None:

@@ -186,6 +186,12 @@ class BroadcastProcessOp(KeyedTwoInputOp):
     the keyed state); on restore each subtask takes it from the first old subtask it reads,
     so any new parallelism gets it on every subtask."""
 
+    broadcast_input = 1
+    #: restore: the index, in the states restored, of the one the broadcast state came
+    #: from (the task replays that old subtask's in-flight broadcast records, and only
+    #: those, after a rescale of an unaligned checkpoint)
+    restored_from: int | None = None
+
     def __init__(self, node: Node, func: KeyedBroadcastProcessFunction,
                  descriptors: tuple[MapStateDescriptor, ...]) -> None:
         super().__init__(node, func)
@@ -231,13 +237,14 @@ class BroadcastProcessOp(KeyedTwoInputOp):
     def restore(self, states: list[Any], filter_keys: bool) -> None:
         keyed = []
         got = False
-        for st in states:
+        for k, st in enumerate(states):
             if not st:
                 continue
             st = dict(st)
             b = st.pop("_broadcast", None)
             if b is not None and not got:
                 got = True
+                self.restored_from = k
                 for name, data in b.items():
                     if name in self.broadcast_state:
                         self.broadcast_state[name] = dict(data)
@@ -361,6 +368,8 @@ class UnkeyedBroadcastProcessOp(_UnkeyedTwoInputOp):
 
     keyed = True
     key_fns = (None, None)  # neither input is keyed (unaligned in-flight data: see task)
+    broadcast_input = 1
+    restored_from: int | None = None  # as BroadcastProcessOp's
 
     def __init__(self, node: Node, func: Any, descriptors: tuple[MapStateDescriptor, ...]
                  ) -> None:
@@ -382,8 +391,9 @@ class UnkeyedBroadcastProcessOp(_UnkeyedTwoInputOp):
         return {"_broadcast": self.broadcast_state}
 
     def restore(self, states: list[Any], filter_keys: bool) -> None:
-        for st in states:
+        for k, st in enumerate(states):
             if st and st.get("_broadcast") is not None:
+                self.restored_from = k
                 for name, data in st["_broadcast"].items():
                     if name in self.broadcast_state:
                         self.broadcast_state[name] = dict(data)

@@ -204,6 +204,9 @@ def test_connect_errors_name_the_problem() -> None:
         a.connect(a.broadcast(of.MapStateDescriptor("rules"))).process(ApplyRules())
     with pytest.raises(ConfigurationError, match="MapStateDescriptor"):
         a.broadcast()
+    other = of.Flow("other").source(of.sources.Range(0, 1))
+    with pytest.raises(ConfigurationError, match="belongs to Flow 'other', not 'bad'"):
+        a.connect(other)
 
 
 # --- broadcast state -----------------------------------------------------------------------

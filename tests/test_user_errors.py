@@ -281,3 +281,41 @@ def test_cli_json_log_ends_with_a_job_failed_line_with_the_users_frames(tmp_path
     assert len(failed) == 1 and failed[0]["level"] == "ERROR"
     assert f'File "{job}", line 3, in parse' in failed[0]["user_traceback"]
     assert f'File "{job}", line 3, in parse' in failed[0]["cause"]
+
+
+class _ReturnsInt(of.KeyedProcessFunction):
+    def process_element(self, value: Any, ctx: of.ProcessContext) -> Any:
+        ctx.timer_service.register_processing_time_timer(0.0)
+        return 42 if value == "p" else None
+
+    def on_timer(self, timestamp: float, ctx: of.ProcessContext) -> Any:
+        return 7
+
+
+class _CoReturnsInt(of.CoProcessFunction):
+    def process_element1(self, value: Any, ctx: of.ProcessContext) -> Any:
+        return 5
+
+    def process_element2(self, value: Any, ctx: of.ProcessContext) -> Any:
+        return None
+
+
+@pytest.mark.parametrize(("shape", "function"), [
+    ("process", "_ReturnsInt.process_element"), ("timer", "_ReturnsInt.on_timer"),
+    ("co_process", "_CoReturnsInt.process_element1")])
+def test_a_function_that_returns_no_iterable_is_named_with_its_file_and_line(
+        shape: str, function: str) -> None:
+    flow = of.Flow("no-iter", restart_strategy=of.restart.no_restart())
+    src = flow.source(of.sources.Collection(["p"] if shape == "process" else ["t"]))
+    if shape == "co_process":
+        out = src.connect(flow.source(of.sources.Collection(["u"]))).process(_CoReturnsInt())
+        fn: Any = _CoReturnsInt.process_element1
+    else:
+        out = src.key_by(lambda r: r).process(_ReturnsInt())
+        fn = getattr(_ReturnsInt, function.split(".")[1])
+    out.sink(of.sinks.Discard())
+    with pytest.raises(of.JobFailedError) as exc:
+        flow.run()
+    line = inspect.getsourcelines(fn)[1]
+    assert f"{function} ({HERE}, line {line}) returned int" in str(exc.value), str(exc.value)
+    assert "not an iterable of records" in str(exc.value)

@@ -333,10 +333,14 @@ def connect(first: DataStream, other: Any) -> ConnectedStreams | BroadcastConnec
         if other._stream._flow is not first._flow:
             raise ConfigurationError("connect() takes a stream of the same Flow")
         return BroadcastConnectedStream(first, other)
-    if not isinstance(other, DataStream) or other._flow is not first._flow:
+    if not isinstance(other, DataStream):
         raise ConfigurationError(
             f"connect() takes a DataStream or BroadcastStream of the same Flow, got "
             f"{type(other).__name__}")
+    if other._flow is not first._flow:
+        raise ConfigurationError(
+            f"connect() takes a stream of the same Flow: this one belongs to Flow "
+            f"{other._flow.name!r}, not {first._flow.name!r}")
     return ConnectedStreams(first, other)
 
 

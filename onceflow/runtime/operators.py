@@ -192,6 +192,7 @@ class FlatMapOp(Operator):
         ext = out.extend
         fn = self.fn
         r = None
+        res = None
         try:
             for r in batch:
                 res = fn(r)
@@ -200,7 +201,7 @@ class FlatMapOp(Operator):
         except Exception as e:
             if isinstance(e, OnceflowError):
                 raise
-            raise UserFunctionError(self.name, r, e) from e
+            raise UserFunctionError(self.name, r, not_iterable(fn, res, e)) from e
         return out
 
     def process_ts(self, batch: list[Any], ts: list[float]
@@ -210,6 +211,7 @@ class FlatMapOp(Operator):
         ap, tap = out.append, out_ts.append
         fn = self.fn
         r = None
+        res = None
         try:
             for r, t in zip(batch, ts, strict=True):
                 res = fn(r)
@@ -220,7 +222,7 @@ class FlatMapOp(Operator):
         except Exception as e:
             if isinstance(e, OnceflowError):
                 raise
-            raise UserFunctionError(self.name, r, e) from e
+            raise UserFunctionError(self.name, r, not_iterable(fn, res, e)) from e
         return out, out_ts
 
 
@@ -262,6 +264,28 @@ class AssignOp(Operator):
 
     def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         return None  # watermarks restart from the restored sources' (documented)
+
+
+def not_iterable(fn: Any, result: Any, error: Exception) -> Exception:
+    """``error`` from iterating what ``fn`` returned: when ``result`` is no iterable, a
+    TypeError that names the function (and where it is defined) and what it returned;
+    otherwise ``error`` itself (the failure came from the user's own generator)."""
+    if result is None or isinstance(result, Iterable) or not isinstance(error, TypeError):
+        return error
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, _FunctionAsProcess):  # a plain function given to process()
+        fn = owner.fn
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__func__", None),
+                                                    "__code__", None)
+    where = f" ({code.co_filename}, line {code.co_firstlineno})" if code is not None else ""
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return TypeError(f"{name}{where} returned {type(result).__name__} {_short(result)}, "
+                     "not an iterable of records (a list, a generator, ...) or None")
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _timestamps(operator: str, strategy: WatermarkStrategy, batch: list[Any]) -> list[float]:
@@ -572,6 +596,7 @@ class ProcessOp(_KeyedOp):
         out: list[Any] = []
         ext = out.extend
         r: Any = None
+        res: Any = None
         try:
             for r in batch:
                 scope.key = kf(r)
@@ -581,7 +606,7 @@ class ProcessOp(_KeyedOp):
         except Exception as e:
             if isinstance(e, OnceflowError):
                 raise
-            raise UserFunctionError(self.name, r, e) from e
+            raise UserFunctionError(self.name, r, not_iterable(pe, res, e)) from e
         store.after_batch()
         return out
 
@@ -597,6 +622,7 @@ class ProcessOp(_KeyedOp):
         out_ts: list[float] = []
         ap, tap = out.append, out_ts.append
         r: Any = None
+        res: Any = None
         try:
             for r, t in zip(batch, ts, strict=True):
                 scope.key = kf(r)
@@ -609,7 +635,7 @@ class ProcessOp(_KeyedOp):
         except Exception as e:
             if isinstance(e, OnceflowError):
                 raise
-            raise UserFunctionError(self.name, r, e) from e
+            raise UserFunctionError(self.name, r, not_iterable(pe, res, e)) from e
         finally:
             ctx._timestamp = None
         store.after_batch()
@@ -646,18 +672,19 @@ class ProcessOp(_KeyedOp):
                 for when, key in due:
                     store.scope.key = key
                     ctx._timestamp = when
+                    res = None
                     try:
                         res = self.func.on_timer(when, ctx)
+                        if res is not None:  # a generator runs the user's code here
+                            for x in res:
+                                out.append(x)
+                                out_ts.append(when)
                     except Exception as e:
                         if isinstance(e, OnceflowError):
                             raise
                         raise UserFunctionError(
                             self.name, f"<{domain.value} timer {when} for key {key!r}>",
-                            e) from e
-                    if res is not None:
-                        for x in res:
-                            out.append(x)
-                            out_ts.append(when)
+                            not_iterable(self.func.on_timer, res, e)) from e
                 due = pop(upto)
         finally:
             ctx._domain = None

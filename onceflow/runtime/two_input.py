@@ -27,7 +27,7 @@ from onceflow.api.two_input import (
 )
 from onceflow.errors import ConfigurationError, OnceflowError, UserFunctionError
 from onceflow.graph.logical import Node
-from onceflow.runtime.operators import Operator, OperatorEnv, ProcessOp, _Ctx
+from onceflow.runtime.operators import Operator, OperatorEnv, ProcessOp, _Ctx, not_iterable
 
 Handler = Callable[[Any, Any], Iterable[Any] | None]
 
@@ -51,6 +51,7 @@ def _run_handler(name: str, pe: Handler, ctx: _Ctx, scope: Any, kf: Callable[[An
     out_ts: list[float] = []
     ap, tap = out.append, out_ts.append
     r: Any = None
+    res: Any = None
     try:
         for j, r in enumerate(batch):
             scope.key = kf(r) if kf is not None else None
@@ -70,7 +71,7 @@ def _run_handler(name: str, pe: Handler, ctx: _Ctx, scope: Any, kf: Callable[[An
     except Exception as e:
         if isinstance(e, OnceflowError):
             raise
-        raise UserFunctionError(name, r, e) from e
+        raise UserFunctionError(name, r, not_iterable(pe, res, e)) from e
     finally:
         ctx._timestamp = None
     return out, (out_ts if ts is not None else None)

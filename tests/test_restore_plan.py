@@ -160,3 +160,31 @@ def test_two_input_keyed_state_moves_by_key_group_and_broadcast_state_is_replica
     # 2 -> 3: every new subtask of a broadcast operator restores old subtask 0 only
     assert [[j for j in range(2) if inherits(False, j, 2, i, 3, 128, True)]
             for i in range(3)] == [[0], [0], [0]]
+
+
+def _source_at_one(p: int) -> JobGraph:
+    """A source fixed at parallelism 1 feeding a map at the flow's: chained at p = 1, two
+    tasks at p = 3."""
+    flow = of.Flow("plan", parallelism=p, max_parallelism=MP)
+    (flow.source(of.sources.Range(0, 100), name="src", parallelism=1)
+         .map(lambda x: x, name="mk").key_by(lambda x: x % 7)
+         .reduce(lambda a, b: a + b, name="total").sink(of.sinks.Discard(), name="out"))
+    return build(flow._plan, p, MP)
+
+
+def test_in_flight_data_that_a_change_of_chaining_would_drop_is_refused() -> None:
+    """An unaligned checkpoint's in-flight records belong to task inputs. At p = 3, "mk" is
+    a task of its own, with in-flight records at its input; at p = 1 it is chained into
+    the source's task, which has no input: the restore must say so, not drop them."""
+    import dataclasses
+
+    from onceflow.errors import IncompatibleStateError
+
+    before = checkpoint_of(_source_at_one(3))
+    assert {t for t in _source_at_one(3).tasks} != {t for t in _source_at_one(1).tasks}
+    unaligned = dataclasses.replace(before, unaligned_subtasks=2, inflight_bytes=4096)
+    with pytest.raises(IncompatibleStateError, match=r"operator 'mk' was in task 'mk' and "
+                       r"would now be in task 'src'.*take a savepoint"):
+        RestorePlan.build(_source_at_one(1), unaligned, "chk-5")
+    RestorePlan.build(_source_at_one(3), unaligned, "chk-5")  # same chains: fine
+    RestorePlan.build(_source_at_one(1), before, "chk-5")  # nothing in flight: fine

@@ -212,4 +212,34 @@ def check_compatible(graph: JobGraph, meta: CheckpointMetadata, where: str) -> l
                 f"checkpoint {where}: operator uid {uid!r} was a {entry.kind} operator and "
                 f"is now a {node.kind.value}; give the new operator another uid"
             )
+    if meta.inflight_bytes:
+        _check_inflight_has_a_place(graph, meta, where)
     return notes
+
+
+def _check_inflight_has_a_place(graph: JobGraph, meta: CheckpointMetadata, where: str) -> None:
+    """An unaligned checkpoint's in-flight data belongs to the inputs of tasks (their first
+    operator) and names the upstream tasks it came from: it can only be replayed into the
+    same chains. Chaining follows parallelism (operators of equal parallelism chain), so a
+    rescale can move an operator into another task; its in-flight data would then have no
+    input to go to, and be lost. Refuse that restore, saying how to rescale instead."""
+    old: dict[str, set[str]] = {}
+    for uid, entry in meta.operators.items():
+        old.setdefault(entry.task, set()).add(uid)
+    new = {t.uid: {n.uid for n in t.nodes} for t in graph.tasks.values()}
+    if old == new:
+        return
+    moved = sorted(uid for uid, entry in meta.operators.items()
+                   if uid in graph.node_by_uid()
+                   and next(t for t, ops in new.items() if uid in ops) != entry.task)
+    what = (f"operator {moved[0]!r} was in task {meta.operators[moved[0]].task!r} and "
+            f"would now be in task "
+            f"{next(t for t, ops in new.items() if moved[0] in ops)!r}" if moved
+            else "operators were added or removed")
+    raise IncompatibleStateError(
+        f"checkpoint {where} is an unaligned checkpoint holding {meta.inflight_bytes:,} "
+        f"bytes of in-flight records, and this flow chains its operators into tasks "
+        f"differently ({what}; operators of equal parallelism chain, so a change of "
+        "parallelism can change the chains): those records would have nowhere to go. "
+        "Restore it with the parallelism it was taken with, take a savepoint (savepoints "
+        "are always aligned) and restore that with the new parallelism")

@@ -543,6 +543,7 @@ def test_killed_driver_resumed_with_restore_latest_and_zombie_never_commits(
     finally:
         cluster.remove_node(node, allow_graceful=False)
         cluster.add_node(**NODE)
+        cluster.wait_for_nodes()  # the next test starts with every node registered
 
 
 def test_rescale_from_three_nodes_to_one_and_back(cluster: Any, tmp_path: Path,
@@ -594,6 +595,7 @@ def test_removed_node_gives_exact_output(cluster: Any, tmp_path: Path) -> None:
         assert _finished_exact(t, box, out).restarts >= 1
     finally:
         cluster.add_node(**NODE)
+        cluster.wait_for_nodes()  # the next test starts with every node registered
 
 
 def test_no_room_without_the_option_names_what_is_missing(cluster: Any) -> None:
@@ -641,6 +643,7 @@ def test_lost_node_lowers_the_parallelism_when_allowed(cluster: Any, tmp_path: P
         assert r.operators["count"].parallelism == 2
     finally:
         cluster.add_node(**NODE)
+        cluster.wait_for_nodes()  # the next test starts with every node registered
 
 
 @pytest.mark.soak
@@ -672,6 +675,7 @@ def test_a_node_cut_off_is_noticed_through_ray(cluster: Any, tmp_path: Path) -> 
                 pass
         cluster.remove_node(node, allow_graceful=False)
         cluster.add_node(**NODE)
+        cluster.wait_for_nodes()  # the next test starts with every node registered
     assert "error" not in box, box.get("error")
     r = box["result"]
     want = crashjobs.expected("keyed_count", RECORDS)

@@ -272,3 +272,49 @@ def test_event_time_ttl_in_a_flow_is_deterministic(tmp_path: Path) -> None:
                  for p, t in zip([None, *ts], ts, strict=False)]
     assert got == sorted(want, key=lambda r: (r[0], r[1]))
     assert ("a", 50.0, None) in got  # forgotten after the gap
+
+
+def test_keys_equal_in_python_but_of_other_types_are_cleaned_up_each(tmp_path: Path) -> None:
+    """RocksDB keeps 1, 1.0 and True apart: each one's expired entry must be queued and
+    removed (the queue had taken them for one key and cleaned only the first)."""
+    assert isolated(_mixed_keys_case, tmp_path) == 3
+
+
+def _mixed_keys_case(tmp_path: Path) -> int:
+    store = _store("rocksdb", tmp_path)
+    clock = Clock()
+    cleaners: dict[int, Any] = {}
+    v, _, _ = _handles(store, clock, cleaners)
+    for key in (1, 1.0, True):
+        store.scope.key = key
+        v.update(str(key))
+    clock.now += 11
+    store.scope.key = "other"
+    v.update(0)  # runs the cleanup of what is due
+    n = cleaners[id(store)].cleaned
+    store.close()
+    return int(n)
+
+
+def test_a_savepoint_refuses_rocksdb_keys_that_a_dictionary_would_merge(tmp_path: Path
+                                                                        ) -> None:
+    msg = isolated(_colliding_export_case, tmp_path)
+    assert "holds keys True (bool) and 1 (int), which are equal in Python" in msg, msg
+    assert "Make key_by return one type" in msg
+
+
+def _colliding_export_case(tmp_path: Path) -> str:
+    from onceflow.errors import OnceflowError
+
+    store = _store("rocksdb", tmp_path)
+    v = store.value_state("v", None)
+    for key in (1, True):
+        store.scope.key = key
+        v.update(str(key))
+    try:
+        _savepoint(store)
+    except OnceflowError as e:
+        return str(e)
+    finally:
+        store.close()
+    return "no error"

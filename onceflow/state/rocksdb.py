@@ -900,6 +900,9 @@ def _read_timers(db: Any) -> dict[str, list[tuple[float, Any]]]:
 def _read_tables(db: Any, kg_range: tuple[int, int] | None,
                  kinds: dict[str, str]) -> dict[str, dict[Any, Any]]:
     tables: dict[str, dict[Any, Any]] = {n: {} for n in kinds}
+    # the stored key each table key came from: RocksDB keeps keys apart that Python
+    # deems equal (1, 1.0, True: different pickles), a dict cannot
+    stored: dict[str, dict[Any, bytes]] = {}
     for k, v in _iter_raw(db):
         if kg_range is not None and not kg_range[0] <= int.from_bytes(k[:2], "big") < kg_range[1]:
             continue
@@ -908,6 +911,16 @@ def _read_tables(db: Any, kg_range: tuple[int, int] | None,
         name, kb, mk = _split(k)
         t = tables.setdefault(name, {})
         key = pickle.loads(kb)  # checkpoint storage is trusted
+        first = stored.setdefault(name, {}).setdefault(key, kb)
+        if first != kb:
+            raise OnceflowError(
+                f"state {name!r} holds keys {pickle.loads(first)!r} "
+                f"({type(pickle.loads(first)).__name__}) and {key!r} "
+                f"({type(key).__name__}), which are equal in Python but two keys in "
+                "RocksDB: a backend-neutral copy (a savepoint, or a restore into the memory "
+                "backend) would merge their state. Make key_by return one type for equal "
+                "keys (for example int(...) or str(...)); this RocksDB checkpoint itself "
+                "restores into RocksDB as it is")
         kind = kinds.get(name)
         if kind == "map":
             t.setdefault(key, {})[pickle.loads(mk)] = pickle.loads(v)

@@ -81,13 +81,14 @@ class TtlCleaner:
         self.store = store
         self.heap: list[tuple[float, int, _TtlBase, Any]] = []
         #: (state, key) -> (expiry, seq) of its live heap entry
-        self.pending: dict[tuple[int, Any], tuple[float, int]] = {}
+        self.pending: dict[tuple[int, type, Any], tuple[float, int]] = {}
         self.seq = 0
         self.cleaned = 0  # entries removed (for tests and metrics)
         self._cleaning = False
 
     def note(self, state: _TtlBase, key: Any, expires: float) -> None:
-        marker = (id(state), key)
+        # with the key's type: RocksDB keeps 1, 1.0 and True apart, so must the queue
+        marker = (id(state), type(key), key)
         queued = self.pending.get(marker)
         if queued is not None and queued[0] <= expires:
             return  # already queued at an earlier (or equal) time: checked then
@@ -105,7 +106,7 @@ class TtlCleaner:
         try:
             while heap and heap[0][0] <= now:
                 _, seq, state, key = heapq.heappop(heap)
-                marker = (id(state), key)
+                marker = (id(state), type(key), key)
                 queued = self.pending.get(marker)
                 if queued is None or queued[1] != seq:
                     continue  # stale: the key was queued again at an earlier time

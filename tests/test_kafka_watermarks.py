@@ -124,3 +124,40 @@ def test_without_idleness_a_silent_partition_holds_the_watermark_back(
     assert 20.0 not in got
     committed = {w: n for w, n in of.sinks.read_committed(str(out))} if out.exists() else {}
     assert set(committed) <= {10.0}
+
+
+def test_the_reader_says_which_partitions_have_records_waiting(bootstrap: str) -> None:
+    """After a full batch (the consumer's queue had more), a partition whose end offset on
+    the broker lies past the reader's position has records waiting: it must not be taken
+    for idle (SourceWatermarks asks ``has_backlog`` before it marks one idle, see
+    test_watermarks.py). Once everything is read, none has."""
+    topic = _topic(bootstrap, 2)
+    p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for i in range(3000):
+        p.produce(topic, json.dumps({"id": i}).encode(), partition=0)
+    for i in range(300):
+        p.produce(topic, json.dumps({"id": i}).encode(), partition=1)
+    assert p.flush(30) == 0
+    src = KafkaSource(bootstrap, topic, deserializer="json", value_only=True, stop_at="end")
+    src.validate()
+    (split,) = src.splits(1)
+    rd = src.reader(split, src.initial_position(split))
+    try:
+        got: list[Any] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until a full batch: the queue held more
+            b = rd.read_batch(1024) or []
+            got += b
+            if len(b) == 1024:
+                break
+        assert rd._saturated and len(got) < 3300
+        parts = [(topic, 0), (topic, 1)]
+        waiting = [tp for tp in parts if rd.has_backlog(tp)]
+        left = [tp for tp in parts if rd.pos.get(tp, -2) < (3000 if tp[1] == 0 else 300)]
+        assert waiting == left and left, (waiting, left, rd.pos)
+        while (b := rd.read_batch(1024)) is not None and time.monotonic() < deadline:
+            got += b
+        assert len(got) == 3300
+        assert not any(rd.has_backlog(tp) for tp in parts)
+    finally:
+        rd.close()

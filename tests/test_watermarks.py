@@ -433,6 +433,31 @@ def test_partitions_of_one_split_have_watermarks_and_idleness_of_their_own() -> 
     assert set(snap) == {("t", 0), ("t", 1)}
 
 
+def test_a_partition_with_records_waiting_behind_others_does_not_turn_idle() -> None:
+    """The reader says partition 0 has records waiting (a backlog of partition 1's records
+    ahead of them in the consumer's queue): however long since its last record, it holds
+    the watermark (its records would all be late otherwise); once the backlog is gone, it
+    turns idle after the idleness time."""
+    clock = Clock()
+    sw = SourceWatermarks(strategy(bound=0.0, idle=5.0), clock)
+    waiting = {("t", 0)}
+    sw.backlog = lambda i, p: p in waiting
+    sw.assign([None], [False])
+    sw.set_partitions(0, [("t", 0), ("t", 1)])
+    sw.on_batch(0, [10.0, 20.0], [10.0, 20.0], [("t", 0), ("t", 1)])
+    assert sw.poll(force=True)[0] == 10.0
+    for t in (30.0, 40.0, 50.0):
+        clock.now += 6.0
+        sw.on_batch(0, [t], [t], [("t", 1)])
+        assert sw.poll(force=True)[0] is None, "partition 0 still holds the watermark"
+    waiting.clear()
+    clock.now += 4.0  # its clock started again at the last poll: 4 s is not 5 s
+    assert sw.poll(force=True)[0] is None
+    clock.now += 1.5
+    sw.on_batch(0, [60.0], [60.0], [("t", 1)])
+    assert sw.poll(force=True)[0] == 60.0, "no backlog and 5 s without records: idle"
+
+
 def test_a_reader_that_owns_no_partitions_makes_the_subtask_idle() -> None:
     sw = SourceWatermarks(strategy(), Clock())
     sw.assign([None], [False])

@@ -49,6 +49,12 @@ class SplitReader(ABC):
         """With :meth:`partitions`: the partition of each record of the last batch."""
         return None
 
+    def has_backlog(self, partition: Any) -> bool:
+        """With :meth:`partitions`: True when records of ``partition`` are known to be
+        waiting behind other partitions' (so it is not idle, only not read yet: its
+        idleness clock does not run). The default: not known (False)."""
+        return False
+
     def batch_runs(self) -> list[tuple[Any, int]] | None:
         """With :meth:`partitions`: the last batch as runs of one partition, ``(partition,
         number of records)`` in order. The default groups :meth:`batch_partitions`; a

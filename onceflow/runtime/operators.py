@@ -810,6 +810,7 @@ class SourceOp(Operator):
     def open(self, rt: OperatorEnv) -> None:
         if self.strategy is not None:
             self.watermarks = SourceWatermarks(self.strategy, rt.clock)
+            self.watermarks.backlog = self._backlog
             self.watermarks.assign([], [])
 
     def assign(self, splits: list[tuple[Any, ...]]) -> None:
@@ -827,6 +828,15 @@ class SourceOp(Operator):
         for st in states:
             merged.extend(st)
         self.assign(merged)
+
+    def _backlog(self, index: int, partition: Any) -> bool:
+        rd = self.readers[index] if index < len(self.readers) else None
+        if rd is None or partition is None:
+            return False
+        try:
+            return bool(rd.has_backlog(partition))
+        except Exception:  # a reader's own method failing: no claim, never fail the job
+            return False
 
     @property
     def exhausted(self) -> bool:

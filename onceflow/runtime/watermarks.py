@@ -163,6 +163,11 @@ class SourceWatermarks:
         self.idle = False  # as last told downstream
         self.group_min: float | None = None  # the alignment group's minimum (all subtasks)
         self._last_poll = NEG_INF
+        #: (split index, partition) -> whether records of it are known to be waiting
+        #: (SplitReader.has_backlog); such a partition is not idle, however long since its
+        #: last record: a backlog of other partitions' records can hold it back for longer
+        #: than the idleness timeout, and its records would all become late
+        self.backlog: Callable[[int, Any], bool] | None = None
 
     def _new(self) -> _Partition:
         return _Partition(self.strategy.generator_factory(), self.clock())
@@ -279,11 +284,18 @@ class SourceWatermarks:
             return None, None
         self._last_poll = now
         idleness = self.strategy.idleness
-        live = [e for e in self.parts.values() if not e.finished]
-        for e in live:
+        backlog = self.backlog
+        live = []
+        for (i, key), e in self.parts.items():
+            if e.finished:
+                continue
+            live.append(e)
             e.advance(e.generator.on_periodic_emit())
             if idleness is not None and not e.idle and now - e.last_active >= idleness:
-                e.idle = True
+                if backlog is not None and backlog(i, key):
+                    e.last_active = now  # not read yet, not idle: its clock starts again
+                else:
+                    e.idle = True
         active = [e for e in live if not e.idle]
         # idle: every live input is idle, or the subtask owns nothing to read at all
         idle = not active and (bool(live) or not self.parts)

@@ -317,6 +317,7 @@ class KafkaSplitReader(SplitReader):
         self.assigned: set[tuple[str, int]] = set()
         self.done: set[tuple[str, int]] = set()
         self._runs: list[tuple[tuple[str, int], int]] = []  # of the last batch
+        self._saturated = False  # the last consume returned as many messages as asked
         self._last_discovery = 0.0
         try:
             self._discover()
@@ -363,6 +364,7 @@ class KafkaSplitReader(SplitReader):
                 self.src.discovery_interval:
             self._discover()
         msgs = self.consumer.consume(num_messages=max_records, timeout=0.02)
+        self._saturated = len(msgs) >= max_records
         try:
             if self.src.value_only:
                 return self._values(msgs)
@@ -622,6 +624,25 @@ class KafkaSplitReader(SplitReader):
 
     def position(self) -> dict[tuple[str, int], int]:
         return dict(self.pos)
+
+    def has_backlog(self, partition: Any) -> bool:
+        """The consumer's queue was full at the last read (records of other partitions may
+        be ahead of this one's) and the broker's end offset of ``partition``, as of the
+        last fetch, lies more than one offset past our position (one: a transaction's
+        commit marker, never delivered). Then it has records on their way, not none."""
+        if not self._saturated or partition in self.done:
+            return False
+        pos = self.pos.get(partition)
+        if pos is None:
+            return False
+        try:
+            low, high = self.consumer.get_watermark_offsets(
+                self.ck.TopicPartition(partition[0], partition[1]), cached=True)
+        except Exception:  # not known (yet): no claim
+            return False
+        if pos == OFFSET_BEGINNING:  # nothing of it read yet: from its first offset
+            pos = low
+        return bool(pos >= 0 and high >= 0 and high - pos > 1)
 
     def partitions(self) -> list[Any] | None:
         return [tp for tp in self.assigned if tp not in self.done]

@@ -241,6 +241,9 @@ def test_transaction_timeout_checks(bootstrap: str) -> None:
         KafkaSink(bootstrap, "t", guarantee="twice")
     with pytest.raises(ConfigurationError, match="cannot reach Kafka"):
         broker_config("127.0.0.1:1", "transaction.max.timeout.ms", timeout=2)
+    with pytest.raises(ConfigurationError, match=r"KafkaSource \(topics \['t'\]\): cannot "
+                       r"reach Kafka at 127.0.0.1:1 .*check that the broker is running"):
+        KafkaSource("127.0.0.1:1", ["t"], timeout=2).validate()
     with pytest.raises(ConfigurationError, match="start="):
         KafkaSource(bootstrap, ["t"], start="yesterday")
 

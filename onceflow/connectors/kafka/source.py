@@ -213,7 +213,9 @@ class KafkaSource(Source):
             tps = self.partitions(self._admin())
         except ck.KafkaException as e:
             raise ConfigurationError(
-                f"KafkaSource: cannot reach Kafka at {self.bootstrap_servers}: {e}") from e
+                f"KafkaSource (topics {self.topics!r}): cannot reach Kafka at "
+                f"{self.bootstrap_servers} ({e}); check that the broker is running and "
+                "reachable there, and the source's bootstrap_servers") from e
         if not tps and not isinstance(self.topics, str | re.Pattern):
             raise ConfigurationError(f"KafkaSource: none of the topics {list(self.topics)} "
                                      f"exists at {self.bootstrap_servers}")

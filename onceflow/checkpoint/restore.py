@@ -223,18 +223,13 @@ def _check_inflight_has_a_place(graph: JobGraph, meta: CheckpointMetadata, where
     same chains. Chaining follows parallelism (operators of equal parallelism chain), so a
     rescale can move an operator into another task; its in-flight data would then have no
     input to go to, and be lost. Refuse that restore, saying how to rescale instead."""
-    old: dict[str, set[str]] = {}
-    for uid, entry in meta.operators.items():
-        old.setdefault(entry.task, set()).add(uid)
-    new = {t.uid: {n.uid for n in t.nodes} for t in graph.tasks.values()}
-    if old == new:
+    task_now = {n.uid: t.uid for t in graph.tasks.values() for n in t.nodes}
+    task_then = {uid: entry.task for uid, entry in meta.operators.items()}
+    if task_now == task_then:
         return
-    moved = sorted(uid for uid, entry in meta.operators.items()
-                   if uid in graph.node_by_uid()
-                   and next(t for t, ops in new.items() if uid in ops) != entry.task)
-    what = (f"operator {moved[0]!r} was in task {meta.operators[moved[0]].task!r} and "
-            f"would now be in task "
-            f"{next(t for t, ops in new.items() if moved[0] in ops)!r}" if moved
+    moved = sorted(uid for uid, t in task_then.items() if task_now.get(uid, t) != t)
+    what = (f"operator {moved[0]!r} was in task {task_then[moved[0]]!r} and would now be "
+            f"in task {task_now[moved[0]]!r}" if moved
             else "operators were added or removed")
     raise IncompatibleStateError(
         f"checkpoint {where} is an unaligned checkpoint holding {meta.inflight_bytes:,} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,11 @@ def test_full_checkpoint_disk_fails_clearly_and_commits_nothing(tiny_disk: Path,
         _checkpoint_disk_flow(ckpt, out).run()
     msg = str(err.value)
     assert "No space left on device" in msg
-    assert "big-state" in msg and str(ckpt) in msg
+    # Which write meets the full disk first depends on timing: the big operator's state
+    # (nearly always), a small task's state, or the checkpoint's _metadata. The message
+    # names that write and the checkpoint directory, whichever it is.
+    assert re.search(r"writing (state of task '(src|wide|big-state|files)[^']*' subtask \d+"
+                     r"|metadata) to " + re.escape(str(ckpt)), msg), msg
     # Nothing beyond the last complete checkpoint (if one fit on the disk before it filled
     # up) is committed, and no record twice; its own commit may still be pending.
     committed = [r[0] for r in of.sinks.read_committed(out)]

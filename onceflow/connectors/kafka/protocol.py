@@ -648,7 +648,23 @@ class TxnClient:
         return self._call(tid, lambda c: c.end_txn(tid, producer_id, epoch, commit))
 
     def describe(self, tid: str) -> TxnDescription:
-        return self._call(tid, lambda c: c.describe_transaction(tid))
+        """The coordinator's view of ``tid``. A retriable answer (the coordinator still
+        loading its log after a restart, moved, busy, or a broken connection) is asked
+        again, the coordinator found anew, until ``timeout``; then the last answer is
+        returned, its ``error`` set (or the last connection error raised). So a caller
+        that judges a transaction by its state never judges it by the empty description
+        of a coordinator that was not ready."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                d = self._call(tid, lambda c: c.describe_transaction(tid))
+            except KafkaProtocolError as e:
+                if e.code not in RETRIABLE or time.monotonic() > deadline:
+                    raise
+            else:
+                if d.error not in RETRIABLE or time.monotonic() > deadline:
+                    return d
+            time.sleep(0.1)
 
     def list_transactions(self, brokers: list[tuple[str, int]] | None = None
                           ) -> list[tuple[str, int, str]]:

@@ -937,7 +937,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 delay = min(delay * 2, 1.0)
                 continue
             if err in (kp.PRODUCER_FENCED, kp.INVALID_PRODUCER_EPOCH):
-                d = client.describe(tid)
+                d = self._described(client, tid, "a newer epoch fenced the recovery commit")
                 if _aborted_on_timeout(txn, d):
                     self._lost(txn, f"the broker aborted it (now {d.state} at epoch "
                                f"{d.producer_epoch}, same transaction start) because it "
@@ -954,7 +954,7 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                          epoch, d.state, d.producer_epoch)
                 return
             if err == kp.INVALID_TXN_STATE:
-                d = client.describe(tid)
+                d = self._described(client, tid, "the recovery commit met INVALID_TXN_STATE")
                 self._lost(txn, f"the broker says it is {d.state}: it was aborted, most "
                            f"likely because transaction.timeout.ms "
                            f"({self.transaction_timeout_ms} ms) passed before recovery")
@@ -965,6 +965,18 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
                 return
             raise ConnectorError(f"KafkaSink: EndTxn(commit) for {tid} failed: "
                                f"{kp.error_name(err)}")
+
+    def _described(self, client: kp.TxnClient, tid: str, why: str) -> kp.TxnDescription:
+        """``tid``'s description, to judge a recovery commit's outcome by; an error in it
+        (a coordinator not ready for longer than the timeout) fails the commit, to be
+        retried by the restore, rather than judging committed or lost on an empty state."""
+        d = client.describe(tid)
+        if d.error:
+            raise ConnectorError(
+                f"KafkaSink: recovery commit of {tid}: {why}, and the coordinator could "
+                f"not describe the transaction ({kp.error_name(d.error)}); not judging it "
+                f"committed or lost: the job fails and its restore tries the commit again")
+        return d
 
     def _taken_over_at_recovery(self, txn: KafkaTxn, d: kp.TxnDescription) -> None:
         """The recovery commit of ``txn`` found its id initialised by another producer.

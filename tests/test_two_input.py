@@ -193,6 +193,66 @@ def test_unkeyed_connect_sees_both_inputs_and_refuses_keyed_state(tmp_path: Path
         flow.run()
 
 
+class _Where(of.CoProcessFunction):
+    """Tags each record of the first input with the subtask that got it."""
+
+    def open(self, ctx: of.RuntimeContext) -> None:
+        self.sub = ctx.subtask_index
+
+    def process_element1(self, value: Any, ctx: of.ProcessContext) -> list[Any]:
+        return [(value, self.sub)]
+
+    def process_element2(self, value: Any, ctx: of.ProcessContext) -> None:
+        return None
+
+
+class _WhereB(of.BroadcastProcessFunction):
+    def open(self, ctx: of.RuntimeContext) -> None:
+        self.sub = ctx.subtask_index
+
+    def process_element(self, value: Any, ctx: of.ProcessContext) -> list[Any]:
+        return [(value, self.sub)]
+
+    def process_broadcast_element(self, value: Any, ctx: of.ProcessContext) -> None:
+        return None
+
+
+@pytest.mark.parametrize("shape", ["connect", "broadcast", "union-connect", "union-map",
+                                   "keyed-union"])
+def test_the_partitioning_chosen_before_connect_or_union_is_kept(shape: str,
+                                                                 tmp_path: Path) -> None:
+    """rebalance() (or key_by()) in front of connect(), union() or the data side of a
+    broadcast connect spreads the records as it does in front of a one-input operator.
+    The source emits every record from its subtask 0, so a forward edge would leave all
+    of them on subtask 0 (as it did: the partitioning was dropped silently)."""
+    from onceflow.testing import ScriptedSource
+
+    flow = of.Flow(f"spread-{shape}", parallelism=2, batch_size=10)
+    a = flow.source(ScriptedSource(list(range(200))))
+    b = flow.source(of.sources.Collection([]))
+    d = of.MapStateDescriptor("d")
+    if shape == "connect":
+        out = a.rebalance().connect(b).process(_Where())
+    elif shape == "broadcast":
+        out = a.rebalance().connect(b.broadcast(d)).process(_WhereB())
+    elif shape == "union-connect":
+        out = a.rebalance().union(b).connect(b).process(_Where())
+    elif shape == "union-map":
+        out = a.rebalance().union(b).map(lambda v: v, name="same").connect(b).process(
+            _Where())
+    else:  # a keyed stream in a union: the union's input is partitioned by that key
+        out = a.key_by(lambda v: v % 7).union(b).connect(b).process(_Where())
+    out.sink(of.sinks.FileSink(tmp_path / "o"))
+    flow.run()
+    got = [tuple(r) for r in of.sinks.read_committed(tmp_path / "o")]
+    assert sorted(v for v, _ in got) == list(range(200))
+    per_subtask = {s: sum(1 for _, t in got if t == s) for s in (0, 1)}
+    assert min(per_subtask.values()) >= 40, per_subtask
+    if shape == "keyed-union":  # every record of a key on one subtask
+        where = {v % 7: {t for w, t in got if w % 7 == v % 7} for v, _ in got}
+        assert all(len(ts) == 1 for ts in where.values()), where
+
+
 def test_connect_errors_name_the_problem() -> None:
     flow = of.Flow("bad", parallelism=1)
     a = flow.source(of.sources.Range(0, 10))

@@ -245,8 +245,14 @@ class DataStream:
              uid: str | None, edges: list[Edge] | None = None) -> Node:
         if kind not in (Kind.SINK, Kind.UNION, Kind.ASSIGN) and not callable(fn):
             raise ConfigurationError(f"{kind.value}() takes a function, got {type(fn).__name__}")
-        edges = edges or [Edge(self._node.id, Partitioning.FORWARD)]
-        return self._flow._plan.add(kind, name, uid, parallelism, fn, edges)
+        return self._flow._plan.add(kind, name, uid, parallelism, fn, edges or self._edge())
+
+    def _edge(self) -> list[Edge]:
+        """The edge an operator taking this stream as its input gets: forward here, round
+        robin after ``rebalance()``, by key after ``key_by()``. Every way of consuming a
+        stream (an operator, ``union``, ``connect``, ``broadcast``'s other side) asks
+        this, so none drops the partitioning the user chose."""
+        return [Edge(self._node.id, Partitioning.FORWARD)]
 
     def map(self, fn: Callable[[Any], Any], *, name: str | None = None,
             parallelism: int | None = None, uid: str | None = None) -> DataStream:
@@ -269,7 +275,7 @@ class DataStream:
         for o in others:
             if not isinstance(o, DataStream) or o._flow is not self._flow:
                 raise ConfigurationError("union() takes DataStreams of the same Flow")
-        edges = [Edge(s._node.id, Partitioning.FORWARD) for s in (self, *others)]
+        edges = [e for s in (self, *others) for e in s._edge()]
         return DataStream(self._flow, self._add(Kind.UNION, None, name, parallelism, uid, edges))
 
     def assign_timestamps_and_watermarks(self, strategy: WatermarkStrategy, *,
@@ -372,10 +378,8 @@ class DataStream:
 
 
 class _Rebalanced(DataStream):
-    def _add(self, kind: Kind, fn: Any, name: str | None, parallelism: int | None,
-             uid: str | None, edges: list[Edge] | None = None) -> Node:
-        edges = edges or [Edge(self._node.id, Partitioning.REBALANCE)]
-        return super()._add(kind, fn, name, parallelism, uid, edges)
+    def _edge(self) -> list[Edge]:
+        return [Edge(self._node.id, Partitioning.REBALANCE)]
 
 
 class KeyedStream(DataStream):
@@ -388,10 +392,6 @@ class KeyedStream(DataStream):
 
     def _edge(self) -> list[Edge]:
         return [Edge(self._node.id, Partitioning.KEY, self._key)]
-
-    def _add(self, kind: Kind, fn: Any, name: str | None, parallelism: int | None,
-             uid: str | None, edges: list[Edge] | None = None) -> Node:
-        return super()._add(kind, fn, name, parallelism, uid, edges or self._edge())
 
     def side_output(self, tag: OutputTag) -> DataStream:
         raise ConfigurationError(

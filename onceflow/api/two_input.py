@@ -280,8 +280,7 @@ class ConnectedStreams:
 
     def _edges(self) -> list[Edge]:
         if self._keys is None:
-            return [Edge(self._first._node.id, Partitioning.FORWARD),
-                    Edge(self._second._node.id, Partitioning.FORWARD)]
+            return [*self._first._edge(), *self._second._edge()]
         return [Edge(self._first._node.id, Partitioning.KEY, self._keys[0]),
                 Edge(self._second._node.id, Partitioning.KEY, self._keys[1])]
 
@@ -318,7 +317,7 @@ class BroadcastConnectedStream:
                 f"process() on a {'keyed ' if key is not None else ''}stream connected to a "
                 f"broadcast stream takes a {want.__name__}, got {type(fn).__name__}")
         first = (Edge(self._keyed._node.id, Partitioning.KEY, key) if key is not None
-                 else Edge(self._keyed._node.id, Partitioning.FORWARD))
+                 else self._keyed._edge()[0])
         edges = [first, Edge(self._broadcast._stream._node.id, Partitioning.BROADCAST)]
         spec = BroadcastSpec(fn, self._broadcast._descriptors)
         node = two_input_node(self._keyed._flow, spec, edges, name or "broadcast_process",

@@ -253,6 +253,76 @@ def test_the_partitioning_chosen_before_connect_or_union_is_kept(shape: str,
         assert all(len(ts) == 1 for ts in where.values()), where
 
 
+class _CountBoth(of.CoProcessFunction):
+    """A count per key, the same state for both sides."""
+
+    def open(self, ctx: of.RuntimeContext) -> None:
+        self.n = ctx.value_state("n", default=0)
+
+    def _on(self, value: Any, ctx: of.ProcessContext) -> list[Any]:
+        self.n.update(self.n.value() + 1)
+        return [(ctx.current_key, self.n.value())]
+
+    process_element1 = process_element2 = _on
+
+
+def _counting_connect(tmp_path: Path, phase: int, pages_key: Any) -> of.Flow:
+    """Side 1 keyed by int user ids, side 2 by ``pages_key`` of page names. Phase 1 stops
+    after the users (both sources then wait); phase 2 brings the pages."""
+    from onceflow.testing import ScriptedSource
+
+    flow = of.Flow("key-types", parallelism=1, restart_strategy=of.restart.no_restart())
+    flow.enable_checkpointing(0.2, tmp_path / "ckpt")
+    users = flow.source(ScriptedSource([1, 2, 3], stall_at=3 if phase == 1 else None),
+                        name="users")
+    pages = flow.source(ScriptedSource(["home", "cart"], stall_at=0 if phase == 1 else None),
+                        name="pages")
+    (users.connect(pages).key_by(lambda u: u, pages_key)
+          .process(_CountBoth(), name="count", uid="count")
+          .sink(of.sinks.FileSink(tmp_path / "out"), uid="sink"))
+    return flow
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+def test_a_keyed_connect_with_two_key_types_restores_whichever_side_comes_first(
+        backend: str, tmp_path: Path) -> None:
+    """The restored state holds only side 1's int keys, and the first batch after the
+    restore is side 2's str keys: an unchanged flow, which restores (it was refused as
+    "a changed key type" when the first batch came from the side whose keys the state did
+    not hold yet). A flow whose keys changed type on every side is still refused."""
+    import time
+
+    client = _counting_connect(tmp_path, 1, lambda p: p).start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (
+            (tmp_path / "out").exists() and len(of.sinks.read_committed(tmp_path / "out")) == 3):
+        time.sleep(0.1)
+    savepoint = client.stop_with_savepoint(str(tmp_path / "sp"))
+    client.result(timeout=60)
+    assert sorted(map(tuple, of.sinks.read_committed(tmp_path / "out"))) == \
+        [(1, 1), (2, 1), (3, 1)]
+    again = _counting_connect(tmp_path, 2, lambda p: p)
+    if backend == "rocksdb":
+        again.state_backend = of.state.RocksDBBackend(local_dir=str(tmp_path / "rocks"))
+    again.run(restore=savepoint)
+    got = sorted(map(tuple, of.sinks.read_committed(tmp_path / "out")), key=repr)
+    assert got == sorted([(1, 1), (2, 1), (3, 1), ("home", 1), ("cart", 1)], key=repr)
+
+    # both sides' keys now of types the state was not written with: refused
+    from onceflow.testing import ScriptedSource
+
+    bad = of.Flow("key-types", parallelism=1, restart_strategy=of.restart.no_restart())
+    bad.enable_checkpointing(0.2, tmp_path / "ckpt2")
+    users = bad.source(ScriptedSource([1, 2, 3, 4, 5]), name="users")  # resumes at 4
+    pages = bad.source(ScriptedSource(["home"]), name="pages")
+    (users.connect(pages).key_by(lambda u: str(u), lambda p: p.encode())
+          .process(_CountBoth(), name="count", uid="count")
+          .sink(of.sinks.FileSink(tmp_path / "out2"), uid="sink"))
+    with pytest.raises(of.JobFailedError, match=r"operator 'count'.*keyed by int.*"
+                                                r"returns bytes, str"):
+        bad.run(restore=savepoint)
+
+
 def test_connect_errors_name_the_problem() -> None:
     flow = of.Flow("bad", parallelism=1)
     a = flow.source(of.sources.Range(0, 10))

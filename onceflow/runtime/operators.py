@@ -342,14 +342,15 @@ class _KeyedOp(Operator):
             self._check_key_type = True
             return
         seen = {type(self.key_fn(r)).__name__ for r in batch}
-        want = self.store.restored_key_types
-        if not seen & want:
-            have = ", ".join(sorted(seen))
-            raise IncompatibleStateError(
-                f"operator {self.name!r} (uid {self.uid!r}): the restored state is keyed by "
-                f"{', '.join(sorted(want))} but key_by now returns {have}; a changed key type "
-                "cannot find its state: keep the key type, or give the operator a new uid to "
-                "start its state empty")
+        if not seen & self.store.restored_key_types:
+            raise self._key_type_changed(seen)
+
+    def _key_type_changed(self, seen: set[str]) -> IncompatibleStateError:
+        return IncompatibleStateError(
+            f"operator {self.name!r} (uid {self.uid!r}): the restored state is keyed by "
+            f"{', '.join(sorted(self.store.restored_key_types))} but key_by now returns "
+            f"{', '.join(sorted(seen))}; a changed key type cannot find its state: keep the "
+            "key type, or give the operator a new uid to start its state empty")
 
     def checkpoint_complete(self, checkpoint_id: int, final: bool) -> None:
         self.store.notify_complete(checkpoint_id)

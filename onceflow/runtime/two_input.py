@@ -105,17 +105,35 @@ class KeyedTwoInputOp(_RunsBothInputs, ProcessOp):
         self.func = func
         self.input_no = 0
         self.handlers: tuple[Handler, Handler] = (self._unset, self._unset)
+        #: after a restore: the key types of keyed inputs whose first batch found none of
+        #: the state's key types (see _verify_side_key_type)
+        self._unmatched: dict[int, set[str]] = {}
 
     def _unset(self, value: Any, ctx: Any) -> None:
         raise AssertionError("handlers are set by the subclass")
+
+    def _verify_side_key_type(self, i: int, kf: Callable[[Any], Any], batch: list[Any]
+                              ) -> None:
+        """After a restore, the first batch of each keyed input: the one state holds the
+        keys of both sides, which may be of different types (user ids on one side, page
+        names on the other), and the restored state may hold only one side's keys. So
+        the key type counts as changed only when no keyed side's keys are of a type the
+        state was written with; one side that finds its types ends the check."""
+        seen = {type(kf(r)).__name__ for r in batch}
+        if seen & self.store.restored_key_types:
+            self._check_key_type = False
+            return
+        self._unmatched[i] = seen
+        if len(self._unmatched) == sum(1 for k in self.key_fns if k is not None):
+            self._check_key_type = False
+            raise self._key_type_changed(set().union(*self._unmatched.values()))
 
     def _run(self, batch: list[Any], ts: list[float] | None
              ) -> tuple[list[Any], list[float] | None]:
         i = self.input_no
         kf = self.key_fns[i]
-        if self._check_key_type and kf is not None:
-            self.key_fn = kf
-            self._verify_key_type(batch)
+        if self._check_key_type and kf is not None and batch:
+            self._verify_side_key_type(i, kf, batch)
         store, ctx = self.store, self.ctx
         assert store is not None and ctx is not None
         res = _run_handler(self.name, self.handlers[i], ctx, store.scope, kf, self.pairs,

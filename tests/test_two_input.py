@@ -323,6 +323,33 @@ def test_a_keyed_connect_with_two_key_types_restores_whichever_side_comes_first(
         bad.run(restore=savepoint)
 
 
+@pytest.mark.parametrize("shape", ["connect", "union"])
+def test_a_window_behind_an_input_without_timestamps_names_that_source(shape: str) -> None:
+    """One input of a connect (or union) has watermarks, the other none: the flow builds
+    (some path gives timestamps), and the window's error at run time names the source
+    whose records come without them."""
+    class Tag(of.CoProcessFunction):
+        def process_element1(self, value: Any, ctx: of.ProcessContext) -> list[Any]:
+            return [("a", value)]
+
+        def process_element2(self, value: Any, ctx: of.ProcessContext) -> list[Any]:
+            return [("b", value)]
+
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(float)
+    flow = of.Flow(f"untimed-{shape}", parallelism=1, restart_strategy=of.restart.no_restart())
+    timed = flow.source(of.sources.Range(0, 50), watermarks=ws, name="timed")
+    bare = flow.source(of.sources.Range(0, 50), name="bare")
+    both = (timed.connect(bare).process(Tag()) if shape == "connect"
+            else timed.map(lambda v: ("a", v)).union(bare.map(lambda v: ("b", v))))
+    (both.key_by(lambda r: r[0]).window(of.windows.tumbling(10.0))
+         .aggregate(of.agg.count(), name="per-10").sink(of.sinks.Discard()))
+    with pytest.raises(of.JobFailedError, match=r"window operator 'per-10' is an event-time "
+                       r"window but its input records have no timestamps: add watermarks= "
+                       r"to source 'bare' \(records of it reach the window through a union "
+                       r"or connect"):
+        flow.run()
+
+
 def test_connect_errors_name_the_problem() -> None:
     flow = of.Flow("bad", parallelism=1)
     a = flow.source(of.sources.Range(0, 10))
@@ -427,7 +454,8 @@ def test_broadcast_state_is_read_only_in_process_element(tmp_path: Path) -> None
     e = flow.source(of.sources.Collection([(1, 1)]), name="events")
     (e.key_by(lambda ev: ev[0]).connect(r.broadcast(RULES)).process(Writes(), name="w")
       .sink(of.sinks.Discard()))
-    with pytest.raises(of.JobFailedError, match="read-only in process_element"):
+    with pytest.raises(of.JobFailedError,
+                       match=r"operator 'w': broadcast state .* is read-only in process_element"):
         flow.run()
 
 

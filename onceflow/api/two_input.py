@@ -100,16 +100,19 @@ class BroadcastState:
     """The broadcast state of one descriptor: a dictionary, the same on every subtask.
     Read-only in ``process_element``; writable in ``process_broadcast_element``."""
 
-    __slots__ = ("_data", "_name", "_writable")
+    __slots__ = ("_data", "_name", "_op", "_writable")
 
-    def __init__(self, name: str, data: dict[Any, Any], writable: bool) -> None:
-        self._name, self._data, self._writable = name, data, writable
+    def __init__(self, name: str, data: dict[Any, Any], writable: bool,
+                 operator: str | None = None) -> None:
+        self._name, self._data, self._writable, self._op = name, data, writable, operator
 
     def _check(self) -> None:
         if not self._writable:
+            where = f"operator {self._op!r}: " if self._op is not None else ""
             raise ConfigurationError(
-                f"broadcast state {self._name!r} is read-only in process_element; change it "
-                "in process_broadcast_element, so every subtask changes it the same way")
+                f"{where}broadcast state {self._name!r} is read-only in process_element; "
+                "change it in process_broadcast_element, so every subtask changes it the "
+                "same way")
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._data.get(key, default)

@@ -44,6 +44,10 @@ class WindowSpec:
     function: str  # "aggregate" | "reduce" | "process"
     fn: Any
     post: Callable[[Any, Any, Any], Any] | None = None  # aggregate's process function
+    #: sources from which a path reaches the window without anything giving timestamps
+    #: (some other path has them, or the flow would not build): named in the error when
+    #: records without timestamps do arrive
+    untimed_sources: tuple[str, ...] = ()
 
 
 class WindowedStream:
@@ -134,7 +138,7 @@ class WindowedStream:
         node = plan.add(kind, op_name, uid, parallelism, spec,
                         [Edge(self._node.id, Partitioning.KEY, key)])
         if spec.assigner.time == EVENT or spec.trigger.domain == EVENT:
-            _require_timestamps(plan, self._node, op_name)
+            spec.untimed_sources = _require_timestamps(plan, self._node, op_name)
         return DataStream(self._flow, node)
 
     def _spec(self, op: str, function: str, fn: Any, post: Any) -> WindowSpec:
@@ -169,22 +173,32 @@ class WindowedStream:
                           function, fn, post)
 
 
-def _require_timestamps(plan: Any, node: Node, op: str) -> None:
+def _require_timestamps(plan: Any, node: Node, op: str) -> tuple[str, ...]:
     """An event-time window needs timestamps: some path from a source to ``node`` must
     have a WatermarkStrategy (``watermarks=`` on the source or
-    ``assign_timestamps_and_watermarks``)."""
+    ``assign_timestamps_and_watermarks``). Returns the sources of the paths that have
+    none (a union or connect with an input without timestamps; its records fail the
+    window at run time, and the error names these sources)."""
     seen: set[int] = set()
     stack = [node]
+    timed = False
+    untimed: list[str] = []
     while stack:
         n = stack.pop()
         if n.id in seen:
             continue
         seen.add(n.id)
         if n.kind is Kind.ASSIGN or (n.kind is Kind.SOURCE and n.watermarks is not None):
-            return
+            timed = True
+            continue
         if n.kind in (Kind.WINDOW, Kind.WINDOW_ALL) and n.fn.assigner.time == EVENT:
-            return  # results of an event-time window carry timestamps
+            timed = True  # results of an event-time window carry timestamps
+            continue
+        if n.kind is Kind.SOURCE:
+            untimed.append(n.name)
         stack.extend(plan.nodes[e.source] for e in n.inputs)
+    if timed:
+        return tuple(sorted(untimed))
     raise ConfigurationError(
         f"window operator {op!r} is an event-time window but its input has no timestamps: "
         "add watermarks= to the source (flow.source(src, watermarks=of.WatermarkStrategy."

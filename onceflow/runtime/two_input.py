@@ -166,7 +166,7 @@ class _BroadcastCtx(_Ctx, BroadcastContext):
             raise ConfigurationError(
                 f"operator {self._bop.name!r}: no broadcast state {name!r}; the broadcast "
                 f"stream declares {sorted(self._bop.broadcast_state)}")
-        return BroadcastState(name, data, self.writable)
+        return BroadcastState(name, data, self.writable, self._bop.name)
 
 
 class _NoCurrentKey:

@@ -237,10 +237,13 @@ def _table(store: Any, name: str) -> _FastTable | _HandleTable:
     return _FastTable(*fast) if fast is not None else _HandleTable(store, name)
 
 
-def _no_timestamps(op: str) -> ConfigurationError:
+def _no_timestamps(op: str, untimed: tuple[str, ...] = ()) -> ConfigurationError:
+    where = "the source" if not untimed else (
+        f"source {', '.join(map(repr, untimed))} (records of it reach the window through a "
+        "union or connect with no timestamps given on the way)")
     return ConfigurationError(
         f"window operator {op!r} is an event-time window but its input records have no "
-        "timestamps: add watermarks= to the source or assign_timestamps_and_watermarks(...) "
+        f"timestamps: add watermarks= to {where} or assign_timestamps_and_watermarks(...) "
         "before it, or use time='processing'")
 
 
@@ -295,7 +298,7 @@ class WindowOperator(_KeyedOp):
     # --- records -------------------------------------------------------------------------
     def process(self, batch: list[Any]) -> list[Any]:
         if self.time == EVENT or (self.time is None and self.fire_domain == EVENT):
-            raise _no_timestamps(self.name)
+            raise _no_timestamps(self.name, self.spec.untimed_sources)
         out, _ = self._records(batch, None)
         return out
 

@@ -115,6 +115,33 @@ def test_event_time_rate_disorder_and_late_events() -> None:
     assert ooo > 10_000  # really out of order
 
 
+@pytest.mark.parametrize(("partitions", "idleness"), [(2, 0.3), (3, 0.3), (3, None)])
+def test_more_splits_than_subtasks_keep_in_order_events_on_time(
+        partitions: int, idleness: float | None, tmp_path: Path) -> None:
+    """Each Nexmark split spans the whole event time. One source subtask with several
+    splits reads them in turn, batch by batch: read one after another, a split waiting
+    for its turn turned idle (with idleness) and the watermark followed the first split
+    to the end of event time, so every record of the others came late (half the bids of
+    the first window were dropped); without idleness no window fired before the last
+    split was reached. The pipeline is slowed so that a read cycle over the splits takes
+    longer than the idleness timeout."""
+    from onceflow.testing import throttle
+
+    cfg = NexmarkConfig(events=20_000, seed=4, rate=1000.0)  # 20 s of event time, in order
+    flow = of.Flow(f"splits-{partitions}", parallelism=1)
+    events = flow.source(NexmarkSource(cfg, partitions=partitions), name="nexmark",
+                         watermarks=watermarks(cfg, idleness=idleness))
+    bids = events.map(throttle(12_000), name="slow").filter(lambda e: e["kind"] == "bid")
+    (bids.window_all(of.windows.tumbling(10.0)).aggregate(of.agg.count(), name="count")
+         .map(lambda r: (r[1], r[3])).sink(of.sinks.FileSink(tmp_path / "o")))
+    result = flow.run()
+    got = dict(tuple(r) for r in of.sinks.read_committed(tmp_path / "o"))
+    want = Counter((e["date_time"] // 10) * 10 for e in Generator(cfg).events(0, cfg.events)
+                   if e["kind"] == "bid")
+    assert got == dict(want)
+    assert result.operators["count"].late_dropped == 0
+
+
 def test_source_replays_from_any_position_and_an_idle_split_ends(tmp_path: Path) -> None:
     src = NexmarkSource(NexmarkConfig(events=1000, seed=5), partitions=3,
                         idle_partition=True, idle_seconds=0.3)

@@ -794,6 +794,11 @@ class _PlainSinkLifecycle:
         self.sink.close()
 
 
+#: with event time, how many splits of one source subtask are read in turn at once (each
+#: holds its reader open, e.g. a file); the others wait, holding the watermark back
+EVENT_TIME_OPEN_SPLITS = 16
+
+
 class SourceOp(Operator):
     """Reads the splits assigned to this subtask; its state is ``[(split, position)]``."""
 
@@ -802,6 +807,8 @@ class SourceOp(Operator):
         self.source: Source = node.fn
         self.assigned: list[list[Any]] = []  # [split, position, finished]
         self.readers: list[SplitReader | None] = []
+        #: per split: whether its last read filled a whole batch (records are waiting)
+        self._full: list[bool] = []
         self._next = 0
         self._snapshots: dict[int, list[Any]] = {}  # checkpoint id -> position per split
         self.strategy: WatermarkStrategy | None = node.watermarks
@@ -819,6 +826,7 @@ class SourceOp(Operator):
         split's watermark progress as a fourth element."""
         self.assigned = [[e[0], e[1], e[2]] for e in splits]
         self.readers = [None] * len(self.assigned)
+        self._full = [False] * len(self.assigned)
         self._next = 0
         if self.watermarks is not None:
             self.watermarks.assign([e[3] if len(e) > 3 else None for e in splits],
@@ -831,9 +839,19 @@ class SourceOp(Operator):
         self.assign(merged)
 
     def _backlog(self, index: int, partition: Any) -> bool:
-        rd = self.readers[index] if index < len(self.readers) else None
-        if rd is None or partition is None:
+        if index >= len(self.readers):
             return False
+        rd = self.readers[index]
+        if rd is None:
+            # not opened yet (waiting for its turn behind the splits being read): every
+            # record of it is still to come, so it must not turn idle and let the other
+            # splits' watermark make its records late
+            return not self.assigned[index][2]
+        if partition is None:
+            # a split read as one input: its last read filled a whole batch, so more is
+            # likely waiting (read in turn with the others, its next turn may come later
+            # than the idleness timeout); it goes idle once a read finds nothing
+            return self._full[index] if index < len(self._full) else False
         try:
             return bool(rd.has_backlog(partition))
         except Exception:  # a reader's own method failing: no claim, never fail the job
@@ -844,9 +862,14 @@ class SourceOp(Operator):
         return all(map(_FINISHED, self.assigned))  # asked every step: no Python loop
 
     def read(self, max_records: int) -> list[Any]:
-        """Up to ``max_records`` from the current split. A split is read until it finishes
-        or has nothing right now, then the next one gets its turn (so bounded splits are
-        read one after another, holding one file open, and idle ones do not block)."""
+        """Up to ``max_records`` from the current split. Without event time a split is
+        read until it finishes or has nothing right now, then the next one gets its turn
+        (so bounded splits are read one after another, holding one file open, and idle
+        ones do not block). With event time (a watermark strategy) the splits take turns
+        batch by batch, up to :data:`EVENT_TIME_OPEN_SPLITS` of them open at once: the
+        subtask's watermark is the minimum over its splits, so splits read one after
+        another would hold every window back until the last one is reached (and, with
+        idleness, a split waiting for its turn would turn idle and its records late)."""
         n = len(self.assigned)
         wms = self.watermarks
         self.batch_ts = None
@@ -858,6 +881,10 @@ class SourceOp(Operator):
                 continue
             rd = self.readers[i]
             if rd is None:
+                if wms is not None and n > 1 and self._open_unfinished() >= \
+                        EVENT_TIME_OPEN_SPLITS:
+                    self._next = (i + 1) % n  # its turn comes when an open one finishes
+                    continue
                 try:
                     rd = self.readers[i] = self.source.reader(a[0], a[1])
                 except OnceflowError:
@@ -875,6 +902,8 @@ class SourceOp(Operator):
             except Exception as e:
                 raise UserFunctionError(self.name, f"<read split {a[0]!r}>", e) from e
             a[1] = rd.position()
+            if wms is not None:
+                self._full[i] = batch is not None and len(batch) >= max_records
             if not batch:
                 self._next = (i + 1) % n
             if batch is None:
@@ -896,8 +925,13 @@ class SourceOp(Operator):
                         wms.set_partitions(i, rd.partitions() or [])
                     wms.on_batch_runs(i, batch, ts, runs)
                     self.batch_ts = ts
+                    self._next = (i + 1) % n  # the next split's turn (see above)
                 return batch
         return []
+
+    def _open_unfinished(self) -> int:
+        return sum(1 for rd, a in zip(self.readers, self.assigned, strict=True)
+                   if rd is not None and not a[2])
 
     def snapshot(self, checkpoint_id: int, savepoint: bool = False) -> Any:
         self._snapshots[checkpoint_id] = [p for _, p, _ in self.assigned]

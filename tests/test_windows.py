@@ -339,6 +339,61 @@ def test_a_failing_aggregate_names_the_record(tmp_path: Path) -> None:
     assert "total" in str(e.value) and "'x'" in str(e.value)
 
 
+def _holding(t: float, size: float, slide: float, offset: float) -> list[tuple[float, float]]:
+    """The windows holding ``t``, found by trying every nearby ``j``, with the bounds the
+    docs give, evaluated in floats: window ``j`` starts at ``j*slide + offset`` and, when
+    ``slide`` divides ``size`` (``n`` times; tumbling: once), ends where window ``j + n``
+    starts, so that the slices tile the time line; otherwise it ends ``size`` later."""
+    n = size / slide
+    j0 = math.floor((t - offset) / slide)
+    out = []
+    for j in range(j0 - math.ceil(n) - 2, j0 + 3):
+        start = j * slide + offset
+        end = (j + int(n)) * slide + offset if n == int(n) else start + size
+        if start <= t < end:
+            out.append((start, end))
+    return out
+
+
+@pytest.mark.parametrize(("size", "slide", "offset"), [
+    (0.1, 0.1, 0.0), (1.0, 1.0, 0.3), (0.2, 0.2, -0.05), (0.001, 0.001, 0.0),
+    (0.5, 0.1, 0.0), (1.0, 0.2, 0.05), (1.0, 0.3, 0.1), (0.7, 0.3, 0.0)])
+@pytest.mark.parametrize("backend", ["memory", "rocksdb", "general"])
+def test_every_record_is_in_the_windows_whose_bounds_hold_it(
+        size: float, slide: float, offset: float, backend: str, tmp_path: Path) -> None:
+    """Window sizes, slides and offsets that are not whole numbers, decimal timestamps in
+    order, several records per timestamp: each record is in exactly the windows whose
+    reported bounds hold it, and none is late. The slice of a record was computed as
+    ``(t - offset) // size``, which rounding can put one slice too low (``841.7 // 0.1``
+    is 8416; ``(2.3 - 0.3) // 1.0`` is 1): the record went into a window ending at its own
+    timestamp, and once that window fired, the next record of that timestamp was late."""
+    import random
+
+    rng = random.Random(int(size * 1000 + slide * 100 + offset * 10))
+    ts = sorted(round(rng.uniform(0, 60 * size), rng.choice([1, 2, 3])) for _ in range(300))
+    events = [("k", t, i) for i, t in enumerate(t for t in ts for _ in range(2))]
+    assigner = (of.windows.tumbling(size, offset=offset) if slide == size
+                else of.windows.sliding(size, slide, offset=offset))
+    flow = of.Flow("bounds", parallelism=1, batch_size=7,
+                   state_backend=(of.state.RocksDBBackend(local_dir=str(tmp_path / "rocks"))
+                                  if backend == "rocksdb" else of.state.MemoryBackend()))
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda e: e[1])
+    src = flow.source(of.sources.Collection(events), watermarks=ws, parallelism=1)
+    windows = src.key_by(lambda e: e[0]).window(assigner)
+    if backend == "general":  # a purging trigger: the general window operator, not panes
+        windows = windows.trigger(of.windows.PurgingTrigger(of.windows.EventTimeTrigger()))
+    (windows.process(lambda k, w, els: (w.start, w.end, sorted(e[2] for e in els)), name="w")
+        .sink(of.sinks.FileSink(tmp_path / "o")))
+    result = flow.run()
+    got: dict[int, list[tuple[float, float]]] = {}
+    for _, _, _, (start, end, ids) in of.sinks.read_committed(tmp_path / "o"):
+        for i in ids:
+            got.setdefault(i, []).append((start, end))
+    want = {i: _holding(t, size, slide, offset) for _, t, i in events}
+    assert {i: sorted(w) for i, w in got.items()} == want
+    assert result.operators["w"].late_dropped == 0
+
+
 def _pane_op(assigner: Any, lateness: float, backend: Any = None) -> WindowOperator:
     from onceflow.api.windowing import WindowedStream
     from onceflow.runtime.window import PaneWindowOperator, make_window_operator

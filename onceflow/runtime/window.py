@@ -237,6 +237,34 @@ def _table(store: Any, name: str) -> _FastTable | _HandleTable:
     return _FastTable(*fast) if fast is not None else _HandleTable(store, name)
 
 
+def _slice(t: float, width: float, offset: float) -> float:
+    """The index ``i`` of the slice (tumbling window, or pane of sliding windows) holding
+    timestamp ``t``: ``i*width + offset <= t < (i+1)*width + offset``, evaluated in floats
+    as the bounds the windows report are. ``(t - offset) // width`` alone can be one off:
+    ``(2.3 - 0.3) // 1.0`` is 1 (2.3 - 0.3 is 1.9999999999999998), and ``841.7 // 0.1`` is
+    8416, whose slice ``[841.6, 841.7)`` ends at the record's own timestamp; such a record
+    was counted into a window that does not hold it and, once that window fired, an
+    in-order record of the same timestamp was late."""
+    i = (t - offset) // width
+    while (i + 1) * width + offset <= t:
+        i += 1
+    while i * width + offset > t:
+        i -= 1
+    return i
+
+
+def _first_window(t: float, size: float, slide: float, offset: float) -> int:
+    """The first sliding window (start ``j*slide + offset``, end that ``+ size``) holding
+    ``t``, when ``slide`` does not divide ``size``: the smallest ``j`` whose end lies
+    past ``t``, evaluated in floats as the bounds the windows report are."""
+    j = int((t - offset - size) // slide) + 1
+    while j * slide + offset + size <= t:
+        j += 1
+    while (j - 1) * slide + offset + size > t:
+        j -= 1
+    return j
+
+
 def _no_timestamps(op: str, untimed: tuple[str, ...] = ()) -> ConfigurationError:
     where = "the source" if not untimed else (
         f"source {', '.join(map(repr, untimed))} (records of it reach the window through a "
@@ -349,12 +377,15 @@ class WindowOperator(_KeyedOp):
                ) -> dict[tuple[Any, float], list[Any]]:
         """Records by (key, index of their slice of ``width`` seconds)."""
         kf = self.key_fn
-        self._late_from(batch, ts, lambda r, t: (kf(r), (t - offset) // width))
+        self._late_from(batch, ts, lambda r, t: (kf(r), _slice(t, width, offset)))
         groups: dict[tuple[Any, float], list[Any]] = {}
         get = groups.get
         try:
             for r, t in zip(batch, ts, strict=True):
-                g = (kf(r), (t - offset) // width)
+                i = (t - offset) // width
+                if (i + 1) * width + offset <= t or i * width + offset > t:
+                    i = _slice(t, width, offset)  # rounding put t past a bound (_slice)
+                g = (kf(r), i)
                 lst = get(g)
                 if lst is None:
                     groups[g] = [r]
@@ -369,9 +400,10 @@ class WindowOperator(_KeyedOp):
         if isinstance(a, _Tumbling):
             size, off = a.size, a.offset
             groups = self._group(batch, ts, size, off)
+            # bounds as slices: a window ends where the next starts (``s + size`` can
+            # differ from that by rounding, leaving a record in no window or two)
             for (k, idx), recs in groups.items():
-                s = idx * size + off
-                self._add(k, ((s, s + size),), recs, (k, idx))
+                self._add(k, ((idx * size + off, (idx + 1) * size + off),), recs, (k, idx))
             return
         assert isinstance(a, _Sliding)
         size, slide, off = a.size, a.slide, a.offset
@@ -379,19 +411,19 @@ class WindowOperator(_KeyedOp):
         if n:
             groups = self._group(batch, ts, slide, off)
             for (k, idx), recs in groups.items():
-                ws = tuple((j * slide + off, j * slide + off + size)
+                ws = tuple((j * slide + off, (j + n) * slide + off)  # as the panes'
                            for j in range(int(idx) - n + 1, int(idx) + 1))
                 self._add(k, ws, recs, (k, idx))
             return
         # slide does not divide size: a record's windows depend on where in its slide it is
         kf = self.key_fn
         per: dict[tuple[Any, int, int], list[Any]] = {}
-        self._late_from(batch, ts, lambda r, t: (kf(r), int((t - off - size) // slide) + 1,
-                                                 int((t - off) // slide)))
+        self._late_from(batch, ts, lambda r, t: (kf(r), _first_window(t, size, slide, off),
+                                                 int(_slice(t, slide, off))))
         try:
             for r, t in zip(batch, ts, strict=True):
-                last = int((t - off) // slide)
-                first = int((t - off - size) // slide) + 1
+                last = int(_slice(t, slide, off))
+                first = _first_window(t, size, slide, off)
                 per.setdefault((kf(r), first, last), []).append(r)
         except Exception as e:
             self._key_error(batch, e)
@@ -859,6 +891,8 @@ class PaneWindowOperator(WindowOperator):
             for r, t in zip(batch, ts, strict=True):
                 k = kf(r)
                 p = (t - off) // slide
+                if (p + 1) * slide + off <= t or p * slide + off > t:
+                    p = _slice(t, slide, off)
                 if p <= horizon and (p + n) * slide + off + lat <= wm:
                     late.append(r)
                     late_ts.append(t)
@@ -1137,8 +1171,8 @@ class EventPaneWindowOperator(PaneWindowOperator):
         kf = self.key_fn
         bp = self.bp
         if self._count and batch:
-            p = (min(ts) - off) // slide
-            if (p + 1) * slide + off > wm and (max(ts) - off) // slide == p:
+            p = _slice(min(ts), slide, off)
+            if (p + 1) * slide + off > wm and _slice(max(ts), slide, off) == p:
                 pd = bp.get(p)  # one pane, on time, not fired: count at C speed
                 if pd is None:
                     pd = bp[p] = {}
@@ -1161,6 +1195,8 @@ class EventPaneWindowOperator(PaneWindowOperator):
             for r, t in zip(batch, ts, strict=True):
                 k = kf(r)
                 p = (t - off) // slide
+                if (p + 1) * slide + off <= t or p * slide + off > t:
+                    p = _slice(t, slide, off)
                 if p <= horizon and (p + n) * slide + off + lat <= wm:
                     late.append(r)
                     late_ts.append(t)

@@ -65,18 +65,23 @@ def test_interval_join_matches_a_brute_force_reference(tmp_path: Path, backend: 
     assert of.sinks.read_committed(tmp_path / "late") == []
 
 
-@pytest.mark.parametrize(("lower", "upper"), [(0.0, 0.0), (-5.0, 0.0), (-7.0, -3.0),
-                                             (0.0, 5.0), (2.0, 2.0)])
+@pytest.mark.parametrize(("lower", "upper", "unit"), [
+    (0.0, 0.0, 1.0), (-5.0, 0.0, 1.0), (-7.0, -3.0, 1.0), (0.0, 5.0, 1.0), (2.0, 2.0, 1.0),
+    (0.2, 1.0, 0.1), (-0.3, 0.1, 0.1), (0.1, 0.1, 0.1), (0.7, 0.9, 0.1), (-0.9, -0.3, 0.1)])
 def test_interval_join_keeps_records_whose_bound_reaches_exactly_the_watermark(
-        lower: float, upper: float) -> None:
-    """Whole-second timestamps and a bound of 0: a record's ``t + upper`` (left) or ``t -
-    lower`` (right) often equals the watermark when it arrives. Such a record can still
-    match one of the other side at exactly the watermark (on time: late is ``t <
+        lower: float, upper: float, unit: float) -> None:
+    """Timestamps on a grid of ``unit`` and bounds on it: a record's ``t + upper`` (left)
+    or ``t - lower`` (right) often equals the watermark when it arrives. Such a record can
+    still match one of the other side at exactly the watermark (on time: late is ``t <
     watermark``), so it must be buffered; one record per batch makes the two inputs
-    interleave finely."""
+    interleave finely. On a grid of tenths the differences are rounded (``0.7 - 0.2`` is
+    0.49999999999999994 while ``0.5 + 0.2 == 0.7``): the cleanup must use the match's own
+    arithmetic, or a right record goes before a left one it matches."""
     rng = random.Random(7)
-    left = [(rng.randrange(3), float(i // 3 + rng.randrange(2))) for i in range(120)]
-    right = [(rng.randrange(3), float(i // 3 + rng.randrange(2))) for i in range(120)]
+    left = [(rng.randrange(3), round((i // 3 + rng.randrange(2)) * unit, 10))
+            for i in range(120)]
+    right = [(rng.randrange(3), round((i // 3 + rng.randrange(2)) * unit, 10))
+             for i in range(120)]
     left.sort(key=lambda r: r[1])
     right.sort(key=lambda r: r[1])
     flow = of.Flow("ij-edge", parallelism=1, batch_size=1)
@@ -178,6 +183,30 @@ def test_interval_join_state_is_removed_once_the_watermark_passes_and_late_goes_
     second.queue.append(END_OF_INPUT)
     while runner.step():
         pass
+
+
+@pytest.mark.parametrize("right_before_watermark", [True, False])
+def test_a_right_record_stays_while_a_left_at_the_watermark_can_match_it(
+        right_before_watermark: bool) -> None:
+    """between(0.2, 1.0), a right record at 0.7 and the watermark at 0.5: a left at 0.5 is
+    on time and matches (``0.5 + 0.2 == 0.7``), but ``0.7 - 0.2`` is 0.49999999999999994,
+    so a cleanup at ``tr - lower`` dropped the right record first: on arrival, when the
+    watermark was already 0.5, or by its timer when the watermark reached 0.5 later."""
+    runner, first, second, main, _ = _join_runner(0.2, 1.0)
+    if right_before_watermark:
+        for ch in (first, second):
+            ch.queue.append(Watermark(0.4))
+        second.queue.append(TsBatch([("k", 0.7)], [0.7]))
+    for ch in (first, second):
+        ch.queue.append(Watermark(0.5))
+    if not right_before_watermark:
+        second.queue.append(TsBatch([("k", 0.7)], [0.7]))
+    while runner.step():
+        pass
+    first.queue.append(TsBatch([("k", 0.5)], [0.5]))
+    while runner.step():
+        pass
+    assert [(o[0][0][1], o[0][1][1]) for o in main.got] == [(0.5, 0.7)]
 
 
 def test_late_records_of_an_interval_join_go_to_its_side_output(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ group like any keyed state) and results stamped with the larger input timestamp.
 Interval join state, per key: map states ``left`` and ``right`` (timestamp -> records).
 A left record at ``tl`` can match rights up to ``tl + upper``; a right record at ``tr``
 lefts down to ``tr - lower``. Since no record below the watermark arrives on time, a left
-entry is removed by an event-time timer just after ``tl + upper`` and a right one just after
-``tr - lower``.
+entry is removed by an event-time timer just after ``tl + upper`` and a right one at the
+first watermark ``w`` with ``w + lower > tr`` (``tr - lower`` but for rounding).
 """
 
 from __future__ import annotations
@@ -114,8 +114,10 @@ class IntervalJoinOp(_JoinBase):
             return None
         return t
 
-    def _buffer(self, state: Any, t: float, value: Any, clean_at: float) -> None:
-        if clean_at < self.watermark:
+    def _buffer(self, state: Any, t: float, value: Any, useless_from: float) -> None:
+        """Keep ``value`` (at ``t``) until the watermark reaches ``useless_from``, the
+        first time from which no record of the other side still to come can match it."""
+        if useless_from <= self.watermark:
             # can match nothing still to come: a record of the other side at exactly the
             # watermark is on time (late is ``t < watermark``) and may still match
             return
@@ -126,7 +128,7 @@ class IntervalJoinOp(_JoinBase):
             buf.append(value)
             state.put(t, buf)
         assert self.store is not None
-        self.store.register_event_timer(math.nextafter(clean_at, math.inf))
+        self.store.register_event_timer(useless_from)
 
     def _pair(self, left: Any, right: Any, lt: float, rt: float, out: list[Any]) -> None:
         ts = lt if lt > rt else rt
@@ -149,7 +151,9 @@ class IntervalJoinOp(_JoinBase):
             if lo <= rt <= hi:
                 for r in recs:
                     self._pair(value, r, t, rt, out)
-        self._buffer(self.left, t, value, t + self.upper)
+        # a right record matches while ``rt <= t + upper``; rights at the watermark or
+        # later are still to come
+        self._buffer(self.left, t, value, math.nextafter(t + self.upper, math.inf))
         return out
 
     def _on_right(self, value: Any, ctx: _Ctx) -> list[Any] | None:
@@ -162,16 +166,34 @@ class IntervalJoinOp(_JoinBase):
             if lt + lower <= t <= lt + upper:  # the same arithmetic as from the left
                 for left in recs:
                     self._pair(left, value, lt, t, out)
-        self._buffer(self.right, t, value, t - self.lower)
+        self._buffer(self.right, t, value, self._right_useless_from(t))
         return out
+
+    def _right_useless_from(self, rt: float) -> float:
+        """A watermark ``w`` with ``w + lower > rt`` (so no left record still to come,
+        ``lt >= w``, passes the match test ``lt + lower <= rt``), at most a rounding step
+        past the first such one: ``rt - lower`` is rounded (``0.7 - 0.2`` is
+        0.49999999999999994 but ``0.5 + 0.2 == 0.7``: a left at 0.5 still matches, and the
+        right record was dropped before it came), so it is raised in steps of the
+        operands' rounding unit until the match test fails. (Steps of one float would
+        never end near 0, where floats are dense.)"""
+        lower = self.lower
+        w = rt - lower
+        step = math.ulp(max(abs(rt), abs(lower), abs(w)))
+        while w + lower <= rt:  # a few steps at most: each moves w by a whole ulp of it
+            w += step
+        return w
 
     def on_timer(self, timestamp: float, ctx: Any) -> Iterable[Any] | None:
         # entries whose last possible match lies before ``timestamp`` go
+        # (the same tests as the matching's: lefts match while ``rt <= lt + upper``,
+        # rights while ``lt + lower <= rt``, for records at ``timestamp`` or later)
         for lt, _ in self.left.items():
             if lt + self.upper < timestamp:
                 self.left.remove(lt)
+        lower = self.lower
         for rt, _ in self.right.items():
-            if rt - self.lower < timestamp:
+            if timestamp + lower > rt:
                 self.right.remove(rt)
         return None
 

@@ -78,3 +78,38 @@ def test_co_group_gives_outer_join_rows(tmp_path: Path) -> None:
     flow.run()
     got = sorted(map(tuple, of.sinks.read_committed(tmp_path / "o")), key=repr)
     assert got == sorted([(1.0, 3.0), (2.0, None), (None, 4.0), (12.0, None)], key=repr)
+
+
+@pytest.mark.parametrize("join", ["join", "co_group"])
+def test_a_session_join_s_gap_function_gets_the_user_s_record(join: str,
+                                                              tmp_path: Path) -> None:
+    """``session(lambda r: r["gap"])``: the gap function is given the record as the user
+    wrote it (it was given the join's internal ``(side, record)`` tuple and failed)."""
+    left = [{"k": 1, "t": 1.0, "gap": 2.0}, {"k": 1, "t": 9.0, "gap": 2.0}]
+    right = [{"k": 1, "t": 2.5, "gap": 2.0}]
+    flow = of.Flow(f"session-{join}", parallelism=1)
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda r: r["t"])
+    a = flow.source(of.sources.Collection(left), name="l", watermarks=ws)
+    b = flow.source(of.sources.Collection(right), name="r", watermarks=ws)
+    gap = of.windows.session(lambda r: r["gap"])
+    if join == "join":
+        out = (a.join(b).where(lambda x: x["k"]).equal_to(lambda y: y["k"]).window(gap)
+                .apply(lambda x, y: (x["t"], y["t"])))
+    else:
+        out = (a.co_group(b).where(lambda x: x["k"]).equal_to(lambda y: y["k"]).window(gap)
+                .apply(lambda xs, ys: [(len(xs), len(ys))]))
+    out.sink(of.sinks.FileSink(tmp_path / "o"))
+    flow.run()
+    got = sorted(map(tuple, of.sinks.read_committed(tmp_path / "o")))
+    # sessions: [1.0, 4.5) holds left 1.0 and right 2.5; [9.0, 11.0) left 9.0 alone
+    assert got == ([(1.0, 2.5)] if join == "join" else [(1, 0), (1, 1)])
+
+
+def test_a_time_to_live_on_a_window_join_is_refused() -> None:
+    flow = of.Flow("ttl-window", parallelism=1)
+    a = flow.source(of.sources.Collection([1]))
+    b = flow.source(of.sources.Collection([1]))
+    with pytest.raises(of.ConfigurationError, match=r"with_ttl\(\.\.\.\)\.window\(\.\.\.\): "
+                       r"a window join keeps each window's rows"):
+        a.join(b).where(lambda x: x).equal_to(lambda y: y).with_ttl(5.0).window(
+            of.windows.tumbling(1.0))

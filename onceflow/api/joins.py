@@ -271,6 +271,29 @@ class _Tag:
         return (self.side, record)
 
 
+class _UntaggedGap:
+    """A session window join's dynamic gap, called with the user's record (the window
+    operator sees the join's ``(side, record)`` tuples)."""
+
+    __slots__ = ("gap",)
+
+    def __init__(self, gap: Callable[[Any], float]) -> None:
+        self.gap = gap
+
+    def __call__(self, tagged: tuple[int, Any]) -> float:
+        return self.gap(tagged[1])
+
+
+def _untagged(assigner: Any) -> Any:
+    """``assigner`` as it must be over tagged records: a session whose gap is a function of
+    the record gets it called with the user's record, not the join's tuple."""
+    from onceflow.windows import _Session
+
+    if isinstance(assigner, _Session) and callable(assigner.gap):
+        return _Session(_UntaggedGap(assigner.gap), assigner.time or "event")
+    return assigner
+
+
 class _SideKey:
     __slots__ = ("keys",)
 
@@ -339,7 +362,7 @@ class WindowJoin:
         a = self._left.map(_Tag(0), name=f"{base}-left")
         b = self._right.map(_Tag(1), name=f"{base}-right")
         windowed: Any = (a.union(b, name=f"{base}-union").key_by(_SideKey(self._lk, self._rk))
-                     .window(self._assigner))
+                     .window(_untagged(self._assigner)))
         if self._lateness is not None:
             windowed = windowed.allowed_lateness(self._lateness)
         if self._late is not None:
@@ -373,6 +396,12 @@ class JoinCondition:
     def window(self, assigner: Any) -> WindowJoin:
         """A window join: pairs of equal keys in the same window of ``assigner`` (e.g.
         ``of.windows.tumbling(10.0)``), emitted when the window fires."""
+        if self._ttl is not None:
+            raise ConfigurationError(
+                "join().with_ttl(...).window(...): a window join keeps each window's rows "
+                "until the window closes, so a time-to-live does not apply to it; drop "
+                "with_ttl() for a window join, or drop window() for a regular join with "
+                "a time-to-live")
         return WindowJoin(self._left, self._right, self._lk, self._rk, assigner, cogroup=False)
 
     def apply(self, fn: Callable[[Any, Any], Any], *, name: str | None = None,

@@ -96,6 +96,28 @@ def test_proportions_ids_and_skew() -> None:
     assert prices[len(prices) // 2] < 200_000  # log-uniform: the median is far below the mean
 
 
+@pytest.mark.parametrize(("ratio", "disorder"), [(1000, 0.0), (5000, 2.0)])
+def test_the_non_hot_share_is_one_over_the_ratio_for_ratios_above_256(
+        ratio: int, disorder: float) -> None:
+    """The hot draws were one random byte modulo the ratio: from 256 up every ratio gave
+    a non-hot share of 1/256 (about 720 non-hot bids in 184,000 instead of 184 or 37).
+    Both fast paths (in order and with disorder) and the reference loop."""
+    cfg = NexmarkConfig(seed=0, hot_auction_ratio=ratio, hot_bidder_ratio=ratio,
+                        hot_seller_ratio=ratio, out_of_orderness=disorder)
+    gen = Generator(cfg)
+    ev = gen.events(0, 200_000)
+    assert ev[:20_000] == gen.events_reference(0, 20_000)
+    bids = [(n, e) for n, e in enumerate(ev) if e["kind"] == "bid"]
+    auctions = [(n, e) for n, e in enumerate(ev) if e["kind"] == "auction"]
+    cold_a = sum(e["auction"] != ((n // 50 * 3 + 2) // 100) * 100 + 1000 for n, e in bids)
+    cold_b = sum(e["bidder"] != (n // 50 // 100) * 100 + 1001 for n, e in bids)
+    cold_s = sum(e["seller"] != (n // 50 // 100) * 100 + 1000 for n, e in auctions)
+    want = len(bids) / ratio
+    assert cold_a < 2.5 * want + 10 and cold_b < 2.5 * want + 10, (cold_a, cold_b, want)
+    assert cold_a > want / 3 and cold_b > want / 3  # non-hot draws still happen
+    assert cold_s < 2.5 * len(auctions) / ratio + 10
+
+
 def test_event_time_rate_disorder_and_late_events() -> None:
     ev = Generator(NexmarkConfig(seed=1, rate=1000.0, base_time=50.0)).events(0, 3000)
     assert [e["date_time"] for e in ev] == [50.0 + n / 1000.0 for n in range(3000)]

@@ -16,6 +16,10 @@ number). The shape follows the specification:
   is a hot bidder (the most recent multiple of 100, plus one) with probability
   ``1 - 1/hot_bidder_ratio`` (3/4), else one of the ``active_people`` newest; an
   auction's seller is a hot seller with probability ``1 - 1/hot_seller_ratio`` (3/4).
+  Each of these draws is the specification's ``nextInt(ratio) > 0`` made from 64 random
+  bits by a multiply-shift (``(u * ratio) >> 64``), so the non-hot share is ``1/ratio``
+  to within 2**-64 for any ratio (one byte modulo the ratio, as before, made every ratio
+  from 256 up behave like 256 and biased ratios that do not divide 256).
 * **Event time**: event ``n`` happens at ``base_time + n / rate`` seconds, whatever the
   speed at which events are read; with ``out_of_orderness`` each event's timestamp is up
   to that many seconds earlier (so a ``bounded_out_of_orderness`` watermark of that
@@ -59,20 +63,31 @@ LAST_NAMES = ("Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smit
 CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
 
 BLOCK = 1024  # events per block of random bytes
-_BYTES = 16  # random bytes per event
+_BYTES = 32  # random bytes per event (16 for the fields, 16 for two 64-bit hot draws)
+_HOT_DRAW = 16  # offset of the first 64-bit hot draw (hot auction, or hot seller)
+_HOT_DRAW2 = 24  # offset of the second (a bid's hot bidder)
+_TWO_64 = 1 << 64
 
 
 def _block(seed: int, blk: int) -> bytes:
-    """The random bytes of events ``blk * BLOCK ..``: 16 per event, from a Mersenne
+    """The random bytes of events ``blk * BLOCK ..``: 32 per event, from a Mersenne
     Twister seeded by (seed, block) (the same on every platform and Python 3.9+)."""
     return random.Random(f"nexmark:{seed}:{blk}").randbytes(BLOCK * _BYTES)
 
 
-#: a bid's 16 bytes as the fields it draws (see ``Generator.events_reference``): 0 the
-#: hot-auction draw, 1-2 auction, 3 hot-bidder draw, 4-5 bidder, 6 channel and URL,
-#: (7 unused), 8 and 9-10 the price's high byte and low 16 bits, 11-12 jitter,
-#: 13-14 lateness draw, 15 (people's and auctions' only)
-_BID_FIELDS = struct.Struct(">BHBHBxBHHHB")
+def _not_hot_below(ratio: int) -> int:
+    """The 64-bit draws ``u`` below this value are the non-hot ones: ``(u * ratio) >> 64
+    == 0`` (the definition, see :meth:`Generator.events_reference`) holds exactly when
+    ``u < ceil(2**64 / ratio)``, one comparison per event on the fast paths."""
+    return -(-_TWO_64 // ratio)
+
+
+#: a bid's 32 bytes as the fields the fast path reads (see ``Generator.events_reference``):
+#: (0 unused), 1-2 auction, (3 unused), 4-5 bidder, 6 channel and URL, (7 unused), 8 and
+#: 9-10 the price's high byte and low 16 bits, (11-12 jitter, 13-14 lateness draw, 15
+#: people's and auctions' only), 16-23 the hot-auction draw, 24-31 the hot-bidder draw
+_BID_FIELDS = struct.Struct(">xHxHBxBH5xQQ")
+_U64 = struct.Struct(">Q")
 
 
 @functools.lru_cache(maxsize=16)
@@ -90,6 +105,14 @@ def _bid_fields(buf: bytes, phase: int, step: int) -> list[tuple[int, ...]]:
     view = buf[phase * _BYTES:]
     view += bytes(-len(view) % st.size)  # the last event's record, padded to full size
     return list(st.iter_unpack(view))
+
+
+def _next_int(buf: bytes, o: int, ratio: int) -> int:
+    """A draw in ``[0, ratio)`` from the 64 random bits at ``buf[o:o + 8]``, as Java's
+    ``nextInt(ratio)`` in the specification: a multiply-shift, each value with probability
+    ``1/ratio`` to within 2**-64 (one byte modulo the ratio could not reach ratios above
+    256 and was biased for ratios not dividing 256)."""
+    return (int.from_bytes(buf[o:o + 8], "big") * ratio) >> 64
 
 
 @dataclass(frozen=True)
@@ -168,7 +191,7 @@ def last_auction(n: int) -> int:
 class Generator:
     """Events by number: ``event(n)`` for any ``n``; ``events(start, stop, step)``.
 
-    The random choices of event ``n`` are the 16 bytes at ``n % BLOCK`` of its block's
+    The random choices of event ``n`` are the 32 bytes at ``n % BLOCK`` of its block's
     random bytes (:func:`_block`), so no state carries from one event to the next and any
     event can be made without the ones before it."""
 
@@ -191,6 +214,7 @@ class Generator:
         self._names = [(f"{f} {last}", f.lower()) for f in FIRST_NAMES for last in LAST_NAMES]
         self._card4 = [f"{i:04d}" for i in range(10000)]
         self._descriptions = [f"description-{i}" for i in range(32)]
+        self._seller_not_hot_below = _not_hot_below(config.hot_seller_ratio)
 
     def nominal_time(self, n: int) -> float:
         return self.c.base_time + n / self.c.rate
@@ -211,7 +235,9 @@ class Generator:
         c = self.c
         seed, rate, base = c.seed, c.rate, c.base_time
         disorder, late_p, late_by = c.out_of_orderness, c.late_fraction, c.late_by
-        har, hbr = c.hot_auction_ratio, c.hot_bidder_ratio
+        # the 64-bit draws below these are the non-hot ones (see _not_hot_below)
+        a_cold, b_cold = _not_hot_below(c.hot_auction_ratio), _not_hot_below(c.hot_bidder_ratio)
+        u64 = _U64.unpack_from
         active, inflight = c.active_people, c.in_flight_auctions
         chan, url = self._chan, self._url
         cur, buf = self._cache
@@ -247,9 +273,9 @@ class Generator:
                     cb = buf[o + 6]
                     ap({"kind": "bid",
                         "auction": a_lo + (buf[o + 1] << 8 | buf[o + 2]) % a_mod
-                        if not buf[o] % har else hot_a,
+                        if u64(buf, o + _HOT_DRAW)[0] < a_cold else hot_a,
                         "bidder": b_lo + (buf[o + 4] << 8 | buf[o + 5]) % b_mod
-                        if not buf[o + 3] % hbr else hot_b,
+                        if u64(buf, o + _HOT_DRAW2)[0] < b_cold else hot_b,
                         "price": round(10.0 ** ((buf[o + 8] << 16 | buf[o + 9] << 8
                                                  | buf[o + 10]) * (6.0 / 16777216)) * 100.0),
                         "channel": chan[cb], "url": url[cb], "date_time": ts, "extra": ""})
@@ -267,7 +293,8 @@ class Generator:
         the bids of one epoch within one block are made by one list comprehension."""
         c = self.c
         seed, rate, base = c.seed, c.rate, c.base_time
-        har, hbr = c.hot_auction_ratio, c.hot_bidder_ratio
+        # the 64-bit draws below these are the non-hot ones (see _not_hot_below)
+        a_cold, b_cold = _not_hot_below(c.hot_auction_ratio), _not_hot_below(c.hot_bidder_ratio)
         active, inflight = c.active_people, c.in_flight_auctions
         chan, url = self._chan, self._url
         cur, buf = self._cache
@@ -315,10 +342,10 @@ class Generator:
                     seg_end = min(end, b0 + BLOCK)
                     j = (n - b0) // step  # fields[j] is event n's
                     extend([{"kind": "bid",
-                             "auction": hot_a if f[0] % har else a_lo + f[1] % a_mod,
-                             "bidder": hot_b if f[2] % hbr else b_lo + f[3] % b_mod,
-                             "price": round(10.0 ** ((f[5] << 16 | f[6]) * p6) * 100.0),
-                             "channel": chan[f[4]], "url": url[f[4]],
+                             "auction": a_lo + f[0] % a_mod if f[5] < a_cold else hot_a,
+                             "bidder": b_lo + f[1] % b_mod if f[6] < b_cold else hot_b,
+                             "price": round(10.0 ** ((f[3] << 16 | f[4]) * p6) * 100.0),
+                             "channel": chan[f[2]], "url": url[f[2]],
                              "date_time": base + m / rate, "extra": ""}
                             for m, f in zip(range(n, seg_end, step),
                                             fields[j:j + len(range(n, seg_end, step))],
@@ -354,7 +381,7 @@ class Generator:
         c = self.c
         # last_auction(n) and last_person(n) of an auction event
         aid = epoch * AUCTION_PROPORTION + off - PERSON_PROPORTION + FIRST_AUCTION_ID
-        if b[o] % c.hot_seller_ratio:
+        if _U64.unpack_from(b, o + _HOT_DRAW)[0] >= self._seller_not_hot_below:
             seller = (epoch // HOT_ID_STEP) * HOT_ID_STEP
         else:
             people = epoch + 1
@@ -378,8 +405,9 @@ class Generator:
     def events_reference(self, start: int, stop: int, step: int = 1) -> list[dict[str, Any]]:
         """The same as :meth:`events`, one event at a time in the plainest form: the
         definition the faster :meth:`events` must equal (the tests compare them). A bid's
-        bytes: 0 hot-auction draw, 1-2 auction, 3 hot-bidder draw, 4-5 bidder, 6 channel
-        and URL, 8-10 price, 11-12 timestamp jitter, 13-14 lateness draw."""
+        bytes: 1-2 auction, 4-5 bidder, 6 channel and URL, 8-10 price, 11-12 timestamp
+        jitter, 13-14 lateness draw, 16-23 hot-auction draw, 24-31 hot-bidder draw (a hot
+        draw is ``nextInt(ratio) > 0``, ``nextInt`` a multiply-shift of 64 random bits)."""
         c = self.c
         seed, rate, base = c.seed, c.rate, c.base_time
         disorder, late_p, late_by = c.out_of_orderness, c.late_fraction, c.late_by
@@ -402,14 +430,14 @@ class Generator:
             epoch, off = divmod(n, TOTAL_PROPORTION)
             if off >= PERSON_PROPORTION + AUCTION_PROPORTION:  # a bid
                 newest_a = epoch * AUCTION_PROPORTION + AUCTION_PROPORTION - 1
-                if buf[o] % har:
+                if _next_int(buf, o + _HOT_DRAW, har) > 0:
                     auction = (newest_a // HOT_ID_STEP) * HOT_ID_STEP
                 else:
                     oldest = newest_a - inflight if newest_a > inflight else 0
                     auction = oldest + (buf[o + 1] << 8 | buf[o + 2]) % (
                         newest_a - oldest + 1 + AUCTION_ID_LEAD)
                 people = epoch * PERSON_PROPORTION + PERSON_PROPORTION  # newest + 1
-                if buf[o + 3] % hbr:
+                if _next_int(buf, o + _HOT_DRAW2, hbr) > 0:
                     bidder = ((people - 1) // HOT_ID_STEP) * HOT_ID_STEP + 1
                 else:
                     act = people if people < active else active
@@ -457,11 +485,11 @@ class Generator:
         }
 
     def _auction(self, n: int, b: bytes, o: int, ts: float) -> dict[str, Any]:
-        """Bytes: 0 hot-seller draw, 1-2 seller, 3-5 initial bid, 6-8 reserve above it,
-        9-10 item and length, 15 category and description."""
+        """Bytes: 1-2 seller, 3-5 initial bid, 6-8 reserve above it, 9-10 item and length,
+        15 category and description, 16-23 hot-seller draw."""
         c = self.c
         aid = last_auction(n) + FIRST_AUCTION_ID
-        if b[o] % c.hot_seller_ratio:
+        if _next_int(b, o + _HOT_DRAW, c.hot_seller_ratio) > 0:
             seller = (last_person(n) // HOT_ID_STEP) * HOT_ID_STEP
         else:
             seller = self._random_person(n, b[o + 1] << 8 | b[o + 2])

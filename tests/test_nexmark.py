@@ -189,14 +189,33 @@ def test_source_replays_from_any_position_and_an_idle_split_ends(tmp_path: Path)
         NexmarkConfig(late_fraction=2).validate()
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("out_of_orderness", math.nan), ("out_of_orderness", math.inf), ("base_time", math.nan),
-    ("base_time", math.inf), ("base_time", "x"), ("rate", math.inf), ("late_by", math.inf),
-    ("events", True), ("active_people", True), ("rate", True), ("late_fraction", math.nan)])
-def test_settings_that_would_make_timestamps_nan_or_infinite_are_refused(field: str,
-                                                                         value: Any) -> None:
-    with pytest.raises(ConfigurationError, match=f"Nexmark: {field} must be"):
-        NexmarkConfig(**{field: value}).validate()
+_FINITE = "must be finite"  # the message of a derived time that is not
+
+
+@pytest.mark.parametrize(("settings", "names"), [
+    *[({field: value}, (f"Nexmark: {field} must be",)) for field, value in [
+        ("out_of_orderness", math.nan), ("out_of_orderness", math.inf),
+        ("base_time", math.nan), ("base_time", math.inf), ("base_time", "x"),
+        ("rate", math.inf), ("late_by", math.inf), ("events", True),
+        ("active_people", True), ("rate", True), ("late_fraction", math.nan)]],
+    # each setting finite, the times made from them not: the last event's time, the
+    # earliest shifted time and the latest expiry are checked too
+    ({"rate": 1e-310, "events": 10}, (_FINITE, "rate=1e-310", "events=10")),
+    ({"base_time": 1e308, "events": 10**400}, (_FINITE, "events=", "base_time=1e+308")),
+    ({"base_time": -1e308, "out_of_orderness": 1e308, "late_fraction": 1.0,
+      "late_by": 1e308}, (_FINITE, "out_of_orderness=1e+308", "late_by=1e+308")),
+    ({"base_time": -1e308, "out_of_orderness": 1e308}, (_FINITE, "out_of_orderness=")),
+    ({"rate": 1e-300, "in_flight_auctions": 10**9, "events": 10},
+     (_FINITE, "in_flight_auctions=1000000000", "rate=1e-300"))])
+def test_settings_that_would_make_timestamps_nan_or_infinite_are_refused(
+        settings: dict[str, Any], names: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigurationError, match=names[0]) as err:
+        NexmarkConfig(**settings).validate()
+    assert all(n in str(err.value) for n in names), str(err.value)
+
+
+def test_late_by_does_not_bound_the_earliest_time_when_no_event_is_late() -> None:
+    NexmarkConfig(base_time=-1e308, out_of_orderness=1e307, late_by=1e308).validate()
 
 
 class NexmarkJob(JobProcess):

@@ -38,6 +38,7 @@ import functools
 import math
 import random
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +165,45 @@ class NexmarkConfig:
             raise bad("late_fraction must be between 0 and 1", self.late_fraction)
         if not number(self.late_by) or not self.late_by > 0:
             raise bad("late_by must be a finite number > 0 of seconds", self.late_by)
+        self._validate_derived_times()
+
+    def _validate_derived_times(self) -> None:
+        """Each setting can be finite while the times made from them are not (``rate=1e-310``
+        puts event 1 at ``1e310`` s, i.e. infinity; a huge ``in_flight_auctions`` makes
+        expiries infinite): check the extremes the generator can produce. An event's time
+        is ``base_time + n / rate`` for ``n < events``, shifted down by up to
+        ``out_of_orderness`` and, with ``late_fraction``, by ``late_by`` more; an
+        auction expires up to ``0.001 + 2 * in_flight_auctions * 50 / 3 / rate`` seconds
+        after its time."""
+        late_by = self.late_by if self.late_fraction > 0 else 0.0
+        try:
+            last = self.base_time + max(self.events - 1, 0) / self.rate
+            earliest = self.base_time - self.out_of_orderness - late_by
+            span = self.in_flight_auctions * TOTAL_PROPORTION / AUCTION_PROPORTION / self.rate
+            expires = last + 0.001 + 2.0 * span
+        except OverflowError:  # an int too large for a float
+            last = earliest = expires = math.inf
+        limit = f"finite (below {sys.float_info.max:.3g} in magnitude)"
+        if not math.isfinite(last):
+            raise ConfigurationError(
+                f"Nexmark: the last event's time base_time + (events - 1) / rate is {last} "
+                f"with base_time={self.base_time!r}, events={self.events!r}, "
+                f"rate={self.rate!r}; event times must be {limit}: raise rate or lower "
+                "events or base_time")
+        if not math.isfinite(earliest):
+            raise ConfigurationError(
+                f"Nexmark: the earliest event time base_time - out_of_orderness - late_by is "
+                f"{earliest} with base_time={self.base_time!r}, "
+                f"out_of_orderness={self.out_of_orderness!r}, late_by={self.late_by!r} "
+                f"(late_fraction={self.late_fraction!r}); event times must be {limit}: "
+                "lower out_of_orderness or late_by, or raise base_time")
+        if not math.isfinite(expires):
+            raise ConfigurationError(
+                f"Nexmark: the latest auction expiry, the last event's time + 0.001 + "
+                f"2 * in_flight_auctions * 50 / 3 / rate, is {expires} with "
+                f"in_flight_auctions={self.in_flight_auctions!r}, rate={self.rate!r}, "
+                f"events={self.events!r}, base_time={self.base_time!r}; expiries must be "
+                f"{limit}: lower in_flight_auctions or raise rate")
 
 
 def kind_of(n: int) -> str:

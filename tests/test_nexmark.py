@@ -214,6 +214,18 @@ def test_settings_that_would_make_timestamps_nan_or_infinite_are_refused(
     assert all(n in str(err.value) for n in names), str(err.value)
 
 
+@pytest.mark.parametrize(("settings", "match"), [
+    ({"partitions": True}, "partitions must be an integer >= 1"),  # a bool is an int
+    ({"partitions": 0}, "partitions must be an integer >= 1"),
+    ({"idle_partition": True, "idle_seconds": math.nan}, "idle_seconds must be a finite"),
+    ({"idle_seconds": -1.0}, "idle_seconds must be a finite number >= 0"),
+    ({"idle_seconds": math.inf}, "idle_seconds"), ({"idle_seconds": "5"}, "idle_seconds")])
+def test_nexmark_source_refuses_bad_partitions_and_idle_seconds(settings: dict[str, Any],
+                                                                match: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"NexmarkSource: {match}"):
+        NexmarkSource(NexmarkConfig(events=10), **settings).validate()
+
+
 def test_late_by_does_not_bound_the_earliest_time_when_no_event_is_late() -> None:
     NexmarkConfig(base_time=-1e308, out_of_orderness=1e307, late_by=1e308).validate()
 

@@ -24,7 +24,13 @@ number). The shape follows the specification:
   speed at which events are read; with ``out_of_orderness`` each event's timestamp is up
   to that many seconds earlier (so a ``bounded_out_of_orderness`` watermark of that
   bound keeps them on time), and a ``late_fraction`` of events are a further
-  ``late_by`` seconds earlier (late against that watermark).
+  ``late_by`` seconds earlier. Such an event is late against that watermark only if the
+  watermark has already passed its timestamp when it is read, i.e. if events read
+  before it (in earlier batches of its split: the watermark moves between batches; and,
+  the watermark being the minimum, of the other splits too) have times more than about
+  ``late_by`` seconds after it. So the events of a split's first batch, or of roughly
+  the first ``late_by`` seconds of event time, are on time, and with ``late_fraction=1``
+  none is late (every timestamp is shifted alike, so they are as ordered as before).
 * **Prices** are log-uniform between 1 and 1,000,000 cents-ish units (``10 ** (6 r) * 100``
   rounded), categories 10..14, states of the US from a short list, cities likewise.
 
@@ -119,7 +125,12 @@ def _next_int(buf: bytes, o: int, ratio: int) -> int:
 @dataclass(frozen=True)
 class NexmarkConfig:
     """The generator's settings (W5 in the benchmark notes uses the defaults with
-    ``events=5_000_000``)."""
+    ``events=5_000_000``).
+
+    ``late_fraction`` is the share of events whose timestamps are shifted ``late_by``
+    seconds beyond ``out_of_orderness``; how many of them are *late* against the
+    watermark depends on what was read before them (see the module docstring: none in a
+    split's first batch, none with ``late_fraction=1``)."""
 
     events: int = 1_000_000  # events in total (a bounded source)
     seed: int = 0
@@ -131,8 +142,8 @@ class NexmarkConfig:
     hot_seller_ratio: int = 4
     hot_bidder_ratio: int = 4
     out_of_orderness: float = 0.0  # seconds a timestamp may be earlier than its event's
-    late_fraction: float = 0.0  # share of events made late beyond that bound
-    late_by: float = 1.0  # seconds beyond the bound a late event is earlier
+    late_fraction: float = 0.0  # share of events shifted late_by beyond that bound
+    late_by: float = 1.0  # seconds beyond the bound such an event is earlier
 
     def validate(self) -> None:
         def bad(what: str, v: Any) -> ConfigurationError:

@@ -96,6 +96,28 @@ def test_proportions_ids_and_skew() -> None:
     assert prices[len(prices) // 2] < 200_000  # log-uniform: the median is far below the mean
 
 
+@pytest.mark.parametrize(("ratio", "disorder"), [(1000, 0.0), (5000, 2.0)])
+def test_the_non_hot_share_is_one_over_the_ratio_for_ratios_above_256(
+        ratio: int, disorder: float) -> None:
+    """The hot draws were one random byte modulo the ratio: from 256 up every ratio gave
+    a non-hot share of 1/256 (about 720 non-hot bids in 184,000 instead of 184 or 37).
+    Both fast paths (in order and with disorder) and the reference loop."""
+    cfg = NexmarkConfig(seed=0, hot_auction_ratio=ratio, hot_bidder_ratio=ratio,
+                        hot_seller_ratio=ratio, out_of_orderness=disorder)
+    gen = Generator(cfg)
+    ev = gen.events(0, 200_000)
+    assert ev[:20_000] == gen.events_reference(0, 20_000)
+    bids = [(n, e) for n, e in enumerate(ev) if e["kind"] == "bid"]
+    auctions = [(n, e) for n, e in enumerate(ev) if e["kind"] == "auction"]
+    cold_a = sum(e["auction"] != ((n // 50 * 3 + 2) // 100) * 100 + 1000 for n, e in bids)
+    cold_b = sum(e["bidder"] != (n // 50 // 100) * 100 + 1001 for n, e in bids)
+    cold_s = sum(e["seller"] != (n // 50 // 100) * 100 + 1000 for n, e in auctions)
+    want = len(bids) / ratio
+    assert cold_a < 2.5 * want + 10 and cold_b < 2.5 * want + 10, (cold_a, cold_b, want)
+    assert cold_a > want / 3 and cold_b > want / 3  # non-hot draws still happen
+    assert cold_s < 2.5 * len(auctions) / ratio + 10
+
+
 def test_event_time_rate_disorder_and_late_events() -> None:
     ev = Generator(NexmarkConfig(seed=1, rate=1000.0, base_time=50.0)).events(0, 3000)
     assert [e["date_time"] for e in ev] == [50.0 + n / 1000.0 for n in range(3000)]
@@ -167,14 +189,45 @@ def test_source_replays_from_any_position_and_an_idle_split_ends(tmp_path: Path)
         NexmarkConfig(late_fraction=2).validate()
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("out_of_orderness", math.nan), ("out_of_orderness", math.inf), ("base_time", math.nan),
-    ("base_time", math.inf), ("base_time", "x"), ("rate", math.inf), ("late_by", math.inf),
-    ("events", True), ("active_people", True), ("rate", True), ("late_fraction", math.nan)])
-def test_settings_that_would_make_timestamps_nan_or_infinite_are_refused(field: str,
-                                                                         value: Any) -> None:
-    with pytest.raises(ConfigurationError, match=f"Nexmark: {field} must be"):
-        NexmarkConfig(**{field: value}).validate()
+_FINITE = "must be finite"  # the message of a derived time that is not
+
+
+@pytest.mark.parametrize(("settings", "names"), [
+    *[({field: value}, (f"Nexmark: {field} must be",)) for field, value in [
+        ("out_of_orderness", math.nan), ("out_of_orderness", math.inf),
+        ("base_time", math.nan), ("base_time", math.inf), ("base_time", "x"),
+        ("rate", math.inf), ("late_by", math.inf), ("events", True),
+        ("active_people", True), ("rate", True), ("late_fraction", math.nan)]],
+    # each setting finite, the times made from them not: the last event's time, the
+    # earliest shifted time and the latest expiry are checked too
+    ({"rate": 1e-310, "events": 10}, (_FINITE, "rate=1e-310", "events=10")),
+    ({"base_time": 1e308, "events": 10**400}, (_FINITE, "events=", "base_time=1e+308")),
+    ({"base_time": -1e308, "out_of_orderness": 1e308, "late_fraction": 1.0,
+      "late_by": 1e308}, (_FINITE, "out_of_orderness=1e+308", "late_by=1e+308")),
+    ({"base_time": -1e308, "out_of_orderness": 1e308}, (_FINITE, "out_of_orderness=")),
+    ({"rate": 1e-300, "in_flight_auctions": 10**9, "events": 10},
+     (_FINITE, "in_flight_auctions=1000000000", "rate=1e-300"))])
+def test_settings_that_would_make_timestamps_nan_or_infinite_are_refused(
+        settings: dict[str, Any], names: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigurationError, match=names[0]) as err:
+        NexmarkConfig(**settings).validate()
+    assert all(n in str(err.value) for n in names), str(err.value)
+
+
+@pytest.mark.parametrize(("settings", "match"), [
+    ({"partitions": True}, "partitions must be an integer >= 1"),  # a bool is an int
+    ({"partitions": 0}, "partitions must be an integer >= 1"),
+    ({"idle_partition": True, "idle_seconds": math.nan}, "idle_seconds must be a finite"),
+    ({"idle_seconds": -1.0}, "idle_seconds must be a finite number >= 0"),
+    ({"idle_seconds": math.inf}, "idle_seconds"), ({"idle_seconds": "5"}, "idle_seconds")])
+def test_nexmark_source_refuses_bad_partitions_and_idle_seconds(settings: dict[str, Any],
+                                                                match: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"NexmarkSource: {match}"):
+        NexmarkSource(NexmarkConfig(events=10), **settings).validate()
+
+
+def test_late_by_does_not_bound_the_earliest_time_when_no_event_is_late() -> None:
+    NexmarkConfig(base_time=-1e308, out_of_orderness=1e307, late_by=1e308).validate()
 
 
 class NexmarkJob(JobProcess):

@@ -77,16 +77,16 @@ def q3(events: of.DataStream) -> of.DataStream:
 
 def _windowed(name: str) -> Callable[[of.DataStream], of.DataStream]:
     """q4, q5, q7, q8, q11 live in window_queries.py (they need ``of.windows``)."""
-    def query(events: of.DataStream) -> of.DataStream:
+    def query(events: of.DataStream, **options: Any) -> of.DataStream:
         import window_queries
 
-        return getattr(window_queries, name)(events)  # type: ignore[no-any-return]
+        return getattr(window_queries, name)(events, **options)  # type: ignore[no-any-return]
 
     query.__name__ = name
     return query
 
 
-QUERIES: dict[str, Callable[[of.DataStream], of.DataStream]] = {
+QUERIES: dict[str, Callable[..., of.DataStream]] = {
     "q0": q0, "q1": q1, "q2": q2, "q3": q3,
     **{q: _windowed(q) for q in ("q4", "q5", "q7", "q8", "q11")},
 }
@@ -113,7 +113,18 @@ def build(flow: of.Flow, query: str, config: NexmarkConfig, sink: Any,
         from onceflow.testing import throttle
 
         events = events.map(throttle(throttle_to), name="throttle")
-    QUERIES[query](events).sink(sink, name="results")
+    # q4 holds an auction open until its late bids can no longer come: as long as the
+    # generator's late events can be behind the watermark (late_by: see lateness())
+    options = {"allowed_lateness": lateness(config)} if query == "q4" else {}
+    QUERIES[query](events, **options).sink(sink, name="results")
+
+
+def lateness(config: NexmarkConfig) -> float:
+    """How far behind the watermark of :func:`onceflow.nexmark.watermarks` the events
+    of ``config`` can arrive: ``late_by`` when some are shifted late, else 0 (a shifted
+    event's time is ``nominal - out_of_orderness - late_by``, and the watermark is below
+    ``nominal - out_of_orderness`` of every event not read yet of its split)."""
+    return config.late_by if config.late_fraction > 0 else 0.0
 
 
 def main() -> None:

@@ -13,17 +13,57 @@ def _is_bid(e: dict[str, Any]) -> bool:
     return e["kind"] == "bid"
 
 
+#: q4's late records: auctions and bids more than its ``allowed_lateness`` behind the
+#: watermark when they arrive (q4 cannot take them into account without retracting a
+#: result it emitted)
+Q4_LATE = of.OutputTag("q4-late")
+
+
+def _after(t: float) -> float:
+    """An event-time timer fires once the watermark *reaches* its time: one at
+    ``_after(t)`` fires once the watermark has passed ``t``."""
+    return math.nextafter(t, math.inf)
+
+
 class _WinningBid(of.CoProcessFunction):
     """q4's inner query per auction: the highest bid between the auction's start and its
-    expiry, known once the watermark passes the expiry (an event-time timer). Bids that
-    arrive before their auction wait in state. State keeps only what the query reads (an
-    auction's start, expiry and category; a bid's time and price), as Flink SQL's plan
-    projects its columns."""
+    expiry, emitted once, when no bid that counts can still arrive. State keeps only what
+    the query reads (an auction's start, expiry and category; a bid's time and price), as
+    Flink SQL's plan projects its columns.
+
+    ``allowed_lateness`` (seconds, >= 0) is how far behind the watermark a record may
+    arrive and still count; a record further behind (``date_time + allowed_lateness <
+    watermark``) goes to the side output :data:`Q4_LATE` instead. Within that bound
+    nothing is lost and nothing has to be retracted (the downstream average cannot take a
+    result back):
+
+    * an auction's result is emitted when the watermark passes ``expires +
+      allowed_lateness``: a bid arriving later is more than ``allowed_lateness`` behind
+      the watermark, or else its time is after ``expires`` and it does not count;
+    * a bid that arrives before its auction waits in state until the watermark passes its
+      time plus ``allowed_lateness``: the auction, if it counts, arrives before that
+      (its start is at or before the bid's time). So does a late auction's: its timer is
+      never in the past.
+
+    State is cleared at those two points, so bids for auctions that never come and bids
+    that arrive after their auction closed do not stay for ever."""
+
+    def __init__(self, allowed_lateness: float = 0.0) -> None:
+        if isinstance(allowed_lateness, bool) or not isinstance(allowed_lateness, int | float) \
+                or not math.isfinite(allowed_lateness) or allowed_lateness < 0:
+            raise of.ConfigurationError(
+                f"q4: allowed_lateness must be a finite number >= 0 of seconds of event "
+                f"time (how far behind the watermark a record may still count), got "
+                f"{allowed_lateness!r}")
+        self.lateness = float(allowed_lateness)
 
     def open(self, ctx: of.RuntimeContext) -> None:
         self.auction = ctx.value_state("auction")
         self.best = ctx.value_state("best")
         self.early = ctx.list_state("early")
+
+    def _too_late(self, when: float, ctx: of.ProcessContext) -> bool:
+        return when + self.lateness < ctx.timer_service.current_watermark()
 
     def _offer(self, a: tuple[float, float, int], when: float, price: int) -> None:
         if a[0] <= when <= a[1]:
@@ -32,24 +72,44 @@ class _WinningBid(of.CoProcessFunction):
                 self.best.update(price)
 
     def process_element1(self, a: dict[str, Any], ctx: of.ProcessContext) -> None:
+        if self._too_late(a["date_time"], ctx):
+            ctx.output(Q4_LATE, a)
+            return
         kept = (a["date_time"], a["expires"], a["category"])
         self.auction.update(kept)
         for when, price in self.early.get():
             self._offer(kept, when, price)
-        self.early.clear()
-        ctx.timer_service.register_event_time_timer(math.nextafter(a["expires"], math.inf))
+        self.early.clear()  # the bids outside the auction's time never count
+        ctx.timer_service.register_event_time_timer(_after(a["expires"] + self.lateness))
 
     def process_element2(self, b: dict[str, Any], ctx: of.ProcessContext) -> None:
+        if self._too_late(b["date_time"], ctx):
+            ctx.output(Q4_LATE, b)
+            return
         a = self.auction.value()
-        if a is None:
+        if a is None:  # the auction has not come (yet), or has closed
             self.early.add((b["date_time"], b["price"]))
+            ctx.timer_service.register_event_time_timer(_after(b["date_time"] + self.lateness))
         else:
             self._offer(a, b["date_time"], b["price"])
 
     def on_timer(self, timestamp: float, ctx: of.ProcessContext) -> list[Any]:
-        a, best = self.auction.value(), self.best.value()
-        self.best.clear()
-        return [] if best is None else [(a[2], best)]
+        a = self.auction.value()
+        if a is not None:
+            if timestamp != _after(a[1] + self.lateness):
+                return []  # a waiting bid's timer; the auction took its bids already
+            best = self.best.value()
+            self.auction.clear()
+            self.best.clear()
+            return [] if best is None else [(a[2], best)]
+        # no auction: the waiting bids whose auction would have come by now never count
+        waiting = self.early.get()
+        keep = [wp for wp in waiting if _after(wp[0] + self.lateness) > timestamp]
+        if not keep:
+            self.early.clear()
+        elif len(keep) != len(waiting):
+            self.early.update(keep)
+        return []
 
 
 def _running_mean(acc: tuple[Any, ...], new: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -57,7 +117,20 @@ def _running_mean(acc: tuple[Any, ...], new: tuple[Any, ...]) -> tuple[Any, ...]
     return (category, total, n, total / n)
 
 
-def q4(events: of.DataStream) -> of.DataStream:
+def q4_with_late(events: of.DataStream, allowed_lateness: float = 0.0
+                 ) -> tuple[of.DataStream, of.DataStream]:
+    """:func:`q4` and the stream of its late records (the auction and bid events it
+    could not take into account, see :class:`_WinningBid`)."""
+    auctions = events.filter(lambda e: e["kind"] == "auction", name="q4-auctions")
+    bids = events.filter(_is_bid, name="q4-bids")
+    closed = (auctions.key_by(lambda a: a["id"]).connect(bids.key_by(lambda b: b["auction"]))
+                      .process(_WinningBid(allowed_lateness), name="q4-winning-bid"))
+    result = (closed.map(lambda cp: (cp[0], cp[1], 1, float(cp[1])), name="q4-one")
+                    .key_by(lambda r: r[0]).reduce(_running_mean, name="q4-average"))
+    return result, closed.side_output(Q4_LATE)
+
+
+def q4(events: of.DataStream, allowed_lateness: float = 0.0) -> of.DataStream:
     """Average closing price per category::
 
         SELECT Q.category, AVG(Q.final) FROM (
@@ -68,13 +141,16 @@ def q4(events: of.DataStream) -> of.DataStream:
 
     A continuous query: each closing auction updates its category's average; results are
     ``(category, sum, count, average)`` updates (the last one per category is the SQL's
-    row)."""
-    auctions = events.filter(lambda e: e["kind"] == "auction", name="q4-auctions")
-    bids = events.filter(_is_bid, name="q4-bids")
-    closed = (auctions.key_by(lambda a: a["id"]).connect(bids.key_by(lambda b: b["auction"]))
-                      .process(_WinningBid(), name="q4-winning-bid"))
-    return (closed.map(lambda cp: (cp[0], cp[1], 1, float(cp[1])), name="q4-one")
-                  .key_by(lambda r: r[0]).reduce(_running_mean, name="q4-average"))
+    row). An auction closes when the watermark passes its expiry plus
+    ``allowed_lateness``; set that to how far behind the watermark the events can be
+    (for the generator's, ``late_by`` when ``late_fraction > 0``, else 0) and the result
+    is the SQL's over all events. Records later than that are not lost silently: they go
+    to an operator named ``q4-late`` (``flow.run().records_in("q4-late")`` counts them;
+    :func:`q4_with_late` gives them as a stream), and the result is the SQL's over the
+    other events."""
+    result, late = q4_with_late(events, allowed_lateness)
+    late.sink(of.sinks.Discard(), name="q4-late")
+    return result
 
 
 def _hottest(key: Any, window: Any, results: list[Any]) -> list[Any]:

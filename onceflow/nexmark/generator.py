@@ -16,11 +16,21 @@ number). The shape follows the specification:
   is a hot bidder (the most recent multiple of 100, plus one) with probability
   ``1 - 1/hot_bidder_ratio`` (3/4), else one of the ``active_people`` newest; an
   auction's seller is a hot seller with probability ``1 - 1/hot_seller_ratio`` (3/4).
+  Each of these draws is the specification's ``nextInt(ratio) > 0`` made from 64 random
+  bits by a multiply-shift (``(u * ratio) >> 64``), so the non-hot share is ``1/ratio``
+  to within 2**-64 for any ratio (one byte modulo the ratio, as before, made every ratio
+  from 256 up behave like 256 and biased ratios that do not divide 256).
 * **Event time**: event ``n`` happens at ``base_time + n / rate`` seconds, whatever the
   speed at which events are read; with ``out_of_orderness`` each event's timestamp is up
   to that many seconds earlier (so a ``bounded_out_of_orderness`` watermark of that
   bound keeps them on time), and a ``late_fraction`` of events are a further
-  ``late_by`` seconds earlier (late against that watermark).
+  ``late_by`` seconds earlier. Such an event is late against that watermark only if the
+  watermark has already passed its timestamp when it is read, i.e. if events read
+  before it (in earlier batches of its split: the watermark moves between batches; and,
+  the watermark being the minimum, of the other splits too) have times more than about
+  ``late_by`` seconds after it. So the events of a split's first batch, or of roughly
+  the first ``late_by`` seconds of event time, are on time, and with ``late_fraction=1``
+  none is late (every timestamp is shifted alike, so they are as ordered as before).
 * **Prices** are log-uniform between 1 and 1,000,000 cents-ish units (``10 ** (6 r) * 100``
   rounded), categories 10..14, states of the US from a short list, cities likewise.
 
@@ -34,6 +44,7 @@ import functools
 import math
 import random
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,20 +70,31 @@ LAST_NAMES = ("Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smit
 CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
 
 BLOCK = 1024  # events per block of random bytes
-_BYTES = 16  # random bytes per event
+_BYTES = 32  # random bytes per event (16 for the fields, 16 for two 64-bit hot draws)
+_HOT_DRAW = 16  # offset of the first 64-bit hot draw (hot auction, or hot seller)
+_HOT_DRAW2 = 24  # offset of the second (a bid's hot bidder)
+_TWO_64 = 1 << 64
 
 
 def _block(seed: int, blk: int) -> bytes:
-    """The random bytes of events ``blk * BLOCK ..``: 16 per event, from a Mersenne
+    """The random bytes of events ``blk * BLOCK ..``: 32 per event, from a Mersenne
     Twister seeded by (seed, block) (the same on every platform and Python 3.9+)."""
     return random.Random(f"nexmark:{seed}:{blk}").randbytes(BLOCK * _BYTES)
 
 
-#: a bid's 16 bytes as the fields it draws (see ``Generator.events_reference``): 0 the
-#: hot-auction draw, 1-2 auction, 3 hot-bidder draw, 4-5 bidder, 6 channel and URL,
-#: (7 unused), 8 and 9-10 the price's high byte and low 16 bits, 11-12 jitter,
-#: 13-14 lateness draw, 15 (people's and auctions' only)
-_BID_FIELDS = struct.Struct(">BHBHBxBHHHB")
+def _not_hot_below(ratio: int) -> int:
+    """The 64-bit draws ``u`` below this value are the non-hot ones: ``(u * ratio) >> 64
+    == 0`` (the definition, see :meth:`Generator.events_reference`) holds exactly when
+    ``u < ceil(2**64 / ratio)``, one comparison per event on the fast paths."""
+    return -(-_TWO_64 // ratio)
+
+
+#: a bid's 32 bytes as the fields the fast path reads (see ``Generator.events_reference``):
+#: (0 unused), 1-2 auction, (3 unused), 4-5 bidder, 6 channel and URL, (7 unused), 8 and
+#: 9-10 the price's high byte and low 16 bits, (11-12 jitter, 13-14 lateness draw, 15
+#: people's and auctions' only), 16-23 the hot-auction draw, 24-31 the hot-bidder draw
+_BID_FIELDS = struct.Struct(">xHxHBxBH5xQQ")
+_U64 = struct.Struct(">Q")
 
 
 @functools.lru_cache(maxsize=16)
@@ -92,10 +114,23 @@ def _bid_fields(buf: bytes, phase: int, step: int) -> list[tuple[int, ...]]:
     return list(st.iter_unpack(view))
 
 
+def _next_int(buf: bytes, o: int, ratio: int) -> int:
+    """A draw in ``[0, ratio)`` from the 64 random bits at ``buf[o:o + 8]``, as Java's
+    ``nextInt(ratio)`` in the specification: a multiply-shift, each value with probability
+    ``1/ratio`` to within 2**-64 (one byte modulo the ratio could not reach ratios above
+    256 and was biased for ratios not dividing 256)."""
+    return (int.from_bytes(buf[o:o + 8], "big") * ratio) >> 64
+
+
 @dataclass(frozen=True)
 class NexmarkConfig:
     """The generator's settings (W5 in the benchmark notes uses the defaults with
-    ``events=5_000_000``)."""
+    ``events=5_000_000``).
+
+    ``late_fraction`` is the share of events whose timestamps are shifted ``late_by``
+    seconds beyond ``out_of_orderness``; how many of them are *late* against the
+    watermark depends on what was read before them (see the module docstring: none in a
+    split's first batch, none with ``late_fraction=1``)."""
 
     events: int = 1_000_000  # events in total (a bounded source)
     seed: int = 0
@@ -107,8 +142,8 @@ class NexmarkConfig:
     hot_seller_ratio: int = 4
     hot_bidder_ratio: int = 4
     out_of_orderness: float = 0.0  # seconds a timestamp may be earlier than its event's
-    late_fraction: float = 0.0  # share of events made late beyond that bound
-    late_by: float = 1.0  # seconds beyond the bound a late event is earlier
+    late_fraction: float = 0.0  # share of events shifted late_by beyond that bound
+    late_by: float = 1.0  # seconds beyond the bound such an event is earlier
 
     def validate(self) -> None:
         def bad(what: str, v: Any) -> ConfigurationError:
@@ -141,6 +176,45 @@ class NexmarkConfig:
             raise bad("late_fraction must be between 0 and 1", self.late_fraction)
         if not number(self.late_by) or not self.late_by > 0:
             raise bad("late_by must be a finite number > 0 of seconds", self.late_by)
+        self._validate_derived_times()
+
+    def _validate_derived_times(self) -> None:
+        """Each setting can be finite while the times made from them are not (``rate=1e-310``
+        puts event 1 at ``1e310`` s, i.e. infinity; a huge ``in_flight_auctions`` makes
+        expiries infinite): check the extremes the generator can produce. An event's time
+        is ``base_time + n / rate`` for ``n < events``, shifted down by up to
+        ``out_of_orderness`` and, with ``late_fraction``, by ``late_by`` more; an
+        auction expires up to ``0.001 + 2 * in_flight_auctions * 50 / 3 / rate`` seconds
+        after its time."""
+        late_by = self.late_by if self.late_fraction > 0 else 0.0
+        try:
+            last = self.base_time + max(self.events - 1, 0) / self.rate
+            earliest = self.base_time - self.out_of_orderness - late_by
+            span = self.in_flight_auctions * TOTAL_PROPORTION / AUCTION_PROPORTION / self.rate
+            expires = last + 0.001 + 2.0 * span
+        except OverflowError:  # an int too large for a float
+            last = earliest = expires = math.inf
+        limit = f"finite (below {sys.float_info.max:.3g} in magnitude)"
+        if not math.isfinite(last):
+            raise ConfigurationError(
+                f"Nexmark: the last event's time base_time + (events - 1) / rate is {last} "
+                f"with base_time={self.base_time!r}, events={self.events!r}, "
+                f"rate={self.rate!r}; event times must be {limit}: raise rate or lower "
+                "events or base_time")
+        if not math.isfinite(earliest):
+            raise ConfigurationError(
+                f"Nexmark: the earliest event time base_time - out_of_orderness - late_by is "
+                f"{earliest} with base_time={self.base_time!r}, "
+                f"out_of_orderness={self.out_of_orderness!r}, late_by={self.late_by!r} "
+                f"(late_fraction={self.late_fraction!r}); event times must be {limit}: "
+                "lower out_of_orderness or late_by, or raise base_time")
+        if not math.isfinite(expires):
+            raise ConfigurationError(
+                f"Nexmark: the latest auction expiry, the last event's time + 0.001 + "
+                f"2 * in_flight_auctions * 50 / 3 / rate, is {expires} with "
+                f"in_flight_auctions={self.in_flight_auctions!r}, rate={self.rate!r}, "
+                f"events={self.events!r}, base_time={self.base_time!r}; expiries must be "
+                f"{limit}: lower in_flight_auctions or raise rate")
 
 
 def kind_of(n: int) -> str:
@@ -168,7 +242,7 @@ def last_auction(n: int) -> int:
 class Generator:
     """Events by number: ``event(n)`` for any ``n``; ``events(start, stop, step)``.
 
-    The random choices of event ``n`` are the 16 bytes at ``n % BLOCK`` of its block's
+    The random choices of event ``n`` are the 32 bytes at ``n % BLOCK`` of its block's
     random bytes (:func:`_block`), so no state carries from one event to the next and any
     event can be made without the ones before it."""
 
@@ -191,6 +265,7 @@ class Generator:
         self._names = [(f"{f} {last}", f.lower()) for f in FIRST_NAMES for last in LAST_NAMES]
         self._card4 = [f"{i:04d}" for i in range(10000)]
         self._descriptions = [f"description-{i}" for i in range(32)]
+        self._seller_not_hot_below = _not_hot_below(config.hot_seller_ratio)
 
     def nominal_time(self, n: int) -> float:
         return self.c.base_time + n / self.c.rate
@@ -211,7 +286,9 @@ class Generator:
         c = self.c
         seed, rate, base = c.seed, c.rate, c.base_time
         disorder, late_p, late_by = c.out_of_orderness, c.late_fraction, c.late_by
-        har, hbr = c.hot_auction_ratio, c.hot_bidder_ratio
+        # the 64-bit draws below these are the non-hot ones (see _not_hot_below)
+        a_cold, b_cold = _not_hot_below(c.hot_auction_ratio), _not_hot_below(c.hot_bidder_ratio)
+        u64 = _U64.unpack_from
         active, inflight = c.active_people, c.in_flight_auctions
         chan, url = self._chan, self._url
         cur, buf = self._cache
@@ -247,9 +324,9 @@ class Generator:
                     cb = buf[o + 6]
                     ap({"kind": "bid",
                         "auction": a_lo + (buf[o + 1] << 8 | buf[o + 2]) % a_mod
-                        if not buf[o] % har else hot_a,
+                        if u64(buf, o + _HOT_DRAW)[0] < a_cold else hot_a,
                         "bidder": b_lo + (buf[o + 4] << 8 | buf[o + 5]) % b_mod
-                        if not buf[o + 3] % hbr else hot_b,
+                        if u64(buf, o + _HOT_DRAW2)[0] < b_cold else hot_b,
                         "price": round(10.0 ** ((buf[o + 8] << 16 | buf[o + 9] << 8
                                                  | buf[o + 10]) * (6.0 / 16777216)) * 100.0),
                         "channel": chan[cb], "url": url[cb], "date_time": ts, "extra": ""})
@@ -267,7 +344,8 @@ class Generator:
         the bids of one epoch within one block are made by one list comprehension."""
         c = self.c
         seed, rate, base = c.seed, c.rate, c.base_time
-        har, hbr = c.hot_auction_ratio, c.hot_bidder_ratio
+        # the 64-bit draws below these are the non-hot ones (see _not_hot_below)
+        a_cold, b_cold = _not_hot_below(c.hot_auction_ratio), _not_hot_below(c.hot_bidder_ratio)
         active, inflight = c.active_people, c.in_flight_auctions
         chan, url = self._chan, self._url
         cur, buf = self._cache
@@ -315,10 +393,10 @@ class Generator:
                     seg_end = min(end, b0 + BLOCK)
                     j = (n - b0) // step  # fields[j] is event n's
                     extend([{"kind": "bid",
-                             "auction": hot_a if f[0] % har else a_lo + f[1] % a_mod,
-                             "bidder": hot_b if f[2] % hbr else b_lo + f[3] % b_mod,
-                             "price": round(10.0 ** ((f[5] << 16 | f[6]) * p6) * 100.0),
-                             "channel": chan[f[4]], "url": url[f[4]],
+                             "auction": a_lo + f[0] % a_mod if f[5] < a_cold else hot_a,
+                             "bidder": b_lo + f[1] % b_mod if f[6] < b_cold else hot_b,
+                             "price": round(10.0 ** ((f[3] << 16 | f[4]) * p6) * 100.0),
+                             "channel": chan[f[2]], "url": url[f[2]],
                              "date_time": base + m / rate, "extra": ""}
                             for m, f in zip(range(n, seg_end, step),
                                             fields[j:j + len(range(n, seg_end, step))],
@@ -354,7 +432,7 @@ class Generator:
         c = self.c
         # last_auction(n) and last_person(n) of an auction event
         aid = epoch * AUCTION_PROPORTION + off - PERSON_PROPORTION + FIRST_AUCTION_ID
-        if b[o] % c.hot_seller_ratio:
+        if _U64.unpack_from(b, o + _HOT_DRAW)[0] >= self._seller_not_hot_below:
             seller = (epoch // HOT_ID_STEP) * HOT_ID_STEP
         else:
             people = epoch + 1
@@ -378,8 +456,9 @@ class Generator:
     def events_reference(self, start: int, stop: int, step: int = 1) -> list[dict[str, Any]]:
         """The same as :meth:`events`, one event at a time in the plainest form: the
         definition the faster :meth:`events` must equal (the tests compare them). A bid's
-        bytes: 0 hot-auction draw, 1-2 auction, 3 hot-bidder draw, 4-5 bidder, 6 channel
-        and URL, 8-10 price, 11-12 timestamp jitter, 13-14 lateness draw."""
+        bytes: 1-2 auction, 4-5 bidder, 6 channel and URL, 8-10 price, 11-12 timestamp
+        jitter, 13-14 lateness draw, 16-23 hot-auction draw, 24-31 hot-bidder draw (a hot
+        draw is ``nextInt(ratio) > 0``, ``nextInt`` a multiply-shift of 64 random bits)."""
         c = self.c
         seed, rate, base = c.seed, c.rate, c.base_time
         disorder, late_p, late_by = c.out_of_orderness, c.late_fraction, c.late_by
@@ -402,14 +481,14 @@ class Generator:
             epoch, off = divmod(n, TOTAL_PROPORTION)
             if off >= PERSON_PROPORTION + AUCTION_PROPORTION:  # a bid
                 newest_a = epoch * AUCTION_PROPORTION + AUCTION_PROPORTION - 1
-                if buf[o] % har:
+                if _next_int(buf, o + _HOT_DRAW, har) > 0:
                     auction = (newest_a // HOT_ID_STEP) * HOT_ID_STEP
                 else:
                     oldest = newest_a - inflight if newest_a > inflight else 0
                     auction = oldest + (buf[o + 1] << 8 | buf[o + 2]) % (
                         newest_a - oldest + 1 + AUCTION_ID_LEAD)
                 people = epoch * PERSON_PROPORTION + PERSON_PROPORTION  # newest + 1
-                if buf[o + 3] % hbr:
+                if _next_int(buf, o + _HOT_DRAW2, hbr) > 0:
                     bidder = ((people - 1) // HOT_ID_STEP) * HOT_ID_STEP + 1
                 else:
                     act = people if people < active else active
@@ -457,11 +536,11 @@ class Generator:
         }
 
     def _auction(self, n: int, b: bytes, o: int, ts: float) -> dict[str, Any]:
-        """Bytes: 0 hot-seller draw, 1-2 seller, 3-5 initial bid, 6-8 reserve above it,
-        9-10 item and length, 15 category and description."""
+        """Bytes: 1-2 seller, 3-5 initial bid, 6-8 reserve above it, 9-10 item and length,
+        15 category and description, 16-23 hot-seller draw."""
         c = self.c
         aid = last_auction(n) + FIRST_AUCTION_ID
-        if b[o] % c.hot_seller_ratio:
+        if _next_int(b, o + _HOT_DRAW, c.hot_seller_ratio) > 0:
             seller = (last_person(n) // HOT_ID_STEP) * HOT_ID_STEP
         else:
             seller = self._random_person(n, b[o + 1] << 8 | b[o + 2])

@@ -13,6 +13,7 @@ other splits' watermarks go on meanwhile (a test of idleness handling).
 
 from __future__ import annotations
 
+import math
 import operator
 import time
 from dataclasses import dataclass, replace
@@ -76,10 +77,20 @@ class NexmarkSource(Source):
 
     def validate(self) -> None:
         self.config.validate()
+        # a bool is an int: partitions=True would silently be one split
         if self.partitions is not None and (not isinstance(self.partitions, int)
+                                            or isinstance(self.partitions, bool)
                                             or self.partitions < 1):
             raise ConfigurationError(
-                f"NexmarkSource: partitions must be an integer >= 1, got {self.partitions!r}")
+                f"NexmarkSource: partitions must be an integer >= 1 (or None: one split "
+                f"per source subtask), got {self.partitions!r}")
+        s = self.idle_seconds
+        # NaN compares false with everything: the idle split would end at once, unnoticed
+        if (not isinstance(s, int | float) or isinstance(s, bool) or not math.isfinite(s)
+                or s < 0):
+            raise ConfigurationError(
+                f"NexmarkSource: idle_seconds must be a finite number >= 0 of wall-clock "
+                f"seconds the idle split waits before it ends, got {s!r}")
 
     def splits(self, parallelism: int) -> list[Any]:
         n = self.partitions or parallelism

@@ -137,7 +137,7 @@ def test_event_time_rate_disorder_and_late_events() -> None:
     assert ooo > 10_000  # really out of order
 
 
-@pytest.mark.parametrize(("partitions", "idleness"), [(2, 0.3), (3, 0.3), (3, None)])
+@pytest.mark.parametrize(("partitions", "idleness"), [(2, 0.3), (3, 0.3), (3, None), (40, 0.3)])
 def test_more_splits_than_subtasks_keep_in_order_events_on_time(
         partitions: int, idleness: float | None, tmp_path: Path) -> None:
     """Each Nexmark split spans the whole event time. One source subtask with several

@@ -873,6 +873,7 @@ class SourceOp(Operator):
         n = len(self.assigned)
         wms = self.watermarks
         self.batch_ts = None
+        opened: int | None = None  # open readers of unfinished splits (event time)
         for _ in range(n):
             i = self._next
             a = self.assigned[i]
@@ -881,10 +882,13 @@ class SourceOp(Operator):
                 continue
             rd = self.readers[i]
             if rd is None:
-                if wms is not None and n > 1 and self._open_unfinished() >= \
-                        EVENT_TIME_OPEN_SPLITS:
-                    self._next = (i + 1) % n  # its turn comes when an open one finishes
-                    continue
+                if wms is not None and n > 1:
+                    if opened is None:  # counted once per call (thousands of splits)
+                        opened = self._open_unfinished()
+                    if opened >= EVENT_TIME_OPEN_SPLITS:
+                        self._next = (i + 1) % n  # its turn comes when an open one ends
+                        continue
+                    opened += 1
                 try:
                     rd = self.readers[i] = self.source.reader(a[0], a[1])
                 except OnceflowError:

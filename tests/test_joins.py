@@ -294,10 +294,36 @@ def test_join_settings_are_checked_with_clear_messages() -> None:
         a.join(a).where(lambda x: x).window(of.windows.tumbling(1.0))  # type: ignore[attr-defined]
 
 
-def test_interval_join_without_timestamps_says_what_to_add(tmp_path: Path) -> None:
+def test_interval_join_without_timestamps_says_what_to_add_when_built() -> None:
+    flow = of.Flow("no-ts", parallelism=1)
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(float)
+    timed = flow.source(of.sources.Collection([1, 2]), name="timed", watermarks=ws)
+    untimed = flow.source(of.sources.Collection([1, 2]), name="untimed")
+    with pytest.raises(ConfigurationError, match=r"interval join 'ij' matches records by "
+                       r"their event time \(left side: 'untimed'\) but its input has no "
+                       r"timestamps: add watermarks= to the source"):
+        untimed.key_by(lambda x: x).interval_join(timed.key_by(lambda x: x)) \
+            .between(0.0, 1.0).process(lambda x, y: x, name="ij")
+    with pytest.raises(ConfigurationError, match=r"\(right side: 'untimed'\)"):
+        timed.key_by(lambda x: x).interval_join(untimed.key_by(lambda x: x)) \
+            .between(0.0, 1.0).process(lambda x, y: x, name="ij")
+    # timestamps given after the source count (and so does a map after them)
+    later = untimed.assign_timestamps_and_watermarks(ws).map(lambda x: x)
+    later.key_by(lambda x: x).interval_join(timed.key_by(lambda x: x)) \
+        .between(0.0, 1.0).process(lambda x, y: x, name="ij")
+
+
+def test_interval_join_records_without_timestamps_fail_the_job_saying_what_to_add(
+        tmp_path: Path) -> None:
+    # a union of a timed and an untimed source passes the build: its untimed records
+    # fail the join when they arrive, with the same advice
     flow = of.Flow("no-ts", parallelism=1, restart_strategy=of.restart.no_restart())
-    a = flow.source(of.sources.Collection([1, 2])).key_by(lambda x: x)
-    a.interval_join(a).between(0.0, 1.0).process(lambda x, y: x).sink(of.sinks.Discard())
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(float)
+    timed = flow.source(of.sources.Collection([1, 2]), name="timed", watermarks=ws)
+    mixed = timed.union(flow.source(of.sources.Collection([3]), name="untimed"))
+    a = mixed.key_by(lambda x: x)
+    a.interval_join(timed.key_by(lambda x: x)).between(0.0, 1.0) \
+        .process(lambda x, y: x).sink(of.sinks.Discard())
     with pytest.raises(of.JobFailedError, match="need event timestamps"):
         flow.run()
 

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from onceflow.api.functions import OutputTag, RuntimeContext
 from onceflow.api.two_input import TwoInputSpec, two_input_node
+from onceflow.api.windowing import require_timestamps
 from onceflow.errors import ConfigurationError
 from onceflow.graph.logical import Edge, Node, Partitioning
 
@@ -178,12 +179,19 @@ class IntervalJoined:
             raise ConfigurationError(
                 "interval_join().process() takes a function fn(left, right) or a "
                 f"ProcessJoinFunction, got {type(fn).__name__}")
+        op = name or "interval_join"
+        for side, stream in (("left", self._left), ("right", self._right)):
+            # each side's records need timestamps: an input without them fails here, one
+            # that only sometimes has them (a union with an untimed source) at run time
+            require_timestamps(
+                self._left._flow._plan, stream._node,
+                f"interval join {op!r} matches records by their event time ({side} side: "
+                f"{stream._node.name!r})")
         spec = IntervalJoinSpec(self._lower, self._upper, fn, self._late_left,
                                 self._late_right)
         edges = [Edge(self._left._node.id, Partitioning.KEY, self._left._key),
                  Edge(self._right._node.id, Partitioning.KEY, self._right._key)]
-        node = two_input_node(self._left._flow, spec, edges, name or "interval_join",
-                              parallelism, uid)
+        node = two_input_node(self._left._flow, spec, edges, op, parallelism, uid)
         return DataStream(self._left._flow, node)
 
 

@@ -138,7 +138,9 @@ class WindowedStream:
         node = plan.add(kind, op_name, uid, parallelism, spec,
                         [Edge(self._node.id, Partitioning.KEY, key)])
         if spec.assigner.time == EVENT or spec.trigger.domain == EVENT:
-            spec.untimed_sources = _require_timestamps(plan, self._node, op_name)
+            spec.untimed_sources = require_timestamps(
+                plan, self._node, f"window operator {op_name!r} is an event-time window",
+                ", or use time='processing'")
         return DataStream(self._flow, node)
 
     def _spec(self, op: str, function: str, fn: Any, post: Any) -> WindowSpec:
@@ -173,12 +175,16 @@ class WindowedStream:
                           function, fn, post)
 
 
-def _require_timestamps(plan: Any, node: Node, op: str) -> tuple[str, ...]:
-    """An event-time window needs timestamps: some path from a source to ``node`` must
-    have a WatermarkStrategy (``watermarks=`` on the source or
-    ``assign_timestamps_and_watermarks``). Returns the sources of the paths that have
-    none (a union or connect with an input without timestamps; its records fail the
-    window at run time, and the error names these sources)."""
+def require_timestamps(plan: Any, node: Node, needs: str,
+                       otherwise: str = "") -> tuple[str, ...]:
+    """An event-time operator (a window, an interval join) needs timestamps: some path
+    from a source to ``node`` (the operator's input) must have a WatermarkStrategy
+    (``watermarks=`` on the source or ``assign_timestamps_and_watermarks``), else the
+    ConfigurationError ``needs`` (what needs them, e.g. "window operator 'w' is an
+    event-time window") plus ``otherwise`` (a way out without event time). Returns the
+    sources of the paths that have none (a union or connect with an input without
+    timestamps; its records fail the operator at run time, and the error names these
+    sources)."""
     seen: set[int] = set()
     stack = [node]
     timed = False
@@ -200,7 +206,7 @@ def _require_timestamps(plan: Any, node: Node, op: str) -> tuple[str, ...]:
     if timed:
         return tuple(sorted(untimed))
     raise ConfigurationError(
-        f"window operator {op!r} is an event-time window but its input has no timestamps: "
+        f"{needs} but its input has no timestamps: "
         "add watermarks= to the source (flow.source(src, watermarks=of.WatermarkStrategy."
         "bounded_out_of_orderness(5.0).with_timestamps(lambda e: e['ts']))) or "
-        "assign_timestamps_and_watermarks(...) before it, or use time='processing'")
+        f"assign_timestamps_and_watermarks(...) before it{otherwise}")

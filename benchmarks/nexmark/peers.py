@@ -357,6 +357,12 @@ Notes:
   worker. JSON with orjson, as onceflow's and Quix's (since 2026-12-01 17:20 UTC: before,
   the stdlib json module, which cost Bytewax about 1/3 of its CPU on q0, so earlier
   "onceflow / Bytewax" ratios were flattered; nexmark-kafka-profile.txt).
+- **Event time**: only the queries that need it (q4, q5, q7, q8, q11: windows, and q4's
+  expiry timer) get timestamps and watermarks in onceflow (queries.EVENT_TIME_QUERIES)
+  and an `EventClock` in Bytewax; q0-q3 read no event time in either (before 2026-12-04,
+  onceflow's source assigned timestamps and watermarks on every query, 5-8 % of q2's
+  CPU over Kafka). Flink SQL's source table declares its watermark for every query, as
+  the Nexmark project's DDL does (not changed here).
 - **CPU seconds**: onceflow's are the driver's from `flow.run()` on plus the workers'
   whole lives, their interpreter start-up and imports included (about 0.3 CPU-s per
   worker, 25-45 % of a 200,000-event q0-q3 run; nexmark-kafka-profile.txt); before

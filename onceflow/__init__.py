@@ -49,6 +49,7 @@ from onceflow.errors import (
     OutputLostError,
     RecordFormatError,
     SavepointError,
+    ServiceUnreachableError,
     UserFunctionError,
 )
 from onceflow.state.ttl import StateTtl
@@ -95,6 +96,7 @@ __all__ = [
     "RuntimeContext",
     "S3Storage",
     "SavepointError",
+    "ServiceUnreachableError",
     "StateTtl",
     "TimeDomain",
     "TimerService",

@@ -4,6 +4,9 @@ Every error onceflow raises derives from :class:`OnceflowError`; subclasses say 
 
     OnceflowError
     ├── ConfigurationError          a setting or a flow definition is wrong; change it, rerun
+    │   └── ServiceUnreachableError     a server a connector needs (a Kafka broker) cannot be
+    │                                   reached when the job starts: tried again as the
+    │                                   restart strategy allows
     ├── CheckpointError             checkpoint storage cannot be used as asked
     │   ├── ExistingCheckpointError     a run without restore found this flow's checkpoints
     │   ├── NoCheckpointError           an explicit restore path holds no complete checkpoint
@@ -43,6 +46,13 @@ class OnceflowError(Exception):
 
 class ConfigurationError(OnceflowError, ValueError):
     """A setting or the flow's definition is invalid. The message names the setting."""
+
+
+class ServiceUnreachableError(ConfigurationError):
+    """A server a source or sink needs (a Kafka broker) cannot be reached when the job
+    starts. It may be down for a moment or the address may be wrong: ``run()`` asks again
+    as the flow's restart strategy allows (as for a failure of the running job) and
+    raises this error, saying how long it tried, once the strategy gives up."""
 
 
 class CheckpointError(OnceflowError):

@@ -31,10 +31,12 @@ def make_input(i: int) -> dict[str, Any]:
 
 def build(flow: of.Flow, bootstrap: str, inp: str, out: str, rate: float,
           prefix: str | None, txn_timeout_ms: int = 120_000, tag: str | None = None,
-          client_config: dict[str, Any] | None = None, **sink_kw: Any) -> None:
+          client_config: dict[str, Any] | None = None, source_timeout: float = 30.0,
+          **sink_kw: Any) -> None:
     totals = (flow.source(KafkaSource(bootstrap, [inp], deserializer="json",
                                       value_only=True, stop_at="end",
-                                      consumer_config=client_config), name="kafka-in")
+                                      consumer_config=client_config,
+                                      timeout=source_timeout), name="kafka-in")
               .map(throttle(rate, every=64), name="throttle")
               .map(lambda r: {"user": r["user"], "total": r["amount"], "id": r["id"],
                               "amount": r["amount"]}, name="parse")
@@ -105,6 +107,8 @@ def main() -> None:
     ap.add_argument("--attempts", type=int, default=20)
     ap.add_argument("--delay", type=float, default=0.2)
     ap.add_argument("--txn-timeout-ms", type=int, default=120_000)
+    ap.add_argument("--source-timeout", type=float, default=30.0,
+                    help="KafkaSource(timeout=...): how long its start-up calls wait")
     ap.add_argument("--on-lost", default=None, help="KafkaSink(on_lost_transaction=...)")
     ap.add_argument("--tag", default=None, help="add 'job': TAG to every output record")
     ap.add_argument("--client-config", type=json.loads, default=None,
@@ -124,7 +128,8 @@ def main() -> None:
     flow.enable_checkpointing(args.interval, args.ckpt, retained=2, timeout=30)
     sink_kw = {"on_lost_transaction": args.on_lost} if args.on_lost else {}
     build(flow, args.bootstrap, args.input, args.output, args.rate, args.prefix,
-          args.txn_timeout_ms, args.tag, args.client_config, **sink_kw)
+          args.txn_timeout_ms, args.tag, args.client_config,
+          source_timeout=args.source_timeout, **sink_kw)
     result = flow.run(restore=args.restore)
     print(json.dumps({"restarts": result.restarts, "failures": result.failures,
                       "checkpoints": len(result.completed_checkpoints),

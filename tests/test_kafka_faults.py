@@ -179,3 +179,47 @@ def test_broker_frozen_mid_job_then_thawed(broker: OwnBroker, tmp_path: Path,
     assert code == 0, job.tail()
     assert result is not None
     _check(job, broker)
+
+
+@pytest.mark.timeout(400)
+def test_broker_down_when_the_job_starts_is_waited_for_as_the_restart_strategy_allows(
+        broker: OwnBroker, tmp_path: Path) -> None:
+    """The broker is SIGKILLed after the input is written and before the job starts: run()
+    must not fail at its start-up checks (a Flink job restarts too), but log that it
+    cannot reach the broker, try again, and once the broker is back run to an exact
+    output."""
+    job = KJob(tmp_path, _ensure_up(broker), "--attempts", "200", "--delay", "1",
+               "--source-timeout", "3", records=N)
+    broker.kill()
+    job.start()
+    wait_for(lambda: "cannot start yet" in job.tail() or job.proc.poll() is not None, 120,
+             "the job's first failed start-up check")
+    assert job.proc is not None and job.proc.poll() is None, job.tail()
+    assert re.search(r"cannot reach Kafka at 127\.0\.0\.1:\d+.*trying again in 1\.0s",
+                     job.tail()), job.tail()
+    time.sleep(2)
+    broker.start()
+    code, result = job.wait(timeout=300)
+    assert code == 0, job.tail()
+    assert result is not None
+    _check(job, broker)
+
+
+@pytest.mark.timeout(300)
+def test_broker_down_longer_than_the_restart_strategy_waits_fails_saying_so(
+        broker: OwnBroker, tmp_path: Path) -> None:
+    job = KJob(tmp_path, _ensure_up(broker), "--attempts", "2", "--delay", "0.2",
+               "--source-timeout", "3", records=N)
+    broker.kill()
+    try:
+        job.start()
+        code, _ = job.wait(timeout=200)
+    finally:
+        broker.start()
+    log = job.tail(20_000)
+    assert code != 0, log
+    assert log.count("cannot start yet") == 2, log
+    assert re.search(r"ServiceUnreachableError: .*cannot reach Kafka at 127\.0\.0\.1:\d+"
+                     r".*\(tried 3 times over \d+ s; the restart strategy gave up\)", log), log
+    # it never started: nothing in its output topic
+    assert read_committed(job.bootstrap, job.output, settle=0.3) == []

@@ -43,6 +43,7 @@ from onceflow.errors import (
     CheckpointStorageError,
     ConfigurationError,
     SavepointError,
+    ServiceUnreachableError,
 )
 from onceflow.executors import Executor, Local, Workers
 from onceflow.executors.base import FewerSlots
@@ -160,6 +161,35 @@ class JobDriver:
 
     # --- preparation ---------------------------------------------------------------------
     def _validate_connectors(self) -> None:
+        """Every source's and sink's checks against its server, before anything starts. A
+        server that cannot be reached (:class:`ServiceUnreachableError`: a broker down
+        for a moment, or a wrong address) is asked again as the restart strategy allows,
+        as a failure of the running job would be; when it gives up, the last error says
+        for how long. Any other error (a setting the server refuses) is raised at once."""
+        failure_times: list[float] = []
+        started = time.monotonic()
+        while True:
+            try:
+                self._validate_connectors_once()
+                return
+            except ServiceUnreachableError as e:
+                failure_times.append(time.monotonic())
+                delay = self.cfg.restart.next_delay(failure_times, time.monotonic())
+                if delay is None:
+                    if len(failure_times) == 1:
+                        raise
+                    raise ServiceUnreachableError(
+                        f"{e} (tried {len(failure_times)} times over "
+                        f"{time.monotonic() - started:.0f} s; the restart strategy gave "
+                        "up)") from e
+                log.warning("job %r cannot start yet: %s; trying again in %.1fs (attempt "
+                            "%d, as the restart strategy allows)", self.cfg.flow, e, delay,
+                            len(failure_times) + 1,
+                            extra={"event": "start_unreachable", "flow": self.cfg.flow,
+                                   "delay_s": delay})
+                time.sleep(delay)
+
+    def _validate_connectors_once(self) -> None:
         ck = self.cfg.checkpoint
         for node in self.plan.nodes:
             if node.kind not in (Kind.SOURCE, Kind.SINK):

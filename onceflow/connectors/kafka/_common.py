@@ -16,7 +16,7 @@ from onceflow._optional import require
 from onceflow.connectors.jsonvalues import dumps as json_dumps
 from onceflow.connectors.jsonvalues import loads as json_loads
 from onceflow.connectors.kafka._logs import client_config, secrets_of, serve_logs
-from onceflow.errors import ConfigurationError
+from onceflow.errors import ConfigurationError, ServiceUnreachableError
 
 
 @functools.cache
@@ -306,9 +306,9 @@ def broker_config(bootstrap: str, name: str, timeout: float = 10.0,
     try:
         ids = [n.id for n in _cluster(admin, timeout).nodes]
     except ck.KafkaException as e:
-        raise ConfigurationError(f"cannot reach Kafka at {bootstrap}: {e}") from e
+        raise ServiceUnreachableError(f"cannot reach Kafka at {bootstrap}: {e}") from e
     if not ids:
-        raise ConfigurationError(f"Kafka at {bootstrap} reports no broker")
+        raise ServiceUnreachableError(f"Kafka at {bootstrap} reports no broker")
     res = ConfigResource(ConfigResource.Type.BROKER, str(min(ids)))
     configs = admin.describe_configs([res])[res].result(timeout=timeout)
     entry = configs.get(name)

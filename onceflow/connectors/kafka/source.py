@@ -29,7 +29,12 @@ from onceflow.connectors.jsonvalues import loads as json_loads
 from onceflow.connectors.kafka._common import deserializer, import_kafka, shared_admin
 from onceflow.connectors.kafka._logs import client_config, serve_logs
 from onceflow.connectors.sources import Source, SplitReader
-from onceflow.errors import ConfigurationError, OnceflowError, RecordFormatError
+from onceflow.errors import (
+    ConfigurationError,
+    OnceflowError,
+    RecordFormatError,
+    ServiceUnreachableError,
+)
 from onceflow.graph.keygroups import stable_hash
 
 OFFSET_BEGINNING = -2
@@ -212,7 +217,7 @@ class KafkaSource(Source):
         try:
             tps = self.partitions(self._admin())
         except ck.KafkaException as e:
-            raise ConfigurationError(
+            raise ServiceUnreachableError(
                 f"KafkaSource (topics {self.topics!r}): cannot reach Kafka at "
                 f"{self.bootstrap_servers} ({e}); check that the broker is running and "
                 "reachable there, and the source's bootstrap_servers") from e

@@ -51,6 +51,7 @@ PUBLIC = {
         "RuntimeContext",
         "S3Storage",
         "SavepointError",
+        "ServiceUnreachableError",
         "StateTtl",
         "TimeDomain",
         "TimerService",

@@ -45,6 +45,14 @@ def _check(job: KJob, broker: OwnBroker) -> None:
     broker.assert_witness(job.output, job.records)
 
 
+def _ends_exactly(job: KJob, broker: OwnBroker) -> None:
+    """The job runs to its end by itself, and its output is exact."""
+    code, result = job.wait(timeout=300)
+    assert code == 0, job.tail()
+    assert result is not None
+    _check(job, broker)
+
+
 def _running_job(broker: OwnBroker, tmp: Path, rate: float) -> KJob:
     """The job started with restarts enough for a long outage, once it committed output."""
     job = KJob(tmp, _ensure_up(broker), "--rate", str(rate), "--attempts", "200", "--delay",
@@ -64,10 +72,7 @@ def test_broker_sigkilled_mid_job_and_restarted(broker: OwnBroker, tmp_path: Pat
     broker.kill()
     time.sleep(outage)
     broker.start()
-    code, result = job.wait(timeout=300)
-    assert code == 0, job.tail()
-    assert result is not None
-    _check(job, broker)
+    _ends_exactly(job, broker)
 
 
 @pytest.mark.timeout(400)
@@ -175,10 +180,7 @@ def test_broker_frozen_mid_job_then_thawed(broker: OwnBroker, tmp_path: Path,
         time.sleep(frozen)
     finally:
         os.kill(pid, signal.SIGCONT)
-    code, result = job.wait(timeout=300)
-    assert code == 0, job.tail()
-    assert result is not None
-    _check(job, broker)
+    _ends_exactly(job, broker)
 
 
 @pytest.mark.timeout(400)
@@ -199,10 +201,7 @@ def test_broker_down_when_the_job_starts_is_waited_for_as_the_restart_strategy_a
                      job.tail()), job.tail()
     time.sleep(2)
     broker.start()
-    code, result = job.wait(timeout=300)
-    assert code == 0, job.tail()
-    assert result is not None
-    _check(job, broker)
+    _ends_exactly(job, broker)
 
 
 @pytest.mark.timeout(300)

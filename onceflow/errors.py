@@ -4,7 +4,7 @@ Every error onceflow raises derives from :class:`OnceflowError`; subclasses say 
 
     OnceflowError
     ├── ConfigurationError          a setting or a flow definition is wrong; change it, rerun
-    │   └── ServiceUnreachableError     a server a connector needs (a Kafka broker) cannot be
+    │   └── ServiceUnreachableError     a server a connector needs (Kafka, PostgreSQL) cannot be
     │                                   reached when the job starts: tried again as the
     │                                   restart strategy allows
     ├── CheckpointError             checkpoint storage cannot be used as asked
@@ -49,8 +49,8 @@ class ConfigurationError(OnceflowError, ValueError):
 
 
 class ServiceUnreachableError(ConfigurationError):
-    """A server a source or sink needs (a Kafka broker) cannot be reached when the job
-    starts. It may be down for a moment or the address may be wrong: ``run()`` asks again
+    """A server a source or sink needs (a Kafka broker, a PostgreSQL server) cannot be
+    reached when the job starts, or says it cannot take a session yet. It may be down for a moment or the address may be wrong: ``run()`` asks again
     as the flow's restart strategy allows (as for a failure of the running job) and
     raises this error, saying how long it tried, once the strategy gives up."""
 

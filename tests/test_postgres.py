@@ -309,10 +309,33 @@ def test_wrong_column_fails_at_run(dsn: str, conn: psycopg.Connection[Any],
 
 
 def test_unreachable_server_fails_at_run(tmp_path: Path) -> None:
+    """Nothing listens there: a ServiceUnreachableError (which run() asks again as the
+    restart strategy allows; no_restart() gives up at the first)."""
     sink = PostgresSink("postgresql://postgres@127.0.0.1:1/none", "t", columns=["a"],
                         connect_timeout=2)
-    with pytest.raises(of.ConfigurationError, match="cannot connect"):
+    with pytest.raises(of.ServiceUnreachableError, match=r"cannot connect.*127\.0\.0\.1:1/none"):
         _flow_into(sink, tmp_path).run()
+
+
+@pytest.mark.parametrize("fault", ["role", "database"])
+def test_a_server_that_refuses_the_session_is_a_configuration_error(
+        dsn: str, tmp_path: Path, fault: str) -> None:
+    """The server answered and refused (no such role, no such database): waiting would not
+    help, so the error is not a ServiceUnreachableError and comes at once, whatever the
+    restart strategy."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    bad = make_conninfo(dsn, **({"user": "no_such_role_xyz"} if fault == "role"
+                                else {"dbname": "no_such_db_xyz"}))
+    assert conninfo_to_dict(bad)["port"] == conninfo_to_dict(dsn)["port"]
+    sink = PostgresSink(bad, "t", columns=["a"], connect_timeout=2)
+    flow = _flow_into(sink, tmp_path)
+    flow.set_restart_strategy(of.restart.fixed_delay(attempts=50, delay=1.0))
+    started = time.monotonic()
+    with pytest.raises(of.ConfigurationError, match="does not exist") as err:
+        flow.run()
+    assert not isinstance(err.value, of.ServiceUnreachableError)
+    assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize(("kw", "msg"), [

@@ -112,3 +112,26 @@ def test_server_frozen_mid_job_then_thawed(server: OwnPostgres, tmp_path: Path,
             os.kill(p, signal.SIGCONT)
     assert still_running, job.tail()
     _finish(job, server)
+
+
+@pytest.mark.timeout(300)
+def test_server_down_when_the_job_starts_is_waited_for_as_the_restart_strategy_allows(
+        server: OwnPostgres, tmp_path: Path, conn: psycopg.Connection[Any]) -> None:
+    """The server crashes after the tables exist and before the job starts: run() must not
+    fail at its start-up checks (a Flink job restarts too), but log that it cannot reach
+    the server, try again, and once the server is back run to exact tables."""
+    import re
+
+    job = PgJob(tmp_path, server.dsn, conn, "--attempts", "200", "--delay", "1",
+                records=RECORDS)
+    server.kill()
+    job.start()
+    wait_for(lambda: "cannot start yet" in job.tail() or job.proc.poll() is not None, 120,
+             "the job's first failed start-up check")
+    assert job.proc is not None and job.proc.poll() is None, job.tail()
+    assert re.search(r"cannot connect to PostgreSQL at 127\.0\.0\.1:\d+/\w+.*trying again "
+                     r"in 1\.0s", job.tail()), job.tail()
+    time.sleep(2.0)
+    assert job.proc.poll() is None, job.tail()
+    server.start()
+    _finish(job, server)

@@ -47,7 +47,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -58,7 +60,13 @@ from onceflow import _faults
 from onceflow._optional import require
 from onceflow.connectors.sinks import Sink, SinkContext
 from onceflow.connectors.two_phase import TwoPhaseCommitSink
-from onceflow.errors import ConfigurationError, ConnectorError, UserFunctionError, foreign_errors
+from onceflow.errors import (
+    ConfigurationError,
+    ConnectorError,
+    ServiceUnreachableError,
+    UserFunctionError,
+    foreign_errors,
+)
 
 log = logging.getLogger("onceflow.sink.postgres")
 
@@ -119,6 +127,11 @@ def _safe_dsn(dsn: str) -> str:
     return f"{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '')}"
 
 
+def _one_line(e: BaseException) -> str:
+    """libpq's message of ``e`` on one line (it spreads hints over several)."""
+    return " ".join(str(e).split())
+
+
 def _connect(dsn: str, app: str, timeout: float, retry_for: float = 0.0) -> Any:
     """An autocommit connection; retries for ``retry_for`` seconds while the server cannot
     be reached (it may be restarting)."""
@@ -132,8 +145,53 @@ def _connect(dsn: str, app: str, timeout: float, retry_for: float = 0.0) -> Any:
             if time.monotonic() >= deadline:
                 raise ConnectionError(
                     f"PostgresSink: cannot connect to PostgreSQL at {_safe_dsn(dsn)}: "
-                    f"{str(e).strip()}") from e
+                    f"{_one_line(e)}") from e
             time.sleep(0.5)
+
+
+#: what a server says when it is there but cannot take a session for a while (in libpq's
+#: English messages): starting up, shutting down, in crash recovery, out of connection slots;
+#: and libpq's own "timeout expired" (a server that accepted the TCP connection and said
+#: nothing, e.g. stopped or overloaded)
+_NOT_NOW = re.compile(r"the database system is (starting up|shutting down|in recovery mode|"
+                      r"not yet accepting connections)|too many clients already|"
+                      r"remaining connection slots are reserved|timeout expired")
+
+#: where libpq looks for a server's Unix socket when the dsn names no host
+_SOCKET_DIRS = ("/run/postgresql", "/var/run/postgresql", "/tmp")
+
+
+def _listening(dsn: str, timeout: float) -> bool:
+    """Whether something accepts connections where ``dsn`` points: a TCP connection to one
+    of its hosts (``hostaddr`` when given) and ports, or to the Unix socket of a host that
+    is a directory (libpq's socket directories when it names none). Tells a server that is
+    down, or an address where none listens, from one that answered and refused (a
+    password, a role, a database): libpq's errors say neither apart by code."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        d = conninfo_to_dict(dsn)
+    except Exception:
+        return True  # a dsn libpq cannot parse is a configuration error, not a server down
+    hosts = str(d.get("hostaddr") or d.get("host") or os.environ.get("PGHOSTADDR")
+                or os.environ.get("PGHOST") or "").split(",")
+    ports = str(d.get("port") or os.environ.get("PGPORT") or "5432").split(",")
+    for i, host in enumerate(hosts):
+        port = (ports[i] if i < len(ports) else ports[-1]).strip() or "5432"
+        host = host.strip()
+        places = [host] if host else list(_SOCKET_DIRS)
+        for place in places:
+            try:
+                if place.startswith("/"):
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                        s.settimeout(timeout)
+                        s.connect(os.path.join(place, f".s.PGSQL.{port}"))
+                else:
+                    socket.create_connection((place, int(port)), timeout=timeout).close()
+                return True
+            except (OSError, ValueError):
+                continue
+    return False
 
 
 # --- configuration and the table ---------------------------------------------------------
@@ -263,8 +321,16 @@ class _Spec:
         try:
             conn = _connect(self.dsn, "onceflow-validate", min(self.connect_timeout, 10.0))
         except ConnectionError as e:
-            raise ConfigurationError(f"{self.where()}: {e}; is the server running and the "
-                                     "dsn right?") from e
+            text = _one_line(e.__cause__ or e)
+            msg = f"{self.where()}: cannot connect to PostgreSQL at {_safe_dsn(self.dsn)}: {text}"
+            # down, restarting or not there yet: run() asks again as the restart strategy
+            # allows (as it would a failure of the running job); refused: at once
+            if _NOT_NOW.search(text) or not _listening(self.dsn, 2.0):
+                if "is the server running" not in text.lower():
+                    msg += "; is the server running and the dsn right?"
+                raise ServiceUnreachableError(msg) from e
+            raise ConfigurationError(f"{msg}; the server answered and refused the session: "
+                                     "check the dsn's user, password and database") from e
         with conn:
             if two_phase:
                 mpt = conn.execute("SHOW max_prepared_transactions").fetchone()[0]

@@ -50,9 +50,10 @@ class ConfigurationError(OnceflowError, ValueError):
 
 class ServiceUnreachableError(ConfigurationError):
     """A server a source or sink needs (a Kafka broker, a PostgreSQL server) cannot be
-    reached when the job starts, or says it cannot take a session yet. It may be down for a moment or the address may be wrong: ``run()`` asks again
-    as the flow's restart strategy allows (as for a failure of the running job) and
-    raises this error, saying how long it tried, once the strategy gives up."""
+    reached when the job starts, or says it cannot take a session yet. It may be down for
+    a moment or the address may be wrong: ``run()`` asks again as the flow's restart
+    strategy allows (as for a failure of the running job) and raises this error, saying
+    how long it tried, once the strategy gives up. A Ctrl-C meanwhile stops at once."""
 
 
 class CheckpointError(OnceflowError):

@@ -135,3 +135,43 @@ def test_sigint_to_a_plain_python_program_returns_a_result_with_the_savepoint(
     assert "SAVEPOINT " + str(tmp_path / "ck" / "sigjob" / "savepoint-") in out
     assert 'resume with: flow.run(restore="latest")' in err
     _finish_with_restore(job, tmp_path)
+
+
+WAITING_JOB = '''
+import onceflow as of
+from onceflow.postgres import PostgresSink
+flow = of.Flow("waitjob", restart_strategy=of.restart.fixed_delay(attempts=1000, delay=1.0))
+flow.enable_checkpointing(0.2, {ckpt!r})
+(flow.source(of.sources.Range(0, 100), name="numbers")
+     .sink(PostgresSink("postgresql://postgres@127.0.0.1:1/none", "t", columns=["a"],
+                        connect_timeout=2), name="pg"))
+'''
+
+
+def test_sigint_while_run_waits_for_an_unreachable_server_stops_at_once(
+        tmp_path: Path) -> None:
+    """run() asks a server that is down again as the restart strategy allows (here for
+    1,000 s); a Ctrl-C meanwhile stops it at once, saying nothing started: there is no
+    running job to take a savepoint of (before, the savepoint request waited for the start)."""
+    job = tmp_path / "wait.py"
+    job.write_text(WAITING_JOB.format(ckpt=str(tmp_path / "ck")))
+    proc = _start(_onceflow("run", str(job), "--no-progress"), tmp_path)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "cannot start yet" in line:
+            break
+    assert seen and "cannot start yet" in seen[-1], "".join(seen)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    err = "".join(seen) + rest
+    assert time.monotonic() - sent < 10, err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "SIGINT: stopping job 'waitjob' at once; it had not started" in err
+    assert not list((tmp_path / "ck").rglob("_metadata")), "nothing ran, nothing to restore"

@@ -154,6 +154,9 @@ class JobDriver:
         self.status = JobStatus(cfg.flow)  # what the dashboard, metrics and progress read
         self.control = JobControl()  # savepoint requests from other threads
         self.stopped_with_savepoint: str | None = None
+        #: run() is asking an unreachable server again before anything started: a Ctrl-C
+        #: then stops at once (there is nothing to take a savepoint of)
+        self.waiting_to_start = False
         self._current: _Attempt | None = None  # the attempt the coordinator talks to
         self.failures = FailureTracker(  # repeats at one record, the user's error
             cfg.flow, cfg.restart, [n.name for n in plan.nodes if n.kind in (Kind.SOURCE,
@@ -168,26 +171,30 @@ class JobDriver:
         for how long. Any other error (a setting the server refuses) is raised at once."""
         failure_times: list[float] = []
         started = time.monotonic()
-        while True:
-            try:
-                self._validate_connectors_once()
-                return
-            except ServiceUnreachableError as e:
-                failure_times.append(time.monotonic())
-                delay = self.cfg.restart.next_delay(failure_times, time.monotonic())
-                if delay is None:
-                    if len(failure_times) == 1:
-                        raise
-                    raise ServiceUnreachableError(
-                        f"{e} (tried {len(failure_times)} times over "
-                        f"{time.monotonic() - started:.0f} s; the restart strategy gave "
-                        "up)") from e
-                log.warning("job %r cannot start yet: %s; trying again in %.1fs (attempt "
-                            "%d, as the restart strategy allows)", self.cfg.flow, e, delay,
-                            len(failure_times) + 1,
-                            extra={"event": "start_unreachable", "flow": self.cfg.flow,
-                                   "delay_s": delay})
-                time.sleep(delay)
+        try:
+            while True:
+                try:
+                    self._validate_connectors_once()
+                    return
+                except ServiceUnreachableError as e:
+                    self.waiting_to_start = True
+                    failure_times.append(time.monotonic())
+                    delay = self.cfg.restart.next_delay(failure_times, time.monotonic())
+                    if delay is None:
+                        if len(failure_times) == 1:
+                            raise
+                        raise ServiceUnreachableError(
+                            f"{e} (tried {len(failure_times)} times over "
+                            f"{time.monotonic() - started:.0f} s; the restart strategy gave "
+                            "up)") from e
+                    log.warning("job %r cannot start yet: %s; trying again in %.1fs "
+                                "(attempt %d, as the restart strategy allows)", self.cfg.flow,
+                                e, delay, len(failure_times) + 1,
+                                extra={"event": "start_unreachable", "flow": self.cfg.flow,
+                                       "delay_s": delay})
+                    time.sleep(delay)
+        finally:
+            self.waiting_to_start = False
 
     def _validate_connectors_once(self) -> None:
         ck = self.cfg.checkpoint

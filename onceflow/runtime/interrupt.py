@@ -78,6 +78,11 @@ class GracefulStop:
         self.received += 1
         name = signal.Signals(signum).name
         flow = self.driver.cfg.flow
+        if self.driver.waiting_to_start:
+            _say(f"{name}: stopping job {flow!r} at once; it had not started (run() was "
+                 "waiting for a server its sources or sinks need), so nothing was read or "
+                 "written")
+            raise KeyboardInterrupt
         if self.received == 1 and self.driver.cfg.checkpoint is not None:
             req = Request("savepoint", {"directory": None, "stop": True})
             try:

@@ -219,7 +219,9 @@ def test_settings_that_would_make_timestamps_nan_or_infinite_are_refused(
     ({"partitions": 0}, "partitions must be an integer >= 1"),
     ({"idle_partition": True, "idle_seconds": math.nan}, "idle_seconds must be a finite"),
     ({"idle_seconds": -1.0}, "idle_seconds must be a finite number >= 0"),
-    ({"idle_seconds": math.inf}, "idle_seconds"), ({"idle_seconds": "5"}, "idle_seconds")])
+    ({"idle_seconds": math.inf}, "idle_seconds"), ({"idle_seconds": "5"}, "idle_seconds"),
+    ({"idle_partition": "yes"}, "idle_partition must be True or False"),
+    ({"idle_partition": 1}, "idle_partition must be True or False")])
 def test_nexmark_source_refuses_bad_partitions_and_idle_seconds(settings: dict[str, Any],
                                                                 match: str) -> None:
     with pytest.raises(ConfigurationError, match=f"NexmarkSource: {match}"):
@@ -250,3 +252,11 @@ def test_nexmark_source_replays_exactly_after_sigkill(tmp_path: Path) -> None:
     got = joinjobs.committed(str(job.out))
     want = joinjobs.expected("nexmark", 30000)
     assert got == want, f"{sum(got.values())} committed vs {sum(want.values())}"
+
+
+@pytest.mark.parametrize("bound", [-1.0, math.nan, math.inf])
+def test_watermarks_refuse_a_bound_that_is_not_a_number_of_seconds(bound: float) -> None:
+    """A negative or NaN bound failed no check and silently became no bound at all (the
+    Kafka-input queries call watermarks() without a NexmarkSource to validate it)."""
+    with pytest.raises(ConfigurationError, match="out_of_orderness"):
+        watermarks(NexmarkConfig(out_of_orderness=bound))

@@ -21,9 +21,12 @@ import confluent_kafka as ck  # a missing client must fail the suite, not skip i
 import joinjobs
 import orjson
 import pytest
+from confluent_kafka.admin import AdminClient
 from jobproc import JobProcess, assert_no_orphans, kill_randomly
-from kafka_util import new_topic, topic_name
+from kafka_util import create_topic, new_topic, topic_name
 
+import onceflow as of
+from onceflow.errors import ConnectorError
 from onceflow.kafka import list_lingering
 from onceflow.nexmark import Generator, NexmarkConfig, prefill_kafka
 
@@ -51,6 +54,26 @@ def test_prefill_writes_the_generators_events_per_partition_in_order(bootstrap: 
     gen = Generator(config)
     for p in range(4):
         assert got[p] == gen.events(p, 5000, 4), f"partition {p} differs"
+
+
+def test_prefill_that_the_broker_refuses_raises_instead_of_returning_the_count(
+        bootstrap: str) -> None:
+    """flush() returns 0 whether the messages were delivered or refused: a topic whose
+    size limit refuses every batch must raise, not report 20,000 events written."""
+    topic = create_topic(bootstrap, topic_name(bootstrap, "nexmark-small"), 2,
+                         {"max.message.bytes": "2000"})
+    with pytest.raises(ConnectorError, match=r"of 20,000 events did not reach.*refused by "
+                                             r"the broker.*delete it and prefill again"):
+        prefill_kafka(bootstrap, topic, NexmarkConfig(events=20_000, seed=1), partitions=2,
+                      create=False)
+
+
+def test_prefill_with_a_bad_configuration_creates_no_topic(bootstrap: str) -> None:
+    topic = topic_name(bootstrap, "nexmark-bad")
+    with pytest.raises(of.ConfigurationError, match="rate"):
+        prefill_kafka(bootstrap, topic, NexmarkConfig(events=10, rate=-1))
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    assert topic not in admin.list_topics(timeout=10).topics
 
 
 def _read_committed(bootstrap: str, topic: str, settle: float = 1.0) -> list[object]:

@@ -31,8 +31,8 @@ number). The shape follows the specification:
   ``late_by`` seconds after it. So the events of a split's first batch, or of roughly
   the first ``late_by`` seconds of event time, are on time, and with ``late_fraction=1``
   none is late (every timestamp is shifted alike, so they are as ordered as before).
-* **Prices** are log-uniform between 1 and 1,000,000 cents-ish units (``10 ** (6 r) * 100``
-  rounded), categories 10..14, states of the US from a short list, cities likewise.
+* **Prices** are log-uniform between 100 and 100,000,000 (``10 ** (6 r) * 100`` rounded,
+  as in Nexmark), categories 10..14, states of the US from a short list, cities likewise.
 
 Events are plain dictionaries (JSON-ready); ``"kind"`` is ``"person"``, ``"auction"`` or
 ``"bid"``, and ``"date_time"`` is the event time in seconds.

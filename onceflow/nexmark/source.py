@@ -23,7 +23,7 @@ import orjson
 
 from onceflow.api.watermarks import WatermarkStrategy
 from onceflow.connectors.sources import Source, SplitReader
-from onceflow.errors import ConfigurationError
+from onceflow.errors import ConfigurationError, ConnectorError
 from onceflow.nexmark.generator import Generator, NexmarkConfig
 
 
@@ -77,6 +77,10 @@ class NexmarkSource(Source):
 
     def validate(self) -> None:
         self.config.validate()
+        if not isinstance(self.idle_partition, bool):
+            raise ConfigurationError(
+                f"NexmarkSource: idle_partition must be True or False (one more split that "
+                f"stays idle for idle_seconds), got {self.idle_partition!r}")
         # a bool is an int: partitions=True would silently be one split
         if self.partitions is not None and (not isinstance(self.partitions, int)
                                             or isinstance(self.partitions, bool)
@@ -111,7 +115,9 @@ class NexmarkSource(Source):
 def watermarks(config: NexmarkConfig | None = None,
                idleness: float | None = None) -> WatermarkStrategy:
     """Event time from ``date_time``, bounded by the configuration's out-of-orderness."""
-    bound = (config or NexmarkConfig()).out_of_orderness
+    cfg = config or NexmarkConfig()
+    cfg.validate()  # a negative or NaN bound would silently become no bound at all
+    bound = cfg.out_of_orderness
     ws = (WatermarkStrategy.bounded_out_of_orderness(bound) if bound > 0
           else WatermarkStrategy.monotonous_timestamps())
     ws = ws.with_timestamps(_date_time)
@@ -129,11 +135,13 @@ def prefill_kafka(bootstrap: str, topic: str, config: NexmarkConfig | None = Non
     so each partition holds its events in order); returns how many were written.
     ``client_config``: producer settings (e.g. a secured cluster's ``security.protocol``,
     ``sasl.*``, ``ssl.*``); the admin client that creates the topic gets its connection
-    settings."""
+    settings. Raises :class:`ConnectorError` when the broker did not take every event (the
+    topic then holds only some of them: delete it and prefill again)."""
     from onceflow.connectors.kafka import connection_config, import_kafka
 
     ck = import_kafka()
     cfg = config or NexmarkConfig()
+    gen = Generator(cfg)  # validates the configuration before anything is created
     if create:
         from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -144,10 +152,16 @@ def prefill_kafka(bootstrap: str, topic: str, config: NexmarkConfig | None = Non
             except ck.KafkaException as e:
                 if "TOPIC_ALREADY_EXISTS" not in str(e):
                     raise
+    failed: list[Any] = []  # delivery errors; flush() returns 0 whether or not they happened
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(err)
+
     p = ck.Producer({"linger.ms": 20, "enable.idempotence": True,
                      "queue.buffering.max.messages": 500000, **(client_config or {}),
-                     "bootstrap.servers": bootstrap})
-    gen = Generator(cfg)
+                     "bootstrap.servers": bootstrap, "on_delivery": delivered,
+                     "delivery.report.only.error": True})
     for n in range(cfg.events):
         value = orjson.dumps(gen.event(n))
         while True:
@@ -158,6 +172,12 @@ def prefill_kafka(bootstrap: str, topic: str, config: NexmarkConfig | None = Non
                 p.poll(0.1)
         if n % 10000 == 0:
             p.poll(0)
-    if p.flush(120) != 0:
-        raise ConfigurationError(f"prefill_kafka: not every event reached {topic} at {bootstrap}")
+    left = p.flush(120)
+    if failed or left:
+        raise ConnectorError(
+            f"prefill_kafka: {len(failed) + left:,} of {cfg.events:,} events did not reach "
+            f"{topic!r} at {bootstrap} ({len(failed):,} refused by the broker"
+            + (f", the first: {failed[0]}" if failed else "")
+            + f"; {left:,} still unsent after 120 s); the topic holds only some of the "
+            "events: delete it and prefill again")
     return cfg.events

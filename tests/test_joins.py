@@ -152,7 +152,7 @@ def _join_runner(lower: float, upper: float
 
 
 def test_interval_join_state_is_removed_once_the_watermark_passes_and_late_goes_aside(
-        ) -> None:
+        caplog: pytest.LogCaptureFixture) -> None:
     runner, first, second, main, side = _join_runner(-1.0, 2.0)
     op: Any = runner.ops[0]
     outputs = main.got
@@ -183,6 +183,11 @@ def test_interval_join_state_is_removed_once_the_watermark_passes_and_late_goes_
     second.queue.append(END_OF_INPUT)
     while runner.step():
         pass
+    with caplog.at_level("WARNING", logger="onceflow"):
+        op.close()
+    # only the right side's late records were dropped (the left's have a tag): say so
+    assert "1 late records of the right side joined nothing and were dropped (give the " \
+        "join side_output_right_late_data(tag)" in caplog.text
 
 
 @pytest.mark.parametrize("right_before_watermark", [True, False])
@@ -311,6 +316,26 @@ def test_interval_join_without_timestamps_says_what_to_add_when_built() -> None:
     later = untimed.assign_timestamps_and_watermarks(ws).map(lambda x: x)
     later.key_by(lambda x: x).interval_join(timed.key_by(lambda x: x)) \
         .between(0.0, 1.0).process(lambda x, y: x, name="ij")
+
+
+def test_a_regular_join_with_an_event_time_ttl_needs_timestamps_on_both_sides() -> None:
+    """Rows of an input without timestamps never expire in event time: the join kept them
+    for ever, silently, although a time-to-live was asked for."""
+    flow = of.Flow("ttl-no-ts", parallelism=1)
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(float)
+    timed = flow.source(of.sources.Collection([1, 2]), name="timed", watermarks=ws)
+    untimed = flow.source(of.sources.Collection([1, 2]), name="untimed")
+    ttl = of.StateTtl(10.0, time_domain=of.TimeDomain.EVENT_TIME)
+    with pytest.raises(ConfigurationError, match=r"join 'j' with an event-time TTL forgets "
+                       r"rows by their event time \(right side: 'untimed'\) but its input "
+                       r"has no timestamps.*or use a processing-time TTL"):
+        timed.join(untimed).where(int).equal_to(int).with_ttl(ttl).apply(
+            lambda x, y: x, name="j")
+    with pytest.raises(ConfigurationError, match=r"\(left side: 'untimed'\)"):
+        untimed.join(timed).where(int).equal_to(int).with_ttl(ttl).apply(lambda x, y: x)
+    # a processing-time TTL, or none, needs no timestamps
+    untimed.join(untimed).where(int).equal_to(int).with_ttl(10.0).apply(lambda x, y: x)
+    timed.join(timed).where(int).equal_to(int).with_ttl(ttl).apply(lambda x, y: x)
 
 
 def test_interval_join_records_without_timestamps_fail_the_job_saying_what_to_add(

@@ -3,6 +3,7 @@ disorder): pairs of equal keys in the same tumbling or sliding window."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import Counter
@@ -113,3 +114,49 @@ def test_a_time_to_live_on_a_window_join_is_refused() -> None:
                        r"a window join keeps each window's rows"):
         a.join(b).where(lambda x: x).equal_to(lambda y: y).with_ttl(5.0).window(
             of.windows.tumbling(1.0))
+
+
+@pytest.mark.parametrize("join", ["join", "co_group"])
+def test_a_global_window_join_fires_on_its_trigger(join: str, tmp_path: Path) -> None:
+    """of.windows.global_() never fires by itself: the error says to give .trigger(...),
+    and a window join takes one (it had no trigger() at all)."""
+    flow = of.Flow(f"global-{join}", parallelism=1)
+    a = flow.source(of.sources.Collection([("k", 1), ("k", 2), ("j", 9)]), name="l")
+    b = flow.source(of.sources.Collection([("k", 10), ("k", 20)]), name="r")
+    joined = a.join(b) if join == "join" else a.co_group(b)
+    w = joined.where(lambda x: x[0]).equal_to(lambda y: y[0]).window(of.windows.global_())
+    fn: Any = ((lambda x, y: (x[1], y[1])) if join == "join" else
+               (lambda xs, ys: [(sorted(x[1] for x in xs), sorted(y[1] for y in ys))]))
+    with pytest.raises(of.ConfigurationError, match=r"never fire by themselves: give "
+                                                    r"\.trigger\("):
+        w.apply(fn)
+    with pytest.raises(of.ConfigurationError, match=r"has no \.evictor\(\).*\.trigger\(\)"):
+        w.evictor  # noqa: B018 - the attribute access is what is tested
+    # key "k" fires once its 4 records (both sides) are in; "j" never reaches 4
+    w.trigger(of.windows.CountTrigger(4)).apply(fn).sink(of.sinks.FileSink(tmp_path / "o"))
+    flow.run()
+    got = sorted(map(json.dumps, of.sinks.read_committed(tmp_path / "o")))  # tuples: lists
+    want = ([[1, 10], [1, 20], [2, 10], [2, 20]] if join == "join" else [[[1, 2], [10, 20]]])
+    assert got == sorted(map(json.dumps, want))
+
+
+def test_a_window_join_s_late_records_are_read_from_its_result(tmp_path: Path) -> None:
+    """``result.side_output(tag)`` gives the late records, as for an interval join or a
+    window (it read a side output of the join's internal flat_map: always empty)."""
+    late = of.OutputTag("late")
+    flow = of.Flow("wj-late", parallelism=1, batch_size=1)
+    ws = of.WatermarkStrategy.monotonous_timestamps().with_timestamps(lambda r: r[2])
+    src = flow.source(of.sources.Collection(
+        [("L", "a", 1.0), ("R", "a", 3.0), ("L", "a", 20.0), ("R", "a", 21.0),
+         ("L", "a", 2.0), ("R", "a", 22.0)]), name="events", watermarks=ws)
+    a = src.filter(lambda r: r[0] == "L", name="left")
+    b = src.filter(lambda r: r[0] == "R", name="right")
+    out = (a.join(b).where(lambda x: x[1]).equal_to(lambda y: y[1])
+            .window(of.windows.tumbling(10.0)).side_output_late_data(late)
+            .apply(lambda x, y: (x[2], y[2])))
+    out.sink(of.sinks.FileSink(tmp_path / "pairs"), name="pairs")
+    out.side_output(late).sink(of.sinks.FileSink(tmp_path / "late"), name="late")
+    flow.run()
+    assert sorted(map(tuple, of.sinks.read_committed(tmp_path / "pairs"))) == \
+        [(1.0, 3.0), (20.0, 21.0), (20.0, 22.0)]
+    assert of.sinks.read_committed(tmp_path / "late") == [[0, ["L", "a", 2.0]]]

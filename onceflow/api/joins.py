@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from onceflow.api.flow import DataStream
 from onceflow.api.functions import OutputTag, RuntimeContext
 from onceflow.api.two_input import TwoInputSpec, two_input_node
 from onceflow.api.windowing import require_timestamps
@@ -54,7 +55,7 @@ from onceflow.errors import ConfigurationError
 from onceflow.graph.logical import Edge, Node, Partitioning
 
 if TYPE_CHECKING:
-    from onceflow.api.flow import DataStream, KeyedStream
+    from onceflow.api.flow import KeyedStream
 
 
 class JoinContext(ABC):
@@ -347,6 +348,15 @@ class WindowJoin:
         self._assigner, self._cogroup = assigner, cogroup
         self._lateness: float | None = None
         self._late: OutputTag | None = None
+        self._trigger: Any = None
+
+    def trigger(self, trigger: Any) -> WindowJoin:
+        """When the windows fire (replaces the assigner's default trigger), as for any
+        window: e.g. ``of.windows.CountTrigger(100)`` for ``of.windows.global_()``, or an
+        early-firing ``ContinuousProcessingTimeTrigger``. A trigger counts the records of
+        both sides."""
+        self._trigger = trigger
+        return self
 
     def allowed_lateness(self, seconds: float) -> WindowJoin:
         self._lateness = seconds
@@ -354,7 +364,8 @@ class WindowJoin:
 
     def side_output_late_data(self, tag: OutputTag) -> WindowJoin:
         """Late records (tagged ``(side, record)``, side 0 or 1) go to side output ``tag``
-        of the window operator; read it with ``result.window_stream.side_output(tag)``."""
+        of the window operator; read it with ``result.side_output(tag)`` (or
+        ``result.window_stream.side_output(tag)``, the same stream)."""
         self._late = tag
         return self
 
@@ -367,20 +378,45 @@ class WindowJoin:
             raise ConfigurationError(f"window join apply() takes a function, got "
                                      f"{type(fn).__name__}")
         base = name or ("co_group" if self._cogroup else "window_join")
+        with self._left._flow._plan.all_or_nothing():  # a refused setting adds no node
+            return self._build(fn, base, parallelism, uid)
+
+    def _build(self, fn: Callable[..., Any], base: str, parallelism: int | None,
+               uid: str | None) -> DataStream:
         a = self._left.map(_Tag(0), name=f"{base}-left")
         b = self._right.map(_Tag(1), name=f"{base}-right")
         windowed: Any = (a.union(b, name=f"{base}-union").key_by(_SideKey(self._lk, self._rk))
                      .window(_untagged(self._assigner)))
+        if self._trigger is not None:
+            windowed = windowed.trigger(self._trigger)
         if self._lateness is not None:
             windowed = windowed.allowed_lateness(self._lateness)
         if self._late is not None:
             windowed = windowed.side_output_late_data(self._late)
         results: Any = windowed.process(_WindowJoinFn(fn, self._cogroup), name=base,
                                    parallelism=parallelism, uid=uid)
-        out: Any = results.flat_map(_window_results, name=f"{base}-results",
-                               parallelism=parallelism)
-        out.window_stream = results
-        return out
+        pairs = results.flat_map(_window_results, name=f"{base}-results",
+                                 parallelism=parallelism)
+        return WindowJoinStream(pairs, results)
+
+    def __getattr__(self, name: str) -> Any:
+        what = "a window co_group()" if self.__dict__.get("_cogroup") else "a window join"
+        raise _next_step(what, name, "it takes .trigger(), .allowed_lateness() and "
+                                     ".side_output_late_data(), then .apply(fn)")
+
+
+class WindowJoinStream(DataStream):
+    """The result of a window join or co-group: its records, plus ``window_stream``, the
+    window operator's own results ``(key, window_start, window_end, records)``. The
+    window operator is where side outputs come from (its late records), so
+    ``side_output(tag)`` reads them there."""
+
+    def __init__(self, pairs: DataStream, window_stream: DataStream) -> None:
+        super().__init__(pairs._flow, pairs._node)
+        self.window_stream = window_stream
+
+    def side_output(self, tag: OutputTag) -> DataStream:
+        return self.window_stream.side_output(tag)
 
 
 class JoinCondition:
@@ -419,8 +455,21 @@ class JoinCondition:
 
         if not callable(fn):
             raise ConfigurationError(f"join().apply() takes a function, got {type(fn).__name__}")
+        op = name or "join"
+        if self._ttl is not None:
+            from onceflow.api.functions import TimeDomain
+            from onceflow.state.ttl import as_ttl
+
+            if as_ttl(self._ttl, "join().with_ttl()").time_domain is TimeDomain.EVENT_TIME:
+                for side, stream in (("left", self._left), ("right", self._right)):
+                    # rows of an input without timestamps would never expire
+                    require_timestamps(
+                        self._left._flow._plan, stream._node,
+                        f"join {op!r} with an event-time TTL forgets rows by their event "
+                        f"time ({side} side: {stream._node.name!r})",
+                        " or use a processing-time TTL (with_ttl(seconds))")
         edges = [Edge(self._left._node.id, Partitioning.KEY, self._lk),
                  Edge(self._right._node.id, Partitioning.KEY, self._rk)]
         node = two_input_node(self._left._flow, RegularJoinSpec(fn, self._ttl), edges,
-                              name or "join", parallelism, uid)
+                              op, parallelism, uid)
         return DataStream(self._left._flow, node)

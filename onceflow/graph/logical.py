@@ -9,7 +9,8 @@ that the plan can be inspected, validated and turned into a :mod:`job graph
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,3 +79,15 @@ class LogicalPlan:
 
     def consumers(self, node_id: int) -> list[Node]:
         return [n for n in self.nodes if any(e.source == node_id for e in n.inputs)]
+
+    @contextmanager
+    def all_or_nothing(self) -> Iterator[None]:
+        """Nodes added in the block are taken out again if it raises: an operator built
+        of several nodes (a window join) leaves none behind when a later step refuses
+        (nodes are only ever appended, so cutting the list restores the plan)."""
+        n = len(self.nodes)
+        try:
+            yield
+        except BaseException:
+            del self.nodes[n:]
+            raise

@@ -58,6 +58,7 @@ class _JoinBase(KeyedTwoInputOp):
         super().__init__(node, self)
         self.late_records = 0  # late records (to the side output or dropped)
         self.late_dropped = 0  # late records without a late-data side output (as windows)
+        self.late_dropped_sides: set[int] = set()  # 0 left, 1 right: for the advice
 
     # the operator is its own timer function (ProcessOp calls self.func.on_timer)
     def open(self, rt: OperatorEnv) -> None:
@@ -73,8 +74,14 @@ class _JoinBase(KeyedTwoInputOp):
 
     def close(self) -> None:
         if self.late_dropped:
-            log.warning("%s: %d late records joined nothing and were dropped (give the join "
-                        "side_output_late_data(tag) to keep them)", self.name, self.late_dropped)
+            sides = self.late_dropped_sides
+            how = ("side_output_late_data(tag)" if len(sides) != 1 else
+                   "side_output_left_late_data(tag)" if 0 in sides else
+                   "side_output_right_late_data(tag)")
+            which = "" if len(sides) != 1 else " of the left side" if 0 in sides else \
+                " of the right side"
+            log.warning("%s: %d late records%s joined nothing and were dropped (give the join "
+                        "%s to keep them)", self.name, self.late_dropped, which, how)
         if self.store is not None:
             self.store.close()
 
@@ -110,6 +117,7 @@ class IntervalJoinOp(_JoinBase):
             tag = self.late_tags[side]
             if tag == LATE_TAG:
                 self.late_dropped += 1
+                self.late_dropped_sides.add(side)
             self.emit_side(tag, value, t)
             return None
         return t

@@ -63,6 +63,7 @@ from onceflow.errors import (
     ConfigurationError,
     ConnectorError,
     KafkaTransactionLostError,
+    UserFunctionError,
     foreign_errors,
 )
 
@@ -186,6 +187,19 @@ PARTITIONS_TIMEOUT_S = 2.0
 _dumps_json = functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
 
 
+def _delivery_hint(err: str) -> str:
+    """What to do about a delivery error (librdkafka's text of it), where that is clear."""
+    if "MSG_SIZE_TOO_LARGE" in err:
+        return ("; a record, or a batch of them, is larger than the topic's max.message.bytes "
+                "(or the broker's message.max.bytes): raise that limit, or lower batch.size "
+                "in producer_config when the records themselves fit")
+    if "_UNKNOWN_PARTITION" in err:
+        return "; the partition function chose a partition the topic does not have"
+    if "AUTHORIZATION_FAILED" in err:
+        return "; the broker refused this client: check its ACLs for the topic"
+    return ""
+
+
 class _Producing:
     """Produce records with a confluent-kafka Producer; collects delivery errors."""
 
@@ -242,6 +256,21 @@ class _Producing:
             return False
         self._parts, self._parts_at, self._cur = 0, time.monotonic(), -1
         return True
+
+    def unserializable(self, records: list[Any]) -> UserFunctionError | None:
+        """The error naming the first of ``records`` the key function or the serializers
+        refuse, or None if each one alone serializes (the error came from elsewhere).
+        Only on the error path: a batch held back while the producer started is
+        serialized at a later write or at pre-commit, where the error would otherwise
+        name no record."""
+        for r in records:
+            try:
+                self.value(r)
+                if self.key is not None:
+                    self.key_ser(self.key(r))
+            except Exception as e:
+                return UserFunctionError(f"KafkaSink({self.topic!r})", r, e)
+        return None
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
@@ -369,11 +398,12 @@ class _Producing:
     def flush(self, producer: Any, timeout: float) -> None:
         left = producer.flush(timeout)
         if left:
-            raise ConnectorError(f"Kafka producer: {left} record(s) not delivered within "
-                               f"{timeout:g} s")
+            raise ConnectorError(f"Kafka producer of topic {self.topic!r}: {left} record(s) "
+                                 f"not delivered within {timeout:g} s")
         if self.errors:
             errs, self.errors = self.errors, []
-            raise ConnectorError(f"Kafka producer: {len(errs)} delivery error(s), e.g. {errs[0]}")
+            raise ConnectorError(f"Kafka producer of topic {self.topic!r}: {len(errs)} "
+                                 f"delivery error(s), e.g. {errs[0]}{_delivery_hint(errs[0])}")
 
 
 class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
@@ -415,10 +445,12 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             raise ConfigurationError("KafkaSink: transaction_timeout_ms must be >= 1000")
         # the commit protocol's own client connects as the producers do (or says why not)
         kp.Security.from_config(self.producer_config)
-        for k in ("transactional.id", "bootstrap.servers"):
+        for k, arg in (("transactional.id", "transactional_id_prefix"),
+                       ("bootstrap.servers", "bootstrap_servers"),
+                       ("transaction.timeout.ms", "transaction_timeout_ms")):
             if k in self.producer_config:
-                raise ConfigurationError(f"KafkaSink: set {k} through the KafkaSink arguments, "
-                                         "not producer_config")
+                raise ConfigurationError(f"KafkaSink: set {k} through the KafkaSink argument "
+                                         f"{arg}=, not producer_config")
 
     def _reset(self) -> None:
         self._ctx: SinkContext | None = None
@@ -695,6 +727,11 @@ class KafkaTransactionalSink(TwoPhaseCommitSink[KafkaTxn]):
             with foreign_errors(f"KafkaSink({self.topic}): producing to {tid}",
                                 ck.KafkaException):
                 self._out.produce(live[0], records)
+        except (TypeError, ValueError, OverflowError) as e:  # a record the format cannot hold
+            bad = self._out.unserializable(records)
+            if bad is None:
+                raise
+            raise bad from e
         except (ConnectorError, SystemError) as e:
             if _has_code(e, _FATAL) and not self._out.fenced:
                 # a produce after the producer turned fatal says only "Fatal error"; the

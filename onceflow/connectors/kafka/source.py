@@ -69,6 +69,12 @@ def _owner_filter(split: KafkaSplit, tps: list[tuple[str, int]]) -> list[tuple[s
     return [tp for tp in tps if split.owns(*tp)]
 
 
+#: consumer settings exactly-once reading fixes: overriding one in consumer_config would
+#: read aborted transactions' records, or commit group offsets the checkpoints do not hold
+_FIXED_READER_SETTINGS: dict[str, Any] = {"isolation.level": "read_committed",
+                                          "enable.auto.commit": False}
+
+
 class KafkaSource(Source):
     """Records of Kafka ``topics`` (a list of names, or a regex ``re.Pattern`` / a string
     starting with ``^``), exactly once with checkpoints.
@@ -125,6 +131,22 @@ class KafkaSource(Source):
             raise ConfigurationError(f"KafkaSource: stop_at={self.stop_at!r}; use None or 'end'")
         deserializer(self.deserializer, "deserializer")
         deserializer(self.key_deserializer, "key_deserializer")
+        self._check_consumer_config()
+
+    def _check_consumer_config(self) -> None:
+        cc = self.consumer_config
+        if "bootstrap.servers" in cc or "group.id" in cc:
+            k = "bootstrap.servers" if "bootstrap.servers" in cc else "group.id"
+            raise ConfigurationError(
+                f"KafkaSource: set {k} through the KafkaSource arguments (bootstrap_servers, "
+                "group_id), not consumer_config")
+        for k, fixed in _FIXED_READER_SETTINGS.items():
+            if k in cc and str(cc[k]).lower() != str(fixed).lower():
+                raise ConfigurationError(
+                    f"KafkaSource: consumer_config {k}={cc[k]!r} would break exactly-once "
+                    f"reading (the source reads with {k}={fixed!r}: records of aborted "
+                    "transactions skipped, group offsets committed only with completed "
+                    "checkpoints); remove it from consumer_config")
 
     # --- metadata ------------------------------------------------------------------------
     def _pattern(self) -> re.Pattern[str] | None:
@@ -221,9 +243,17 @@ class KafkaSource(Source):
                 f"KafkaSource (topics {self.topics!r}): cannot reach Kafka at "
                 f"{self.bootstrap_servers} ({e}); check that the broker is running and "
                 "reachable there, and the source's bootstrap_servers") from e
-        if not tps and not isinstance(self.topics, str | re.Pattern):
-            raise ConfigurationError(f"KafkaSource: none of the topics {list(self.topics)} "
-                                     f"exists at {self.bootstrap_servers}")
+        if not isinstance(self.topics, str | re.Pattern):
+            names = list(dict.fromkeys(self.topics))
+            found = {t for t, _ in tps}
+            missing = [t for t in names if t not in found]
+            if missing:  # a typo in one of several names would leave that input unread
+                which = (f"none of the topics {names} exists" if len(missing) == len(names)
+                         else f"the topic(s) {missing} (of {names}) do not exist")
+                raise ConfigurationError(
+                    f"KafkaSource: {which} at {self.bootstrap_servers}; create them first, "
+                    "or subscribe with a pattern (topics='^orders-.*') to read topics that "
+                    "appear later")
 
     # --- Source --------------------------------------------------------------------------
     def splits(self, parallelism: int) -> list[Any]:
@@ -385,23 +415,29 @@ class KafkaSplitReader(SplitReader):
         """The error for the first message of ``msgs`` whose key or value does not
         decode (``err`` came from decoding one of them): topic, partition and offset."""
         value_of = json_loads if self._json else self.value
+        what = f"with deserializer {self.src.deserializer!r}"
         for m in msgs:
             if m.error() is not None:
                 continue
+            where = f"topic {m.topic()!r} partition {m.partition()} offset {m.offset()}"
             try:
                 if m.value() is not None:
                     value_of(m.value())
-                if not self.src.value_only:
-                    self.key(m.key())
             except Exception as e:
                 err = e
-                where = f"topic {m.topic()!r} partition {m.partition()} offset {m.offset()}"
                 break
+            if not self.src.value_only:
+                try:
+                    self.key(m.key())
+                except Exception as e:
+                    err = e
+                    where = f"the key of {where}"
+                    what = f"with key_deserializer {self.src.key_deserializer!r}"
+                    break
         else:
             where = "a record of this batch"
         return RecordFormatError(
-            f"KafkaSource: cannot decode {where} with deserializer "
-            f"{self.src.deserializer!r}: {type(err).__name__}: {err}")
+            f"KafkaSource: cannot decode {where} {what}: {type(err).__name__}: {err}")
 
     def _on_error(self, m: Any, err: Any) -> None:
         etp = (m.topic(), m.partition())

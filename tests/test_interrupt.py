@@ -62,6 +62,17 @@ def _wait_for_checkpoint(proc: subprocess.Popen[str], tmp_path: Path) -> None:
         time.sleep(0.05)
 
 
+def _stderr_until(proc: subprocess.Popen[str], text: str) -> list[str]:
+    """The lines ``proc`` writes to stderr up to the first that holds ``text`` (or all)."""
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            break
+    return seen
+
+
 def _finish_with_restore(job: Path, tmp_path: Path) -> None:
     r = subprocess.run(_onceflow("run", str(job), "--no-progress", "--restore", "latest"),
                        capture_output=True, text=True, timeout=180)
@@ -97,12 +108,7 @@ def test_a_second_sigint_stops_at_once_and_names_the_latest_checkpoint(tmp_path:
     proc.send_signal(signal.SIGINT)
     # Python runs a signal handler once for signals that arrive before it got to run:
     # wait until the first one was handled (it says so) before sending the second
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "with a savepoint" in line:
-            break
+    seen = _stderr_until(proc, "with a savepoint")
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=120)
     err = "".join(seen) + rest
@@ -156,12 +162,7 @@ def test_sigint_while_run_waits_for_an_unreachable_server_stops_at_once(
     job = tmp_path / "wait.py"
     job.write_text(WAITING_JOB.format(ckpt=str(tmp_path / "ck")))
     proc = _start(_onceflow("run", str(job), "--no-progress"), tmp_path)
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "cannot start yet" in line:
-            break
+    seen = _stderr_until(proc, "cannot start yet")
     assert seen and "cannot start yet" in seen[-1], "".join(seen)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)

@@ -104,7 +104,7 @@ def test_cleanup_runs_without_reads_of_the_expired_keys(tmp_path: Path) -> None:
     store.scope.key = "other"
     v.update(0)  # any access runs the cleanup of what is due
     assert list(store.tables["v"]) == ["other"]
-    assert cleaners[id(store)].cleaned == 100
+    assert cleaners[(id(store), False)].cleaned == 100
     assert store.scope.key == "other"
 
 
@@ -118,7 +118,7 @@ def test_the_cleanup_queue_holds_one_entry_per_key_however_often_it_is_written(
         store.scope.key = i % 3
         clock.now += 0.001
         v.update(i)
-    cleaner = cleaners[id(store)]
+    cleaner = cleaners[(id(store), False)]
     assert len(cleaner.heap) == 3
     clock.now += 9.5  # the first hints are due, but the keys were written since: kept
     store.scope.key = 0
@@ -182,7 +182,7 @@ def test_an_earlier_expiry_of_a_queued_key_is_cleaned_up_at_its_own_time(
     watermark.now = 111.0
     lst.add("o2")
     assert "k" not in store.tables["l"]
-    assert cleaners[id(store)].cleaned == 2
+    assert cleaners[(id(store), True)].cleaned == 2
 
 
 @pytest.mark.parametrize("backend", ["memory", "rocksdb"])
@@ -291,7 +291,7 @@ def _mixed_keys_case(tmp_path: Path) -> int:
     clock.now += 11
     store.scope.key = "other"
     v.update(0)  # runs the cleanup of what is due
-    n = cleaners[id(store)].cleaned
+    n = cleaners[(id(store), False)].cleaned
     store.close()
     return int(n)
 
@@ -318,3 +318,43 @@ def _colliding_export_case(tmp_path: Path) -> str:
     finally:
         store.close()
     return "no error"
+
+
+@pytest.mark.parametrize("event_at", [0.0, 1.7e12], ids=["seconds-from-0", "epoch-millis"])
+def test_processing_and_event_time_ttl_states_of_one_operator_keep_their_own_clocks(
+        event_at: float) -> None:
+    """Both domains shared one expiry queue, cleaned up to whichever clock's "now" the
+    accessed state had: a wall-clock access removed event-time entries (expiring at event
+    time 10), an access at a watermark in epoch milliseconds removed processing-time ones
+    (live for an hour of wall clock). Removed, not only hidden: the loss reached
+    checkpoints."""
+    store = of.state.MemoryBackend().create(8, (0, 8), operator="op")
+    wall, watermark, event_time = Clock(), Clock(), Clock()
+    wall.now, watermark.now, event_time.now = 1.79e9, event_at, event_at
+    cleaners: dict[Any, Any] = {}
+    e = ttl_state(store, "value", "e", None,
+                  of.StateTtl(10.0, time_domain=of.TimeDomain.EVENT_TIME), wall, watermark,
+                  event_time, cleaners, "operator 'op'")
+    p = ttl_state(store, "value", "p", None, 3600.0, wall, watermark, event_time, cleaners,
+                  "operator 'op'")
+    store.scope.key = "u"
+    e.update("event")
+    p.update("wall")
+    for step in range(1, 4):  # the next records: each touches both, event time moving on
+        wall.now += 1.0
+        watermark.now = event_time.now = event_at + step
+        assert p.value() == "wall"
+        assert e.value() == "event"
+        e.update("event")
+        p.update("wall")
+    watermark.now = event_at + 100.0  # the event-time entry's time has come; not the other's
+    assert e.value() is None
+    assert p.value() == "wall"
+    wall.now += 7200.0
+    assert p.value() is None
+
+
+def test_a_bad_state_ttl_is_refused_where_it_is_written() -> None:
+    for bad in (-5.0, 0, float("nan")):
+        with pytest.raises(ConfigurationError, match=r"of\.StateTtl: ttl must be a number"):
+            of.StateTtl(bad)

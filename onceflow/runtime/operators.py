@@ -493,7 +493,7 @@ class _Ctx(ProcessContext, RuntimeContext):
         self._timers = _Timers(store, env.clock, op)
         self._timestamp: float | None = None
         self._domain: TimeDomain | None = None
-        self._ttl_cleaners: dict[int, Any] = {}  # state time-to-live: see state/ttl.py
+        self._ttl_cleaners: dict[Any, Any] = {}  # state time-to-live: see state/ttl.py
 
     @property
     def timestamp(self) -> float | None:

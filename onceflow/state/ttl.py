@@ -10,8 +10,9 @@ written (``ctx.value_state("x", ttl=60.0)``, also ``list_state`` and ``map_state
 * **Invisible on read**: an expired entry reads as absent (the default, not in the list
   or map) from the moment it expires, whether or not it was cleaned up yet.
 * **Cleaned up**: every write remembers when its entry expires; each access to any TTL
-  state of the operator first removes the entries whose time has come (so expired state
-  does not pile up while the operator runs), and after a restore the first access scans
+  state of the operator in the same time domain first removes the entries whose time has
+  come by that domain's clock (so expired state does not pile up while the operator
+  runs; each domain has its own queue), and after a restore the first access scans
   the restored state once and removes what expired meanwhile. A checkpoint therefore
   holds no entry that expired before the last access to TTL state; restore drops every
   entry that expired before it.
@@ -42,11 +43,11 @@ class StateTtl:
     time_domain: TimeDomain = TimeDomain.PROCESSING_TIME
     update_on_read: bool = False
 
+    def __post_init__(self) -> None:
+        self.validate("of.StateTtl")  # a bad value is refused where it is written
+
     def validate(self, where: str) -> None:
-        s = self.seconds
-        if isinstance(s, bool) or not isinstance(s, int | float) or not s > 0 \
-                or math.isinf(s):
-            raise ConfigurationError(f"{where}: ttl must be a number of seconds > 0, got {s!r}")
+        _check_seconds(self.seconds, where)
         if not isinstance(self.time_domain, TimeDomain):
             raise ConfigurationError(
                 f"{where}: StateTtl time_domain must be an of.TimeDomain, got "
@@ -57,8 +58,14 @@ class StateTtl:
                 f"{self.update_on_read!r}")
 
 
+def _check_seconds(s: Any, where: str) -> None:
+    if isinstance(s, bool) or not isinstance(s, int | float) or not s > 0 or math.isinf(s):
+        raise ConfigurationError(f"{where}: ttl must be a number of seconds > 0, got {s!r}")
+
+
 def as_ttl(ttl: Any, where: str) -> StateTtl:
     if not isinstance(ttl, StateTtl):
+        _check_seconds(ttl, where)  # said of the state, before StateTtl says it of itself
         ttl = StateTtl(ttl)
     ttl.validate(where)
     return ttl
@@ -380,11 +387,15 @@ def _keys_of(store: Any, name: str) -> list[Any]:
 
 def ttl_state(store: Any, kind: str, name: str, default: Any, ttl: Any,
               clock: Callable[[], float], watermark: Callable[[], float],
-              event_time: Callable[[], float], cleaners: dict[int, TtlCleaner], where: str) -> Any:
-    """A TTL handle of ``kind`` over ``store``'s own handle of that state."""
+              event_time: Callable[[], float], cleaners: dict[tuple[int, bool], TtlCleaner],
+              where: str) -> Any:
+    """A TTL handle of ``kind`` over ``store``'s own handle of that state. One expiry queue
+    per store and time domain: a queue is cleaned up to one clock's "now", and an
+    event-time expiry compared with the wall clock (or the other way round) would remove
+    live entries."""
     cfg = as_ttl(ttl, f"{where}: state {name!r}")
-    cleaner = cleaners.setdefault(id(store), TtlCleaner(store))
     event = cfg.time_domain is TimeDomain.EVENT_TIME
+    cleaner = cleaners.setdefault((id(store), event), TtlCleaner(store))
     now = watermark if event else clock
     h: _TtlBase
     if kind == "value":

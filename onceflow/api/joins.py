@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from onceflow.api.flow import DataStream
-from onceflow.api.functions import OutputTag, RuntimeContext
+from onceflow.api.functions import OutputTag, RuntimeContext, TimeDomain
 from onceflow.api.two_input import TwoInputSpec, two_input_node
 from onceflow.api.windowing import require_timestamps
 from onceflow.errors import ConfigurationError
@@ -56,6 +56,7 @@ from onceflow.graph.logical import Edge, Node, Partitioning
 
 if TYPE_CHECKING:
     from onceflow.api.flow import KeyedStream
+    from onceflow.state.ttl import StateTtl
 
 
 class JoinContext(ABC):
@@ -181,13 +182,8 @@ class IntervalJoined:
                 "interval_join().process() takes a function fn(left, right) or a "
                 f"ProcessJoinFunction, got {type(fn).__name__}")
         op = name or "interval_join"
-        for side, stream in (("left", self._left), ("right", self._right)):
-            # each side's records need timestamps: an input without them fails here, one
-            # that only sometimes has them (a union with an untimed source) at run time
-            require_timestamps(
-                self._left._flow._plan, stream._node,
-                f"interval join {op!r} matches records by their event time ({side} side: "
-                f"{stream._node.name!r})")
+        _require_timestamps_on_both(self._left, self._right,
+                                    f"interval join {op!r} matches records by their event time")
         spec = IntervalJoinSpec(self._lower, self._upper, fn, self._late_left,
                                 self._late_right)
         edges = [Edge(self._left._node.id, Partitioning.KEY, self._left._key),
@@ -205,6 +201,16 @@ class RegularJoinSpec(TwoInputSpec):
         from onceflow.runtime.joins import RegularJoinOp
 
         return RegularJoinOp(node, self)
+
+
+def _require_timestamps_on_both(left: DataStream, right: DataStream, needs: str,
+                                otherwise: str = "") -> None:
+    """Each side's records need timestamps: an input without any fails when the flow is
+    built (the error names the side), one that only sometimes has them (a union with an
+    untimed source) at run time."""
+    for side, stream in (("left", left), ("right", right)):
+        require_timestamps(left._flow._plan, stream._node,
+                           f"{needs} ({side} side: {stream._node.name!r})", otherwise)
 
 
 def _next_step(what: str, name: str, step: str) -> ConfigurationError:
@@ -424,7 +430,7 @@ class JoinCondition:
     after ``with_ttl``), or ``window(assigner)`` for a window join."""
 
     def __init__(self, left: DataStream, right: DataStream, left_key: Callable[[Any], Any],
-                 right_key: Callable[[Any], Any], ttl: Any = None) -> None:
+                 right_key: Callable[[Any], Any], ttl: StateTtl | None = None) -> None:
         self._left, self._right = left, right
         self._lk, self._rk = left_key, right_key
         self._ttl = ttl
@@ -434,8 +440,8 @@ class JoinCondition:
         event time instead of processing time)."""
         from onceflow.state.ttl import as_ttl
 
-        as_ttl(ttl, "join().with_ttl()")
-        return JoinCondition(self._left, self._right, self._lk, self._rk, ttl)
+        return JoinCondition(self._left, self._right, self._lk, self._rk,
+                             as_ttl(ttl, "join().with_ttl()"))
 
     def window(self, assigner: Any) -> WindowJoin:
         """A window join: pairs of equal keys in the same window of ``assigner`` (e.g.
@@ -456,18 +462,12 @@ class JoinCondition:
         if not callable(fn):
             raise ConfigurationError(f"join().apply() takes a function, got {type(fn).__name__}")
         op = name or "join"
-        if self._ttl is not None:
-            from onceflow.api.functions import TimeDomain
-            from onceflow.state.ttl import as_ttl
-
-            if as_ttl(self._ttl, "join().with_ttl()").time_domain is TimeDomain.EVENT_TIME:
-                for side, stream in (("left", self._left), ("right", self._right)):
-                    # rows of an input without timestamps would never expire
-                    require_timestamps(
-                        self._left._flow._plan, stream._node,
-                        f"join {op!r} with an event-time TTL forgets rows by their event "
-                        f"time ({side} side: {stream._node.name!r})",
-                        " or use a processing-time TTL (with_ttl(seconds))")
+        if self._ttl is not None and self._ttl.time_domain is TimeDomain.EVENT_TIME:
+            # rows of an input without timestamps would never expire
+            _require_timestamps_on_both(
+                self._left, self._right,
+                f"join {op!r} with an event-time TTL forgets rows by their event time",
+                " or use a processing-time TTL (with_ttl(seconds))")
         edges = [Edge(self._left._node.id, Partitioning.KEY, self._lk),
                  Edge(self._right._node.id, Partitioning.KEY, self._rk)]
         node = two_input_node(self._left._flow, RegularJoinSpec(fn, self._ttl), edges,

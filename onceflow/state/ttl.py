@@ -64,11 +64,10 @@ def _check_seconds(s: Any, where: str) -> None:
 
 
 def as_ttl(ttl: Any, where: str) -> StateTtl:
-    if not isinstance(ttl, StateTtl):
-        _check_seconds(ttl, where)  # said of the state, before StateTtl says it of itself
-        ttl = StateTtl(ttl)
-    ttl.validate(where)
-    return ttl
+    if isinstance(ttl, StateTtl):
+        return ttl  # checked when it was made (frozen)
+    _check_seconds(ttl, where)  # said of the state, before StateTtl says it of itself
+    return StateTtl(ttl)
 
 
 _MISSING = object()

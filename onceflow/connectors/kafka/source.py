@@ -135,11 +135,11 @@ class KafkaSource(Source):
 
     def _check_consumer_config(self) -> None:
         cc = self.consumer_config
-        if "bootstrap.servers" in cc or "group.id" in cc:
-            k = "bootstrap.servers" if "bootstrap.servers" in cc else "group.id"
-            raise ConfigurationError(
-                f"KafkaSource: set {k} through the KafkaSource arguments (bootstrap_servers, "
-                "group_id), not consumer_config")
+        for k in ("bootstrap.servers", "group.id"):
+            if k in cc:
+                raise ConfigurationError(
+                    f"KafkaSource: set {k} through the KafkaSource arguments "
+                    "(bootstrap_servers, group_id), not consumer_config")
         for k, fixed in _FIXED_READER_SETTINGS.items():
             if k in cc and str(cc[k]).lower() != str(fixed).lower():
                 raise ConfigurationError(
